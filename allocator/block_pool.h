@@ -1,0 +1,181 @@
+// allocator/block_pool.h — a fixed pool of equal-size blocks: ids, reference
+// counts and an index-based free list, over a BlockStorage that holds the
+// bytes.
+//
+// Usage:
+//   auto arena = HostArena::Create(1024, block_bytes, {});
+//   auto pool = BlockPool::Create(*std::move(arena));
+//   BlockPool::LocalCache local(**pool);      // one per thread or owner
+//   BlockId id = local.AllocateOne();         // kNoBlock when exhausted
+//   local.Release(id);
+//
+// States of a block, and the transitions between them:
+//   free    on the shared free list, ref_count 0
+//   cached  in exactly one LocalCache, ref_count 0 (free, held near a thread)
+//   used    ref_count >= 1
+//   Allocate: free -> used (ref 1)         Retain: ref + 1
+//   Release: ref - 1; at 0 used -> free    refill/flush: free <-> cached
+//   LocalCache::Allocate: cached -> used   LocalCache::Release: used -> cached
+// Invariants (checked by Validate()):
+//   free_blocks() + cached + used == capacity()
+//   ref_count(b) == 0  <=>  b is free or cached
+//   no id appears twice on the free list and in the caches together
+//
+// Thread safety: BlockPool is thread-safe: Allocate, Retain, Release and the
+// counters may be called from any thread at once (one mutex around the free
+// list, atomic reference counts). A LocalCache is thread-compatible: one
+// thread (or one externally synchronized owner) uses it; many LocalCaches
+// may work on one pool concurrently. Validate() and used_blocks() are exact
+// when no LocalCache is working at the same time.
+//
+// Cost: Allocate/Release take the mutex once per call, O(n) for n ids.
+// LocalCache::AllocateOne/Release are O(1) without a lock or an atomic
+// read-modify-write; the cache refills or flushes half its capacity at once.
+#ifndef KVPAGE_ALLOCATOR_BLOCK_POOL_H_
+#define KVPAGE_ALLOCATOR_BLOCK_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/optimization.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "allocator/mutex.h"
+#include "absl/types/span.h"
+#include "allocator/block_storage.h"
+#include "allocator/poison.h"
+
+namespace kvpage::internal {
+
+class BlockPool {
+ public:
+  class LocalCache;
+
+  // Takes ownership of `storage`; every block starts free. InvalidArgument
+  // when the storage has no blocks or 2^32 - 1 or more (ids are 32-bit and
+  // kNoBlock is reserved). O(capacity).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<BlockPool>> Create(
+      std::unique_ptr<BlockStorage> storage);
+
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+  // Debug builds assert that no block is used and no LocalCache is alive.
+  ~BlockPool();
+
+  int64_t capacity() const { return capacity_; }
+  BlockStorage& storage() const { return *storage_; }
+
+  // Fills `out` with distinct free blocks, each with ref_count 1, or returns
+  // ResourceExhausted (naming the sizes) and takes nothing. O(out.size()).
+  [[nodiscard]] absl::Status Allocate(absl::Span<BlockId> out);
+
+  // One more reference to a used block. The caller must hold a reference.
+  void Retain(BlockId id);
+
+  // Drops one reference to each block; those that reach 0 become free.
+  void Release(absl::Span<const BlockId> ids);
+
+  uint32_t ref_count(BlockId id) const {
+    return refs_[id].load(std::memory_order_acquire);
+  }
+
+  // Blocks on the shared free list (not counting LocalCaches).
+  [[nodiscard]] int64_t free_blocks() const;
+  // Blocks not on the shared free list: used, or held by a LocalCache.
+  [[nodiscard]] int64_t taken_blocks() const {
+    return capacity_ - free_blocks();
+  }
+  // Blocks with ref_count >= 1. See the thread-safety note. O(caches).
+  [[nodiscard]] int64_t used_blocks() const;
+
+  // Walks the invariants above; Internal naming the first violation.
+  // O(capacity).
+  [[nodiscard]] absl::Status Validate() const;
+
+ private:
+  explicit BlockPool(std::unique_ptr<BlockStorage> storage);
+
+  // Moves between `min` and `max` ids from the free list onto `out` (each
+  // stays ref_count 0), or none and returns false when fewer than `min` are
+  // free.
+  bool TakeFree(int64_t min, int64_t max, std::vector<BlockId>& out);
+  // Puts ids with ref_count 0 back on the free list.
+  void PutFree(absl::Span<const BlockId> ids);
+  void Register(LocalCache* cache);
+  void Unregister(LocalCache* cache);
+
+  const std::unique_ptr<BlockStorage> storage_;
+  const int64_t capacity_;
+  const std::unique_ptr<std::atomic<uint32_t>[]> refs_;
+  mutable Mutex mu_;
+  std::vector<BlockId> free_ ABSL_GUARDED_BY(mu_);
+  std::vector<const LocalCache*> caches_ ABSL_GUARDED_BY(mu_);
+};
+
+// A per-thread stock of free blocks in front of a BlockPool. Blocks it holds
+// are free (ref_count 0) but only this cache hands them out; Flush() or the
+// destructor gives them back. See the thread-safety note above.
+class BlockPool::LocalCache {
+ public:
+  static constexpr int kDefaultCapacity = 64;
+
+  explicit LocalCache(BlockPool& pool, int capacity = kDefaultCapacity);
+  LocalCache(const LocalCache&) = delete;
+  LocalCache& operator=(const LocalCache&) = delete;
+  ~LocalCache();
+
+  // A block with ref_count 1, or kNoBlock when neither this cache nor the
+  // pool has one. O(1): a pop and a relaxed store; refills out of line.
+  [[nodiscard]] BlockId AllocateOne() {
+    if (ABSL_PREDICT_TRUE(!ids_.empty())) {
+      const BlockId id = ids_.back();
+      ids_.pop_back();
+      pool_.refs_[id].store(1, std::memory_order_relaxed);
+      if constexpr (KVPAGE_HAS_ASAN) pool_.storage_->UnpoisonUsed(id);
+      return id;
+    }
+    return AllocateSlow();
+  }
+
+  // Fills `out` with blocks of ref_count 1, from this cache first, or
+  // returns ResourceExhausted and takes nothing. O(out.size()).
+  [[nodiscard]] absl::Status Allocate(absl::Span<BlockId> out);
+
+  // Drops one reference; a block whose last reference this was stays here.
+  // O(1) when the caller holds the only reference (no atomic RMW: nobody
+  // else can reach the block); flushes half the cache when it is full.
+  void Release(BlockId id) {
+    std::atomic<uint32_t>& ref = pool_.refs_[id];
+    if (ABSL_PREDICT_TRUE(ref.load(std::memory_order_acquire) == 1)) {
+      ref.store(0, std::memory_order_relaxed);
+    } else if (ref.fetch_sub(1, std::memory_order_acq_rel) != 1) {
+      return;  // others still hold it
+    }
+    if constexpr (KVPAGE_HAS_ASAN) pool_.storage_->PoisonFree(id);
+    if (ABSL_PREDICT_FALSE(ids_.size() >= static_cast<size_t>(capacity_))) {
+      FlushHalf();
+    }
+    ids_.push_back(id);
+  }
+
+  // Gives every held block back to the pool.
+  void Flush();
+
+  int64_t size() const { return static_cast<int64_t>(ids_.size()); }
+  absl::Span<const BlockId> held() const { return ids_; }
+
+ private:
+  BlockId AllocateSlow();
+  void FlushHalf();
+
+  BlockPool& pool_;
+  const int capacity_;
+  std::vector<BlockId> ids_;  // LIFO: the most recently freed is reused first
+};
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_ALLOCATOR_BLOCK_POOL_H_

@@ -1,0 +1,85 @@
+// kvpage/config.h — the vocabulary types of kvpage: element types, overflow
+// policies, the cache configuration and the span an engine hands to Update().
+//
+// Usage:
+//   kvpage::CacheConfig config{.num_layers = 32, .num_kv_heads = 8,
+//                              .head_dim = 128, .dtype = kvpage::DType::kF16,
+//                              .block_tokens = 16, .num_blocks = 65536,
+//                              .max_seq_len = 8192};
+//   std::vector<float> k(n * 8 * 128), v(n * 8 * 128);
+//   kvpage::TokenSpan ks{.data = k.data(), .dtype = kvpage::DType::kF32,
+//                        .tokens = n};
+//
+// Everything here is a plain value type: thread-compatible.
+#ifndef KVPAGE_CONFIG_H_
+#define KVPAGE_CONFIG_H_
+
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace kvpage {
+
+// Element type of stored or supplied keys and values.
+enum class DType : uint8_t { kF32, kF16, kBF16 };
+
+// Bytes of one element of `dtype` (4 or 2).
+[[nodiscard]] int DTypeSize(DType dtype);
+// "f32", "f16" or "bf16".
+[[nodiscard]] std::string_view DTypeName(DType dtype);
+
+// What a layer does when an update would take it past `max_seq_len` visible
+// tokens. Only kError is implemented by this release; Create() refuses the
+// others with Unimplemented until the overflow-policy work lands.
+enum class OverflowPolicy : uint8_t {
+  kError,           // refuse the update: ResourceExhausted, nothing changes
+  kTruncate,        // context shift down to `truncate_to` visible tokens
+  kSlidingWindow,   // keep the most recent tokens; free blocks that fall out
+  kCircularBuffer,  // same tokens as the window, a fixed ring of blocks
+};
+
+[[nodiscard]] std::string_view OverflowPolicyName(OverflowPolicy policy);
+
+// The shape and budget of one cache. All layers share one hot pool of
+// `num_blocks` blocks; a block holds K and V of `block_tokens` consecutive
+// positions of one layer of one sequence, for every kv-head.
+struct CacheConfig {
+  int num_layers = 0, num_kv_heads = 0, head_dim = 0;
+  DType dtype = DType::kF16;   // what the hot pool stores
+  int block_tokens = 16;       // token slots per block
+  int64_t num_blocks = 0;      // hot pool capacity
+  int64_t max_seq_len = 0;     // most visible tokens per sequence and layer
+  OverflowPolicy overflow = OverflowPolicy::kError;
+  int64_t sink_tokens = 0;
+  int64_t truncate_to = 0;     // 0 means max_seq_len / 2
+  // Touch every page of the arena at creation so that the first appends do
+  // not pay page faults. Costs the arena's size in resident memory up front.
+  bool prefault = false;
+  // Ask the kernel for transparent huge pages for the arena (madvise).
+  bool huge_pages = false;
+};
+
+// Checks a configuration without building anything: every dimension positive,
+// block_tokens at most 65535, num_blocks below 2^32, the arena's byte size
+// representable. Returns InvalidArgument naming the offending field, or
+// Unimplemented for an overflow policy this release does not provide.
+[[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);
+
+// Bytes of one block: K and V of block_tokens * num_kv_heads * head_dim
+// elements each. Assumes a config that passed ValidateConfig().
+[[nodiscard]] int64_t BlockBytes(const CacheConfig& config);
+
+// `tokens` tokens of keys or of values, laid out [tokens][num_kv_heads]
+// [head_dim], contiguous. `data` may be null only when tokens == 0.
+struct TokenSpan {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t tokens = 0;
+};
+
+using SeqId = uint64_t;
+
+}  // namespace kvpage
+
+#endif  // KVPAGE_CONFIG_H_

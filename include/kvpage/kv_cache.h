@@ -1,0 +1,196 @@
+// kvpage/kv_cache.h — the key/value cache of a transformer serving engine.
+//
+// A KVCache keeps, for every sequence and layer, the keys and values of the
+// tokens seen so far, in fixed-size blocks of one pool. Update() writes only
+// what is new; View() hands an attention kernel the blocks without a copy.
+//
+// Usage:
+//   auto cache = kvpage::KVCache::Create({.num_layers = 2, .num_kv_heads = 8,
+//                                         .head_dim = 128, .num_blocks = 1024,
+//                                         .max_seq_len = 4096});
+//   if (!cache.ok()) return cache.status();
+//   absl::StatusOr<kvpage::SeqId> seq = (*cache)->AddSequence();
+//   // Prefill 5 tokens, then decode one: positions [0, 5), then 5.
+//   (*cache)->Update(*seq, /*layer=*/0, k5, v5, /*seq_len=*/5);
+//   (*cache)->Update(*seq, /*layer=*/0, k1, v1, /*seq_len=*/6);
+//   // Rejected draft token: roll back to 5.
+//   (*cache)->Truncate(*seq, 5);
+//   absl::StatusOr<kvpage::LayerView> view = (*cache)->View(*seq, 0);
+//
+// Thread safety: thread-compatible. Const methods may run concurrently with
+// each other; any non-const method needs exclusive access to the cache.
+// Addresses in a LayerView stay valid until the next non-const call.
+//
+// Every non-const method is all-or-nothing: when it returns an error the
+// cache, its statistics included, is exactly as it was before the call.
+#ifndef KVPAGE_KV_CACHE_H_
+#define KVPAGE_KV_CACHE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvpage/config.h"
+
+namespace kvpage {
+
+namespace internal {
+struct KVCacheAccess;  // cache/kv_cache_internal.h: other storages, tests
+}  // namespace internal
+
+// A copy of a layer's visible tokens as f32, oldest first.
+// `k` and `v` are [positions.size()][num_kv_heads][head_dim].
+struct GatheredLayer {
+  std::vector<float> k, v;
+  std::vector<int64_t> positions;
+};
+
+// One block of a layer as an attention kernel reads it. Slot s of the block
+// holds the token at position `first_position + (s - begin_slot)`; its keys
+// start at `k + s * token_stride` elements (of the view's dtype), laid out
+// [num_kv_heads][head_dim]; values likewise from `v`.
+struct BlockView {
+  const void* k = nullptr;  // slot 0 of the block's keys
+  const void* v = nullptr;  // slot 0 of the block's values
+  uint32_t block_id = 0;    // the block's id in the hot pool
+  int begin_slot = 0;       // first valid slot
+  int tokens = 0;           // valid slots, from begin_slot on
+  int64_t first_position = 0;  // position of the token in begin_slot
+};
+
+// The visible tokens of one sequence and layer, block by block, oldest first.
+struct LayerView {
+  DType dtype = DType::kF16;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int block_tokens = 0;
+  int64_t token_stride = 0;  // elements from one slot to the next
+  // True when k/v are host addresses (the default host arena). Storage that
+  // lives elsewhere hands out addresses in its own address space.
+  bool host_accessible = true;
+  std::vector<BlockView> blocks;
+
+  // Visible tokens over all blocks. O(blocks).
+  [[nodiscard]] int64_t tokens() const;
+};
+
+// Cache-wide figures. Counters (hits .. bytes_copied) only grow; the rest
+// describe the present state.
+struct CacheStats {
+  int64_t blocks_total = 0;   // hot pool capacity
+  int64_t blocks_used = 0;    // referenced by at least one block table
+  int64_t blocks_free = 0;    // blocks_total - blocks_used
+  double utilization = 0;     // blocks_used / blocks_total
+  int64_t block_bytes = 0;    // bytes of one block (K and V)
+  int64_t memory_usage_bytes = 0;  // bytes of the blocks in use
+  int64_t arena_bytes = 0;    // bytes reserved for the pool, used or not
+  int64_t sequences = 0;      // live sequences
+  int64_t tokens_stored = 0;  // visible tokens summed over sequences, layers
+  int64_t slots_allocated = 0;  // token slots of the blocks in use; minus
+                                // tokens_stored, the internal waste
+  int64_t hits = 0;           // prefix-cache block hits
+  int64_t misses = 0;         // prefix-cache block misses
+  int64_t compressions_applied = 0;  // blocks repacked into the quantized pool
+  int64_t evictions = 0;      // tokens evicted by overflow policies
+  int64_t bytes_written = 0;  // token data written from Update() inputs
+  int64_t bytes_copied = 0;   // token data moved inside the pools
+};
+
+// Figures of one sequence over all its layers.
+struct SequenceStats {
+  int64_t current_length = 0;  // the longest layer's length
+  int64_t max_length = 0;      // the longest any layer has been
+  int64_t tokens_stored = 0;   // visible tokens over its layers
+  int64_t blocks = 0;          // blocks referenced by its tables
+  double utilization = 0;      // tokens_stored / (blocks * block_tokens)
+  int64_t memory_usage_bytes = 0;  // blocks * block_bytes
+  int64_t evictions = 0;       // tokens evicted from it by policies
+};
+
+class KVCache {
+ public:
+  // Builds a cache and reserves its whole pool (config.num_blocks blocks).
+  // InvalidArgument for a bad configuration (see ValidateConfig),
+  // ResourceExhausted when the arena cannot be reserved. O(num_blocks).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<KVCache>> Create(
+      const CacheConfig& config);
+
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+  // Releases every sequence's blocks.
+  ~KVCache();
+
+  [[nodiscard]] const CacheConfig& config() const;
+
+  // A new, empty sequence (length 0 in every layer). Ids are never reused.
+  // Takes no block. O(num_layers).
+  [[nodiscard]] absl::StatusOr<SeqId> AddSequence();
+
+  // Drops a sequence and releases its blocks. NotFound for an unknown id.
+  // O(blocks of the sequence).
+  [[nodiscard]] absl::Status RemoveSequence(SeqId seq);
+
+  // The update rule. `k` and `v` hold the same n tokens, those at positions
+  // [seq_len - n, seq_len). Afterwards the layer holds exactly positions
+  // [0, seq_len): positions at or past its old length are appended (a block
+  // is taken from the pool only when the last one is full), positions below
+  // it are overwritten in place, stored positions at or past seq_len are
+  // dropped (rollback) and blocks left empty go back to the pool.
+  // Input dtype may be kF32 or the cache's dtype; conversion to f16/bf16
+  // rounds to nearest even.
+  //   NotFound          unknown sequence
+  //   InvalidArgument   layer out of range, k/v token counts differ, a dtype
+  //                     that is neither f32 nor the cache's, null data with
+  //                     tokens > 0, n > seq_len, or a gap (seq_len - n past
+  //                     the layer's length)
+  //   ResourceExhausted seq_len > max_seq_len (policy kError), or fewer free
+  //                     blocks than the update needs
+  // On error nothing changes. Cost: O(n * num_kv_heads * head_dim) to write
+  // plus O(1) per block taken or released.
+  [[nodiscard]] absl::Status Update(SeqId seq, int layer, TokenSpan k,
+                                    TokenSpan v, int64_t seq_len);
+
+  // Rolls every layer of `seq` back to at most `seq_len` tokens (layers
+  // already shorter are left alone); blocks left empty go back to the pool.
+  // NotFound for an unknown id, InvalidArgument for seq_len < 0.
+  // O(layers + blocks released).
+  [[nodiscard]] absl::Status Truncate(SeqId seq, int64_t seq_len);
+
+  // The seq_len of the layer's last update (0 for a new sequence).
+  // NotFound / InvalidArgument as for Update. O(1).
+  [[nodiscard]] absl::StatusOr<int64_t> Length(SeqId seq, int layer) const;
+
+  // Copies the layer's visible tokens as f32, oldest first, with their
+  // positions. O(tokens * num_kv_heads * head_dim).
+  [[nodiscard]] absl::StatusOr<GatheredLayer> Gather(SeqId seq,
+                                                     int layer) const;
+
+  // Zero-copy view of the layer's visible tokens, block by block. O(blocks).
+  [[nodiscard]] absl::StatusOr<LayerView> View(SeqId seq, int layer) const;
+
+  [[nodiscard]] CacheStats Stats() const;  // O(1)
+  // NotFound for an unknown id. O(num_layers).
+  [[nodiscard]] absl::StatusOr<SequenceStats> Stats(SeqId seq) const;
+
+  // Live sequence ids, ascending. O(sequences log sequences).
+  [[nodiscard]] std::vector<SeqId> Sequences() const;
+
+  // Walks every invariant of the cache and its pool: each block's reference
+  // count equals the table entries that point at it, used blocks are exactly
+  // the referenced ones, slots and positions are consistent with lengths,
+  // the statistics agree with the tables. Internal on the first violation,
+  // naming it. O(blocks + sequences * layers).
+  [[nodiscard]] absl::Status Validate() const;
+
+ private:
+  friend struct internal::KVCacheAccess;
+  struct Impl;
+  explicit KVCache(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvpage
+
+#endif  // KVPAGE_KV_CACHE_H_

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kvpage builds with, as root, from Debian's
+# archive, plus any package named as an argument (tools/test.sh clang asks
+# for clang). Idempotent: silent when everything is already there.
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ git
+  libabsl-dev libmimalloc-dev libxxhash-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libcli11-dev nlohmann-json3-dev
+  "$@"
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "kvpage setup: missing Debian packages: ${missing[*]}; run as root or install them" >&2
+  exit 1
+fi
+echo "kvpage setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

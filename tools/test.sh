@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds kvpage and runs its whole test suite with CTest.
+#   tools/test.sh          developer build (debug, expensive internal checks)
+#   tools/test.sh asan     AddressSanitizer + UndefinedBehaviorSanitizer
+#   tools/test.sh tsan     ThreadSanitizer, the threaded tests
+#   tools/test.sh clang    clang with -Wthread-safety as errors
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset="${1:-dev}"
+if [ "$preset" = clang ]; then tools/setup.sh clang; else tools/setup.sh; fi
+cmake --preset "$preset" --log-level=WARNING >/dev/null
+cmake --build --preset "$preset"
+ctest --preset "$preset"
