@@ -1,44 +1,151 @@
 // cache/block_table.h — which blocks hold which positions, for one sequence
-// and one layer.
+// and one layer, and the overflow rules that decide what stays visible.
 //
-// Entry i of a table covers slots [begin, end) of block `id`; slot s holds
-// position `position0 + s`. Visible tokens are the entries' slots in order.
+// A layer of length L (the seq_len of its last update) with window start ws
+// has these visible positions, oldest first:
+//   sinks   [0, min(S, L))
+//   window  [max(ws, S), L)
+// where S is the layer's sink count (0 under kError). Positions in [S, ws)
+// were evicted by the policy. Position p lives in logical block p / bt, slot
+// p % bt; logical blocks are held, in order, by `sink_blocks` (logical
+// blocks [0, ceil(min(S, L) / bt)), those with a sink position) and
+// `window` (the logical blocks from `window_first` on that hold visible
+// window positions and are not sink blocks). A block partly evicted stays;
+// the view masks its evicted slots.
 //
 // Invariants (checked by KVCache::Validate()):
-//   0 <= begin < end <= block_tokens           (no empty entry)
-//   positions increase strictly along the table
-//   with the error policy the layer holds exactly positions [0, length):
-//     entries[i].position0 == i * block_tokens, begin == 0,
-//     entries.size() == ceil(length / block_tokens),
-//     every entry but the last is full, the last ends at length
-//   max_length >= length
+//   sink_blocks.size() == ceil(min(S, L) / bt)
+//   the live window blocks are exactly WindowRange(rules, L, ws)
+//   visible tokens <= max_seq_len (every policy); ws only moves forward,
+//     except a rollback into the sinks, which leaves nothing evicted
+//   spares is empty unless the policy is kCircularBuffer, and then
+//     window blocks + spares <= rules.ring_blocks
+//   max_length >= L
 //
 // Thread safety: thread-compatible, owned by its KVCache.
 #ifndef KVPAGE_CACHE_BLOCK_TABLE_H_
 #define KVPAGE_CACHE_BLOCK_TABLE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "allocator/block_storage.h"
+#include "allocator/check.h"
+#include "kvpage/config.h"
 
 namespace kvpage::internal {
 
-struct TableEntry {
-  BlockId id = kNoBlock;
-  uint16_t begin = 0;     // first valid slot
-  uint16_t end = 0;       // one past the last valid slot
-  int64_t position0 = 0;  // position of slot 0
+// One layer's overflow policy, resolved from the config.
+struct LayerRules {
+  OverflowPolicy overflow = OverflowPolicy::kError;
+  int64_t max_seq_len = 0;   // W: most visible tokens
+  int64_t sinks = 0;         // S: pinned leading positions (0 under kError)
+  int64_t truncate_to = 0;   // T: visible tokens after a context shift
+  int64_t block_tokens = 0;  // bt
+  int64_t sink_blocks = 0;   // ceil(S / bt): logical blocks with a sink slot
+  // kCircularBuffer: window blocks a ring keeps, the most a window of
+  // W - S tokens can touch: ceil((W - S - 1) / bt) + 1.
+  int64_t ring_blocks = 0;
 
-  int tokens() const { return end - begin; }
+  static LayerRules Resolve(const LayerPolicy& policy, int block_tokens);
+  bool evicts() const { return overflow != OverflowPolicy::kError; }
+  bool ring() const { return overflow == OverflowPolicy::kCircularBuffer; }
 };
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Visible tokens of a layer of length `length` and window start `ws`.
+inline int64_t VisibleTokens(const LayerRules& r, int64_t length, int64_t ws) {
+  const int64_t lo = std::max(ws, r.sinks);
+  return std::min(r.sinks, length) + std::max<int64_t>(0, length - lo);
+}
+
+// The logical blocks [first, last) the window list holds; first == last when
+// every visible window position lies in a sink block (or there is none).
+struct BlockRange {
+  int64_t first = 0, last = 0;
+  int64_t size() const { return last - first; }
+};
+inline BlockRange WindowRange(const LayerRules& r, int64_t length, int64_t ws) {
+  const int64_t lo = std::max(ws, r.sinks);
+  const int64_t first = std::max(r.sink_blocks, lo / r.block_tokens);
+  const int64_t last = CeilDiv(length, r.block_tokens);
+  if (length <= lo || last <= first) return {first, first};
+  return {first, last};
+}
+
+inline int64_t SinkBlocks(const LayerRules& r, int64_t length) {
+  return CeilDiv(std::min(r.sinks, length), r.block_tokens);
+}
 
 struct BlockTable {
-  std::vector<TableEntry> entries;
-  int64_t length = 0;      // seq_len of the last update
-  int64_t max_length = 0;  // the largest length this layer has had
-  int64_t evicted = 0;     // tokens evicted by the overflow policy
+  std::vector<BlockId> sink_blocks;
+  std::vector<BlockId> window;  // live from `head` on; a deque without nodes
+  size_t head = 0;
+  int64_t window_first = 0;     // logical block of window[head]
+  std::vector<BlockId> spares;  // kCircularBuffer: held, no visible token
+  int64_t length = 0;           // seq_len of the last update
+  int64_t window_start = 0;     // ws; <= S means nothing is evicted
+  int64_t max_length = 0;       // the largest length this layer has had
+  int64_t evicted = 0;          // tokens evicted by the overflow policy
+
+  int64_t window_blocks() const {
+    return static_cast<int64_t>(window.size() - head);
+  }
+  int64_t held_blocks() const {
+    return static_cast<int64_t>(sink_blocks.size()) + window_blocks() +
+           static_cast<int64_t>(spares.size());
+  }
+  // The block holding logical block `logical`, which must be held. O(1).
+  BlockId Block(int64_t logical) const {
+    if (logical < static_cast<int64_t>(sink_blocks.size())) {
+      return sink_blocks[static_cast<size_t>(logical)];
+    }
+    KVPAGE_DCHECK(logical >= window_first &&
+                  logical < window_first + window_blocks());
+    return window[head + static_cast<size_t>(logical - window_first)];
+  }
+  BlockId PopWindowFront() {
+    const BlockId id = window[head++];
+    ++window_first;
+    if (head >= 32 && head * 2 >= window.size()) {  // amortized O(1)
+      window.erase(window.begin(), window.begin() + static_cast<ptrdiff_t>(head));
+      head = 0;
+    }
+    return id;
+  }
+  BlockId PopWindowBack() {
+    const BlockId id = window.back();
+    window.pop_back();
+    return id;
+  }
+  // Empties the window list and makes `first` its next logical block.
+  void ResetWindow(int64_t first) {
+    window.clear();
+    head = 0;
+    window_first = first;
+  }
 };
+
+// Calls fn(block_id, slot, count, position) for each run of visible
+// positions in [lo, hi), oldest first, one run per block and range (a block
+// holding both sinks and window positions gives two runs). O(runs).
+template <typename Fn>
+void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
+                       int64_t hi, Fn&& fn) {
+  const int64_t bt = r.block_tokens;
+  auto range = [&](int64_t from, int64_t to) {
+    for (int64_t p = std::max(from, lo); p < std::min(to, hi);) {
+      const int64_t slot = p % bt;
+      const int64_t count = std::min(bt - slot, std::min(to, hi) - p);
+      fn(t.Block(p / bt), slot, count, p);
+      p += count;
+    }
+  };
+  range(0, std::min(r.sinks, t.length));
+  range(std::max(t.window_start, r.sinks), t.length);
+}
 
 }  // namespace kvpage::internal
 

@@ -1,5 +1,7 @@
 #include "kvpage/config.h"
 
+#include <string>
+
 #include "absl/strings/str_format.h"
 
 namespace kvpage {
@@ -11,7 +13,45 @@ constexpr int64_t kAlign = 64;
 int64_t RoundUp(int64_t value, int64_t to) {
   return (value + to - 1) / to * to;
 }
+
+absl::Status Bad(std::string_view field, int64_t value, std::string_view want) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("CacheConfig.%s is %d; want %s", field, value, want));
+}
+
+// `prefix` names where the policy sits ("" for the cache-wide fields).
+absl::Status ValidatePolicy(const LayerPolicy& p, const std::string& prefix) {
+  if (p.overflow != OverflowPolicy::kError &&
+      p.overflow != OverflowPolicy::kTruncate &&
+      p.overflow != OverflowPolicy::kSlidingWindow &&
+      p.overflow != OverflowPolicy::kCircularBuffer) {
+    return Bad(prefix + "overflow", static_cast<int64_t>(p.overflow),
+               "a known policy");
+  }
+  if (p.max_seq_len < 1) return Bad(prefix + "max_seq_len", p.max_seq_len, ">= 1");
+  if (p.sink_tokens < 0 || p.sink_tokens >= p.max_seq_len) {
+    return Bad(prefix + "sink_tokens", p.sink_tokens,
+               absl::StrFormat("0 to max_seq_len - 1 (%d)", p.max_seq_len - 1));
+  }
+  if (p.truncate_to < 0 || p.truncate_to > p.max_seq_len) {
+    return Bad(prefix + "truncate_to", p.truncate_to,
+               absl::StrFormat("0 to max_seq_len (%d)", p.max_seq_len));
+  }
+  if (p.overflow == OverflowPolicy::kTruncate &&
+      EffectiveTruncateTo(p.max_seq_len, p.truncate_to) <= p.sink_tokens) {
+    return Bad(prefix + "truncate_to",
+               EffectiveTruncateTo(p.max_seq_len, p.truncate_to),
+               absl::StrFormat("more than sink_tokens (%d): a context shift "
+                               "must keep a window",
+                               p.sink_tokens));
+  }
+  return absl::OkStatus();
+}
 }  // namespace
+
+int64_t EffectiveTruncateTo(int64_t max_seq_len, int64_t truncate_to) {
+  return truncate_to == 0 ? max_seq_len / 2 : truncate_to;
+}
 
 int DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
 
@@ -42,10 +82,7 @@ std::string_view OverflowPolicyName(OverflowPolicy policy) {
 }
 
 absl::Status ValidateConfig(const CacheConfig& c) {
-  auto bad = [](std::string_view field, int64_t value, std::string_view want) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "CacheConfig.%s is %d; want %s", field, value, want));
-  };
+  const auto& bad = Bad;
   if (c.num_layers < 1 || c.num_layers > 4096) {
     return bad("num_layers", c.num_layers, "1 to 4096");
   }
@@ -65,25 +102,33 @@ absl::Status ValidateConfig(const CacheConfig& c) {
   if (c.num_blocks < 1 || c.num_blocks > int64_t{0xfffffffe}) {
     return bad("num_blocks", c.num_blocks, "1 to 4294967294");
   }
-  if (c.max_seq_len < 1) return bad("max_seq_len", c.max_seq_len, ">= 1");
-  if (c.sink_tokens < 0 || c.sink_tokens >= c.max_seq_len) {
-    return bad("sink_tokens", c.sink_tokens,
-               absl::StrFormat("0 to max_seq_len - 1 (%d)", c.max_seq_len - 1));
-  }
-  if (c.truncate_to < 0 || c.truncate_to > c.max_seq_len) {
-    return bad("truncate_to", c.truncate_to,
-               absl::StrFormat("0 to max_seq_len (%d)", c.max_seq_len));
+  const LayerPolicy global{.overflow = c.overflow,
+                           .max_seq_len = c.max_seq_len,
+                           .sink_tokens = c.sink_tokens,
+                           .truncate_to = c.truncate_to};
+  if (absl::Status s = ValidatePolicy(global, ""); !s.ok()) return s;
+  std::vector<bool> seen(static_cast<size_t>(c.num_layers), false);
+  for (const LayerPolicy& p : c.layer_policies) {
+    if (p.layer < 0 || p.layer >= c.num_layers) {
+      return bad("layer_policies[].layer", p.layer,
+                 absl::StrFormat("0 to num_layers - 1 (%d)", c.num_layers - 1));
+    }
+    if (seen[static_cast<size_t>(p.layer)]) {
+      return bad("layer_policies[].layer", p.layer, "at most one per layer");
+    }
+    seen[static_cast<size_t>(p.layer)] = true;
+    if (absl::Status s =
+            ValidatePolicy(p, absl::StrFormat("layer_policies[layer %d].",
+                                              p.layer));
+        !s.ok()) {
+      return s;
+    }
   }
   const int64_t block_bytes = BlockBytes(c);
   if (block_bytes > kMaxArenaBytes / c.num_blocks) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "CacheConfig: %d blocks of %d bytes exceed the %d-byte arena limit",
         c.num_blocks, block_bytes, kMaxArenaBytes));
-  }
-  if (c.overflow != OverflowPolicy::kError) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "CacheConfig.overflow %s: this release provides only the error policy",
-        OverflowPolicyName(c.overflow)));
   }
   return absl::OkStatus();
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
@@ -18,9 +19,27 @@ namespace kvpage {
 
 using internal::BlockId;
 using internal::BlockPool;
+using internal::BlockRange;
 using internal::BlockTable;
+using internal::CeilDiv;
 using internal::kNoBlock;
-using internal::TableEntry;
+using internal::LayerRules;
+
+namespace internal {
+
+LayerRules LayerRules::Resolve(const LayerPolicy& p, int block_tokens) {
+  LayerRules r;
+  r.overflow = p.overflow;
+  r.max_seq_len = p.max_seq_len;
+  r.sinks = p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
+  r.truncate_to = EffectiveTruncateTo(p.max_seq_len, p.truncate_to);
+  r.block_tokens = block_tokens;
+  r.sink_blocks = CeilDiv(r.sinks, block_tokens);
+  r.ring_blocks = CeilDiv(r.max_seq_len - r.sinks - 1, block_tokens) + 1;
+  return r;
+}
+
+}  // namespace internal
 
 namespace {
 
@@ -28,17 +47,75 @@ struct Sequence {
   std::vector<BlockTable> layers;
 };
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// What an update or rollback does to one layer, worked out before anything
+// changes. `fresh` blocks must come from the pool; everything else is
+// reused from the blocks the layer lets go of (and a ring's spares).
+struct Plan {
+  int64_t length = 0;        // L'
+  int64_t window_start = 0;  // ws'
+  int64_t sink_blocks = 0;   // sink blocks held afterwards
+  BlockRange window;         // window blocks held afterwards
+  int64_t new_blocks = 0;    // logical blocks that need a block
+  int64_t fresh = 0;         // of those, taken from the pool
+  int64_t evicted = 0;       // tokens the policy evicts
+  int64_t visible_before = 0, visible_after = 0;
+};
+
+Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t seq_len) {
+  Plan plan;
+  plan.length = seq_len;
+  // A rollback below the window start can only reach into the sinks (the
+  // callers refuse the rest): then nothing stays evicted.
+  const int64_t ws0 =
+      seq_len < t.length ? std::min(t.window_start, seq_len) : t.window_start;
+  int64_t ws = ws0;
+  const int64_t visible = internal::VisibleTokens(r, seq_len, ws0);
+  if (visible > r.max_seq_len) {
+    switch (r.overflow) {
+      case OverflowPolicy::kSlidingWindow:
+      case OverflowPolicy::kCircularBuffer:
+        ws = seq_len - (r.max_seq_len - r.sinks);
+        break;
+      case OverflowPolicy::kTruncate:
+        ws = seq_len - (r.truncate_to - r.sinks);
+        break;
+      case OverflowPolicy::kError:
+        break;  // refused before planning
+    }
+  }
+  plan.window_start = ws;
+  plan.evicted = std::max<int64_t>(0, ws - std::max(ws0, r.sinks));
+  plan.visible_before = internal::VisibleTokens(r, t.length, t.window_start);
+  plan.visible_after = internal::VisibleTokens(r, seq_len, ws);
+
+  plan.sink_blocks = internal::SinkBlocks(r, seq_len);
+  plan.window = internal::WindowRange(r, seq_len, ws);
+  const int64_t cur_first = t.window_first;
+  const int64_t cur_last = t.window_first + t.window_blocks();
+  const int64_t kept = std::max<int64_t>(
+      0, std::min(cur_last, plan.window.last) -
+             std::max(cur_first, plan.window.first));
+  const int64_t sinks_now = static_cast<int64_t>(t.sink_blocks.size());
+  const int64_t released = (t.window_blocks() - kept) +
+                           std::max<int64_t>(0, sinks_now - plan.sink_blocks);
+  plan.new_blocks = (plan.window.size() - kept) +
+                    std::max<int64_t>(0, plan.sink_blocks - sinks_now);
+  const int64_t reusable =
+      released + (r.ring() ? static_cast<int64_t>(t.spares.size()) : 0);
+  plan.fresh = std::max<int64_t>(0, plan.new_blocks - reusable);
+  return plan;
+}
 
 }  // namespace
 
 // Invariants (Validate() walks them):
-//   pool->used_blocks() == number of distinct blocks in all tables
-//   ref_count(b) == table entries pointing at b
-//   tokens_stored == sum over sequences and layers of visible tokens
+//   ref_count(b) == holdings of b over all tables (sink, window, spare)
+//   pool->used_blocks() == distinct blocks held
+//   tokens_stored == visible tokens summed over sequences and layers
 //   every table satisfies the invariants in cache/block_table.h
 struct KVCache::Impl {
   CacheConfig config;
+  std::vector<LayerRules> rules;  // per layer
   int64_t block_bytes = 0;
   int64_t token_elems = 0;  // num_kv_heads * head_dim
   int64_t token_bytes = 0;  // token_elems * DTypeSize(dtype)
@@ -55,32 +132,133 @@ struct KVCache::Impl {
   int64_t tokens_stored = 0;
   int64_t hits = 0, misses = 0, compressions_applied = 0, evictions = 0;
   int64_t bytes_written = 0, bytes_copied = 0;
+  int64_t blocks_released_by_policy = 0, blocks_reused_by_ring = 0;
+  int64_t blocks_allocated = 0, blocks_released = 0;
 
   // Scratch space reused across calls (never part of the cache's state).
-  absl::InlinedVector<BlockId, 16> new_ids;
+  absl::InlinedVector<BlockId, 16> fresh_ids;
+  absl::InlinedVector<BlockId, 16> recycled;
   std::vector<std::byte> staging;
 
   ~Impl() {
     for (auto& [id, sequence] : sequences) {
-      for (BlockTable& table : sequence.layers) ReleaseBlocks(table, 0);
+      for (BlockTable& table : sequence.layers) ReleaseAll(table);
     }
   }
 
-  // Releases the entries from `keep` on.
-  void ReleaseBlocks(BlockTable& table, size_t keep) {
-    for (size_t i = keep; i < table.entries.size(); ++i) {
-      local->Release(table.entries[i].id);
-    }
-    table.entries.resize(std::min(keep, table.entries.size()));
+  // Gives one table's hold on `id` back to the pool.
+  void Release(BlockId id) {
+    local->Release(id);
+    ++blocks_released;
   }
 
-  // Sets entry ends from index `from` on for a layer holding [0, length).
-  void SetEnds(BlockTable& table, size_t from, int64_t length) {
-    const int64_t bt = config.block_tokens;
-    for (size_t i = from; i < table.entries.size(); ++i) {
-      TableEntry& e = table.entries[i];
-      e.end = static_cast<uint16_t>(std::min(bt, length - e.position0));
+  void ReleaseAll(BlockTable& t) {
+    for (BlockId id : t.sink_blocks) Release(id);
+    for (size_t i = t.head; i < t.window.size(); ++i) Release(t.window[i]);
+    for (BlockId id : t.spares) Release(id);
+    t.sink_blocks.clear();
+    t.ResetWindow(0);
+    t.spares.clear();
+  }
+
+  // Moves `t` to the plan's blocks, taking new blocks from what it lets go
+  // of, the ring's spares and then `fresh` (exactly plan.fresh ids). Cannot
+  // fail. O(blocks changed).
+  void ApplyBlocks(const LayerRules& r, BlockTable& t, const Plan& plan,
+                   absl::Span<const BlockId> fresh) {
+    recycled.clear();
+    int64_t evicted_blocks = 0;  // window blocks the policy pushed out
+    while (static_cast<int64_t>(t.sink_blocks.size()) > plan.sink_blocks) {
+      recycled.push_back(t.sink_blocks.back());
+      t.sink_blocks.pop_back();
     }
+    if (t.window_blocks() > 0) {
+      KVPAGE_DCHECK(plan.window.size() == 0 ||
+                    t.window_first <= plan.window.first);
+      while (t.window_blocks() > 0 && t.window_first < plan.window.first) {
+        recycled.push_back(t.PopWindowFront());
+        ++evicted_blocks;
+      }
+      while (t.window_blocks() > 0 &&
+             t.window_first + t.window_blocks() > plan.window.last) {
+        recycled.push_back(t.PopWindowBack());
+      }
+    }
+    if (t.window_blocks() == 0) t.ResetWindow(plan.window.first);
+    if (!r.ring()) blocks_released_by_policy += evicted_blocks;
+
+    // Sources, in order: a ring's spares, what was let go of, the pool.
+    size_t next_fresh = 0;
+    size_t next_recycled = 0;
+    auto take = [&]() -> BlockId {
+      if (r.ring() && !t.spares.empty()) {
+        const BlockId id = t.spares.back();
+        t.spares.pop_back();
+        ++blocks_reused_by_ring;
+        return id;
+      }
+      if (next_recycled < recycled.size()) {
+        if (r.ring()) ++blocks_reused_by_ring;
+        return recycled[next_recycled++];
+      }
+      return fresh[next_fresh++];
+    };
+    if (r.ring()) {
+      // What the window let go of becomes spare first, so that the oldest
+      // block is the one reused.
+      while (next_recycled < recycled.size()) {
+        t.spares.push_back(recycled[next_recycled++]);
+      }
+    }
+    while (static_cast<int64_t>(t.sink_blocks.size()) < plan.sink_blocks) {
+      t.sink_blocks.push_back(take());
+    }
+    while (t.window_blocks() < plan.window.size()) t.window.push_back(take());
+    KVPAGE_DCHECK(next_fresh == fresh.size());
+    // Leftovers: a ring keeps up to its size as spares, the rest goes back.
+    while (r.ring() && !t.spares.empty() &&
+           t.window_blocks() + static_cast<int64_t>(t.spares.size()) >
+               r.ring_blocks) {
+      Release(t.spares.back());
+      t.spares.pop_back();
+    }
+    for (; next_recycled < recycled.size(); ++next_recycled) {
+      Release(recycled[next_recycled]);
+    }
+  }
+
+  void Commit(BlockTable& t, const Plan& plan) {
+    tokens_stored += plan.visible_after - plan.visible_before;
+    evictions += plan.evicted;
+    t.evicted += plan.evicted;
+    t.length = plan.length;
+    t.window_start = plan.window_start;
+    t.max_length = std::max(t.max_length, plan.length);
+  }
+
+  // Refuses a write of [start, seq_len) or a rollback to seq_len that would
+  // reach positions the policy already evicted: OutOfRange.
+  absl::Status CheckEvicted(std::string_view op, SeqId seq, int layer,
+                            const BlockTable& t, int64_t start,
+                            int64_t seq_len) const {
+    const LayerRules& r = rules[static_cast<size_t>(layer)];
+    if (t.window_start <= r.sinks) return absl::OkStatus();  // none evicted
+    const int64_t evicted_lo = r.sinks, evicted_hi = t.window_start;
+    const int64_t write_lo = std::max(start, evicted_lo);
+    const int64_t write_hi = std::min({seq_len, t.length, evicted_hi});
+    const bool rollback_into =
+        seq_len < t.length && seq_len - 1 >= evicted_lo &&
+        seq_len - 1 < evicted_hi;
+    if (write_lo >= write_hi && !rollback_into) return absl::OkStatus();
+    return absl::OutOfRangeError(absl::StrFormat(
+        "%s(seq %d, layer %d, seq_len %d): positions [%d, %d) were evicted by "
+        "the %s policy; the layer keeps sinks [0, %d) and window [%d, %d)%s",
+        op, seq, layer, seq_len, evicted_lo, evicted_hi,
+        OverflowPolicyName(r.overflow), std::min(r.sinks, t.length),
+        t.window_start, t.length,
+        rollback_into ? "; a rollback must keep a visible window token or go "
+                        "back into the sinks"
+                      : ""));
   }
 
   // Writes `count` tokens of one half (keys or values) into slots
@@ -152,6 +330,16 @@ internal::KVCacheAccess::CreateWithStorage(
   }
   auto impl = std::make_unique<KVCache::Impl>();
   impl->config = config;
+  const LayerPolicy global{.overflow = config.overflow,
+                           .max_seq_len = config.max_seq_len,
+                           .sink_tokens = config.sink_tokens,
+                           .truncate_to = config.truncate_to};
+  impl->rules.assign(static_cast<size_t>(config.num_layers),
+                     LayerRules::Resolve(global, config.block_tokens));
+  for (const LayerPolicy& p : config.layer_policies) {
+    impl->rules[static_cast<size_t>(p.layer)] =
+        LayerRules::Resolve(p, config.block_tokens);
+  }
   impl->block_bytes = BlockBytes(config);
   impl->token_elems = int64_t{config.num_kv_heads} * config.head_dim;
   impl->token_bytes = impl->token_elems * DTypeSize(config.dtype);
@@ -172,6 +360,9 @@ absl::StatusOr<SeqId> KVCache::AddSequence() {
   const SeqId id = m.next_seq++;
   Sequence sequence;
   sequence.layers.resize(static_cast<size_t>(m.config.num_layers));
+  for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
+    sequence.layers[layer].window_first = m.rules[layer].sink_blocks;
+  }
   m.sequences.emplace(id, std::move(sequence));
   return id;
 }
@@ -183,9 +374,11 @@ absl::Status KVCache::RemoveSequence(SeqId seq) {
     return absl::NotFoundError(
         absl::StrFormat("RemoveSequence(seq %d): no such sequence", seq));
   }
-  for (BlockTable& table : it->second.layers) {
-    m.tokens_stored -= table.length;
-    m.ReleaseBlocks(table, 0);
+  for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
+    BlockTable& table = it->second.layers[layer];
+    m.tokens_stored -=
+        internal::VisibleTokens(m.rules[layer], table.length, table.window_start);
+    m.ReleaseAll(table);
   }
   m.sequences.erase(it);
   return absl::OkStatus();
@@ -218,7 +411,8 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   absl::StatusOr<BlockTable*> found = FindTable(m, "Update", seq, layer);
   if (ABSL_PREDICT_FALSE(!found.ok())) return found.status();
   BlockTable& table = **found;
-  const CacheConfig& c = m.config;
+  const LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  const DType dtype = m.config.dtype;
   const int64_t n = k.tokens;
 
   // Validate everything before touching anything.
@@ -232,11 +426,10 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   }
   for (const TokenSpan* span : {&k, &v}) {
     if (ABSL_PREDICT_FALSE(span->dtype != DType::kF32 &&
-                           span->dtype != c.dtype)) {
+                           span->dtype != dtype)) {
       return invalid(absl::StrFormat(
           "%s is %s; the cache takes f32 or its own dtype %s",
-          span == &k ? "k" : "v", DTypeName(span->dtype),
-          DTypeName(c.dtype)));
+          span == &k ? "k" : "v", DTypeName(span->dtype), DTypeName(dtype)));
     }
     if (ABSL_PREDICT_FALSE(n > 0 && span->data == nullptr)) {
       return invalid(absl::StrFormat("%s is null with %d tokens",
@@ -254,66 +447,59 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         "gap: %d tokens start at position %d but the layer holds %d", n, start,
         table.length));
   }
-  if (ABSL_PREDICT_FALSE(seq_len > c.max_seq_len)) {
+  if (ABSL_PREDICT_FALSE(r.evicts() && table.window_start > r.sinks)) {
+    if (absl::Status s = m.CheckEvicted("Update", seq, layer, table, start,
+                                        seq_len);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (ABSL_PREDICT_FALSE(!r.evicts() && seq_len > r.max_seq_len)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "Update(seq %d, layer %d, seq_len %d): exceeds max_seq_len %d "
-        "(overflow policy %s)",
-        seq, layer, seq_len, c.max_seq_len, OverflowPolicyName(c.overflow)));
+        "(overflow policy error)",
+        seq, layer, seq_len, r.max_seq_len));
   }
 
   // The one step that can fail for lack of memory comes first.
-  const int64_t bt = c.block_tokens;
-  const size_t have = table.entries.size();
-  const size_t need = static_cast<size_t>(CeilDiv(seq_len, bt));
-  if (need > have) {
-    const size_t extra = need - have;
-    m.new_ids.resize(extra);
-    if (extra == 1) {
-      m.new_ids[0] = m.local->AllocateOne();
-      if (ABSL_PREDICT_FALSE(m.new_ids[0] == kNoBlock)) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "Update(seq %d, layer %d, seq_len %d): needs 1 block, the pool of "
-            "%d has none free",
-            seq, layer, seq_len, m.pool->capacity()));
-      }
-    } else if (absl::Status s = m.local->Allocate(absl::MakeSpan(m.new_ids));
-               !s.ok()) {
+  const Plan plan = MakePlan(r, table, seq_len);
+  m.fresh_ids.resize(static_cast<size_t>(plan.fresh));
+  if (plan.fresh == 1) {
+    m.fresh_ids[0] = m.local->AllocateOne();
+    if (ABSL_PREDICT_FALSE(m.fresh_ids[0] == kNoBlock)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "Update(seq %d, layer %d, seq_len %d): needs 1 block, the pool of "
+          "%d has none free",
+          seq, layer, seq_len, m.pool->capacity()));
+    }
+  } else if (plan.fresh > 1) {
+    if (absl::Status s = m.local->Allocate(absl::MakeSpan(m.fresh_ids));
+        !s.ok()) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "Update(seq %d, layer %d, seq_len %d): needs %d blocks: %s", seq,
-          layer, seq_len, extra, s.message()));
+          layer, seq_len, plan.fresh, s.message()));
     }
-    for (size_t i = 0; i < extra; ++i) {
-      table.entries.push_back(
-          {.id = m.new_ids[i],
-           .begin = 0,
-           .end = 0,
-           .position0 = static_cast<int64_t>(have + i) * bt});
-    }
-  } else if (need < have) {
-    m.ReleaseBlocks(table, need);  // rollback: blocks past seq_len go back
   }
-  m.SetEnds(table, std::min(have, need) == 0 ? 0 : std::min(have, need) - 1,
-            seq_len);
+  m.blocks_allocated += plan.fresh;
+  m.ApplyBlocks(r, table, plan, m.fresh_ids);
+  m.Commit(table, plan);
 
-  // Write [start, seq_len), one run per block.
+  // Write the positions of [start, seq_len) that are visible now; those
+  // evicted by this very update are skipped.
   const auto* k_src = static_cast<const std::byte*>(k.data);
   const auto* v_src = static_cast<const std::byte*>(v.data);
   const int64_t k_stride = m.token_elems * DTypeSize(k.dtype);
   const int64_t v_stride = m.token_elems * DTypeSize(v.dtype);
-  for (int64_t pos = start; pos < seq_len;) {
-    const BlockId id = table.entries[static_cast<size_t>(pos / bt)].id;
-    const int64_t slot = pos % bt;
-    const int64_t count = std::min(bt - slot, seq_len - pos);
-    const int64_t done = pos - start;
-    m.WriteRun(id, false, slot, k_src + done * k_stride, k.dtype, count);
-    m.WriteRun(id, true, slot, v_src + done * v_stride, v.dtype, count);
-    pos += count;
-  }
-
-  m.tokens_stored += seq_len - table.length;
-  m.bytes_written += 2 * n * m.token_bytes;
-  table.length = seq_len;
-  table.max_length = std::max(table.max_length, seq_len);
+  int64_t written = 0;
+  internal::ForEachVisibleRun(
+      r, table, start, seq_len,
+      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
+        const int64_t done = position - start;
+        m.WriteRun(id, false, slot, k_src + done * k_stride, k.dtype, count);
+        m.WriteRun(id, true, slot, v_src + done * v_stride, v.dtype, count);
+        written += count;
+      });
+  m.bytes_written += 2 * written * m.token_bytes;
   return absl::OkStatus();
 }
 
@@ -328,14 +514,22 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "Truncate(seq %d, seq_len %d): seq_len must be >= 0", seq, seq_len));
   }
-  const int64_t bt = m.config.block_tokens;
-  for (BlockTable& table : it->second.layers) {
+  std::vector<BlockTable>& layers = it->second.layers;
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    if (layers[layer].length <= seq_len) continue;
+    if (absl::Status s = m.CheckEvicted("Truncate", seq, static_cast<int>(layer),
+                                        layers[layer], seq_len, seq_len);
+        !s.ok()) {
+      return s;
+    }
+  }
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    BlockTable& table = layers[layer];
     if (table.length <= seq_len) continue;
-    const size_t need = static_cast<size_t>(CeilDiv(seq_len, bt));
-    m.ReleaseBlocks(table, need);
-    m.SetEnds(table, need == 0 ? 0 : need - 1, seq_len);
-    m.tokens_stored -= table.length - seq_len;
-    table.length = seq_len;
+    const Plan plan = MakePlan(m.rules[layer], table, seq_len);
+    KVPAGE_DCHECK(plan.fresh == 0);
+    m.ApplyBlocks(m.rules[layer], table, plan, {});
+    m.Commit(table, plan);
   }
   return absl::OkStatus();
 }
@@ -353,23 +547,21 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
   if (!found.ok()) return found.status();
   const BlockTable& table = **found;
   const Impl& m = *impl_;
+  const LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  const int64_t tokens =
+      internal::VisibleTokens(r, table.length, table.window_start);
   GatheredLayer out;
-  int64_t tokens = 0;
-  for (const TableEntry& e : table.entries) tokens += e.tokens();
   out.k.resize(static_cast<size_t>(tokens * m.token_elems));
   out.v.resize(static_cast<size_t>(tokens * m.token_elems));
   out.positions.reserve(static_cast<size_t>(tokens));
-  int64_t done = 0;
-  for (const TableEntry& e : table.entries) {
-    float* k_out = out.k.data() + done * m.token_elems;
-    float* v_out = out.v.data() + done * m.token_elems;
-    m.ReadRun(e.id, false, e.begin, e.tokens(), k_out);
-    m.ReadRun(e.id, true, e.begin, e.tokens(), v_out);
-    for (int s = e.begin; s < e.end; ++s) {
-      out.positions.push_back(e.position0 + s);
-    }
-    done += e.tokens();
-  }
+  internal::ForEachVisibleRun(
+      r, table, 0, table.length,
+      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
+        const int64_t done = static_cast<int64_t>(out.positions.size());
+        m.ReadRun(id, false, slot, count, out.k.data() + done * m.token_elems);
+        m.ReadRun(id, true, slot, count, out.v.data() + done * m.token_elems);
+        for (int64_t i = 0; i < count; ++i) out.positions.push_back(position + i);
+      });
   return out;
 }
 
@@ -377,6 +569,7 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
   absl::StatusOr<const BlockTable*> found =
       FindTable(*impl_, "View", seq, layer);
   if (!found.ok()) return found.status();
+  const BlockTable& table = **found;
   const Impl& m = *impl_;
   LayerView view;
   view.dtype = m.config.dtype;
@@ -385,16 +578,19 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
   view.block_tokens = m.config.block_tokens;
   view.token_stride = m.token_elems;
   view.host_accessible = m.host_base != nullptr;
-  view.blocks.reserve((*found)->entries.size());
-  for (const TableEntry& e : (*found)->entries) {
-    const auto* k = static_cast<const std::byte*>(m.pool->storage().Address(e.id));
-    view.blocks.push_back({.k = k,
-                           .v = k + m.v_offset,
-                           .block_id = e.id,
-                           .begin_slot = e.begin,
-                           .tokens = e.tokens(),
-                           .first_position = e.position0 + e.begin});
-  }
+  view.length = table.length;
+  internal::ForEachVisibleRun(
+      m.rules[static_cast<size_t>(layer)], table, 0, table.length,
+      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
+        const auto* k =
+            static_cast<const std::byte*>(m.pool->storage().Address(id));
+        view.blocks.push_back({.k = k,
+                               .v = k + m.v_offset,
+                               .block_id = id,
+                               .begin_slot = static_cast<int>(slot),
+                               .tokens = static_cast<int>(count),
+                               .first_position = position});
+      });
   return view;
 }
 
@@ -416,6 +612,10 @@ CacheStats KVCache::Stats() const {
   s.misses = m.misses;
   s.compressions_applied = m.compressions_applied;
   s.evictions = m.evictions;
+  s.blocks_released_by_policy = m.blocks_released_by_policy;
+  s.blocks_reused_by_ring = m.blocks_reused_by_ring;
+  s.blocks_allocated = m.blocks_allocated;
+  s.blocks_released = m.blocks_released;
   s.bytes_written = m.bytes_written;
   s.bytes_copied = m.bytes_copied;
   return s;
@@ -429,11 +629,13 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
         absl::StrFormat("Stats(seq %d): no such sequence", seq));
   }
   SequenceStats s;
-  for (const BlockTable& table : it->second.layers) {
+  for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
+    const BlockTable& table = it->second.layers[layer];
     s.current_length = std::max(s.current_length, table.length);
     s.max_length = std::max(s.max_length, table.max_length);
-    for (const TableEntry& e : table.entries) s.tokens_stored += e.tokens();
-    s.blocks += static_cast<int64_t>(table.entries.size());
+    s.tokens_stored +=
+        internal::VisibleTokens(m.rules[layer], table.length, table.window_start);
+    s.blocks += table.held_blocks();
     s.evictions += table.evicted;
   }
   const int64_t slots = s.blocks * m.config.block_tokens;
@@ -455,39 +657,62 @@ std::vector<SeqId> KVCache::Sequences() const {
 absl::Status KVCache::Validate() const {
   const Impl& m = *impl_;
   if (absl::Status s = m.pool->Validate(); !s.ok()) return s;
-  const int64_t bt = m.config.block_tokens;
   std::vector<uint32_t> refs(static_cast<size_t>(m.pool->capacity()), 0);
   int64_t tokens = 0;
   for (SeqId seq : Sequences()) {
     const Sequence& sequence = m.sequences.find(seq)->second;
     for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
       const BlockTable& t = sequence.layers[layer];
+      const LayerRules& r = m.rules[layer];
       auto fail = [&](const std::string& what) {
-        return absl::InternalError(
-            absl::StrFormat("seq %d, layer %d (length %d, %d entries): %s",
-                            seq, layer, t.length, t.entries.size(), what));
+        return absl::InternalError(absl::StrFormat(
+            "seq %d, layer %d (length %d, window start %d, %d sink and %d "
+            "window blocks from %d, %d spares): %s",
+            seq, layer, t.length, t.window_start, t.sink_blocks.size(),
+            t.window_blocks(), t.window_first, t.spares.size(), what));
       };
       if (t.max_length < t.length) return fail("max_length below length");
-      if (static_cast<int64_t>(t.entries.size()) != CeilDiv(t.length, bt)) {
-        return fail("entry count is not ceil(length / block_tokens)");
+      const int64_t visible = internal::VisibleTokens(r, t.length, t.window_start);
+      if (visible > r.max_seq_len) {
+        return fail(absl::StrFormat("%d visible tokens exceed max_seq_len %d",
+                                    visible, r.max_seq_len));
       }
-      for (size_t i = 0; i < t.entries.size(); ++i) {
-        const TableEntry& e = t.entries[i];
-        if (e.id >= m.pool->capacity()) {
-          return fail(absl::StrFormat("entry %d: block %d out of range", i,
-                                      e.id));
-        }
-        ++refs[e.id];
-        const int64_t want_end = std::min(bt, t.length - e.position0);
-        if (e.position0 != static_cast<int64_t>(i) * bt || e.begin != 0 ||
-            e.end != want_end) {
-          return fail(absl::StrFormat(
-              "entry %d covers slots [%d, %d) from position %d; want [0, %d) "
-              "from %d",
-              i, e.begin, e.end, e.position0, want_end, i * bt));
-        }
-        tokens += e.tokens();
+      if (!r.evicts() && t.window_start != 0) {
+        return fail("the error policy evicted tokens");
       }
+      if (static_cast<int64_t>(t.sink_blocks.size()) !=
+          internal::SinkBlocks(r, t.length)) {
+        return fail("sink block count is not ceil(min(sinks, length) / bt)");
+      }
+      const BlockRange want = internal::WindowRange(r, t.length, t.window_start);
+      if (t.window_blocks() != want.size() ||
+          (want.size() > 0 && t.window_first != want.first)) {
+        return fail(absl::StrFormat("window blocks should be [%d, %d)",
+                                    want.first, want.last));
+      }
+      if (!r.ring() && !t.spares.empty()) return fail("spares outside a ring");
+      if (r.ring() && t.window_blocks() + static_cast<int64_t>(t.spares.size()) >
+                          r.ring_blocks) {
+        return fail(absl::StrFormat("ring holds more than its %d blocks",
+                                    r.ring_blocks));
+      }
+      auto count = [&](BlockId id) -> bool {
+        if (id >= m.pool->capacity()) return false;
+        ++refs[id];
+        return true;
+      };
+      for (BlockId id : t.sink_blocks) {
+        if (!count(id)) return fail(absl::StrFormat("block %d out of range", id));
+      }
+      for (size_t i = t.head; i < t.window.size(); ++i) {
+        if (!count(t.window[i])) {
+          return fail(absl::StrFormat("block %d out of range", t.window[i]));
+        }
+      }
+      for (BlockId id : t.spares) {
+        if (!count(id)) return fail(absl::StrFormat("block %d out of range", id));
+      }
+      tokens += visible;
     }
   }
   int64_t used = 0;
@@ -495,19 +720,25 @@ absl::Status KVCache::Validate() const {
     const uint32_t have = m.pool->ref_count(static_cast<BlockId>(id));
     if (have != refs[id]) {
       return absl::InternalError(absl::StrFormat(
-          "block %d: ref_count %d but %d table entries point at it", id, have,
+          "block %d: ref_count %d but %d table entries hold it", id, have,
           refs[id]));
     }
     used += refs[id] > 0;
   }
   if (used != m.pool->used_blocks()) {
     return absl::InternalError(absl::StrFormat(
-        "%d blocks referenced by tables, pool says %d used", used,
+        "%d blocks held by tables, pool says %d used", used,
         m.pool->used_blocks()));
   }
   if (tokens != m.tokens_stored) {
     return absl::InternalError(absl::StrFormat(
-        "tables hold %d tokens, stats say %d", tokens, m.tokens_stored));
+        "tables hold %d visible tokens, stats say %d", tokens,
+        m.tokens_stored));
+  }
+  if (m.blocks_allocated - m.blocks_released != used) {
+    return absl::InternalError(absl::StrFormat(
+        "%d blocks allocated and %d released, but %d held", m.blocks_allocated,
+        m.blocks_released, used));
   }
   return absl::OkStatus();
 }

@@ -5,6 +5,7 @@
 // must leave the cache exactly as it was; Validate() must pass.
 #include <algorithm>
 #include <map>
+#include <set>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,14 +22,32 @@ namespace {
 using kvpage::testing::ExactValues;
 using kvpage::testing::Fingerprint;
 
-// The reference: layer l of a sequence holds positions [0, k.size() / elems).
+// The reference: every position [0, length) of a layer with its data and
+// whether it is visible, and the overflow rules applied position by
+// position. Block accounting follows the documented contract: a layer holds
+// the blocks with a visible position (and a ring up to its size in spares);
+// an update takes from the pool only what it cannot reuse.
 class ReferenceModel {
  public:
   explicit ReferenceModel(const CacheConfig& c)
-      : c_(c), elems_(int64_t{c.num_kv_heads} * c.head_dim) {}
+      : c_(c), elems_(int64_t{c.num_kv_heads} * c.head_dim) {
+    policies_.assign(static_cast<size_t>(c.num_layers),
+                     {.overflow = c.overflow,
+                      .max_seq_len = c.max_seq_len,
+                      .sink_tokens = c.sink_tokens,
+                      .truncate_to = c.truncate_to});
+    for (const LayerPolicy& p : c.layer_policies) {
+      policies_[static_cast<size_t>(p.layer)] = p;
+    }
+  }
 
-  struct Layer {
+  struct Token {
     std::vector<float> k, v;
+    bool visible = true;
+  };
+  struct Layer {
+    std::vector<Token> tokens;  // positions [0, length)
+    int64_t spares = 0;         // ring blocks held with no visible token
   };
 
   void Add(SeqId seq) {
@@ -37,33 +56,40 @@ class ReferenceModel {
   bool Has(SeqId seq) const { return seqs_.count(seq) > 0; }
   void Remove(SeqId seq) { seqs_.erase(seq); }
   int64_t Length(SeqId seq, int layer) const {
-    return static_cast<int64_t>(
-               seqs_.at(seq)[static_cast<size_t>(layer)].k.size()) /
-           elems_;
+    return static_cast<int64_t>(At(seq, layer).tokens.size());
   }
+  const Layer& At(SeqId seq, int layer) const {
+    return seqs_.at(seq)[static_cast<size_t>(layer)];
+  }
+  std::vector<SeqId> Ids() const {
+    std::vector<SeqId> ids;
+    for (const auto& [seq, layers] : seqs_) ids.push_back(seq);
+    return ids;
+  }
+
   int64_t BlocksUsed() const {
     int64_t blocks = 0;
     for (const auto& [seq, layers] : seqs_) {
-      for (const Layer& l : layers) {
-        const int64_t len = static_cast<int64_t>(l.k.size()) / elems_;
-        blocks += (len + c_.block_tokens - 1) / c_.block_tokens;
-      }
+      for (const Layer& l : layers) blocks += Held(l).size() + l.spares;
     }
     return blocks;
   }
   int64_t TokensStored() const {
     int64_t tokens = 0;
     for (const auto& [seq, layers] : seqs_) {
-      for (const Layer& l : layers) {
-        tokens += static_cast<int64_t>(l.k.size()) / elems_;
-      }
+      for (const Layer& l : layers) tokens += Visible(l);
     }
     return tokens;
   }
+  int64_t evictions() const { return evictions_; }
+  int64_t bytes_written() const { return bytes_written_; }
 
-  // The status code the update rule gives, checks in the documented order.
-  absl::StatusCode Check(SeqId seq, int layer, const TokenSpan& k,
-                         const TokenSpan& v, int64_t seq_len) const {
+  // The status the update rule gives, checks in the documented order; on
+  // kOk the update is applied.
+  absl::StatusCode Update(SeqId seq, int layer, const TokenSpan& k,
+                          const TokenSpan& v, int64_t seq_len,
+                          const std::vector<float>& kf,
+                          const std::vector<float>& vf) {
     if (!Has(seq)) return absl::StatusCode::kNotFound;
     if (layer < 0 || layer >= c_.num_layers) {
       return absl::StatusCode::kInvalidArgument;
@@ -77,51 +103,139 @@ class ReferenceModel {
       if (n > 0 && s->data == nullptr) return absl::StatusCode::kInvalidArgument;
     }
     if (seq_len < n) return absl::StatusCode::kInvalidArgument;
-    const int64_t len = Length(seq, layer);
-    if (seq_len - n > len) return absl::StatusCode::kInvalidArgument;
-    if (seq_len > c_.max_seq_len) return absl::StatusCode::kResourceExhausted;
-    const int64_t bt = c_.block_tokens;
-    const int64_t extra = (seq_len + bt - 1) / bt - (len + bt - 1) / bt;
-    if (extra > c_.num_blocks - BlocksUsed()) {
+    const Layer& old = At(seq, layer);
+    const int64_t len = static_cast<int64_t>(old.tokens.size());
+    const int64_t start = seq_len - n;
+    if (start > len) return absl::StatusCode::kInvalidArgument;
+    for (int64_t p = start; p < std::min(seq_len, len); ++p) {
+      if (!old.tokens[static_cast<size_t>(p)].visible) {
+        return absl::StatusCode::kOutOfRange;
+      }
+    }
+    if (seq_len < len && seq_len > 0 &&
+        !old.tokens[static_cast<size_t>(seq_len - 1)].visible) {
+      return absl::StatusCode::kOutOfRange;
+    }
+    const LayerPolicy& policy = policies_[static_cast<size_t>(layer)];
+    if (policy.overflow == OverflowPolicy::kError &&
+        seq_len > policy.max_seq_len) {
       return absl::StatusCode::kResourceExhausted;
+    }
+    Layer next = old;
+    next.tokens.resize(static_cast<size_t>(seq_len));
+    for (int64_t p = start; p < seq_len; ++p) {
+      Token& t = next.tokens[static_cast<size_t>(p)];
+      const size_t from = static_cast<size_t>((p - start) * elems_);
+      t.k.assign(kf.begin() + from, kf.begin() + from + elems_);
+      t.v.assign(vf.begin() + from, vf.begin() + from + elems_);
+      t.visible = true;
+    }
+    const int64_t evicted = Evict(policy, next);
+    const int64_t fresh = Rebalance(policy, old, next);
+    if (fresh > c_.num_blocks - BlocksUsed()) {
+      return absl::StatusCode::kResourceExhausted;
+    }
+    for (int64_t p = start; p < seq_len; ++p) {
+      bytes_written_ += next.tokens[static_cast<size_t>(p)].visible
+                            ? 2 * elems_ * DTypeSize(c_.dtype)
+                            : 0;
+    }
+    evictions_ += evicted;
+    seqs_.at(seq)[static_cast<size_t>(layer)] = std::move(next);
+    return absl::StatusCode::kOk;
+  }
+
+  absl::StatusCode Truncate(SeqId seq, int64_t seq_len) {
+    if (!Has(seq)) return absl::StatusCode::kNotFound;
+    if (seq_len < 0) return absl::StatusCode::kInvalidArgument;
+    std::vector<Layer>& layers = seqs_.at(seq);
+    for (const Layer& l : layers) {
+      if (static_cast<int64_t>(l.tokens.size()) > seq_len && seq_len > 0 &&
+          !l.tokens[static_cast<size_t>(seq_len - 1)].visible) {
+        return absl::StatusCode::kOutOfRange;
+      }
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+      if (static_cast<int64_t>(layers[i].tokens.size()) <= seq_len) continue;
+      Layer next = layers[i];
+      next.tokens.resize(static_cast<size_t>(seq_len));
+      Rebalance(policies_[i], layers[i], next);
+      layers[i] = std::move(next);
     }
     return absl::StatusCode::kOk;
   }
 
-  void Apply(SeqId seq, int layer, const std::vector<float>& k,
-             const std::vector<float>& v, int64_t seq_len) {
-    Layer& l = seqs_.at(seq)[static_cast<size_t>(layer)];
-    const int64_t n = static_cast<int64_t>(k.size()) / elems_;
-    const size_t start = static_cast<size_t>((seq_len - n) * elems_);
-    l.k.resize(start);
-    l.v.resize(start);
-    l.k.insert(l.k.end(), k.begin(), k.end());
-    l.v.insert(l.v.end(), v.begin(), v.end());
-  }
-
-  void Truncate(SeqId seq, int64_t seq_len) {
-    for (Layer& l : seqs_.at(seq)) {
-      const size_t keep = static_cast<size_t>(seq_len * elems_);
-      if (l.k.size() > keep) {
-        l.k.resize(keep);
-        l.v.resize(keep);
-      }
-    }
-  }
-
-  const Layer& At(SeqId seq, int layer) const {
-    return seqs_.at(seq)[static_cast<size_t>(layer)];
-  }
-  std::vector<SeqId> Ids() const {
-    std::vector<SeqId> ids;
-    for (const auto& [seq, layers] : seqs_) ids.push_back(seq);
-    return ids;
+  int64_t Visible(const Layer& l) const {
+    return std::count_if(l.tokens.begin(), l.tokens.end(),
+                         [](const Token& t) { return t.visible; });
   }
 
  private:
+  int64_t Sinks(const LayerPolicy& p) const {
+    return p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
+  }
+
+  // Evicts the oldest visible non-sink tokens as the policy says; returns
+  // how many.
+  int64_t Evict(const LayerPolicy& p, Layer& l) const {
+    const int64_t visible = Visible(l);
+    if (p.overflow == OverflowPolicy::kError || visible <= p.max_seq_len) {
+      return 0;
+    }
+    const int64_t keep = p.overflow == OverflowPolicy::kTruncate
+                             ? EffectiveTruncateTo(p.max_seq_len, p.truncate_to)
+                             : p.max_seq_len;
+    int64_t evicted = 0;
+    for (size_t i = static_cast<size_t>(Sinks(p));
+         i < l.tokens.size() && visible - evicted > keep; ++i) {
+      if (l.tokens[i].visible) {
+        l.tokens[i].visible = false;
+        l.tokens[i].k.clear();
+        l.tokens[i].v.clear();
+        ++evicted;
+      }
+    }
+    return evicted;
+  }
+
+  // Logical blocks with a visible position.
+  std::set<int64_t> Held(const Layer& l) const {
+    std::set<int64_t> held;
+    for (size_t p = 0; p < l.tokens.size(); ++p) {
+      if (l.tokens[p].visible) held.insert(static_cast<int64_t>(p) / c_.block_tokens);
+    }
+    return held;
+  }
+
+  // Moves `next`'s spares after the change from `old`; returns the blocks
+  // the change takes from the pool.
+  int64_t Rebalance(const LayerPolicy& p, const Layer& old, Layer& next) const {
+    const std::set<int64_t> before = Held(old), after = Held(next);
+    int64_t released = 0, needed = 0;
+    for (int64_t b : before) released += after.count(b) == 0;
+    for (int64_t b : after) needed += before.count(b) == 0;
+    if (p.overflow != OverflowPolicy::kCircularBuffer) {
+      next.spares = 0;
+      return std::max<int64_t>(0, needed - released);
+    }
+    const int64_t bt = c_.block_tokens;
+    const int64_t sink_blocks = (Sinks(p) + bt - 1) / bt;
+    const int64_t ring = (p.max_seq_len - Sinks(p) - 1 + bt - 1) / bt + 1;
+    int64_t window_blocks = 0;
+    for (int64_t b : after) window_blocks += b >= sink_blocks;
+    const int64_t available = old.spares + released;
+    const int64_t reused = std::min(needed, available);
+    next.spares = std::min(available - reused,
+                           std::max<int64_t>(0, ring - window_blocks));
+    return needed - reused;
+  }
+
   const CacheConfig c_;
   const int64_t elems_;
+  std::vector<LayerPolicy> policies_;
   std::map<SeqId, std::vector<Layer>> seqs_;
+  int64_t evictions_ = 0;
+  int64_t bytes_written_ = 0;
 };
 
 struct Scenario {
@@ -186,12 +300,11 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       what = "remove";
       if (want == absl::StatusCode::kOk) model.Remove(seq);
     } else if (dice < 15) {  // truncate, sometimes invalid
-      const int64_t to = uniform(-1, c.max_seq_len);
-      want = to < 0 ? absl::StatusCode::kInvalidArgument
-                    : absl::StatusCode::kOk;
+      const int64_t longest = cache.Stats(seq)->current_length;
+      const int64_t to = uniform(-1, longest + 1);
+      want = model.Truncate(seq, to);
       status = cache.Truncate(seq, to);
       what = "truncate to " + std::to_string(to);
-      if (want == absl::StatusCode::kOk) model.Truncate(seq, to);
     } else {  // an update: decode, prefill, overwrite/rollback or a bad call
       int layer = static_cast<int>(uniform(0, c.num_layers - 1));
       const int64_t len = model.Length(seq, layer);
@@ -203,13 +316,13 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
         n = uniform(1, 2 * c.block_tokens + 1);
         seq_len = len + n;
       } else {  // anything: overwrite, rollback, sometimes a gap or too long
-        seq_len = uniform(0, std::min(len + 3, c.max_seq_len + 2));
-        n = uniform(0, seq_len);
+        seq_len = uniform(0, len + 3);
+        n = uniform(0, std::min<int64_t>(seq_len, 3 * c.block_tokens));
       }
       // One deliberate mistake in about one update in ten.
       const int mistake = dice >= 91 ? static_cast<int>(uniform(0, 5)) : -1;
       if (mistake == 5) {  // append past max_seq_len, without a gap
-        seq_len = c.max_seq_len + uniform(1, 3);
+        seq_len = std::max(len, c.max_seq_len) + uniform(1, 3);
         n = seq_len - len;
       }
       const std::vector<float> kf = ExactValues(rng, n * elems);
@@ -229,11 +342,10 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
         case 4: seq = 2'000'000 + op; break;
         default: break;
       }
-      want = model.Check(seq, layer, k, v, seq_len);
+      want = model.Update(seq, layer, k, v, seq_len, kf, vf);
       status = cache.Update(seq, layer, k, v, seq_len);
       what = "update layer " + std::to_string(layer) + " n " +
              std::to_string(k.tokens) + " seq_len " + std::to_string(seq_len);
-      if (want == absl::StatusCode::kOk) model.Apply(seq, layer, kf, vf, seq_len);
     }
 
     ++outcomes[status.code()];
@@ -248,17 +360,28 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
     ASSERT_EQ(stats.blocks_used, model.BlocksUsed()) << "op " << op;
     ASSERT_EQ(stats.tokens_stored, model.TokensStored()) << "op " << op;
     ASSERT_EQ(stats.bytes_copied, 0);
+    ASSERT_EQ(stats.evictions, model.evictions()) << "op " << op;
+    ASSERT_EQ(stats.bytes_written, model.bytes_written()) << "op " << op;
     for (SeqId id : model.Ids()) {
       for (int layer = 0; layer < c.num_layers; ++layer) {
         const GatheredLayer got = *cache.Gather(id, layer);
+        std::vector<float> want_k, want_v;
+        std::vector<int64_t> want_positions;
         const ReferenceModel::Layer& ref = model.At(id, layer);
-        ASSERT_EQ(got.k, ref.k) << "op " << op << " seq " << id << " layer "
-                                << layer;
-        ASSERT_EQ(got.v, ref.v) << "op " << op << " seq " << id;
-        ASSERT_EQ(*cache.Length(id, layer), model.Length(id, layer));
-        for (size_t p = 0; p < got.positions.size(); ++p) {
-          ASSERT_EQ(got.positions[p], static_cast<int64_t>(p));
+        for (size_t p = 0; p < ref.tokens.size(); ++p) {
+          if (!ref.tokens[p].visible) continue;
+          want_k.insert(want_k.end(), ref.tokens[p].k.begin(),
+                        ref.tokens[p].k.end());
+          want_v.insert(want_v.end(), ref.tokens[p].v.begin(),
+                        ref.tokens[p].v.end());
+          want_positions.push_back(static_cast<int64_t>(p));
         }
+        ASSERT_EQ(got.positions, want_positions)
+            << "op " << op << " seq " << id << " layer " << layer;
+        ASSERT_EQ(got.k, want_k) << "op " << op << " seq " << id << " layer "
+                                 << layer;
+        ASSERT_EQ(got.v, want_v) << "op " << op << " seq " << id;
+        ASSERT_EQ(*cache.Length(id, layer), model.Length(id, layer));
       }
     }
   }
@@ -267,6 +390,14 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
   EXPECT_GT(outcomes[absl::StatusCode::kInvalidArgument], 0);
   EXPECT_GT(outcomes[absl::StatusCode::kResourceExhausted], 0);
   EXPECT_GT(outcomes[absl::StatusCode::kNotFound], 0);
+  bool evicting = c.overflow != OverflowPolicy::kError;
+  for (const LayerPolicy& p : c.layer_policies) {
+    evicting |= p.overflow != OverflowPolicy::kError;
+  }
+  if (evicting) {
+    EXPECT_GT(outcomes[absl::StatusCode::kOutOfRange], 0);
+    EXPECT_GT(model.evictions(), 0);
+  }
 
   for (SeqId id : model.Ids()) ASSERT_TRUE(cache.RemoveSequence(id).ok());
   EXPECT_EQ(cache.Stats().blocks_used, 0);
@@ -294,6 +425,52 @@ std::vector<Scenario> Scenarios() {
        {.num_layers = 2, .num_kv_heads = 2, .head_dim = 8,
         .dtype = DType::kF16, .block_tokens = 16, .num_blocks = 12,
         .max_seq_len = 64},
+       true},
+      {"sliding_window",
+       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
+        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
+        .max_seq_len = 13, .overflow = OverflowPolicy::kSlidingWindow}},
+      {"sliding_window_sinks_share_a_block",
+       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
+        .dtype = DType::kBF16, .block_tokens = 4, .num_blocks = 30,
+        .max_seq_len = 14, .overflow = OverflowPolicy::kSlidingWindow,
+        .sink_tokens = 3}},
+      {"circular_buffer_sinks",
+       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
+        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
+        .max_seq_len = 13, .overflow = OverflowPolicy::kCircularBuffer,
+        .sink_tokens = 2}},
+      {"circular_buffer_blocks_of_1",
+       {.num_layers = 2, .num_kv_heads = 2, .head_dim = 2,
+        .dtype = DType::kF32, .block_tokens = 1, .num_blocks = 40,
+        .max_seq_len = 5, .overflow = OverflowPolicy::kCircularBuffer,
+        .sink_tokens = 1}},
+      {"truncate_half",
+       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
+        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
+        .max_seq_len = 16, .overflow = OverflowPolicy::kTruncate,
+        .sink_tokens = 2}},
+      {"truncate_to_5_sinks_4",
+       {.num_layers = 1, .num_kv_heads = 2, .head_dim = 4,
+        .dtype = DType::kF16, .block_tokens = 3, .num_blocks = 20,
+        .max_seq_len = 11, .overflow = OverflowPolicy::kTruncate,
+        .sink_tokens = 4, .truncate_to = 5}},
+      {"hybrid_per_layer_policies",
+       {.num_layers = 4, .num_kv_heads = 1, .head_dim = 4,
+        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 48,
+        .max_seq_len = 12, .overflow = OverflowPolicy::kSlidingWindow,
+        .sink_tokens = 2,
+        .layer_policies = {{.layer = 1,
+                            .overflow = OverflowPolicy::kError,
+                            .max_seq_len = 40},
+                           {.layer = 2,
+                            .overflow = OverflowPolicy::kCircularBuffer,
+                            .max_seq_len = 9},
+                           {.layer = 3,
+                            .overflow = OverflowPolicy::kTruncate,
+                            .max_seq_len = 10,
+                            .sink_tokens = 1,
+                            .truncate_to = 6}}},
        true},
   };
 }

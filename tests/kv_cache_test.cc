@@ -115,9 +115,24 @@ TEST(KVCacheCreateTest, RejectsBadConfigsNamingTheField) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(s.message(), HasSubstr("arena limit"));
   c = SmallConfig();
-  c.overflow = OverflowPolicy::kSlidingWindow;
-  EXPECT_EQ(KVCache::Create(c).status().code(),
-            absl::StatusCode::kUnimplemented);
+  c.overflow = OverflowPolicy::kTruncate;
+  c.sink_tokens = 16;  // truncate_to 0 means 16: no window would be left
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("truncate_to is 16"));
+  c = SmallConfig();
+  c.layer_policies = {{.layer = 2, .max_seq_len = 8}};
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("layer_policies[].layer is 2"));
+  c.layer_policies = {{.layer = 1, .max_seq_len = 8},
+                      {.layer = 1, .max_seq_len = 8}};
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("at most one per layer"));
+  c.layer_policies = {{.layer = 1,
+                       .overflow = OverflowPolicy::kSlidingWindow,
+                       .max_seq_len = 8,
+                       .sink_tokens = 8}};
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("layer_policies[layer 1].sink_tokens is 8"));
 }
 
 TEST(KVCacheCreateTest, StorageMustMatchTheConfig) {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -30,16 +31,37 @@ enum class DType : uint8_t { kF32, kF16, kBF16 };
 [[nodiscard]] std::string_view DTypeName(DType dtype);
 
 // What a layer does when an update would take it past `max_seq_len` visible
-// tokens. Only kError is implemented by this release; Create() refuses the
-// others with Unimplemented until the overflow-policy work lands.
+// tokens. The visible tokens of a layer are its first `sink_tokens` positions
+// (attention sinks, never evicted) and then its window, oldest first; no
+// policy moves a token: they change which blocks a table points at.
 enum class OverflowPolicy : uint8_t {
-  kError,           // refuse the update: ResourceExhausted, nothing changes
-  kTruncate,        // context shift down to `truncate_to` visible tokens
-  kSlidingWindow,   // keep the most recent tokens; free blocks that fall out
-  kCircularBuffer,  // same tokens as the window, a fixed ring of blocks
+  // Refuse the update: ResourceExhausted, nothing changes. Sinks do not
+  // apply (nothing is ever evicted).
+  kError,
+  // Context shift: when an update would exceed max_seq_len, the oldest
+  // non-sink tokens are discarded in one step, leaving `truncate_to` visible
+  // tokens (0 means max_seq_len / 2); then the layer grows again.
+  kTruncate,
+  // The most recent max_seq_len - sink_tokens tokens stay visible; a block
+  // that falls wholly out of sinks and window goes back to the pool.
+  kSlidingWindow,
+  // The same visible tokens as the window, but the layer keeps a fixed ring
+  // of blocks and reuses the oldest as the newest: after warm-up a decode
+  // step neither allocates nor frees.
+  kCircularBuffer,
 };
 
 [[nodiscard]] std::string_view OverflowPolicyName(OverflowPolicy policy);
+
+// Another policy for one layer (hybrid models alternate sliding-window and
+// global layers). Every field replaces the cache-wide one for that layer.
+struct LayerPolicy {
+  int layer = 0;
+  OverflowPolicy overflow = OverflowPolicy::kError;
+  int64_t max_seq_len = 0;
+  int64_t sink_tokens = 0;
+  int64_t truncate_to = 0;
+};
 
 // The shape and budget of one cache. All layers share one hot pool of
 // `num_blocks` blocks; a block holds K and V of `block_tokens` consecutive
@@ -53,6 +75,8 @@ struct CacheConfig {
   OverflowPolicy overflow = OverflowPolicy::kError;
   int64_t sink_tokens = 0;
   int64_t truncate_to = 0;     // 0 means max_seq_len / 2
+  // Per-layer overrides of the four fields above; at most one per layer.
+  std::vector<LayerPolicy> layer_policies;
   // Touch every page of the arena at creation so that the first appends do
   // not pay page faults. Costs the arena's size in resident memory up front.
   bool prefault = false;
@@ -62,9 +86,15 @@ struct CacheConfig {
 
 // Checks a configuration without building anything: every dimension positive,
 // block_tokens at most 65535, num_blocks below 2^32, the arena's byte size
-// representable. Returns InvalidArgument naming the offending field, or
-// Unimplemented for an overflow policy this release does not provide.
+// representable; for the cache-wide policy and every override:
+// max_seq_len >= 1, 0 <= sink_tokens < max_seq_len, and for kTruncate an
+// effective truncate_to in (sink_tokens, max_seq_len]. Returns
+// InvalidArgument naming the offending field (and layer).
 [[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);
+
+// truncate_to as kTruncate applies it: 0 means max_seq_len / 2.
+[[nodiscard]] int64_t EffectiveTruncateTo(int64_t max_seq_len,
+                                          int64_t truncate_to);
 
 // Bytes of one block: K and V of block_tokens * num_kv_heads * head_dim
 // elements each. Assumes a config that passed ValidateConfig().

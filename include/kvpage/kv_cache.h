@@ -60,7 +60,11 @@ struct BlockView {
   int64_t first_position = 0;  // position of the token in begin_slot
 };
 
-// The visible tokens of one sequence and layer, block by block, oldest first.
+// The visible tokens of one sequence and layer, block by block, oldest first:
+// the sink tokens, then the window. Positions are absolute (eviction never
+// renumbers them), so an engine that renumbers after a context shift can
+// re-rotate keys. A block partly evicted appears with only its visible slots;
+// a block holding both sinks and window tokens appears twice, once per run.
 struct LayerView {
   DType dtype = DType::kF16;
   int num_kv_heads = 0;
@@ -70,6 +74,7 @@ struct LayerView {
   // True when k/v are host addresses (the default host arena). Storage that
   // lives elsewhere hands out addresses in its own address space.
   bool host_accessible = true;
+  int64_t length = 0;  // seq_len of the layer's last update
   std::vector<BlockView> blocks;
 
   // Visible tokens over all blocks. O(blocks).
@@ -93,7 +98,12 @@ struct CacheStats {
   int64_t hits = 0;           // prefix-cache block hits
   int64_t misses = 0;         // prefix-cache block misses
   int64_t compressions_applied = 0;  // blocks repacked into the quantized pool
-  int64_t evictions = 0;      // tokens evicted by overflow policies
+  int64_t evictions = 0;      // tokens evicted by overflow policies (input
+                              // tokens an update evicts at once count too)
+  int64_t blocks_released_by_policy = 0;  // sliding window, context shift
+  int64_t blocks_reused_by_ring = 0;      // circular buffer rotations
+  int64_t blocks_allocated = 0;  // blocks taken from the pool, ever
+  int64_t blocks_released = 0;   // blocks given back to the pool, ever
   int64_t bytes_written = 0;  // token data written from Update() inputs
   int64_t bytes_copied = 0;   // token data moved inside the pools
 };
@@ -133,11 +143,14 @@ class KVCache {
   [[nodiscard]] absl::Status RemoveSequence(SeqId seq);
 
   // The update rule. `k` and `v` hold the same n tokens, those at positions
-  // [seq_len - n, seq_len). Afterwards the layer holds exactly positions
-  // [0, seq_len): positions at or past its old length are appended (a block
-  // is taken from the pool only when the last one is full), positions below
-  // it are overwritten in place, stored positions at or past seq_len are
-  // dropped (rollback) and blocks left empty go back to the pool.
+  // [seq_len - n, seq_len). Afterwards the layer holds positions [0, seq_len)
+  // less what its overflow policy evicts: positions at or past its old
+  // length are appended (a block is taken from the pool only when the last
+  // one is full), positions below it are overwritten in place, stored
+  // positions at or past seq_len are dropped (rollback) and blocks left
+  // without a visible token go back to the pool (a ring keeps them). Only
+  // tokens that are visible after the update are written: one update may
+  // carry more tokens than the window. No token is ever moved.
   // Input dtype may be kF32 or the cache's dtype; conversion to f16/bf16
   // rounds to nearest even.
   //   NotFound          unknown sequence
@@ -145,6 +158,10 @@ class KVCache {
   //                     that is neither f32 nor the cache's, null data with
   //                     tokens > 0, n > seq_len, or a gap (seq_len - n past
   //                     the layer's length)
+  //   OutOfRange        the update would overwrite positions the policy
+  //                     already evicted, or roll back to a length whose last
+  //                     position was evicted (a rollback must keep a visible
+  //                     window token, or go back into the sinks)
   //   ResourceExhausted seq_len > max_seq_len (policy kError), or fewer free
   //                     blocks than the update needs
   // On error nothing changes. Cost: O(n * num_kv_heads * head_dim) to write
@@ -154,8 +171,9 @@ class KVCache {
 
   // Rolls every layer of `seq` back to at most `seq_len` tokens (layers
   // already shorter are left alone); blocks left empty go back to the pool.
-  // NotFound for an unknown id, InvalidArgument for seq_len < 0.
-  // O(layers + blocks released).
+  // NotFound for an unknown id, InvalidArgument for seq_len < 0, OutOfRange
+  // when a layer's position seq_len - 1 was evicted (see Update); then no
+  // layer changes. O(layers + blocks released).
   [[nodiscard]] absl::Status Truncate(SeqId seq, int64_t seq_len);
 
   // The seq_len of the layer's last update (0 for a new sequence).
