@@ -1,29 +1,20 @@
 // bench/append_bench.cc — what an append costs in kvpage, next to the naive
 // cache of the original bug report and to memcpy of the same bytes (the
-// physical limit), plus the block pool's allocate+release pair. main() runs
-// the benchmarks, then prints a comparison table and the foundation targets
-// (reported, not asserted).
+// physical limit), plus the block pool's allocate+release pair, and the
+// comparison tables and foundation targets that go with them (reported, not
+// asserted; bench_main.cc prints them).
 //
-// One model shape throughout: 4 layers x 8 kv-heads x head_dim 128, f16
-// stored, block_tokens 16. A token is 2 KiB of keys plus 2 KiB of values per
-// layer, so a decode step writes 16 KiB and a block is 64 KiB. Four layers
-// keep the naive baseline at 16k context within memory (256 MiB of history,
-// twice that with its spare buffers) and time.
+// The model shape is the one of bench_common.h. Four layers keep the naive
+// baseline at 16k context within memory (256 MiB of history, twice that with
+// its spare buffers) and time.
 // Inputs are f16, the cache's dtype, so paged and memcpy move the same bytes
 // (one variant feeds f32 to show the conversion cost).
-//
-// Usage: kvpage_bench [--benchmark_filter=REGEX] [other --benchmark_* flags]
-// Exit code 1 only when a benchmark reported an error (or for an unknown
-// flag); missed targets are printed, not turned into a failure.
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +24,7 @@
 #include "absl/types/span.h"
 #include "allocator/block_pool.h"
 #include "allocator/host_arena.h"
+#include "bench/bench_common.h"
 #include "bench/naive_cache.h"
 #include "benchmark/benchmark.h"
 #include "kvpage/config.h"
@@ -46,18 +38,6 @@ using internal::BlockPool;
 using internal::HostArena;
 using internal::kNoBlock;
 
-// The model shape (see the file comment).
-constexpr int kLayers = 4;
-constexpr int kKvHeads = 8;
-constexpr int kHeadDim = 128;
-constexpr int kBlockTokens = 16;
-constexpr int64_t kTokenElems = int64_t{kKvHeads} * kHeadDim;
-// Keys (or values) of one token in one layer.
-constexpr int64_t kTokenBytes = kTokenElems * sizeof(uint16_t);
-// One decode step: K and V of one token on every layer.
-constexpr int64_t kStepBytes = 2 * kTokenBytes * kLayers;
-constexpr int64_t kBlockBytes = 2 * kBlockTokens * kTokenBytes;
-
 // Decode: steps taken past the nominal context before resetting to it.
 constexpr int64_t kDecodeRun = 64;
 // Prefill: tokens per chunk, and the length at which the sequence restarts.
@@ -67,53 +47,6 @@ constexpr int64_t kChunkBytes = kChunkTokens * kStepBytes;
 
 // Block pairs: a pool big enough never to run dry.
 constexpr int64_t kPairPoolBlocks = 1024;
-
-constexpr char kModelShape[] =
-    "4 layers x 8 kv-heads x head_dim 128, f16 stored, block_tokens 16 "
-    "(4 KiB/token/layer K+V, 16 KiB per decode step)";
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Deterministic values in +-[0.5, 1), finite in f16 and f32 alike: the
-// benchmarks move bytes, only the f32 variant looks at values.
-uint32_t NextRandom(uint32_t& state) {
-  state ^= state << 13;
-  state ^= state >> 17;
-  state ^= state << 5;
-  return state;
-}
-
-std::vector<uint16_t> RandomF16(int64_t elems, uint32_t seed) {
-  std::vector<uint16_t> out(static_cast<size_t>(elems));
-  uint32_t state = seed * 2654435761u + 1;
-  // Sign, exponent 14 (2^-1), random mantissa.
-  for (uint16_t& x : out) {
-    x = static_cast<uint16_t>((NextRandom(state) & 0x83ffu) | 0x3800u);
-  }
-  return out;
-}
-
-std::vector<float> RandomF32(int64_t elems, uint32_t seed) {
-  std::vector<float> out(static_cast<size_t>(elems));
-  uint32_t state = seed * 2654435761u + 1;
-  for (float& x : out) {
-    const uint32_t r = NextRandom(state);
-    const float magnitude = 0.5f + static_cast<float>(r >> 9) * 0x1p-24f;
-    x = (r & 1u) != 0 ? -magnitude : magnitude;
-  }
-  return out;
-}
-
-TokenSpan Span(const void* data, DType dtype, int64_t tokens) {
-  return {.data = data, .dtype = dtype, .tokens = tokens};
-}
-
-// Reports `status` as the benchmark's error; true when it is one.
-bool Failed(benchmark::State& state, const absl::Status& status) {
-  if (ABSL_PREDICT_TRUE(status.ok())) return false;
-  state.SkipWithError(status.ToString().c_str());
-  return true;
-}
 
 // A cache of the model shape holding up to `max_tokens` per layer, its arena
 // pre-faulted so that no page fault is timed.
@@ -127,37 +60,6 @@ absl::StatusOr<std::unique_ptr<KVCache>> MakeCache(int64_t max_tokens) {
        .num_blocks = kLayers * CeilDiv(max_tokens, kBlockTokens),
        .max_seq_len = max_tokens,
        .prefault = true});
-}
-
-// Google Benchmark calls a benchmark function several times while it sizes
-// the iteration count. Building a pre-faulted cache and its history each
-// time would dominate the wall time (page faults cost ~10 us each on this
-// VM), so the last fixture built is kept under a key and reused by the next
-// call with the same key; building another frees it first. Each benchmark
-// puts the fixture back in its starting state before timing.
-struct FixtureSlot {
-  std::string key;
-  std::shared_ptr<void> fixture;
-};
-
-FixtureSlot& CurrentFixture() {
-  static auto* slot = new FixtureSlot;  // emptied by main(), never destroyed
-  return *slot;
-}
-
-// The fixture under `key`, built by `build()` (returning
-// absl::StatusOr<std::unique_ptr<T>>) unless it is the current one.
-template <typename T, typename Build>
-absl::StatusOr<T*> Reuse(const std::string& key, Build build) {
-  FixtureSlot& slot = CurrentFixture();
-  if (slot.key != key) {
-    slot = {};  // free the previous fixture before building this one
-    absl::StatusOr<std::unique_ptr<T>> built = build();
-    if (!built.ok()) return built.status();
-    slot.fixture = std::shared_ptr<T>(*std::move(built));
-    slot.key = key;
-  }
-  return static_cast<T*>(slot.fixture.get());
 }
 
 struct PagedSequence {
@@ -195,11 +97,6 @@ absl::StatusOr<std::unique_ptr<PagedSequence>> MakePagedSequence(
 // NaiveCache::Truncate for naive, the write offset for memcpy) inside
 // PauseTiming/ResumeTiming, so every timed step runs within
 // [ctx, ctx + 64) and the timer's own pause costs spread over 64 steps.
-
-// The 1-token K and V of every layer: layer l's keys at 2l, values at 2l + 1.
-std::vector<uint16_t> DecodeStepInput() {
-  return RandomF16(2 * kLayers * kTokenElems, 2);
-}
 
 void SetDecodeCounters(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * kStepBytes);
@@ -508,103 +405,13 @@ BENCHMARK(BM_Prefill_Memcpy)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_BlockPair_LocalCache)->UseRealTime();
 BENCHMARK(BM_BlockPair_Pool)->UseRealTime();
 
-// ---------------------------------------------------------------------------
-// The reporter: forwards everything to the normal display reporter and keeps
-// each run's real time per iteration, for the comparison table.
-
-class CapturingReporter : public benchmark::BenchmarkReporter {
- public:
-  // Does not own `display`.
-  explicit CapturingReporter(benchmark::BenchmarkReporter* display)
-      : display_(display) {}
-
-  bool ReportContext(const Context& context) override {
-    return display_->ReportContext(context);
-  }
-
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& run : runs) {
-      if (run.error_occurred) {
-        ++errors_;
-        continue;
-      }
-      std::string key = run.run_name.function_name;
-      if (!run.run_name.args.empty()) key += "/" + run.run_name.args;
-      const double ns = run.GetAdjustedRealTime() * 1e9 /
-                        benchmark::GetTimeUnitMultiplier(run.time_unit);
-      if (run.run_type == Run::RT_Iteration) {
-        times_[key].iterations.push_back(ns);
-      } else if (run.aggregate_name == "median" &&
-                 run.aggregate_unit == benchmark::kTime) {
-        times_[key].median = ns;
-      }
-    }
-    display_->ReportRuns(runs);
-  }
-
-  void Finalize() override { display_->Finalize(); }
-
-  // Real nanoseconds per iteration of the benchmark named `key` (function
-  // name, then "/args"): the median over repetitions. nullopt when it did
-  // not run.
-  std::optional<double> Ns(const std::string& key) const {
-    auto it = times_.find(key);
-    if (it == times_.end()) return std::nullopt;
-    std::vector<double> v = it->second.iterations;
-    if (v.empty()) return it->second.median;
-    std::sort(v.begin(), v.end());
-    const size_t mid = v.size() / 2;
-    return v.size() % 2 == 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-  }
-
-  int errors() const { return errors_; }
-
- private:
-  struct Times {
-    std::vector<double> iterations;  // one per repetition
-    std::optional<double> median;    // when only aggregates were reported
-  };
-
-  benchmark::BenchmarkReporter* display_;
-  std::map<std::string, Times> times_;
-  int errors_ = 0;
-};
+}  // namespace
 
 // ---------------------------------------------------------------------------
-// The comparison table.
+// The comparison tables of the append benchmarks and their targets.
 
-using Figure = std::optional<double>;
-
-Figure Div(Figure a, Figure b) {
-  if (!a || !b || *b == 0) return std::nullopt;
-  return *a / *b;
-}
-
-std::string FormatNs(Figure ns) {
-  if (!ns) return "n/a";
-  if (*ns < 10) return absl::StrFormat("%.2f", *ns);
-  if (*ns < 1000) return absl::StrFormat("%.1f", *ns);
-  return absl::StrFormat("%.0f", *ns);
-}
-
-std::string FormatRatio(Figure r) {
-  if (!r) return "n/a";
-  if (*r >= 100) return absl::StrFormat("%.0fx", *r);
-  return absl::StrFormat("%.2fx", *r);
-}
-
-std::string FormatGbps(Figure bytes_per_ns) {
-  return bytes_per_ns ? absl::StrFormat("%.2f", *bytes_per_ns) : "n/a";
-}
-
-std::string Verdict(Figure value, bool pass) {
-  if (!value) return "n/a";
-  return pass ? "PASS" : "MISS";
-}
-
-void PrintComparison(const CapturingReporter& r, std::FILE* out) {
-  absl::FPrintF(out, "\nkvpage comparison - %s\n", kModelShape);
-
+void PrintAppendTables(const CapturingReporter& r, std::FILE* out,
+                       std::vector<TargetLine>& targets) {
   absl::FPrintF(out,
                 "\nDecode step (Update of 1 token on %d layers; ns per step, "
                 "real time)\n",
@@ -645,38 +452,15 @@ void PrintComparison(const CapturingReporter& r, std::FILE* out) {
   absl::FPrintF(out, "%-24s %8s\n", "LocalCache", FormatNs(local_pair));
   absl::FPrintF(out, "%-24s %8s\n", "BlockPool (mutex)", FormatNs(pool_pair));
 
-  absl::FPrintF(out, "\nTargets (reported, not asserted)\n");
-  absl::FPrintF(out, "%-46s %10s  %s\n", "prefill append >= 0.8x memcpy",
-                FormatRatio(prefill_ratio),
-                Verdict(prefill_ratio, prefill_ratio && *prefill_ratio >= 0.8));
-  absl::FPrintF(out, "%-46s %10s  %s\n",
-                "decode step at 4k >= 100x faster than naive",
-                FormatRatio(speedup_4k),
-                Verdict(speedup_4k, speedup_4k && *speedup_4k >= 100));
-  absl::FPrintF(out, "%-46s %10s  %s\n", "block pair (LocalCache) < 5 ns",
-                local_pair ? FormatNs(local_pair) + " ns" : "n/a",
-                Verdict(local_pair, local_pair && *local_pair < 5));
-  std::fflush(out);
+  targets.push_back(
+      {"prefill append >= 0.8x memcpy", FormatRatio(prefill_ratio),
+       Verdict(prefill_ratio, prefill_ratio && *prefill_ratio >= 0.8)});
+  targets.push_back({"decode step at 4k >= 100x faster than naive",
+                     FormatRatio(speedup_4k),
+                     Verdict(speedup_4k, speedup_4k && *speedup_4k >= 100)});
+  targets.push_back({"block pair (LocalCache) < 5 ns",
+                     local_pair ? FormatNs(local_pair) + " ns" : "n/a",
+                     Verdict(local_pair, local_pair && *local_pair < 5)});
 }
 
-}  // namespace
 }  // namespace kvpage::bench
-
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("kvpage_model", kvpage::bench::kModelShape);
-  // Owned by the library (a function-local static): never deleted here.
-  benchmark::BenchmarkReporter* display =
-      benchmark::CreateDefaultDisplayReporter();
-  kvpage::bench::CapturingReporter reporter(display);
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  benchmark::Shutdown();
-  kvpage::bench::CurrentFixture() = {};
-  // The table follows the console output; with --benchmark_format=json or
-  // csv it goes to stderr so that stdout stays machine-readable.
-  const bool console =
-      dynamic_cast<benchmark::ConsoleReporter*>(display) != nullptr;
-  kvpage::bench::PrintComparison(reporter, console ? stdout : stderr);
-  return reporter.errors() > 0 ? 1 : 0;
-}
