@@ -36,7 +36,8 @@ BlockPool::BlockPool(std::unique_ptr<BlockStorage> storage)
     refs_[i].store(0, std::memory_order_relaxed);
     // Popping from the back hands out id 0 first.
     free_[static_cast<size_t>(i)] = static_cast<BlockId>(capacity_ - 1 - i);
-    if constexpr (KVPAGE_HAS_ASAN) storage_->PoisonFree(static_cast<BlockId>(i));
+    if constexpr (KVPAGE_HAS_ASAN)
+      storage_->PoisonFree(static_cast<BlockId>(i));
   }
 }
 
@@ -52,16 +53,18 @@ absl::Status BlockPool::Allocate(absl::Span<BlockId> out) {
     MutexLock lock(&mu_);
     const int64_t free = static_cast<int64_t>(free_.size());
     if (free < n) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "block pool: %d blocks requested, %d free of %d", n, free,
-          capacity_));
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("block pool: %d blocks requested, %d free of %d", n,
+                          free, capacity_));
     }
     std::copy(free_.end() - n, free_.end(), out.begin());
     free_.resize(static_cast<size_t>(free - n));
+    // Inside the lock, so that no block is ever off the free list with
+    // ref_count 0 for another thread to see.
+    for (BlockId id : out) refs_[id].store(1, std::memory_order_relaxed);
   }
-  for (BlockId id : out) {
-    refs_[id].store(1, std::memory_order_relaxed);
-    if constexpr (KVPAGE_HAS_ASAN) storage_->UnpoisonUsed(id);
+  if constexpr (KVPAGE_HAS_ASAN) {
+    for (BlockId id : out) storage_->UnpoisonUsed(id);
   }
   return absl::OkStatus();
 }
@@ -98,7 +101,9 @@ int64_t BlockPool::free_blocks() const {
 int64_t BlockPool::used_blocks() const {
   MutexLock lock(&mu_);
   int64_t cached = 0;
-  for (const LocalCache* cache : caches_) cached += cache->size();
+  for (const LocalCache* cache : caches_) {
+    cached += cache->published_size_.load(std::memory_order_relaxed);
+  }
   return capacity_ - static_cast<int64_t>(free_.size()) - cached;
 }
 
@@ -198,17 +203,19 @@ absl::Status BlockPool::LocalCache::Allocate(absl::Span<BlockId> out) {
   const int64_t n = static_cast<int64_t>(out.size());
   const int64_t held = size();
   if (held < n && !pool_.TakeFree(n - held, n - held + capacity_ / 2, ids_)) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "block pool: %d blocks requested, %d free of %d", n,
-        pool_.free_blocks() + held, pool_.capacity_));
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("block pool: %d blocks requested, %d free of %d", n,
+                        pool_.free_blocks() + held, pool_.capacity_));
   }
   for (BlockId& id : out) id = AllocateOne();
+  Publish();
   return absl::OkStatus();
 }
 
 void BlockPool::LocalCache::Flush() {
   pool_.PutFree(ids_);
   ids_.clear();
+  Publish();
 }
 
 void BlockPool::LocalCache::FlushHalf() {
@@ -216,6 +223,7 @@ void BlockPool::LocalCache::FlushHalf() {
   const size_t give = ids_.size() / 2;
   pool_.PutFree(absl::MakeConstSpan(ids_).first(give));
   ids_.erase(ids_.begin(), ids_.begin() + static_cast<ptrdiff_t>(give));
+  Publish();
 }
 
 }  // namespace kvpage::internal

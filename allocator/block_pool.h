@@ -25,8 +25,10 @@
 // counters may be called from any thread at once (one mutex around the free
 // list, atomic reference counts). A LocalCache is thread-compatible: one
 // thread (or one externally synchronized owner) uses it; many LocalCaches
-// may work on one pool concurrently. Validate() and used_blocks() are exact
-// when no LocalCache is working at the same time.
+// may work on one pool concurrently. used_blocks() is exact when nothing
+// else runs at the same time (each cache publishes its size with a relaxed
+// store: no data race, a figure that may lag). Validate() reads the caches'
+// contents: call it only when no other pool or LocalCache call runs.
 //
 // Cost: Allocate/Release take the mutex once per call, O(n) for n ids.
 // LocalCache::AllocateOne/Release are O(1) without a lock or an atomic
@@ -43,9 +45,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "allocator/mutex.h"
 #include "absl/types/span.h"
 #include "allocator/block_storage.h"
+#include "allocator/check.h"
+#include "allocator/mutex.h"
 #include "allocator/poison.h"
 
 namespace kvpage::internal {
@@ -133,6 +136,7 @@ class BlockPool::LocalCache {
     if (ABSL_PREDICT_TRUE(!ids_.empty())) {
       const BlockId id = ids_.back();
       ids_.pop_back();
+      Publish();
       pool_.refs_[id].store(1, std::memory_order_relaxed);
       if constexpr (KVPAGE_HAS_ASAN) pool_.storage_->UnpoisonUsed(id);
       return id;
@@ -149,6 +153,8 @@ class BlockPool::LocalCache {
   // else can reach the block); flushes half the cache when it is full.
   void Release(BlockId id) {
     std::atomic<uint32_t>& ref = pool_.refs_[id];
+    KVPAGE_DCHECK(id < pool_.capacity_ &&
+                  ref.load(std::memory_order_relaxed) > 0);
     if (ABSL_PREDICT_TRUE(ref.load(std::memory_order_acquire) == 1)) {
       ref.store(0, std::memory_order_relaxed);
     } else if (ref.fetch_sub(1, std::memory_order_acq_rel) != 1) {
@@ -159,6 +165,7 @@ class BlockPool::LocalCache {
       FlushHalf();
     }
     ids_.push_back(id);
+    Publish();
   }
 
   // Gives every held block back to the pool.
@@ -170,10 +177,17 @@ class BlockPool::LocalCache {
  private:
   BlockId AllocateSlow();
   void FlushHalf();
+  // ids_.size() for used_blocks() on other threads: a plain store on x86.
+  void Publish() {
+    published_size_.store(static_cast<int64_t>(ids_.size()),
+                          std::memory_order_relaxed);
+  }
 
   BlockPool& pool_;
   const int capacity_;
   std::vector<BlockId> ids_;  // LIFO: the most recently freed is reused first
+  std::atomic<int64_t> published_size_{0};
+  friend class BlockPool;
 };
 
 }  // namespace kvpage::internal

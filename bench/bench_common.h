@@ -159,6 +159,8 @@ void PrintAppendTables(const CapturingReporter& r, std::FILE* out,
                        std::vector<TargetLine>& targets);
 void PrintWindowTables(const CapturingReporter& r, std::FILE* out,
                        std::vector<TargetLine>& targets);
+void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
+                            std::vector<TargetLine>& targets);
 
 }  // namespace kvpage::bench
 

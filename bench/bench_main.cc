@@ -1,6 +1,6 @@
 // bench/bench_main.cc — main() of kvpage_bench: runs the benchmarks of
-// append_bench.cc and policy_bench.cc, then prints the comparison tables and
-// the targets (reported, not asserted).
+// append_bench.cc, policy_bench.cc and compress_bench.cc, then prints the
+// comparison tables and the targets (reported, not asserted).
 //
 // Usage: kvpage_bench [--benchmark_filter=REGEX] [other --benchmark_* flags]
 // Figures of benchmarks that did not run show as "n/a".
@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   std::vector<kb::TargetLine> targets;
   kb::PrintAppendTables(reporter, out, targets);
   kb::PrintWindowTables(reporter, out, targets);
+  kb::PrintCompressionTables(reporter, out, targets);
   absl::FPrintF(out, "\nTargets (reported, not asserted)\n");
   for (const kb::TargetLine& t : targets) {
     absl::FPrintF(out, "%-46s %10s  %s\n", t.what, t.value, t.verdict);

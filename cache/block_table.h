@@ -53,7 +53,8 @@ struct LayerRules {
   bool ring() const { return overflow == OverflowPolicy::kCircularBuffer; }
 };
 
-inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// For a >= 0, b > 0; no overflow near INT64_MAX.
+inline int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 // Visible tokens of a layer of length `length` and window start `ws`.
 inline int64_t VisibleTokens(const LayerRules& r, int64_t length, int64_t ws) {
@@ -79,16 +80,26 @@ inline int64_t SinkBlocks(const LayerRules& r, int64_t length) {
   return CeilDiv(std::min(r.sinks, length), r.block_tokens);
 }
 
+// A table entry: a block of the hot pool, or (top bit set) the first slot of
+// a block of the quantized pool. Hot pools hold fewer than 2^31 blocks.
+using BlockRef = uint32_t;
+inline constexpr BlockRef kQuantTag = 0x80000000u;
+inline bool IsQuant(BlockRef ref) { return (ref & kQuantTag) != 0; }
+inline BlockId RefId(BlockRef ref) { return ref & ~kQuantTag; }
+inline BlockRef QuantRef(BlockId slot) { return slot | kQuantTag; }
+
 struct BlockTable {
-  std::vector<BlockId> sink_blocks;
-  std::vector<BlockId> window;  // live from `head` on; a deque without nodes
+  std::vector<BlockRef> sink_blocks;  // always hot: sinks are not repacked
+  std::vector<BlockRef> window;  // live from `head` on; a deque without nodes
   size_t head = 0;
-  int64_t window_first = 0;     // logical block of window[head]
-  std::vector<BlockId> spares;  // kCircularBuffer: held, no visible token
-  int64_t length = 0;           // seq_len of the last update
-  int64_t window_start = 0;     // ws; <= S means nothing is evicted
-  int64_t max_length = 0;       // the largest length this layer has had
-  int64_t evicted = 0;          // tokens evicted by the overflow policy
+  int64_t window_first = 0;      // logical block of window[head]
+  std::vector<BlockRef> spares;  // kCircularBuffer: held, hot, no visible token
+  int64_t length = 0;            // seq_len of the last update
+  int64_t window_start = 0;      // ws; <= S means nothing is evicted
+  int64_t max_length = 0;        // the largest length this layer has had
+  int64_t evicted = 0;           // tokens evicted by the overflow policy
+  int64_t cold_done = 0;         // auto_compress: logical blocks below this
+                                 // were considered for repacking
 
   int64_t window_blocks() const {
     return static_cast<int64_t>(window.size() - head);
@@ -98,7 +109,10 @@ struct BlockTable {
            static_cast<int64_t>(spares.size());
   }
   // The block holding logical block `logical`, which must be held. O(1).
-  BlockId Block(int64_t logical) const {
+  BlockRef Block(int64_t logical) const {
+    return const_cast<BlockTable*>(this)->MutableBlock(logical);
+  }
+  BlockRef& MutableBlock(int64_t logical) {
     if (logical < static_cast<int64_t>(sink_blocks.size())) {
       return sink_blocks[static_cast<size_t>(logical)];
     }
@@ -106,17 +120,24 @@ struct BlockTable {
                   logical < window_first + window_blocks());
     return window[head + static_cast<size_t>(logical - window_first)];
   }
-  BlockId PopWindowFront() {
-    const BlockId id = window[head++];
+  // Whether logical block `logical` is held (by the sink or window list).
+  bool Holds(int64_t logical) const {
+    return logical < static_cast<int64_t>(sink_blocks.size()) ||
+           (logical >= window_first &&
+            logical < window_first + window_blocks());
+  }
+  BlockRef PopWindowFront() {
+    const BlockRef id = window[head++];
     ++window_first;
     if (head >= 32 && head * 2 >= window.size()) {  // amortized O(1)
-      window.erase(window.begin(), window.begin() + static_cast<ptrdiff_t>(head));
+      window.erase(window.begin(),
+                   window.begin() + static_cast<ptrdiff_t>(head));
       head = 0;
     }
     return id;
   }
-  BlockId PopWindowBack() {
-    const BlockId id = window.back();
+  BlockRef PopWindowBack() {
+    const BlockRef id = window.back();
     window.pop_back();
     return id;
   }
@@ -128,9 +149,10 @@ struct BlockTable {
   }
 };
 
-// Calls fn(block_id, slot, count, position) for each run of visible
+// Calls fn(block_ref, slot, count, position) for each run of visible
 // positions in [lo, hi), oldest first, one run per block and range (a block
-// holding both sinks and window positions gives two runs). O(runs).
+// holding sinks and window positions with evicted slots between gives two
+// runs). O(runs).
 template <typename Fn>
 void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
                        int64_t hi, Fn&& fn) {
@@ -143,8 +165,14 @@ void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
       p += count;
     }
   };
-  range(0, std::min(r.sinks, t.length));
-  range(std::max(t.window_start, r.sinks), t.length);
+  const int64_t sink_end = std::min(r.sinks, t.length);
+  const int64_t window_begin = std::max(t.window_start, r.sinks);
+  if (window_begin <= sink_end) {  // nothing evicted: one contiguous range
+    range(0, t.length);
+    return;
+  }
+  range(0, sink_end);
+  range(window_begin, t.length);
 }
 
 }  // namespace kvpage::internal

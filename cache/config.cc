@@ -9,6 +9,8 @@ namespace kvpage {
 namespace {
 constexpr int64_t kMaxArenaBytes = int64_t{1} << 46;  // 64 TiB
 constexpr int64_t kAlign = 64;
+// Positions and lengths stay far from int64 overflow.
+constexpr int64_t kMaxSeqLen = int64_t{1} << 62;
 
 int64_t RoundUp(int64_t value, int64_t to) {
   return (value + to - 1) / to * to;
@@ -28,7 +30,9 @@ absl::Status ValidatePolicy(const LayerPolicy& p, const std::string& prefix) {
     return Bad(prefix + "overflow", static_cast<int64_t>(p.overflow),
                "a known policy");
   }
-  if (p.max_seq_len < 1) return Bad(prefix + "max_seq_len", p.max_seq_len, ">= 1");
+  if (p.max_seq_len < 1 || p.max_seq_len > kMaxSeqLen) {
+    return Bad(prefix + "max_seq_len", p.max_seq_len, "1 to 2^62");
+  }
   if (p.sink_tokens < 0 || p.sink_tokens >= p.max_seq_len) {
     return Bad(prefix + "sink_tokens", p.sink_tokens,
                absl::StrFormat("0 to max_seq_len - 1 (%d)", p.max_seq_len - 1));
@@ -99,8 +103,8 @@ absl::Status ValidateConfig(const CacheConfig& c) {
   if (c.block_tokens < 1 || c.block_tokens > 65535) {
     return bad("block_tokens", c.block_tokens, "1 to 65535");
   }
-  if (c.num_blocks < 1 || c.num_blocks > int64_t{0xfffffffe}) {
-    return bad("num_blocks", c.num_blocks, "1 to 4294967294");
+  if (c.num_blocks < 1 || c.num_blocks > int64_t{0x7fffffff}) {
+    return bad("num_blocks", c.num_blocks, "1 to 2147483647");
   }
   const LayerPolicy global{.overflow = c.overflow,
                            .max_seq_len = c.max_seq_len,
@@ -117,11 +121,36 @@ absl::Status ValidateConfig(const CacheConfig& c) {
       return bad("layer_policies[].layer", p.layer, "at most one per layer");
     }
     seen[static_cast<size_t>(p.layer)] = true;
-    if (absl::Status s =
-            ValidatePolicy(p, absl::StrFormat("layer_policies[layer %d].",
-                                              p.layer));
+    if (absl::Status s = ValidatePolicy(
+            p, absl::StrFormat("layer_policies[layer %d].", p.layer));
         !s.ok()) {
       return s;
+    }
+  }
+  if (c.compression.enabled) {
+    const CompressionConfig& q = c.compression;
+    if (q.bits != QuantBits::kInt8 && q.bits != QuantBits::kInt4) {
+      return bad("compression.bits", static_cast<int64_t>(q.bits), "8 or 4");
+    }
+    if (q.quant_blocks < 1 || q.quant_blocks > int64_t{0x7fffffff}) {
+      return bad("compression.quant_blocks", q.quant_blocks, "1 to 2147483647");
+    }
+    if (q.group_size < 1 || c.head_dim % q.group_size != 0) {
+      return bad("compression.group_size", q.group_size,
+                 absl::StrFormat("a divisor of head_dim (%d)", c.head_dim));
+    }
+    const bool int4 = q.bits == QuantBits::kInt4 || q.max_rel_error > 0;
+    if (int4 && c.head_dim % 2 != 0) {
+      return bad("head_dim", c.head_dim, "even for int4 codes (two per byte)");
+    }
+    if (q.hot_tokens < 0) {
+      return bad("compression.hot_tokens", q.hot_tokens, ">= 0");
+    }
+    if (!(q.max_rel_error >= 0) || q.max_rel_error > 1e300) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "CacheConfig.compression.max_rel_error is %g; want a finite value "
+          ">= 0",
+          q.max_rel_error));
     }
   }
   const int64_t block_bytes = BlockBytes(c);

@@ -1,6 +1,7 @@
 #include "kvpage/kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <string>
@@ -12,6 +13,7 @@
 #include "allocator/check.h"
 #include "allocator/convert.h"
 #include "allocator/host_arena.h"
+#include "allocator/quantize.h"
 #include "cache/block_table.h"
 #include "cache/kv_cache_internal.h"
 
@@ -20,10 +22,14 @@ namespace kvpage {
 using internal::BlockId;
 using internal::BlockPool;
 using internal::BlockRange;
+using internal::BlockRef;
 using internal::BlockTable;
 using internal::CeilDiv;
+using internal::IsQuant;
 using internal::kNoBlock;
 using internal::LayerRules;
+using internal::QuantFormat;
+using internal::RefId;
 
 namespace internal {
 
@@ -49,19 +55,23 @@ struct Sequence {
 
 // What an update or rollback does to one layer, worked out before anything
 // changes. `fresh` blocks must come from the pool; everything else is
-// reused from the blocks the layer lets go of (and a ring's spares).
+// reused from the hot blocks the layer lets go of (and a ring's spares).
+// Repacked blocks that will be written are made hot again first.
 struct Plan {
   int64_t length = 0;        // L'
   int64_t window_start = 0;  // ws'
   int64_t sink_blocks = 0;   // sink blocks held afterwards
   BlockRange window;         // window blocks held afterwards
   int64_t new_blocks = 0;    // logical blocks that need a block
-  int64_t fresh = 0;         // of those, taken from the pool
+  int64_t fresh = 0;         // of those, and of promotions, from the pool
   int64_t evicted = 0;       // tokens the policy evicts
   int64_t visible_before = 0, visible_after = 0;
+  absl::InlinedVector<int64_t, 4> promote;  // logical blocks to make hot
 };
 
-Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t seq_len) {
+// `start` is the first position the caller writes (seq_len for a rollback).
+Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t start,
+              int64_t seq_len) {
   Plan plan;
   plan.length = seq_len;
   // A rollback below the window start can only reach into the sinks (the
@@ -92,27 +102,49 @@ Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t seq_len) {
   plan.window = internal::WindowRange(r, seq_len, ws);
   const int64_t cur_first = t.window_first;
   const int64_t cur_last = t.window_first + t.window_blocks();
-  const int64_t kept = std::max<int64_t>(
-      0, std::min(cur_last, plan.window.last) -
-             std::max(cur_first, plan.window.first));
+  int64_t kept_first = std::max(cur_first, plan.window.first);
+  int64_t kept_last = std::min(cur_last, plan.window.last);
+  if (kept_last <= kept_first) kept_first = kept_last = cur_last;
+  const int64_t kept = kept_last - kept_first;
   const int64_t sinks_now = static_cast<int64_t>(t.sink_blocks.size());
-  const int64_t released = (t.window_blocks() - kept) +
-                           std::max<int64_t>(0, sinks_now - plan.sink_blocks);
+  // Sink blocks are always hot; released window blocks may be repacked ones,
+  // which go back to the quantized pool and cannot be reused here.
+  int64_t released_hot = std::max<int64_t>(0, sinks_now - plan.sink_blocks);
+  for (int64_t b = cur_first; b < kept_first; ++b) {
+    released_hot += !IsQuant(t.Block(b));
+  }
+  for (int64_t b = kept_last; b < cur_last; ++b) {
+    released_hot += !IsQuant(t.Block(b));
+  }
   plan.new_blocks = (plan.window.size() - kept) +
                     std::max<int64_t>(0, plan.sink_blocks - sinks_now);
   const int64_t reusable =
-      released + (r.ring() ? static_cast<int64_t>(t.spares.size()) : 0);
+      released_hot + (r.ring() ? static_cast<int64_t>(t.spares.size()) : 0);
   plan.fresh = std::max<int64_t>(0, plan.new_blocks - reusable);
+
+  // Kept window blocks this update writes into that are repacked.
+  const int64_t write_lo = std::max({start, ws, r.sinks});
+  if (write_lo < seq_len && kept > 0) {
+    const int64_t bt = r.block_tokens;
+    for (int64_t b = std::max(write_lo / bt, kept_first);
+         b < std::min((seq_len - 1) / bt + 1, kept_last); ++b) {
+      if (IsQuant(t.Block(b))) plan.promote.push_back(b);
+    }
+  }
+  plan.fresh += static_cast<int64_t>(plan.promote.size());
   return plan;
 }
 
 }  // namespace
 
 // Invariants (Validate() walks them):
-//   ref_count(b) == holdings of b over all tables (sink, window, spare)
-//   pool->used_blocks() == distinct blocks held
+//   ref_count(b) == holdings of b over all tables (sink, window, spare), in
+//     each pool; the V slot of a two-slot int8 block is held with its K slot
+//   pool->used_blocks() == distinct hot blocks held, likewise quant slots
+//   blocks_allocated - blocks_released == hot blocks used
 //   tokens_stored == visible tokens summed over sequences and layers
-//   every table satisfies the invariants in cache/block_table.h
+//   every table satisfies the invariants in cache/block_table.h; sink blocks,
+//     spares and circular-buffer layers are hot
 struct KVCache::Impl {
   CacheConfig config;
   std::vector<LayerRules> rules;  // per layer
@@ -126,19 +158,39 @@ struct KVCache::Impl {
   std::unique_ptr<BlockPool::LocalCache> local;
   std::byte* host_base = nullptr;  // null when the storage is not host memory
 
+  // The quantized pool (compression enabled): slots of `slot_bytes`; a block
+  // takes one slot, or two (K part, V part) for int8 in mixed mode.
+  bool compress = false;
+  bool mixed = false;  // max_rel_error > 0
+  QuantFormat fixed_format = QuantFormat::kInt8;
+  internal::QuantShape qshape{};
+  internal::QuantLayout int8_layout, int4_layout;
+  int64_t slot_bytes = 0;
+  std::unique_ptr<BlockPool> qpool;
+  std::unique_ptr<BlockPool::LocalCache> qlocal;
+  std::byte* qbase = nullptr;
+  std::vector<QuantFormat> qformat;  // per primary slot
+  std::vector<BlockId> qpartner;     // V slot of a two-slot block, or kNoBlock
+  std::vector<float> qerror;         // per primary slot, relative MSE
+
   absl::flat_hash_map<SeqId, Sequence> sequences;
   SeqId next_seq = 1;
 
   int64_t tokens_stored = 0;
-  int64_t hits = 0, misses = 0, compressions_applied = 0, evictions = 0;
+  int64_t hits = 0, misses = 0, evictions = 0;
   int64_t bytes_written = 0, bytes_copied = 0;
   int64_t blocks_released_by_policy = 0, blocks_reused_by_ring = 0;
   int64_t blocks_allocated = 0, blocks_released = 0;
+  int64_t compressions_applied = 0, compressions_skipped = 0;
+  int64_t decompressions = 0;
+  int64_t quant_blocks_int8 = 0, quant_blocks_int4 = 0;
+  double error_sum = 0, error_max = 0;
 
   // Scratch space reused across calls (never part of the cache's state).
   absl::InlinedVector<BlockId, 16> fresh_ids;
-  absl::InlinedVector<BlockId, 16> recycled;
+  absl::InlinedVector<BlockRef, 16> recycled;
   std::vector<std::byte> staging;
+  std::vector<float> f32_scratch;
 
   ~Impl() {
     for (auto& [id, sequence] : sequences) {
@@ -146,42 +198,179 @@ struct KVCache::Impl {
     }
   }
 
-  // Gives one table's hold on `id` back to the pool.
+  // Gives one table's hold on a hot block back to the pool.
   void Release(BlockId id) {
     local->Release(id);
     ++blocks_released;
   }
 
+  // Gives back a repacked block: its slot(s) return to the quantized pool.
+  void ReleaseQuant(BlockId slot) {
+    if (qpool->ref_count(slot) == 1) {
+      (qformat[slot] == QuantFormat::kInt8 ? quant_blocks_int8
+                                           : quant_blocks_int4) -= 1;
+    }
+    const BlockId partner = qpartner[slot];
+    qlocal->Release(slot);
+    if (partner != kNoBlock) qlocal->Release(partner);
+  }
+
+  void ReleaseRef(BlockRef ref) {
+    if (IsQuant(ref)) {
+      ReleaseQuant(RefId(ref));
+    } else {
+      Release(ref);
+    }
+  }
+
   void ReleaseAll(BlockTable& t) {
-    for (BlockId id : t.sink_blocks) Release(id);
-    for (size_t i = t.head; i < t.window.size(); ++i) Release(t.window[i]);
-    for (BlockId id : t.spares) Release(id);
+    for (BlockRef ref : t.sink_blocks) ReleaseRef(ref);
+    for (size_t i = t.head; i < t.window.size(); ++i) ReleaseRef(t.window[i]);
+    for (BlockRef ref : t.spares) ReleaseRef(ref);
     t.sink_blocks.clear();
     t.ResetWindow(0);
     t.spares.clear();
   }
 
-  // Moves `t` to the plan's blocks, taking new blocks from what it lets go
-  // of, the ring's spares and then `fresh` (exactly plan.fresh ids). Cannot
-  // fail. O(blocks changed).
+  // The K and V parts of a repacked block.
+  const internal::QuantLayout& Layout(QuantFormat f) const {
+    return f == QuantFormat::kInt8 ? int8_layout : int4_layout;
+  }
+  std::byte* KPart(BlockId slot) const { return qbase + slot * slot_bytes; }
+  std::byte* VPart(BlockId slot) const {
+    return qpartner[slot] != kNoBlock
+               ? qbase + qpartner[slot] * slot_bytes
+               : KPart(slot) + Layout(qformat[slot]).k_part_bytes;
+  }
+
+  // Host addresses of a hot block's K and V regions; storage that is not
+  // host memory is read into `staging` first.
+  std::pair<const std::byte*, const std::byte*> HotSource(BlockId id) {
+    if (host_base != nullptr) {
+      const std::byte* k = host_base + id * block_bytes;
+      return {k, k + v_offset};
+    }
+    staging.resize(static_cast<size_t>(block_bytes));
+    pool->storage().Read(id, 0, staging.data(), block_bytes);
+    return {staging.data(), staging.data() + v_offset};
+  }
+
+  // Whether logical block `logical` of `t` may be repacked now.
+  bool Repackable(const LayerRules& r, const BlockTable& t,
+                  int64_t logical) const {
+    const int64_t bt = r.block_tokens;
+    return compress && !r.ring() && logical >= r.sink_blocks &&
+           logical >= t.window_first &&
+           logical < t.window_first + t.window_blocks() &&
+           !IsQuant(t.Block(logical)) &&
+           (logical + 1) * bt <= t.length - config.compression.hot_tokens;
+  }
+
+  // Repacks one repackable block into the quantized pool and releases its
+  // hot block. False (and compressions_skipped) when the quantized pool has
+  // no room: the block stays hot. O(block size).
+  bool Repack(const LayerRules& r, BlockTable& t, int64_t logical) {
+    const int64_t bt = r.block_tokens;
+    const BlockId hot = t.Block(logical);
+    // Only the visible slots count: a block partly evicted by a window keeps
+    // stale data in its other slots.
+    const int64_t lo = std::max({logical * bt, t.window_start, r.sinks});
+    const int first = static_cast<int>(lo - logical * bt);
+    const int count = static_cast<int>((logical + 1) * bt - lo);
+    const auto [k_src, v_src] = HotSource(hot);
+    const BlockId slot = qlocal->AllocateOne();
+    if (slot == kNoBlock) {
+      ++compressions_skipped;
+      return false;
+    }
+    QuantFormat format = mixed ? QuantFormat::kInt4 : fixed_format;
+    BlockId partner = kNoBlock;
+    std::byte* k_part = qbase + slot * slot_bytes;
+    std::byte* v_part = k_part + Layout(format).k_part_bytes;
+    internal::QuantError error =
+        internal::QuantizeBlock(format, qshape, config.dtype, k_src, v_src,
+                                first, count, k_part, v_part);
+    if (mixed && error.rel() > config.compression.max_rel_error) {
+      partner = qlocal->AllocateOne();
+      if (partner == kNoBlock) {  // no room for int8: keep the block hot
+        qlocal->Release(slot);
+        ++compressions_skipped;
+        return false;
+      }
+      format = QuantFormat::kInt8;
+      v_part = qbase + partner * slot_bytes;
+      error = internal::QuantizeBlock(format, qshape, config.dtype, k_src,
+                                      v_src, first, count, k_part, v_part);
+    }
+    qformat[slot] = format;
+    qpartner[slot] = partner;
+    qerror[slot] = static_cast<float>(error.rel());
+    (format == QuantFormat::kInt8 ? quant_blocks_int8 : quant_blocks_int4) += 1;
+    ++compressions_applied;
+    error_sum += error.rel();
+    error_max = std::max(error_max, error.rel());
+    t.MutableBlock(logical) = internal::QuantRef(slot);
+    Release(hot);
+    return true;
+  }
+
+  // Makes repacked logical block `logical` hot again in block `id`.
+  void Promote(BlockTable& t, int64_t logical, BlockId id) {
+    const BlockId slot = RefId(t.Block(logical));
+    const int64_t bt = config.block_tokens;
+    f32_scratch.resize(static_cast<size_t>(2 * bt * token_elems));
+    float* k = f32_scratch.data();
+    float* v = k + bt * token_elems;
+    internal::DequantizeBlock(qformat[slot], qshape, KPart(slot), VPart(slot),
+                              0, static_cast<int>(bt), k, v);
+    WriteRun(id, false, 0, reinterpret_cast<const std::byte*>(k), DType::kF32,
+             bt);
+    WriteRun(id, true, 0, reinterpret_cast<const std::byte*>(v), DType::kF32,
+             bt);
+    t.MutableBlock(logical) = id;
+    ReleaseQuant(slot);
+    ++decompressions;
+  }
+
+  // auto_compress: repacks the blocks an update made cold.
+  void RepackNewlyCold(const LayerRules& r, BlockTable& t) {
+    const int64_t limit =
+        std::max<int64_t>(0, t.length - config.compression.hot_tokens) /
+        r.block_tokens;
+    for (int64_t b = std::max(t.cold_done, t.window_first); b < limit; ++b) {
+      if (Repackable(r, t, b)) Repack(r, t, b);
+    }
+    t.cold_done = std::max(t.cold_done, limit);
+  }
+
+  // Moves `t` to the plan's blocks, taking new blocks from the hot blocks it
+  // lets go of, the ring's spares and then `fresh` (plan.fresh ids, the
+  // promotions' last). Cannot fail. O(blocks changed).
   void ApplyBlocks(const LayerRules& r, BlockTable& t, const Plan& plan,
                    absl::Span<const BlockId> fresh) {
     recycled.clear();
     int64_t evicted_blocks = 0;  // window blocks the policy pushed out
+    auto let_go = [&](BlockRef ref) {
+      if (IsQuant(ref)) {
+        ReleaseQuant(RefId(ref));
+      } else {
+        recycled.push_back(ref);
+      }
+    };
     while (static_cast<int64_t>(t.sink_blocks.size()) > plan.sink_blocks) {
-      recycled.push_back(t.sink_blocks.back());
+      let_go(t.sink_blocks.back());
       t.sink_blocks.pop_back();
     }
     if (t.window_blocks() > 0) {
       KVPAGE_DCHECK(plan.window.size() == 0 ||
                     t.window_first <= plan.window.first);
       while (t.window_blocks() > 0 && t.window_first < plan.window.first) {
-        recycled.push_back(t.PopWindowFront());
+        let_go(t.PopWindowFront());
         ++evicted_blocks;
       }
       while (t.window_blocks() > 0 &&
              t.window_first + t.window_blocks() > plan.window.last) {
-        recycled.push_back(t.PopWindowBack());
+        let_go(t.PopWindowBack());
       }
     }
     if (t.window_blocks() == 0) t.ResetWindow(plan.window.first);
@@ -190,17 +379,14 @@ struct KVCache::Impl {
     // Sources, in order: a ring's spares, what was let go of, the pool.
     size_t next_fresh = 0;
     size_t next_recycled = 0;
-    auto take = [&]() -> BlockId {
+    auto take = [&]() -> BlockRef {
       if (r.ring() && !t.spares.empty()) {
-        const BlockId id = t.spares.back();
+        const BlockRef id = t.spares.back();
         t.spares.pop_back();
         ++blocks_reused_by_ring;
         return id;
       }
-      if (next_recycled < recycled.size()) {
-        if (r.ring()) ++blocks_reused_by_ring;
-        return recycled[next_recycled++];
-      }
+      if (next_recycled < recycled.size()) return recycled[next_recycled++];
       return fresh[next_fresh++];
     };
     if (r.ring()) {
@@ -214,6 +400,8 @@ struct KVCache::Impl {
       t.sink_blocks.push_back(take());
     }
     while (t.window_blocks() < plan.window.size()) t.window.push_back(take());
+    for (int64_t logical : plan.promote)
+      Promote(t, logical, fresh[next_fresh++]);
     KVPAGE_DCHECK(next_fresh == fresh.size());
     // Leftovers: a ring keeps up to its size as spares, the rest goes back.
     while (r.ring() && !t.spares.empty() &&
@@ -227,13 +415,87 @@ struct KVCache::Impl {
     }
   }
 
-  void Commit(BlockTable& t, const Plan& plan) {
+  void Commit(const LayerRules& r, BlockTable& t, const Plan& plan) {
     tokens_stored += plan.visible_after - plan.visible_before;
     evictions += plan.evicted;
     t.evicted += plan.evicted;
     t.length = plan.length;
     t.window_start = plan.window_start;
     t.max_length = std::max(t.max_length, plan.length);
+    if (compress) {
+      const int64_t limit =
+          std::max<int64_t>(0, t.length - config.compression.hot_tokens) /
+          r.block_tokens;
+      t.cold_done = std::min(t.cold_done, limit);
+    }
+  }
+
+  // Fills fresh_ids with n blocks of the hot pool. With auto_compress, when
+  // the pool is short, first repacks cold blocks of other layers, but only
+  // if that frees enough: otherwise nothing changes. ResourceExhausted
+  // naming the sizes.
+  absl::Status TakeFresh(int64_t n, const BlockTable* updating) {
+    fresh_ids.resize(static_cast<size_t>(n));
+    if (n == 1) {
+      fresh_ids[0] = local->AllocateOne();
+      if (ABSL_PREDICT_TRUE(fresh_ids[0] != kNoBlock)) return absl::OkStatus();
+    } else if (local->Allocate(absl::MakeSpan(fresh_ids)).ok()) {
+      return absl::OkStatus();
+    }
+    const int64_t free = pool->capacity() - pool->used_blocks();
+    const int64_t short_by = n - free;
+    if (compress && config.compression.auto_compress) {
+      // Worst case two quantized slots a block (int8 in mixed mode).
+      const int64_t slots_free = qpool->capacity() - qpool->used_blocks();
+      const int64_t room = mixed ? slots_free / 2 : slots_free;
+      std::vector<Candidate> candidates;
+      if (room >= short_by) candidates = RepackCandidates(updating, short_by);
+      if (static_cast<int64_t>(candidates.size()) >= short_by) {
+        for (const Candidate& c : candidates) {
+          const bool done = Repack(rules[c.layer], *c.table, c.logical);
+          KVPAGE_DCHECK(done);
+          (void)done;
+        }
+        const absl::Status s = local->Allocate(absl::MakeSpan(fresh_ids));
+        KVPAGE_DCHECK(s.ok());
+        if (s.ok()) return s;
+      }
+    }
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("needs %d %s, the pool of %d has %d free%s", n,
+                        n == 1 ? "block" : "blocks", pool->capacity(), free,
+                        compress && config.compression.auto_compress
+                            ? " and repacking cold blocks cannot free enough"
+                            : ""));
+  }
+
+  // Hot blocks that repacking could free now, outside `skip`, oldest first
+  // per layer, at most `want`.
+  struct Candidate {
+    BlockTable* table;
+    size_t layer;
+    int64_t logical;
+  };
+  std::vector<Candidate> RepackCandidates(const BlockTable* skip,
+                                          int64_t want) {
+    std::vector<Candidate> out;
+    std::vector<SeqId> ids;
+    for (const auto& [id, sequence] : sequences) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    for (SeqId id : ids) {
+      Sequence& sequence = sequences.find(id)->second;
+      for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
+        BlockTable& t = sequence.layers[layer];
+        if (&t == skip) continue;
+        const LayerRules& r = rules[layer];
+        for (int64_t b = t.window_first; b < t.window_first + t.window_blocks();
+             ++b) {
+          if (static_cast<int64_t>(out.size()) >= want) return out;
+          if (Repackable(r, t, b)) out.push_back({&t, layer, b});
+        }
+      }
+    }
+    return out;
   }
 
   // Refuses a write of [start, seq_len) or a rollback to seq_len that would
@@ -246,9 +508,9 @@ struct KVCache::Impl {
     const int64_t evicted_lo = r.sinks, evicted_hi = t.window_start;
     const int64_t write_lo = std::max(start, evicted_lo);
     const int64_t write_hi = std::min({seq_len, t.length, evicted_hi});
-    const bool rollback_into =
-        seq_len < t.length && seq_len - 1 >= evicted_lo &&
-        seq_len - 1 < evicted_hi;
+    const bool rollback_into = seq_len < t.length &&
+                               seq_len - 1 >= evicted_lo &&
+                               seq_len - 1 < evicted_hi;
     if (write_lo >= write_hi && !rollback_into) return absl::OkStatus();
     return absl::OutOfRangeError(absl::StrFormat(
         "%s(seq %d, layer %d, seq_len %d): positions [%d, %d) were evicted by "
@@ -350,6 +612,41 @@ internal::KVCacheAccess::CreateWithStorage(
   impl->pool = *std::move(pool);
   impl->local = std::make_unique<BlockPool::LocalCache>(*impl->pool);
   impl->host_base = impl->pool->storage().host_base();
+  if (const CompressionConfig& q = config.compression; q.enabled) {
+    KVCache::Impl& m = *impl;
+    m.compress = true;
+    m.mixed = q.max_rel_error > 0;
+    m.fixed_format =
+        q.bits == QuantBits::kInt4 ? QuantFormat::kInt4 : QuantFormat::kInt8;
+    m.qshape = {.block_tokens = config.block_tokens,
+                .num_kv_heads = config.num_kv_heads,
+                .head_dim = config.head_dim,
+                .group_size = q.group_size};
+    m.int8_layout = internal::QuantLayout::For(QuantFormat::kInt8, m.qshape);
+    m.int4_layout = internal::QuantLayout::For(QuantFormat::kInt4, m.qshape);
+    if (m.mixed) {
+      // int4 blocks take one slot; int8 blocks two, K part and V part.
+      m.slot_bytes =
+          std::max({m.int4_layout.block_bytes(), m.int8_layout.k_part_bytes,
+                    m.int8_layout.v_part_bytes});
+    } else {
+      m.slot_bytes = m.Layout(m.fixed_format).block_bytes();
+    }
+    absl::StatusOr<std::unique_ptr<internal::HostArena>> qarena =
+        internal::HostArena::Create(
+            q.quant_blocks, m.slot_bytes,
+            {.prefault = config.prefault, .huge_pages = config.huge_pages});
+    if (!qarena.ok()) return qarena.status();
+    absl::StatusOr<std::unique_ptr<BlockPool>> qpool =
+        BlockPool::Create(*std::move(qarena));
+    if (!qpool.ok()) return qpool.status();
+    m.qpool = *std::move(qpool);
+    m.qlocal = std::make_unique<BlockPool::LocalCache>(*m.qpool);
+    m.qbase = m.qpool->storage().host_base();
+    m.qformat.assign(static_cast<size_t>(q.quant_blocks), QuantFormat::kInt8);
+    m.qpartner.assign(static_cast<size_t>(q.quant_blocks), kNoBlock);
+    m.qerror.assign(static_cast<size_t>(q.quant_blocks), 0.0f);
+  }
   return std::unique_ptr<KVCache>(new KVCache(std::move(impl)));
 }
 
@@ -376,8 +673,8 @@ absl::Status KVCache::RemoveSequence(SeqId seq) {
   }
   for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
     BlockTable& table = it->second.layers[layer];
-    m.tokens_stored -=
-        internal::VisibleTokens(m.rules[layer], table.length, table.window_start);
+    m.tokens_stored -= internal::VisibleTokens(m.rules[layer], table.length,
+                                               table.window_start);
     m.ReleaseAll(table);
   }
   m.sequences.erase(it);
@@ -421,8 +718,8 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         "Update(seq %d, layer %d, seq_len %d): %s", seq, layer, seq_len, why));
   };
   if (ABSL_PREDICT_FALSE(k.tokens != v.tokens || n < 0)) {
-    return invalid(absl::StrFormat("k has %d tokens, v has %d", k.tokens,
-                                   v.tokens));
+    return invalid(
+        absl::StrFormat("k has %d tokens, v has %d", k.tokens, v.tokens));
   }
   for (const TokenSpan* span : {&k, &v}) {
     if (ABSL_PREDICT_FALSE(span->dtype != DType::kF32 &&
@@ -436,6 +733,10 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
                                      span == &k ? "k" : "v", n));
     }
   }
+  if (ABSL_PREDICT_FALSE(n > (int64_t{1} << 62) / (m.token_elems * 4))) {
+    return invalid(absl::StrFormat("%d tokens of %d elements cannot exist", n,
+                                   m.token_elems));
+  }
   if (ABSL_PREDICT_FALSE(seq_len < n)) {
     return invalid(absl::StrFormat(
         "%d tokens end at seq_len %d: they would start below position 0", n,
@@ -448,8 +749,8 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         table.length));
   }
   if (ABSL_PREDICT_FALSE(r.evicts() && table.window_start > r.sinks)) {
-    if (absl::Status s = m.CheckEvicted("Update", seq, layer, table, start,
-                                        seq_len);
+    if (absl::Status s =
+            m.CheckEvicted("Update", seq, layer, table, start, seq_len);
         !s.ok()) {
       return s;
     }
@@ -462,27 +763,18 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   }
 
   // The one step that can fail for lack of memory comes first.
-  const Plan plan = MakePlan(r, table, seq_len);
-  m.fresh_ids.resize(static_cast<size_t>(plan.fresh));
-  if (plan.fresh == 1) {
-    m.fresh_ids[0] = m.local->AllocateOne();
-    if (ABSL_PREDICT_FALSE(m.fresh_ids[0] == kNoBlock)) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "Update(seq %d, layer %d, seq_len %d): needs 1 block, the pool of "
-          "%d has none free",
-          seq, layer, seq_len, m.pool->capacity()));
-    }
-  } else if (plan.fresh > 1) {
-    if (absl::Status s = m.local->Allocate(absl::MakeSpan(m.fresh_ids));
-        !s.ok()) {
-      return absl::ResourceExhaustedError(absl::StrFormat(
-          "Update(seq %d, layer %d, seq_len %d): needs %d blocks: %s", seq,
-          layer, seq_len, plan.fresh, s.message()));
+  const Plan plan = MakePlan(r, table, start, seq_len);
+  m.fresh_ids.clear();
+  if (ABSL_PREDICT_FALSE(plan.fresh > 0)) {
+    if (absl::Status s = m.TakeFresh(plan.fresh, &table); !s.ok()) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("Update(seq %d, layer %d, seq_len %d): %s", seq,
+                          layer, seq_len, s.message()));
     }
   }
   m.blocks_allocated += plan.fresh;
   m.ApplyBlocks(r, table, plan, m.fresh_ids);
-  m.Commit(table, plan);
+  m.Commit(r, table, plan);
 
   // Write the positions of [start, seq_len) that are visible now; those
   // evicted by this very update are skipped.
@@ -500,6 +792,9 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         written += count;
       });
   m.bytes_written += 2 * written * m.token_bytes;
+  if (m.compress && m.config.compression.auto_compress) {
+    m.RepackNewlyCold(r, table);
+  }
   return absl::OkStatus();
 }
 
@@ -517,8 +812,9 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
   std::vector<BlockTable>& layers = it->second.layers;
   for (size_t layer = 0; layer < layers.size(); ++layer) {
     if (layers[layer].length <= seq_len) continue;
-    if (absl::Status s = m.CheckEvicted("Truncate", seq, static_cast<int>(layer),
-                                        layers[layer], seq_len, seq_len);
+    if (absl::Status s =
+            m.CheckEvicted("Truncate", seq, static_cast<int>(layer),
+                           layers[layer], seq_len, seq_len);
         !s.ok()) {
       return s;
     }
@@ -526,10 +822,51 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
   for (size_t layer = 0; layer < layers.size(); ++layer) {
     BlockTable& table = layers[layer];
     if (table.length <= seq_len) continue;
-    const Plan plan = MakePlan(m.rules[layer], table, seq_len);
+    const Plan plan = MakePlan(m.rules[layer], table, seq_len, seq_len);
     KVPAGE_DCHECK(plan.fresh == 0);
     m.ApplyBlocks(m.rules[layer], table, plan, {});
-    m.Commit(table, plan);
+    m.Commit(m.rules[layer], table, plan);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
+                                         double keep_recent_fraction) {
+  Impl& m = *impl_;
+  absl::StatusOr<BlockTable*> found =
+      FindTable(m, "CompressOldEntries", seq, layer);
+  if (!found.ok()) return found.status();
+  if (!m.compress) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "CompressOldEntries(seq %d, layer %d): compression is not enabled in "
+        "the cache's config",
+        seq, layer));
+  }
+  if (!(keep_recent_fraction >= 0 && keep_recent_fraction <= 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CompressOldEntries(seq %d, layer %d): keep_recent_fraction %g is "
+        "outside [0, 1]",
+        seq, layer, keep_recent_fraction));
+  }
+  BlockTable& t = **found;
+  const LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  // The oldest floor((1 - f) * visible) visible tokens end before `cutoff`.
+  const int64_t visible = internal::VisibleTokens(r, t.length, t.window_start);
+  const auto eligible = static_cast<int64_t>(
+      std::floor((1.0 - keep_recent_fraction) * static_cast<double>(visible)));
+  int64_t cutoff = t.length;
+  if (eligible < visible) {
+    // Visible token number `eligible`, oldest first: sinks, then the window.
+    const int64_t sinks = std::min(r.sinks, t.length);
+    cutoff = eligible < sinks
+                 ? eligible
+                 : std::max(t.window_start, r.sinks) + (eligible - sinks);
+  }
+  const int64_t bt = r.block_tokens;
+  for (int64_t b = t.window_first; b < t.window_first + t.window_blocks();
+       ++b) {
+    if ((b + 1) * bt > cutoff) break;
+    if (m.Repackable(r, t, b)) m.Repack(r, t, b);
   }
   return absl::OkStatus();
 }
@@ -556,11 +893,21 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
   out.positions.reserve(static_cast<size_t>(tokens));
   internal::ForEachVisibleRun(
       r, table, 0, table.length,
-      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
+      [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         const int64_t done = static_cast<int64_t>(out.positions.size());
-        m.ReadRun(id, false, slot, count, out.k.data() + done * m.token_elems);
-        m.ReadRun(id, true, slot, count, out.v.data() + done * m.token_elems);
-        for (int64_t i = 0; i < count; ++i) out.positions.push_back(position + i);
+        float* k_out = out.k.data() + done * m.token_elems;
+        float* v_out = out.v.data() + done * m.token_elems;
+        if (IsQuant(ref)) {
+          const BlockId q = RefId(ref);
+          internal::DequantizeBlock(m.qformat[q], m.qshape, m.KPart(q),
+                                    m.VPart(q), static_cast<int>(slot),
+                                    static_cast<int>(count), k_out, v_out);
+        } else {
+          m.ReadRun(ref, false, slot, count, k_out);
+          m.ReadRun(ref, true, slot, count, v_out);
+        }
+        for (int64_t i = 0; i < count; ++i)
+          out.positions.push_back(position + i);
       });
   return out;
 }
@@ -579,17 +926,37 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
   view.token_stride = m.token_elems;
   view.host_accessible = m.host_base != nullptr;
   view.length = table.length;
+  view.quant_group_size = m.compress ? m.qshape.group_size : 0;
   internal::ForEachVisibleRun(
       m.rules[static_cast<size_t>(layer)], table, 0, table.length,
-      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
-        const auto* k =
-            static_cast<const std::byte*>(m.pool->storage().Address(id));
-        view.blocks.push_back({.k = k,
-                               .v = k + m.v_offset,
-                               .block_id = id,
-                               .begin_slot = static_cast<int>(slot),
-                               .tokens = static_cast<int>(count),
-                               .first_position = position});
+      [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+        BlockView b{.block_id = RefId(ref),
+                    .begin_slot = static_cast<int>(slot),
+                    .tokens = static_cast<int>(count),
+                    .first_position = position};
+        if (IsQuant(ref)) {
+          const BlockId q = RefId(ref);
+          const QuantFormat f = m.qformat[q];
+          const internal::QuantLayout& l = m.Layout(f);
+          const std::byte* k = m.KPart(q);
+          const std::byte* v = m.VPart(q);
+          b.format =
+              f == QuantFormat::kInt8 ? BlockFormat::kInt8 : BlockFormat::kInt4;
+          b.quant = {
+              .k_codes = k + l.k_codes,
+              .k_scales = k + l.k_scales,
+              .k_mins = f == QuantFormat::kInt4 ? k + l.k_mins : nullptr,
+              .v_codes = v + l.v_codes,
+              .v_scales = v + l.v_scales,
+              .v_mins = f == QuantFormat::kInt4 ? v + l.v_mins : nullptr};
+          b.quant_error = m.qerror[q];
+        } else {
+          const auto* k =
+              static_cast<const std::byte*>(m.pool->storage().Address(ref));
+          b.k = k;
+          b.v = k + m.v_offset;
+        }
+        view.blocks.push_back(b);
       });
   return view;
 }
@@ -604,6 +971,31 @@ CacheStats KVCache::Stats() const {
       static_cast<double>(s.blocks_used) / static_cast<double>(s.blocks_total);
   s.block_bytes = m.block_bytes;
   s.memory_usage_bytes = s.blocks_used * m.block_bytes;
+  s.bytes_per_token_hot = static_cast<double>(m.block_bytes) /
+                          static_cast<double>(m.config.block_tokens);
+  if (m.compress) {
+    s.quant_slots_total = m.qpool->capacity();
+    s.quant_slots_used = m.qpool->used_blocks();
+    s.quant_slot_bytes = m.slot_bytes;
+    s.quant_blocks_int8 = m.quant_blocks_int8;
+    s.quant_blocks_int4 = m.quant_blocks_int4;
+    const int64_t quant_bytes = s.quant_slots_used * m.slot_bytes;
+    const int64_t quant_blocks = m.quant_blocks_int8 + m.quant_blocks_int4;
+    s.memory_usage_bytes += quant_bytes;
+    s.bytes_saved = quant_blocks * m.block_bytes - quant_bytes;
+    if (quant_blocks > 0) {
+      s.bytes_per_token_cold =
+          static_cast<double>(quant_bytes) /
+          static_cast<double>(quant_blocks * m.config.block_tokens);
+    }
+    s.compressions_skipped = m.compressions_skipped;
+    s.decompressions = m.decompressions;
+    s.max_quant_error = m.error_max;
+    s.mean_quant_error =
+        m.compressions_applied == 0
+            ? 0.0
+            : m.error_sum / static_cast<double>(m.compressions_applied);
+  }
   s.arena_bytes = s.blocks_total * m.block_bytes;
   s.sequences = static_cast<int64_t>(m.sequences.size());
   s.tokens_stored = m.tokens_stored;
@@ -629,20 +1021,29 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
         absl::StrFormat("Stats(seq %d): no such sequence", seq));
   }
   SequenceStats s;
+  int64_t quant = 0, quant_bytes = 0;
   for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
     const BlockTable& table = it->second.layers[layer];
     s.current_length = std::max(s.current_length, table.length);
     s.max_length = std::max(s.max_length, table.max_length);
-    s.tokens_stored +=
-        internal::VisibleTokens(m.rules[layer], table.length, table.window_start);
+    s.tokens_stored += internal::VisibleTokens(m.rules[layer], table.length,
+                                               table.window_start);
     s.blocks += table.held_blocks();
     s.evictions += table.evicted;
+    for (int64_t b = table.window_first;
+         b < table.window_first + table.window_blocks(); ++b) {
+      const BlockRef ref = table.Block(b);
+      if (!IsQuant(ref)) continue;
+      ++quant;
+      quant_bytes +=
+          m.slot_bytes * (m.qpartner[RefId(ref)] == kNoBlock ? 1 : 2);
+    }
   }
   const int64_t slots = s.blocks * m.config.block_tokens;
   s.utilization = slots == 0 ? 0.0
                              : static_cast<double>(s.tokens_stored) /
                                    static_cast<double>(slots);
-  s.memory_usage_bytes = s.blocks * m.block_bytes;
+  s.memory_usage_bytes = (s.blocks - quant) * m.block_bytes + quant_bytes;
   return s;
 }
 
@@ -658,6 +1059,8 @@ absl::Status KVCache::Validate() const {
   const Impl& m = *impl_;
   if (absl::Status s = m.pool->Validate(); !s.ok()) return s;
   std::vector<uint32_t> refs(static_cast<size_t>(m.pool->capacity()), 0);
+  std::vector<uint32_t> qrefs(
+      static_cast<size_t>(m.compress ? m.qpool->capacity() : 0), 0);
   int64_t tokens = 0;
   for (SeqId seq : Sequences()) {
     const Sequence& sequence = m.sequences.find(seq)->second;
@@ -672,7 +1075,8 @@ absl::Status KVCache::Validate() const {
             t.window_blocks(), t.window_first, t.spares.size(), what));
       };
       if (t.max_length < t.length) return fail("max_length below length");
-      const int64_t visible = internal::VisibleTokens(r, t.length, t.window_start);
+      const int64_t visible =
+          internal::VisibleTokens(r, t.length, t.window_start);
       if (visible > r.max_seq_len) {
         return fail(absl::StrFormat("%d visible tokens exceed max_seq_len %d",
                                     visible, r.max_seq_len));
@@ -684,33 +1088,60 @@ absl::Status KVCache::Validate() const {
           internal::SinkBlocks(r, t.length)) {
         return fail("sink block count is not ceil(min(sinks, length) / bt)");
       }
-      const BlockRange want = internal::WindowRange(r, t.length, t.window_start);
+      const BlockRange want =
+          internal::WindowRange(r, t.length, t.window_start);
       if (t.window_blocks() != want.size() ||
           (want.size() > 0 && t.window_first != want.first)) {
         return fail(absl::StrFormat("window blocks should be [%d, %d)",
                                     want.first, want.last));
       }
       if (!r.ring() && !t.spares.empty()) return fail("spares outside a ring");
-      if (r.ring() && t.window_blocks() + static_cast<int64_t>(t.spares.size()) >
-                          r.ring_blocks) {
+      if (r.ring() &&
+          t.window_blocks() + static_cast<int64_t>(t.spares.size()) >
+              r.ring_blocks) {
         return fail(absl::StrFormat("ring holds more than its %d blocks",
                                     r.ring_blocks));
       }
-      auto count = [&](BlockId id) -> bool {
-        if (id >= m.pool->capacity()) return false;
-        ++refs[id];
-        return true;
+      // Each holding: a hot block, or a repacked block's slot(s).
+      auto count = [&](BlockRef ref, bool may_be_quant) -> absl::Status {
+        const BlockId id = RefId(ref);
+        if (!IsQuant(ref)) {
+          if (id >= m.pool->capacity()) {
+            return fail(absl::StrFormat("block %d out of range", id));
+          }
+          ++refs[id];
+          return absl::OkStatus();
+        }
+        if (!may_be_quant || !m.compress || r.ring()) {
+          return fail(absl::StrFormat(
+              "quantized slot %d where only hot blocks belong", id));
+        }
+        if (id >= m.qpool->capacity()) {
+          return fail(absl::StrFormat("quantized slot %d out of range", id));
+        }
+        ++qrefs[id];
+        const BlockId partner = m.qpartner[id];
+        if (partner != kNoBlock) {
+          if (!m.mixed || m.qformat[id] != QuantFormat::kInt8 ||
+              partner >= m.qpool->capacity()) {
+            return fail(absl::StrFormat(
+                "quantized slot %d has a bad partner %d", id, partner));
+          }
+          ++qrefs[partner];
+        } else if (m.mixed && m.qformat[id] == QuantFormat::kInt8) {
+          return fail(absl::StrFormat(
+              "int8 slot %d lacks its V slot in mixed mode", id));
+        }
+        return absl::OkStatus();
       };
-      for (BlockId id : t.sink_blocks) {
-        if (!count(id)) return fail(absl::StrFormat("block %d out of range", id));
+      for (BlockRef ref : t.sink_blocks) {
+        if (absl::Status s = count(ref, false); !s.ok()) return s;
       }
       for (size_t i = t.head; i < t.window.size(); ++i) {
-        if (!count(t.window[i])) {
-          return fail(absl::StrFormat("block %d out of range", t.window[i]));
-        }
+        if (absl::Status s = count(t.window[i], true); !s.ok()) return s;
       }
-      for (BlockId id : t.spares) {
-        if (!count(id)) return fail(absl::StrFormat("block %d out of range", id));
+      for (BlockRef ref : t.spares) {
+        if (absl::Status s = count(ref, false); !s.ok()) return s;
       }
       tokens += visible;
     }
@@ -719,26 +1150,58 @@ absl::Status KVCache::Validate() const {
   for (size_t id = 0; id < refs.size(); ++id) {
     const uint32_t have = m.pool->ref_count(static_cast<BlockId>(id));
     if (have != refs[id]) {
-      return absl::InternalError(absl::StrFormat(
-          "block %d: ref_count %d but %d table entries hold it", id, have,
-          refs[id]));
+      return absl::InternalError(
+          absl::StrFormat("block %d: ref_count %d but %d table entries hold it",
+                          id, have, refs[id]));
     }
     used += refs[id] > 0;
   }
   if (used != m.pool->used_blocks()) {
-    return absl::InternalError(absl::StrFormat(
-        "%d blocks held by tables, pool says %d used", used,
-        m.pool->used_blocks()));
+    return absl::InternalError(
+        absl::StrFormat("%d blocks held by tables, pool says %d used", used,
+                        m.pool->used_blocks()));
   }
   if (tokens != m.tokens_stored) {
-    return absl::InternalError(absl::StrFormat(
-        "tables hold %d visible tokens, stats say %d", tokens,
-        m.tokens_stored));
+    return absl::InternalError(
+        absl::StrFormat("tables hold %d visible tokens, stats say %d", tokens,
+                        m.tokens_stored));
+  }
+  if (m.compress) {
+    if (absl::Status s = m.qpool->Validate(); !s.ok()) return s;
+    int64_t qused = 0, int8 = 0, int4 = 0;
+    for (size_t id = 0; id < qrefs.size(); ++id) {
+      const uint32_t have = m.qpool->ref_count(static_cast<BlockId>(id));
+      if (have != qrefs[id]) {
+        return absl::InternalError(
+            absl::StrFormat("quantized slot %d: ref_count %d but %d holdings",
+                            id, have, qrefs[id]));
+      }
+      qused += qrefs[id] > 0;
+    }
+    for (const auto& [seq, sequence] : m.sequences) {
+      for (const BlockTable& t : sequence.layers) {
+        for (size_t i = t.head; i < t.window.size(); ++i) {
+          if (!IsQuant(t.window[i])) continue;
+          const BlockId q = RefId(t.window[i]);
+          (m.qformat[q] == QuantFormat::kInt8 ? int8 : int4) += 1;
+        }
+      }
+    }
+    if (qused != m.qpool->used_blocks()) {
+      return absl::InternalError(absl::StrFormat(
+          "%d quantized slots held by tables, the quantized pool says %d",
+          qused, m.qpool->used_blocks()));
+    }
+    if (int8 != m.quant_blocks_int8 || int4 != m.quant_blocks_int4) {
+      return absl::InternalError(absl::StrFormat(
+          "tables hold %d int8 and %d int4 blocks, stats say %d and %d", int8,
+          int4, m.quant_blocks_int8, m.quant_blocks_int4));
+    }
   }
   if (m.blocks_allocated - m.blocks_released != used) {
-    return absl::InternalError(absl::StrFormat(
-        "%d blocks allocated and %d released, but %d held", m.blocks_allocated,
-        m.blocks_released, used));
+    return absl::InternalError(
+        absl::StrFormat("%d blocks allocated and %d released, but %d held",
+                        m.blocks_allocated, m.blocks_released, used));
   }
   return absl::OkStatus();
 }

@@ -5,8 +5,8 @@
 // must leave the cache exactly as it was; Validate() must pass.
 #include <algorithm>
 #include <map>
-#include <set>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -95,12 +95,14 @@ class ReferenceModel {
       return absl::StatusCode::kInvalidArgument;
     }
     const int64_t n = k.tokens;
-    if (k.tokens != v.tokens || n < 0) return absl::StatusCode::kInvalidArgument;
+    if (k.tokens != v.tokens || n < 0)
+      return absl::StatusCode::kInvalidArgument;
     for (const TokenSpan* s : {&k, &v}) {
       if (s->dtype != DType::kF32 && s->dtype != c_.dtype) {
         return absl::StatusCode::kInvalidArgument;
       }
-      if (n > 0 && s->data == nullptr) return absl::StatusCode::kInvalidArgument;
+      if (n > 0 && s->data == nullptr)
+        return absl::StatusCode::kInvalidArgument;
     }
     if (seq_len < n) return absl::StatusCode::kInvalidArgument;
     const Layer& old = At(seq, layer);
@@ -202,7 +204,8 @@ class ReferenceModel {
   std::set<int64_t> Held(const Layer& l) const {
     std::set<int64_t> held;
     for (size_t p = 0; p < l.tokens.size(); ++p) {
-      if (l.tokens[p].visible) held.insert(static_cast<int64_t>(p) / c_.block_tokens);
+      if (l.tokens[p].visible)
+        held.insert(static_cast<int64_t>(p) / c_.block_tokens);
     }
     return held;
   }
@@ -242,6 +245,10 @@ struct Scenario {
   std::string name;
   CacheConfig config;
   bool opaque_storage = false;
+  // With compression, values read back within this absolute error (0: exact).
+  // A block repacked, made hot by a write and repacked again carries the
+  // rounding of each round in its other tokens: a few quantization steps.
+  float tolerance = 0;
 };
 
 void PrintTo(const Scenario& s, std::ostream* os) { *os << s.name; }
@@ -294,11 +301,17 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
 
     if (dice < 9) {  // remove, sometimes an unknown id
       if (uniform(0, 3) == 0) seq = 1'000'000 + op;
-      want = model.Has(seq) ? absl::StatusCode::kOk
-                            : absl::StatusCode::kNotFound;
+      want =
+          model.Has(seq) ? absl::StatusCode::kOk : absl::StatusCode::kNotFound;
       status = cache.RemoveSequence(seq);
       what = "remove";
       if (want == absl::StatusCode::kOk) model.Remove(seq);
+    } else if (c.compression.enabled && dice < 12) {  // repack old blocks
+      const int layer = static_cast<int>(uniform(0, c.num_layers - 1));
+      const double keep = static_cast<double>(uniform(0, 4)) / 4.0;
+      want = absl::StatusCode::kOk;
+      status = cache.CompressOldEntries(seq, layer, keep);
+      what = "compress layer " + std::to_string(layer);
     } else if (dice < 15) {  // truncate, sometimes invalid
       const int64_t longest = cache.Stats(seq)->current_length;
       const int64_t to = uniform(-1, longest + 1);
@@ -333,14 +346,23 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       TokenSpan k{.data = kb.data(), .dtype = in_dtype, .tokens = n};
       TokenSpan v{.data = vb.data(), .dtype = in_dtype, .tokens = n};
       switch (mistake) {
-        case 0: layer = uniform(0, 1) ? -1 : c.num_layers; break;
-        case 1: v.tokens = n + 1; break;
+        case 0:
+          layer = uniform(0, 1) ? -1 : c.num_layers;
+          break;
+        case 1:
+          v.tokens = n + 1;
+          break;
         case 2:
           k.dtype = c.dtype == DType::kBF16 ? DType::kF16 : DType::kBF16;
           break;
-        case 3: v.data = n > 0 ? nullptr : v.data; break;
-        case 4: seq = 2'000'000 + op; break;
-        default: break;
+        case 3:
+          v.data = n > 0 ? nullptr : v.data;
+          break;
+        case 4:
+          seq = 2'000'000 + op;
+          break;
+        default:
+          break;
       }
       want = model.Update(seq, layer, k, v, seq_len, kf, vf);
       status = cache.Update(seq, layer, k, v, seq_len);
@@ -355,9 +377,14 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       ASSERT_EQ(Fingerprint(cache), before)
           << "op " << op << " failed (" << status << ") but changed the cache";
     }
-    ASSERT_TRUE(cache.Validate().ok()) << "op " << op << ": " << cache.Validate();
+    ASSERT_TRUE(cache.Validate().ok())
+        << "op " << op << ": " << cache.Validate();
     const CacheStats stats = cache.Stats();
-    ASSERT_EQ(stats.blocks_used, model.BlocksUsed()) << "op " << op;
+    // A held block is hot or repacked.
+    ASSERT_EQ(
+        stats.blocks_used + stats.quant_blocks_int8 + stats.quant_blocks_int4,
+        model.BlocksUsed())
+        << "op " << op;
     ASSERT_EQ(stats.tokens_stored, model.TokensStored()) << "op " << op;
     ASSERT_EQ(stats.bytes_copied, 0);
     ASSERT_EQ(stats.evictions, model.evictions()) << "op " << op;
@@ -378,9 +405,19 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
         }
         ASSERT_EQ(got.positions, want_positions)
             << "op " << op << " seq " << id << " layer " << layer;
-        ASSERT_EQ(got.k, want_k) << "op " << op << " seq " << id << " layer "
-                                 << layer;
-        ASSERT_EQ(got.v, want_v) << "op " << op << " seq " << id;
+        if (scenario.tolerance == 0) {
+          ASSERT_EQ(got.k, want_k)
+              << "op " << op << " seq " << id << " layer " << layer;
+          ASSERT_EQ(got.v, want_v) << "op " << op << " seq " << id;
+        } else {
+          ASSERT_EQ(got.k.size(), want_k.size());
+          for (size_t i = 0; i < want_k.size(); ++i) {
+            ASSERT_NEAR(got.k[i], want_k[i], scenario.tolerance)
+                << "op " << op << " seq " << id << " layer " << layer;
+            ASSERT_NEAR(got.v[i], want_v[i], scenario.tolerance)
+                << "op " << op << " seq " << id << " layer " << layer;
+          }
+        }
         ASSERT_EQ(*cache.Length(id, layer), model.Length(id, layer));
       }
     }
@@ -410,55 +447,107 @@ std::vector<Scenario> Scenarios() {
   // that the error policy triggers.
   return {
       {"f16_blocks_of_4",
-       {.num_layers = 3, .num_kv_heads = 2, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 40,
+       {.num_layers = 3,
+        .num_kv_heads = 2,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 40,
         .max_seq_len = 48}},
       {"bf16_blocks_of_3",
-       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 8,
-        .dtype = DType::kBF16, .block_tokens = 3, .num_blocks = 50,
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 8,
+        .dtype = DType::kBF16,
+        .block_tokens = 3,
+        .num_blocks = 50,
         .max_seq_len = 40}},
       {"f32_blocks_of_1",
-       {.num_layers = 2, .num_kv_heads = 3, .head_dim = 2,
-        .dtype = DType::kF32, .block_tokens = 1, .num_blocks = 60,
+       {.num_layers = 2,
+        .num_kv_heads = 3,
+        .head_dim = 2,
+        .dtype = DType::kF32,
+        .block_tokens = 1,
+        .num_blocks = 60,
         .max_seq_len = 30}},
       {"f16_blocks_of_16_opaque_storage",
-       {.num_layers = 2, .num_kv_heads = 2, .head_dim = 8,
-        .dtype = DType::kF16, .block_tokens = 16, .num_blocks = 12,
+       {.num_layers = 2,
+        .num_kv_heads = 2,
+        .head_dim = 8,
+        .dtype = DType::kF16,
+        .block_tokens = 16,
+        .num_blocks = 12,
         .max_seq_len = 64},
        true},
       {"sliding_window",
-       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
-        .max_seq_len = 13, .overflow = OverflowPolicy::kSlidingWindow}},
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 30,
+        .max_seq_len = 13,
+        .overflow = OverflowPolicy::kSlidingWindow}},
       {"sliding_window_sinks_share_a_block",
-       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
-        .dtype = DType::kBF16, .block_tokens = 4, .num_blocks = 30,
-        .max_seq_len = 14, .overflow = OverflowPolicy::kSlidingWindow,
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 4,
+        .dtype = DType::kBF16,
+        .block_tokens = 4,
+        .num_blocks = 30,
+        .max_seq_len = 14,
+        .overflow = OverflowPolicy::kSlidingWindow,
         .sink_tokens = 3}},
       {"circular_buffer_sinks",
-       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
-        .max_seq_len = 13, .overflow = OverflowPolicy::kCircularBuffer,
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 30,
+        .max_seq_len = 13,
+        .overflow = OverflowPolicy::kCircularBuffer,
         .sink_tokens = 2}},
       {"circular_buffer_blocks_of_1",
-       {.num_layers = 2, .num_kv_heads = 2, .head_dim = 2,
-        .dtype = DType::kF32, .block_tokens = 1, .num_blocks = 40,
-        .max_seq_len = 5, .overflow = OverflowPolicy::kCircularBuffer,
+       {.num_layers = 2,
+        .num_kv_heads = 2,
+        .head_dim = 2,
+        .dtype = DType::kF32,
+        .block_tokens = 1,
+        .num_blocks = 40,
+        .max_seq_len = 5,
+        .overflow = OverflowPolicy::kCircularBuffer,
         .sink_tokens = 1}},
       {"truncate_half",
-       {.num_layers = 2, .num_kv_heads = 1, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 30,
-        .max_seq_len = 16, .overflow = OverflowPolicy::kTruncate,
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 30,
+        .max_seq_len = 16,
+        .overflow = OverflowPolicy::kTruncate,
         .sink_tokens = 2}},
       {"truncate_to_5_sinks_4",
-       {.num_layers = 1, .num_kv_heads = 2, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 3, .num_blocks = 20,
-        .max_seq_len = 11, .overflow = OverflowPolicy::kTruncate,
-        .sink_tokens = 4, .truncate_to = 5}},
+       {.num_layers = 1,
+        .num_kv_heads = 2,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 3,
+        .num_blocks = 20,
+        .max_seq_len = 11,
+        .overflow = OverflowPolicy::kTruncate,
+        .sink_tokens = 4,
+        .truncate_to = 5}},
       {"hybrid_per_layer_policies",
-       {.num_layers = 4, .num_kv_heads = 1, .head_dim = 4,
-        .dtype = DType::kF16, .block_tokens = 4, .num_blocks = 48,
-        .max_seq_len = 12, .overflow = OverflowPolicy::kSlidingWindow,
+       {.num_layers = 4,
+        .num_kv_heads = 1,
+        .head_dim = 4,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 48,
+        .max_seq_len = 12,
+        .overflow = OverflowPolicy::kSlidingWindow,
         .sink_tokens = 2,
         .layer_policies = {{.layer = 1,
                             .overflow = OverflowPolicy::kError,
@@ -472,17 +561,54 @@ std::vector<Scenario> Scenarios() {
                             .sink_tokens = 1,
                             .truncate_to = 6}}},
        true},
+      // Compression: a hot pool large enough never to run out (the model
+      // counts repacked blocks as held), a quantized pool that fills up.
+      {"compressed_int8_auto",
+       {.num_layers = 2,
+        .num_kv_heads = 2,
+        .head_dim = 8,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 400,
+        .max_seq_len = 48,
+        .compression = {.enabled = true,
+                        .bits = QuantBits::kInt8,
+                        .group_size = 4,
+                        .hot_tokens = 6,
+                        .quant_blocks = 24,
+                        .auto_compress = true}},
+       false,
+       1.0f},
+      {"compressed_mixed_sliding",
+       {.num_layers = 2,
+        .num_kv_heads = 1,
+        .head_dim = 8,
+        .dtype = DType::kF16,
+        .block_tokens = 4,
+        .num_blocks = 400,
+        .max_seq_len = 24,
+        .overflow = OverflowPolicy::kSlidingWindow,
+        .sink_tokens = 2,
+        .layer_policies = {{.layer = 1,
+                            .overflow = OverflowPolicy::kError,
+                            .max_seq_len = 40}},
+        .compression = {.enabled = true,
+                        .group_size = 8,
+                        .hot_tokens = 4,
+                        .quant_blocks = 30,
+                        .max_rel_error = 5e-3}},
+       true,
+       6.0f},
   };
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Seeds, DifferentialTest,
-    ::testing::Combine(::testing::ValuesIn(Scenarios()),
-                       ::testing::Values(1, 2, 3)),
-    [](const auto& info) {
-      return std::get<0>(info.param).name + "_seed" +
-             std::to_string(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Seeds, DifferentialTest,
+                         ::testing::Combine(::testing::ValuesIn(Scenarios()),
+                                            ::testing::Values(1, 2, 3)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param).name + "_seed" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace kvpage

@@ -108,7 +108,7 @@ TEST(KVCacheCreateTest, RejectsBadConfigsNamingTheField) {
   c.sink_tokens = 32;
   EXPECT_THAT(KVCache::Create(c).status().message(), HasSubstr("sink_tokens"));
   c = SmallConfig();
-  c.num_blocks = 4'000'000'000;
+  c.num_blocks = 2'000'000'000;
   c.num_kv_heads = 4096;
   c.head_dim = 65536;
   s = KVCache::Create(c).status();

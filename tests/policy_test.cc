@@ -12,9 +12,9 @@
 namespace kvpage {
 namespace {
 
+using kvpage::testing::Fingerprint;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
-using kvpage::testing::Fingerprint;
 
 constexpr int kElems = 4;  // 1 kv-head of 4 dims
 
@@ -146,8 +146,7 @@ TEST(PolicyTest, SinksAndWindowCanShareABlock) {
 }
 
 TEST(PolicyTest, CircularBufferNeitherAllocatesNorFreesAfterWarmUp) {
-  auto cache =
-      *KVCache::Create(Config(OverflowPolicy::kCircularBuffer, 14, 3));
+  auto cache = *KVCache::Create(Config(OverflowPolicy::kCircularBuffer, 14, 3));
   const SeqId seq = *cache->AddSequence();
   for (int64_t t = 0; t < 40; ++t) ASSERT_TRUE(Append(*cache, seq, t, 1).ok());
   const CacheStats warm = cache->Stats();

@@ -63,20 +63,46 @@ struct LayerPolicy {
   int64_t truncate_to = 0;
 };
 
+// Bits per code of the quantized pool.
+enum class QuantBits : uint8_t { kInt8 = 8, kInt4 = 4 };
+
+// Repacking cold blocks into a second, smaller pool of quantized blocks.
+// A block is cold when its newest position is older than the `hot_tokens`
+// most recent of its layer. Keys are grouped per channel across the block's
+// tokens (the block is the group), values per token along head_dim in groups
+// of `group_size`; int8 is symmetric, int4 asymmetric (scale and minimum)
+// with two codes per byte; scales and minimums are f16, stored in the block.
+// Sink blocks and circular-buffer layers are never repacked.
+struct CompressionConfig {
+  bool enabled = false;
+  QuantBits bits = QuantBits::kInt8;
+  int group_size = 32;       // values per scale along head_dim
+  int64_t hot_tokens = 256;  // the most recent tokens always stay hot
+  int64_t quant_blocks = 0;  // capacity of the quantized pool, in slots
+  // Repack blocks in the update that makes them cold, and before refusing an
+  // update for lack of hot blocks.
+  bool auto_compress = false;
+  // > 0: per block, int4 where its measured relative error is within this
+  // bound, else int8 (`bits` is then ignored). The pool's slots are then
+  // int4-sized and an int8 block takes two (keys in one, values in the other).
+  double max_rel_error = 0;
+};
+
 // The shape and budget of one cache. All layers share one hot pool of
 // `num_blocks` blocks; a block holds K and V of `block_tokens` consecutive
 // positions of one layer of one sequence, for every kv-head.
 struct CacheConfig {
   int num_layers = 0, num_kv_heads = 0, head_dim = 0;
-  DType dtype = DType::kF16;   // what the hot pool stores
-  int block_tokens = 16;       // token slots per block
-  int64_t num_blocks = 0;      // hot pool capacity
-  int64_t max_seq_len = 0;     // most visible tokens per sequence and layer
+  DType dtype = DType::kF16;  // what the hot pool stores
+  int block_tokens = 16;      // token slots per block
+  int64_t num_blocks = 0;     // hot pool capacity
+  int64_t max_seq_len = 0;    // most visible tokens per sequence and layer
   OverflowPolicy overflow = OverflowPolicy::kError;
   int64_t sink_tokens = 0;
-  int64_t truncate_to = 0;     // 0 means max_seq_len / 2
+  int64_t truncate_to = 0;  // 0 means max_seq_len / 2
   // Per-layer overrides of the four fields above; at most one per layer.
   std::vector<LayerPolicy> layer_policies;
+  CompressionConfig compression;
   // Touch every page of the arena at creation so that the first appends do
   // not pay page faults. Costs the arena's size in resident memory up front.
   bool prefault = false;
@@ -85,11 +111,13 @@ struct CacheConfig {
 };
 
 // Checks a configuration without building anything: every dimension positive,
-// block_tokens at most 65535, num_blocks below 2^32, the arena's byte size
+// block_tokens at most 65535, num_blocks below 2^31, the arena's byte size
 // representable; for the cache-wide policy and every override:
-// max_seq_len >= 1, 0 <= sink_tokens < max_seq_len, and for kTruncate an
-// effective truncate_to in (sink_tokens, max_seq_len]. Returns
-// InvalidArgument naming the offending field (and layer).
+// 1 <= max_seq_len <= 2^62, 0 <= sink_tokens < max_seq_len, and for kTruncate
+// an effective truncate_to in (sink_tokens, max_seq_len]; with compression: 1
+// <= quant_blocks < 2^31, group_size dividing head_dim, an even head_dim for
+// int4, hot_tokens >= 0, a finite max_rel_error >= 0. Returns InvalidArgument
+// naming the offending field (and layer).
 [[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);
 
 // truncate_to as kTruncate applies it: 0 means max_seq_len / 2.

@@ -47,17 +47,45 @@ struct GatheredLayer {
   std::vector<int64_t> positions;
 };
 
+// How a block stores its tokens.
+enum class BlockFormat : uint8_t {
+  kHot,   // the cache's dtype, in the hot pool
+  kInt8,  // repacked into the quantized pool, int8 codes
+  kInt4,  // repacked into the quantized pool, int4 codes, two per byte
+};
+
+// The codes and scales of a repacked block (README: "Quantized blocks" gives
+// the byte layout). Keys: codes [block_tokens][num_kv_heads][head_dim] (int4:
+// [..][head_dim / 2] bytes, even channel in the low nibble), f16 scales (and
+// int4 minimums) [num_kv_heads][head_dim], one per channel over the block's
+// slots. Values: codes likewise, f16 scales (and minimums)
+// [block_tokens][num_kv_heads][head_dim / group_size]. int8 decodes as
+// code * scale; int4 as min + code * scale.
+struct QuantBlockView {
+  const void* k_codes = nullptr;
+  const void* k_scales = nullptr;
+  const void* k_mins = nullptr;  // int4 only
+  const void* v_codes = nullptr;
+  const void* v_scales = nullptr;
+  const void* v_mins = nullptr;  // int4 only
+};
+
 // One block of a layer as an attention kernel reads it. Slot s of the block
-// holds the token at position `first_position + (s - begin_slot)`; its keys
-// start at `k + s * token_stride` elements (of the view's dtype), laid out
-// [num_kv_heads][head_dim]; values likewise from `v`.
+// holds the token at position `first_position + (s - begin_slot)`. A hot
+// block's keys start at `k + s * token_stride` elements (of the view's
+// dtype), laid out [num_kv_heads][head_dim]; values likewise from `v`. A
+// repacked block has null k and v and its codes in `quant`; Dequantize()
+// (kvpage/attention.h) turns either kind into f32.
 struct BlockView {
-  const void* k = nullptr;  // slot 0 of the block's keys
-  const void* v = nullptr;  // slot 0 of the block's values
-  uint32_t block_id = 0;    // the block's id in the hot pool
-  int begin_slot = 0;       // first valid slot
-  int tokens = 0;           // valid slots, from begin_slot on
+  const void* k = nullptr;     // slot 0 of the block's keys (hot blocks)
+  const void* v = nullptr;     // slot 0 of the block's values (hot blocks)
+  uint32_t block_id = 0;       // the block's id in its pool
+  int begin_slot = 0;          // first valid slot
+  int tokens = 0;              // valid slots, from begin_slot on
   int64_t first_position = 0;  // position of the token in begin_slot
+  BlockFormat format = BlockFormat::kHot;
+  QuantBlockView quant;    // repacked blocks
+  double quant_error = 0;  // repacked blocks: measured relative MSE
 };
 
 // The visible tokens of one sequence and layer, block by block, oldest first:
@@ -71,6 +99,7 @@ struct LayerView {
   int head_dim = 0;
   int block_tokens = 0;
   int64_t token_stride = 0;  // elements from one slot to the next
+  int quant_group_size = 0;  // values per scale in repacked blocks
   // True when k/v are host addresses (the default host arena). Storage that
   // lives elsewhere hands out addresses in its own address space.
   bool host_accessible = true;
@@ -84,39 +113,59 @@ struct LayerView {
 // Cache-wide figures. Counters (hits .. bytes_copied) only grow; the rest
 // describe the present state.
 struct CacheStats {
-  int64_t blocks_total = 0;   // hot pool capacity
-  int64_t blocks_used = 0;    // referenced by at least one block table
-  int64_t blocks_free = 0;    // blocks_total - blocks_used
-  double utilization = 0;     // blocks_used / blocks_total
-  int64_t block_bytes = 0;    // bytes of one block (K and V)
+  int64_t blocks_total = 0;        // hot pool capacity
+  int64_t blocks_used = 0;         // referenced by at least one block table
+  int64_t blocks_free = 0;         // blocks_total - blocks_used
+  double utilization = 0;          // blocks_used / blocks_total
+  int64_t block_bytes = 0;         // bytes of one block (K and V)
   int64_t memory_usage_bytes = 0;  // bytes of the blocks in use
-  int64_t arena_bytes = 0;    // bytes reserved for the pool, used or not
-  int64_t sequences = 0;      // live sequences
-  int64_t tokens_stored = 0;  // visible tokens summed over sequences, layers
+  int64_t arena_bytes = 0;         // bytes reserved for the pool, used or not
+  int64_t sequences = 0;           // live sequences
+  int64_t tokens_stored = 0;    // visible tokens summed over sequences, layers
   int64_t slots_allocated = 0;  // token slots of the blocks in use; minus
                                 // tokens_stored, the internal waste
-  int64_t hits = 0;           // prefix-cache block hits
-  int64_t misses = 0;         // prefix-cache block misses
-  int64_t compressions_applied = 0;  // blocks repacked into the quantized pool
-  int64_t evictions = 0;      // tokens evicted by overflow policies (input
-                              // tokens an update evicts at once count too)
-  int64_t blocks_released_by_policy = 0;  // sliding window, context shift
-  int64_t blocks_reused_by_ring = 0;      // circular buffer rotations
-  int64_t blocks_allocated = 0;  // blocks taken from the pool, ever
-  int64_t blocks_released = 0;   // blocks given back to the pool, ever
-  int64_t bytes_written = 0;  // token data written from Update() inputs
-  int64_t bytes_copied = 0;   // token data moved inside the pools
+  int64_t hits = 0;             // prefix-cache block hits
+  int64_t misses = 0;           // prefix-cache block misses
+  // Compression. The quantized pool counts slots; an int8 block takes two
+  // when max_rel_error mixes formats. memory_usage_bytes above includes the
+  // slots in use.
+  int64_t quant_slots_total = 0;
+  int64_t quant_slots_used = 0;
+  int64_t quant_slot_bytes = 0;
+  int64_t quant_blocks_int8 = 0;  // repacked blocks held now, by format
+  int64_t quant_blocks_int4 = 0;
+  double bytes_per_token_hot = 0;    // one layer's K and V of one token
+  double bytes_per_token_cold = 0;   // the same in repacked blocks held now
+  int64_t bytes_saved = 0;           // hot bytes the repacked blocks replace,
+                                     // minus the slots they take
+  int64_t compressions_applied = 0;  // blocks repacked, ever
+  int64_t compressions_skipped = 0;  // repacks skipped: quantized pool full
+  int64_t decompressions = 0;        // repacked blocks made hot again to be
+                                     // written
+  double max_quant_error = 0;        // relative MSE, over every repack
+  double mean_quant_error = 0;
+  int64_t evictions = 0;  // tokens evicted by overflow policies (input
+                          // tokens an update evicts at once count too)
+  // Window blocks whose visible tokens a sliding window or context shift
+  // evicted: returned to the pool, or reused at once for the tokens that
+  // pushed them out (what the pool would have handed back).
+  int64_t blocks_released_by_policy = 0;
+  int64_t blocks_reused_by_ring = 0;  // blocks a ring took from its spares
+  int64_t blocks_allocated = 0;       // blocks taken from the pool, ever
+  int64_t blocks_released = 0;        // blocks given back to the pool, ever
+  int64_t bytes_written = 0;          // token data written from Update() inputs
+  int64_t bytes_copied = 0;           // token data moved inside the pools
 };
 
 // Figures of one sequence over all its layers.
 struct SequenceStats {
-  int64_t current_length = 0;  // the longest layer's length
-  int64_t max_length = 0;      // the longest any layer has been
-  int64_t tokens_stored = 0;   // visible tokens over its layers
-  int64_t blocks = 0;          // blocks referenced by its tables
-  double utilization = 0;      // tokens_stored / (blocks * block_tokens)
+  int64_t current_length = 0;      // the longest layer's length
+  int64_t max_length = 0;          // the longest any layer has been
+  int64_t tokens_stored = 0;       // visible tokens over its layers
+  int64_t blocks = 0;              // blocks referenced by its tables
+  double utilization = 0;          // tokens_stored / (blocks * block_tokens)
   int64_t memory_usage_bytes = 0;  // blocks * block_bytes
-  int64_t evictions = 0;       // tokens evicted from it by policies
+  int64_t evictions = 0;           // tokens evicted from it by policies
 };
 
 class KVCache {
@@ -163,9 +212,11 @@ class KVCache {
   //                     position was evicted (a rollback must keep a visible
   //                     window token, or go back into the sinks)
   //   ResourceExhausted seq_len > max_seq_len (policy kError), or fewer free
-  //                     blocks than the update needs
-  // On error nothing changes. Cost: O(n * num_kv_heads * head_dim) to write
-  // plus O(1) per block taken or released.
+  //                     blocks than the update needs (with auto_compress,
+  //                     after repacking cold blocks could not free enough)
+  // On error nothing changes. Writing into a repacked block first makes it
+  // hot again (decompressions; it needs a free block). Cost: O(n * num_kv_heads
+  // * head_dim) to write plus O(1) per block taken or released.
   [[nodiscard]] absl::Status Update(SeqId seq, int layer, TokenSpan k,
                                     TokenSpan v, int64_t seq_len);
 
@@ -175,6 +226,17 @@ class KVCache {
   // when a layer's position seq_len - 1 was evicted (see Update); then no
   // layer changes. O(layers + blocks released).
   [[nodiscard]] absl::Status Truncate(SeqId seq, int64_t seq_len);
+
+  // Repacks the whole blocks that lie entirely in the oldest
+  // 1 - keep_recent_fraction of the layer's visible tokens into the quantized
+  // pool (never sink tokens, never the compression.hot_tokens most recent,
+  // never a partly filled block, never a circular-buffer layer). Idempotent.
+  // A full quantized pool skips blocks (compressions_skipped), never loses
+  // data. FailedPrecondition when compression is not enabled; NotFound and
+  // InvalidArgument as for Update, and for a fraction outside [0, 1].
+  // O(blocks repacked * block size).
+  [[nodiscard]] absl::Status CompressOldEntries(SeqId seq, int layer,
+                                                double keep_recent_fraction);
 
   // The seq_len of the layer's last update (0 for a new sequence).
   // NotFound / InvalidArgument as for Update. O(1).

@@ -12,7 +12,8 @@
 #ifndef KVPAGE_KVPAGE_H_
 #define KVPAGE_KVPAGE_H_
 
-#include "kvpage/config.h"    // IWYU pragma: export
-#include "kvpage/kv_cache.h"  // IWYU pragma: export
+#include "kvpage/attention.h"  // IWYU pragma: export
+#include "kvpage/config.h"     // IWYU pragma: export
+#include "kvpage/kv_cache.h"   // IWYU pragma: export
 
 #endif  // KVPAGE_KVPAGE_H_

@@ -1,0 +1,183 @@
+// allocator/quantize.h — the kernels that repack a cold block into int8 or
+// int4 codes with f16 scales (DESIGN.md, Compression), and read it back.
+//
+// A hot block holds `block_tokens` (T) slots of one layer: keys, then values,
+// each [T][H][D] (H = num_kv_heads, D = head_dim) in the cache dtype. A
+// quantized block groups them differently:
+//   keys    per channel: for each (h, d), one group made of the block's valid
+//           slots (outlier channels get their own scale);
+//   values  per token: for each (t, h), groups of `group_size` (G)
+//           consecutive channels.
+//   int8    symmetric: scale = max|x| / 127, code = round(x / scale) in
+//           [-127, 127], x ~ code * scale.
+//   int4    asymmetric: scale = (max - min) / 15, code = round((x - min) /
+//           scale) in [0, 15], x ~ code * scale + min; two codes per byte,
+//           channel 2k in the low nibble, 2k + 1 in the high one.
+// Scales and minimums are stored as f16 and the codes are computed with the
+// stored (rounded) values, so the error QuantizeBlock() reports is the error
+// of what DequantizeBlock() returns.
+//
+// Usage (one block, f16 cache, int8):
+//   QuantShape shape{.block_tokens = 16, .num_kv_heads = 8, .head_dim = 128,
+//                    .group_size = 32};
+//   QuantLayout layout = QuantLayout::For(QuantFormat::kInt8, shape);
+//   // k_part / v_part: layout.k_part_bytes / v_part_bytes each
+//   QuantError e = QuantizeBlock(QuantFormat::kInt8, shape, DType::kF16,
+//                                hot_k, hot_v, 0, 16, k_part, v_part);
+//   DequantizeBlock(QuantFormat::kInt8, shape, k_part, v_part, 0, 16, k, v);
+//
+// Numerics, identical on every path:
+//   - x / scale is computed as x * (1 / scale) (one division per group), and
+//     rounds to nearest, ties to even; a zero scale gives zero codes.
+//   - Scales are clamped to [0, 65504] and minimums to [-65504, 65504] before
+//     the f16 rounding: values beyond f16's range saturate (their error is
+//     reported) instead of producing inf or NaN. A NaN input is ignored by
+//     the group's statistics and gets the lowest code.
+//   - Dequantization is code * scale (+ min). code * scale is exact in f32
+//     (at most 7 + 11 significant bits), so fusing the + min is exact too.
+//   - Squared errors and squares are summed with FMA in float, keys per
+//     channel over the slots, values per token row in 32 lanes (lane =
+//     channel % 32); those float sums are added in channel (row) order into
+//     32 double lanes (channel % 32), and the result adds the lanes in order.
+//     Every path follows this order, so every path returns the same bits.
+//     Squares above 3.4e38 (|x| > 1.8e19) overflow to inf.
+//   They assume the default MXCSR (round to nearest, no flush-to-zero).
+//
+// Kernels: AVX-512 (F, BW, DQ, VL) or AVX2 (+FMA, F16C), picked at run time
+// once from the CPU, when group_size is a multiple of 16; otherwise (or on
+// other CPUs) the portable loops run. The portable loops call std::fma, which
+// is a library routine on x86 CPUs without FMA. Thread-safe: pure functions
+// of their arguments.
+#ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
+#define KVPAGE_ALLOCATOR_QUANTIZE_H_
+
+#include <cstdint>
+#include <string_view>
+
+#include "kvpage/config.h"
+
+namespace kvpage::internal {
+
+enum class QuantFormat : uint8_t { kInt8, kInt4 };
+
+// The block geometry. Valid when every field is positive, head_dim %
+// group_size == 0 and, for int4, head_dim is even. The caller validates:
+// the kernels only DCHECK it.
+struct QuantShape {
+  int block_tokens = 0, num_kv_heads = 0, head_dim = 0, group_size = 0;
+};
+
+// Byte offsets of one quantized block. The K part (codes, then scales, then
+// for int4 the minimums) and the V part (codes, scales, minimums) are each
+// padded to 64 bytes; a block is the K part followed by the V part, but the
+// two parts may also live in separate places (the caller passes two
+// pointers), so nothing may assume V follows K.
+//   K codes   [T][H][D] bytes (int8) or [T][H][D/2] (int4)
+//   K scales  [H][D] f16, K mins [H][D] f16 (int4)
+//   V codes   like K codes
+//   V scales  [T][H][D/G] f16, V mins [T][H][D/G] f16 (int4)
+// Every array starts at a multiple of 64 bytes within its part; padding bytes
+// are written as zero. k_mins / v_mins are 0 and unused for int8.
+struct QuantLayout {
+  int64_t k_codes = 0, k_scales = 0, k_mins = 0, k_part_bytes = 0;
+  int64_t v_codes = 0, v_scales = 0, v_mins = 0, v_part_bytes = 0;
+
+  [[nodiscard]] int64_t block_bytes() const {
+    return k_part_bytes + v_part_bytes;
+  }
+  // The layout of `format` at `shape` (a valid shape). O(1).
+  [[nodiscard]] static QuantLayout For(QuantFormat format,
+                                       const QuantShape& shape);
+};
+
+// Squared error and squared magnitude of the quantized slots, keys and
+// values apart.
+struct QuantError {
+  double k_sq_err = 0, k_sq_sum = 0, v_sq_err = 0, v_sq_sum = 0;
+
+  // Relative MSE of the block: (k_sq_err + v_sq_err) / (k_sq_sum +
+  // v_sq_sum), 0 when the sums are 0.
+  [[nodiscard]] double rel() const;
+};
+
+// QuantizeBlock
+//
+// Quantizes slots [first_slot, first_slot + count) of one hot block. `k_src`
+// and `v_src` point at slot 0 of the hot K and V regions ([T][H][D] of
+// `dtype`). Slots outside the range are ignored by the statistics; their
+// codes (and, for values, scales and minimums) are written as zero. Writes
+// layout.k_part_bytes bytes to `k_part` and layout.v_part_bytes to `v_part`
+// (no alignment needed; neither may overlap the sources). Returns the error
+// measured while quantizing. Requires 0 <= first_slot, 0 <= count,
+// first_slot + count <= T. O(T * H * D), one read of the valid slots into
+// L1 per pass (two passes over a chunk that stays in L1).
+[[nodiscard]] QuantError QuantizeBlock(QuantFormat format,
+                                       const QuantShape& shape, DType dtype,
+                                       const void* k_src, const void* v_src,
+                                       int first_slot, int count, void* k_part,
+                                       void* v_part);
+
+// DequantizeBlock
+//
+// Writes slots [first_slot, first_slot + count) of a quantized block as f32
+// [count][H][D] keys to `k_out` and values to `v_out`. O(count * H * D).
+void DequantizeBlock(QuantFormat format, const QuantShape& shape,
+                     const void* k_part, const void* v_part, int first_slot,
+                     int count, float* k_out, float* v_out);
+
+// PerTokenKeyError
+//
+// For comparing groupings only (tests, benchmarks): the relative MSE
+// (sq_err / sq_sum, 0 when the sum is 0) of the keys of slots [first_slot,
+// first_slot + count) if they were grouped per token like values, with
+// group_size channels per group. Allocates a scratch V part.
+[[nodiscard]] double PerTokenKeyError(QuantFormat format,
+                                      const QuantShape& shape, DType dtype,
+                                      const void* k_src, int first_slot,
+                                      int count);
+
+// The kernel sets, for tests and benchmarks to compare.
+enum class QuantKernels : uint8_t { kPortable, kAvx2, kAvx512 };
+
+[[nodiscard]] std::string_view QuantKernelsName(QuantKernels kernels);
+
+// True when this CPU (and OS) can run `kernels`; kPortable always.
+[[nodiscard]] bool QuantKernelsSupported(QuantKernels kernels);
+
+// The set QuantizeBlock and DequantizeBlock use on this CPU for shapes whose
+// group_size is a multiple of 16: the widest supported.
+[[nodiscard]] QuantKernels BestQuantKernels();
+
+// QuantizeBlock / DequantizeBlock with the given kernel set, which must be
+// supported; shapes the SIMD kernels do not cover (group_size % 16 != 0)
+// run the portable loops whatever the choice.
+[[nodiscard]] QuantError QuantizeBlockWith(QuantKernels kernels,
+                                           QuantFormat format,
+                                           const QuantShape& shape,
+                                           DType dtype, const void* k_src,
+                                           const void* v_src, int first_slot,
+                                           int count, void* k_part,
+                                           void* v_part);
+void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
+                         const QuantShape& shape, const void* k_part,
+                         const void* v_part, int first_slot, int count,
+                         float* k_out, float* v_out);
+
+// The portable loops (QuantizeBlockWith(kPortable, ...)), which the SIMD
+// kernels are held to.
+[[nodiscard]] QuantError QuantizeBlockPortable(
+    QuantFormat format, const QuantShape& shape, DType dtype,
+    const void* k_src, const void* v_src, int first_slot, int count,
+    void* k_part, void* v_part);
+void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,
+                             const void* k_part, const void* v_part,
+                             int first_slot, int count, float* k_out,
+                             float* v_out);
+
+// True when the dispatcher picked SIMD kernels (AVX2 or AVX-512) on this
+// CPU: BestQuantKernels() != kPortable.
+[[nodiscard]] bool HasAvx2QuantKernels();
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_ALLOCATOR_QUANTIZE_H_

@@ -1,0 +1,475 @@
+// Compression through the cache: which blocks are repacked, what reads back,
+// what it does to attention, what it saves, and that no data is lost when
+// the quantized pool is full. Kernel-level error bounds are in
+// quantize_test.cc.
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvpage/kvpage.h"
+#include "tests/test_util.h"
+
+namespace kvpage {
+namespace {
+
+using kvpage::testing::Fingerprint;
+using ::testing::HasSubstr;
+
+constexpr int kHeads = 2, kDim = 16;
+constexpr int64_t kElems = kHeads * kDim;
+
+CacheConfig Config(QuantBits bits, int64_t hot_tokens = 8) {
+  return {.num_layers = 2,
+          .num_kv_heads = kHeads,
+          .head_dim = kDim,
+          .dtype = DType::kF16,
+          .block_tokens = 4,
+          .num_blocks = 64,
+          .max_seq_len = 1024,
+          .compression = {.enabled = true,
+                          .bits = bits,
+                          .group_size = 8,
+                          .hot_tokens = hot_tokens,
+                          .quant_blocks = 64}};
+}
+
+std::vector<float> Gaussian(int64_t tokens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> out(static_cast<size_t>(tokens * kElems));
+  for (float& x : out) x = normal(rng);
+  return out;
+}
+
+// What the f16 cache stores for `x`.
+std::vector<float> AsF16(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    out[i] = static_cast<float>(static_cast<_Float16>(x[i]));
+  }
+  return out;
+}
+
+double RelMse(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, sum = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * double(got[i] - want[i]);
+    sum += want[i] * double(want[i]);
+  }
+  return err / sum;
+}
+
+struct Filled {
+  std::unique_ptr<KVCache> cache;
+  SeqId seq;
+  std::vector<float> k, v;  // as stored hot (f16-rounded), all positions
+};
+
+Filled Fill(const CacheConfig& config, int64_t tokens, int layer = 0) {
+  Filled f{.cache = *KVCache::Create(config)};
+  f.seq = *f.cache->AddSequence();
+  const std::vector<float> k = Gaussian(tokens, 1), v = Gaussian(tokens, 2);
+  EXPECT_TRUE(f.cache
+                  ->Update(f.seq, layer, {.data = k.data(), .tokens = tokens},
+                           {.data = v.data(), .tokens = tokens}, tokens)
+                  .ok());
+  f.k = AsF16(k);
+  f.v = AsF16(v);
+  return f;
+}
+
+std::vector<BlockFormat> Formats(const KVCache& cache, SeqId seq, int layer) {
+  std::vector<BlockFormat> out;
+  const LayerView view = *cache.View(seq, layer);
+  for (const BlockView& b : view.blocks) out.push_back(b.format);
+  return out;
+}
+
+TEST(CompressionTest, RepacksTheOldestWholeBlocksAndIsIdempotent) {
+  Filled f = Fill(Config(QuantBits::kInt8), 40);  // 10 blocks of 4
+  KVCache& cache = *f.cache;
+  const CacheStats before = cache.Stats();
+  // Oldest half: 20 tokens, blocks 0..4; hot_tokens 8 keeps 8..9 anyway.
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.5).ok());
+  using F = BlockFormat;
+  EXPECT_THAT(
+      Formats(cache, f.seq, 0),
+      ::testing::ElementsAre(F::kInt8, F::kInt8, F::kInt8, F::kInt8, F::kInt8,
+                             F::kHot, F::kHot, F::kHot, F::kHot, F::kHot));
+  CacheStats s = cache.Stats();
+  EXPECT_EQ(s.compressions_applied, 5);
+  EXPECT_EQ(s.quant_blocks_int8, 5);
+  EXPECT_EQ(s.blocks_used, before.blocks_used - 5);
+  EXPECT_EQ(s.quant_slots_used, 5);
+  EXPECT_EQ(s.tokens_stored, before.tokens_stored);
+  EXPECT_EQ(s.bytes_saved, 5 * (s.block_bytes - s.quant_slot_bytes));
+  EXPECT_GT(s.max_quant_error, 0);
+  EXPECT_LE(s.max_quant_error, 4e-5);
+  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+
+  const std::string once = Fingerprint(cache);
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.5).ok());
+  EXPECT_EQ(Fingerprint(cache), once);
+
+  // Everything reads back, positions unchanged, within the int8 bound.
+  const GatheredLayer g = *cache.Gather(f.seq, 0);
+  ASSERT_EQ(g.positions.size(), 40u);
+  EXPECT_LE(RelMse(g.k, f.k), 4e-5);
+  EXPECT_LE(RelMse(g.v, f.v), 4e-5);
+  // The hot half is exact.
+  for (size_t i = 20 * kElems; i < f.k.size(); ++i) ASSERT_EQ(g.k[i], f.k[i]);
+
+  // Keep nothing recent: all but the hot_tokens most recent.
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
+  EXPECT_EQ(cache.Stats().compressions_applied, 8);
+  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+}
+
+TEST(CompressionTest, NeverSinksHotTokensPartialBlocksOrRings) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.overflow = OverflowPolicy::kSlidingWindow;
+  c.max_seq_len = 30;
+  c.sink_tokens = 2;
+  c.layer_policies = {{.layer = 1,
+                       .overflow = OverflowPolicy::kCircularBuffer,
+                       .max_seq_len = 30}};
+  Filled f = Fill(c, 23);
+  KVCache& cache = *f.cache;
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
+  // Block 0 holds the sinks; blocks 1..3 are cold; block 4 (16..19) holds
+  // position 19, one of the 4 most recent, and stays hot; block 5 (20..22)
+  // is partial and hot.
+  using F = BlockFormat;
+  EXPECT_THAT(Formats(cache, f.seq, 0),
+              ::testing::ElementsAre(F::kHot, F::kInt8, F::kInt8, F::kInt8,
+                                     F::kHot, F::kHot));
+  const std::vector<float> k = Gaussian(23, 3);
+  ASSERT_TRUE(cache
+                  .Update(f.seq, 1, {.data = k.data(), .tokens = 23},
+                          {.data = k.data(), .tokens = 23}, 23)
+                  .ok());
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 1, 0.0).ok());
+  for (BlockFormat format : Formats(cache, f.seq, 1)) {
+    EXPECT_EQ(format, BlockFormat::kHot);
+  }
+  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+}
+
+TEST(CompressionTest, BadCallsAreRefused) {
+  Filled f = Fill(Config(QuantBits::kInt8), 12);
+  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 0, 1.5).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 0, std::nan("")).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 3, 0.5).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(f.cache->CompressOldEntries(99, 0, 0.5).code(),
+            absl::StatusCode::kNotFound);
+  CacheConfig off = Config(QuantBits::kInt8);
+  off.compression.enabled = false;
+  Filled g = Fill(off, 12);
+  const absl::Status s = g.cache->CompressOldEntries(g.seq, 0, 0.5);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("not enabled"));
+
+  CacheConfig bad = Config(QuantBits::kInt4);
+  bad.compression.group_size = 5;
+  EXPECT_THAT(KVCache::Create(bad).status().message(),
+              HasSubstr("compression.group_size is 5"));
+  bad = Config(QuantBits::kInt8);
+  bad.compression.quant_blocks = 0;
+  EXPECT_THAT(KVCache::Create(bad).status().message(),
+              HasSubstr("compression.quant_blocks is 0"));
+}
+
+TEST(CompressionTest, Int4ErrorAndFormatInTheView) {
+  Filled f = Fill(Config(QuantBits::kInt4), 40);
+  ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
+  const GatheredLayer g = *f.cache->Gather(f.seq, 0);
+  const double err = RelMse(g.k, f.k) + RelMse(g.v, f.v);
+  EXPECT_GT(err, 1e-5);
+  EXPECT_LE(RelMse(g.k, f.k), 1e-2);
+  EXPECT_LE(RelMse(g.v, f.v), 1e-2);
+  const LayerView view = *f.cache->View(f.seq, 0);
+  EXPECT_EQ(view.blocks[0].format, BlockFormat::kInt4);
+  EXPECT_EQ(view.blocks[0].k, nullptr);
+  EXPECT_NE(view.blocks[0].quant.k_mins, nullptr);
+  EXPECT_GT(view.blocks[0].quant_error, 0);
+  EXPECT_EQ(f.cache->Stats().quant_blocks_int4, 8);
+  // Dequantize() of each block is what Gather() returns.
+  int64_t done = 0;
+  for (const BlockView& b : view.blocks) {
+    std::vector<float> k(b.tokens * kElems), v(b.tokens * kElems);
+    ASSERT_TRUE(Dequantize(view, b, absl::MakeSpan(k), absl::MakeSpan(v)).ok());
+    for (size_t i = 0; i < k.size(); ++i) {
+      ASSERT_EQ(k[i], g.k[done * kElems + i]);
+      ASSERT_EQ(v[i], g.v[done * kElems + i]);
+    }
+    done += b.tokens;
+  }
+  std::vector<float> small(3);
+  EXPECT_EQ(Dequantize(view, view.blocks[0], absl::MakeSpan(small),
+                       absl::MakeSpan(small))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Attention over all-cold int8 blocks stays within 5e-3 of full precision.
+TEST(CompressionTest, AttentionErrorWithColdBlocks) {
+  for (QuantBits bits : {QuantBits::kInt8, QuantBits::kInt4}) {
+    CacheConfig c = Config(bits, 0);
+    c.num_blocks = 300;
+    c.compression.quant_blocks = 300;
+    Filled f = Fill(c, 1024);
+    std::vector<float> query(4 * kDim);  // 4 query heads over 2 kv-heads
+    std::mt19937 rng(9);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& q : query) q = normal(rng);
+    std::vector<float> exact(query.size()), approx(query.size());
+    ASSERT_TRUE(
+        Attend(*f.cache->View(f.seq, 0), query, absl::MakeSpan(exact)).ok());
+    ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
+    EXPECT_EQ(f.cache->Stats().compressions_applied, 256);
+    ASSERT_TRUE(
+        Attend(*f.cache->View(f.seq, 0), query, absl::MakeSpan(approx)).ok());
+    const double err = RelMse(approx, exact);
+    std::printf("attention relative error, all cold %s: %.3g\n",
+                bits == QuantBits::kInt8 ? "int8" : "int4", err);
+    if (bits == QuantBits::kInt8) {
+      EXPECT_LE(err, 5e-3);
+    }
+    EXPECT_GT(err, 0);
+  }
+}
+
+TEST(CompressionTest, AttendMatchesADirectComputation) {
+  Filled f = Fill(Config(QuantBits::kInt8), 9);
+  const std::vector<float> query = Gaussian(1, 5);  // one query per kv-head
+  std::vector<float> out(query.size());
+  ASSERT_TRUE(
+      Attend(*f.cache->View(f.seq, 0), query, absl::MakeSpan(out)).ok());
+  for (int h = 0; h < kHeads; ++h) {
+    std::vector<double> w(9);
+    double total = 0;
+    for (int t = 0; t < 9; ++t) {
+      double dot = 0;
+      for (int d = 0; d < kDim; ++d) {
+        dot += query[h * kDim + d] * double(f.k[t * kElems + h * kDim + d]);
+      }
+      w[t] = std::exp(dot / std::sqrt(double(kDim)));
+      total += w[t];
+    }
+    for (int d = 0; d < kDim; ++d) {
+      double want = 0;
+      for (int t = 0; t < 9; ++t) {
+        want += w[t] / total * f.v[t * kElems + h * kDim + d];
+      }
+      EXPECT_NEAR(out[h * kDim + d], want, 1e-5);
+    }
+  }
+  std::vector<float> wrong(5);
+  EXPECT_EQ(
+      Attend(*f.cache->View(f.seq, 0), wrong, absl::MakeSpan(wrong)).code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CompressionTest, AFullQuantizedPoolSkipsAndLosesNothing) {
+  CacheConfig c = Config(QuantBits::kInt8);
+  c.compression.quant_blocks = 3;
+  Filled f = Fill(c, 40);
+  ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
+  const CacheStats s = f.cache->Stats();
+  EXPECT_EQ(s.compressions_applied, 3);
+  EXPECT_EQ(s.compressions_skipped, 5);
+  const GatheredLayer g = *f.cache->Gather(f.seq, 0);
+  EXPECT_LE(RelMse(g.k, f.k), 4e-5);
+  for (size_t i = 12 * kElems; i < f.k.size(); ++i) ASSERT_EQ(g.k[i], f.k[i]);
+  EXPECT_TRUE(f.cache->Validate().ok()) << f.cache->Validate();
+}
+
+TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
+  CacheConfig c = Config(QuantBits::kInt8, 8);
+  c.compression.auto_compress = true;
+  auto cache = *KVCache::Create(c);
+  const SeqId seq = *cache->AddSequence();
+  const std::vector<float> k = Gaussian(64, 1);
+  for (int64_t t = 0; t < 64; ++t) {
+    const TokenSpan one{.data = k.data() + t * kElems, .tokens = 1};
+    ASSERT_TRUE(cache->Update(seq, 0, one, one, t + 1).ok());
+    // Blocks wholly older than the 8 most recent tokens are repacked.
+    const int64_t cold = std::max<int64_t>(0, t + 1 - 8) / 4;
+    ASSERT_EQ(cache->Stats().compressions_applied, cold) << t;
+  }
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.num_blocks = 12;
+  c.compression.auto_compress = true;
+  c.compression.hot_tokens = 4;
+  c.compression.quant_blocks = 6;
+  auto cache = *KVCache::Create(c);
+  const SeqId a = *cache->AddSequence();
+  const std::vector<float> k = Gaussian(40, 1);
+  // Auto-compress repacks as it goes; turn it off in effect by filling both
+  // layers in one update each (cold at once, repacked in the same update).
+  ASSERT_TRUE(cache
+                  ->Update(a, 0, {.data = k.data(), .tokens = 40},
+                           {.data = k.data(), .tokens = 40}, 40)
+                  .ok());
+  CacheStats s = cache->Stats();
+  // 10 blocks; 9 are cold (the newest 4 tokens are block 9), but only 6
+  // quantized slots: 3 skipped, 7 hot blocks used.
+  EXPECT_EQ(s.compressions_applied, 6);
+  EXPECT_EQ(s.compressions_skipped, 3);
+  EXPECT_EQ(s.blocks_used, 4);
+  // A second sequence needing more hot blocks than are free, with no room
+  // left to repack: refused, nothing changed.
+  const SeqId b = *cache->AddSequence();
+  const std::string before = Fingerprint(*cache);
+  const absl::Status no = cache->Update(b, 1, {.data = k.data(), .tokens = 40},
+                                        {.data = k.data(), .tokens = 40}, 40);
+  EXPECT_EQ(no.code(), absl::StatusCode::kResourceExhausted) << no;
+  EXPECT_THAT(no.message(), HasSubstr("repacking cold blocks cannot free"));
+  EXPECT_EQ(Fingerprint(*cache), before);
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.num_blocks = 12;
+  c.compression.hot_tokens = 4;
+  c.compression.quant_blocks = 20;
+  auto cache = *KVCache::Create(c);
+  const SeqId a = *cache->AddSequence();
+  const std::vector<float> k = Gaussian(40, 1);
+  ASSERT_TRUE(cache
+                  ->Update(a, 0, {.data = k.data(), .tokens = 40},
+                           {.data = k.data(), .tokens = 40}, 40)
+                  .ok());
+  EXPECT_EQ(cache->Stats().compressions_applied, 0);  // auto_compress is off
+  // Without auto_compress a 3-block update fails (2 free)...
+  const SeqId b = *cache->AddSequence();
+  const TokenSpan twelve{.data = k.data(), .tokens = 12};
+  EXPECT_EQ(cache->Update(b, 0, twelve, twelve, 12).code(),
+            absl::StatusCode::kResourceExhausted);
+  // ...with it, one cold block of `a` is repacked first.
+  auto cache2 = *KVCache::Create([&] {
+    CacheConfig c2 = c;
+    c2.compression.auto_compress = true;
+    c2.compression.hot_tokens = 1000;  // nothing turns cold by itself
+    return c2;
+  }());
+  const SeqId a2 = *cache2->AddSequence();
+  ASSERT_TRUE(cache2
+                  ->Update(a2, 0, {.data = k.data(), .tokens = 40},
+                           {.data = k.data(), .tokens = 40}, 40)
+                  .ok());
+  const SeqId b2 = *cache2->AddSequence();
+  // hot_tokens 1000 makes nothing cold: the emergency path finds nothing.
+  EXPECT_EQ(cache2->Update(b2, 0, twelve, twelve, 12).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(cache2->Validate().ok());
+}
+
+TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
+  Filled f = Fill(Config(QuantBits::kInt8, 0), 16);
+  KVCache& cache = *f.cache;
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
+  EXPECT_EQ(cache.Stats().compressions_applied, 4);
+  // Overwrite position 5 (block 1) and roll back to 10 (into block 2).
+  const std::vector<float> k(kElems * 5, 7.0f);
+  ASSERT_TRUE(cache
+                  .Update(f.seq, 0, {.data = k.data(), .tokens = 5},
+                          {.data = k.data(), .tokens = 5}, 10)
+                  .ok());
+  using F = BlockFormat;
+  EXPECT_THAT(Formats(cache, f.seq, 0),
+              ::testing::ElementsAre(F::kInt8, F::kHot, F::kHot));
+  EXPECT_EQ(cache.Stats().decompressions, 2);
+  const GatheredLayer g = *cache.Gather(f.seq, 0);
+  ASSERT_EQ(g.positions.size(), 10u);
+  for (int64_t i = 5 * kElems; i < 10 * kElems; ++i) ASSERT_EQ(g.k[i], 7.0f);
+  // Position 4 (block 1, not written) keeps its value within int8 error.
+  for (int64_t i = 4 * kElems; i < 5 * kElems; ++i) {
+    EXPECT_NEAR(g.k[i], f.k[i], 0.05);
+  }
+  // A pure rollback into a repacked block, then an append into it.
+  ASSERT_TRUE(cache.Update(f.seq, 0, {}, {}, 2).ok());
+  EXPECT_EQ(cache.Stats().decompressions, 2);
+  ASSERT_TRUE(cache
+                  .Update(f.seq, 0, {.data = k.data(), .tokens = 1},
+                          {.data = k.data(), .tokens = 1}, 3)
+                  .ok());
+  EXPECT_EQ(cache.Stats().decompressions, 3);
+  EXPECT_EQ(cache.Gather(f.seq, 0)->k[2 * kElems], 7.0f);
+  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+}
+
+TEST(CompressionTest, MaxRelErrorPicksInt4WhereItIsGoodEnough) {
+  for (double bound : {1e-2, 1e-6}) {
+    CacheConfig c = Config(QuantBits::kInt8, 0);
+    c.compression.max_rel_error = bound;
+    Filled f = Fill(c, 32);
+    ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
+    const CacheStats s = f.cache->Stats();
+    const LayerView view = *f.cache->View(f.seq, 0);
+    for (const BlockView& b : view.blocks) {
+      EXPECT_LE(b.quant_error, bound == 1e-2 ? bound : 4e-5);
+      EXPECT_EQ(b.format,
+                bound == 1e-2 ? BlockFormat::kInt4 : BlockFormat::kInt8);
+    }
+    if (bound == 1e-2) {
+      EXPECT_EQ(s.quant_blocks_int4, 8);
+      EXPECT_EQ(s.quant_slots_used, 8);
+    } else {
+      EXPECT_EQ(s.quant_blocks_int8, 8);
+      EXPECT_EQ(s.quant_slots_used, 16);  // K and V parts in two slots
+    }
+    EXPECT_LE(s.max_quant_error, bound == 1e-2 ? bound : 4e-5);
+    EXPECT_TRUE(f.cache->Validate().ok()) << f.cache->Validate();
+    const GatheredLayer g = *f.cache->Gather(f.seq, 0);
+    EXPECT_LE(RelMse(g.k, f.k), bound == 1e-2 ? 1e-2 : 4e-5);
+    ASSERT_TRUE(f.cache->RemoveSequence(f.seq).ok());
+    EXPECT_EQ(f.cache->Stats().quant_slots_used, 0);
+  }
+}
+
+// The byte budget of a repacked block against the f16 hot block of the same
+// tokens, at the shapes the README quotes.
+TEST(CompressionTest, RepackedBlocksAreSmall) {
+  struct Case {
+    QuantBits bits;
+    int block_tokens, group_size;
+    double at_most;
+  };
+  for (const Case& k : {Case{QuantBits::kInt8, 16, 32, 0.55},
+                        Case{QuantBits::kInt8, 32, 64, 0.55},
+                        Case{QuantBits::kInt4, 32, 64, 0.30},
+                        Case{QuantBits::kInt4, 64, 64, 0.30}}) {
+    CacheConfig c{.num_layers = 1,
+                  .num_kv_heads = 8,
+                  .head_dim = 128,
+                  .dtype = DType::kF16,
+                  .block_tokens = k.block_tokens,
+                  .num_blocks = 4,
+                  .max_seq_len = 1024,
+                  .compression = {.enabled = true,
+                                  .bits = k.bits,
+                                  .group_size = k.group_size,
+                                  .quant_blocks = 4}};
+    const CacheStats s = (*KVCache::Create(c))->Stats();
+    const double ratio =
+        static_cast<double>(s.quant_slot_bytes) / s.block_bytes;
+    std::printf("%s, %d tokens/block, groups of %d: %.3f of f16\n",
+                k.bits == QuantBits::kInt8 ? "int8" : "int4", k.block_tokens,
+                k.group_size, ratio);
+    EXPECT_LE(ratio, k.at_most);
+  }
+}
+
+}  // namespace
+}  // namespace kvpage
