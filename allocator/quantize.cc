@@ -129,7 +129,8 @@ inline uint16_t LoadU16(const std::byte* src) {
 
 // ---------------------------------------------------------------------------
 // The scalar definition of every step. The SIMD kernels (quantize_simd.inc)
-// mirror each helper instruction for instruction.
+// compute the same values step for step (NeedsFloatClamp there explains the
+// one place where they take another route to the same codes).
 
 // _mm*_max_ps(a, b) / _mm*_min_ps(a, b): b when either is NaN.
 inline float MaxOf(float a, float b) { return a > b ? a : b; }
@@ -146,8 +147,8 @@ inline float RoundHalfEven(float q) {
 template <DType kD>
 inline void WidenRow(const void* src, int64_t i, int64_t n, float* out) {
   const auto* bytes = static_cast<const std::byte*>(src);
-  ConvertElements(bytes + i * (kD == DType::kF32 ? 4 : 2), kD, out,
-                  DType::kF32, n);
+  ConvertElements(bytes + i * (kD == DType::kF32 ? 4 : 2), kD, out, DType::kF32,
+                  n);
 }
 
 // The running statistics of one group: int8 keeps max|x| in `a`; int4 keeps
@@ -251,8 +252,8 @@ inline float Dequant(const std::byte* codes, int64_t i, float scale,
   }
 }
 
-void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& d,
-              int64_t first, int64_t end) {
+void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& d, int64_t first,
+              int64_t end) {
   std::memset(base, 0, first * row_bytes);
   std::memset(base + end * row_bytes, 0, (d.tokens - end) * row_bytes);
 }
@@ -286,9 +287,9 @@ void ZeroUnwritten(QuantFormat format, const Dims& d, int64_t first,
 // rows, then each row's codes. Each channel's squared errors and squares add
 // up in a float, then into double lane c % kLanes, in channel order.
 template <QuantFormat F, DType kD>
-void QuantizeKeysPortable(const Dims& d, const QuantLayout& l,
-                          const void* src, int64_t first, int64_t end,
-                          std::byte* part, ErrorSums& sums) {
+void QuantizeKeysPortable(const Dims& d, const QuantLayout& l, const void* src,
+                          int64_t first, int64_t end, std::byte* part,
+                          ErrorSums& sums) {
   std::byte* codes = part + l.k_codes;
   for (int64_t c0 = 0; c0 < d.channels; c0 += kKeyChunk) {
     const int64_t n = std::min(kKeyChunk, d.channels - c0);
@@ -370,8 +371,8 @@ void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
 
 template <QuantFormat F>
 void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
-                              const std::byte* part, int64_t first,
-                              int64_t end, float* out) {
+                              const std::byte* part, int64_t first, int64_t end,
+                              float* out) {
   const std::byte* codes = part + l.v_codes;
   for (int64_t t = first; t < end; ++t) {
     for (int64_t g = 0; g < d.groups_per_row; ++g) {
@@ -399,6 +400,20 @@ void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
 
 #if KVPAGE_X86
 
+namespace {
+
+// The 16 int4 codes of 8 packed bytes, one per byte in channel order: the
+// low nibbles, interleaved with the bytes shifted right by 4 (each 16-bit
+// shift drags the next byte's low nibble in above the high nibble; the mask
+// clears it). SSE2 only, so any kernel below can inline it.
+__attribute__((always_inline)) inline __m128i UnpackInt4(const std::byte* src) {
+  const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+  return _mm_and_si128(_mm_unpacklo_epi8(packed, _mm_srli_epi16(packed, 4)),
+                       _mm_set1_epi8(0x0f));
+}
+
+}  // namespace
+
 namespace avx2 {
 namespace {
 
@@ -415,7 +430,7 @@ struct I {
   __m256i lo, hi;
 };
 
-// Key chunks: statistics for this many units at a time, kept in registers.
+// Key strips: units whose statistics and sums stay in registers (16 ymm).
 constexpr int kStripUnits = 2;
 
 KVPAGE_SIMD_INLINE F Zero() {
@@ -456,8 +471,8 @@ KVPAGE_SIMD_INLINE F Load(const void* src, int64_t i) {
   return {Load8<kD>(src, i), Load8<kD>(src, i + 8)};
 }
 
-#define KVPAGE_UNIT_OP2(name, intrinsic)          \
-  KVPAGE_SIMD_INLINE F name(F a, F b) {           \
+#define KVPAGE_UNIT_OP2(name, intrinsic)                   \
+  KVPAGE_SIMD_INLINE F name(F a, F b) {                    \
     return {intrinsic(a.lo, b.lo), intrinsic(a.hi, b.hi)}; \
   }
 KVPAGE_UNIT_OP2(Max, _mm256_max_ps)
@@ -516,10 +531,10 @@ KVPAGE_SIMD_INLINE F ToF16(F x, std::byte* dst) {
   return {_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi)};
 }
 KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
-  return {_mm256_cvtph_ps(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src))),
-          _mm256_cvtph_ps(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16)))};
+  return {
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))),
+      _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16)))};
 }
 
 // Codes of 32 consecutive channels (r0 first) as 32 bytes, in order.
@@ -560,21 +575,11 @@ KVPAGE_SIMD_INLINE void StoreInt8x2(std::byte* dst, I a, I b) {
 }
 KVPAGE_SIMD_INLINE void StoreInt4(std::byte* dst, I a) {
   const __m256i z = _mm256_setzero_si256();
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst),
-                   PackInt4(a.lo, a.hi, z, z));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), PackInt4(a.lo, a.hi, z, z));
 }
 KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
                    PackInt4(a.lo, a.hi, b.lo, b.hi));
-}
-// The 16 codes of 8 packed bytes, one per byte: byte 2k is byte k, byte
-// 2k + 1 its high nibble (the shift drags in the next byte's low nibble,
-// which the mask clears).
-KVPAGE_SIMD_INLINE __m128i UnpackInt4(const std::byte* src) {
-  const __m128i packed =
-      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
-  return _mm_and_si128(_mm_unpacklo_epi8(packed, _mm_srli_epi16(packed, 4)),
-                       _mm_set1_epi8(0x0f));
 }
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return {_mm256_cvtepi8_epi32(
@@ -627,12 +632,13 @@ KVPAGE_SIMD_INLINE void AddToDoubles(F v, double* lanes) {
   const __m256 halves[2] = {v.lo, v.hi};
   for (int h = 0; h < 2; ++h) {
     double* p = lanes + 8 * h;
-    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p),
-                                      _mm256_cvtps_pd(_mm256_castps256_ps128(
-                                          halves[h]))));
-    _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4),
-                                          _mm256_cvtps_pd(_mm256_extractf128_ps(
-                                              halves[h], 1))));
+    _mm256_storeu_pd(
+        p, _mm256_add_pd(_mm256_loadu_pd(p),
+                         _mm256_cvtps_pd(_mm256_castps256_ps128(halves[h]))));
+    _mm256_storeu_pd(
+        p + 4,
+        _mm256_add_pd(_mm256_loadu_pd(p + 4),
+                      _mm256_cvtps_pd(_mm256_extractf128_ps(halves[h], 1))));
   }
 }
 
@@ -647,7 +653,7 @@ KVPAGE_SIMD_INLINE void AddToDoubles(F v, double* lanes) {
 
 // GCC 12 warns that the AVX-512 intrinsics' internal _mm512_undefined_*
 // values "may be used uninitialized" once inlined (GCC bug 105593, fixed in
-// GCC 13); they are placeholders the instructions overwrite.
+// GCC 13); the instructions overwrite those values before any use.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -665,6 +671,7 @@ namespace {
 using F = __m512;
 using I = __m512i;
 
+// Key strips: units whose statistics and sums stay in registers (32 zmm).
 constexpr int kStripUnits = 4;
 
 KVPAGE_SIMD_INLINE F Zero() { return _mm512_setzero_ps(); }
@@ -696,13 +703,11 @@ KVPAGE_SIMD_INLINE F Sub(F a, F b) { return _mm512_sub_ps(a, b); }
 KVPAGE_SIMD_INLINE F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
 KVPAGE_SIMD_INLINE F Div(F a, F b) { return _mm512_div_ps(a, b); }
 KVPAGE_SIMD_INLINE F Abs(F a) {
-  return _mm512_castsi512_ps(_mm512_and_si512(
-      _mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
 }
 KVPAGE_SIMD_INLINE F Fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-KVPAGE_SIMD_INLINE F Fnmadd(F a, F b, F c) {
-  return _mm512_fnmadd_ps(a, b, c);
-}
+KVPAGE_SIMD_INLINE F Fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
 KVPAGE_SIMD_INLINE F InvOrZero(F s) {
   const __mmask16 nonzero =
       _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ);
@@ -746,15 +751,6 @@ KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
   StoreInt4(dst, a);
   StoreInt4(dst + 8, b);
 }
-// The 16 codes of 8 packed bytes, one per byte: byte 2k is byte k, byte
-// 2k + 1 its high nibble (the shift drags in the next byte's low nibble,
-// which the mask clears).
-KVPAGE_SIMD_INLINE __m128i UnpackInt4(const std::byte* src) {
-  const __m128i packed =
-      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
-  return _mm_and_si128(_mm_unpacklo_epi8(packed, _mm_srli_epi16(packed, 4)),
-                       _mm_set1_epi8(0x0f));
-}
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return _mm512_cvtepi8_epi32(
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
@@ -794,8 +790,8 @@ KVPAGE_SIMD_INLINE F Reduce16(const F (&v)[16]) {
 
 KVPAGE_SIMD_INLINE void AddToDoubles(F v, double* lanes) {
   const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(
-      _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __m512d hi = _mm512_cvtps_pd(
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
   _mm512_storeu_pd(lanes, _mm512_add_pd(_mm512_loadu_pd(lanes), lo));
   _mm512_storeu_pd(lanes + 8, _mm512_add_pd(_mm512_loadu_pd(lanes + 8), hi));
 }
@@ -867,8 +863,8 @@ CpuKernels DetectKernels() {
   __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-  k.avx2 = f16c && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
+  k.avx2 =
+      f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   k.avx512 = k.avx2 && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") &&
@@ -882,10 +878,14 @@ const CpuKernels& Cpu() {
   return kernels;
 }
 
-// The kernels that run `shape` when `wanted` is asked for.
+// The kernels that run `shape` when `wanted` is asked for. An unsupported
+// set is a caller bug; without the DCHECK it runs the portable loops rather
+// than fault on an illegal instruction.
 QuantKernels Effective(QuantKernels wanted, const QuantShape& shape) {
   KVPAGE_DCHECK(QuantKernelsSupported(wanted));
-  return shape.group_size % kUnit == 0 ? wanted : QuantKernels::kPortable;
+  return shape.group_size % kUnit == 0 && QuantKernelsSupported(wanted)
+             ? wanted
+             : QuantKernels::kPortable;
 }
 
 void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
@@ -907,19 +907,19 @@ void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
-      return values ? avx512::QuantizeValues<F, kD>(d, l, src, first, end,
-                                                    part, sums)
-                    : avx512::QuantizeKeys<F, kD>(d, l, src, first, end,
-                                                  part, sums);
+      return values ? avx512::QuantizeValues<F, kD>(d, l, src, first, end, part,
+                                                    sums)
+                    : avx512::QuantizeKeys<F, kD>(d, l, src, first, end, part,
+                                                  sums);
     case QuantKernels::kAvx2:
-      return values ? avx2::QuantizeValues<F, kD>(d, l, src, first, end, part,
-                                                  sums)
-                    : avx2::QuantizeKeys<F, kD>(d, l, src, first, end, part,
-                                                sums);
+      return values
+                 ? avx2::QuantizeValues<F, kD>(d, l, src, first, end, part,
+                                               sums)
+                 : avx2::QuantizeKeys<F, kD>(d, l, src, first, end, part, sums);
 #endif
     default:
-      return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end,
-                                                    part, sums)
+      return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end, part,
+                                                    sums)
                     : QuantizeKeysPortable<F, kD>(d, l, src, first, end, part,
                                                   sums);
   }
@@ -927,8 +927,8 @@ void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
 
 template <QuantFormat F>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
-                    const QuantLayout& l, const std::byte* part,
-                    int64_t first, int64_t end, float* out) {
+                    const QuantLayout& l, const std::byte* part, int64_t first,
+                    int64_t end, float* out) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
@@ -985,8 +985,8 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
     return result;
   }
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
-  ZeroUnwritten(format, d, first, end, /*per_row=*/false, l.k_scales,
-                l.k_mins, l.k_part_bytes, k);
+  ZeroUnwritten(format, d, first, end, /*per_row=*/false, l.k_scales, l.k_mins,
+                l.k_part_bytes, k);
   ZeroUnwritten(format, d, first, end, /*per_row=*/true, l.v_scales, l.v_mins,
                 l.v_part_bytes, v);
   const QuantKernels use = Effective(kernels, shape);
@@ -1013,11 +1013,9 @@ void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
   const QuantKernels use = Effective(kernels, shape);
   WithFormat(format, [&]<QuantFormat F>() {
     DequantizeSide<F>(use, /*values=*/false, d, l,
-                      static_cast<const std::byte*>(k_part), first, end,
-                      k_out);
+                      static_cast<const std::byte*>(k_part), first, end, k_out);
     DequantizeSide<F>(use, /*values=*/true, d, l,
-                      static_cast<const std::byte*>(v_part), first, end,
-                      v_out);
+                      static_cast<const std::byte*>(v_part), first, end, v_out);
   });
 }
 
@@ -1040,8 +1038,8 @@ QuantError QuantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                                  DType dtype, const void* k_src,
                                  const void* v_src, int first_slot, int count,
                                  void* k_part, void* v_part) {
-  return QuantizeBlockWith(QuantKernels::kPortable, format, shape, dtype,
-                           k_src, v_src, first_slot, count, k_part, v_part);
+  return QuantizeBlockWith(QuantKernels::kPortable, format, shape, dtype, k_src,
+                           v_src, first_slot, count, k_part, v_part);
 }
 
 void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,

@@ -161,6 +161,8 @@ void PrintWindowTables(const CapturingReporter& r, std::FILE* out,
                        std::vector<TargetLine>& targets);
 void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
                             std::vector<TargetLine>& targets);
+void PrintSharingTables(const CapturingReporter& r, std::FILE* out,
+                        std::vector<TargetLine>& targets);
 
 }  // namespace kvpage::bench
 

@@ -1,5 +1,6 @@
 // bench/bench_main.cc — main() of kvpage_bench: runs the benchmarks of
-// append_bench.cc, policy_bench.cc and compress_bench.cc, then prints the
+// append_bench.cc, policy_bench.cc, compress_bench.cc and
+// sharing_bench.cc, then prints the
 // comparison tables and the targets (reported, not asserted).
 //
 // Usage: kvpage_bench [--benchmark_filter=REGEX] [other --benchmark_* flags]
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   kb::PrintAppendTables(reporter, out, targets);
   kb::PrintWindowTables(reporter, out, targets);
   kb::PrintCompressionTables(reporter, out, targets);
+  kb::PrintSharingTables(reporter, out, targets);
   absl::FPrintF(out, "\nTargets (reported, not asserted)\n");
   for (const kb::TargetLine& t : targets) {
     absl::FPrintF(out, "%-46s %10s  %s\n", t.what, t.value, t.verdict);

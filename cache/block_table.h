@@ -100,6 +100,8 @@ struct BlockTable {
   int64_t evicted = 0;           // tokens evicted by the overflow policy
   int64_t cold_done = 0;         // auto_compress: logical blocks below this
                                  // were considered for repacking
+  int64_t published = 0;  // logical blocks below this were offered to the
+                          // prefix cache
 
   int64_t window_blocks() const {
     return static_cast<int64_t>(window.size() - head);

@@ -16,6 +16,7 @@
 #include "allocator/quantize.h"
 #include "cache/block_table.h"
 #include "cache/kv_cache_internal.h"
+#include "kvpage/prefix.h"
 
 namespace kvpage {
 
@@ -51,12 +52,29 @@ namespace {
 
 struct Sequence {
   std::vector<BlockTable> layers;
+  uint64_t salt = 0;                   // prefix-cache salt
+  std::vector<int32_t> token_ids;      // AppendTokens / MatchPrefix
+  std::vector<uint64_t> block_hashes;  // chain hash of each full block
+};
+
+// A block of the prefix cache: for one chain hash, the block of each layer
+// that holds those tokens. The cache holds one reference on each.
+// Invariants: layers_present == blocks that are not kNoBlock;
+//   layers_in_use == present blocks some sequence also holds (ref_count > 1);
+//   on the LRU list (evictable) exactly when layers_in_use == 0.
+struct PrefixEntry {
+  uint64_t hash = 0;
+  std::vector<BlockId> blocks;  // per layer
+  int layers_present = 0;
+  int layers_in_use = 0;
+  int32_t lru_prev = -1, lru_next = -1;
+  bool in_lru = false;
 };
 
 // What an update or rollback does to one layer, worked out before anything
 // changes. `fresh` blocks must come from the pool; everything else is
 // reused from the hot blocks the layer lets go of (and a ring's spares).
-// Repacked blocks that will be written are made hot again first.
+// Repacked or shared blocks that will be written get a new hot block first.
 struct Plan {
   int64_t length = 0;        // L'
   int64_t window_start = 0;  // ws'
@@ -66,12 +84,14 @@ struct Plan {
   int64_t fresh = 0;         // of those, and of promotions, from the pool
   int64_t evicted = 0;       // tokens the policy evicts
   int64_t visible_before = 0, visible_after = 0;
-  absl::InlinedVector<int64_t, 4> promote;  // logical blocks to make hot
+  // Kept logical blocks to rewrite before writing: (block, repacked?). A
+  // repacked one is made hot again, a shared hot one copied.
+  absl::InlinedVector<std::pair<int64_t, bool>, 4> rewrite;
 };
 
 // `start` is the first position the caller writes (seq_len for a rollback).
-Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t start,
-              int64_t seq_len) {
+Plan MakePlan(const LayerRules& r, const BlockTable& t, const BlockPool& pool,
+              int64_t start, int64_t seq_len) {
   Plan plan;
   plan.length = seq_len;
   // A rollback below the window start can only reach into the sinks (the
@@ -107,31 +127,50 @@ Plan MakePlan(const LayerRules& r, const BlockTable& t, int64_t start,
   if (kept_last <= kept_first) kept_first = kept_last = cur_last;
   const int64_t kept = kept_last - kept_first;
   const int64_t sinks_now = static_cast<int64_t>(t.sink_blocks.size());
-  // Sink blocks are always hot; released window blocks may be repacked ones,
-  // which go back to the quantized pool and cannot be reused here.
-  int64_t released_hot = std::max<int64_t>(0, sinks_now - plan.sink_blocks);
+  // A block let go of is reused here only when it is hot and this layer is
+  // its only holder: a repacked one goes back to the quantized pool, a
+  // shared one (a fork, the prefix cache) stays with its other holders.
+  auto reusable_block = [&](BlockRef ref) {
+    return !IsQuant(ref) && pool.ref_count(ref) == 1;
+  };
+  int64_t reusable = 0;
+  for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
+    reusable += reusable_block(t.sink_blocks[static_cast<size_t>(b)]);
+  }
   for (int64_t b = cur_first; b < kept_first; ++b) {
-    released_hot += !IsQuant(t.Block(b));
+    reusable += reusable_block(t.Block(b));
   }
   for (int64_t b = kept_last; b < cur_last; ++b) {
-    released_hot += !IsQuant(t.Block(b));
+    reusable += reusable_block(t.Block(b));
   }
   plan.new_blocks = (plan.window.size() - kept) +
                     std::max<int64_t>(0, plan.sink_blocks - sinks_now);
-  const int64_t reusable =
-      released_hot + (r.ring() ? static_cast<int64_t>(t.spares.size()) : 0);
+  if (r.ring()) reusable += static_cast<int64_t>(t.spares.size());
   plan.fresh = std::max<int64_t>(0, plan.new_blocks - reusable);
 
-  // Kept window blocks this update writes into that are repacked.
-  const int64_t write_lo = std::max({start, ws, r.sinks});
-  if (write_lo < seq_len && kept > 0) {
-    const int64_t bt = r.block_tokens;
-    for (int64_t b = std::max(write_lo / bt, kept_first);
-         b < std::min((seq_len - 1) / bt + 1, kept_last); ++b) {
-      if (IsQuant(t.Block(b))) plan.promote.push_back(b);
+  // Kept blocks this update writes into: a repacked one is made hot again,
+  // a shared one is copied first (copy-on-write).
+  const int64_t bt = r.block_tokens;
+  const int64_t sinks_kept = std::min(sinks_now, plan.sink_blocks);
+  auto touch = [&](int64_t b) {
+    const bool kept_block =
+        b < sinks_kept || (b >= kept_first && b < kept_last && kept > 0);
+    if (!kept_block) return;
+    if (!plan.rewrite.empty() && plan.rewrite.back().first == b) return;
+    const BlockRef ref = t.Block(b);
+    if (IsQuant(ref) || pool.ref_count(ref) > 1) {
+      plan.rewrite.push_back({b, IsQuant(ref)});
     }
+  };
+  const int64_t sink_hi = std::min(seq_len, r.sinks);
+  for (int64_t b = start / bt; b * bt < sink_hi && start < sink_hi; ++b) {
+    touch(b);
   }
-  plan.fresh += static_cast<int64_t>(plan.promote.size());
+  const int64_t write_lo = std::max({start, ws, r.sinks});
+  for (int64_t b = write_lo / bt; b * bt < seq_len && write_lo < seq_len; ++b) {
+    touch(b);
+  }
+  plan.fresh += static_cast<int64_t>(plan.rewrite.size());
   return plan;
 }
 
@@ -196,12 +235,145 @@ struct KVCache::Impl {
     for (auto& [id, sequence] : sequences) {
       for (BlockTable& table : sequence.layers) ReleaseAll(table);
     }
+    while (lru_head >= 0) EvictOne();  // every entry is idle now
   }
 
   // Gives one table's hold on a hot block back to the pool.
+  // Every hold of a table on a hot block goes through these two, which keep
+  // the prefix cache's count of layers in use. O(1).
   void Release(BlockId id) {
+    const uint32_t before = pool->ref_count(id);
+    if (before == 2 && cached_entry[id] >= 0) {
+      LayerLeft(cached_entry[id]);
+    }
     local->Release(id);
-    ++blocks_released;
+    if (before == 1) ++blocks_released;
+  }
+  void Retain(BlockId id) {
+    if (pool->ref_count(id) == 1 && cached_entry[id] >= 0) {
+      LayerJoined(cached_entry[id]);
+    }
+    pool->Retain(id);
+  }
+  void RetainRef(BlockRef ref) {
+    if (!IsQuant(ref)) {
+      Retain(ref);
+      return;
+    }
+    qpool->Retain(RefId(ref));
+    if (qpartner[RefId(ref)] != kNoBlock) qpool->Retain(qpartner[RefId(ref)]);
+  }
+
+  // ---- The prefix cache: entries by hash, an LRU list of idle ones. ----
+  std::vector<PrefixEntry> entries;
+  std::vector<int32_t> free_entries;
+  absl::flat_hash_map<uint64_t, int32_t> by_hash;
+  std::vector<int32_t> cached_entry;     // per hot block: its entry, or -1
+  int32_t lru_head = -1, lru_tail = -1;  // head: least recently used
+  int64_t evictable_blocks = 0;          // blocks of entries on the list
+
+  void LruPush(int32_t e) {  // as most recently used
+    PrefixEntry& entry = entries[static_cast<size_t>(e)];
+    entry.lru_prev = lru_tail;
+    entry.lru_next = -1;
+    if (lru_tail >= 0) {
+      entries[static_cast<size_t>(lru_tail)].lru_next = e;
+    } else {
+      lru_head = e;
+    }
+    lru_tail = e;
+    entry.in_lru = true;
+    evictable_blocks += entry.layers_present;
+  }
+  void LruRemove(int32_t e) {
+    PrefixEntry& entry = entries[static_cast<size_t>(e)];
+    if (entry.lru_prev >= 0) {
+      entries[static_cast<size_t>(entry.lru_prev)].lru_next = entry.lru_next;
+    } else {
+      lru_head = entry.lru_next;
+    }
+    if (entry.lru_next >= 0) {
+      entries[static_cast<size_t>(entry.lru_next)].lru_prev = entry.lru_prev;
+    } else {
+      lru_tail = entry.lru_prev;
+    }
+    entry.lru_prev = entry.lru_next = -1;
+    entry.in_lru = false;
+    evictable_blocks -= entry.layers_present;
+  }
+  void LayerLeft(int32_t e) {
+    if (--entries[static_cast<size_t>(e)].layers_in_use == 0) LruPush(e);
+  }
+  void LayerJoined(int32_t e) {
+    PrefixEntry& entry = entries[static_cast<size_t>(e)];
+    if (entry.layers_in_use++ == 0 && entry.in_lru) LruRemove(e);
+  }
+
+  // Evicts the least recently used idle entry: its blocks go back to the
+  // pool. O(layers).
+  void EvictOne() {
+    const int32_t e = lru_head;
+    KVPAGE_DCHECK(e >= 0);
+    LruRemove(e);
+    PrefixEntry& entry = entries[static_cast<size_t>(e)];
+    for (BlockId& id : entry.blocks) {
+      if (id == kNoBlock) continue;
+      cached_entry[id] = -1;
+      Release(id);  // the cache's own reference: the last one
+      id = kNoBlock;
+    }
+    by_hash.erase(entry.hash);
+    entry = PrefixEntry{};
+    free_entries.push_back(e);
+  }
+
+  // Offers `layer`'s block `logical` of `seq` to the prefix cache under its
+  // chain hash: the first block offered for a hash and layer is kept.
+  void Publish(const Sequence& seq, size_t layer, BlockId id, int64_t logical) {
+    const uint64_t hash = seq.block_hashes[static_cast<size_t>(logical)];
+    int32_t e;
+    if (auto it = by_hash.find(hash); it != by_hash.end()) {
+      e = it->second;
+    } else {
+      if (free_entries.empty()) {
+        entries.emplace_back();
+        free_entries.push_back(static_cast<int32_t>(entries.size() - 1));
+      }
+      e = free_entries.back();
+      free_entries.pop_back();
+      PrefixEntry& fresh_entry = entries[static_cast<size_t>(e)];
+      fresh_entry.hash = hash;
+      fresh_entry.blocks.assign(static_cast<size_t>(config.num_layers),
+                                kNoBlock);
+      by_hash.emplace(hash, e);
+    }
+    PrefixEntry& entry = entries[static_cast<size_t>(e)];
+    if (entry.blocks[layer] != kNoBlock || cached_entry[id] >= 0) return;
+    entry.blocks[layer] = id;
+    ++entry.layers_present;
+    ++entry.layers_in_use;  // the publishing sequence holds it
+    if (entry.in_lru) {     // idle in its other layers: no longer
+      LruRemove(e);
+    }
+    cached_entry[id] = e;
+    pool->Retain(id);
+  }
+
+  // Publishes the full, hashed, fully visible hot blocks of `layer` not yet
+  // offered. O(blocks published).
+  void PublishLayer(Sequence& seq, size_t layer) {
+    BlockTable& t = seq.layers[layer];
+    const LayerRules& r = rules[layer];
+    const int64_t bt = r.block_tokens;
+    const int64_t limit =
+        std::min(static_cast<int64_t>(seq.block_hashes.size()), t.length / bt);
+    for (int64_t b = t.published; b < limit; ++b) {
+      const bool visible = b * bt >= std::max(t.window_start, r.sinks) ||
+                           (b + 1) * bt <= r.sinks || t.window_start <= r.sinks;
+      if (!visible || !t.Holds(b) || IsQuant(t.Block(b))) continue;
+      Publish(seq, layer, t.Block(b), b);
+    }
+    t.published = std::max(t.published, limit);
   }
 
   // Gives back a repacked block: its slot(s) return to the quantized pool.
@@ -263,6 +435,7 @@ struct KVCache::Impl {
            logical >= t.window_first &&
            logical < t.window_first + t.window_blocks() &&
            !IsQuant(t.Block(logical)) &&
+           pool->ref_count(t.Block(logical)) == 1 &&  // shared stays hot
            (logical + 1) * bt <= t.length - config.compression.hot_tokens;
   }
 
@@ -332,6 +505,15 @@ struct KVCache::Impl {
     ++decompressions;
   }
 
+  // Gives `logical` its own copy in block `id` before a write: copy-on-write.
+  void CopyOnWrite(BlockTable& t, int64_t logical, BlockId id) {
+    const BlockId shared = t.Block(logical);
+    pool->storage().Copy(shared, id);
+    bytes_copied += block_bytes;
+    t.MutableBlock(logical) = id;
+    Release(shared);
+  }
+
   // auto_compress: repacks the blocks an update made cold.
   void RepackNewlyCold(const LayerRules& r, BlockTable& t) {
     const int64_t limit =
@@ -353,6 +535,8 @@ struct KVCache::Impl {
     auto let_go = [&](BlockRef ref) {
       if (IsQuant(ref)) {
         ReleaseQuant(RefId(ref));
+      } else if (pool->ref_count(ref) > 1) {
+        Release(ref);  // others still read it: never reused for writing
       } else {
         recycled.push_back(ref);
       }
@@ -400,8 +584,13 @@ struct KVCache::Impl {
       t.sink_blocks.push_back(take());
     }
     while (t.window_blocks() < plan.window.size()) t.window.push_back(take());
-    for (int64_t logical : plan.promote)
-      Promote(t, logical, fresh[next_fresh++]);
+    for (const auto& [logical, repacked] : plan.rewrite) {
+      if (repacked) {
+        Promote(t, logical, fresh[next_fresh++]);
+      } else {
+        CopyOnWrite(t, logical, fresh[next_fresh++]);
+      }
+    }
     KVPAGE_DCHECK(next_fresh == fresh.size());
     // Leftovers: a ring keeps up to its size as spares, the rest goes back.
     while (r.ring() && !t.spares.empty() &&
@@ -443,7 +632,15 @@ struct KVCache::Impl {
       return absl::OkStatus();
     }
     const int64_t free = pool->capacity() - pool->used_blocks();
-    const int64_t short_by = n - free;
+    int64_t short_by = n - free;
+    // Idle prefix-cache blocks go first, least recently used first.
+    if (evictable_blocks >= short_by) {
+      while (pool->capacity() - pool->used_blocks() < n) EvictOne();
+      const absl::Status s = local->Allocate(absl::MakeSpan(fresh_ids));
+      KVPAGE_DCHECK(s.ok());
+      if (s.ok()) return s;
+    }
+    short_by -= evictable_blocks;
     if (compress && config.compression.auto_compress) {
       // Worst case two quantized slots a block (int8 in mixed mode).
       const int64_t slots_free = qpool->capacity() - qpool->used_blocks();
@@ -451,6 +648,7 @@ struct KVCache::Impl {
       std::vector<Candidate> candidates;
       if (room >= short_by) candidates = RepackCandidates(updating, short_by);
       if (static_cast<int64_t>(candidates.size()) >= short_by) {
+        while (lru_head >= 0) EvictOne();
         for (const Candidate& c : candidates) {
           const bool done = Repack(rules[c.layer], *c.table, c.logical);
           KVPAGE_DCHECK(done);
@@ -462,10 +660,12 @@ struct KVCache::Impl {
       }
     }
     return absl::ResourceExhaustedError(
-        absl::StrFormat("needs %d %s, the pool of %d has %d free%s", n,
-                        n == 1 ? "block" : "blocks", pool->capacity(), free,
+        absl::StrFormat("needs %d %s, the pool of %d has %d free and %d "
+                        "idle in the prefix cache%s",
+                        n, n == 1 ? "block" : "blocks", pool->capacity(), free,
+                        evictable_blocks,
                         compress && config.compression.auto_compress
-                            ? " and repacking cold blocks cannot free enough"
+                            ? "; repacking cold blocks cannot free enough"
                             : ""));
   }
 
@@ -612,6 +812,7 @@ internal::KVCacheAccess::CreateWithStorage(
   impl->pool = *std::move(pool);
   impl->local = std::make_unique<BlockPool::LocalCache>(*impl->pool);
   impl->host_base = impl->pool->storage().host_base();
+  impl->cached_entry.assign(static_cast<size_t>(config.num_blocks), -1);
   if (const CompressionConfig& q = config.compression; q.enabled) {
     KVCache::Impl& m = *impl;
     m.compress = true;
@@ -652,16 +853,143 @@ internal::KVCacheAccess::CreateWithStorage(
 
 const CacheConfig& KVCache::config() const { return impl_->config; }
 
-absl::StatusOr<SeqId> KVCache::AddSequence() {
+absl::StatusOr<SeqId> KVCache::AddSequence() { return AddSequence({}); }
+
+absl::StatusOr<SeqId> KVCache::AddSequence(const SequenceOptions& options) {
   Impl& m = *impl_;
   const SeqId id = m.next_seq++;
   Sequence sequence;
+  sequence.salt = options.salt;
   sequence.layers.resize(static_cast<size_t>(m.config.num_layers));
   for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
     sequence.layers[layer].window_first = m.rules[layer].sink_blocks;
   }
   m.sequences.emplace(id, std::move(sequence));
   return id;
+}
+
+absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
+  Impl& m = *impl_;
+  auto it = m.sequences.find(parent);
+  if (it == m.sequences.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("Fork(seq %d): no such sequence", parent));
+  }
+  Sequence child;
+  child.salt = it->second.salt;
+  child.token_ids = it->second.token_ids;
+  child.block_hashes = it->second.block_hashes;
+  child.layers.resize(it->second.layers.size());
+  for (size_t layer = 0; layer < child.layers.size(); ++layer) {
+    const BlockTable& from = it->second.layers[layer];
+    BlockTable& to = child.layers[layer];
+    to.sink_blocks = from.sink_blocks;
+    to.window.assign(from.window.begin() + static_cast<ptrdiff_t>(from.head),
+                     from.window.end());
+    to.window_first = from.window_first;
+    to.length = from.length;
+    to.window_start = from.window_start;
+    to.max_length = from.max_length;
+    to.cold_done = from.cold_done;
+    to.published = from.published;
+    // A ring's spares stay with the parent: the child takes new blocks.
+    for (BlockRef ref : to.sink_blocks) m.RetainRef(ref);
+    for (BlockRef ref : to.window) m.RetainRef(ref);
+    m.tokens_stored +=
+        internal::VisibleTokens(m.rules[layer], to.length, to.window_start);
+  }
+  const SeqId id = m.next_seq++;
+  m.sequences.emplace(id, std::move(child));
+  return id;
+}
+
+absl::Status KVCache::AppendTokens(SeqId seq,
+                                   absl::Span<const int32_t> token_ids) {
+  Impl& m = *impl_;
+  auto it = m.sequences.find(seq);
+  if (it == m.sequences.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("AppendTokens(seq %d, %d tokens): no such sequence",
+                        seq, token_ids.size()));
+  }
+  Sequence& s = it->second;
+  s.token_ids.insert(s.token_ids.end(), token_ids.begin(), token_ids.end());
+  const size_t bt = static_cast<size_t>(m.config.block_tokens);
+  while ((s.block_hashes.size() + 1) * bt <= s.token_ids.size()) {
+    const size_t b = s.block_hashes.size();
+    s.block_hashes.push_back(
+        PrefixBlockHash(b == 0 ? 0 : s.block_hashes[b - 1], s.salt,
+                        absl::MakeConstSpan(s.token_ids).subspan(b * bt, bt)));
+  }
+  for (size_t layer = 0; layer < s.layers.size(); ++layer) {
+    m.PublishLayer(s, layer);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
+                                             absl::Span<const int32_t> tokens) {
+  Impl& m = *impl_;
+  auto it = m.sequences.find(seq);
+  if (it == m.sequences.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("MatchPrefix(seq %d, %d tokens): no such sequence", seq,
+                        tokens.size()));
+  }
+  Sequence& s = it->second;
+  for (const BlockTable& t : s.layers) {
+    if (t.length != 0 || !s.token_ids.empty()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "MatchPrefix(seq %d, %d tokens): the sequence already holds %d "
+          "tokens; a prefix attaches to an empty sequence",
+          seq, tokens.size(), std::max<int64_t>(t.length, s.token_ids.size())));
+    }
+  }
+  const int64_t bt = m.config.block_tokens;
+  // No layer may be asked to keep more than it shows.
+  int64_t limit = static_cast<int64_t>(tokens.size()) / bt;
+  for (const LayerRules& r : m.rules)
+    limit = std::min(limit, r.max_seq_len / bt);
+  std::vector<int32_t> matched;  // entries, in order
+  uint64_t parent = 0;
+  for (int64_t b = 0; b < static_cast<int64_t>(tokens.size()) / bt; ++b) {
+    const uint64_t hash = PrefixBlockHash(
+        parent, s.salt,
+        tokens.subspan(static_cast<size_t>(b * bt), static_cast<size_t>(bt)));
+    auto found = m.by_hash.find(hash);
+    if (b >= limit || found == m.by_hash.end() ||
+        m.entries[static_cast<size_t>(found->second)].layers_present !=
+            m.config.num_layers) {
+      ++m.misses;
+      break;
+    }
+    ++m.hits;
+    matched.push_back(found->second);
+    s.block_hashes.push_back(hash);
+    parent = hash;
+  }
+  const int64_t length = static_cast<int64_t>(matched.size()) * bt;
+  s.token_ids.assign(tokens.begin(), tokens.begin() + length);
+  for (size_t layer = 0; layer < s.layers.size(); ++layer) {
+    BlockTable& t = s.layers[layer];
+    const LayerRules& r = m.rules[layer];
+    const int64_t sink_blocks = internal::SinkBlocks(r, length);
+    for (size_t b = 0; b < matched.size(); ++b) {
+      const BlockId id =
+          m.entries[static_cast<size_t>(matched[b])].blocks[layer];
+      m.Retain(id);
+      if (static_cast<int64_t>(b) < sink_blocks) {
+        t.sink_blocks.push_back(id);
+      } else {
+        t.window.push_back(id);
+      }
+    }
+    t.window_first = std::max(sink_blocks, r.sink_blocks);
+    t.length = t.max_length = length;
+    t.published = static_cast<int64_t>(matched.size());
+    m.tokens_stored += length;
+  }
+  return length;
 }
 
 absl::Status KVCache::RemoveSequence(SeqId seq) {
@@ -705,9 +1033,13 @@ auto FindTable(ImplT& m, std::string_view op, SeqId seq, int layer)
 absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
                              int64_t seq_len) {
   Impl& m = *impl_;
-  absl::StatusOr<BlockTable*> found = FindTable(m, "Update", seq, layer);
-  if (ABSL_PREDICT_FALSE(!found.ok())) return found.status();
-  BlockTable& table = **found;
+  auto it = m.sequences.find(seq);
+  if (ABSL_PREDICT_FALSE(it == m.sequences.end() || layer < 0 ||
+                         layer >= m.config.num_layers)) {
+    return FindTable(m, "Update", seq, layer).status();
+  }
+  Sequence& sequence = it->second;
+  BlockTable& table = sequence.layers[static_cast<size_t>(layer)];
   const LayerRules& r = m.rules[static_cast<size_t>(layer)];
   const DType dtype = m.config.dtype;
   const int64_t n = k.tokens;
@@ -763,7 +1095,7 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   }
 
   // The one step that can fail for lack of memory comes first.
-  const Plan plan = MakePlan(r, table, start, seq_len);
+  const Plan plan = MakePlan(r, table, *m.pool, start, seq_len);
   m.fresh_ids.clear();
   if (ABSL_PREDICT_FALSE(plan.fresh > 0)) {
     if (absl::Status s = m.TakeFresh(plan.fresh, &table); !s.ok()) {
@@ -792,6 +1124,10 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         written += count;
       });
   m.bytes_written += 2 * written * m.token_bytes;
+  table.published = std::min(table.published, start / r.block_tokens);
+  if (!sequence.block_hashes.empty()) {
+    m.PublishLayer(sequence, static_cast<size_t>(layer));
+  }
   if (m.compress && m.config.compression.auto_compress) {
     m.RepackNewlyCold(r, table);
   }
@@ -819,10 +1155,19 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
       return s;
     }
   }
+  Sequence& sequence = it->second;
+  if (static_cast<int64_t>(sequence.token_ids.size()) > seq_len) {
+    sequence.token_ids.resize(static_cast<size_t>(seq_len));
+    sequence.block_hashes.resize(
+        static_cast<size_t>(seq_len / m.config.block_tokens));
+  }
   for (size_t layer = 0; layer < layers.size(); ++layer) {
     BlockTable& table = layers[layer];
+    table.published =
+        std::min(table.published, seq_len / m.config.block_tokens);
     if (table.length <= seq_len) continue;
-    const Plan plan = MakePlan(m.rules[layer], table, seq_len, seq_len);
+    const Plan plan =
+        MakePlan(m.rules[layer], table, *m.pool, seq_len, seq_len);
     KVPAGE_DCHECK(plan.fresh == 0);
     m.ApplyBlocks(m.rules[layer], table, plan, {});
     m.Commit(m.rules[layer], table, plan);
@@ -965,12 +1310,15 @@ CacheStats KVCache::Stats() const {
   const Impl& m = *impl_;
   CacheStats s;
   s.blocks_total = m.pool->capacity();
-  s.blocks_used = m.pool->used_blocks();
-  s.blocks_free = s.blocks_total - s.blocks_used;
+  const int64_t held = m.pool->used_blocks();
+  s.blocks_cached = m.evictable_blocks;
+  s.blocks_used = held - s.blocks_cached;
+  s.blocks_free = s.blocks_total - held;
   s.utilization =
       static_cast<double>(s.blocks_used) / static_cast<double>(s.blocks_total);
   s.block_bytes = m.block_bytes;
-  s.memory_usage_bytes = s.blocks_used * m.block_bytes;
+  s.memory_usage_bytes = held * m.block_bytes;
+  s.prefix_entries = static_cast<int64_t>(m.by_hash.size());
   s.bytes_per_token_hot = static_cast<double>(m.block_bytes) /
                           static_cast<double>(m.config.block_tokens);
   if (m.compress) {
@@ -1146,6 +1494,49 @@ absl::Status KVCache::Validate() const {
       tokens += visible;
     }
   }
+  // The prefix cache's own references, and its bookkeeping.
+  int64_t evictable = 0;
+  int64_t on_list = 0;
+  for (int32_t e = m.lru_head, prev = -1; e >= 0;
+       prev = e, e = m.entries[static_cast<size_t>(e)].lru_next) {
+    const PrefixEntry& entry = m.entries[static_cast<size_t>(e)];
+    if (!entry.in_lru || entry.lru_prev != prev ||
+        ++on_list > static_cast<int64_t>(m.entries.size())) {
+      return absl::InternalError(absl::StrFormat(
+          "prefix cache: the LRU list is broken at entry %d", e));
+    }
+    evictable += entry.layers_present;
+  }
+  if (evictable != m.evictable_blocks) {
+    return absl::InternalError(
+        absl::StrFormat("prefix cache: %d blocks on the LRU list, counted %d",
+                        evictable, m.evictable_blocks));
+  }
+  for (const auto& [hash, e] : m.by_hash) {
+    const PrefixEntry& entry = m.entries[static_cast<size_t>(e)];
+    int present = 0, in_use = 0;
+    for (BlockId id : entry.blocks) {
+      if (id == kNoBlock) continue;
+      if (id >= m.pool->capacity() || m.cached_entry[id] != e) {
+        return absl::InternalError(absl::StrFormat(
+            "prefix cache: entry %d (hash %016x) holds block %d, which does "
+            "not point back",
+            e, hash, id));
+      }
+      ++refs[id];
+      ++present;
+      in_use += m.pool->ref_count(id) > 1;
+    }
+    if (entry.hash != hash || present != entry.layers_present ||
+        in_use != entry.layers_in_use ||
+        entry.in_lru != (entry.layers_in_use == 0)) {
+      return absl::InternalError(absl::StrFormat(
+          "prefix cache: entry %d (hash %016x): %d layers present, %d in use, "
+          "%s the LRU list; counted %d, %d",
+          e, hash, present, in_use, entry.in_lru ? "on" : "off",
+          entry.layers_present, entry.layers_in_use));
+    }
+  }
   int64_t used = 0;
   for (size_t id = 0; id < refs.size(); ++id) {
     const uint32_t have = m.pool->ref_count(static_cast<BlockId>(id));
@@ -1178,14 +1569,16 @@ absl::Status KVCache::Validate() const {
       }
       qused += qrefs[id] > 0;
     }
+    std::vector<bool> primary(qrefs.size(), false);
     for (const auto& [seq, sequence] : m.sequences) {
       for (const BlockTable& t : sequence.layers) {
         for (size_t i = t.head; i < t.window.size(); ++i) {
-          if (!IsQuant(t.window[i])) continue;
-          const BlockId q = RefId(t.window[i]);
-          (m.qformat[q] == QuantFormat::kInt8 ? int8 : int4) += 1;
+          if (IsQuant(t.window[i])) primary[RefId(t.window[i])] = true;
         }
       }
+    }
+    for (size_t q = 0; q < primary.size(); ++q) {
+      if (primary[q]) (m.qformat[q] == QuantFormat::kInt8 ? int8 : int4) += 1;
     }
     if (qused != m.qpool->used_blocks()) {
       return absl::InternalError(absl::StrFormat(

@@ -32,6 +32,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "kvpage/config.h"
 
 namespace kvpage {
@@ -114,18 +115,20 @@ struct LayerView {
 // describe the present state.
 struct CacheStats {
   int64_t blocks_total = 0;        // hot pool capacity
-  int64_t blocks_used = 0;         // referenced by at least one block table
-  int64_t blocks_free = 0;         // blocks_total - blocks_used
+  int64_t blocks_used = 0;         // held by at least one sequence
+  int64_t blocks_cached = 0;       // held only by the prefix cache: evictable
+  int64_t blocks_free = 0;         // blocks_total - used - cached
   double utilization = 0;          // blocks_used / blocks_total
   int64_t block_bytes = 0;         // bytes of one block (K and V)
-  int64_t memory_usage_bytes = 0;  // bytes of the blocks in use
+  int64_t memory_usage_bytes = 0;  // bytes of the blocks in use or cached
   int64_t arena_bytes = 0;         // bytes reserved for the pool, used or not
   int64_t sequences = 0;           // live sequences
   int64_t tokens_stored = 0;    // visible tokens summed over sequences, layers
   int64_t slots_allocated = 0;  // token slots of the blocks in use; minus
                                 // tokens_stored, the internal waste
-  int64_t hits = 0;             // prefix-cache block hits
-  int64_t misses = 0;           // prefix-cache block misses
+  int64_t hits = 0;             // prefix-cache block lookups that matched
+  int64_t misses = 0;           // MatchPrefix calls stopped by a lookup
+  int64_t prefix_entries = 0;   // hashes in the prefix cache
   // Compression. The quantized pool counts slots; an int8 block takes two
   // when max_rel_error mixes formats. memory_usage_bytes above includes the
   // slots in use.
@@ -168,6 +171,13 @@ struct SequenceStats {
   int64_t evictions = 0;           // tokens evicted from it by policies
 };
 
+// Options of one sequence.
+struct SequenceOptions {
+  // Mixed into every prefix-cache block hash of the sequence (a LoRA
+  // adapter, a tenant): sequences share cached blocks only with equal salts.
+  uint64_t salt = 0;
+};
+
 class KVCache {
  public:
   // Builds a cache and reserves its whole pool (config.num_blocks blocks).
@@ -186,6 +196,39 @@ class KVCache {
   // A new, empty sequence (length 0 in every layer). Ids are never reused.
   // Takes no block. O(num_layers).
   [[nodiscard]] absl::StatusOr<SeqId> AddSequence();
+  [[nodiscard]] absl::StatusOr<SeqId> AddSequence(
+      const SequenceOptions& options);
+
+  // A new sequence that shares every block of `parent` in every layer
+  // (parallel samples, beams): reference counts go up, no token moves. A
+  // write into a shared block first copies it for the writer (copy-on-write,
+  // counted in bytes_copied); a block is freed when its last holder lets go.
+  // The child inherits the token ids and the salt; a ring's spare blocks
+  // stay with the parent. NotFound for an unknown parent.
+  // O(layers + blocks), metadata only.
+  [[nodiscard]] absl::StatusOr<SeqId> Fork(SeqId parent);
+
+  // Prefix caching. Tells the cache the token ids of `seq`, appended to those
+  // it knows; each full block of ids gets a chain hash (kvpage/prefix.h).
+  // A layer's block whose ids are hashed and whose keys and values are all
+  // written (and visible, and hot) is published in the prefix cache, which
+  // then holds a reference on it: when the sequence is released, the block
+  // stays cached with no user until an allocation needs it (free blocks go
+  // first, then cached blocks, least recently used first). Truncate() drops
+  // ids past its length. NotFound for an unknown id. O(ids + blocks).
+  [[nodiscard]] absl::Status AppendTokens(SeqId seq,
+                                          absl::Span<const int32_t> token_ids);
+
+  // Attaches to the empty sequence `seq`, in every layer, the longest run of
+  // cached blocks whose ids match the beginning of `tokens` (whole blocks,
+  // every layer present, no more than any layer's max_seq_len), as
+  // AppendTokens of those ids would; returns the tokens matched: what the
+  // engine need not compute (then it continues with Update at seq_len
+  // matched + ...). Counts a hit per block found and a miss for the first
+  // block not found. NotFound for an unknown id; FailedPrecondition when
+  // `seq` already holds tokens or ids. O(tokens + layers * blocks matched).
+  [[nodiscard]] absl::StatusOr<int64_t> MatchPrefix(
+      SeqId seq, absl::Span<const int32_t> tokens);
 
   // Drops a sequence and releases its blocks. NotFound for an unknown id.
   // O(blocks of the sequence).

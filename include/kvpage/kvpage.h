@@ -15,5 +15,6 @@
 #include "kvpage/attention.h"  // IWYU pragma: export
 #include "kvpage/config.h"     // IWYU pragma: export
 #include "kvpage/kv_cache.h"   // IWYU pragma: export
+#include "kvpage/prefix.h"     // IWYU pragma: export
 
 #endif  // KVPAGE_KVPAGE_H_
