@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "allocator/convert.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
@@ -47,7 +48,7 @@ std::vector<float> Gaussian(int64_t tokens, uint32_t seed) {
 std::vector<float> AsF16(const std::vector<float>& x) {
   std::vector<float> out(x.size());
   for (size_t i = 0; i < x.size(); ++i) {
-    out[i] = static_cast<float>(static_cast<_Float16>(x[i]));
+    out[i] = internal::F16ToF32(internal::F32ToF16(x[i]));
   }
   return out;
 }
