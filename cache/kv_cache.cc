@@ -1537,16 +1537,25 @@ absl::Status KVCache::Validate() const {
           entry.layers_present, entry.layers_in_use));
     }
   }
-  int64_t used = 0;
-  for (size_t id = 0; id < refs.size(); ++id) {
-    const uint32_t have = m.pool->ref_count(static_cast<BlockId>(id));
-    if (have != refs[id]) {
-      return absl::InternalError(
-          absl::StrFormat("block %d: ref_count %d but %d table entries hold it",
-                          id, have, refs[id]));
+  // Each block's count against the holdings found; the blocks held.
+  auto check_counts = [](const BlockPool& pool,
+                         const std::vector<uint32_t>& holdings,
+                         const char* what) -> absl::StatusOr<int64_t> {
+    int64_t held = 0;
+    for (size_t id = 0; id < holdings.size(); ++id) {
+      const uint32_t have = pool.ref_count(static_cast<BlockId>(id));
+      if (have != holdings[id]) {
+        return absl::InternalError(absl::StrFormat(
+            "%s %d: ref_count %d but %d holdings (tables, prefix cache)", what,
+            id, have, holdings[id]));
+      }
+      held += holdings[id] > 0;
     }
-    used += refs[id] > 0;
-  }
+    return held;
+  };
+  absl::StatusOr<int64_t> counted = check_counts(*m.pool, refs, "block");
+  if (!counted.ok()) return counted.status();
+  const int64_t used = *counted;
   if (used != m.pool->used_blocks()) {
     return absl::InternalError(
         absl::StrFormat("%d blocks held by tables, pool says %d used", used,
@@ -1559,16 +1568,11 @@ absl::Status KVCache::Validate() const {
   }
   if (m.compress) {
     if (absl::Status s = m.qpool->Validate(); !s.ok()) return s;
-    int64_t qused = 0, int8 = 0, int4 = 0;
-    for (size_t id = 0; id < qrefs.size(); ++id) {
-      const uint32_t have = m.qpool->ref_count(static_cast<BlockId>(id));
-      if (have != qrefs[id]) {
-        return absl::InternalError(
-            absl::StrFormat("quantized slot %d: ref_count %d but %d holdings",
-                            id, have, qrefs[id]));
-      }
-      qused += qrefs[id] > 0;
-    }
+    absl::StatusOr<int64_t> qcounted =
+        check_counts(*m.qpool, qrefs, "quantized slot");
+    if (!qcounted.ok()) return qcounted.status();
+    const int64_t qused = *qcounted;
+    int64_t int8 = 0, int4 = 0;
     std::vector<bool> primary(qrefs.size(), false);
     for (const auto& [seq, sequence] : m.sequences) {
       for (const BlockTable& t : sequence.layers) {

@@ -31,7 +31,8 @@ TEST(HostArenaTest, RejectsBadSizes) {
 }
 
 TEST(HostArenaTest, WriteReadCopyAndAddresses) {
-  auto arena = *HostArena::Create(4, 64, {.prefault = true, .huge_pages = true});
+  auto arena =
+      *HostArena::Create(4, 64, {.prefault = true, .huge_pages = true});
   ASSERT_NE(arena->host_base(), nullptr);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(arena->host_base()) % 64, 0u);
   EXPECT_EQ(arena->Address(2), arena->host_base() + 128);

@@ -76,10 +76,11 @@ TEST(ConvertTest, BF16RoundsToNearestTiesToEven) {
   EXPECT_EQ(F32ToBF16(1.0f + 3 * 0x1p-8f), 0x3f82);  // tie, up to even
   EXPECT_EQ(F32ToBF16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
   EXPECT_EQ(F32ToBF16(std::numeric_limits<float>::max()), 0x7f80);  // to inf
-  EXPECT_TRUE(std::isnan(BF16ToF32(
-      F32ToBF16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(
+      BF16ToF32(F32ToBF16(std::numeric_limits<float>::quiet_NaN()))));
   // A signalling NaN whose payload sits in the dropped bits stays a NaN.
-  EXPECT_TRUE(std::isnan(BF16ToF32(F32ToBF16(std::bit_cast<float>(0x7f800001u)))));
+  EXPECT_TRUE(
+      std::isnan(BF16ToF32(F32ToBF16(std::bit_cast<float>(0x7f800001u)))));
   for (uint32_t bits = 0; bits <= 0xffff; ++bits) {
     const auto b = static_cast<uint16_t>(bits);
     const float f = BF16ToF32(b);

@@ -15,9 +15,9 @@
 namespace kvpage {
 namespace {
 
-using ::testing::HasSubstr;
-using ::testing::ElementsAre;
 using kvpage::testing::Fingerprint;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 // 2 layers, 2 kv-heads of 4 dims: 8 elements per token.
 constexpr int kElems = 8;
@@ -275,7 +275,8 @@ TEST_F(KVCacheTest, BadCallsAreRefusedAndChangeNothing) {
        absl::StatusCode::kInvalidArgument, "gap"},
       {"before position 0", cache_->Update(seq_, 1, Span(two), Span(two), 1),
        absl::StatusCode::kInvalidArgument, "below position 0"},
-      {"past max_seq_len", cache_->Update(seq_, 0, Span(too_long), Span(too_long), 33),
+      {"past max_seq_len",
+       cache_->Update(seq_, 0, Span(too_long), Span(too_long), 33),
        absl::StatusCode::kResourceExhausted, "max_seq_len 32"},
       {"truncate below 0", cache_->Truncate(seq_, -1),
        absl::StatusCode::kInvalidArgument, "seq_len must be >= 0"},
@@ -309,8 +310,8 @@ TEST_F(KVCacheTest, PoolExhaustionChangesNothing) {
   EXPECT_THAT(s.message(), HasSubstr("layer 1"));
   EXPECT_EQ(Fingerprint(*cache_), before);
   // One block short through the single-block path too.
-  ASSERT_TRUE(cache_->Update(other, 1, Span(Tokens(0, 8)), Span(Tokens(0, 8)), 8)
-                  .ok());
+  ASSERT_TRUE(
+      cache_->Update(other, 1, Span(Tokens(0, 8)), Span(Tokens(0, 8)), 8).ok());
   const std::string full = Fingerprint(*cache_);
   const absl::Status one =
       cache_->Update(other, 1, Span(Tokens(8, 1)), Span(Tokens(8, 1)), 9);
@@ -366,8 +367,10 @@ TEST_F(KVCacheTest, ViewReadsWhatGatherCopies) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(b.k) % 64, 0u);
     EXPECT_EQ(b.first_position, t);
     for (int s = b.begin_slot; s < b.begin_slot + b.tokens; ++s, ++t) {
-      const auto* k = static_cast<const uint16_t*>(b.k) + s * view->token_stride;
-      const auto* v = static_cast<const uint16_t*>(b.v) + s * view->token_stride;
+      const auto* k =
+          static_cast<const uint16_t*>(b.k) + s * view->token_stride;
+      const auto* v =
+          static_cast<const uint16_t*>(b.v) + s * view->token_stride;
       for (int e = 0; e < kElems; ++e) {
         EXPECT_EQ(internal::F16ToF32(k[e]), want[t * kElems + e]);
         EXPECT_EQ(internal::F16ToF32(v[e]), want[t * kElems + e] + 0.5f);
@@ -391,7 +394,8 @@ TEST(KVCacheDTypeTest, F32InputIsRoundedToNearestEvenIntoF16AndBF16) {
                         : dtype == DType::kBF16 ? 1.0f
                                                 : k[0];
     EXPECT_EQ(got.k[0], want0) << DTypeName(dtype);
-    EXPECT_EQ(got.k[1], dtype == DType::kBF16 ? 1.0f : k[1]) << DTypeName(dtype);
+    EXPECT_EQ(got.k[1], dtype == DType::kBF16 ? 1.0f : k[1])
+        << DTypeName(dtype);
     // Input already in the cache's dtype is stored as it is.
     std::vector<uint16_t> raw(kElems, dtype == DType::kBF16 ? 0x4049 : 0x4248);
     if (dtype != DType::kF32) {
@@ -413,7 +417,8 @@ TEST(KVCacheStorageTest, OpaqueStorageBehavesLikeTheArena) {
   auto storage = std::make_unique<kvpage::testing::OpaqueStorage>(
       c.num_blocks, BlockBytes(c));
   kvpage::testing::OpaqueStorage* raw = storage.get();
-  auto opaque = *internal::KVCacheAccess::CreateWithStorage(c, std::move(storage));
+  auto opaque =
+      *internal::KVCacheAccess::CreateWithStorage(c, std::move(storage));
   auto host = *KVCache::Create(c);
   const SeqId a = *opaque->AddSequence();
   const SeqId b = *host->AddSequence();

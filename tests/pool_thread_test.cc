@@ -32,7 +32,8 @@ uint64_t ReadStamp(const BlockPool& pool, BlockId id) {
   return stamp;
 }
 
-TEST(PoolThreadTest, ConcurrentLocalCachesAndSharedPathNeverHandOutABlockTwice) {
+TEST(PoolThreadTest,
+     ConcurrentLocalCachesAndSharedPathNeverHandOutABlockTwice) {
   // Fewer blocks than one thread wants at its peak (40): every thread runs
   // into exhaustion, whatever the scheduling.
   auto pool = MakePool(36);

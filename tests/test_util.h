@@ -63,10 +63,10 @@ inline std::vector<float> ExactValues(std::mt19937_64& rng, int64_t count) {
 // length, the gathered data and the view's block ids and slots.
 inline std::string Fingerprint(const KVCache& cache) {
   const CacheStats s = cache.Stats();
-  std::string out = absl::StrCat(
-      "stats ", s.blocks_used, " ", s.blocks_free, " ", s.tokens_stored, " ",
-      s.sequences, " ", s.bytes_written, " ", s.bytes_copied, " ", s.evictions,
-      " ", s.memory_usage_bytes, "\n");
+  std::string out = absl::StrCat("stats ", s.blocks_used, " ", s.blocks_free,
+                                 " ", s.tokens_stored, " ", s.sequences, " ",
+                                 s.bytes_written, " ", s.bytes_copied, " ",
+                                 s.evictions, " ", s.memory_usage_bytes, "\n");
   for (SeqId seq : cache.Sequences()) {
     for (int layer = 0; layer < cache.config().num_layers; ++layer) {
       absl::StrAppend(&out, "seq ", seq, " layer ", layer, " len ",
