@@ -315,8 +315,7 @@ TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
   auto cache = *KVCache::Create(c);
   const SeqId a = *cache->AddSequence();
   const std::vector<float> k = Gaussian(40, 1);
-  // Auto-compress repacks as it goes; turn it off in effect by filling both
-  // layers in one update each (cold at once, repacked in the same update).
+  // One update of 40 tokens: its cold blocks are repacked in that update.
   ASSERT_TRUE(cache
                   ->Update(a, 0, {.data = k.data(), .tokens = 40},
                            {.data = k.data(), .tokens = 40}, 40)
@@ -342,38 +341,52 @@ TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
 TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
   CacheConfig c = Config(QuantBits::kInt8, 4);
   c.num_blocks = 12;
+  c.compression.auto_compress = true;
   c.compression.hot_tokens = 4;
-  c.compression.quant_blocks = 20;
+  c.compression.quant_blocks = 4;
   auto cache = *KVCache::Create(c);
-  const SeqId a = *cache->AddSequence();
   const std::vector<float> k = Gaussian(40, 1);
-  ASSERT_TRUE(cache
-                  ->Update(a, 0, {.data = k.data(), .tokens = 40},
-                           {.data = k.data(), .tokens = 40}, 40)
-                  .ok());
-  EXPECT_EQ(cache->Stats().compressions_applied, 0);  // auto_compress is off
-  // Without auto_compress a 3-block update fails (2 free)...
+  auto put = [&](SeqId seq, int64_t tokens) {
+    return cache->Update(seq, 0, {.data = k.data(), .tokens = tokens},
+                         {.data = k.data(), .tokens = tokens}, tokens);
+  };
+  // x: 2 blocks, the first cold and repacked (1 slot).
+  const SeqId x = *cache->AddSequence();
+  ASSERT_TRUE(put(x, 8).ok());
+  // a: 10 blocks, 9 cold; 3 repacked (the slots left), 6 stay hot.
+  const SeqId a = *cache->AddSequence();
+  ASSERT_TRUE(put(a, 40).ok());
+  CacheStats s = cache->Stats();
+  EXPECT_EQ(s.compressions_applied, 4);
+  EXPECT_EQ(s.compressions_skipped, 6);
+  EXPECT_EQ(s.blocks_used, 8);
+  // Releasing x frees a hot block and a slot: 5 hot blocks free.
+  ASSERT_TRUE(cache->RemoveSequence(x).ok());
+  // b needs 6 hot blocks: one cold block of a is repacked first.
   const SeqId b = *cache->AddSequence();
-  const TokenSpan twelve{.data = k.data(), .tokens = 12};
-  EXPECT_EQ(cache->Update(b, 0, twelve, twelve, 12).code(),
-            absl::StatusCode::kResourceExhausted);
-  // ...with it, one cold block of `a` is repacked first.
-  auto cache2 = *KVCache::Create([&] {
-    CacheConfig c2 = c;
-    c2.compression.auto_compress = true;
-    c2.compression.hot_tokens = 1000;  // nothing turns cold by itself
-    return c2;
-  }());
-  const SeqId a2 = *cache2->AddSequence();
-  ASSERT_TRUE(cache2
-                  ->Update(a2, 0, {.data = k.data(), .tokens = 40},
+  ASSERT_TRUE(put(b, 24).ok());
+  s = cache->Stats();
+  EXPECT_EQ(s.compressions_applied, 5);
+  EXPECT_EQ(s.blocks_used, 12);
+  EXPECT_LE(RelMse(cache->Gather(a, 0)->k, AsF16(k)), 4e-5);
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  // Without auto_compress the same update is refused and changes nothing.
+  CacheConfig off = c;
+  off.compression.auto_compress = false;
+  auto plain = *KVCache::Create(off);
+  const SeqId pa = *plain->AddSequence();
+  ASSERT_TRUE(plain
+                  ->Update(pa, 0, {.data = k.data(), .tokens = 40},
                            {.data = k.data(), .tokens = 40}, 40)
                   .ok());
-  const SeqId b2 = *cache2->AddSequence();
-  // hot_tokens 1000 makes nothing cold: the emergency path finds nothing.
-  EXPECT_EQ(cache2->Update(b2, 0, twelve, twelve, 12).code(),
+  const SeqId pb = *plain->AddSequence();
+  const std::string before = Fingerprint(*plain);
+  EXPECT_EQ(plain
+                ->Update(pb, 0, {.data = k.data(), .tokens = 12},
+                         {.data = k.data(), .tokens = 12}, 12)
+                .code(),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_TRUE(cache2->Validate().ok());
+  EXPECT_EQ(Fingerprint(*plain), before);
 }
 
 TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
