@@ -107,6 +107,16 @@ int64_t BlockPool::used_blocks() const {
   return capacity_ - static_cast<int64_t>(free_.size()) - cached;
 }
 
+std::vector<BlockId> BlockPool::FreeIds() const {
+  MutexLock lock(&mu_);
+  std::vector<BlockId> ids(free_.begin(), free_.end());
+  for (const LocalCache* cache : caches_) {
+    ids.insert(ids.end(), cache->held().begin(), cache->held().end());
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
 absl::Status BlockPool::Validate() const {
   MutexLock lock(&mu_);
   std::vector<uint8_t> seen(static_cast<size_t>(capacity_), 0);

@@ -98,6 +98,11 @@ class BlockPool {
   // O(capacity).
   [[nodiscard]] absl::Status Validate() const;
 
+  // Every block with ref_count 0 (on the shared free list or in a
+  // LocalCache), ascending. Needs the same exclusion from LocalCache owners
+  // as Validate(). O(capacity).
+  [[nodiscard]] std::vector<BlockId> FreeIds() const;
+
  private:
   explicit BlockPool(std::unique_ptr<BlockStorage> storage);
 

@@ -56,6 +56,35 @@ struct LayerRules {
 // For a >= 0, b > 0; no overflow near INT64_MAX.
 inline int64_t CeilDiv(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
+inline LayerRules LayerRules::Resolve(const LayerPolicy& p, int block_tokens) {
+  LayerRules r;
+  r.overflow = p.overflow;
+  r.max_seq_len = p.max_seq_len;
+  r.sinks = p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
+  r.truncate_to = EffectiveTruncateTo(p.max_seq_len, p.truncate_to);
+  r.block_tokens = block_tokens;
+  r.sink_blocks = CeilDiv(r.sinks, block_tokens);
+  r.ring_blocks = CeilDiv(r.max_seq_len - r.sinks - 1, block_tokens) + 1;
+  return r;
+}
+
+// The rules of every layer of a config that passed ValidateConfig(): the
+// cache-wide policy, replaced where layer_policies name a layer. O(layers).
+inline std::vector<LayerRules> ResolveLayers(const CacheConfig& config) {
+  const LayerPolicy global{.overflow = config.overflow,
+                           .max_seq_len = config.max_seq_len,
+                           .sink_tokens = config.sink_tokens,
+                           .truncate_to = config.truncate_to};
+  std::vector<LayerRules> rules(
+      static_cast<size_t>(config.num_layers),
+      LayerRules::Resolve(global, config.block_tokens));
+  for (const LayerPolicy& p : config.layer_policies) {
+    rules[static_cast<size_t>(p.layer)] =
+        LayerRules::Resolve(p, config.block_tokens);
+  }
+  return rules;
+}
+
 // Visible tokens of a layer of length `length` and window start `ws`.
 inline int64_t VisibleTokens(const LayerRules& r, int64_t length, int64_t ws) {
   const int64_t lo = std::max(ws, r.sinks);

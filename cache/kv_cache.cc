@@ -17,6 +17,7 @@
 #include "cache/block_table.h"
 #include "cache/kv_cache_internal.h"
 #include "kvpage/prefix.h"
+#include "kvpage/snapshot.h"
 
 namespace kvpage {
 
@@ -31,22 +32,6 @@ using internal::kNoBlock;
 using internal::LayerRules;
 using internal::QuantFormat;
 using internal::RefId;
-
-namespace internal {
-
-LayerRules LayerRules::Resolve(const LayerPolicy& p, int block_tokens) {
-  LayerRules r;
-  r.overflow = p.overflow;
-  r.max_seq_len = p.max_seq_len;
-  r.sinks = p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
-  r.truncate_to = EffectiveTruncateTo(p.max_seq_len, p.truncate_to);
-  r.block_tokens = block_tokens;
-  r.sink_blocks = CeilDiv(r.sinks, block_tokens);
-  r.ring_blocks = CeilDiv(r.max_seq_len - r.sinks - 1, block_tokens) + 1;
-  return r;
-}
-
-}  // namespace internal
 
 namespace {
 
@@ -792,16 +777,7 @@ internal::KVCacheAccess::CreateWithStorage(
   }
   auto impl = std::make_unique<KVCache::Impl>();
   impl->config = config;
-  const LayerPolicy global{.overflow = config.overflow,
-                           .max_seq_len = config.max_seq_len,
-                           .sink_tokens = config.sink_tokens,
-                           .truncate_to = config.truncate_to};
-  impl->rules.assign(static_cast<size_t>(config.num_layers),
-                     LayerRules::Resolve(global, config.block_tokens));
-  for (const LayerPolicy& p : config.layer_policies) {
-    impl->rules[static_cast<size_t>(p.layer)] =
-        LayerRules::Resolve(p, config.block_tokens);
-  }
+  impl->rules = internal::ResolveLayers(config);
   impl->block_bytes = BlockBytes(config);
   impl->token_elems = int64_t{config.num_kv_heads} * config.head_dim;
   impl->token_bytes = impl->token_elems * DTypeSize(config.dtype);
@@ -1601,6 +1577,139 @@ absl::Status KVCache::Validate() const {
                         m.blocks_allocated, m.blocks_released, used));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
+    const SnapshotOptions& options) const {
+  const Impl& m = *impl_;
+  Snapshot snap;
+  snap.has_token_data = options.include_token_data;
+  snap.config = m.config;
+  snap.stats = Stats();
+  auto describe_pool = [&](const BlockPool& pool, int64_t unit_bytes,
+                           SnapshotPool& out) {
+    out.capacity = pool.capacity();
+    out.unit_bytes = unit_bytes;
+    out.ref_counts.resize(static_cast<size_t>(pool.capacity()));
+    for (BlockId id = 0; id < pool.capacity(); ++id) {
+      out.ref_counts[id] = pool.ref_count(id);
+    }
+    out.free_ids = pool.FreeIds();
+  };
+  describe_pool(*m.pool, m.block_bytes, snap.hot);
+  if (m.compress) {
+    describe_pool(*m.qpool, m.slot_bytes, snap.quant);
+    const size_t slots = static_cast<size_t>(m.qpool->capacity());
+    snap.quant.bits.assign(slots, 0);
+    snap.quant.partners.assign(slots, kSnapshotNoBlock);
+    snap.quant.errors.assign(slots, 0.0f);
+  }
+  const int64_t bt = m.config.block_tokens;
+  for (SeqId id : Sequences()) {
+    const Sequence& sequence = m.sequences.find(id)->second;
+    SnapshotSequence& out = snap.sequences.emplace_back();
+    out.id = id;
+    out.salt = sequence.salt;
+    out.token_ids = static_cast<int64_t>(sequence.token_ids.size());
+    out.layers.resize(sequence.layers.size());
+    for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
+      const BlockTable& t = sequence.layers[layer];
+      SnapshotLayer& l = out.layers[layer];
+      l.length = t.length;
+      l.window_start = t.window_start;
+      l.max_length = t.max_length;
+      l.evicted = t.evicted;
+      auto entry = [&](TableRole role, int64_t logical, BlockRef ref) {
+        SnapshotEntry e{.role = role, .logical = logical, .id = RefId(ref)};
+        if (IsQuant(ref)) {
+          const BlockId q = RefId(ref);
+          const bool int8 = m.qformat[q] == QuantFormat::kInt8;
+          e.format = int8 ? BlockFormat::kInt8 : BlockFormat::kInt4;
+          snap.quant.bits[q] = int8 ? 8 : 4;
+          snap.quant.partners[q] = m.qpartner[q];
+          snap.quant.errors[q] = m.qerror[q];
+        }
+        l.entries.push_back(e);
+      };
+      for (size_t i = 0; i < t.sink_blocks.size(); ++i) {
+        entry(TableRole::kSink, static_cast<int64_t>(i), t.sink_blocks[i]);
+      }
+      for (int64_t b = t.window_first; b < t.window_first + t.window_blocks();
+           ++b) {
+        entry(TableRole::kWindow, b, t.Block(b));
+      }
+      for (BlockRef ref : t.spares) entry(TableRole::kSpare, -1, ref);
+      // Visible slots, run by run, onto the entries (both in logical order).
+      size_t next = 0;
+      internal::ForEachVisibleRun(
+          m.rules[layer], t, 0, t.length,
+          [&](BlockRef, int64_t slot, int64_t count, int64_t position) {
+            const int64_t logical = position / bt;
+            while (next < l.entries.size() &&
+                   l.entries[next].logical != logical) {
+              ++next;
+            }
+            if (next == l.entries.size()) return;
+            SnapshotEntry& e = l.entries[next];
+            if (e.visible == 0) e.begin_slot = static_cast<int32_t>(slot);
+            e.visible += static_cast<int32_t>(count);
+            e.end_slot = static_cast<int32_t>(slot + count);
+          });
+    }
+  }
+  // The prefix cache, with each idle entry's place in the eviction order.
+  absl::flat_hash_map<int32_t, int64_t> rank;
+  int64_t next_rank = 0;
+  for (int32_t e = m.lru_head; e >= 0;
+       e = m.entries[static_cast<size_t>(e)].lru_next) {
+    rank[e] = next_rank++;
+  }
+  for (const auto& [hash, e] : m.by_hash) {
+    const PrefixEntry& entry = m.entries[static_cast<size_t>(e)];
+    auto it = rank.find(e);
+    snap.prefix.push_back({.hash = hash,
+                           .lru_rank = it == rank.end() ? -1 : it->second,
+                           .blocks = std::vector<uint32_t>(
+                               entry.blocks.begin(), entry.blocks.end())});
+  }
+  std::sort(snap.prefix.begin(), snap.prefix.end(),
+            [](const SnapshotPrefixEntry& a, const SnapshotPrefixEntry& b) {
+              return a.hash < b.hash;
+            });
+  if (options.include_token_data) {
+    auto copy_used = [](SnapshotPool& out, auto&& read) {
+      for (uint32_t id = 0; id < out.ref_counts.size(); ++id) {
+        if (out.ref_counts[id] > 0) out.data_ids.push_back(id);
+      }
+      out.data.resize(out.data_ids.size() *
+                      static_cast<size_t>(out.unit_bytes));
+      for (size_t i = 0; i < out.data_ids.size(); ++i) {
+        read(out.data_ids[i],
+             out.data.data() + i * static_cast<size_t>(out.unit_bytes));
+      }
+    };
+    copy_used(snap.hot, [&](uint32_t id, uint8_t* dst) {
+      m.pool->storage().Read(id, 0, dst, m.block_bytes);
+    });
+    if (m.compress) {
+      copy_used(snap.quant, [&](uint32_t id, uint8_t* dst) {
+        std::memcpy(dst, m.qbase + int64_t{id} * m.slot_bytes,
+                    static_cast<size_t>(m.slot_bytes));
+      });
+    }
+  }
+  return snap;
+}
+
+absl::Status KVCache::WriteSnapshot(const std::string& path) const {
+  return WriteSnapshot(path, SnapshotOptions{});
+}
+
+absl::Status KVCache::WriteSnapshot(const std::string& path,
+                                    const SnapshotOptions& options) const {
+  absl::StatusOr<Snapshot> snapshot = TakeSnapshot(options);
+  if (!snapshot.ok()) return snapshot.status();
+  return WriteSnapshotFile(*snapshot, path);
 }
 
 }  // namespace kvpage

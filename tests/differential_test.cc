@@ -394,6 +394,15 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
     }
     ASSERT_TRUE(cache.Validate().ok())
         << "op " << op << ": " << cache.Validate();
+    // The snapshot verifier checks the same invariants offline: it must
+    // agree with Validate() on every state the model reaches.
+    if (op % 7 == 0) {
+      const std::vector<SnapshotViolation> violations =
+          VerifySnapshot(*cache.TakeSnapshot({}));
+      ASSERT_TRUE(violations.empty())
+          << "op " << op << ": " << violations.front().check << ": "
+          << violations.front().message;
+    }
     const CacheStats stats = cache.Stats();
     // A held block is hot or repacked; forks share some.
     const int64_t held =

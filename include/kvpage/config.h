@@ -61,6 +61,7 @@ struct LayerPolicy {
   int64_t max_seq_len = 0;
   int64_t sink_tokens = 0;
   int64_t truncate_to = 0;
+  bool operator==(const LayerPolicy&) const = default;
 };
 
 // Bits per code of the quantized pool.
@@ -86,6 +87,7 @@ struct CompressionConfig {
   // bound, else int8 (`bits` is then ignored). The pool's slots are then
   // int4-sized and an int8 block takes two (keys in one, values in the other).
   double max_rel_error = 0;
+  bool operator==(const CompressionConfig&) const = default;
 };
 
 // The shape and budget of one cache. All layers share one hot pool of
@@ -108,6 +110,7 @@ struct CacheConfig {
   bool prefault = false;
   // Ask the kernel for transparent huge pages for the arena (madvise).
   bool huge_pages = false;
+  bool operator==(const CacheConfig&) const = default;
 };
 
 // Checks a configuration without building anything: every dimension positive,

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,6 +41,9 @@ namespace kvpage {
 namespace internal {
 struct KVCacheAccess;  // cache/kv_cache_internal.h: other storages, tests
 }  // namespace internal
+
+struct Snapshot;         // kvpage/snapshot.h
+struct SnapshotOptions;  // kvpage/snapshot.h
 
 // A copy of a layer's visible tokens as f32, oldest first.
 // `k` and `v` are [positions.size()][num_kv_heads][head_dim].
@@ -158,6 +162,7 @@ struct CacheStats {
   int64_t blocks_released = 0;        // blocks given back to the pool, ever
   int64_t bytes_written = 0;          // token data written from Update() inputs
   int64_t bytes_copied = 0;           // token data moved inside the pools
+  bool operator==(const CacheStats&) const = default;
 };
 
 // Figures of one sequence over all its layers.
@@ -306,6 +311,20 @@ class KVCache {
   // the statistics agree with the tables. Internal on the first violation,
   // naming it. O(blocks + sequences * layers).
   [[nodiscard]] absl::Status Validate() const;
+
+  // Snapshots (kvpage/snapshot.h). The cache's state as plain structs:
+  // config, both pools, every table, the prefix-cache index, the stats, and
+  // with options.include_token_data the bytes of every block in use. Changes
+  // nothing. O(blocks + sequences * layers * blocks), plus the bytes copied.
+  [[nodiscard]] absl::StatusOr<Snapshot> TakeSnapshot(
+      const SnapshotOptions& options) const;
+  // TakeSnapshot, encoded into a versioned, checksummed file at `path`
+  // (metadata only unless the options say otherwise). File-system errors
+  // return their Status code (NotFound, PermissionDenied, ...); on error
+  // `path` is untouched and the cache unchanged.
+  [[nodiscard]] absl::Status WriteSnapshot(const std::string& path) const;
+  [[nodiscard]] absl::Status WriteSnapshot(
+      const std::string& path, const SnapshotOptions& options) const;
 
  private:
   friend struct internal::KVCacheAccess;

@@ -16,5 +16,6 @@
 #include "kvpage/config.h"     // IWYU pragma: export
 #include "kvpage/kv_cache.h"   // IWYU pragma: export
 #include "kvpage/prefix.h"     // IWYU pragma: export
+#include "kvpage/snapshot.h"   // IWYU pragma: export
 
 #endif  // KVPAGE_KVPAGE_H_

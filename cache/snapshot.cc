@@ -1,0 +1,514 @@
+// The snapshot file: encoding, and a parser that trusts nothing it reads.
+#include "kvpage/snapshot.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "cache/stats_fields.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace kvpage {
+namespace {
+
+constexpr char kMagic[8] = {'K', 'V', 'P', 'G', 'S', 'N', 'A', 'P'};
+constexpr size_t kHeaderBytes = 32;  // magic, version, flags, size, checksum
+constexpr uint32_t kFlagTokenData = 1;
+
+#define KVPAGE_COUNT_STATS(type, name) +1
+static_assert(sizeof(CacheStats) ==
+                  8 * (0 KVPAGE_CACHE_STATS_FIELDS(KVPAGE_COUNT_STATS)),
+              "a CacheStats field is missing from cache/stats_fields.h");
+#undef KVPAGE_COUNT_STATS
+
+// Appends little-endian fields.
+class Encoder {
+ public:
+  template <typename T>
+  void Put(T value) {
+    static_assert(std::is_arithmetic_v<T> || std::is_enum_v<T>);
+    uint64_t bits = 0;
+    if constexpr (std::is_floating_point_v<T>) {
+      using U = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+      U u;
+      std::memcpy(&u, &value, sizeof(u));
+      bits = u;
+    } else {
+      bits = static_cast<uint64_t>(value);
+    }
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      out_.push_back(static_cast<char>((bits >> (8 * i)) & 0xff));
+    }
+  }
+  template <typename T>
+  void PutVector(const std::vector<T>& values) {
+    Put<uint64_t>(values.size());
+    for (const T& v : values) Put(v);
+  }
+  void PutBytes(const std::vector<uint8_t>& bytes) {
+    out_.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  std::string& out() { return out_; }
+
+ private:
+  std::string out_;
+};
+
+// Reads little-endian fields; the first failure sticks and every later read
+// returns zeros, so a parse function checks ok() once per allocation.
+class Decoder {
+ public:
+  explicit Decoder(std::string_view bytes) : bytes_(bytes) {}
+
+  bool ok() const { return status_.ok(); }
+  const absl::Status& status() const { return status_; }
+  size_t remaining() const { return bytes_.size() - pos_; }
+
+  template <typename T>
+  T Get(const char* what) {
+    static_assert(std::is_arithmetic_v<T>);
+    if (!ok()) return T{};
+    if (remaining() < sizeof(T)) {
+      Fail(absl::StrFormat("%s: needs %d bytes, %d left", what, sizeof(T),
+                           remaining()));
+      return T{};
+    }
+    uint64_t bits = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      bits |= uint64_t{static_cast<uint8_t>(bytes_[pos_ + i])} << (8 * i);
+    }
+    pos_ += sizeof(T);
+    if constexpr (std::is_floating_point_v<T>) {
+      using U = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+      const U u = static_cast<U>(bits);
+      T value;
+      std::memcpy(&value, &u, sizeof(value));
+      return value;
+    } else {
+      return static_cast<T>(bits);
+    }
+  }
+
+  // An enum stored as a byte, accepted only when it is one of `valid`.
+  template <typename E>
+  E GetEnum(const char* what, std::initializer_list<E> valid) {
+    const uint8_t raw = Get<uint8_t>(what);
+    for (E e : valid) {
+      if (static_cast<uint8_t>(e) == raw) return e;
+    }
+    if (ok()) Fail(absl::StrFormat("%s: unknown value %d", what, raw));
+    return *valid.begin();
+  }
+  bool GetBool(const char* what) {
+    const uint8_t raw = Get<uint8_t>(what);
+    if (raw > 1 && ok())
+      Fail(absl::StrFormat("%s: %d is not 0 or 1", what, raw));
+    return raw == 1;
+  }
+
+  // A count of elements of at least `min_bytes` each: no larger than what
+  // the bytes left can hold, so that nothing is sized by a field unchecked.
+  size_t GetCount(const char* what, size_t min_bytes) {
+    const uint64_t n = Get<uint64_t>(what);
+    if (ok() && n > remaining() / min_bytes) {
+      Fail(absl::StrFormat("%s: %d elements of %d+ bytes, but %d bytes left",
+                           what, n, min_bytes, remaining()));
+      return 0;
+    }
+    return ok() ? static_cast<size_t>(n) : 0;
+  }
+  // As GetCount, and equal to `want`.
+  size_t GetCountEq(const char* what, size_t min_bytes, uint64_t want) {
+    const size_t n = GetCount(what, min_bytes);
+    if (ok() && n != want) {
+      Fail(absl::StrFormat("%s: %d, want %d", what, n, want));
+      return 0;
+    }
+    return n;
+  }
+  template <typename T>
+  void GetVector(const char* what, size_t n, std::vector<T>& out) {
+    if (!ok() || n > remaining() / sizeof(T)) {
+      if (ok()) Fail(absl::StrFormat("%s: %d values do not fit", what, n));
+      return;
+    }
+    out.resize(n);
+    for (T& v : out) v = Get<T>(what);
+  }
+  void GetBytes(const char* what, size_t n, std::vector<uint8_t>& out) {
+    if (!ok() || n > remaining()) {
+      if (ok()) Fail(absl::StrFormat("%s: %d bytes do not fit", what, n));
+      return;
+    }
+    out.assign(bytes_.begin() + static_cast<ptrdiff_t>(pos_),
+               bytes_.begin() + static_cast<ptrdiff_t>(pos_ + n));
+    pos_ += n;
+  }
+
+  void Fail(const std::string& what) {
+    if (ok()) {
+      status_ = absl::InvalidArgumentError(
+          absl::StrFormat("snapshot: %s (payload offset %d)", what, pos_));
+    }
+  }
+
+ private:
+  std::string_view bytes_;
+  size_t pos_ = 0;
+  absl::Status status_;
+};
+
+constexpr std::initializer_list<DType> kDTypes = {DType::kF32, DType::kF16,
+                                                  DType::kBF16};
+constexpr std::initializer_list<OverflowPolicy> kPolicies = {
+    OverflowPolicy::kError, OverflowPolicy::kTruncate,
+    OverflowPolicy::kSlidingWindow, OverflowPolicy::kCircularBuffer};
+
+void PutConfig(const CacheConfig& c, Encoder& e) {
+  e.Put<int32_t>(c.num_layers);
+  e.Put<int32_t>(c.num_kv_heads);
+  e.Put<int32_t>(c.head_dim);
+  e.Put<uint8_t>(static_cast<uint8_t>(c.dtype));
+  e.Put<int32_t>(c.block_tokens);
+  e.Put<int64_t>(c.num_blocks);
+  e.Put<int64_t>(c.max_seq_len);
+  e.Put<uint8_t>(static_cast<uint8_t>(c.overflow));
+  e.Put<int64_t>(c.sink_tokens);
+  e.Put<int64_t>(c.truncate_to);
+  e.Put<uint64_t>(c.layer_policies.size());
+  for (const LayerPolicy& p : c.layer_policies) {
+    e.Put<int32_t>(p.layer);
+    e.Put<uint8_t>(static_cast<uint8_t>(p.overflow));
+    e.Put<int64_t>(p.max_seq_len);
+    e.Put<int64_t>(p.sink_tokens);
+    e.Put<int64_t>(p.truncate_to);
+  }
+  const CompressionConfig& q = c.compression;
+  e.Put<uint8_t>(q.enabled);
+  e.Put<uint8_t>(static_cast<uint8_t>(q.bits));
+  e.Put<int32_t>(q.group_size);
+  e.Put<int64_t>(q.hot_tokens);
+  e.Put<int64_t>(q.quant_blocks);
+  e.Put<uint8_t>(q.auto_compress);
+  e.Put<double>(q.max_rel_error);
+  e.Put<uint8_t>(c.prefault);
+  e.Put<uint8_t>(c.huge_pages);
+}
+
+CacheConfig GetConfig(Decoder& d) {
+  CacheConfig c;
+  c.num_layers = d.Get<int32_t>("config.num_layers");
+  c.num_kv_heads = d.Get<int32_t>("config.num_kv_heads");
+  c.head_dim = d.Get<int32_t>("config.head_dim");
+  c.dtype = d.GetEnum("config.dtype", kDTypes);
+  c.block_tokens = d.Get<int32_t>("config.block_tokens");
+  c.num_blocks = d.Get<int64_t>("config.num_blocks");
+  c.max_seq_len = d.Get<int64_t>("config.max_seq_len");
+  c.overflow = d.GetEnum("config.overflow", kPolicies);
+  c.sink_tokens = d.Get<int64_t>("config.sink_tokens");
+  c.truncate_to = d.Get<int64_t>("config.truncate_to");
+  const size_t policies = d.GetCount("config.layer_policies", 29);
+  c.layer_policies.resize(policies);
+  for (LayerPolicy& p : c.layer_policies) {
+    p.layer = d.Get<int32_t>("layer_policies[].layer");
+    p.overflow = d.GetEnum("layer_policies[].overflow", kPolicies);
+    p.max_seq_len = d.Get<int64_t>("layer_policies[].max_seq_len");
+    p.sink_tokens = d.Get<int64_t>("layer_policies[].sink_tokens");
+    p.truncate_to = d.Get<int64_t>("layer_policies[].truncate_to");
+  }
+  CompressionConfig& q = c.compression;
+  q.enabled = d.GetBool("compression.enabled");
+  q.bits = d.GetEnum("compression.bits", {QuantBits::kInt8, QuantBits::kInt4});
+  q.group_size = d.Get<int32_t>("compression.group_size");
+  q.hot_tokens = d.Get<int64_t>("compression.hot_tokens");
+  q.quant_blocks = d.Get<int64_t>("compression.quant_blocks");
+  q.auto_compress = d.GetBool("compression.auto_compress");
+  q.max_rel_error = d.Get<double>("compression.max_rel_error");
+  c.prefault = d.GetBool("config.prefault");
+  c.huge_pages = d.GetBool("config.huge_pages");
+  return c;
+}
+
+void PutPool(const SnapshotPool& p, bool quant, Encoder& e) {
+  e.Put<int64_t>(p.capacity);
+  e.Put<int64_t>(p.unit_bytes);
+  e.PutVector(p.ref_counts);
+  e.PutVector(p.free_ids);
+  if (quant) {
+    e.PutVector(p.bits);
+    e.PutVector(p.partners);
+    e.PutVector(p.errors);
+  }
+}
+
+// `capacity` and `unit_bytes` are what the config implies; the file must
+// agree, which bounds every array below by the config (itself validated).
+SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
+                     int64_t max_unit_bytes) {
+  SnapshotPool p;
+  const char* name = quant ? "quantized pool" : "hot pool";
+  p.capacity = d.Get<int64_t>(name);
+  p.unit_bytes = d.Get<int64_t>(name);
+  if (!d.ok()) return p;
+  if (p.capacity != capacity) {
+    d.Fail(absl::StrFormat("%s: capacity %d, the config says %d", name,
+                           p.capacity, capacity));
+    return p;
+  }
+  if (quant ? (p.unit_bytes <= 0 || p.unit_bytes > max_unit_bytes)
+            : p.unit_bytes != max_unit_bytes) {
+    d.Fail(absl::StrFormat("%s: %d bytes per unit, the config allows %d", name,
+                           p.unit_bytes, max_unit_bytes));
+    return p;
+  }
+  const size_t n = static_cast<size_t>(capacity);
+  d.GetVector("ref_counts", d.GetCountEq("ref_counts", 4, n), p.ref_counts);
+  const size_t free_count = d.GetCount("free_ids", 4);
+  if (free_count > n) d.Fail("free_ids: more than the capacity");
+  d.GetVector("free_ids", free_count, p.free_ids);
+  if (quant) {
+    d.GetVector("bits", d.GetCountEq("bits", 1, n), p.bits);
+    d.GetVector("partners", d.GetCountEq("partners", 4, n), p.partners);
+    d.GetVector("errors", d.GetCountEq("errors", 4, n), p.errors);
+  }
+  return p;
+}
+
+void PutData(const SnapshotPool& p, Encoder& e) {
+  e.PutVector(p.data_ids);
+  e.PutBytes(p.data);
+}
+
+void GetData(Decoder& d, SnapshotPool& p) {
+  const size_t n = d.GetCount("data_ids", 4);
+  if (n > static_cast<size_t>(p.capacity)) d.Fail("data_ids: over capacity");
+  d.GetVector("data_ids", n, p.data_ids);
+  if (!d.ok()) return;
+  const size_t unit = static_cast<size_t>(p.unit_bytes);
+  if (n > 0 && unit > d.remaining() / n) {
+    d.Fail(absl::StrFormat("token data: %d units of %d bytes do not fit", n,
+                           unit));
+    return;
+  }
+  d.GetBytes("token data", n * unit, p.data);
+}
+
+}  // namespace
+
+std::string EncodeSnapshot(const Snapshot& snap) {
+  Encoder e;
+  PutConfig(snap.config, e);
+#define KVPAGE_PUT_STAT(type, name) e.Put<type>(snap.stats.name);
+  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_PUT_STAT)
+#undef KVPAGE_PUT_STAT
+  PutPool(snap.hot, false, e);
+  PutPool(snap.quant, true, e);
+  e.Put<uint64_t>(snap.sequences.size());
+  for (const SnapshotSequence& s : snap.sequences) {
+    e.Put<uint64_t>(s.id);
+    e.Put<uint64_t>(s.salt);
+    e.Put<int64_t>(s.token_ids);
+    e.Put<uint64_t>(s.layers.size());
+    for (const SnapshotLayer& l : s.layers) {
+      e.Put<int64_t>(l.length);
+      e.Put<int64_t>(l.window_start);
+      e.Put<int64_t>(l.max_length);
+      e.Put<int64_t>(l.evicted);
+      e.Put<uint64_t>(l.entries.size());
+      for (const SnapshotEntry& t : l.entries) {
+        e.Put<uint8_t>(static_cast<uint8_t>(t.role));
+        e.Put<int64_t>(t.logical);
+        e.Put<uint8_t>(static_cast<uint8_t>(t.format));
+        e.Put<uint32_t>(t.id);
+        e.Put<int32_t>(t.visible);
+        e.Put<int32_t>(t.begin_slot);
+        e.Put<int32_t>(t.end_slot);
+      }
+    }
+  }
+  e.Put<uint64_t>(snap.prefix.size());
+  for (const SnapshotPrefixEntry& p : snap.prefix) {
+    e.Put<uint64_t>(p.hash);
+    e.Put<int64_t>(p.lru_rank);
+    e.PutVector(p.blocks);
+  }
+  if (snap.has_token_data) {
+    PutData(snap.hot, e);
+    PutData(snap.quant, e);
+  }
+  const std::string& payload = e.out();
+  Encoder header;
+  header.out().append(kMagic, sizeof(kMagic));
+  header.Put<uint32_t>(snap.version);
+  header.Put<uint32_t>(snap.has_token_data ? kFlagTokenData : 0);
+  header.Put<uint64_t>(payload.size());
+  header.Put<uint64_t>(XXH3_64bits(payload.data(), payload.size()));
+  return header.out() + payload;
+}
+
+absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
+  if (bytes.size() < kHeaderBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("snapshot: %d bytes, shorter than the %d-byte header",
+                        bytes.size(), kHeaderBytes));
+  }
+  if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::InvalidArgumentError(
+        "snapshot: bad magic (not a kvpage snapshot)");
+  }
+  Decoder h(bytes.substr(sizeof(kMagic), kHeaderBytes - sizeof(kMagic)));
+  Snapshot snap;
+  snap.version = h.Get<uint32_t>("version");
+  const uint32_t flags = h.Get<uint32_t>("flags");
+  const uint64_t size = h.Get<uint64_t>("payload size");
+  const uint64_t checksum = h.Get<uint64_t>("checksum");
+  if (snap.version != kSnapshotVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("snapshot: version %d; this reader knows version %d",
+                        snap.version, kSnapshotVersion));
+  }
+  if ((flags & ~kFlagTokenData) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("snapshot: unknown flags %#x", flags));
+  }
+  const std::string_view payload = bytes.substr(kHeaderBytes);
+  if (size != payload.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "snapshot: the header says %d payload bytes, the file has %d%s", size,
+        payload.size(), size > payload.size() ? " (truncated)" : ""));
+  }
+  if (XXH3_64bits(payload.data(), payload.size()) != checksum) {
+    return absl::InvalidArgumentError(
+        "snapshot: checksum mismatch (the file is corrupt)");
+  }
+  snap.has_token_data = (flags & kFlagTokenData) != 0;
+
+  Decoder d(payload);
+  snap.config = GetConfig(d);
+  if (!d.ok()) return d.status();
+  if (absl::Status s = ValidateConfig(snap.config); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("snapshot: invalid config: ", s.message()));
+  }
+  const CacheConfig& c = snap.config;
+#define KVPAGE_GET_STAT(type, name) snap.stats.name = d.Get<type>(#name);
+  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_GET_STAT)
+#undef KVPAGE_GET_STAT
+  const int64_t block_bytes = BlockBytes(c);
+  snap.hot = GetPool(d, false, c.num_blocks, block_bytes);
+  snap.quant =
+      GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,
+              block_bytes);
+  const size_t layers = static_cast<size_t>(c.num_layers);
+  // The smallest encodings: a sequence with its layer count, a layer, an
+  // entry, a prefix entry.
+  constexpr size_t kSeqBytes = 32, kLayerBytes = 40, kEntryBytes = 26,
+                   kPrefixBytes = 24;
+  snap.sequences.resize(d.GetCount("sequences", kSeqBytes));
+  for (SnapshotSequence& s : snap.sequences) {
+    s.id = d.Get<uint64_t>("sequence id");
+    s.salt = d.Get<uint64_t>("sequence salt");
+    s.token_ids = d.Get<int64_t>("sequence token_ids");
+    s.layers.resize(d.GetCountEq("sequence layers", kLayerBytes, layers));
+    for (SnapshotLayer& l : s.layers) {
+      l.length = d.Get<int64_t>("layer length");
+      l.window_start = d.Get<int64_t>("layer window_start");
+      l.max_length = d.Get<int64_t>("layer max_length");
+      l.evicted = d.Get<int64_t>("layer evicted");
+      l.entries.resize(d.GetCount("layer entries", kEntryBytes));
+      for (SnapshotEntry& t : l.entries) {
+        t.role = d.GetEnum("entry role", {TableRole::kSink, TableRole::kWindow,
+                                          TableRole::kSpare});
+        t.logical = d.Get<int64_t>("entry logical");
+        t.format = d.GetEnum(
+            "entry format",
+            {BlockFormat::kHot, BlockFormat::kInt8, BlockFormat::kInt4});
+        t.id = d.Get<uint32_t>("entry id");
+        t.visible = d.Get<int32_t>("entry visible");
+        t.begin_slot = d.Get<int32_t>("entry begin_slot");
+        t.end_slot = d.Get<int32_t>("entry end_slot");
+      }
+      if (!d.ok()) return d.status();
+    }
+  }
+  snap.prefix.resize(d.GetCount("prefix entries", kPrefixBytes));
+  for (SnapshotPrefixEntry& p : snap.prefix) {
+    p.hash = d.Get<uint64_t>("prefix hash");
+    p.lru_rank = d.Get<int64_t>("prefix lru_rank");
+    d.GetVector("prefix blocks", d.GetCountEq("prefix blocks", 4, layers),
+                p.blocks);
+    if (!d.ok()) return d.status();
+  }
+  if (snap.has_token_data) {
+    GetData(d, snap.hot);
+    GetData(d, snap.quant);
+  }
+  if (!d.ok()) return d.status();
+  if (d.remaining() != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "snapshot: %d bytes after the last field", d.remaining()));
+  }
+  return snap;
+}
+
+absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("snapshot ", path));
+  }
+  std::string bytes;
+  char buffer[1 << 16];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) {
+    bytes.append(buffer, n);
+  }
+  const bool failed = std::ferror(f) != 0;
+  const int error = errno;
+  std::fclose(f);
+  if (failed) {
+    return absl::ErrnoToStatus(error, absl::StrCat("snapshot ", path));
+  }
+  absl::StatusOr<Snapshot> snap = ParseSnapshot(bytes);
+  if (!snap.ok()) {
+    return absl::Status(snap.status().code(),
+                        absl::StrCat(path, ": ", snap.status().message()));
+  }
+  return snap;
+}
+
+absl::Status WriteSnapshotFile(const Snapshot& snapshot,
+                               const std::string& path) {
+  const std::string bytes = EncodeSnapshot(snapshot);
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) {
+    return absl::ErrnoToStatus(errno,
+                               absl::StrCat("WriteSnapshot: open ", tmp));
+  }
+  const bool written =
+      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  const int write_error = errno;
+  const bool closed = std::fclose(f) == 0;
+  const int close_error = errno;
+  if (!written || !closed) {
+    std::remove(tmp.c_str());
+    return absl::ErrnoToStatus(written ? close_error : write_error,
+                               absl::StrCat("WriteSnapshot: write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::remove(tmp.c_str());
+    return absl::ErrnoToStatus(error,
+                               absl::StrCat("WriteSnapshot: rename to ", path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvpage
