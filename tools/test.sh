@@ -3,11 +3,12 @@
 #   tools/test.sh          developer build (debug, expensive internal checks)
 #   tools/test.sh asan     AddressSanitizer + UndefinedBehaviorSanitizer
 #   tools/test.sh tsan     ThreadSanitizer, the threaded tests
-#   tools/test.sh clang    clang with -Wthread-safety as errors
+#   tools/test.sh clang    clang with -Wthread-safety as errors, and the
+#                          snapshot reader fuzzed for 30 s (libFuzzer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-dev}"
-if [ "$preset" = clang ]; then tools/setup.sh clang; else tools/setup.sh; fi
+if [ "$preset" = clang ]; then tools/setup.sh clang libclang-rt-14-dev; else tools/setup.sh; fi
 cmake --preset "$preset" --log-level=WARNING >/dev/null
 cmake --build --preset "$preset"
 ctest --preset "$preset"

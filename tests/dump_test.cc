@@ -1,0 +1,249 @@
+// kvpage-dump: golden tests of every verb's human and JSON output on the
+// showcase snapshot, the SVG parsed as XML, and the command line's exit codes.
+// KVPAGE_UPDATE_GOLDEN=1 rewrites tests/golden/ from the current output.
+#include "tools/dump/dump.h"
+
+#include <expat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvpage/snapshot.h"
+#include "tests/snapshot_fixture.h"
+
+namespace kvpage {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void ExpectGolden(const std::string& name, const std::string& actual) {
+  const std::string path =
+      absl::StrCat(KVPAGE_SOURCE_DIR, "/tests/golden/", name);
+  if (std::getenv("KVPAGE_UPDATE_GOLDEN") != nullptr) {
+    std::ofstream(path, std::ios::binary) << actual;
+    return;
+  }
+  EXPECT_EQ(actual, ReadFile(path))
+      << "golden " << name << " differs; if the change is intended, rerun "
+      << "with KVPAGE_UPDATE_GOLDEN=1 and review the diff";
+}
+
+Snapshot Showcase() {
+  auto cache = testing::BuildShowcase();
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  return *(*cache)->TakeSnapshot({});
+}
+
+TEST(DumpGolden, Summary) {
+  const dump::Json m = dump::Summary(Showcase());
+  ExpectGolden("summary.txt", dump::SummaryText(m));
+  ExpectGolden("summary.json", m.dump(2) + "\n");
+}
+
+TEST(DumpGolden, Tables) {
+  const Snapshot snap = Showcase();
+  const dump::Json all = dump::Tables(snap, {});
+  ExpectGolden("tables.txt", dump::TablesText(all));
+  ExpectGolden("tables.json", all.dump(2) + "\n");
+  const dump::Json one = dump::Tables(snap, {.seq = 5, .layer = 2});
+  ASSERT_EQ(one["sequences"].size(), 1u);
+  ASSERT_EQ(one["sequences"][0]["layers"].size(), 1u);
+  EXPECT_EQ(one["sequences"][0]["layers"][0]["overflow"], "circular_buffer");
+}
+
+TEST(DumpGolden, Blocks) {
+  const dump::Json m = dump::Blocks(Showcase());
+  ExpectGolden("blocks.txt", dump::BlocksText(m));
+  ExpectGolden("blocks.json", m.dump(2) + "\n");
+}
+
+TEST(DumpGolden, VerifyListsEachViolation) {
+  Snapshot snap = Showcase();
+  EXPECT_EQ(dump::VerifyText(dump::Verify(snap)), "");
+  snap.hot.ref_counts[0] += 1;
+  snap.stats.tokens_stored -= 3;
+  const dump::Json m = dump::Verify(snap);
+  EXPECT_FALSE(m["ok"].get<bool>());
+  ExpectGolden("verify.txt", dump::VerifyText(m));
+  ExpectGolden("verify.json", m.dump(2) + "\n");
+}
+
+TEST(DumpGolden, Diff) {
+  auto cache = testing::BuildShowcase();
+  ASSERT_TRUE(cache.ok());
+  KVCache& kv = **cache;
+  const Snapshot before = *kv.TakeSnapshot({});
+  // Seq 5 grows and repacks more history, seq 3 goes, a new one comes.
+  std::mt19937_64 rng(7);
+  ASSERT_TRUE(testing::Grow(kv, 5, 20, 4, -1, rng).ok());
+  ASSERT_TRUE(kv.CompressOldEntries(5, 0, 0.1).ok());
+  ASSERT_TRUE(kv.RemoveSequence(3).ok());
+  const SeqId fresh = *kv.AddSequence();
+  ASSERT_TRUE(testing::Grow(kv, fresh, 9, 9, -1, rng).ok());
+  ASSERT_TRUE(kv.Truncate(1, 90).ok());
+  const Snapshot after = *kv.TakeSnapshot({});
+  const dump::Json m = dump::Diff(before, after);
+  EXPECT_GT(m["blocks_compressed"].get<int64_t>(), 0);
+  EXPECT_EQ(m["sequences"]["removed"].size(), 1u);
+  EXPECT_EQ(m["sequences"]["added"].size(), 1u);
+  EXPECT_EQ(m["sequences"]["grown"].size(), 1u);
+  EXPECT_EQ(m["sequences"]["shrunk"].size(), 1u);
+  ExpectGolden("diff.txt", dump::DiffText(m));
+  ExpectGolden("diff.json", m.dump(2) + "\n");
+  // Nothing changed: nothing to say but the config line's absence.
+  const dump::Json same = dump::Diff(after, after);
+  EXPECT_EQ(same["hot_blocks"]["allocated"], 0);
+  EXPECT_TRUE(same["stats"].empty());
+}
+
+// Counts elements by name while expat parses; fails on malformed XML.
+struct XmlCounts {
+  int rects = 0, cells = 0, titles = 0;
+  static void Start(void* data, const XML_Char* name, const XML_Char** attrs) {
+    auto* c = static_cast<XmlCounts*>(data);
+    const std::string tag = name;
+    c->rects += tag == "rect";
+    c->titles += tag == "title";
+    for (int i = 0; attrs[i] != nullptr; i += 2) {
+      if (std::string(attrs[i]) == "class" &&
+          std::string(attrs[i + 1]) == "cell") {
+        ++c->cells;
+      }
+    }
+  }
+  static void End(void*, const XML_Char*) {}
+};
+
+TEST(DumpGolden, MapIsWellFormedSvg) {
+  const Snapshot snap = Showcase();
+  dump::Json m;
+  const std::string svg = dump::MapSvg(snap, &m);
+  XmlCounts counts;
+  XML_Parser parser = XML_ParserCreate(nullptr);
+  XML_SetUserData(parser, &counts);
+  XML_SetElementHandler(parser, XmlCounts::Start, XmlCounts::End);
+  const bool parsed =
+      XML_Parse(parser, svg.data(), static_cast<int>(svg.size()),
+                /*isFinal=*/1) == XML_STATUS_OK;
+  EXPECT_TRUE(parsed) << XML_ErrorString(XML_GetErrorCode(parser))
+                      << " at line " << XML_GetCurrentLineNumber(parser);
+  XML_ParserFree(parser);
+  // One cell per block and per quantized slot, each with a tooltip.
+  EXPECT_EQ(counts.cells, snap.hot.capacity + snap.quant.capacity);
+  EXPECT_EQ(counts.titles, counts.cells);
+  EXPECT_GT(counts.rects, counts.cells);  // the background and the legend
+  EXPECT_EQ(m["cells"]["hot_free"], snap.stats.blocks_free);
+  ExpectGolden("map.svg", svg);
+  ExpectGolden("map.txt", dump::MapText(m));
+}
+
+// ---- The command line ----
+
+struct CliRun {
+  int code = -1;
+  std::string out, err;
+};
+
+CliRun Dump(const std::string& args) {
+  const std::string base = absl::StrCat(::testing::TempDir(), "/", getpid());
+  const std::string cmd = absl::StrCat(KVPAGE_DUMP_BIN, " ", args, " >", base,
+                                       ".out 2>", base, ".err");
+  const int status = std::system(cmd.c_str());
+  CliRun r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = ReadFile(base + ".out");
+  r.err = ReadFile(base + ".err");
+  return r;
+}
+
+class DumpCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(::testing::TempDir(), "/dump_cli_", getpid());
+    ASSERT_EQ(std::system(("mkdir -p " + dir_).c_str()), 0);
+    good_ = dir_ + "/good.snap";
+    bad_ = dir_ + "/bad.snap";
+    Snapshot snap = Showcase();
+    ASSERT_TRUE(WriteSnapshotFile(snap, good_).ok());
+    snap.hot.free_ids.pop_back();
+    ASSERT_TRUE(WriteSnapshotFile(snap, bad_).ok());
+  }
+  void TearDown() override { (void)std::system(("rm -rf " + dir_).c_str()); }
+  std::string dir_, good_, bad_;
+};
+
+TEST_F(DumpCli, VerifyIsSilentOnAGoodSnapshot) {
+  const CliRun r = Dump("verify " + good_);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(DumpCli, VerifyFailsWithTheViolation) {
+  const CliRun r = Dump("verify " + bad_);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.out, HasSubstr("free_list: hot pool: block"));
+  const CliRun j = Dump("verify --json " + bad_);
+  EXPECT_EQ(j.code, 1);
+  const dump::Json m = dump::Json::parse(j.out);
+  EXPECT_EQ(m["schema_version"], dump::kSchemaVersion);
+  EXPECT_FALSE(m["ok"].get<bool>());
+}
+
+TEST_F(DumpCli, EveryVerbRunsWithAndWithoutJson) {
+  for (const std::string verb : {"summary", "tables", "blocks"}) {
+    const CliRun r = Dump(verb + " " + good_);
+    EXPECT_EQ(r.code, 0) << verb << ": " << r.err;
+    EXPECT_FALSE(r.out.empty()) << verb;
+    const CliRun j = Dump(verb + " --json " + good_);
+    EXPECT_EQ(j.code, 0) << verb;
+    EXPECT_EQ(dump::Json::parse(j.out)["schema_version"], dump::kSchemaVersion)
+        << verb;
+  }
+  const CliRun diff = Dump("diff --json " + good_ + " " + bad_);
+  EXPECT_EQ(diff.code, 0) << diff.err;
+  const std::string svg = dir_ + "/map.svg";
+  const CliRun map = Dump("map " + good_ + " --svg " + svg);
+  EXPECT_EQ(map.code, 0) << map.err;
+  EXPECT_THAT(ReadFile(svg), HasSubstr("</svg>"));
+  const CliRun tables = Dump("tables --seq 5 --layer 2 " + good_);
+  EXPECT_THAT(tables.out, HasSubstr("circular_buffer"));
+  EXPECT_THAT(tables.out, ::testing::Not(HasSubstr("seq 1 ")));
+}
+
+TEST_F(DumpCli, BadUsageAndUnreadableFilesExitTwo) {
+  EXPECT_EQ(Dump("").code, 2);                     // no verb
+  EXPECT_EQ(Dump("frobnicate " + good_).code, 2);  // unknown verb
+  EXPECT_EQ(Dump("summary").code, 2);              // missing file
+  EXPECT_EQ(Dump("map " + good_).code, 2);         // missing --svg
+  EXPECT_EQ(Dump("tables --seq -3 " + good_).code, 2);
+  const CliRun missing = Dump("summary " + dir_ + "/none.snap");
+  EXPECT_EQ(missing.code, 2);
+  EXPECT_THAT(missing.err, HasSubstr("none.snap"));
+  std::ofstream(dir_ + "/junk.snap") << "not a snapshot at all, not at all";
+  const CliRun junk = Dump("verify " + dir_ + "/junk.snap");
+  EXPECT_EQ(junk.code, 2);
+  EXPECT_THAT(junk.err, HasSubstr("magic"));
+  const CliRun help = Dump("--help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_THAT(help.out, HasSubstr("verify"));
+  EXPECT_EQ(Dump("verify --help").code, 0);
+}
+
+}  // namespace
+}  // namespace kvpage
