@@ -145,7 +145,9 @@ struct Snapshot {
 
 // One broken invariant: `check` is a stable snake_case name (ref_count,
 // free_list, table, positions, visible, policy, quant, prefix, stats),
-// `message` names the block, sequence and layer involved.
+// plus config when the snapshot is not self-consistent enough to walk and
+// truncated after 10000 violations; `message` names the block, sequence and
+// layer involved.
 struct SnapshotViolation {
   std::string check;
   std::string message;
