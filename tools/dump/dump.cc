@@ -826,6 +826,17 @@ std::string Escape(const std::string& s) {
   return out;
 }
 
+// A cell's tooltip: "block 4: used, refs 2; seq 3 layer 1 block 1; ...".
+std::string CellTitle(const char* unit, size_t id, const std::string& state,
+                      uint32_t refs, const std::vector<Holder>& holders) {
+  std::string out =
+      absl::StrFormat("%s %d: %s, refs %d", unit, id, state, refs);
+  for (const Holder& holder : holders) {
+    absl::StrAppend(&out, "; ", HolderName(holder));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string MapSvg(const Snapshot& snap, Json* model) {
@@ -862,13 +873,8 @@ std::string MapSvg(const Snapshot& snap, Json* model) {
         }
       }
     }
-    std::vector<std::string> owners;
-    for (const Holder& holder : h.hot[id]) owners.push_back(HolderName(holder));
-    hot.cells.push_back(
-        {colour,
-         absl::StrFormat("block %d: %s, refs %d%s%s", id, state,
-                         RefCount(snap.hot, id), owners.empty() ? "" : "; ",
-                         absl::StrJoin(owners, "; "))});
+    hot.cells.push_back({colour, CellTitle("block", id, state,
+                                           RefCount(snap.hot, id), h.hot[id])});
   }
   grids.push_back(std::move(hot));
   if (!h.quant.empty()) {
@@ -882,15 +888,9 @@ std::string MapSvg(const Snapshot& snap, Json* model) {
                            : state == "int8_v" ? kInt8V
                            : state == "int4"   ? kInt4
                                                : kUnknown;
-      std::vector<std::string> owners;
-      for (const Holder& holder : h.quant[id]) {
-        owners.push_back(HolderName(holder));
-      }
       quant.cells.push_back(
-          {colour,
-           absl::StrFormat("slot %d: %s, refs %d%s%s", id, state,
-                           RefCount(snap.quant, id), owners.empty() ? "" : "; ",
-                           absl::StrJoin(owners, "; "))});
+          {colour, CellTitle("slot", id, state, RefCount(snap.quant, id),
+                             h.quant[id])});
     }
     grids.push_back(std::move(quant));
   }

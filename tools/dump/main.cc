@@ -48,21 +48,21 @@ int main(int argc, char** argv) {
   std::string file, file_b, svg;
   int64_t seq = -1;
   int layer = -1;
-  auto add = [&](const char* name, const char* help) {
+  // A verb reading one snapshot (`diff` names its two itself).
+  auto add = [&](const char* name, const char* help, bool one_file = true) {
     CLI::App* sub = app.add_subcommand(name, help);
     sub->add_flag("--json", json,
                   "JSON output (stable snake_case keys, schema_version)");
+    if (one_file) sub->add_option("FILE", file, "snapshot")->required();
     return sub;
   };
   CLI::App* summary =
       add("summary",
           "Config, pool usage, internal waste, policy and compression "
           "figures, stats");
-  summary->add_option("FILE", file, "snapshot")->required();
   CLI::App* tables = add("tables",
                          "Block tables: logical block, block id, pool and "
                          "format, reference count, valid slots, positions");
-  tables->add_option("FILE", file, "snapshot")->required();
   CLI::Option* seq_opt = tables->add_option("--seq", seq, "only this sequence")
                              ->check(CLI::NonNegativeNumber);
   CLI::Option* layer_opt =
@@ -71,21 +71,19 @@ int main(int argc, char** argv) {
   CLI::App* blocks = add("blocks",
                          "Each block's state (free, used, shared, cached, "
                          "quantized), reference count and owners");
-  blocks->add_option("FILE", file, "snapshot")->required();
   CLI::App* verify =
       add("verify",
           "Check the invariants; prints nothing and exits 0 when all hold, "
           "lists each violation and exits 1 otherwise");
-  verify->add_option("FILE", file, "snapshot")->required();
   CLI::App* diff = add("diff",
                        "What changed from A to B: blocks allocated, freed, "
-                       "compressed; sequences added, removed, grown, shrunk");
+                       "compressed; sequences added, removed, grown, shrunk",
+                       /*one_file=*/false);
   diff->add_option("A", file, "older snapshot")->required();
   diff->add_option("B", file_b, "newer snapshot")->required();
   CLI::App* map = add("map",
                       "An SVG picture of the pools: one cell per block, "
                       "coloured by state and owner, with a legend");
-  map->add_option("FILE", file, "snapshot")->required();
   map->add_option("--svg", svg, "where to write the SVG")->required();
 
   try {
