@@ -13,6 +13,11 @@ namespace {
 
 using internal::LayerRules;
 
+// Sums of fields read from a file: modulo 2^64, never undefined.
+int64_t Wrap(int64_t a, uint64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + b);
+}
+
 // A hostile file could break every block; past this many, one summary line.
 constexpr size_t kMaxViolations = 10000;
 
@@ -222,7 +227,7 @@ class Verifier {
       Report("policy", "seq %d, layer %d: ring holds %d blocks, at most %d",
              seq, layer, window + spares, r.ring_blocks);
     }
-    visible_total_ += visible;
+    visible_total_ = Wrap(visible_total_, visible);
   }
 
   // Counts one table entry's hold on its block or slot(s).
@@ -384,8 +389,8 @@ class Verifier {
       }
     };
     expect("blocks_total", s.blocks_total, snap_.hot.capacity);
-    expect("blocks_used + blocks_cached", s.blocks_used + s.blocks_cached,
-           used);
+    expect("blocks_used + blocks_cached",
+           Wrap(s.blocks_used, static_cast<uint64_t>(s.blocks_cached)), used);
     expect("blocks_cached", s.blocks_cached, cached_blocks_);
     expect("blocks_free", s.blocks_free,
            static_cast<int64_t>(snap_.hot.free_ids.size()));
@@ -394,8 +399,10 @@ class Verifier {
     expect("tokens_stored", s.tokens_stored, visible_total_);
     expect("prefix_entries", s.prefix_entries,
            static_cast<int64_t>(snap_.prefix.size()));
-    expect("blocks_allocated - blocks_released",
-           s.blocks_allocated - s.blocks_released, used);
+    expect(
+        "blocks_allocated - blocks_released",
+        Wrap(s.blocks_allocated, 0 - static_cast<uint64_t>(s.blocks_released)),
+        used);
     expect("quant_slots_used", s.quant_slots_used, qused);
     expect("quant_blocks_int8", s.quant_blocks_int8, int8);
     expect("quant_blocks_int4", s.quant_blocks_int4, int4);

@@ -285,7 +285,8 @@ Json Summary(const Snapshot& snap) {
   for (const SnapshotSequence& s : snap.sequences) {
     for (const SnapshotLayer& l : s.layers) {
       longest = std::max(longest, l.length);
-      evicted += l.evicted;
+      evicted = static_cast<int64_t>(static_cast<uint64_t>(evicted) +
+                                     static_cast<uint64_t>(l.evicted));
       for (const SnapshotEntry& e : l.entries) {
         tokens += e.visible;
         spare_blocks += e.role == TableRole::kSpare;
@@ -725,7 +726,10 @@ Json Diff(const Snapshot& a, const Snapshot& b) {
     if (sa[k] == v) continue;
     Json change = {{"from", sa[k]}, {"to", v}};
     if (v.is_number_integer()) {
-      change["delta"] = v.get<int64_t>() - sa[k].get<int64_t>();
+      // Modulo 2^64: the fields come from files and may be anything.
+      change["delta"] =
+          static_cast<int64_t>(static_cast<uint64_t>(v.get<int64_t>()) -
+                               static_cast<uint64_t>(sa[k].get<int64_t>()));
     }
     stats[k] = std::move(change);
   }
