@@ -252,6 +252,18 @@ inline float Dequant(const std::byte* codes, int64_t i, float scale,
   }
 }
 
+// Element i of a dequantized output of kOut: v, or v rounded to f16 / bf16.
+template <DType kOut>
+inline void PutOut(void* out, int64_t i, float v) {
+  if constexpr (kOut == DType::kF32) {
+    static_cast<float*>(out)[i] = v;
+  } else if constexpr (kOut == DType::kF16) {
+    static_cast<uint16_t*>(out)[i] = F32ToF16(v);
+  } else {
+    static_cast<uint16_t*>(out)[i] = F32ToBF16(v);
+  }
+}
+
 void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& d, int64_t first,
               int64_t end) {
   std::memset(base, 0, first * row_bytes);
@@ -352,10 +364,10 @@ void QuantizeValuesPortable(const Dims& d, const QuantLayout& l,
   }
 }
 
-template <QuantFormat F>
+template <QuantFormat F, DType kOut>
 void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
                             const std::byte* part, int64_t first, int64_t end,
-                            float* out) {
+                            void* out) {
   const std::byte* codes = part + l.k_codes;
   for (int64_t c = 0; c < d.channels; ++c) {
     const float s = F16ToF32(LoadU16(part + l.k_scales + c * 2));
@@ -363,16 +375,16 @@ void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
                         ? F16ToF32(LoadU16(part + l.k_mins + c * 2))
                         : 0.0f;
     for (int64_t t = first; t < end; ++t) {
-      out[(t - first) * d.channels + c] =
-          Dequant<F>(codes, t * d.channels + c, s, m);
+      PutOut<kOut>(out, (t - first) * d.channels + c,
+                   Dequant<F>(codes, t * d.channels + c, s, m));
     }
   }
 }
 
-template <QuantFormat F>
+template <QuantFormat F, DType kOut>
 void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
                               const std::byte* part, int64_t first, int64_t end,
-                              float* out) {
+                              void* out) {
   const std::byte* codes = part + l.v_codes;
   for (int64_t t = first; t < end; ++t) {
     for (int64_t g = 0; g < d.groups_per_row; ++g) {
@@ -382,9 +394,9 @@ void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
                           ? F16ToF32(LoadU16(part + l.v_mins + slot))
                           : 0.0f;
       const int64_t base = t * d.channels + g * d.group;
-      float* o = out + (t - first) * d.channels + g * d.group;
+      const int64_t o = (t - first) * d.channels + g * d.group;
       for (int64_t i = 0; i < d.group; ++i) {
-        o[i] = Dequant<F>(codes, base + i, s, m);
+        PutOut<kOut>(out, o + i, Dequant<F>(codes, base + i, s, m));
       }
     }
   }
@@ -535,6 +547,36 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))),
       _mm256_cvtph_ps(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16)))};
+}
+
+// Elements i .. i + 15 of an output of kOut (f32, or rounded to f16 / bf16
+// as F32ToF16 / F32ToBF16 round; the values are finite, so the bf16 rounding
+// needs no NaN case).
+KVPAGE_SIMD_INLINE __m256i Bf16Bits8(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16),
+                                       _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd),
+      16);
+}
+template <DType kOut>
+KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
+  if constexpr (kOut == DType::kF32) {
+    StoreF32(static_cast<float*>(out) + i, v);
+  } else {
+    auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i);
+    if constexpr (kOut == DType::kF16) {
+      _mm_storeu_si128(dst, _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT));
+      _mm_storeu_si128(dst + 1,
+                       _mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT));
+    } else {
+      // packus works per 128-bit lane: lo 0-3, hi 0-3, lo 4-7, hi 4-7.
+      const __m256i p = _mm256_packus_epi32(Bf16Bits8(v.lo), Bf16Bits8(v.hi));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                          _mm256_permute4x64_epi64(p, 0xd8));
+    }
+  }
 }
 
 // Codes of 32 consecutive channels (r0 first) as 32 bytes, in order.
@@ -733,6 +775,27 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
 }
 
+template <DType kOut>
+KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
+  if constexpr (kOut == DType::kF32) {
+    _mm512_storeu_ps(static_cast<float*>(out) + i, v);
+  } else {
+    auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i);
+    if constexpr (kOut == DType::kF16) {
+      _mm256_storeu_si256(dst, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    } else {  // finite values: no NaN case (see avx2::StoreOut)
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16),
+                                           _mm512_set1_epi32(1));
+      const __m512i r = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)),
+                           odd),
+          16);
+      _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(r));
+    }
+  }
+}
+
 // Codes are in range when stored: the packs saturate but never need to.
 KVPAGE_SIMD_INLINE void StoreInt8(std::byte* dst, I a) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtsepi32_epi8(a));
@@ -899,23 +962,36 @@ void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
   (void)count;
 }
 
-// Runs the keys (values = false) or values kernel of `kernels`.
+// Runs the keys (values = false) or values kernel of `kernels`; the SIMD
+// kernels add to `sums` only with `error` (the portable loops always do).
 template <QuantFormat F, DType kD>
-void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
+void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
                   const QuantLayout& l, const void* src, int64_t first,
                   int64_t end, std::byte* part, ErrorSums& sums) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
-      return values ? avx512::QuantizeValues<F, kD>(d, l, src, first, end, part,
-                                                    sums)
-                    : avx512::QuantizeKeys<F, kD>(d, l, src, first, end, part,
-                                                  sums);
+      if (error) {
+        return values ? avx512::QuantizeValues<F, kD, true>(d, l, src, first,
+                                                            end, part, sums)
+                      : avx512::QuantizeKeys<F, kD, true>(d, l, src, first, end,
+                                                          part, sums);
+      }
+      return values ? avx512::QuantizeValues<F, kD, false>(d, l, src, first,
+                                                           end, part, sums)
+                    : avx512::QuantizeKeys<F, kD, false>(d, l, src, first, end,
+                                                         part, sums);
     case QuantKernels::kAvx2:
-      return values
-                 ? avx2::QuantizeValues<F, kD>(d, l, src, first, end, part,
-                                               sums)
-                 : avx2::QuantizeKeys<F, kD>(d, l, src, first, end, part, sums);
+      if (error) {
+        return values ? avx2::QuantizeValues<F, kD, true>(d, l, src, first, end,
+                                                          part, sums)
+                      : avx2::QuantizeKeys<F, kD, true>(d, l, src, first, end,
+                                                        part, sums);
+      }
+      return values ? avx2::QuantizeValues<F, kD, false>(d, l, src, first, end,
+                                                         part, sums)
+                    : avx2::QuantizeKeys<F, kD, false>(d, l, src, first, end,
+                                                       part, sums);
 #endif
     default:
       return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end, part,
@@ -925,22 +1001,27 @@ void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
   }
 }
 
-template <QuantFormat F>
+template <QuantFormat F, DType kOut>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
                     const QuantLayout& l, const std::byte* part, int64_t first,
-                    int64_t end, float* out) {
+                    int64_t end, void* out) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
-      return values ? avx512::DequantizeValues<F>(d, l, part, first, end, out)
-                    : avx512::DequantizeKeys<F>(d, l, part, first, end, out);
+      return values ? avx512::DequantizeValues<F, kOut>(d, l, part, first, end,
+                                                        out)
+                    : avx512::DequantizeKeys<F, kOut>(d, l, part, first, end,
+                                                      out);
     case QuantKernels::kAvx2:
-      return values ? avx2::DequantizeValues<F>(d, l, part, first, end, out)
-                    : avx2::DequantizeKeys<F>(d, l, part, first, end, out);
+      return values
+                 ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end, out)
+                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out);
 #endif
     default:
-      return values ? DequantizeValuesPortable<F>(d, l, part, first, end, out)
-                    : DequantizeKeysPortable<F>(d, l, part, first, end, out);
+      return values ? DequantizeValuesPortable<F, kOut>(d, l, part, first, end,
+                                                        out)
+                    : DequantizeKeysPortable<F, kOut>(d, l, part, first, end,
+                                                      out);
   }
 }
 
@@ -972,7 +1053,7 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
                              const QuantShape& shape, DType dtype,
                              const void* k_src, const void* v_src,
                              int first_slot, int count, void* k_part,
-                             void* v_part) {
+                             void* v_part, const QuantizeOptions& options) {
   CheckArgs(format, shape, first_slot, count);
   const QuantLayout l = QuantLayout::For(format, shape);
   const Dims d(shape);
@@ -990,11 +1071,15 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   ZeroUnwritten(format, d, first, end, /*per_row=*/true, l.v_scales, l.v_mins,
                 l.v_part_bytes, v);
   const QuantKernels use = Effective(kernels, shape);
+  const bool error = options.measure_error;
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
-    QuantizeSide<F, kD>(use, /*values=*/false, d, l, k_src, first, end, k, ks);
-    QuantizeSide<F, kD>(use, /*values=*/true, d, l, v_src, first, end, v, vs);
+    QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
+                        k, ks);
+    QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end,
+                        v, vs);
   });
+  if (!error) return result;
   result.k_sq_err = ks.TotalErr();
   result.k_sq_sum = ks.TotalSum();
   result.v_sq_err = vs.TotalErr();
@@ -1005,49 +1090,61 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         float* k_out, float* v_out) {
+                         DType out_dtype, void* k_out, void* v_out) {
   CheckArgs(format, shape, first_slot, count);
   const QuantLayout l = QuantLayout::For(format, shape);
   const Dims d(shape);
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
   const QuantKernels use = Effective(kernels, shape);
-  WithFormat(format, [&]<QuantFormat F>() {
-    DequantizeSide<F>(use, /*values=*/false, d, l,
-                      static_cast<const std::byte*>(k_part), first, end, k_out);
-    DequantizeSide<F>(use, /*values=*/true, d, l,
-                      static_cast<const std::byte*>(v_part), first, end, v_out);
+  // The format and output dtype play the roles WithFormatAndDType gives to
+  // the format and input dtype.
+  WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
+    DequantizeSide<F, kOut>(use, /*values=*/false, d, l,
+                            static_cast<const std::byte*>(k_part), first, end,
+                            k_out);
+    DequantizeSide<F, kOut>(use, /*values=*/true, d, l,
+                            static_cast<const std::byte*>(v_part), first, end,
+                            v_out);
   });
 }
 
 QuantError QuantizeBlock(QuantFormat format, const QuantShape& shape,
                          DType dtype, const void* k_src, const void* v_src,
-                         int first_slot, int count, void* k_part,
-                         void* v_part) {
+                         int first_slot, int count, void* k_part, void* v_part,
+                         const QuantizeOptions& options) {
   return QuantizeBlockWith(BestQuantKernels(), format, shape, dtype, k_src,
-                           v_src, first_slot, count, k_part, v_part);
+                           v_src, first_slot, count, k_part, v_part, options);
+}
+
+void DequantizeBlock(QuantFormat format, const QuantShape& shape,
+                     const void* k_part, const void* v_part, int first_slot,
+                     int count, DType out_dtype, void* k_out, void* v_out) {
+  DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
+                      first_slot, count, out_dtype, k_out, v_out);
 }
 
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
                      int count, float* k_out, float* v_out) {
   DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
-                      first_slot, count, k_out, v_out);
+                      first_slot, count, DType::kF32, k_out, v_out);
 }
 
 QuantError QuantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                                  DType dtype, const void* k_src,
                                  const void* v_src, int first_slot, int count,
-                                 void* k_part, void* v_part) {
+                                 void* k_part, void* v_part,
+                                 const QuantizeOptions& options) {
   return QuantizeBlockWith(QuantKernels::kPortable, format, shape, dtype, k_src,
-                           v_src, first_slot, count, k_part, v_part);
+                           v_src, first_slot, count, k_part, v_part, options);
 }
 
 void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                              const void* k_part, const void* v_part,
-                             int first_slot, int count, float* k_out,
-                             float* v_out) {
+                             int first_slot, int count, DType out_dtype,
+                             void* k_out, void* v_out) {
   DequantizeBlockWith(QuantKernels::kPortable, format, shape, k_part, v_part,
-                      first_slot, count, k_out, v_out);
+                      first_slot, count, out_dtype, k_out, v_out);
 }
 
 double PerTokenKeyError(QuantFormat format, const QuantShape& shape,
@@ -1063,8 +1160,8 @@ double PerTokenKeyError(QuantFormat format, const QuantShape& shape,
   const QuantKernels use = Effective(BestQuantKernels(), shape);
   ErrorSums sums;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
-    QuantizeSide<F, kD>(use, /*values=*/true, d, l, k_src, first, end,
-                        scratch.data(), sums);
+    QuantizeSide<F, kD>(use, /*values=*/true, /*error=*/true, d, l, k_src,
+                        first, end, scratch.data(), sums);
   });
   const double sum = sums.TotalSum();
   return sum > 0 ? sums.TotalErr() / sum : 0.0;

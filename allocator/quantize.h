@@ -107,6 +107,15 @@ struct QuantError {
   [[nodiscard]] double rel() const;
 };
 
+// What QuantizeBlock measures besides the codes.
+struct QuantizeOptions {
+  // Sum the squared errors and squares of the quantized slots into the
+  // result. Without it the codes and scales are the same bytes and the
+  // result is all zeros; the repack then skips ~4 vector instructions per 16
+  // values (an int8 f16 block repacks ~1.5x faster, bench/compress_bench.cc).
+  bool measure_error = true;
+};
+
 // QuantizeBlock
 //
 // Quantizes slots [first_slot, first_slot + count) of one hot block. `k_src`
@@ -116,20 +125,29 @@ struct QuantError {
 // layout.k_part_bytes bytes to `k_part` and layout.v_part_bytes to `v_part`
 // (no alignment needed; the parts may overlap neither each other nor the
 // sources). Every byte of both parts is written. Returns the error measured
-// while quantizing (in registers, from the stored scales). Requires
-// 0 <= first_slot, 0 <= count, first_slot + count <= T. O(count * H * D):
-// two passes over each strip of channels (keys) or token row (values), the
-// second from an f32 copy on the stack when the input is f16 / bf16.
+// while quantizing (in registers, from the stored scales) when
+// options.measure_error, else zeros. Requires 0 <= first_slot, 0 <= count,
+// first_slot + count <= T. O(count * H * D): two passes over each strip of
+// channels (keys) or token row (values), the second from an f32 copy on the
+// stack when the input is f16 / bf16.
 [[nodiscard]] QuantError QuantizeBlock(QuantFormat format,
                                        const QuantShape& shape, DType dtype,
                                        const void* k_src, const void* v_src,
                                        int first_slot, int count, void* k_part,
-                                       void* v_part);
+                                       void* v_part,
+                                       const QuantizeOptions& options = {});
 
 // DequantizeBlock
 //
-// Writes slots [first_slot, first_slot + count) of a quantized block as f32
-// [count][H][D] keys to `k_out` and values to `v_out`. O(count * H * D).
+// Writes slots [first_slot, first_slot + count) of a quantized block as
+// [count][H][D] keys to `k_out` and values to `v_out`, in `out_dtype`: f32
+// (the exact code * scale + min), or f16 / bf16 (that f32 value rounded to
+// nearest even, as ConvertElements rounds; what a hot block of that dtype
+// would hold, 2 bytes a value). No alignment needed. O(count * H * D).
+void DequantizeBlock(QuantFormat format, const QuantShape& shape,
+                     const void* k_part, const void* v_part, int first_slot,
+                     int count, DType out_dtype, void* k_out, void* v_out);
+// The same, as f32.
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
                      int count, float* k_out, float* v_out);
@@ -160,26 +178,25 @@ enum class QuantKernels : uint8_t { kPortable, kAvx2, kAvx512 };
 // QuantizeBlock / DequantizeBlock with the given kernel set, which must be
 // supported; shapes the SIMD kernels do not cover (group_size % 16 != 0)
 // run the portable loops whatever the choice.
-[[nodiscard]] QuantError QuantizeBlockWith(QuantKernels kernels,
-                                           QuantFormat format,
-                                           const QuantShape& shape, DType dtype,
-                                           const void* k_src, const void* v_src,
-                                           int first_slot, int count,
-                                           void* k_part, void* v_part);
+[[nodiscard]] QuantError QuantizeBlockWith(
+    QuantKernels kernels, QuantFormat format, const QuantShape& shape,
+    DType dtype, const void* k_src, const void* v_src, int first_slot,
+    int count, void* k_part, void* v_part, const QuantizeOptions& options = {});
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         float* k_out, float* v_out);
+                         DType out_dtype, void* k_out, void* v_out);
 
 // The portable loops (QuantizeBlockWith(kPortable, ...)), which the SIMD
 // kernels are held to.
 [[nodiscard]] QuantError QuantizeBlockPortable(
     QuantFormat format, const QuantShape& shape, DType dtype, const void* k_src,
-    const void* v_src, int first_slot, int count, void* k_part, void* v_part);
+    const void* v_src, int first_slot, int count, void* k_part, void* v_part,
+    const QuantizeOptions& options = {});
 void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                              const void* k_part, const void* v_part,
-                             int first_slot, int count, float* k_out,
-                             float* v_out);
+                             int first_slot, int count, DType out_dtype,
+                             void* k_out, void* v_out);
 
 // True when the dispatcher picked SIMD kernels (AVX2 or AVX-512) on this
 // CPU: BestQuantKernels() != kPortable.

@@ -112,11 +112,12 @@ Dequantized Dequantize(QuantFormat format, const QuantShape& shape,
   out.v.assign(out.k.size(), -1.0f);
   if (kernels == QuantKernels::kPortable) {
     DequantizeBlockPortable(format, shape, q.k_part.data(), q.v_part.data(),
-                            first, count, out.k.data(), out.v.data());
+                            first, count, DType::kF32, out.k.data(),
+                            out.v.data());
   } else {
     DequantizeBlockWith(kernels, format, shape, q.k_part.data(),
-                        q.v_part.data(), first, count, out.k.data(),
-                        out.v.data());
+                        q.v_part.data(), first, count, DType::kF32,
+                        out.k.data(), out.v.data());
   }
   return out;
 }
