@@ -584,8 +584,11 @@ KVPAGE_SIMD_INLINE __m256i PackInt8(__m256i r0, __m256i r1, __m256i r2,
                                     __m256i r3) {
   // The packs work per 128-bit lane: dword k of p holds 4 codes of vector
   // k % 4, half k / 4; the permute puts them back in order.
-  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
-                                       _mm256_packs_epi32(r2, r3));
+  // The saturating packs and the byte max clamp the codes to [-127, 127].
+  const __m256i p = _mm256_max_epi8(
+      _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
+                         _mm256_packs_epi32(r2, r3)),
+      _mm256_set1_epi8(-127));
   return _mm256_permutevar8x32_epi32(p,
                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
@@ -595,8 +598,12 @@ KVPAGE_SIMD_INLINE __m128i PackInt4(__m256i r0, __m256i r1, __m256i r2,
                                     __m256i r3) {
   // Bytes as PackInt8 has them before its permute: adjacent channels are
   // adjacent bytes, so each 16-bit unit folds its pair into its low byte.
-  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
-                                       _mm256_packs_epi32(r2, r3));
+  // The saturating packs and the byte min / max clamp them to [0, 15].
+  const __m256i p = _mm256_min_epi8(
+      _mm256_max_epi8(_mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
+                                         _mm256_packs_epi32(r2, r3)),
+                      _mm256_setzero_si256()),
+      _mm256_set1_epi8(15));
   __m256i w = _mm256_or_si256(p, _mm256_srli_epi16(p, 4));
   w = _mm256_and_si256(w, _mm256_set1_epi16(0x00ff));
   // 16-bit units of 4 channels: the low lane holds half 0 of r0..r3, the
@@ -623,6 +630,70 @@ KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
                    PackInt4(a.lo, a.hi, b.lo, b.hi));
 }
+KVPAGE_SIMD_INLINE void StoreInt8x4(std::byte* dst, I a, I b, I c, I e) {
+  StoreInt8x2(dst, a, b);
+  StoreInt8x2(dst + 32, c, e);
+}
+KVPAGE_SIMD_INLINE void StoreInt4x4(std::byte* dst, I a, I b, I c, I e) {
+  StoreInt4x2(dst, a, b);
+  StoreInt4x2(dst + 16, c, e);
+}
+
+// 32 16-bit lanes: channels 0..15 in lo, 16..31 in hi.
+struct H {
+  __m256i lo, hi;
+};
+KVPAGE_SIMD_INLINE H SetH(uint16_t v) {
+  const __m256i x = _mm256_set1_epi16(static_cast<int16_t>(v));
+  return {x, x};
+}
+KVPAGE_SIMD_INLINE H LoadH(const void* src, int64_t i) {
+  const auto* p = static_cast<const uint16_t*>(src) + i;
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16))};
+}
+KVPAGE_SIMD_INLINE H AndH(H a, uint16_t m) {
+  const __m256i x = _mm256_set1_epi16(static_cast<int16_t>(m));
+  return {_mm256_and_si256(a.lo, x), _mm256_and_si256(a.hi, x)};
+}
+#define KVPAGE_H_OP2(name, intrinsic)                      \
+  KVPAGE_SIMD_INLINE H name(H a, H b) {                    \
+    return {intrinsic(a.lo, b.lo), intrinsic(a.hi, b.hi)}; \
+  }
+KVPAGE_H_OP2(MaxU16, _mm256_max_epu16)
+KVPAGE_H_OP2(MinI16, _mm256_min_epi16)
+KVPAGE_H_OP2(MaxI16, _mm256_max_epi16)
+#undef KVPAGE_H_OP2
+// x ^ ((x >> 15) & 0x7fff), arithmetic shift: a signed order of the floats.
+KVPAGE_SIMD_INLINE H Ordered(H x) {
+  const __m256i m = _mm256_set1_epi16(0x7fff);
+  return {_mm256_xor_si256(
+              x.lo, _mm256_and_si256(_mm256_srai_epi16(x.lo, 15), m)),
+          _mm256_xor_si256(
+              x.hi, _mm256_and_si256(_mm256_srai_epi16(x.hi, 15), m))};
+}
+// Whether a lane, unsigned, is above `bound`.
+KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
+  const __m256i m = _mm256_max_epu16(x.lo, x.hi);
+  const __m256i b = _mm256_set1_epi16(static_cast<int16_t>(bound + 1));
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(m, b), m)) !=
+         0;
+}
+// Unit j (channels 16j .. 16j + 15) of x as floats.
+template <DType kD>
+KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
+  const __m256i v = j == 0 ? x.lo : x.hi;
+  const __m128i lo = _mm256_castsi256_si128(v);
+  const __m128i hi = _mm256_extracti128_si256(v, 1);
+  if constexpr (kD == DType::kF16) {
+    return {_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi)};
+  } else {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16)),
+            _mm256_castsi256_ps(
+                _mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16))};
+  }
+}
+
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return {_mm256_cvtepi8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))),
@@ -796,23 +867,98 @@ KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
   }
 }
 
-// Codes are in range when stored: the packs saturate but never need to.
+// The stores clamp the codes: int8 to [-127, 127] (saturating conversions or
+// packs, then a byte max), int4 to [0, 15].
 KVPAGE_SIMD_INLINE void StoreInt8(std::byte* dst, I a) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtsepi32_epi8(a));
+  _mm_storeu_si128(
+      reinterpret_cast<__m128i*>(dst),
+      _mm_max_epi8(_mm512_cvtsepi32_epi8(a), _mm_set1_epi8(-127)));
+}
+// The saturating packs of 4 units (r1..r3 may repeat r0): dword k of each
+// 128-bit lane L holds the 4 bytes of unit k, lanes 4L .. 4L + 3; `order`
+// gathers the dwords wanted, in order.
+KVPAGE_SIMD_INLINE __m512i PackUnits(I r0, I r1, I r2, I r3, __m512i order) {
+  return _mm512_permutexvar_epi32(
+      order, _mm512_packs_epi16(_mm512_packs_epi32(r0, r1),
+                                _mm512_packs_epi32(r2, r3)));
+}
+// Units a and b, in order, in the low 256 bits.
+KVPAGE_SIMD_INLINE __m256i PackUnits2(I a, I b) {
+  const __m512i order =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(PackUnits(a, b, a, b, order));
+}
+KVPAGE_SIMD_INLINE __m512i PackUnits4(I a, I b, I c, I e) {
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
+                                          14, 3, 7, 11, 15);
+  return PackUnits(a, b, c, e, order);
 }
 KVPAGE_SIMD_INLINE void StoreInt8x2(std::byte* dst, I a, I b) {
-  StoreInt8(dst, a);
-  StoreInt8(dst + 16, b);
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(dst),
+      _mm256_max_epi8(PackUnits2(a, b), _mm256_set1_epi8(-127)));
+}
+KVPAGE_SIMD_INLINE void StoreInt8x4(std::byte* dst, I a, I b, I c, I e) {
+  _mm512_storeu_si512(
+      dst, _mm512_max_epi8(PackUnits4(a, b, c, e), _mm512_set1_epi8(-127)));
 }
 KVPAGE_SIMD_INLINE void StoreInt4(std::byte* dst, I a) {
+  a = _mm512_min_epi32(_mm512_max_epi32(a, _mm512_setzero_si512()),
+                       _mm512_set1_epi32(15));
   // The low dword of each qword becomes code 2k | code 2k+1 << 4.
   const __m512i pairs = _mm512_or_si512(a, _mm512_srli_epi64(a, 28));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(dst),
                    _mm512_cvtepi64_epi8(pairs));
 }
+// Codes in bytes, in order, clamped; maddubs folds each pair of bytes into
+// code 2k | code 2k+1 << 4 (a 16-bit lane), vpmovwb narrows.
 KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
-  StoreInt4(dst, a);
-  StoreInt4(dst + 8, b);
+  const __m256i bytes = _mm256_min_epi8(
+      _mm256_max_epi8(PackUnits2(a, b), _mm256_setzero_si256()),
+      _mm256_set1_epi8(15));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                   _mm256_cvtepi16_epi8(_mm256_maddubs_epi16(
+                       bytes, _mm256_set1_epi16(0x1001))));
+}
+KVPAGE_SIMD_INLINE void StoreInt4x4(std::byte* dst, I a, I b, I c, I e) {
+  const __m512i bytes = _mm512_min_epi8(
+      _mm512_max_epi8(PackUnits4(a, b, c, e), _mm512_setzero_si512()),
+      _mm512_set1_epi8(15));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(
+                          bytes, _mm512_set1_epi16(0x1001))));
+}
+
+// 32 16-bit lanes.
+using H = __m512i;
+KVPAGE_SIMD_INLINE H SetH(uint16_t v) {
+  return _mm512_set1_epi16(static_cast<int16_t>(v));
+}
+KVPAGE_SIMD_INLINE H LoadH(const void* src, int64_t i) {
+  return _mm512_loadu_si512(static_cast<const uint16_t*>(src) + i);
+}
+KVPAGE_SIMD_INLINE H AndH(H a, uint16_t m) {
+  return _mm512_and_si512(a, SetH(m));
+}
+KVPAGE_SIMD_INLINE H MaxU16(H a, H b) { return _mm512_max_epu16(a, b); }
+KVPAGE_SIMD_INLINE H MinI16(H a, H b) { return _mm512_min_epi16(a, b); }
+KVPAGE_SIMD_INLINE H MaxI16(H a, H b) { return _mm512_max_epi16(a, b); }
+KVPAGE_SIMD_INLINE H Ordered(H x) {
+  return _mm512_xor_si512(
+      x, _mm512_and_si512(_mm512_srai_epi16(x, 15), SetH(0x7fff)));
+}
+KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
+  return _mm512_cmpgt_epu16_mask(x, SetH(bound)) != 0;
+}
+template <DType kD>
+KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
+  const __m256i v = j == 0 ? _mm512_castsi512_si256(x)
+                           : _mm512_extracti64x4_epi64(x, 1);
+  if constexpr (kD == DType::kF16) {
+    return _mm512_cvtph_ps(v);
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
 }
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return _mm512_cvtepi8_epi32(
@@ -951,6 +1097,11 @@ QuantKernels Effective(QuantKernels wanted, const QuantShape& shape) {
              : QuantKernels::kPortable;
 }
 
+// Asks for bytes [p, p + n) to be brought into the cache, a line at a time.
+inline void Prefetch(const std::byte* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(p + i, 0, 3);
+}
+
 void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
                int count) {
   KVPAGE_DCHECK(ValidShape(format, shape));
@@ -1071,6 +1222,13 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   ZeroUnwritten(format, d, first, end, /*per_row=*/true, l.v_scales, l.v_mins,
                 l.v_part_bytes, v);
   const QuantKernels use = Effective(kernels, shape);
+  {
+    const int64_t row = d.channels * DTypeSize(dtype);
+    Prefetch(static_cast<const std::byte*>(k_src) + first * row,
+             (end - first) * row);
+    Prefetch(static_cast<const std::byte*>(v_src) + first * row,
+             (end - first) * row);
+  }
   const bool error = options.measure_error;
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
@@ -1096,6 +1254,15 @@ void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
   const Dims d(shape);
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
   const QuantKernels use = Effective(kernels, shape);
+  {
+    const auto* kp = static_cast<const std::byte*>(k_part);
+    const auto* vp = static_cast<const std::byte*>(v_part);
+    const int64_t row = CodeBytes(format, d.channels);
+    Prefetch(kp + l.k_scales, l.k_part_bytes - l.k_scales);
+    Prefetch(vp + l.v_scales, l.v_part_bytes - l.v_scales);
+    Prefetch(kp + first * row, (end - first) * row);
+    Prefetch(vp + first * row, (end - first) * row);
+  }
   // The format and output dtype play the roles WithFormatAndDType gives to
   // the format and input dtype.
   WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
