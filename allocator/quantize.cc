@@ -1097,11 +1097,6 @@ QuantKernels Effective(QuantKernels wanted, const QuantShape& shape) {
              : QuantKernels::kPortable;
 }
 
-// Asks for bytes [p, p + n) to be brought into the cache, a line at a time.
-inline void Prefetch(const std::byte* p, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(p + i, 0, 3);
-}
-
 void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
                int count) {
   KVPAGE_DCHECK(ValidShape(format, shape));
@@ -1222,13 +1217,6 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   ZeroUnwritten(format, d, first, end, /*per_row=*/true, l.v_scales, l.v_mins,
                 l.v_part_bytes, v);
   const QuantKernels use = Effective(kernels, shape);
-  {
-    const int64_t row = d.channels * DTypeSize(dtype);
-    Prefetch(static_cast<const std::byte*>(k_src) + first * row,
-             (end - first) * row);
-    Prefetch(static_cast<const std::byte*>(v_src) + first * row,
-             (end - first) * row);
-  }
   const bool error = options.measure_error;
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
@@ -1254,15 +1242,6 @@ void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
   const Dims d(shape);
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
   const QuantKernels use = Effective(kernels, shape);
-  {
-    const auto* kp = static_cast<const std::byte*>(k_part);
-    const auto* vp = static_cast<const std::byte*>(v_part);
-    const int64_t row = CodeBytes(format, d.channels);
-    Prefetch(kp + l.k_scales, l.k_part_bytes - l.k_scales);
-    Prefetch(vp + l.v_scales, l.v_part_bytes - l.v_scales);
-    Prefetch(kp + first * row, (end - first) * row);
-    Prefetch(vp + first * row, (end - first) * row);
-  }
   // The format and output dtype play the roles WithFormatAndDType gives to
   // the format and input dtype.
   WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
