@@ -560,23 +560,68 @@ KVPAGE_SIMD_INLINE __m256i Bf16Bits8(__m256 v) {
       _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd),
       16);
 }
+// The 16 values of v as f16 / bf16 bits, in order.
+template <DType kOut>
+KVPAGE_SIMD_INLINE __m256i Out16(F v) {
+  if constexpr (kOut == DType::kF16) {
+    return _mm256_set_m128i(_mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT),
+                            _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT));
+  } else {
+    // packus works per 128-bit lane: lo 0-3, hi 0-3, lo 4-7, hi 4-7.
+    const __m256i p = _mm256_packus_epi32(Bf16Bits8(v.lo), Bf16Bits8(v.hi));
+    return _mm256_permute4x64_epi64(p, 0xd8);
+  }
+}
 template <DType kOut>
 KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
   if constexpr (kOut == DType::kF32) {
     StoreF32(static_cast<float*>(out) + i, v);
   } else {
-    auto* dst = reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i);
-    if constexpr (kOut == DType::kF16) {
-      _mm_storeu_si128(dst, _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT));
-      _mm_storeu_si128(dst + 1,
-                       _mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT));
-    } else {
-      // packus works per 128-bit lane: lo 0-3, hi 0-3, lo 4-7, hi 4-7.
-      const __m256i p = _mm256_packus_epi32(Bf16Bits8(v.lo), Bf16Bits8(v.hi));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
-                          _mm256_permute4x64_epi64(p, 0xd8));
-    }
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
+        Out16<kOut>(v));
   }
+}
+
+// int4 decoding by table, for groups of a multiple of 32 values into f16 /
+// bf16: the table holds the group's 16 possible outputs (code c: c * scale +
+// min, rounded as StoreOut rounds), split into low and high bytes for
+// pshufb, in both 128-bit lanes.
+struct Lut16 {
+  __m256i lo, hi;
+};
+template <DType kOut>
+KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
+  const __m256i w = Out16<kOut>(table);
+  const __m128i a = _mm256_castsi256_si128(w);
+  const __m128i b = _mm256_extracti128_si256(w, 1);
+  const __m128i m = _mm_set1_epi16(0xff);
+  const __m128i lo = _mm_packus_epi16(_mm_and_si128(a, m), _mm_and_si128(b, m));
+  const __m128i hi = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+  return {_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)};
+}
+// Writes the outputs of the 32 codes packed in 16 bytes at `src` to
+// out[i .. i + 31].
+KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, const Lut16& t,
+                                        const std::byte* src) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo_n = _mm_and_si128(packed, m);
+  const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
+  // Codes 0..15 in the low lane, 16..31 in the high one.
+  const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
+                                         _mm_unpacklo_epi8(lo_n, hi_n));
+  const __m256i l = _mm256_shuffle_epi8(t.lo, codes);
+  const __m256i h = _mm256_shuffle_epi8(t.hi, codes);
+  const __m256i w0 = _mm256_unpacklo_epi8(l, h);  // codes 0..7 | 16..23
+  const __m256i w1 = _mm256_unpackhi_epi8(l, h);  // codes 8..15 | 24..31
+  auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i);
+  _mm256_storeu_si256(dst, _mm256_permute2x128_si256(w0, w1, 0x20));
+  _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(w0, w1, 0x31));
+}
+KVPAGE_SIMD_INLINE F Iota16() {
+  return {_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
+          _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15)};
 }
 
 // Codes of 32 consecutive channels (r0 first) as 32 bytes, in order.
@@ -847,24 +892,51 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
 }
 
 template <DType kOut>
+KVPAGE_SIMD_INLINE __m256i Out16(F v) {
+  if constexpr (kOut == DType::kF16) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+  } else {  // finite values: no NaN case (see avx2::StoreOut)
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd =
+        _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)),
+                         odd),
+        16));
+  }
+}
+template <DType kOut>
 KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
   if constexpr (kOut == DType::kF32) {
     _mm512_storeu_ps(static_cast<float*>(out) + i, v);
   } else {
-    auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i);
-    if constexpr (kOut == DType::kF16) {
-      _mm256_storeu_si256(dst, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-    } else {  // finite values: no NaN case (see avx2::StoreOut)
-      const __m512i bits = _mm512_castps_si512(v);
-      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16),
-                                           _mm512_set1_epi32(1));
-      const __m512i r = _mm512_srli_epi32(
-          _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)),
-                           odd),
-          16);
-      _mm256_storeu_si256(dst, _mm512_cvtepi32_epi16(r));
-    }
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
+        Out16<kOut>(v));
   }
+}
+
+// int4 decoding by table (see avx2::Lut16): vpermw looks the 16-bit outputs
+// up directly.
+using Lut16 = __m512i;
+template <DType kOut>
+KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
+  return _mm512_castsi256_si512(Out16<kOut>(table));
+}
+KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, Lut16 t,
+                                        const std::byte* src) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo_n = _mm_and_si128(packed, m);
+  const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
+  const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
+                                         _mm_unpacklo_epi8(lo_n, hi_n));
+  _mm512_storeu_si512(
+      static_cast<uint16_t*>(out) + i,
+      _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(codes), t));
+}
+KVPAGE_SIMD_INLINE F Iota16() {
+  return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 
 // The stores clamp the codes: int8 to [-127, 127] (saturating conversions or
