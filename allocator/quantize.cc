@@ -1182,10 +1182,13 @@ void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
 
 // Runs the keys (values = false) or values kernel of `kernels`; the SIMD
 // kernels add to `sums` only with `error` (the portable loops always do).
+// `next` (may be null): the values' source, which the SIMD keys kernels
+// prefetch while they work.
 template <QuantFormat F, DType kD>
 void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
                   const QuantLayout& l, const void* src, int64_t first,
-                  int64_t end, std::byte* part, ErrorSums& sums) {
+                  int64_t end, std::byte* part, ErrorSums& sums,
+                  const void* next = nullptr) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
@@ -1193,23 +1196,23 @@ void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
         return values ? avx512::QuantizeValues<F, kD, true>(d, l, src, first,
                                                             end, part, sums)
                       : avx512::QuantizeKeys<F, kD, true>(d, l, src, first, end,
-                                                          part, sums);
+                                                          part, sums, next);
       }
       return values ? avx512::QuantizeValues<F, kD, false>(d, l, src, first,
                                                            end, part, sums)
                     : avx512::QuantizeKeys<F, kD, false>(d, l, src, first, end,
-                                                         part, sums);
+                                                         part, sums, next);
     case QuantKernels::kAvx2:
       if (error) {
         return values ? avx2::QuantizeValues<F, kD, true>(d, l, src, first, end,
                                                           part, sums)
                       : avx2::QuantizeKeys<F, kD, true>(d, l, src, first, end,
-                                                        part, sums);
+                                                        part, sums, next);
       }
       return values ? avx2::QuantizeValues<F, kD, false>(d, l, src, first, end,
                                                          part, sums)
                     : avx2::QuantizeKeys<F, kD, false>(d, l, src, first, end,
-                                                       part, sums);
+                                                       part, sums, next);
 #endif
     default:
       return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end, part,
@@ -1219,21 +1222,24 @@ void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
   }
 }
 
+// `next` (may be null): the value part, which the SIMD keys kernels
+// prefetch while they work.
 template <QuantFormat F, DType kOut>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
                     const QuantLayout& l, const std::byte* part, int64_t first,
-                    int64_t end, void* out) {
+                    int64_t end, void* out,
+                    const std::byte* next = nullptr) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
       return values ? avx512::DequantizeValues<F, kOut>(d, l, part, first, end,
                                                         out)
                     : avx512::DequantizeKeys<F, kOut>(d, l, part, first, end,
-                                                      out);
+                                                      out, next);
     case QuantKernels::kAvx2:
       return values
                  ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end, out)
-                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out);
+                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out, next);
 #endif
     default:
       return values ? DequantizeValuesPortable<F, kOut>(d, l, part, first, end,
@@ -1293,7 +1299,7 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
     QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
-                        k, ks);
+                        k, ks, v_src);
     QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end,
                         v, vs);
   });
@@ -1319,7 +1325,7 @@ void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
   WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
     DequantizeSide<F, kOut>(use, /*values=*/false, d, l,
                             static_cast<const std::byte*>(k_part), first, end,
-                            k_out);
+                            k_out, static_cast<const std::byte*>(v_part));
     DequantizeSide<F, kOut>(use, /*values=*/true, d, l,
                             static_cast<const std::byte*>(v_part), first, end,
                             v_out);
