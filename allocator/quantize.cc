@@ -554,8 +554,8 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
 // needs no NaN case).
 KVPAGE_SIMD_INLINE __m256i Bf16Bits8(__m256 v) {
   const __m256i bits = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16),
-                                       _mm256_set1_epi32(1));
+  const __m256i odd =
+      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   return _mm256_srli_epi32(
       _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd),
       16);
@@ -597,7 +597,8 @@ KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
   const __m128i b = _mm256_extracti128_si256(w, 1);
   const __m128i m = _mm_set1_epi16(0xff);
   const __m128i lo = _mm_packus_epi16(_mm_and_si128(a, m), _mm_and_si128(b, m));
-  const __m128i hi = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+  const __m128i hi =
+      _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
   return {_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)};
 }
 // Writes the outputs of the 32 codes packed in 16 bytes at `src` to
@@ -630,10 +631,10 @@ KVPAGE_SIMD_INLINE __m256i PackInt8(__m256i r0, __m256i r1, __m256i r2,
   // The packs work per 128-bit lane: dword k of p holds 4 codes of vector
   // k % 4, half k / 4; the permute puts them back in order.
   // The saturating packs and the byte max clamp the codes to [-127, 127].
-  const __m256i p = _mm256_max_epi8(
-      _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
-                         _mm256_packs_epi32(r2, r3)),
-      _mm256_set1_epi8(-127));
+  const __m256i p =
+      _mm256_max_epi8(_mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
+                                         _mm256_packs_epi32(r2, r3)),
+                      _mm256_set1_epi8(-127));
   return _mm256_permutevar8x32_epi32(p,
                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
@@ -712,10 +713,9 @@ KVPAGE_H_OP2(MaxI16, _mm256_max_epi16)
 // x ^ ((x >> 15) & 0x7fff), arithmetic shift: a signed order of the floats.
 KVPAGE_SIMD_INLINE H Ordered(H x) {
   const __m256i m = _mm256_set1_epi16(0x7fff);
-  return {_mm256_xor_si256(
-              x.lo, _mm256_and_si256(_mm256_srai_epi16(x.lo, 15), m)),
-          _mm256_xor_si256(
-              x.hi, _mm256_and_si256(_mm256_srai_epi16(x.hi, 15), m))};
+  return {
+      _mm256_xor_si256(x.lo, _mm256_and_si256(_mm256_srai_epi16(x.lo, 15), m)),
+      _mm256_xor_si256(x.hi, _mm256_and_si256(_mm256_srai_epi16(x.hi, 15), m))};
 }
 // Whether a lane, unsigned, is above `bound`.
 KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
@@ -733,9 +733,9 @@ KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
   if constexpr (kD == DType::kF16) {
     return {_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi)};
   } else {
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16)),
-            _mm256_castsi256_ps(
-                _mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16))};
+    return {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16)),
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16))};
   }
 }
 
@@ -931,9 +931,8 @@ KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, Lut16 t,
   const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
   const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
                                          _mm_unpacklo_epi8(lo_n, hi_n));
-  _mm512_storeu_si512(
-      static_cast<uint16_t*>(out) + i,
-      _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(codes), t));
+  _mm512_storeu_si512(static_cast<uint16_t*>(out) + i,
+                      _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(codes), t));
 }
 KVPAGE_SIMD_INLINE F Iota16() {
   return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -942,9 +941,8 @@ KVPAGE_SIMD_INLINE F Iota16() {
 // The stores clamp the codes: int8 to [-127, 127] (saturating conversions or
 // packs, then a byte max), int4 to [0, 15].
 KVPAGE_SIMD_INLINE void StoreInt8(std::byte* dst, I a) {
-  _mm_storeu_si128(
-      reinterpret_cast<__m128i*>(dst),
-      _mm_max_epi8(_mm512_cvtsepi32_epi8(a), _mm_set1_epi8(-127)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                   _mm_max_epi8(_mm512_cvtsepi32_epi8(a), _mm_set1_epi8(-127)));
 }
 // The saturating packs of 4 units (r1..r3 may repeat r0): dword k of each
 // 128-bit lane L holds the 4 bytes of unit k, lanes 4L .. 4L + 3; `order`
@@ -961,8 +959,8 @@ KVPAGE_SIMD_INLINE __m256i PackUnits2(I a, I b) {
   return _mm512_castsi512_si256(PackUnits(a, b, a, b, order));
 }
 KVPAGE_SIMD_INLINE __m512i PackUnits4(I a, I b, I c, I e) {
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10,
-                                          14, 3, 7, 11, 15);
+  const __m512i order =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return PackUnits(a, b, c, e, order);
 }
 KVPAGE_SIMD_INLINE void StoreInt8x2(std::byte* dst, I a, I b) {
@@ -985,12 +983,12 @@ KVPAGE_SIMD_INLINE void StoreInt4(std::byte* dst, I a) {
 // Codes in bytes, in order, clamped; maddubs folds each pair of bytes into
 // code 2k | code 2k+1 << 4 (a 16-bit lane), vpmovwb narrows.
 KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
-  const __m256i bytes = _mm256_min_epi8(
-      _mm256_max_epi8(PackUnits2(a, b), _mm256_setzero_si256()),
-      _mm256_set1_epi8(15));
+  const __m256i bytes =
+      _mm256_min_epi8(_mm256_max_epi8(PackUnits2(a, b), _mm256_setzero_si256()),
+                      _mm256_set1_epi8(15));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
-                   _mm256_cvtepi16_epi8(_mm256_maddubs_epi16(
-                       bytes, _mm256_set1_epi16(0x1001))));
+                   _mm256_cvtepi16_epi8(
+                       _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x1001))));
 }
 KVPAGE_SIMD_INLINE void StoreInt4x4(std::byte* dst, I a, I b, I c, I e) {
   const __m512i bytes = _mm512_min_epi8(
@@ -1024,8 +1022,8 @@ KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
 }
 template <DType kD>
 KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
-  const __m256i v = j == 0 ? _mm512_castsi512_si256(x)
-                           : _mm512_extracti64x4_epi64(x, 1);
+  const __m256i v =
+      j == 0 ? _mm512_castsi512_si256(x) : _mm512_extracti64x4_epi64(x, 1);
   if constexpr (kD == DType::kF16) {
     return _mm512_cvtph_ps(v);
   } else {
@@ -1227,8 +1225,7 @@ void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
 template <QuantFormat F, DType kOut>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
                     const QuantLayout& l, const std::byte* part, int64_t first,
-                    int64_t end, void* out,
-                    const std::byte* next = nullptr) {
+                    int64_t end, void* out, const std::byte* next = nullptr) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
@@ -1239,13 +1236,14 @@ void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
     case QuantKernels::kAvx2:
       return values
                  ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end, out)
-                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out, next);
+                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out,
+                                                 next);
 #endif
     default:
-      return values ? DequantizeValuesPortable<F, kOut>(d, l, part, first, end,
-                                                        out)
-                    : DequantizeKeysPortable<F, kOut>(d, l, part, first, end,
-                                                      out);
+      return values
+                 ? DequantizeValuesPortable<F, kOut>(d, l, part, first, end,
+                                                     out)
+                 : DequantizeKeysPortable<F, kOut>(d, l, part, first, end, out);
   }
 }
 
@@ -1300,8 +1298,8 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
     QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
                         k, ks, v_src);
-    QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end,
-                        v, vs);
+    QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end, v,
+                        vs);
   });
   if (!error) return result;
   result.k_sq_err = ks.TotalErr();

@@ -128,8 +128,9 @@ struct QuantizeOptions {
 // while quantizing (in registers, from the stored scales) when
 // options.measure_error, else zeros. Requires 0 <= first_slot, 0 <= count,
 // first_slot + count <= T. O(count * H * D): two passes over each strip of
-// channels (keys) or token row (values), the second from an f32 copy on the
-// stack when the input is f16 / bf16.
+// channels (keys; f16 / bf16 statistics taken in their 16-bit bits, the
+// second pass reads the source again) or token row (values; the second pass
+// from an f32 copy on the stack when the input is f16 / bf16).
 [[nodiscard]] QuantError QuantizeBlock(QuantFormat format,
                                        const QuantShape& shape, DType dtype,
                                        const void* k_src, const void* v_src,

@@ -475,9 +475,9 @@ struct KVCache::Impl {
       }
       format = QuantFormat::kInt8;
       v_part = qbase + partner * slot_bytes;
-      error = internal::QuantizeBlock(format, qshape, config.dtype, k_src,
-                                      v_src, first, count, k_part, v_part,
-                                      options);
+      error =
+          internal::QuantizeBlock(format, qshape, config.dtype, k_src, v_src,
+                                  first, count, k_part, v_part, options);
     }
     qformat[slot] = format;
     qpartner[slot] = partner;

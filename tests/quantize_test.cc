@@ -92,10 +92,9 @@ Quantized Quantize(QuantFormat format, const QuantShape& shape,
   q.k_part.assign(static_cast<size_t>(q.layout.k_part_bytes), fill);
   q.v_part.assign(static_cast<size_t>(q.layout.v_part_bytes), fill);
   q.error = kernels == QuantKernels::kPortable
-                ? QuantizeBlockPortable(format, shape, b.dtype, b.k.data(),
-                                        b.v.data(), first, count,
-                                        q.k_part.data(), q.v_part.data(),
-                                        options)
+                ? QuantizeBlockPortable(
+                      format, shape, b.dtype, b.k.data(), b.v.data(), first,
+                      count, q.k_part.data(), q.v_part.data(), options)
                 : QuantizeBlockWith(kernels, format, shape, b.dtype, b.k.data(),
                                     b.v.data(), first, count, q.k_part.data(),
                                     q.v_part.data(), options);
@@ -563,8 +562,8 @@ TEST(QuantizeTest, SimdKernelsMatchThePortableLoops) {
               const std::vector<uint16_t> want_v =
                   Rounded(scalar_out.v, out_dtype);
               for (QuantKernels path : {QuantKernels::kPortable, kernels}) {
-                const Dequantized16 out16 = Dequantize16(
-                    f, s, simd, first, count, out_dtype, path);
+                const Dequantized16 out16 =
+                    Dequantize16(f, s, simd, first, count, out_dtype, path);
                 ASSERT_EQ(out16.k, want_k) << DTypeName(out_dtype);
                 ASSERT_EQ(out16.v, want_v) << DTypeName(out_dtype);
               }
