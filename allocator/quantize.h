@@ -47,12 +47,16 @@
 // time from the CPU (the build assumes only x86-64), for shapes whose
 // group_size is a multiple of 16; other shapes and CPUs run the portable
 // loops, which are ~40x slower and call std::fma (a library routine on x86
-// CPUs without FMA). Measured on a Zen 5 VM (quant_kernel_bench, f16, H=8
-// D=128, T=16 G=32, bytes of the hot block per second, all L2-resident):
-// repack int8 16 GB/s (AVX2 10), int4 12 GB/s; dequantize int8 45 GB/s,
-// int4 32 GB/s; memcpy of the block 100 GB/s. The repack is bound by the
-// ~10 vector instructions it needs per 16 values (statistics, scaling,
-// rounding, error and square sums); the dequantization by its f32 stores.
+// CPUs without FMA). Measured on a Zen 5 VM (bench/compress_bench.cc, f16,
+// H=8 D=128, T=16 G=32, against a memcpy of the 64 KiB hot block, both
+// L2-resident): repack int8 0.23x (int4 0.17x), with the error sums 0.15x
+// (0.11x); dequantize into f16 int8 0.50x, int4 0.45x. The repack needs ~8
+// vector instructions per 16 values (statistics, scaling, rounding, packing;
+// ~12 with the error sums); the dequantization ~5 (widen, convert, scale,
+// narrow, store), int4 values into f16 / bf16 fewer (a 16-entry table per
+// group). From DRAM, where a cold block comes from, the kernels prefetch two
+// rows ahead (and the values while the keys run): repack 0.7x-0.8x memcpy
+// DRAM -> DRAM, dequantize into f16 0.75x-1x memcpy DRAM -> L2.
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
 // their arguments.
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
