@@ -282,11 +282,12 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
   const Figure memcpy_l2 = r.Ns("BM_Compress_Memcpy/0");
   const Figure memcpy_dram[2] = {r.Ns("BM_Compress_Memcpy/1"),
                                  r.Ns("BM_Compress_Memcpy/2")};
-  absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n", "memcpy (DRAM -> DRAM)",
-                FormatGbps(gbps(memcpy_l2)), "1.00x",
-                FormatGbps(gbps(memcpy_dram[0])), "1.00x");
-  absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n", "memcpy (DRAM -> L2)", "",
-                "", FormatGbps(gbps(memcpy_dram[1])), "1.00x");
+  absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n",
+                "memcpy (L2->L2 | DRAM->DRAM)", FormatGbps(gbps(memcpy_l2)),
+                "1.00x", FormatGbps(gbps(memcpy_dram[0])), "1.00x");
+  absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n",
+                "memcpy (DRAM -> L2 scratch)", "", "",
+                FormatGbps(gbps(memcpy_dram[1])), "1.00x");
   // The benchmark `prefix`/<where>/`suffix`.
   auto row = [&](const std::string& label, const std::string& prefix,
                  const std::string& suffix, int op, bool judged) {
