@@ -252,6 +252,18 @@ inline float Dequant(const std::byte* codes, int64_t i, float scale,
   }
 }
 
+// Element i of a dequantized output of kOut: v, or v rounded to f16 / bf16.
+template <DType kOut>
+inline void PutOut(void* out, int64_t i, float v) {
+  if constexpr (kOut == DType::kF32) {
+    static_cast<float*>(out)[i] = v;
+  } else if constexpr (kOut == DType::kF16) {
+    static_cast<uint16_t*>(out)[i] = F32ToF16(v);
+  } else {
+    static_cast<uint16_t*>(out)[i] = F32ToBF16(v);
+  }
+}
+
 void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& d, int64_t first,
               int64_t end) {
   std::memset(base, 0, first * row_bytes);
@@ -352,10 +364,10 @@ void QuantizeValuesPortable(const Dims& d, const QuantLayout& l,
   }
 }
 
-template <QuantFormat F>
+template <QuantFormat F, DType kOut>
 void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
                             const std::byte* part, int64_t first, int64_t end,
-                            float* out) {
+                            void* out) {
   const std::byte* codes = part + l.k_codes;
   for (int64_t c = 0; c < d.channels; ++c) {
     const float s = F16ToF32(LoadU16(part + l.k_scales + c * 2));
@@ -363,16 +375,16 @@ void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
                         ? F16ToF32(LoadU16(part + l.k_mins + c * 2))
                         : 0.0f;
     for (int64_t t = first; t < end; ++t) {
-      out[(t - first) * d.channels + c] =
-          Dequant<F>(codes, t * d.channels + c, s, m);
+      PutOut<kOut>(out, (t - first) * d.channels + c,
+                   Dequant<F>(codes, t * d.channels + c, s, m));
     }
   }
 }
 
-template <QuantFormat F>
+template <QuantFormat F, DType kOut>
 void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
                               const std::byte* part, int64_t first, int64_t end,
-                              float* out) {
+                              void* out) {
   const std::byte* codes = part + l.v_codes;
   for (int64_t t = first; t < end; ++t) {
     for (int64_t g = 0; g < d.groups_per_row; ++g) {
@@ -382,9 +394,9 @@ void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
                           ? F16ToF32(LoadU16(part + l.v_mins + slot))
                           : 0.0f;
       const int64_t base = t * d.channels + g * d.group;
-      float* o = out + (t - first) * d.channels + g * d.group;
+      const int64_t o = (t - first) * d.channels + g * d.group;
       for (int64_t i = 0; i < d.group; ++i) {
-        o[i] = Dequant<F>(codes, base + i, s, m);
+        PutOut<kOut>(out, o + i, Dequant<F>(codes, base + i, s, m));
       }
     }
   }
@@ -537,13 +549,92 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16)))};
 }
 
+// Elements i .. i + 15 of an output of kOut (f32, or rounded to f16 / bf16
+// as F32ToF16 / F32ToBF16 round; the values are finite, so the bf16 rounding
+// needs no NaN case).
+KVPAGE_SIMD_INLINE __m256i Bf16Bits8(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd =
+      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), odd),
+      16);
+}
+// The 16 values of v as f16 / bf16 bits, in order.
+template <DType kOut>
+KVPAGE_SIMD_INLINE __m256i Out16(F v) {
+  if constexpr (kOut == DType::kF16) {
+    return _mm256_set_m128i(_mm256_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT),
+                            _mm256_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT));
+  } else {
+    // packus works per 128-bit lane: lo 0-3, hi 0-3, lo 4-7, hi 4-7.
+    const __m256i p = _mm256_packus_epi32(Bf16Bits8(v.lo), Bf16Bits8(v.hi));
+    return _mm256_permute4x64_epi64(p, 0xd8);
+  }
+}
+template <DType kOut>
+KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
+  if constexpr (kOut == DType::kF32) {
+    StoreF32(static_cast<float*>(out) + i, v);
+  } else {
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
+        Out16<kOut>(v));
+  }
+}
+
+// int4 decoding by table, for groups of a multiple of 32 values into f16 /
+// bf16: the table holds the group's 16 possible outputs (code c: c * scale +
+// min, rounded as StoreOut rounds), split into low and high bytes for
+// pshufb, in both 128-bit lanes.
+struct Lut16 {
+  __m256i lo, hi;
+};
+template <DType kOut>
+KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
+  const __m256i w = Out16<kOut>(table);
+  const __m128i a = _mm256_castsi256_si128(w);
+  const __m128i b = _mm256_extracti128_si256(w, 1);
+  const __m128i m = _mm_set1_epi16(0xff);
+  const __m128i lo = _mm_packus_epi16(_mm_and_si128(a, m), _mm_and_si128(b, m));
+  const __m128i hi =
+      _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+  return {_mm256_broadcastsi128_si256(lo), _mm256_broadcastsi128_si256(hi)};
+}
+// Writes the outputs of the 32 codes packed in 16 bytes at `src` to
+// out[i .. i + 31].
+KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, const Lut16& t,
+                                        const std::byte* src) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo_n = _mm_and_si128(packed, m);
+  const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
+  // Codes 0..15 in the low lane, 16..31 in the high one.
+  const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
+                                         _mm_unpacklo_epi8(lo_n, hi_n));
+  const __m256i l = _mm256_shuffle_epi8(t.lo, codes);
+  const __m256i h = _mm256_shuffle_epi8(t.hi, codes);
+  const __m256i w0 = _mm256_unpacklo_epi8(l, h);  // codes 0..7 | 16..23
+  const __m256i w1 = _mm256_unpackhi_epi8(l, h);  // codes 8..15 | 24..31
+  auto* dst = reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i);
+  _mm256_storeu_si256(dst, _mm256_permute2x128_si256(w0, w1, 0x20));
+  _mm256_storeu_si256(dst + 1, _mm256_permute2x128_si256(w0, w1, 0x31));
+}
+KVPAGE_SIMD_INLINE F Iota16() {
+  return {_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
+          _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15)};
+}
+
 // Codes of 32 consecutive channels (r0 first) as 32 bytes, in order.
 KVPAGE_SIMD_INLINE __m256i PackInt8(__m256i r0, __m256i r1, __m256i r2,
                                     __m256i r3) {
   // The packs work per 128-bit lane: dword k of p holds 4 codes of vector
   // k % 4, half k / 4; the permute puts them back in order.
-  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
-                                       _mm256_packs_epi32(r2, r3));
+  // The saturating packs and the byte max clamp the codes to [-127, 127].
+  const __m256i p =
+      _mm256_max_epi8(_mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
+                                         _mm256_packs_epi32(r2, r3)),
+                      _mm256_set1_epi8(-127));
   return _mm256_permutevar8x32_epi32(p,
                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
@@ -553,8 +644,12 @@ KVPAGE_SIMD_INLINE __m128i PackInt4(__m256i r0, __m256i r1, __m256i r2,
                                     __m256i r3) {
   // Bytes as PackInt8 has them before its permute: adjacent channels are
   // adjacent bytes, so each 16-bit unit folds its pair into its low byte.
-  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
-                                       _mm256_packs_epi32(r2, r3));
+  // The saturating packs and the byte min / max clamp them to [0, 15].
+  const __m256i p = _mm256_min_epi8(
+      _mm256_max_epi8(_mm256_packs_epi16(_mm256_packs_epi32(r0, r1),
+                                         _mm256_packs_epi32(r2, r3)),
+                      _mm256_setzero_si256()),
+      _mm256_set1_epi8(15));
   __m256i w = _mm256_or_si256(p, _mm256_srli_epi16(p, 4));
   w = _mm256_and_si256(w, _mm256_set1_epi16(0x00ff));
   // 16-bit units of 4 channels: the low lane holds half 0 of r0..r3, the
@@ -581,6 +676,69 @@ KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
                    PackInt4(a.lo, a.hi, b.lo, b.hi));
 }
+KVPAGE_SIMD_INLINE void StoreInt8x4(std::byte* dst, I a, I b, I c, I e) {
+  StoreInt8x2(dst, a, b);
+  StoreInt8x2(dst + 32, c, e);
+}
+KVPAGE_SIMD_INLINE void StoreInt4x4(std::byte* dst, I a, I b, I c, I e) {
+  StoreInt4x2(dst, a, b);
+  StoreInt4x2(dst + 16, c, e);
+}
+
+// 32 16-bit lanes: channels 0..15 in lo, 16..31 in hi.
+struct H {
+  __m256i lo, hi;
+};
+KVPAGE_SIMD_INLINE H SetH(uint16_t v) {
+  const __m256i x = _mm256_set1_epi16(static_cast<int16_t>(v));
+  return {x, x};
+}
+KVPAGE_SIMD_INLINE H LoadH(const void* src, int64_t i) {
+  const auto* p = static_cast<const uint16_t*>(src) + i;
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16))};
+}
+KVPAGE_SIMD_INLINE H AndH(H a, uint16_t m) {
+  const __m256i x = _mm256_set1_epi16(static_cast<int16_t>(m));
+  return {_mm256_and_si256(a.lo, x), _mm256_and_si256(a.hi, x)};
+}
+#define KVPAGE_H_OP2(name, intrinsic)                      \
+  KVPAGE_SIMD_INLINE H name(H a, H b) {                    \
+    return {intrinsic(a.lo, b.lo), intrinsic(a.hi, b.hi)}; \
+  }
+KVPAGE_H_OP2(MaxU16, _mm256_max_epu16)
+KVPAGE_H_OP2(MinI16, _mm256_min_epi16)
+KVPAGE_H_OP2(MaxI16, _mm256_max_epi16)
+#undef KVPAGE_H_OP2
+// x ^ ((x >> 15) & 0x7fff), arithmetic shift: a signed order of the floats.
+KVPAGE_SIMD_INLINE H Ordered(H x) {
+  const __m256i m = _mm256_set1_epi16(0x7fff);
+  return {
+      _mm256_xor_si256(x.lo, _mm256_and_si256(_mm256_srai_epi16(x.lo, 15), m)),
+      _mm256_xor_si256(x.hi, _mm256_and_si256(_mm256_srai_epi16(x.hi, 15), m))};
+}
+// Whether a lane, unsigned, is above `bound`.
+KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
+  const __m256i m = _mm256_max_epu16(x.lo, x.hi);
+  const __m256i b = _mm256_set1_epi16(static_cast<int16_t>(bound + 1));
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(m, b), m)) !=
+         0;
+}
+// Unit j (channels 16j .. 16j + 15) of x as floats.
+template <DType kD>
+KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
+  const __m256i v = j == 0 ? x.lo : x.hi;
+  const __m128i lo = _mm256_castsi256_si128(v);
+  const __m128i hi = _mm256_extracti128_si256(v, 1);
+  if constexpr (kD == DType::kF16) {
+    return {_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi)};
+  } else {
+    return {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16)),
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16))};
+  }
+}
+
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return {_mm256_cvtepi8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src))),
@@ -733,23 +891,144 @@ KVPAGE_SIMD_INLINE F LoadF16(const std::byte* src) {
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
 }
 
-// Codes are in range when stored: the packs saturate but never need to.
+template <DType kOut>
+KVPAGE_SIMD_INLINE __m256i Out16(F v) {
+  if constexpr (kOut == DType::kF16) {
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+  } else {  // finite values: no NaN case (see avx2::StoreOut)
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd =
+        _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)),
+                         odd),
+        16));
+  }
+}
+template <DType kOut>
+KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
+  if constexpr (kOut == DType::kF32) {
+    _mm512_storeu_ps(static_cast<float*>(out) + i, v);
+  } else {
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
+        Out16<kOut>(v));
+  }
+}
+
+// int4 decoding by table (see avx2::Lut16): vpermw looks the 16-bit outputs
+// up directly.
+using Lut16 = __m512i;
+template <DType kOut>
+KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
+  return _mm512_castsi256_si512(Out16<kOut>(table));
+}
+KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, Lut16 t,
+                                        const std::byte* src) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo_n = _mm_and_si128(packed, m);
+  const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
+  const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
+                                         _mm_unpacklo_epi8(lo_n, hi_n));
+  _mm512_storeu_si512(static_cast<uint16_t*>(out) + i,
+                      _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(codes), t));
+}
+KVPAGE_SIMD_INLINE F Iota16() {
+  return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// The stores clamp the codes: int8 to [-127, 127] (saturating conversions or
+// packs, then a byte max), int4 to [0, 15].
 KVPAGE_SIMD_INLINE void StoreInt8(std::byte* dst, I a) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtsepi32_epi8(a));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                   _mm_max_epi8(_mm512_cvtsepi32_epi8(a), _mm_set1_epi8(-127)));
+}
+// The saturating packs of 4 units (r1..r3 may repeat r0): dword k of each
+// 128-bit lane L holds the 4 bytes of unit k, lanes 4L .. 4L + 3; `order`
+// gathers the dwords wanted, in order.
+KVPAGE_SIMD_INLINE __m512i PackUnits(I r0, I r1, I r2, I r3, __m512i order) {
+  return _mm512_permutexvar_epi32(
+      order, _mm512_packs_epi16(_mm512_packs_epi32(r0, r1),
+                                _mm512_packs_epi32(r2, r3)));
+}
+// Units a and b, in order, in the low 256 bits.
+KVPAGE_SIMD_INLINE __m256i PackUnits2(I a, I b) {
+  const __m512i order =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(PackUnits(a, b, a, b, order));
+}
+KVPAGE_SIMD_INLINE __m512i PackUnits4(I a, I b, I c, I e) {
+  const __m512i order =
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return PackUnits(a, b, c, e, order);
 }
 KVPAGE_SIMD_INLINE void StoreInt8x2(std::byte* dst, I a, I b) {
-  StoreInt8(dst, a);
-  StoreInt8(dst + 16, b);
+  _mm256_storeu_si256(
+      reinterpret_cast<__m256i*>(dst),
+      _mm256_max_epi8(PackUnits2(a, b), _mm256_set1_epi8(-127)));
+}
+KVPAGE_SIMD_INLINE void StoreInt8x4(std::byte* dst, I a, I b, I c, I e) {
+  _mm512_storeu_si512(
+      dst, _mm512_max_epi8(PackUnits4(a, b, c, e), _mm512_set1_epi8(-127)));
 }
 KVPAGE_SIMD_INLINE void StoreInt4(std::byte* dst, I a) {
+  a = _mm512_min_epi32(_mm512_max_epi32(a, _mm512_setzero_si512()),
+                       _mm512_set1_epi32(15));
   // The low dword of each qword becomes code 2k | code 2k+1 << 4.
   const __m512i pairs = _mm512_or_si512(a, _mm512_srli_epi64(a, 28));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(dst),
                    _mm512_cvtepi64_epi8(pairs));
 }
+// Codes in bytes, in order, clamped; maddubs folds each pair of bytes into
+// code 2k | code 2k+1 << 4 (a 16-bit lane), vpmovwb narrows.
 KVPAGE_SIMD_INLINE void StoreInt4x2(std::byte* dst, I a, I b) {
-  StoreInt4(dst, a);
-  StoreInt4(dst + 8, b);
+  const __m256i bytes =
+      _mm256_min_epi8(_mm256_max_epi8(PackUnits2(a, b), _mm256_setzero_si256()),
+                      _mm256_set1_epi8(15));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                   _mm256_cvtepi16_epi8(
+                       _mm256_maddubs_epi16(bytes, _mm256_set1_epi16(0x1001))));
+}
+KVPAGE_SIMD_INLINE void StoreInt4x4(std::byte* dst, I a, I b, I c, I e) {
+  const __m512i bytes = _mm512_min_epi8(
+      _mm512_max_epi8(PackUnits4(a, b, c, e), _mm512_setzero_si512()),
+      _mm512_set1_epi8(15));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(
+                          bytes, _mm512_set1_epi16(0x1001))));
+}
+
+// 32 16-bit lanes.
+using H = __m512i;
+KVPAGE_SIMD_INLINE H SetH(uint16_t v) {
+  return _mm512_set1_epi16(static_cast<int16_t>(v));
+}
+KVPAGE_SIMD_INLINE H LoadH(const void* src, int64_t i) {
+  return _mm512_loadu_si512(static_cast<const uint16_t*>(src) + i);
+}
+KVPAGE_SIMD_INLINE H AndH(H a, uint16_t m) {
+  return _mm512_and_si512(a, SetH(m));
+}
+KVPAGE_SIMD_INLINE H MaxU16(H a, H b) { return _mm512_max_epu16(a, b); }
+KVPAGE_SIMD_INLINE H MinI16(H a, H b) { return _mm512_min_epi16(a, b); }
+KVPAGE_SIMD_INLINE H MaxI16(H a, H b) { return _mm512_max_epi16(a, b); }
+KVPAGE_SIMD_INLINE H Ordered(H x) {
+  return _mm512_xor_si512(
+      x, _mm512_and_si512(_mm512_srai_epi16(x, 15), SetH(0x7fff)));
+}
+KVPAGE_SIMD_INLINE bool AnyAboveU16(H x, uint16_t bound) {
+  return _mm512_cmpgt_epu16_mask(x, SetH(bound)) != 0;
+}
+template <DType kD>
+KVPAGE_SIMD_INLINE F WidenH(H x, int j) {
+  const __m256i v =
+      j == 0 ? _mm512_castsi512_si256(x) : _mm512_extracti64x4_epi64(x, 1);
+  if constexpr (kD == DType::kF16) {
+    return _mm512_cvtph_ps(v);
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
 }
 KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
   return _mm512_cvtepi8_epi32(
@@ -899,23 +1178,39 @@ void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
   (void)count;
 }
 
-// Runs the keys (values = false) or values kernel of `kernels`.
+// Runs the keys (values = false) or values kernel of `kernels`; the SIMD
+// kernels add to `sums` only with `error` (the portable loops always do).
+// `next` (may be null): the values' source, which the SIMD keys kernels
+// prefetch while they work.
 template <QuantFormat F, DType kD>
-void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
+void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
                   const QuantLayout& l, const void* src, int64_t first,
-                  int64_t end, std::byte* part, ErrorSums& sums) {
+                  int64_t end, std::byte* part, ErrorSums& sums,
+                  const void* next = nullptr) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
-      return values ? avx512::QuantizeValues<F, kD>(d, l, src, first, end, part,
-                                                    sums)
-                    : avx512::QuantizeKeys<F, kD>(d, l, src, first, end, part,
-                                                  sums);
+      if (error) {
+        return values ? avx512::QuantizeValues<F, kD, true>(d, l, src, first,
+                                                            end, part, sums)
+                      : avx512::QuantizeKeys<F, kD, true>(d, l, src, first, end,
+                                                          part, sums, next);
+      }
+      return values ? avx512::QuantizeValues<F, kD, false>(d, l, src, first,
+                                                           end, part, sums)
+                    : avx512::QuantizeKeys<F, kD, false>(d, l, src, first, end,
+                                                         part, sums, next);
     case QuantKernels::kAvx2:
-      return values
-                 ? avx2::QuantizeValues<F, kD>(d, l, src, first, end, part,
-                                               sums)
-                 : avx2::QuantizeKeys<F, kD>(d, l, src, first, end, part, sums);
+      if (error) {
+        return values ? avx2::QuantizeValues<F, kD, true>(d, l, src, first, end,
+                                                          part, sums)
+                      : avx2::QuantizeKeys<F, kD, true>(d, l, src, first, end,
+                                                        part, sums, next);
+      }
+      return values ? avx2::QuantizeValues<F, kD, false>(d, l, src, first, end,
+                                                         part, sums)
+                    : avx2::QuantizeKeys<F, kD, false>(d, l, src, first, end,
+                                                       part, sums, next);
 #endif
     default:
       return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end, part,
@@ -925,22 +1220,30 @@ void QuantizeSide(QuantKernels kernels, bool values, const Dims& d,
   }
 }
 
-template <QuantFormat F>
+// `next` (may be null): the value part, which the SIMD keys kernels
+// prefetch while they work.
+template <QuantFormat F, DType kOut>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
                     const QuantLayout& l, const std::byte* part, int64_t first,
-                    int64_t end, float* out) {
+                    int64_t end, void* out, const std::byte* next = nullptr) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
-      return values ? avx512::DequantizeValues<F>(d, l, part, first, end, out)
-                    : avx512::DequantizeKeys<F>(d, l, part, first, end, out);
+      return values ? avx512::DequantizeValues<F, kOut>(d, l, part, first, end,
+                                                        out)
+                    : avx512::DequantizeKeys<F, kOut>(d, l, part, first, end,
+                                                      out, next);
     case QuantKernels::kAvx2:
-      return values ? avx2::DequantizeValues<F>(d, l, part, first, end, out)
-                    : avx2::DequantizeKeys<F>(d, l, part, first, end, out);
+      return values
+                 ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end, out)
+                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out,
+                                                 next);
 #endif
     default:
-      return values ? DequantizeValuesPortable<F>(d, l, part, first, end, out)
-                    : DequantizeKeysPortable<F>(d, l, part, first, end, out);
+      return values
+                 ? DequantizeValuesPortable<F, kOut>(d, l, part, first, end,
+                                                     out)
+                 : DequantizeKeysPortable<F, kOut>(d, l, part, first, end, out);
   }
 }
 
@@ -972,7 +1275,7 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
                              const QuantShape& shape, DType dtype,
                              const void* k_src, const void* v_src,
                              int first_slot, int count, void* k_part,
-                             void* v_part) {
+                             void* v_part, const QuantizeOptions& options) {
   CheckArgs(format, shape, first_slot, count);
   const QuantLayout l = QuantLayout::For(format, shape);
   const Dims d(shape);
@@ -990,11 +1293,15 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   ZeroUnwritten(format, d, first, end, /*per_row=*/true, l.v_scales, l.v_mins,
                 l.v_part_bytes, v);
   const QuantKernels use = Effective(kernels, shape);
+  const bool error = options.measure_error;
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
-    QuantizeSide<F, kD>(use, /*values=*/false, d, l, k_src, first, end, k, ks);
-    QuantizeSide<F, kD>(use, /*values=*/true, d, l, v_src, first, end, v, vs);
+    QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
+                        k, ks, v_src);
+    QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end, v,
+                        vs);
   });
+  if (!error) return result;
   result.k_sq_err = ks.TotalErr();
   result.k_sq_sum = ks.TotalSum();
   result.v_sq_err = vs.TotalErr();
@@ -1005,49 +1312,61 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         float* k_out, float* v_out) {
+                         DType out_dtype, void* k_out, void* v_out) {
   CheckArgs(format, shape, first_slot, count);
   const QuantLayout l = QuantLayout::For(format, shape);
   const Dims d(shape);
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
   const QuantKernels use = Effective(kernels, shape);
-  WithFormat(format, [&]<QuantFormat F>() {
-    DequantizeSide<F>(use, /*values=*/false, d, l,
-                      static_cast<const std::byte*>(k_part), first, end, k_out);
-    DequantizeSide<F>(use, /*values=*/true, d, l,
-                      static_cast<const std::byte*>(v_part), first, end, v_out);
+  // The format and output dtype play the roles WithFormatAndDType gives to
+  // the format and input dtype.
+  WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
+    DequantizeSide<F, kOut>(use, /*values=*/false, d, l,
+                            static_cast<const std::byte*>(k_part), first, end,
+                            k_out, static_cast<const std::byte*>(v_part));
+    DequantizeSide<F, kOut>(use, /*values=*/true, d, l,
+                            static_cast<const std::byte*>(v_part), first, end,
+                            v_out);
   });
 }
 
 QuantError QuantizeBlock(QuantFormat format, const QuantShape& shape,
                          DType dtype, const void* k_src, const void* v_src,
-                         int first_slot, int count, void* k_part,
-                         void* v_part) {
+                         int first_slot, int count, void* k_part, void* v_part,
+                         const QuantizeOptions& options) {
   return QuantizeBlockWith(BestQuantKernels(), format, shape, dtype, k_src,
-                           v_src, first_slot, count, k_part, v_part);
+                           v_src, first_slot, count, k_part, v_part, options);
+}
+
+void DequantizeBlock(QuantFormat format, const QuantShape& shape,
+                     const void* k_part, const void* v_part, int first_slot,
+                     int count, DType out_dtype, void* k_out, void* v_out) {
+  DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
+                      first_slot, count, out_dtype, k_out, v_out);
 }
 
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
                      int count, float* k_out, float* v_out) {
   DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
-                      first_slot, count, k_out, v_out);
+                      first_slot, count, DType::kF32, k_out, v_out);
 }
 
 QuantError QuantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                                  DType dtype, const void* k_src,
                                  const void* v_src, int first_slot, int count,
-                                 void* k_part, void* v_part) {
+                                 void* k_part, void* v_part,
+                                 const QuantizeOptions& options) {
   return QuantizeBlockWith(QuantKernels::kPortable, format, shape, dtype, k_src,
-                           v_src, first_slot, count, k_part, v_part);
+                           v_src, first_slot, count, k_part, v_part, options);
 }
 
 void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                              const void* k_part, const void* v_part,
-                             int first_slot, int count, float* k_out,
-                             float* v_out) {
+                             int first_slot, int count, DType out_dtype,
+                             void* k_out, void* v_out) {
   DequantizeBlockWith(QuantKernels::kPortable, format, shape, k_part, v_part,
-                      first_slot, count, k_out, v_out);
+                      first_slot, count, out_dtype, k_out, v_out);
 }
 
 double PerTokenKeyError(QuantFormat format, const QuantShape& shape,
@@ -1063,8 +1382,8 @@ double PerTokenKeyError(QuantFormat format, const QuantShape& shape,
   const QuantKernels use = Effective(BestQuantKernels(), shape);
   ErrorSums sums;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
-    QuantizeSide<F, kD>(use, /*values=*/true, d, l, k_src, first, end,
-                        scratch.data(), sums);
+    QuantizeSide<F, kD>(use, /*values=*/true, /*error=*/true, d, l, k_src,
+                        first, end, scratch.data(), sums);
   });
   const double sum = sums.TotalSum();
   return sum > 0 ? sums.TotalErr() / sum : 0.0;

@@ -47,12 +47,16 @@
 // time from the CPU (the build assumes only x86-64), for shapes whose
 // group_size is a multiple of 16; other shapes and CPUs run the portable
 // loops, which are ~40x slower and call std::fma (a library routine on x86
-// CPUs without FMA). Measured on a Zen 5 VM (quant_kernel_bench, f16, H=8
-// D=128, T=16 G=32, bytes of the hot block per second, all L2-resident):
-// repack int8 16 GB/s (AVX2 10), int4 12 GB/s; dequantize int8 45 GB/s,
-// int4 32 GB/s; memcpy of the block 100 GB/s. The repack is bound by the
-// ~10 vector instructions it needs per 16 values (statistics, scaling,
-// rounding, error and square sums); the dequantization by its f32 stores.
+// CPUs without FMA). Measured on a Zen 5 VM (bench/compress_bench.cc, f16,
+// H=8 D=128, T=16 G=32, against a memcpy of the 64 KiB hot block, both
+// L2-resident): repack int8 0.23x (int4 0.17x), with the error sums 0.15x
+// (0.11x); dequantize into f16 int8 0.50x, int4 0.45x. The repack needs ~8
+// vector instructions per 16 values (statistics, scaling, rounding, packing;
+// ~12 with the error sums); the dequantization ~5 (widen, convert, scale,
+// narrow, store), int4 values into f16 / bf16 fewer (a 16-entry table per
+// group). From DRAM, where a cold block comes from, the kernels prefetch two
+// rows ahead (and the values while the keys run): repack 0.7x-0.8x memcpy
+// DRAM -> DRAM, dequantize into f16 0.75x-1x memcpy DRAM -> L2.
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
 // their arguments.
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
@@ -107,6 +111,15 @@ struct QuantError {
   [[nodiscard]] double rel() const;
 };
 
+// What QuantizeBlock measures besides the codes.
+struct QuantizeOptions {
+  // Sum the squared errors and squares of the quantized slots into the
+  // result. Without it the codes and scales are the same bytes and the
+  // result is all zeros; the repack then skips ~4 vector instructions per 16
+  // values (an int8 f16 block repacks ~1.5x faster, bench/compress_bench.cc).
+  bool measure_error = true;
+};
+
 // QuantizeBlock
 //
 // Quantizes slots [first_slot, first_slot + count) of one hot block. `k_src`
@@ -116,20 +129,30 @@ struct QuantError {
 // layout.k_part_bytes bytes to `k_part` and layout.v_part_bytes to `v_part`
 // (no alignment needed; the parts may overlap neither each other nor the
 // sources). Every byte of both parts is written. Returns the error measured
-// while quantizing (in registers, from the stored scales). Requires
-// 0 <= first_slot, 0 <= count, first_slot + count <= T. O(count * H * D):
-// two passes over each strip of channels (keys) or token row (values), the
-// second from an f32 copy on the stack when the input is f16 / bf16.
+// while quantizing (in registers, from the stored scales) when
+// options.measure_error, else zeros. Requires 0 <= first_slot, 0 <= count,
+// first_slot + count <= T. O(count * H * D): two passes over each strip of
+// channels (keys; f16 / bf16 statistics taken in their 16-bit bits, the
+// second pass reads the source again) or token row (values; the second pass
+// from an f32 copy on the stack when the input is f16 / bf16).
 [[nodiscard]] QuantError QuantizeBlock(QuantFormat format,
                                        const QuantShape& shape, DType dtype,
                                        const void* k_src, const void* v_src,
                                        int first_slot, int count, void* k_part,
-                                       void* v_part);
+                                       void* v_part,
+                                       const QuantizeOptions& options = {});
 
 // DequantizeBlock
 //
-// Writes slots [first_slot, first_slot + count) of a quantized block as f32
-// [count][H][D] keys to `k_out` and values to `v_out`. O(count * H * D).
+// Writes slots [first_slot, first_slot + count) of a quantized block as
+// [count][H][D] keys to `k_out` and values to `v_out`, in `out_dtype`: f32
+// (the exact code * scale + min), or f16 / bf16 (that f32 value rounded to
+// nearest even, as ConvertElements rounds; what a hot block of that dtype
+// would hold, 2 bytes a value). No alignment needed. O(count * H * D).
+void DequantizeBlock(QuantFormat format, const QuantShape& shape,
+                     const void* k_part, const void* v_part, int first_slot,
+                     int count, DType out_dtype, void* k_out, void* v_out);
+// The same, as f32.
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
                      int count, float* k_out, float* v_out);
@@ -160,26 +183,25 @@ enum class QuantKernels : uint8_t { kPortable, kAvx2, kAvx512 };
 // QuantizeBlock / DequantizeBlock with the given kernel set, which must be
 // supported; shapes the SIMD kernels do not cover (group_size % 16 != 0)
 // run the portable loops whatever the choice.
-[[nodiscard]] QuantError QuantizeBlockWith(QuantKernels kernels,
-                                           QuantFormat format,
-                                           const QuantShape& shape, DType dtype,
-                                           const void* k_src, const void* v_src,
-                                           int first_slot, int count,
-                                           void* k_part, void* v_part);
+[[nodiscard]] QuantError QuantizeBlockWith(
+    QuantKernels kernels, QuantFormat format, const QuantShape& shape,
+    DType dtype, const void* k_src, const void* v_src, int first_slot,
+    int count, void* k_part, void* v_part, const QuantizeOptions& options = {});
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         float* k_out, float* v_out);
+                         DType out_dtype, void* k_out, void* v_out);
 
 // The portable loops (QuantizeBlockWith(kPortable, ...)), which the SIMD
 // kernels are held to.
 [[nodiscard]] QuantError QuantizeBlockPortable(
     QuantFormat format, const QuantShape& shape, DType dtype, const void* k_src,
-    const void* v_src, int first_slot, int count, void* k_part, void* v_part);
+    const void* v_src, int first_slot, int count, void* k_part, void* v_part,
+    const QuantizeOptions& options = {});
 void DequantizeBlockPortable(QuantFormat format, const QuantShape& shape,
                              const void* k_part, const void* v_part,
-                             int first_slot, int count, float* k_out,
-                             float* v_out);
+                             int first_slot, int count, DType out_dtype,
+                             void* k_out, void* v_out);
 
 // True when the dispatcher picked SIMD kernels (AVX2 or AVX-512) on this
 // CPU: BestQuantKernels() != kPortable.

@@ -214,7 +214,7 @@ struct KVCache::Impl {
   absl::InlinedVector<BlockId, 16> fresh_ids;
   absl::InlinedVector<BlockRef, 16> recycled;
   std::vector<std::byte> staging;
-  std::vector<float> f32_scratch;
+  std::vector<std::byte> promote_scratch;
 
   ~Impl() {
     for (auto& [id, sequence] : sequences) {
@@ -445,9 +445,12 @@ struct KVCache::Impl {
     BlockId partner = kNoBlock;
     std::byte* k_part = qbase + slot * slot_bytes;
     std::byte* v_part = k_part + Layout(format).k_part_bytes;
+    // The error sums cost a third of the repack: only when asked for.
+    const internal::QuantizeOptions options{
+        .measure_error = mixed || config.compression.measure_error};
     internal::QuantError error =
         internal::QuantizeBlock(format, qshape, config.dtype, k_src, v_src,
-                                first, count, k_part, v_part);
+                                first, count, k_part, v_part, options);
     if (mixed && error.rel() > config.compression.max_rel_error) {
       partner = qlocal->AllocateOne();
       if (partner == kNoBlock) {  // no room for int8: keep the block hot
@@ -457,8 +460,9 @@ struct KVCache::Impl {
       }
       format = QuantFormat::kInt8;
       v_part = qbase + partner * slot_bytes;
-      error = internal::QuantizeBlock(format, qshape, config.dtype, k_src,
-                                      v_src, first, count, k_part, v_part);
+      error =
+          internal::QuantizeBlock(format, qshape, config.dtype, k_src, v_src,
+                                  first, count, k_part, v_part, options);
     }
     qformat[slot] = format;
     qpartner[slot] = partner;
@@ -476,15 +480,15 @@ struct KVCache::Impl {
   void Promote(BlockTable& t, int64_t logical, BlockId id) {
     const BlockId slot = RefId(t.Block(logical));
     const int64_t bt = config.block_tokens;
-    f32_scratch.resize(static_cast<size_t>(2 * bt * token_elems));
-    float* k = f32_scratch.data();
-    float* v = k + bt * token_elems;
+    // Decoded straight into the cache's dtype: what a hot block holds.
+    const int64_t run_bytes = bt * token_bytes;
+    promote_scratch.resize(static_cast<size_t>(2 * run_bytes));
+    std::byte* k = promote_scratch.data();
+    std::byte* v = k + run_bytes;
     internal::DequantizeBlock(qformat[slot], qshape, KPart(slot), VPart(slot),
-                              0, static_cast<int>(bt), k, v);
-    WriteRun(id, false, 0, reinterpret_cast<const std::byte*>(k), DType::kF32,
-             bt);
-    WriteRun(id, true, 0, reinterpret_cast<const std::byte*>(v), DType::kF32,
-             bt);
+                              0, static_cast<int>(bt), config.dtype, k, v);
+    WriteRun(id, false, 0, k, config.dtype, bt);
+    WriteRun(id, true, 0, v, config.dtype, bt);
     t.MutableBlock(logical) = id;
     ReleaseQuant(slot);
     ++decompressions;

@@ -198,6 +198,7 @@ void PutConfig(const CacheConfig& c, Encoder& e) {
   e.Put<int64_t>(q.quant_blocks);
   e.Put<uint8_t>(q.auto_compress);
   e.Put<double>(q.max_rel_error);
+  e.Put<uint8_t>(q.measure_error);
   e.Put<uint8_t>(c.prefault);
   e.Put<uint8_t>(c.huge_pages);
 }
@@ -231,6 +232,7 @@ CacheConfig GetConfig(Decoder& d) {
   q.quant_blocks = d.Get<int64_t>("compression.quant_blocks");
   q.auto_compress = d.GetBool("compression.auto_compress");
   q.max_rel_error = d.Get<double>("compression.max_rel_error");
+  q.measure_error = d.GetBool("compression.measure_error");
   c.prefault = d.GetBool("config.prefault");
   c.huge_pages = d.GetBool("config.huge_pages");
   return c;

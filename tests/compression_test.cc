@@ -33,7 +33,8 @@ CacheConfig Config(QuantBits bits, int64_t hot_tokens = 8) {
                           .bits = bits,
                           .group_size = 8,
                           .hot_tokens = hot_tokens,
-                          .quant_blocks = 64}};
+                          .quant_blocks = 64,
+                          .measure_error = true}};
 }
 
 std::vector<float> Gaussian(int64_t tokens, uint32_t seed) {
@@ -183,6 +184,33 @@ TEST(CompressionTest, BadCallsAreRefused) {
   bad.compression.quant_blocks = 0;
   EXPECT_THAT(KVCache::Create(bad).status().message(),
               HasSubstr("compression.quant_blocks is 0"));
+}
+
+// The error sums are opt-in: without measure_error the repacked bytes (and
+// so every read) are the same, and the statistics report no error.
+TEST(CompressionTest, ErrorIsMeasuredOnlyWhenAsked) {
+  for (QuantBits bits : {QuantBits::kInt8, QuantBits::kInt4}) {
+    CacheConfig quiet = Config(bits);
+    quiet.compression.measure_error = false;
+    Filled measured = Fill(Config(bits), 40);
+    Filled unmeasured = Fill(quiet, 40);
+    ASSERT_TRUE(measured.cache->CompressOldEntries(measured.seq, 0, 0.0).ok());
+    ASSERT_TRUE(
+        unmeasured.cache->CompressOldEntries(unmeasured.seq, 0, 0.0).ok());
+    const GatheredLayer a = *measured.cache->Gather(measured.seq, 0);
+    const GatheredLayer b = *unmeasured.cache->Gather(unmeasured.seq, 0);
+    EXPECT_EQ(a.k, b.k);
+    EXPECT_EQ(a.v, b.v);
+    EXPECT_GT(measured.cache->Stats().max_quant_error, 0);
+    EXPECT_GT(measured.cache->Stats().mean_quant_error, 0);
+    const CacheStats s = unmeasured.cache->Stats();
+    EXPECT_GT(s.compressions_applied, 0);
+    EXPECT_EQ(s.max_quant_error, 0);
+    EXPECT_EQ(s.mean_quant_error, 0);
+    const LayerView view = *unmeasured.cache->View(unmeasured.seq, 0);
+    ASSERT_NE(view.blocks[0].format, BlockFormat::kHot);
+    EXPECT_EQ(view.blocks[0].quant_error, 0);
+  }
 }
 
 TEST(CompressionTest, Int4ErrorAndFormatInTheView) {

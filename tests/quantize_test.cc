@@ -85,18 +85,19 @@ struct Quantized {
 Quantized Quantize(QuantFormat format, const QuantShape& shape,
                    const HotBlock& b, int first, int count,
                    QuantKernels kernels = BestQuantKernels(),
-                   std::byte fill = std::byte{0xcd}) {
+                   std::byte fill = std::byte{0xcd},
+                   QuantizeOptions options = {}) {
   Quantized q;
   q.layout = QuantLayout::For(format, shape);
   q.k_part.assign(static_cast<size_t>(q.layout.k_part_bytes), fill);
   q.v_part.assign(static_cast<size_t>(q.layout.v_part_bytes), fill);
   q.error = kernels == QuantKernels::kPortable
-                ? QuantizeBlockPortable(format, shape, b.dtype, b.k.data(),
-                                        b.v.data(), first, count,
-                                        q.k_part.data(), q.v_part.data())
+                ? QuantizeBlockPortable(
+                      format, shape, b.dtype, b.k.data(), b.v.data(), first,
+                      count, q.k_part.data(), q.v_part.data(), options)
                 : QuantizeBlockWith(kernels, format, shape, b.dtype, b.k.data(),
                                     b.v.data(), first, count, q.k_part.data(),
-                                    q.v_part.data());
+                                    q.v_part.data(), options);
   return q;
 }
 
@@ -112,11 +113,12 @@ Dequantized Dequantize(QuantFormat format, const QuantShape& shape,
   out.v.assign(out.k.size(), -1.0f);
   if (kernels == QuantKernels::kPortable) {
     DequantizeBlockPortable(format, shape, q.k_part.data(), q.v_part.data(),
-                            first, count, out.k.data(), out.v.data());
+                            first, count, DType::kF32, out.k.data(),
+                            out.v.data());
   } else {
     DequantizeBlockWith(kernels, format, shape, q.k_part.data(),
-                        q.v_part.data(), first, count, out.k.data(),
-                        out.v.data());
+                        q.v_part.data(), first, count, DType::kF32,
+                        out.k.data(), out.v.data());
   }
   return out;
 }
@@ -134,6 +136,29 @@ QuantError Measure(const QuantShape& shape, const HotBlock& b,
     e.v_sq_sum += v * v;
   }
   return e;
+}
+
+// Dequantizes into f16 or bf16 (2-byte elements, as bits).
+struct Dequantized16 {
+  std::vector<uint16_t> k, v;
+};
+Dequantized16 Dequantize16(QuantFormat format, const QuantShape& shape,
+                           const Quantized& q, int first, int count,
+                           DType out_dtype, QuantKernels kernels) {
+  Dequantized16 out;
+  out.k.assign(static_cast<size_t>(Channels(shape) * count), 0xdead);
+  out.v.assign(out.k.size(), 0xdead);
+  DequantizeBlockWith(kernels, format, shape, q.k_part.data(), q.v_part.data(),
+                      first, count, out_dtype, out.k.data(), out.v.data());
+  return out;
+}
+
+// What a hot block of `dtype` holds after storing `f32`: f32 rounded.
+std::vector<uint16_t> Rounded(const std::vector<float>& f32, DType dtype) {
+  std::vector<uint16_t> out(f32.size());
+  ConvertElements(f32.data(), DType::kF32, out.data(), dtype,
+                  static_cast<int64_t>(f32.size()));
+  return out;
 }
 
 bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
@@ -522,6 +547,27 @@ TEST(QuantizeTest, SimdKernelsMatchThePortableLoops) {
                 Dequantize(f, s, simd, first, count, kernels);
             ASSERT_TRUE(SameBits(out.k, scalar_out.k));
             ASSERT_TRUE(SameBits(out.v, scalar_out.v));
+            // Without the error sums: the same bytes, a zero result.
+            const Quantized fast =
+                Quantize(f, s, b, first, count, kernels, std::byte{0xcd},
+                         QuantizeOptions{.measure_error = false});
+            ASSERT_EQ(fast.k_part, scalar.k_part);
+            ASSERT_EQ(fast.v_part, scalar.v_part);
+            EXPECT_EQ(fast.error.k_sq_sum + fast.error.v_sq_sum, 0.0);
+            // Into f16 / bf16: the f32 values, rounded as a hot block would
+            // store them, on the portable and the SIMD path alike.
+            for (DType out_dtype : {DType::kF16, DType::kBF16}) {
+              const std::vector<uint16_t> want_k =
+                  Rounded(scalar_out.k, out_dtype);
+              const std::vector<uint16_t> want_v =
+                  Rounded(scalar_out.v, out_dtype);
+              for (QuantKernels path : {QuantKernels::kPortable, kernels}) {
+                const Dequantized16 out16 =
+                    Dequantize16(f, s, simd, first, count, out_dtype, path);
+                ASSERT_EQ(out16.k, want_k) << DTypeName(out_dtype);
+                ASSERT_EQ(out16.v, want_v) << DTypeName(out_dtype);
+              }
+            }
           }
         }
       }
@@ -560,6 +606,11 @@ TEST(QuantizeTest, NanInputsGiveTheSameBytesOnEveryPath) {
         const Quantized simd = Quantize(f, s, b, 0, s.block_tokens, kernels);
         EXPECT_EQ(simd.k_part, scalar.k_part);
         EXPECT_EQ(simd.v_part, scalar.v_part);
+        const Quantized fast =
+            Quantize(f, s, b, 0, s.block_tokens, kernels, std::byte{0xcd},
+                     QuantizeOptions{.measure_error = false});
+        EXPECT_EQ(fast.k_part, scalar.k_part);
+        EXPECT_EQ(fast.v_part, scalar.v_part);
         EXPECT_EQ(0,
                   std::memcmp(&simd.error, &scalar.error, sizeof(QuantError)));
       }

@@ -44,7 +44,8 @@ inline CacheConfig ShowcaseConfig(bool mixed = false) {
                       .group_size = 4,
                       .hot_tokens = 16,
                       .quant_blocks = 24,
-                      .max_rel_error = mixed ? 0.004 : 0.0}};
+                      .max_rel_error = mixed ? 0.004 : 0.0,
+                      .measure_error = true}};
 }
 
 // Appends `n` tokens to every layer of `seq` (positions from its length on)

@@ -87,6 +87,12 @@ struct CompressionConfig {
   // bound, else int8 (`bits` is then ignored). The pool's slots are then
   // int4-sized and an int8 block takes two (keys in one, values in the other).
   double max_rel_error = 0;
+  // Measure each repack's relative error for the statistics
+  // (CacheStats::max_quant_error, mean_quant_error, BlockView::quant_error),
+  // which are 0 without it. Mixed mode (max_rel_error > 0) always measures:
+  // it picks the format by the error. Costs ~4 vector instructions per 16
+  // values: an int8 repack runs ~1.5x slower with it (bench/compress_bench).
+  bool measure_error = false;
   bool operator==(const CompressionConfig&) const = default;
 };
 

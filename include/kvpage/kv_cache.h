@@ -90,7 +90,8 @@ struct BlockView {
   int64_t first_position = 0;  // position of the token in begin_slot
   BlockFormat format = BlockFormat::kHot;
   QuantBlockView quant;    // repacked blocks
-  double quant_error = 0;  // repacked blocks: measured relative MSE
+  double quant_error = 0;  // repacked blocks: measured relative MSE (0 unless
+                           // compression.measure_error or max_rel_error > 0)
 };
 
 // The visible tokens of one sequence and layer, block by block, oldest first:
@@ -149,8 +150,8 @@ struct CacheStats {
   int64_t compressions_skipped = 0;  // repacks skipped: quantized pool full
   int64_t decompressions = 0;        // repacked blocks made hot again to be
                                      // written
-  double max_quant_error = 0;        // relative MSE, over every repack
-  double mean_quant_error = 0;
+  double max_quant_error = 0;        // relative MSE, over every repack (0
+  double mean_quant_error = 0;       // unless measured: CompressionConfig)
   int64_t evictions = 0;  // tokens evicted by overflow policies (input
                           // tokens an update evicts at once count too)
   // Window blocks whose visible tokens a sliding window or context shift

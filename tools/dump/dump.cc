@@ -185,7 +185,8 @@ Json ConfigJson(const CacheConfig& c) {
                       {"hot_tokens", q.hot_tokens},
                       {"quant_blocks", q.quant_blocks},
                       {"auto_compress", q.auto_compress},
-                      {"max_rel_error", q.max_rel_error}};
+                      {"max_rel_error", q.max_rel_error},
+                      {"measure_error", q.measure_error}};
   j["prefault"] = c.prefault;
   j["huge_pages"] = c.huge_pages;
   return j;
