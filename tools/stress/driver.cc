@@ -271,7 +271,9 @@ absl::Status Worker::DecodeStep() {
   // Draft tokens (speculative decoding): plan, write, roll back.
   bool any_draft = false;
   std::bernoulli_distribution accept(o_.spec_accept);
-  for (auto& [live, s] : batch) {
+  for (auto& entry : batch) {
+    Live* live = entry.first;
+    Seq* s = entry.second;
     const int64_t remaining = live->r->output - s->produced;
     s->plan_k =
         static_cast<int>(std::min<int64_t>(o_.spec_tokens, remaining - 1));
@@ -281,7 +283,9 @@ absl::Status Worker::DecodeStep() {
   }
   if (any_draft) {
     for (int layer = 0; layer < ctx_.shape.layers; ++layer) {
-      for (auto& [live, s] : batch) {
+      for (auto& entry : batch) {
+        Live* live = entry.first;
+        Seq* s = entry.second;
         if (s->plan_k == 0) continue;
         const int64_t first = s->length, accepted_end = first + s->plan_a;
         Fill(layer, first, s->plan_k, [&](int64_t p) {
@@ -300,7 +304,9 @@ absl::Status Worker::DecodeStep() {
         }
       }
     }
-    for (auto& [live, s] : batch) {
+    for (auto& entry : batch) {
+      Live* live = entry.first;
+      Seq* s = entry.second;
       if (s->plan_k == 0) continue;
       counts.tokens_appended += s->plan_k;
       const int64_t kept = s->length + s->plan_a;
@@ -320,7 +326,9 @@ absl::Status Worker::DecodeStep() {
   // One token per sequence on every layer, layer by layer over the batch as
   // a forward pass goes.
   for (int layer = 0; layer < ctx_.shape.layers; ++layer) {
-    for (auto& [live, s] : batch) {
+    for (auto& entry : batch) {
+      Live* live = entry.first;
+      Seq* s = entry.second;
       Fill(layer, s->length, 1, [&](int64_t) { return s->out_stream; });
       const int64_t end = s->length + 1;
       absl::Status st = Timed(update_decode, [&] {
@@ -333,7 +341,9 @@ absl::Status Worker::DecodeStep() {
       }
     }
   }
-  for (auto& [live, s] : batch) {
+  for (auto& entry : batch) {
+    Live* live = entry.first;
+    Seq* s = entry.second;
     s->length += 1;
     s->lineage.Push(s->length, s->out_stream);
     s->produced += s->plan_a + 1;
@@ -736,6 +746,9 @@ BackendResult RunBackend(BackendKind kind, const RunContext& ctx,
                            "completed, %d cut and verified at the cutoff",
                            o.naive_budget_s, result.requests_completed,
                            result.requests_cut);
+  // The end of the run: every worker has finished and each shard's backend
+  // is still alive here (for --snapshot FILE: the paged shards' caches).
+  //
   // Workers and backends are gone before the peak is read: it covers the
   // whole run of this process (one backend; main() forks one per backend).
   workers.clear();

@@ -222,7 +222,9 @@ std::string RenderTable(const Report& report) {
       {"match_prefix", "prefix match"},
       {"release", "release of a sequence"},
       {"compress", "compression (1 layer)"}};
-  for (const auto& [name, label] : kLatencies) {
+  for (const auto& entry : kLatencies) {
+    const char* name = entry.first;
+    const char* label = entry.second;
     if (!any([&](const BackendResult& b) {
           const LatencySummary* l = Find(b, name);
           return l != nullptr && l->count > 0;

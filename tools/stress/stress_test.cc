@@ -91,7 +91,6 @@ TEST(WorkloadTest, RequestsAreSeededAndWithinLimits) {
   o.shared_prefix_tokens = 100;
   const std::vector<Request> a = GenerateRequests(o), b = GenerateRequests(o);
   ASSERT_EQ(a.size(), 500u);
-  double prompt = 0, output = 0;
   int shared = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].prompt, b[i].prompt);
@@ -103,8 +102,6 @@ TEST(WorkloadTest, RequestsAreSeededAndWithinLimits) {
       ++shared;
       EXPECT_GT(a[i].prompt, o.shared_prefix_tokens);
     }
-    prompt += a[i].prompt;
-    output += a[i].output;
   }
   EXPECT_GT(shared, 200);
   EXPECT_LT(shared, 300);

@@ -31,7 +31,7 @@ enum class BackendKind : uint8_t { kPaged, kContiguous, kNaive };
 struct Options {
   // Requests.
   std::string preset = "sharegpt";     // sharegpt | alpaca
-  int64_t requests = 512;              // total requests of the run
+  int64_t requests = 256;              // total requests of the run
   int64_t concurrency = 32;            // closed loop: requests kept in flight
   double arrival_rate = 0;             // > 0: Poisson arrivals per step
   int64_t max_len = 4096;              // prompt + output capped to this
