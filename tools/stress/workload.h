@@ -15,7 +15,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kvpage/config.h"
@@ -180,7 +179,7 @@ class Lineage {
   }
 
  private:
-  absl::InlinedVector<std::pair<int64_t, uint64_t>, 4> runs_;
+  std::vector<std::pair<int64_t, uint64_t>> runs_;
 };
 
 // Prompt token ids (for prefix caching): the system prompt's ids are the same
