@@ -115,7 +115,11 @@ class Verifier {
                               ? 0
                               : std::min(shape_.sink_tokens, length);
     int64_t window = length - sinks;
-    if (shape_.policy == OverflowPolicy::kTruncate) {
+    const bool loose =
+        shape_.policy == OverflowPolicy::kTruncate ||
+        (shape_.policy != OverflowPolicy::kError && shape_.rollbacks);
+    if (loose) {
+      // Sinks, then any run of window tokens ending at the last position.
       window = count - sinks;
       if (count > shape_.max_seq_len || (length > sinks && window < 1)) {
         window = -1;

@@ -30,6 +30,9 @@ struct Shape {
   DType dtype = DType::kF16;
   OverflowPolicy policy = OverflowPolicy::kError;
   int64_t max_seq_len = 0, sink_tokens = 0;
+  // Rollbacks (speculative decoding) under a window: a rollback does not
+  // bring evicted tokens back, so the window may hold fewer than it can.
+  bool rollbacks = false;
   double quant_bound_int8 = 4e-5, quant_bound_int4 = 1e-2;  // README
 };
 

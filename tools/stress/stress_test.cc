@@ -264,6 +264,22 @@ TEST(StressToolTest, EveryPolicyKeepsItsWindow) {
   }
 }
 
+TEST(StressToolTest, RollbacksInsideAWindowAndCompression) {
+  // Rejected drafts rolled back after the window slid, repacked blocks,
+  // forks and a shared prompt in one run.
+  for (const char* policy : {"sliding-window", "circular-buffer", "truncate"}) {
+    SCOPED_TRACE(policy);
+    const RunResult r = RunStress(
+        std::string(kSmall) + " --backend paged --policy " + policy +
+        " --max-seq-len 96 --sink-tokens 4 --spec-tokens 3 --spec-accept 0.5"
+        " --samples 2 --shared-prefix-fraction 0.5 --shared-prefix-tokens 32"
+        " --compress int8 --hot-tokens 32 --compress-every 4");
+    ExpectAllVerified(r, 1);
+    EXPECT_GT(Backend(r)["evictions"].get<int64_t>(), 0);
+    EXPECT_GT(Backend(r)["draft_tokens_rejected"].get<int64_t>(), 0);
+  }
+}
+
 TEST(StressToolTest, ForksShareThePromptAndCopyOnWrite) {
   const RunResult r = RunStress(std::string(kSmall) +
                                 " --backend paged,contiguous --samples 3");
