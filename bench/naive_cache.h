@@ -80,6 +80,25 @@ class NaiveCache {
     return layers_[static_cast<size_t>(layer)].length;
   }
 
+  // The stored tensors of `layer`: Length(layer) tokens of keys, of values.
+  absl::Span<const uint16_t> Keys(int layer) const {
+    return layers_[static_cast<size_t>(layer)].k;
+  }
+  absl::Span<const uint16_t> Values(int layer) const {
+    return layers_[static_cast<size_t>(layer)].v;
+  }
+
+  // Elements the cache holds: the capacity of the stored tensors and of the
+  // spare storage, over every layer (its memory is twice this in bytes).
+  int64_t HeldElements() const {
+    int64_t held = 0;
+    for (const Layer& l : layers_) {
+      held += static_cast<int64_t>(l.k.capacity() + l.v.capacity() +
+                                   l.spare_k.capacity() + l.spare_v.capacity());
+    }
+    return held;
+  }
+
  private:
   struct Layer {
     std::vector<uint16_t> k, v;

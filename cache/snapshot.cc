@@ -264,8 +264,13 @@ SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
                            p.capacity, capacity));
     return p;
   }
-  if (quant ? (p.unit_bytes <= 0 || p.unit_bytes > max_unit_bytes)
-            : p.unit_bytes != max_unit_bytes) {
+  // A quantized pool's slot is smaller than a block; without compression
+  // the pool is empty and so is its slot size.
+  const bool unit_ok = !quant ? p.unit_bytes == max_unit_bytes
+                       : capacity == 0
+                           ? p.unit_bytes == 0
+                           : p.unit_bytes > 0 && p.unit_bytes <= max_unit_bytes;
+  if (!unit_ok) {
     d.Fail(absl::StrFormat("%s: %d bytes per unit, the config allows %d", name,
                            p.unit_bytes, max_unit_bytes));
     return p;

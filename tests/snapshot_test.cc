@@ -165,6 +165,11 @@ TEST(SnapshotData, OpaqueStorageIsReadThroughTheStorage) {
   std::memcpy(&first, snap->hot.data.data(), 2);
   EXPECT_EQ(first, 0x3e00);
   EXPECT_THAT(VerifySnapshot(*snap), IsEmpty());
+  // Without compression the quantized pool is empty, and still round-trips.
+  EXPECT_EQ(snap->quant.capacity, 0);
+  absl::StatusOr<Snapshot> parsed = ParseSnapshot(EncodeSnapshot(*snap));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(*parsed == *snap);
 }
 
 TEST(SnapshotFile, ErrorsLeaveTheTargetAlone) {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# kvpage's main job: set up, build the release benchmarks and print how an
-# append to the paged cache compares with a memcpy of the same bytes (the
-# physical limit) and with the naive cache that copies its whole history.
-# Extra arguments go to the benchmark binary (e.g. --benchmark_filter=Decode).
+# kvpage's main job: set up, build the release preset and run kvpage-stress
+# on its default workload — a ShareGPT-like serving run on a Llama-3-8B-like
+# KV shape, on the paged cache, a contiguous per-sequence buffer and the
+# naive cache, every token verified — then print the report (about 30 s on
+# 2 cores). Extra arguments go to kvpage-stress (e.g. --json, --help).
+# The Google Benchmark micro-benchmarks are tools/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 cmake --preset release --log-level=WARNING >/dev/null
-cmake --build --preset release --target kvpage_bench >/dev/null
-exec build/release/bench/kvpage_bench "$@"
+cmake --build --preset release --target kvpage-stress kvpage-dump >/dev/null
+exec build/release/tools/stress/kvpage-stress "$@"

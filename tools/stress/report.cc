@@ -1,0 +1,325 @@
+#include "tools/stress/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace kvpage::stress {
+
+void LatencyRecorder::Merge(const LatencyRecorder& other) {
+  for (size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+  long_.insert(long_.end(), other.long_.begin(), other.long_.end());
+  count_ += other.count_;
+  sum_ += other.sum_;
+}
+
+int64_t LatencyRecorder::Percentile(double q) const {
+  if (count_ == 0) return 0;
+  // Nearest rank: the smallest sample with at least ceil(q * count) samples
+  // at or below it.
+  const auto rank = std::max<int64_t>(
+      1, static_cast<int64_t>(std::ceil(q * static_cast<double>(count_))));
+  int64_t seen = 0;
+  for (size_t ns = 0; ns < counts_.size(); ++ns) {
+    seen += counts_[ns];
+    if (seen >= rank) return static_cast<int64_t>(ns);
+  }
+  std::vector<int64_t> sorted = long_;
+  std::sort(sorted.begin(), sorted.end());
+  return sorted[static_cast<size_t>(rank - seen - 1)];
+}
+
+LatencySummary Summarize(std::string name, const LatencyRecorder& r) {
+  return {.name = std::move(name),
+          .count = r.count(),
+          .mean_ns = r.mean(),
+          .p50_ns = r.Percentile(0.5),
+          .p99_ns = r.Percentile(0.99),
+          .p999_ns = r.Percentile(0.999),
+          .max_ns = r.Percentile(1.0)};
+}
+
+namespace {
+
+std::string Bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (std::fabs(b) >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%.0f B", b)
+                : absl::StrFormat("%.2f %s", b, units[u]);
+}
+
+std::string Si(double x) {
+  const char* units[] = {"", "k", "M", "G", "T"};
+  int u = 0;
+  while (std::fabs(x) >= 1000 && u < 4) {
+    x /= 1000;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%.0f", x)
+                : absl::StrFormat("%.2f%s", x, units[u]);
+}
+
+std::string Ns(double ns) {
+  if (ns < 1e3) return absl::StrFormat("%.0fns", ns);
+  if (ns < 1e6) return absl::StrFormat("%.1fus", ns / 1e3);
+  if (ns < 1e9) return absl::StrFormat("%.1fms", ns / 1e6);
+  return absl::StrFormat("%.2fs", ns / 1e9);
+}
+
+std::string Pct(double x) { return absl::StrFormat("%.1f%%", 100 * x); }
+
+class Table {
+ public:
+  explicit Table(const std::vector<BackendResult>& backends)
+      : backends_(backends) {}
+
+  template <typename F>
+  void Row(std::string label, F cell) {
+    std::vector<std::string> cells;
+    for (const BackendResult& b : backends_) cells.push_back(cell(b));
+    rows_.emplace_back(std::move(label), std::move(cells));
+  }
+  void Section(std::string title) {
+    rows_.emplace_back(std::move(title), std::vector<std::string>());
+  }
+
+  std::string Render() const {
+    size_t label_w = 0;
+    std::vector<size_t> w(backends_.size(), 0);
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      w[i] = backends_[i].backend.size();
+    }
+    for (const auto& [label, cells] : rows_) {
+      label_w = std::max(label_w, label.size());
+      for (size_t i = 0; i < cells.size(); ++i) {
+        w[i] = std::max(w[i], cells[i].size());
+      }
+    }
+    std::string out = std::string(label_w, ' ');
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      absl::StrAppend(&out, "  ",
+                      std::string(w[i] - backends_[i].backend.size(), ' '),
+                      backends_[i].backend);
+    }
+    out += "\n";
+    for (const auto& [label, cells] : rows_) {
+      if (cells.empty()) {
+        absl::StrAppend(&out, label, "\n");
+        continue;
+      }
+      absl::StrAppend(&out, label, std::string(label_w - label.size(), ' '));
+      for (size_t i = 0; i < cells.size(); ++i) {
+        absl::StrAppend(&out, "  ", std::string(w[i] - cells[i].size(), ' '),
+                        cells[i]);
+      }
+      out += "\n";
+    }
+    return out;
+  }
+
+ private:
+  const std::vector<BackendResult>& backends_;
+  std::vector<std::pair<std::string, std::vector<std::string>>> rows_;
+};
+
+const LatencySummary* Find(const BackendResult& b, std::string_view name) {
+  for (const LatencySummary& l : b.latencies) {
+    if (l.name == name) return &l;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::string RenderTable(const Report& report) {
+  const RunInfo& r = report.run;
+  std::string out = absl::StrFormat(
+      "kvpage-stress: %s workload, seed %d\n"
+      "  %d requests: mean prompt %.1f, mean output %.1f tokens, longest "
+      "%d; %s; %d worker thread%s\n"
+      "  model %s: %d layers x %d kv-heads x head_dim %d, %s, %s per token; "
+      "blocks of %d tokens; KV budget %s\n"
+      "  samples %d, shared prefix %s, speculative %s, policy %s "
+      "(max_seq_len %d, sinks %d), compression %s\n\n",
+      r.preset, r.seed, r.requests, r.mean_prompt_tokens, r.mean_output_tokens,
+      r.longest_request_tokens,
+      r.arrival_rate > 0
+          ? absl::StrFormat("Poisson arrivals, %.3g per step, at most %d in "
+                            "flight",
+                            r.arrival_rate, r.concurrency)
+          : absl::StrFormat("%d kept in flight", r.concurrency),
+      r.threads, r.threads == 1 ? "" : "s", r.model, r.layers, r.kv_heads,
+      r.head_dim, r.dtype, Bytes(static_cast<double>(r.bytes_per_token)),
+      r.block_tokens, Bytes(static_cast<double>(r.kv_budget_bytes)), r.samples,
+      r.shared_prefix_fraction > 0
+          ? absl::StrFormat("%.0f%% of requests x %d tokens",
+                            100 * r.shared_prefix_fraction,
+                            r.shared_prefix_tokens)
+          : std::string("off"),
+      r.spec_tokens > 0 ? absl::StrFormat("%d draft tokens, %.0f%% accepted",
+                                          r.spec_tokens, 100 * r.spec_accept)
+                        : std::string("off"),
+      r.policy, r.max_seq_len, r.sink_tokens, r.compress);
+
+  const std::vector<BackendResult>& bs = report.backends;
+  Table t(bs);
+  auto any = [&](auto pred) { return std::any_of(bs.begin(), bs.end(), pred); };
+  t.Section("workload");
+  t.Row("part of the workload run", [](const BackendResult& b) {
+    return b.complete ? std::string("all")
+                      : absl::StrFormat("first %.1f s", b.wall_s);
+  });
+  t.Row("requests completed", [](const BackendResult& b) {
+    return b.requests_cut > 0
+               ? absl::StrFormat("%d (+%d cut)", b.requests_completed,
+                                 b.requests_cut)
+               : absl::StrCat(b.requests_completed);
+  });
+  t.Row("most requests in flight", [](const BackendResult& b) {
+    return absl::StrCat(b.max_requests_in_flight);
+  });
+  t.Row("tokens appended (all layers)",
+        [](const BackendResult& b) { return Si(b.tokens_appended); });
+  t.Row("decode steps (a sequence, all layers)",
+        [](const BackendResult& b) { return Si(b.decode_steps); });
+  if (any([](const BackendResult& b) { return b.prefix_tokens_reused > 0; })) {
+    t.Row("prompt tokens reused from the prefix cache",
+          [](const BackendResult& b) { return Si(b.prefix_tokens_reused); });
+  }
+  if (any([](const BackendResult& b) { return b.draft_tokens_rejected > 0; })) {
+    t.Row("draft tokens rolled back",
+          [](const BackendResult& b) { return Si(b.draft_tokens_rejected); });
+  }
+  t.Section("throughput");
+  t.Row("wall time", [](const BackendResult& b) {
+    return absl::StrFormat("%.2f s", b.wall_s);
+  });
+  t.Row("time inside cache calls (all threads)", [](const BackendResult& b) {
+    return absl::StrFormat("%.2f s", b.cache_s);
+  });
+  t.Row("tokens appended / s of cache time",
+        [](const BackendResult& b) { return Si(b.tokens_per_s_cache); });
+  t.Row("tokens appended / s of wall time",
+        [](const BackendResult& b) { return Si(b.tokens_per_s_wall); });
+  t.Row("decode steps / s of wall time",
+        [](const BackendResult& b) { return Si(b.decode_steps_per_s); });
+  t.Section("latency, p50 / p99 / p99.9");
+  const std::pair<const char*, const char*> kLatencies[] = {
+      {"update_decode", "update, decode (1 token, 1 layer)"},
+      {"update_prefill", "update, prefill chunk (1 layer)"},
+      {"update_draft", "update, draft tokens (1 layer)"},
+      {"truncate", "rollback of rejected drafts"},
+      {"fork", "fork"},
+      {"match_prefix", "prefix match"},
+      {"release", "release of a sequence"},
+      {"compress", "compression (1 layer)"}};
+  for (const auto& entry : kLatencies) {
+    const char* name = entry.first;
+    const char* label = entry.second;
+    if (!any([&](const BackendResult& b) {
+          const LatencySummary* l = Find(b, name);
+          return l != nullptr && l->count > 0;
+        })) {
+      continue;
+    }
+    t.Row(label, [&](const BackendResult& b) {
+      const LatencySummary* l = Find(b, name);
+      if (l == nullptr || l->count == 0) return std::string("-");
+      return absl::StrCat(Ns(l->p50_ns), " / ", Ns(l->p99_ns), " / ",
+                          Ns(l->p999_ns));
+    });
+  }
+  t.Section("memory");
+  t.Row("KV memory held, peak", [](const BackendResult& b) {
+    return Bytes(static_cast<double>(b.kv_bytes_held_peak));
+  });
+  t.Row("budget used, mean / peak", [](const BackendResult& b) {
+    return absl::StrCat(Pct(b.utilization_mean), " / ",
+                        Pct(b.utilization_peak));
+  });
+  t.Row("internal waste, mean / max", [](const BackendResult& b) {
+    return absl::StrCat(Pct(b.internal_waste_mean), " / ",
+                        Pct(b.internal_waste_max));
+  });
+  t.Row("peak resident memory (process)", [](const BackendResult& b) {
+    return Bytes(static_cast<double>(b.peak_rss_bytes));
+  });
+  t.Row("bytes written", [](const BackendResult& b) {
+    return Bytes(static_cast<double>(b.bytes_written));
+  });
+  t.Row("bytes copied", [](const BackendResult& b) {
+    return Bytes(static_cast<double>(b.bytes_copied));
+  });
+  t.Row("tokens evicted by the policy",
+        [](const BackendResult& b) { return Si(b.evictions); });
+  if (any([](const BackendResult& b) {
+        return b.prefix_hits + b.prefix_misses > 0;
+      })) {
+    t.Row("prefix cache hits / misses (blocks)", [](const BackendResult& b) {
+      return absl::StrCat(Si(b.prefix_hits), " / ", Si(b.prefix_misses));
+    });
+  }
+  if (any([](const BackendResult& b) { return b.compressions > 0; })) {
+    t.Row("blocks compressed (skipped)", [](const BackendResult& b) {
+      return absl::StrCat(Si(b.compressions), " (", Si(b.compressions_skipped),
+                          ")");
+    });
+    t.Row("bytes saved by compression, peak", [](const BackendResult& b) {
+      return Bytes(static_cast<double>(b.bytes_saved_peak));
+    });
+    t.Row("worst block error (relative MSE)", [](const BackendResult& b) {
+      return absl::StrFormat("%.2g", b.max_quant_error);
+    });
+  }
+  t.Section("verification");
+  t.Row("tokens read back and compared (x layers)",
+        [](const BackendResult& b) { return Si(b.tokens_verified); });
+  if (any([](const BackendResult& b) {
+        return b.quantized_blocks_verified > 0;
+      })) {
+    t.Row("compressed blocks within the bound", [](const BackendResult& b) {
+      return Si(b.quantized_blocks_verified);
+    });
+  }
+  t.Row("invariant walks passed",
+        [](const BackendResult& b) { return Si(b.validations); });
+  t.Row("result", [](const BackendResult& b) { return b.status; });
+  out += t.Render();
+
+  // Memory over time: ten points per backend.
+  absl::StrAppend(&out,
+                  "\nbudget used / internal waste at 10%, 20%, .. 100% "
+                  "of each run\n");
+  for (const BackendResult& b : bs) {
+    std::string util, waste;
+    const size_t n = b.memory_over_time.size();
+    for (size_t i = 1; i <= 10 && n > 0; ++i) {
+      const MemoryPoint& p = b.memory_over_time[std::min(n, i * n / 10) - 1];
+      absl::StrAppend(&util, absl::StrFormat(" %5.1f", 100 * p.utilization));
+      absl::StrAppend(&waste,
+                      absl::StrFormat(" %5.1f", 100 * p.internal_waste));
+    }
+    absl::StrAppend(&out,
+                    absl::StrFormat("  %-10s used %%  %s\n", b.backend, util),
+                    absl::StrFormat("  %-10s waste %% %s\n", "", waste));
+  }
+  for (const BackendResult& b : bs) {
+    if (!b.complete) {
+      absl::StrAppend(&out, "\nThe ", b.backend, " backend ran ", b.scope,
+                      "; its figures cover that part only (shorter contexts "
+                      "than the whole run, which flatters it).\n");
+    }
+  }
+  return out;
+}
+
+}  // namespace kvpage::stress

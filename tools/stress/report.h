@@ -1,0 +1,162 @@
+// tools/stress/report.h — what a kvpage-stress run measured: one struct per
+// backend and one for the run, filled by a single walk, rendered either as
+// the human table or as JSON (stable snake_case keys, `schema_version`).
+// Also the exact latency recorder the workers fill.
+//
+// Thread safety: plain values; a LatencyRecorder belongs to one worker.
+#ifndef KVPAGE_TOOLS_STRESS_REPORT_H_
+#define KVPAGE_TOOLS_STRESS_REPORT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+
+namespace kvpage::stress {
+
+inline constexpr int kSchemaVersion = 1;
+
+// Exact latency percentiles: one counter per nanosecond below kExactNs, the
+// rarer longer samples kept individually. Memory: 1 MiB per recorder.
+class LatencyRecorder {
+ public:
+  static constexpr int64_t kExactNs = int64_t{1} << 18;  // 262 us
+  LatencyRecorder() : counts_(kExactNs, 0) {}
+  void Add(int64_t ns) {
+    ++count_;
+    sum_ += ns;
+    if (ns < 0) ns = 0;
+    if (ns < kExactNs) {
+      ++counts_[static_cast<size_t>(ns)];
+    } else {
+      long_.push_back(ns);
+    }
+  }
+  void Merge(const LatencyRecorder& other);
+  // The nearest-rank percentile (q in (0, 1]); 0 when empty.
+  [[nodiscard]] int64_t Percentile(double q) const;
+  [[nodiscard]] int64_t count() const { return count_; }
+  [[nodiscard]] double mean() const {
+    return count_ ? static_cast<double>(sum_) / count_ : 0;
+  }
+
+ private:
+  std::vector<uint32_t> counts_;
+  std::vector<int64_t> long_;  // samples >= kExactNs, unsorted
+  int64_t count_ = 0, sum_ = 0;
+};
+
+struct LatencySummary {
+  std::string name;  // what was timed, e.g. "update_decode"
+  int64_t count = 0;
+  double mean_ns = 0;
+  int64_t p50_ns = 0, p99_ns = 0, p999_ns = 0, max_ns = 0;
+};
+[[nodiscard]] LatencySummary Summarize(std::string name,
+                                       const LatencyRecorder& r);
+
+// Memory at one moment of a run (shards summed).
+struct MemoryPoint {
+  double t_s = 0;
+  double utilization = 0;     // KV bytes held / budget
+  double internal_waste = 0;  // 1 - tokens stored / token slots held
+  int64_t kv_bytes_held = 0;
+};
+
+struct BackendResult {
+  std::string backend;
+  std::string status = "ok";  // ok | verification_failed | error
+  std::string error;          // the first failure, naming seq/layer/position
+  bool complete = true;       // false: stopped at --naive-budget
+  std::string scope;          // what part of the workload ran
+  int64_t requests_completed = 0, requests_cut = 0;
+  int64_t max_requests_in_flight = 0;
+  int64_t tokens_appended = 0;  // token x every layer written (prefill,
+                                // decode, drafts), counted once per token
+  int64_t prompt_tokens_computed = 0, prefix_tokens_reused = 0;
+  int64_t decode_tokens = 0, draft_tokens_rejected = 0;
+  int64_t decode_steps = 0;     // one sequence advanced through every layer
+  int64_t scheduler_steps = 0;  // summed over workers
+  double wall_s = 0;
+  double cache_s = 0;  // time inside the backend's calls
+  double tokens_per_s_cache = 0, tokens_per_s_wall = 0;
+  double decode_steps_per_s = 0;  // wall
+  std::vector<LatencySummary> latencies;
+  std::vector<MemoryPoint> memory_over_time;
+  double utilization_mean = 0, utilization_peak = 0;
+  double internal_waste_mean = 0, internal_waste_max = 0;
+  int64_t kv_budget_bytes = 0, kv_bytes_held_peak = 0;
+  int64_t bytes_written = 0, bytes_copied = 0;
+  int64_t evictions = 0, prefix_hits = 0, prefix_misses = 0;
+  int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
+  int64_t bytes_saved_peak = 0;
+  double max_quant_error = 0;
+  int64_t peak_rss_bytes = 0;
+  int64_t tokens_verified = 0;  // token x layer compared
+  int64_t quantized_blocks_verified = 0;
+  int64_t validations = 0;  // invariant walks that passed
+};
+
+// The run: its resolved options and the realized workload.
+struct RunInfo {
+  std::string preset, model;
+  int layers = 0, kv_heads = 0, head_dim = 0;
+  std::string dtype;
+  int block_tokens = 0;
+  int64_t bytes_per_token = 0;  // K and V over every layer
+  int64_t requests = 0, concurrency = 0;
+  double arrival_rate = 0;
+  int samples = 0;
+  double shared_prefix_fraction = 0;
+  int64_t shared_prefix_tokens = 0;
+  int spec_tokens = 0;
+  double spec_accept = 0;
+  std::string policy;
+  int64_t max_seq_len = 0, sink_tokens = 0;
+  std::string compress;
+  int threads = 0;
+  uint64_t seed = 0;
+  int64_t kv_budget_bytes = 0;
+  double mean_prompt_tokens = 0, mean_output_tokens = 0;
+  int64_t longest_request_tokens = 0;
+  int64_t workload_tokens = 0;  // prompt + samples x output, summed
+};
+
+struct Report {
+  int schema_version = kSchemaVersion;
+  RunInfo run;
+  std::vector<BackendResult> backends;
+};
+
+// JSON: the field names are the keys.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LatencySummary, name, count, mean_ns, p50_ns,
+                                   p99_ns, p999_ns, max_ns)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MemoryPoint, t_s, utilization,
+                                   internal_waste, kv_bytes_held)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
+    BackendResult, backend, status, error, complete, scope, requests_completed,
+    requests_cut, max_requests_in_flight, tokens_appended,
+    prompt_tokens_computed, prefix_tokens_reused, decode_tokens,
+    draft_tokens_rejected, decode_steps, scheduler_steps, wall_s, cache_s,
+    tokens_per_s_cache, tokens_per_s_wall, decode_steps_per_s, latencies,
+    memory_over_time, utilization_mean, utilization_peak, internal_waste_mean,
+    internal_waste_max, kv_budget_bytes, kv_bytes_held_peak, bytes_written,
+    bytes_copied, evictions, prefix_hits, prefix_misses, compressions,
+    compressions_skipped, decompressions, bytes_saved_peak, max_quant_error,
+    peak_rss_bytes, tokens_verified, quantized_blocks_verified, validations)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
+    RunInfo, preset, model, layers, kv_heads, head_dim, dtype, block_tokens,
+    bytes_per_token, requests, concurrency, arrival_rate, samples,
+    shared_prefix_fraction, shared_prefix_tokens, spec_tokens, spec_accept,
+    policy, max_seq_len, sink_tokens, compress, threads, seed, kv_budget_bytes,
+    mean_prompt_tokens, mean_output_tokens, longest_request_tokens,
+    workload_tokens)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Report, schema_version, run, backends)
+
+// The human table.
+[[nodiscard]] std::string RenderTable(const Report& report);
+
+}  // namespace kvpage::stress
+
+#endif  // KVPAGE_TOOLS_STRESS_REPORT_H_

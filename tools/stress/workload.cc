@@ -1,0 +1,289 @@
+#include "tools/stress/workload.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace kvpage::stress {
+namespace {
+
+struct NamedModel {
+  const char* name;
+  int layers, kv_heads, head_dim;
+};
+
+// Shapes of the KV cache only (layers, kv-heads, head_dim), as published in
+// the models' configuration files.
+constexpr NamedModel kModels[] = {
+    {"llama3-8b", 32, 8, 128},   // 128 KiB per token in f16
+    {"llama3-70b", 80, 8, 128},  // 320 KiB per token
+    {"llama2-7b", 32, 32, 128},  // multi-head attention: 512 KiB per token
+    {"qwen2-7b", 28, 4, 128},    // 56 KiB per token
+    {"tiny", 2, 2, 32},          // for tests: 512 bytes per token
+};
+
+// Long-tailed token counts: a log-normal with the preset's mean. The means
+// are the published statistics of the traces (ShareGPT: about 161 prompt and
+// 338 output tokens; Alpaca: about 19 and 58); the spreads (sigma of the
+// logarithm) are this tool's choice, to give a long tail.
+struct LengthPreset {
+  const char* name;
+  double prompt_mean, prompt_sigma, output_mean, output_sigma;
+};
+constexpr LengthPreset kPresets[] = {
+    {"sharegpt", 161, 1.0, 338, 0.9},
+    {"alpaca", 19, 0.6, 58, 0.7},
+};
+
+int64_t Draw(std::mt19937_64& rng, double mean, double sigma) {
+  std::lognormal_distribution<double> dist(std::log(mean) - sigma * sigma / 2,
+                                           sigma);
+  return std::max<int64_t>(1, std::llround(dist(rng)));
+}
+
+}  // namespace
+
+std::string_view BackendName(BackendKind kind) {
+  switch (kind) {
+    case BackendKind::kPaged:
+      return "paged";
+    case BackendKind::kContiguous:
+      return "contiguous";
+    case BackendKind::kNaive:
+      return "naive";
+  }
+  return "?";
+}
+
+std::string ModelNames() {
+  std::vector<std::string> names;
+  for (const NamedModel& m : kModels) {
+    names.push_back(absl::StrFormat("%s (%d layers, %d kv-heads, head_dim %d)",
+                                    m.name, m.layers, m.kv_heads, m.head_dim));
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+absl::StatusOr<ModelShape> ResolveModel(const Options& options) {
+  ModelShape shape;
+  bool found = false;
+  for (const NamedModel& m : kModels) {
+    if (options.model == m.name) {
+      shape = {m.name, m.layers, m.kv_heads, m.head_dim};
+      found = true;
+    }
+  }
+  if (!found) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown --model '", options.model, "'; known: ", ModelNames()));
+  }
+  const bool custom =
+      options.layers > 0 || options.kv_heads > 0 || options.head_dim > 0;
+  if (options.layers > 0) shape.layers = options.layers;
+  if (options.kv_heads > 0) shape.kv_heads = options.kv_heads;
+  if (options.head_dim > 0) shape.head_dim = options.head_dim;
+  if (custom) {
+    shape.name = absl::StrFormat(
+        "custom (%s with %d layers, %d kv-heads, "
+        "head_dim %d)",
+        options.model, shape.layers, shape.kv_heads, shape.head_dim);
+  }
+  return shape;
+}
+
+int64_t EffectiveMaxSeqLen(const Options& options) {
+  return options.max_seq_len > 0 ? options.max_seq_len : options.max_len;
+}
+
+CacheConfig PagedConfig(const Options& options, const ModelShape& shape) {
+  CacheConfig config{.num_layers = shape.layers,
+                     .num_kv_heads = shape.kv_heads,
+                     .head_dim = shape.head_dim,
+                     .dtype = options.dtype,
+                     .block_tokens = options.block_tokens,
+                     .max_seq_len = EffectiveMaxSeqLen(options),
+                     .overflow = options.policy,
+                     .sink_tokens = options.sink_tokens,
+                     .huge_pages = options.huge_pages};
+  const int64_t block_bytes = BlockBytes(config);
+  const double shard_bytes =
+      options.pool_gib * 1024.0 * 1024.0 * 1024.0 / options.threads;
+  config.num_blocks =
+      block_bytes > 0 ? static_cast<int64_t>(shard_bytes / block_bytes) : 0;
+  if (options.compress != "off") {
+    config.compression = {
+        .enabled = true,
+        .bits =
+            options.compress == "int4" ? QuantBits::kInt4 : QuantBits::kInt8,
+        .group_size = std::min(32, shape.head_dim),
+        .hot_tokens = options.hot_tokens,
+        .quant_blocks = std::max<int64_t>(1, config.num_blocks / 2),
+        .auto_compress = false};
+  }
+  return config;
+}
+
+int64_t LongestRequest(const Options& options,
+                       const std::vector<Request>& requests) {
+  int64_t longest = 0;
+  for (const Request& r : requests) {
+    longest = std::max(longest, r.prompt + r.output + options.spec_tokens);
+  }
+  return longest;
+}
+
+absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  bool known_preset = false;
+  for (const LengthPreset& p : kPresets) known_preset |= o.preset == p.name;
+  if (!known_preset) return bad("unknown --preset '", o.preset, "'");
+  if (shape.layers < 1 || shape.kv_heads < 1 || shape.head_dim < 1) {
+    return bad("the model shape needs layers, kv-heads and head_dim >= 1");
+  }
+  if (shape.head_dim % 8 != 0 && o.compress != "off") {
+    return bad("--compress needs a head_dim that is a multiple of 8");
+  }
+  if (o.requests < 1) return bad("--requests must be >= 1");
+  if (o.concurrency < 1) return bad("--concurrency must be >= 1");
+  if (o.arrival_rate < 0) return bad("--arrival-rate must be >= 0");
+  if (o.threads < 1 || o.threads > 64) return bad("--threads must be 1..64");
+  if (o.samples < 1 || o.samples > 64) return bad("--samples must be 1..64");
+  if (o.prefill_chunk < 1) return bad("--prefill-chunk must be >= 1");
+  if (o.max_len < 2) return bad("--max-len must be >= 2");
+  if (o.shared_prefix_fraction < 0 || o.shared_prefix_fraction > 1) {
+    return bad("--shared-prefix-fraction must be in [0, 1]");
+  }
+  if (o.shared_prefix_fraction > 0 &&
+      (o.shared_prefix_tokens < 1 || o.shared_prefix_tokens >= o.max_len)) {
+    return bad("--shared-prefix-tokens must be in [1, --max-len)");
+  }
+  if (o.spec_tokens < 0 || o.spec_tokens > 64) {
+    return bad("--spec-tokens must be 0..64");
+  }
+  if (o.spec_accept < 0 || o.spec_accept > 1) {
+    return bad("--spec-accept must be in [0, 1]");
+  }
+  if (o.compress != "off" && o.compress != "int8" && o.compress != "int4") {
+    return bad("--compress must be off, int8 or int4");
+  }
+  if (o.compress_every < 1) return bad("--compress-every must be >= 1");
+  if (o.check_every < 1) return bad("--check-every must be >= 1");
+  if (o.naive_budget_s <= 0) return bad("--naive-budget must be > 0");
+  if (o.pool_gib <= 0) return bad("--pool-gib must be > 0");
+  if (o.backends.empty()) return bad("--backend names no backend");
+  const bool paged_only =
+      o.backends.size() == 1 && o.backends[0] == BackendKind::kPaged;
+  if (!paged_only &&
+      (o.policy != OverflowPolicy::kError || o.compress != "off")) {
+    return bad(
+        "--policy other than error and --compress apply to the paged "
+        "backend only: add --backend paged");
+  }
+  const int64_t max_seq_len = EffectiveMaxSeqLen(o);
+  if (o.policy == OverflowPolicy::kError && max_seq_len < o.max_len) {
+    return bad("--max-seq-len ", max_seq_len, " is below --max-len ", o.max_len,
+               ": the error policy would refuse long requests");
+  }
+  if (o.policy != OverflowPolicy::kError &&
+      max_seq_len - o.sink_tokens < 2 * (o.spec_tokens + 1) + o.block_tokens) {
+    return bad(
+        "the window (--max-seq-len minus --sink-tokens) must hold at "
+        "least 2 * (--spec-tokens + 1) + --block-tokens tokens, so "
+        "that a rollback stays inside it");
+  }
+  const CacheConfig config = PagedConfig(o, shape);
+  if (absl::Status s = ValidateConfig(config); !s.ok()) {
+    return bad("cache configuration: ", s.message());
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Request> GenerateRequests(const Options& o) {
+  const LengthPreset* preset = &kPresets[0];
+  for (const LengthPreset& p : kPresets) {
+    if (o.preset == p.name) preset = &p;
+  }
+  std::mt19937_64 rng(Mix64(o.seed ^ 0x5eed));
+  std::exponential_distribution<double> gap(o.arrival_rate > 0 ? o.arrival_rate
+                                                               : 1.0);
+  std::bernoulli_distribution shared(o.shared_prefix_fraction);
+  std::vector<Request> out;
+  out.reserve(static_cast<size_t>(o.requests));
+  double t = 0;
+  for (int64_t i = 0; i < o.requests; ++i) {
+    Request r{.id = i};
+    r.shared_prefix = shared(rng);
+    const int64_t prefix = r.shared_prefix ? o.shared_prefix_tokens : 0;
+    const int64_t limit = o.max_len - o.spec_tokens;
+    r.prompt =
+        std::min(prefix + Draw(rng, preset->prompt_mean, preset->prompt_sigma),
+                 std::max<int64_t>(prefix + 1, limit / 2));
+    r.output = std::clamp<int64_t>(
+        Draw(rng, preset->output_mean, preset->output_sigma), 1,
+        std::max<int64_t>(1, limit - r.prompt));
+    if (o.arrival_rate > 0) {
+      t += gap(rng);
+      r.arrival_step = static_cast<int64_t>(t);
+    }
+    r.shard = static_cast<int>(i % o.threads);
+    out.push_back(r);
+  }
+  return out;
+}
+
+PatternTable::PatternTable(DType dtype) {
+  for (int b = 0; b < 256; ++b) {
+    const float x = static_cast<float>(b - 128) / 4.0f;
+    value[b] = x;
+    uint32_t f;
+    std::memcpy(&f, &x, sizeof f);
+    if (dtype == DType::kBF16) {
+      bits[b] = static_cast<uint16_t>(f >> 16);  // exact: <= 8 bits
+    } else if (x == 0) {
+      bits[b] = 0;
+    } else {
+      // A normal f16 with the float's sign, exponent and top 10 mantissa
+      // bits (the rest are zero for quarters below 64).
+      const uint32_t sign = f >> 31;
+      const int exponent = static_cast<int>((f >> 23) & 255) - 127 + 15;
+      bits[b] = static_cast<uint16_t>((sign << 15) |
+                                      (static_cast<uint32_t>(exponent) << 10) |
+                                      ((f >> 13) & 1023));
+    }
+  }
+}
+
+void Lineage::Truncate(int64_t length) {
+  while (!runs_.empty()) {
+    const size_t n = runs_.size();
+    const int64_t begin = n > 1 ? runs_[n - 2].first : 0;
+    if (begin >= length) {
+      runs_.pop_back();
+    } else {
+      runs_.back().first = std::min(runs_.back().first, length);
+      break;
+    }
+  }
+}
+
+uint64_t Lineage::StreamAt(int64_t position) const {
+  for (const auto& [end, stream] : runs_) {
+    if (position < end) return stream;
+  }
+  return runs_.empty() ? 0 : runs_.back().second;
+}
+
+int32_t TokenId(uint64_t stream, int64_t position) {
+  return static_cast<int32_t>(
+      Mix64(stream ^ static_cast<uint64_t>(position) * 0x9e3779b97f4a7c15ULL) &
+      0x7fffffff);
+}
+
+}  // namespace kvpage::stress

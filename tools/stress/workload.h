@@ -1,0 +1,194 @@
+// tools/stress/workload.h — what kvpage-stress runs: its options, the model
+// shapes and length presets it knows by name, the seeded list of requests,
+// and the pattern every written token carries.
+//
+// The workload is a pure function of the options (the seed included): every
+// backend, and every rerun, sees the same requests, the same forks, the same
+// accepted draft tokens and the same verification points.
+//
+// Thread safety: plain values and pure functions.
+#ifndef KVPAGE_TOOLS_STRESS_WORKLOAD_H_
+#define KVPAGE_TOOLS_STRESS_WORKLOAD_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvpage/config.h"
+
+namespace kvpage::stress {
+
+enum class BackendKind : uint8_t { kPaged, kContiguous, kNaive };
+[[nodiscard]] std::string_view BackendName(BackendKind kind);
+
+// Every option of a run, with the defaults of the main job. Lengths are in
+// tokens; "steps" are scheduler iterations (one decode token for every
+// decoding sequence), the virtual clock of arrivals.
+struct Options {
+  // Requests.
+  std::string preset = "sharegpt";     // sharegpt | alpaca
+  int64_t requests = 256;              // total requests of the run
+  int64_t concurrency = 32;            // closed loop: requests kept in flight
+  double arrival_rate = 0;             // > 0: Poisson arrivals per step
+  int64_t max_len = 4096;              // prompt + output capped to this
+  int64_t prefill_chunk = 512;         // prompt tokens per prefill step
+  int samples = 1;                     // parallel samples per request (forks)
+  double shared_prefix_fraction = 0;   // requests that start with the system
+  int64_t shared_prefix_tokens = 256;  //   prompt (prefix caching)
+  int spec_tokens = 0;                 // > 0: draft tokens per decode step
+  double spec_accept = 0.7;            // chance each draft token is accepted
+  // Model and cache.
+  std::string model = "llama3-8b";
+  int layers = 0, kv_heads = 0, head_dim = 0;  // > 0: override the model
+  DType dtype = DType::kF16;
+  int block_tokens = 16;
+  double pool_gib = 4;  // KV memory budget (split between threads)
+  OverflowPolicy policy = OverflowPolicy::kError;
+  int64_t max_seq_len = 0;  // policy limit; 0 means max_len
+  int64_t sink_tokens = 0;
+  std::string compress = "off";  // off | int8 | int4 (paged only)
+  int64_t hot_tokens = 128;
+  int64_t compress_every = 32;  // decode steps between CompressOldEntries
+  // Run.
+  std::vector<BackendKind> backends = {
+      BackendKind::kPaged, BackendKind::kContiguous, BackendKind::kNaive};
+  int threads = 2;
+  double naive_budget_s = 3;  // the naive backend stops after this long
+  int64_t check_every = 64;   // steps between spot checks (Validate + views)
+  bool huge_pages = true;     // madvise the pool (and contiguous buffers)
+  uint64_t seed = 1;
+  bool json = false;
+  bool quiet = false;
+  bool inject_corruption = false;  // testing: one wrong token mid-run
+  // Paged backend: a snapshot of each shard's cache at the end of the run,
+  // for kvpage-dump: FILE for the first shard, FILE.1, FILE.2, ... after.
+  std::string snapshot;
+};
+
+// The model shape a run uses, after names and overrides.
+struct ModelShape {
+  std::string name;
+  int layers = 0, kv_heads = 0, head_dim = 0;
+};
+
+// Resolves --model and the --layers/--kv-heads/--head-dim overrides.
+// InvalidArgument for an unknown name.
+[[nodiscard]] absl::StatusOr<ModelShape> ResolveModel(const Options& options);
+// The names ResolveModel knows, for --help.
+[[nodiscard]] std::string ModelNames();
+
+// Checks the options together (ranges, paged-only features on other
+// backends, budgets too small for the longest request). InvalidArgument.
+[[nodiscard]] absl::Status ValidateOptions(const Options& options,
+                                           const ModelShape& shape);
+
+// The cache configuration of one paged shard (budget / threads).
+[[nodiscard]] CacheConfig PagedConfig(const Options& options,
+                                      const ModelShape& shape);
+[[nodiscard]] int64_t EffectiveMaxSeqLen(const Options& options);
+
+struct Request {
+  int64_t id = 0;
+  int64_t prompt = 0;          // prompt tokens, the shared prefix included
+  int64_t output = 0;          // tokens each sample decodes
+  bool shared_prefix = false;  // starts with the system prompt
+  int64_t arrival_step = 0;    // Poisson arrivals; 0 in the closed loop
+  int shard = 0;               // the worker that owns it
+};
+
+// The requests of the run, in arrival order (pure function of options).
+[[nodiscard]] std::vector<Request> GenerateRequests(const Options& options);
+
+// Longest prompt + output + draft tokens over `requests`.
+[[nodiscard]] int64_t LongestRequest(const Options& options,
+                                     const std::vector<Request>& requests);
+
+// ---------------------------------------------------------------------------
+// The pattern. Every token a run writes is identified by a stream key (whose
+// tokens these are: the system prompt, a request, a fork's own continuation,
+// or a rejected draft), its layer and its position; its keys and values are
+// derived from that and from the element index (head * head_dim + dim).
+// Element values are quarters in [-32, 32): exact in f16 and bf16.
+
+// SplitMix64's finalizer: a bijective 64-bit mix.
+[[nodiscard]] inline uint64_t Mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+[[nodiscard]] inline uint64_t StreamKey(uint64_t seed, uint64_t kind,
+                                        uint64_t a, uint64_t b) {
+  return Mix64(Mix64(Mix64(seed ^ (kind << 56)) ^ a) + b);
+}
+
+// The key of one token's keys (values: `value` true) in one layer.
+[[nodiscard]] inline uint64_t TokenKey(uint64_t stream, int layer,
+                                       int64_t position, bool value) {
+  return Mix64(stream ^ Mix64((static_cast<uint64_t>(position) << 9) ^
+                              (static_cast<uint64_t>(layer) << 1) ^
+                              static_cast<uint64_t>(value)));
+}
+
+// The byte (0..255) of element `e` of the token whose key is `key`:
+// value (byte - 128) / 4.
+[[nodiscard]] inline int PatternByte(uint64_t key, int64_t e) {
+  return static_cast<int>(
+      (Mix64(key + static_cast<uint64_t>(e >> 3)) >> ((e & 7) * 8)) & 255);
+}
+
+// Bit patterns of (b - 128) / 4 in f16 or bf16, and as float.
+struct PatternTable {
+  explicit PatternTable(DType dtype);
+  uint16_t bits[256];
+  float value[256];
+};
+
+// Writes `elems` elements of the token with key `key` as dtype bits.
+inline void FillToken(const PatternTable& table, uint64_t key, int64_t elems,
+                      uint16_t* out) {
+  for (int64_t e = 0; e < elems; e += 8) {
+    const uint64_t x = Mix64(key + static_cast<uint64_t>(e >> 3));
+    const int64_t n = elems - e < 8 ? elems - e : 8;
+    for (int64_t j = 0; j < n; ++j) {
+      out[e + j] = table.bits[(x >> (j * 8)) & 255];
+    }
+  }
+}
+
+// Which stream wrote which positions of a sequence: runs [previous end, end)
+// each written by one stream, ascending.
+class Lineage {
+ public:
+  void Push(int64_t end, uint64_t stream) {
+    if (!runs_.empty() && runs_.back().second == stream) {
+      runs_.back().first = end;
+    } else {
+      runs_.emplace_back(end, stream);
+    }
+  }
+  // Drops the positions at or past `length`.
+  void Truncate(int64_t length);
+  // The stream of `position` (which must be below the last end).
+  [[nodiscard]] uint64_t StreamAt(int64_t position) const;
+  [[nodiscard]] int64_t length() const {
+    return runs_.empty() ? 0 : runs_.back().first;
+  }
+
+ private:
+  std::vector<std::pair<int64_t, uint64_t>> runs_;
+};
+
+// Prompt token ids (for prefix caching): the system prompt's ids are the same
+// for every request that shares it.
+[[nodiscard]] int32_t TokenId(uint64_t stream, int64_t position);
+
+}  // namespace kvpage::stress
+
+#endif  // KVPAGE_TOOLS_STRESS_WORKLOAD_H_
