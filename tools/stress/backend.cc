@@ -37,6 +37,21 @@ class Verifier {
         k_(static_cast<size_t>(shape.token_elems)),
         v_(static_cast<size_t>(shape.token_elems)) {}
 
+  // Positions [0, length) of one layer laid out contiguously, K and V
+  // planes of token_elems per position, exactly.
+  absl::Status Rows(const SeqLabel& label, int layer, const Lineage& lineage,
+                    int64_t length, const uint16_t* k, const uint16_t* v) {
+    const int64_t e = shape_.token_elems;
+    for (int64_t p = 0; p < length; ++p) {
+      if (absl::Status s =
+              Row(label, layer, p, lineage.StreamAt(p), k + p * e, v + p * e);
+          !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
   // One stored token, exactly.
   absl::Status Row(const SeqLabel& label, int layer, int64_t position,
                    uint64_t stream, const uint16_t* k, const uint16_t* v) {
@@ -443,19 +458,15 @@ class ContiguousBackend final : public Backend {
                       int64_t length, int only_layer) override {
     absl::StatusOr<Seq*> seq = Find(label.id);
     if (!seq.ok()) return seq.status();
-    const int64_t e = p_.shape.token_elems;
     for (int layer = 0; layer < p_.shape.layers; ++layer) {
       if (only_layer >= 0 && layer != only_layer) continue;
       const int64_t got = (*seq)->length[static_cast<size_t>(layer)];
       if (got != length) return LengthMismatch(label, layer, got, length);
-      const uint16_t* k = Plane(**seq, layer, false);
-      const uint16_t* v = Plane(**seq, layer, true);
-      for (int64_t p = 0; p < length; ++p) {
-        if (absl::Status s = verifier_.Row(label, layer, p, lineage.StreamAt(p),
-                                           k + p * e, v + p * e);
-            !s.ok()) {
-          return s;
-        }
+      if (absl::Status s = verifier_.Rows(label, layer, lineage, length,
+                                          Plane(**seq, layer, false),
+                                          Plane(**seq, layer, true));
+          !s.ok()) {
+        return s;
       }
     }
     return absl::OkStatus();
@@ -600,20 +611,16 @@ class NaiveBackend final : public Backend {
     auto it = seqs_.find(label.id);
     if (it == seqs_.end()) return absl::NotFoundError("naive: verify");
     const bench::NaiveCache& c = it->second;
-    const int64_t e = p_.shape.token_elems;
     for (int layer = 0; layer < p_.shape.layers; ++layer) {
       if (only_layer >= 0 && layer != only_layer) continue;
       if (c.Length(layer) != length) {
         return LengthMismatch(label, layer, c.Length(layer), length);
       }
-      const uint16_t* k = c.Keys(layer).data();
-      const uint16_t* v = c.Values(layer).data();
-      for (int64_t p = 0; p < length; ++p) {
-        if (absl::Status s = verifier_.Row(label, layer, p, lineage.StreamAt(p),
-                                           k + p * e, v + p * e);
-            !s.ok()) {
-          return s;
-        }
+      if (absl::Status s =
+              verifier_.Rows(label, layer, lineage, length,
+                             c.Keys(layer).data(), c.Values(layer).data());
+          !s.ok()) {
+        return s;
       }
     }
     return absl::OkStatus();
