@@ -55,6 +55,20 @@ TEST(DumpGolden, Summary) {
   ExpectGolden("summary.json", m.dump(2) + "\n");
 }
 
+// Internal waste counts each block once, hot or repacked, however many
+// tables share it: a fork adds no block and changes neither figure.
+TEST(DumpSummary, WasteCountsSharedBlocksOnce) {
+  auto cache = testing::BuildShowcase();
+  ASSERT_TRUE(cache.ok());
+  const dump::Json before = dump::Summary(*(*cache)->TakeSnapshot({}));
+  ASSERT_TRUE((*cache)->Fork(5).ok());  // seq 5 holds repacked blocks
+  const Snapshot forked = *(*cache)->TakeSnapshot({});
+  const dump::Json after = dump::Summary(forked);
+  EXPECT_GT(after["compression"]["table_entries_repacked"].get<int64_t>(),
+            before["compression"]["table_entries_repacked"].get<int64_t>());
+  EXPECT_EQ(after["waste"], before["waste"]);
+}
+
 TEST(DumpGolden, Tables) {
   const Snapshot snap = Showcase();
   const dump::Json all = dump::Tables(snap, {});

@@ -37,9 +37,11 @@ std::string HolderName(const Holder& h) {
 
 struct Holdings {
   std::vector<std::vector<Holder>> hot, quant;
-  std::vector<uint8_t> quant_v_part;  // slot is the V part of an int8 block
-  std::vector<int32_t> hot_visible;   // most visible slots any table shows
-  int64_t dangling = 0;               // entries whose id is out of range
+  std::vector<uint8_t> quant_v_part;   // slot is the V part of an int8 block
+  std::vector<int32_t> hot_visible;    // most visible slots any table shows
+  std::vector<int32_t> quant_visible;  // the same per block's first slot;
+                                       // -1 where no block starts
+  int64_t dangling = 0;                // entries whose id is out of range
 };
 
 Holdings Walk(const Snapshot& snap) {
@@ -48,7 +50,7 @@ Holdings Walk(const Snapshot& snap) {
   h.quant.resize(snap.quant.ref_counts.size());
   h.quant_v_part.assign(snap.quant.ref_counts.size(), 0);
   h.hot_visible.assign(snap.hot.ref_counts.size(), 0);
-  std::vector<int32_t> quant_visible(snap.quant.ref_counts.size(), 0);
+  h.quant_visible.assign(snap.quant.ref_counts.size(), -1);
   for (const SnapshotSequence& s : snap.sequences) {
     for (size_t layer = 0; layer < s.layers.size(); ++layer) {
       for (const SnapshotEntry& e : s.layers[layer].entries) {
@@ -66,6 +68,7 @@ Holdings Walk(const Snapshot& snap) {
           h.hot_visible[e.id] = std::max(h.hot_visible[e.id], e.visible);
           continue;
         }
+        h.quant_visible[e.id] = std::max(h.quant_visible[e.id], e.visible);
         const uint32_t partner = e.id < snap.quant.partners.size()
                                      ? snap.quant.partners[e.id]
                                      : kSnapshotNoBlock;
@@ -281,6 +284,10 @@ Json Summary(const Snapshot& snap) {
   std::map<std::string, int64_t> quant_states;
   for (size_t id = 0; id < h.quant.size(); ++id) {
     ++quant_states[QuantState(snap, h, id)];
+    if (h.quant_visible[id] >= 0) {  // a repacked block starts here
+      held_slots += c.block_tokens;
+      visible_slots += h.quant_visible[id];
+    }
   }
   int64_t tokens = 0, longest = 0, evicted = 0, quant_entries = 0;
   for (const SnapshotSequence& s : snap.sequences) {
@@ -291,11 +298,7 @@ Json Summary(const Snapshot& snap) {
       for (const SnapshotEntry& e : l.entries) {
         tokens += e.visible;
         spare_blocks += e.role == TableRole::kSpare;
-        if (e.format != BlockFormat::kHot) {
-          ++quant_entries;
-          held_slots += c.block_tokens;
-          visible_slots += e.visible;
-        }
+        quant_entries += e.format != BlockFormat::kHot;
       }
     }
   }
