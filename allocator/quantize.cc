@@ -94,6 +94,16 @@ std::string_view QuantKernelsName(QuantKernels kernels) {
 
 namespace {
 
+// What the SIMD kernels ask the memory for: one part (K or V) of the block
+// a caller dequantizes next, a slice per row (see PrefetchSlice), and, with
+// fetch_own, this block's own rows a few ahead of the one decoded (off when
+// the previous call already asked for the whole block).
+struct Ahead {
+  const std::byte* part = nullptr;
+  int64_t bytes = 0;
+  bool fetch_own = true;
+};
+
 // Geometry shared by the kernels.
 struct Dims {
   int64_t tokens, channels, group, groups_per_row;
@@ -750,6 +760,12 @@ KVPAGE_SIMD_INLINE I LoadInt4(const std::byte* src) {
   return {_mm256_cvtepu8_epi32(codes),
           _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8))};
 }
+// The 32 codes of 16 packed bytes: units a (codes 0..15) and b (16..31).
+KVPAGE_SIMD_INLINE void LoadInt4x2(const std::byte* src, I& a, I& b) {
+  const __m128i lo = UnpackInt4(src), hi = UnpackInt4(src + 8);
+  a = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))};
+  b = {_mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+}
 
 template <bool kMax>
 KVPAGE_SIMD_INLINE __m256 MaxOrMin8(__m256 a, __m256 b) {
@@ -1037,6 +1053,16 @@ KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
 KVPAGE_SIMD_INLINE I LoadInt4(const std::byte* src) {
   return _mm512_cvtepu8_epi32(UnpackInt4(src));
 }
+// The 32 codes of 16 packed bytes: units a (codes 0..15) and b (16..31),
+// unpacked in one 128-bit pass.
+KVPAGE_SIMD_INLINE void LoadInt4x2(const std::byte* src, I& a, I& b) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo = _mm_and_si128(packed, m);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
+  a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
+  b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+}
 
 template <bool kMax>
 KVPAGE_SIMD_INLINE F MaxOrMin(F a, F b) {
@@ -1225,19 +1251,20 @@ void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
 template <QuantFormat F, DType kOut>
 void DequantizeSide(QuantKernels kernels, bool values, const Dims& d,
                     const QuantLayout& l, const std::byte* part, int64_t first,
-                    int64_t end, void* out, const std::byte* next = nullptr) {
+                    int64_t end, void* out, const std::byte* next,
+                    const Ahead& ahead) {
   switch (kernels) {
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
       return values ? avx512::DequantizeValues<F, kOut>(d, l, part, first, end,
-                                                        out)
+                                                        out, ahead)
                     : avx512::DequantizeKeys<F, kOut>(d, l, part, first, end,
-                                                      out, next);
+                                                      out, next, ahead);
     case QuantKernels::kAvx2:
-      return values
-                 ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end, out)
-                 : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out,
-                                                 next);
+      return values ? avx2::DequantizeValues<F, kOut>(d, l, part, first, end,
+                                                      out, ahead)
+                    : avx2::DequantizeKeys<F, kOut>(d, l, part, first, end, out,
+                                                    next, ahead);
 #endif
     default:
       return values
@@ -1312,21 +1339,29 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         DType out_dtype, void* k_out, void* v_out) {
+                         DType out_dtype, void* k_out, void* v_out,
+                         const NextBlock& next) {
   CheckArgs(format, shape, first_slot, count);
   const QuantLayout l = QuantLayout::For(format, shape);
   const Dims d(shape);
   const int64_t first = first_slot, end = int64_t{first_slot} + count;
   const QuantKernels use = Effective(kernels, shape);
+  Ahead next_k, next_v;
+  if (next.k_part != nullptr && next.v_part != nullptr) {
+    const QuantLayout nl = QuantLayout::For(next.format, shape);
+    next_k = {static_cast<const std::byte*>(next.k_part), nl.k_part_bytes};
+    next_v = {static_cast<const std::byte*>(next.v_part), nl.v_part_bytes};
+  }
+  next_k.fetch_own = next_v.fetch_own = !next.this_block_requested;
   // The format and output dtype play the roles WithFormatAndDType gives to
   // the format and input dtype.
   WithFormatAndDType(format, out_dtype, [&]<QuantFormat F, DType kOut>() {
-    DequantizeSide<F, kOut>(use, /*values=*/false, d, l,
-                            static_cast<const std::byte*>(k_part), first, end,
-                            k_out, static_cast<const std::byte*>(v_part));
+    DequantizeSide<F, kOut>(
+        use, /*values=*/false, d, l, static_cast<const std::byte*>(k_part),
+        first, end, k_out, static_cast<const std::byte*>(v_part), next_k);
     DequantizeSide<F, kOut>(use, /*values=*/true, d, l,
                             static_cast<const std::byte*>(v_part), first, end,
-                            v_out);
+                            v_out, nullptr, next_v);
   });
 }
 
@@ -1340,16 +1375,18 @@ QuantError QuantizeBlock(QuantFormat format, const QuantShape& shape,
 
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
-                     int count, DType out_dtype, void* k_out, void* v_out) {
+                     int count, DType out_dtype, void* k_out, void* v_out,
+                     const NextBlock& next) {
   DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
-                      first_slot, count, out_dtype, k_out, v_out);
+                      first_slot, count, out_dtype, k_out, v_out, next);
 }
 
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
-                     int count, float* k_out, float* v_out) {
+                     int count, float* k_out, float* v_out,
+                     const NextBlock& next) {
   DequantizeBlockWith(BestQuantKernels(), format, shape, k_part, v_part,
-                      first_slot, count, DType::kF32, k_out, v_out);
+                      first_slot, count, DType::kF32, k_out, v_out, next);
 }
 
 QuantError QuantizeBlockPortable(QuantFormat format, const QuantShape& shape,

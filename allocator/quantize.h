@@ -142,6 +142,24 @@ struct QuantizeOptions {
                                        void* v_part,
                                        const QuantizeOptions& options = {});
 
+// NextBlock
+//
+// A hint for DequantizeBlock: the quantized block the caller will
+// dequantize next (Gather and Attend walk a table). The SIMD kernels ask
+// the memory for its K and V parts a slice per row while they decode this
+// block, so that a run of cold blocks streams from DRAM under the decoding
+// instead of stalling at each block's start. Prefetches only: the parts are
+// never read, and a null part (the default) asks for nothing.
+// this_block_requested: the previous call named this block as its next, so
+// its lines are on their way and the kernels do not ask for them again
+// (otherwise they prefetch this block's own rows a few ahead).
+struct NextBlock {
+  QuantFormat format = QuantFormat::kInt8;
+  const void* k_part = nullptr;
+  const void* v_part = nullptr;
+  bool this_block_requested = false;
+};
+
 // DequantizeBlock
 //
 // Writes slots [first_slot, first_slot + count) of a quantized block as
@@ -151,11 +169,13 @@ struct QuantizeOptions {
 // would hold, 2 bytes a value). No alignment needed. O(count * H * D).
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
-                     int count, DType out_dtype, void* k_out, void* v_out);
+                     int count, DType out_dtype, void* k_out, void* v_out,
+                     const NextBlock& next = {});
 // The same, as f32.
 void DequantizeBlock(QuantFormat format, const QuantShape& shape,
                      const void* k_part, const void* v_part, int first_slot,
-                     int count, float* k_out, float* v_out);
+                     int count, float* k_out, float* v_out,
+                     const NextBlock& next = {});
 
 // PerTokenKeyError
 //
@@ -190,7 +210,8 @@ enum class QuantKernels : uint8_t { kPortable, kAvx2, kAvx512 };
 void DequantizeBlockWith(QuantKernels kernels, QuantFormat format,
                          const QuantShape& shape, const void* k_part,
                          const void* v_part, int first_slot, int count,
-                         DType out_dtype, void* k_out, void* v_out);
+                         DType out_dtype, void* k_out, void* v_out,
+                         const NextBlock& next = {});
 
 // The portable loops (QuantizeBlockWith(kPortable, ...)), which the SIMD
 // kernels are held to.

@@ -14,8 +14,7 @@ namespace kvpage {
 
 namespace {
 
-// The K and V parts of a repacked block, from the codes pointers (the layout
-// puts codes first in each part).
+// The quantization shape of the view's repacked blocks.
 internal::QuantShape ShapeOf(const LayerView& view) {
   return {.block_tokens = view.block_tokens,
           .num_kv_heads = view.num_kv_heads,
@@ -23,10 +22,32 @@ internal::QuantShape ShapeOf(const LayerView& view) {
           .group_size = view.quant_group_size};
 }
 
-}  // namespace
+// The repacked block's format and parts, from its codes pointers (the
+// layout puts the codes first in each part).
+struct QuantParts {
+  internal::QuantFormat format;
+  const std::byte* k_part;
+  const std::byte* v_part;
+};
+QuantParts PartsOf(const LayerView& view, const BlockView& block) {
+  const internal::QuantFormat format = block.format == BlockFormat::kInt8
+                                           ? internal::QuantFormat::kInt8
+                                           : internal::QuantFormat::kInt4;
+  const internal::QuantLayout layout =
+      internal::QuantLayout::For(format, ShapeOf(view));
+  return {format,
+          static_cast<const std::byte*>(block.quant.k_codes) - layout.k_codes,
+          static_cast<const std::byte*>(block.quant.v_codes) - layout.v_codes};
+}
 
-absl::Status Dequantize(const LayerView& view, const BlockView& block,
-                        absl::Span<float> k_out, absl::Span<float> v_out) {
+// Dequantize, told the block that will be read after this one (may be
+// null): when it is repacked too, its parts stream in under this block's
+// decoding (internal::NextBlock). `requested`: the previous call named this
+// block so.
+absl::Status DequantizeBefore(const LayerView& view, const BlockView& block,
+                              const BlockView* next, bool requested,
+                              absl::Span<float> k_out,
+                              absl::Span<float> v_out) {
   const int64_t elems =
       int64_t{block.tokens} * view.num_kv_heads * view.head_dim;
   if (static_cast<int64_t>(k_out.size()) < elems ||
@@ -48,19 +69,24 @@ absl::Status Dequantize(const LayerView& view, const BlockView& block,
                               view.dtype, v_out.data(), DType::kF32, elems);
     return absl::OkStatus();
   }
-  const internal::QuantFormat format = block.format == BlockFormat::kInt8
-                                           ? internal::QuantFormat::kInt8
-                                           : internal::QuantFormat::kInt4;
-  const internal::QuantShape shape = ShapeOf(view);
-  const internal::QuantLayout layout =
-      internal::QuantLayout::For(format, shape);
-  const auto* k_part =
-      static_cast<const std::byte*>(block.quant.k_codes) - layout.k_codes;
-  const auto* v_part =
-      static_cast<const std::byte*>(block.quant.v_codes) - layout.v_codes;
-  internal::DequantizeBlock(format, shape, k_part, v_part, block.begin_slot,
-                            block.tokens, k_out.data(), v_out.data());
+  internal::NextBlock hint;
+  if (next != nullptr && next->format != BlockFormat::kHot) {
+    const QuantParts n = PartsOf(view, *next);
+    hint = {n.format, n.k_part, n.v_part};
+  }
+  hint.this_block_requested = requested;
+  const QuantParts p = PartsOf(view, block);
+  internal::DequantizeBlock(p.format, ShapeOf(view), p.k_part, p.v_part,
+                            block.begin_slot, block.tokens, k_out.data(),
+                            v_out.data(), hint);
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Dequantize(const LayerView& view, const BlockView& block,
+                        absl::Span<float> k_out, absl::Span<float> v_out) {
+  return DequantizeBefore(view, block, nullptr, false, k_out, v_out);
 }
 
 absl::Status Attend(const LayerView& view, absl::Span<const float> query,
@@ -89,14 +115,20 @@ absl::Status Attend(const LayerView& view, absl::Span<const float> query,
   std::vector<float> denom(static_cast<size_t>(q_heads), 0.0f);
   std::vector<float> acc(static_cast<size_t>(q_heads * dim), 0.0f);
   std::vector<float> k, v, scores;
-  for (const BlockView& block : view.blocks) {
+  for (size_t b = 0; b < view.blocks.size(); ++b) {
+    const BlockView& block = view.blocks[b];
+    const BlockView* next =
+        b + 1 < view.blocks.size() ? &view.blocks[b + 1] : nullptr;
     const int64_t tokens = block.tokens;
     const int64_t elems = tokens * kv_heads * dim;
     k.resize(static_cast<size_t>(elems));
     v.resize(static_cast<size_t>(elems));
     scores.resize(static_cast<size_t>(tokens));
-    if (absl::Status s =
-            Dequantize(view, block, absl::MakeSpan(k), absl::MakeSpan(v));
+    const bool requested = b > 0 &&
+                           view.blocks[b - 1].format != BlockFormat::kHot &&
+                           block.format != BlockFormat::kHot;
+    if (absl::Status s = DequantizeBefore(view, block, next, requested,
+                                          absl::MakeSpan(k), absl::MakeSpan(v));
         !s.ok()) {
       return s;
     }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -1216,24 +1217,51 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
   out.k.resize(static_cast<size_t>(tokens * m.token_elems));
   out.v.resize(static_cast<size_t>(tokens * m.token_elems));
   out.positions.reserve(static_cast<size_t>(tokens));
+  // Each run is read once the next one is known, so that a repacked block
+  // is decoded with the next repacked one streaming in (NextBlock).
+  struct Run {
+    BlockRef ref;
+    int64_t slot, count, position;
+  };
+  auto read = [&](const Run& run, const Run* next, bool requested) {
+    const int64_t done = static_cast<int64_t>(out.positions.size());
+    float* k_out = out.k.data() + done * m.token_elems;
+    float* v_out = out.v.data() + done * m.token_elems;
+    if (IsQuant(run.ref)) {
+      internal::NextBlock hint;
+      if (next != nullptr && IsQuant(next->ref)) {
+        const BlockId n = RefId(next->ref);
+        hint = {m.qformat[n], m.KPart(n), m.VPart(n)};
+      }
+      hint.this_block_requested = requested;
+      const BlockId q = RefId(run.ref);
+      internal::DequantizeBlock(m.qformat[q], m.qshape, m.KPart(q), m.VPart(q),
+                                static_cast<int>(run.slot),
+                                static_cast<int>(run.count), k_out, v_out,
+                                hint);
+    } else {
+      m.ReadRun(run.ref, false, run.slot, run.count, k_out);
+      m.ReadRun(run.ref, true, run.slot, run.count, v_out);
+    }
+    for (int64_t i = 0; i < run.count; ++i)
+      out.positions.push_back(run.position + i);
+  };
+  // A repacked run after a repacked run was named by the previous call.
+  std::optional<Run> pending;
+  bool pending_requested = false;
   internal::ForEachVisibleRun(
       r, table, 0, table.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
-        const int64_t done = static_cast<int64_t>(out.positions.size());
-        float* k_out = out.k.data() + done * m.token_elems;
-        float* v_out = out.v.data() + done * m.token_elems;
-        if (IsQuant(ref)) {
-          const BlockId q = RefId(ref);
-          internal::DequantizeBlock(m.qformat[q], m.qshape, m.KPart(q),
-                                    m.VPart(q), static_cast<int>(slot),
-                                    static_cast<int>(count), k_out, v_out);
-        } else {
-          m.ReadRun(ref, false, slot, count, k_out);
-          m.ReadRun(ref, true, slot, count, v_out);
+        const Run run{ref, slot, count, position};
+        bool requested = false;
+        if (pending) {
+          read(*pending, &run, pending_requested);
+          requested = IsQuant(pending->ref) && IsQuant(ref);
         }
-        for (int64_t i = 0; i < count; ++i)
-          out.positions.push_back(position + i);
+        pending = run;
+        pending_requested = requested;
       });
+  if (pending) read(*pending, nullptr, pending_requested);
   return out;
 }
 

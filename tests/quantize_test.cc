@@ -1,5 +1,6 @@
 #include "allocator/quantize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -567,6 +568,63 @@ TEST(QuantizeTest, SimdKernelsMatchThePortableLoops) {
                 ASSERT_EQ(out16.k, want_k) << DTypeName(out_dtype);
                 ASSERT_EQ(out16.v, want_v) << DTypeName(out_dtype);
               }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// A NextBlock hint (the block read after this one) only prefetches: every
+// kernel set, into every output dtype, over whole and partial ranges, writes
+// the same bits with the hint as without, whichever format the next block
+// has and whether or not this block counts as already requested.
+TEST(QuantizeTest, NextBlockHintChangesNoOutput) {
+  std::vector<QuantKernels> sets = {QuantKernels::kPortable};
+  for (QuantKernels k : {QuantKernels::kAvx2, QuantKernels::kAvx512}) {
+    if (QuantKernelsSupported(k)) sets.push_back(k);
+  }
+  uint32_t seed = 700;
+  for (const QuantShape& s : {kShape16, kShape32}) {
+    seed += 4;
+    const HotBlock b =
+        MakeBlock(DType::kF16, KeyLike(s, seed), Gaussian(Elems(s), seed + 1));
+    const HotBlock other = MakeBlock(DType::kF16, KeyLike(s, seed + 2),
+                                     Gaussian(Elems(s), seed + 3));
+    for (QuantFormat f : kFormats) {
+      const Quantized q = Quantize(f, s, b, 0, s.block_tokens);
+      for (QuantFormat next_format : kFormats) {
+        const Quantized n = Quantize(next_format, s, other, 0, s.block_tokens);
+        const NextBlock hint{next_format, n.k_part.data(), n.v_part.data()};
+        for (auto [first, count] :
+             {std::pair{0, s.block_tokens}, std::pair{3, s.block_tokens - 5}}) {
+          for (QuantKernels kernels : sets) {
+            for (DType out_dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+              SCOPED_TRACE(::testing::Message()
+                           << QuantKernelsName(kernels) << " " << FormatName(f)
+                           << " next " << FormatName(next_format) << " into "
+                           << DTypeName(out_dtype) << " slots " << first << "+"
+                           << count);
+              const int64_t bytes = Channels(s) * count * DTypeSize(out_dtype);
+              std::vector<std::byte> plain(2 * static_cast<size_t>(bytes),
+                                           std::byte{0xab});
+              std::vector<std::byte> hinted = plain;
+              DequantizeBlockWith(kernels, f, s, q.k_part.data(),
+                                  q.v_part.data(), first, count, out_dtype,
+                                  plain.data(), plain.data() + bytes);
+              // With and without this block's own rows asked for.
+              for (bool requested : {false, true}) {
+                NextBlock h = hint;
+                h.this_block_requested = requested;
+                std::fill(hinted.begin(), hinted.end(), std::byte{0xab});
+                DequantizeBlockWith(kernels, f, s, q.k_part.data(),
+                                    q.v_part.data(), first, count, out_dtype,
+                                    hinted.data(), hinted.data() + bytes, h);
+                ASSERT_EQ(hinted, plain) << "requested " << requested;
+              }
+              // (Both calls wrote their output.)
+              ASSERT_NE(plain[0], std::byte{0xab});
             }
           }
         }
