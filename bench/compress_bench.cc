@@ -307,7 +307,9 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
       "the ratio to a memcpy of that block in the same run: in L2, memcpy "
       "L2 -> L2; from DRAM, the repack against memcpy DRAM -> DRAM (both "
       "write a stream of blocks), the dequantization against memcpy DRAM -> "
-      "an L2 scratch (both write one scratch block in L2)\n",
+      "an L2 scratch (both write one scratch block in L2); the "
+      "dequantization rows name the next block, as Attend and Gather do "
+      "(\"each block alone\": no hint)\n",
       kGroup);
   absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n", "", "in L2", "vs memcpy",
                 "from DRAM", "vs memcpy");
