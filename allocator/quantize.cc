@@ -582,16 +582,6 @@ KVPAGE_SIMD_INLINE __m256i Out16(F v) {
     return _mm256_permute4x64_epi64(p, 0xd8);
   }
 }
-template <DType kOut>
-KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
-  if constexpr (kOut == DType::kF32) {
-    StoreF32(static_cast<float*>(out) + i, v);
-  } else {
-    _mm256_storeu_si256(
-        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
-        Out16<kOut>(v));
-  }
-}
 
 // int4 decoding by table, for groups of a multiple of 32 values into f16 /
 // bf16: the table holds the group's 16 possible outputs (code c: c * scale +
@@ -919,16 +909,6 @@ KVPAGE_SIMD_INLINE __m256i Out16(F v) {
         _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)),
                          odd),
         16));
-  }
-}
-template <DType kOut>
-KVPAGE_SIMD_INLINE void StoreOut(void* out, int64_t i, F v) {
-  if constexpr (kOut == DType::kF32) {
-    _mm512_storeu_ps(static_cast<float*>(out) + i, v);
-  } else {
-    _mm256_storeu_si256(
-        reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + i),
-        Out16<kOut>(v));
   }
 }
 

@@ -105,13 +105,10 @@ void BM_Compress_Memcpy(benchmark::State& state) {
           __builtin_prefetch(next + p * kPiece + i, 0, 3);
         }
       }
-      benchmark::DoNotOptimize(dst.data());
-      benchmark::ClobberMemory();
-      if (++b == blocks) b = 0;
-      continue;
+    } else {
+      std::memcpy(dst.data() + (which == 1 ? b * kBlockElems : 0),
+                  src.data() + b * kBlockElems, kBlockBytes);
     }
-    std::memcpy(dst.data() + (which == 1 ? b * kBlockElems : 0),
-                src.data() + b * kBlockElems, kBlockBytes);
     benchmark::DoNotOptimize(dst.data());
     benchmark::ClobberMemory();
     if (++b == blocks) b = 0;

@@ -1223,7 +1223,9 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
     BlockRef ref;
     int64_t slot, count, position;
   };
-  auto read = [&](const Run& run, const Run* next, bool requested) {
+  // Whether the run read last was repacked: it then named this one.
+  bool last_repacked = false;
+  auto read = [&](const Run& run, const Run* next) {
     const int64_t done = static_cast<int64_t>(out.positions.size());
     float* k_out = out.k.data() + done * m.token_elems;
     float* v_out = out.v.data() + done * m.token_elems;
@@ -1233,7 +1235,7 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
         const BlockId n = RefId(next->ref);
         hint = {m.qformat[n], m.KPart(n), m.VPart(n)};
       }
-      hint.this_block_requested = requested;
+      hint.this_block_requested = last_repacked;
       const BlockId q = RefId(run.ref);
       internal::DequantizeBlock(m.qformat[q], m.qshape, m.KPart(q), m.VPart(q),
                                 static_cast<int>(run.slot),
@@ -1245,23 +1247,17 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
     }
     for (int64_t i = 0; i < run.count; ++i)
       out.positions.push_back(run.position + i);
+    last_repacked = IsQuant(run.ref);
   };
-  // A repacked run after a repacked run was named by the previous call.
   std::optional<Run> pending;
-  bool pending_requested = false;
   internal::ForEachVisibleRun(
       r, table, 0, table.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         const Run run{ref, slot, count, position};
-        bool requested = false;
-        if (pending) {
-          read(*pending, &run, pending_requested);
-          requested = IsQuant(pending->ref) && IsQuant(ref);
-        }
+        if (pending) read(*pending, &run);
         pending = run;
-        pending_requested = requested;
       });
-  if (pending) read(*pending, nullptr, pending_requested);
+  if (pending) read(*pending, nullptr);
   return out;
 }
 
