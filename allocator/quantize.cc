@@ -1186,7 +1186,7 @@ void CheckArgs(QuantFormat format, const QuantShape& shape, int first,
 
 // Runs the keys (values = false) or values kernel of `kernels`; the SIMD
 // kernels add to `sums` only with `error` (the portable loops always do).
-// `next` (may be null): the values' source, which the SIMD keys kernels
+// `next` (may be null): the keys' source, which the SIMD values kernels
 // prefetch while they work.
 template <QuantFormat F, DType kD>
 void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
@@ -1197,26 +1197,26 @@ void QuantizeSide(QuantKernels kernels, bool values, bool error, const Dims& d,
 #if KVPAGE_X86
     case QuantKernels::kAvx512:
       if (error) {
-        return values ? avx512::QuantizeValues<F, kD, true>(d, l, src, first,
-                                                            end, part, sums)
+        return values ? avx512::QuantizeValues<F, kD, true>(
+                            d, l, src, first, end, part, sums, next)
                       : avx512::QuantizeKeys<F, kD, true>(d, l, src, first, end,
-                                                          part, sums, next);
+                                                          part, sums);
       }
-      return values ? avx512::QuantizeValues<F, kD, false>(d, l, src, first,
-                                                           end, part, sums)
+      return values ? avx512::QuantizeValues<F, kD, false>(
+                          d, l, src, first, end, part, sums, next)
                     : avx512::QuantizeKeys<F, kD, false>(d, l, src, first, end,
-                                                         part, sums, next);
+                                                         part, sums);
     case QuantKernels::kAvx2:
       if (error) {
         return values ? avx2::QuantizeValues<F, kD, true>(d, l, src, first, end,
-                                                          part, sums)
+                                                          part, sums, next)
                       : avx2::QuantizeKeys<F, kD, true>(d, l, src, first, end,
-                                                        part, sums, next);
+                                                        part, sums);
       }
       return values ? avx2::QuantizeValues<F, kD, false>(d, l, src, first, end,
-                                                         part, sums)
+                                                         part, sums, next)
                     : avx2::QuantizeKeys<F, kD, false>(d, l, src, first, end,
-                                                       part, sums, next);
+                                                       part, sums);
 #endif
     default:
       return values ? QuantizeValuesPortable<F, kD>(d, l, src, first, end, part,
@@ -1303,10 +1303,13 @@ QuantError QuantizeBlockWith(QuantKernels kernels, QuantFormat format,
   const bool error = options.measure_error;
   ErrorSums ks, vs;
   WithFormatAndDType(format, dtype, [&]<QuantFormat F, DType kD>() {
-    QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
-                        k, ks, v_src);
+    // The values first: their rows are independent, so their work covers
+    // the fetch of the keys' lines, which the keys then find cached (their
+    // statistics need all rows before any code).
     QuantizeSide<F, kD>(use, /*values=*/true, error, d, l, v_src, first, end, v,
-                        vs);
+                        vs, k_src);
+    QuantizeSide<F, kD>(use, /*values=*/false, error, d, l, k_src, first, end,
+                        k, ks);
   });
   if (!error) return result;
   result.k_sq_err = ks.TotalErr();
