@@ -750,11 +750,51 @@ KVPAGE_SIMD_INLINE I LoadInt4(const std::byte* src) {
   return {_mm256_cvtepu8_epi32(codes),
           _mm256_cvtepu8_epi32(_mm_srli_si128(codes, 8))};
 }
-// The 32 codes of 16 packed bytes: units a (codes 0..15) and b (16..31).
-KVPAGE_SIMD_INLINE void LoadInt4x2(const std::byte* src, I& a, I& b) {
-  const __m128i lo = UnpackInt4(src), hi = UnpackInt4(src + 8);
-  a = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))};
-  b = {_mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+// The 32 codes of 16 packed bytes as two units: the even codes (0, 2 ..
+// 30: the low nibbles) and the odd ones (the high nibbles), each byte
+// widened once.
+KVPAGE_SIMD_INLINE void LoadInt4EvenOdd(const std::byte* src, I& even, I& odd) {
+  const __m256i a = _mm256_cvtepu8_epi32(
+      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)));
+  const __m256i b = _mm256_cvtepu8_epi32(
+      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + 8)));
+  const __m256i m = _mm256_set1_epi32(0x0f);
+  even = {_mm256_and_si256(a, m), _mm256_and_si256(b, m)};
+  odd = {_mm256_srli_epi32(a, 4), _mm256_srli_epi32(b, 4)};
+}
+// Lanes 0, 2 .. 14 of the 16 in x then y (kImm 0x88), or 1, 3 .. 15
+// (0xdd): shuffle_ps picks [0 2 8 10 | 4 6 12 14] per 128-bit lane, the
+// 64-bit permute puts them in order.
+template <int kImm>
+KVPAGE_SIMD_INLINE __m256 PickHalf(__m256 x, __m256 y) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(x, y, kImm)), 0xd8));
+}
+// Lanes 0, 2 .. 30 of the 32 in a then b, and lanes 1, 3 .. 31.
+KVPAGE_SIMD_INLINE void SplitEvenOdd(F a, F b, F& even, F& odd) {
+  even = {PickHalf<0x88>(a.lo, a.hi), PickHalf<0x88>(b.lo, b.hi)};
+  odd = {PickHalf<0xdd>(a.lo, a.hi), PickHalf<0xdd>(b.lo, b.hi)};
+}
+// 8 lanes of e and of o interleaved: e0 o0 .. e3 o3 in x, e4 o4 .. in y.
+KVPAGE_SIMD_INLINE void Merge8(__m256 e, __m256 o, __m256& x, __m256& y) {
+  const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+  x = _mm256_permute2f128_ps(lo, hi, 0x20);
+  y = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
+// The inverse: lanes 0 .. 15 and 16 .. 31 of even and odd interleaved.
+KVPAGE_SIMD_INLINE void MergeEvenOdd(F even, F odd, F& first, F& second) {
+  Merge8(even.lo, odd.lo, first.lo, first.hi);
+  Merge8(even.hi, odd.hi, second.lo, second.hi);
+}
+// 16-bit lanes: even and odd interleaved into dst[0 .. 31].
+KVPAGE_SIMD_INLINE void StoreMerged16(uint16_t* dst, __m256i even,
+                                      __m256i odd) {
+  const __m256i lo = _mm256_unpacklo_epi16(even, odd);
+  const __m256i hi = _mm256_unpackhi_epi16(even, odd);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                      _mm256_permute2x128_si256(lo, hi, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16),
+                      _mm256_permute2x128_si256(lo, hi, 0x31));
 }
 
 template <bool kMax>
@@ -1033,15 +1073,39 @@ KVPAGE_SIMD_INLINE I LoadInt8(const std::byte* src) {
 KVPAGE_SIMD_INLINE I LoadInt4(const std::byte* src) {
   return _mm512_cvtepu8_epi32(UnpackInt4(src));
 }
-// The 32 codes of 16 packed bytes: units a (codes 0..15) and b (16..31),
-// unpacked in one 128-bit pass.
-KVPAGE_SIMD_INLINE void LoadInt4x2(const std::byte* src, I& a, I& b) {
-  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-  const __m128i m = _mm_set1_epi8(0x0f);
-  const __m128i lo = _mm_and_si128(packed, m);
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
-  a = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
-  b = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi));
+// The 32 codes of 16 packed bytes as two units: the even codes (0, 2 ..
+// 30: the low nibbles) and the odd ones (the high nibbles), each byte
+// widened once.
+KVPAGE_SIMD_INLINE void LoadInt4EvenOdd(const std::byte* src, I& even, I& odd) {
+  const I bytes = _mm512_cvtepu8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  even = _mm512_and_si512(bytes, _mm512_set1_epi32(0x0f));
+  odd = _mm512_srli_epi32(bytes, 4);
+}
+// Lanes 0, 2 .. 30 of the 32 in a then b, and lanes 1, 3 .. 31.
+KVPAGE_SIMD_INLINE void SplitEvenOdd(F a, F b, F& even, F& odd) {
+  const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
+                                      24, 26, 28, 30);
+  even = _mm512_permutex2var_ps(a, e, b);
+  odd = _mm512_permutex2var_ps(a, _mm512_add_epi32(e, _mm512_set1_epi32(1)), b);
+}
+// The inverse: lanes 0 .. 15 and 16 .. 31 of even and odd interleaved.
+KVPAGE_SIMD_INLINE void MergeEvenOdd(F even, F odd, F& first, F& second) {
+  const __m512i i =
+      _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  first = _mm512_permutex2var_ps(even, i, odd);
+  second = _mm512_permutex2var_ps(
+      even, _mm512_add_epi32(i, _mm512_set1_epi32(8)), odd);
+}
+// 16-bit lanes: even and odd interleaved into dst[0 .. 31].
+KVPAGE_SIMD_INLINE void StoreMerged16(uint16_t* dst, __m256i even,
+                                      __m256i odd) {
+  const __m512i i = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26,
+                                     10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+                                     4, 19, 3, 18, 2, 17, 1, 16, 0);
+  _mm512_storeu_si512(
+      dst, _mm512_permutexvar_epi16(
+               i, _mm512_inserti64x4(_mm512_castsi256_si512(even), odd, 1)));
 }
 
 template <bool kMax>
