@@ -50,13 +50,16 @@
 // CPUs without FMA). Measured on a Zen 5 VM (bench/compress_bench.cc, f16,
 // H=8 D=128, T=16 G=32, against a memcpy of the 64 KiB hot block, both
 // L2-resident): repack int8 0.23x (int4 0.17x), with the error sums 0.15x
-// (0.11x); dequantize into f16 int8 0.50x, int4 0.45x. The repack needs ~8
+// (0.11x); dequantize into f16 int8 0.50x, int4 0.42x. The repack needs ~8
 // vector instructions per 16 values (statistics, scaling, rounding, packing;
 // ~12 with the error sums); the dequantization ~5 (widen, convert, scale,
 // narrow, store), int4 values into f16 / bf16 fewer (a 16-entry table per
 // group). From DRAM, where a cold block comes from, the kernels prefetch two
-// rows ahead (and the values while the keys run): repack 0.7x-0.8x memcpy
-// DRAM -> DRAM, dequantize into f16 0.75x-1x memcpy DRAM -> L2.
+// rows ahead; the repack quantizes the values first and prefetches the
+// keys' rows along them (and the lines its codes go to), and a NextBlock
+// hint streams the next block under the dequantization: repack 0.59x-0.73x
+// memcpy DRAM -> DRAM, dequantize into f16 1.04x-1.08x memcpy DRAM -> L2
+// (README, three runs).
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
 // their arguments.
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
