@@ -57,9 +57,9 @@
 // group). From DRAM, where a cold block comes from, the kernels prefetch two
 // rows ahead; the repack quantizes the values first and prefetches the
 // keys' rows along them (and the lines its codes go to), and a NextBlock
-// hint streams the next block under the dequantization: repack 0.59x-0.73x
-// memcpy DRAM -> DRAM, dequantize into f16 1.04x-1.08x memcpy DRAM -> L2
-// (README, three runs).
+// hint streams the next block under the dequantization: repack 0.54x-0.73x
+// memcpy DRAM -> DRAM, dequantize into f16 1.04x-1.12x memcpy DRAM -> L2
+// in quiet runs (README, five runs).
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
 // their arguments.
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
