@@ -953,22 +953,25 @@ KVPAGE_SIMD_INLINE __m256i Out16(F v) {
 }
 
 // int4 decoding by table (see avx2::Lut16): vpermw looks the 16-bit outputs
-// up directly.
+// up directly. The table is held twice (words 0..15 and 16..31), so that an
+// index needs only its low 4 bits right: vpermw reads 5.
 using Lut16 = __m512i;
 template <DType kOut>
 KVPAGE_SIMD_INLINE Lut16 MakeLut16(F table) {
-  return _mm512_castsi256_si512(Out16<kOut>(table));
+  return _mm512_broadcast_i64x4(Out16<kOut>(table));
 }
 KVPAGE_SIMD_INLINE void StoreLutCodes32(void* out, int64_t i, Lut16 t,
                                         const std::byte* src) {
-  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-  const __m128i m = _mm_set1_epi8(0x0f);
-  const __m128i lo_n = _mm_and_si128(packed, m);
-  const __m128i hi_n = _mm_and_si128(_mm_srli_epi16(packed, 4), m);
-  const __m256i codes = _mm256_set_m128i(_mm_unpackhi_epi8(lo_n, hi_n),
-                                         _mm_unpacklo_epi8(lo_n, hi_n));
+  // Byte b = 16h + l widened to a dword and multiplied by 4097 (b + b <<
+  // 12, no carries): its low word holds l in bits 0..3, its high word is
+  // h. So the words are the codes in order (low nibble first), 4 bits each
+  // plus bits vpermw ignores or the table's second copy absorbs: one
+  // multiply in place of the nibble split and interleave.
+  const __m512i bytes = _mm512_cvtepu8_epi32(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  const __m512i codes = _mm512_madd_epi16(bytes, _mm512_set1_epi32(4097));
   _mm512_storeu_si512(static_cast<uint16_t*>(out) + i,
-                      _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(codes), t));
+                      _mm512_permutexvar_epi16(codes, t));
 }
 KVPAGE_SIMD_INLINE F Iota16() {
   return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
