@@ -50,7 +50,7 @@
 // CPUs without FMA). Measured on a Zen 5 VM (bench/compress_bench.cc, f16,
 // H=8 D=128, T=16 G=32, against a memcpy of the 64 KiB hot block, both
 // L2-resident): repack int8 0.23x (int4 0.17x), with the error sums 0.15x
-// (0.11x); dequantize into f16 int8 0.50x, int4 0.42x. The repack needs ~8
+// (0.11x); dequantize into f16 int8 0.50x, int4 0.45x. The repack needs ~8
 // vector instructions per 16 values (statistics, scaling, rounding, packing;
 // ~12 with the error sums); the dequantization ~5 (widen, convert, scale,
 // narrow, store), int4 values into f16 / bf16 fewer (a 16-entry table per
@@ -59,7 +59,7 @@
 // keys' rows along them (and the lines its codes go to), and a NextBlock
 // hint streams the next block under the dequantization: repack 0.54x-0.73x
 // memcpy DRAM -> DRAM, dequantize into f16 1.04x-1.12x memcpy DRAM -> L2
-// in quiet runs (README, six runs). With another tenant on the same
+// in quiet runs (README, eight runs). With another tenant on the same
 // physical core the dequantization is compute-bound and falls to ~0.95x:
 // its in-L2 time per block is what bounds it.
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
