@@ -60,8 +60,8 @@
 // hint streams the next block under the dequantization: repack 0.54x-0.73x
 // memcpy DRAM -> DRAM, dequantize into f16 1.03x-1.12x memcpy DRAM -> L2
 // in quiet runs (README, eleven runs). With another tenant on the same
-// physical core the dequantization is compute-bound and falls to ~0.95x:
-// its in-L2 time per block is what bounds it.
+// physical core the dequantization is compute-bound and falls to 0.85x-0.96x
+// (README): its in-L2 time per block is what bounds it.
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
 // their arguments.
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_

@@ -367,9 +367,9 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
   // The dequantization from DRAM cannot run faster than it does in L2 (the
   // next-block hint at best hides the whole fetch), so how far its in-L2
   // time is below memcpy DRAM -> L2 is the room the DRAM ratio has. Another
-  // tenant on the same physical core slowed the decoding ~1.6x and memcpy far
-  // less (README): the DRAM ratio survives such a tenant only with that much
-  // headroom.
+  // tenant on the same physical core slowed the decoding 1.4-1.7x and memcpy
+  // far less (README): the DRAM ratio survives such a tenant only with that
+  // much headroom.
   absl::FPrintF(out,
                 "Compute headroom of the dequantization into f16 "
                 "(memcpy DRAM -> L2 scratch / the decoding in L2):");
