@@ -20,8 +20,7 @@ uint16_t F32ToF16(float value) {
   constexpr uint32_t kF32Inf = 0xffu << 23;
   constexpr uint32_t kF16Overflow = (127u + 16u) << 23;  // 2^16
   constexpr uint32_t kF16MinNormal = 113u << 23;         // 2^-14
-  constexpr uint32_t kSubnormalMagic = ((127u - 15u) + (23u - 10u) + 1u)
-                                       << 23;
+  constexpr uint32_t kSubnormalMagic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
   uint32_t bits = std::bit_cast<uint32_t>(value);
   const uint32_t sign = bits & 0x80000000u;
   bits ^= sign;
@@ -29,8 +28,8 @@ uint16_t F32ToF16(float value) {
   if (bits >= kF16Overflow) {
     out = bits > kF32Inf ? 0x7e00u : 0x7c00u;  // NaN stays quiet NaN, else inf
   } else if (bits < kF16MinNormal) {
-    const float shifted = std::bit_cast<float>(bits) +
-                          std::bit_cast<float>(kSubnormalMagic);
+    const float shifted =
+        std::bit_cast<float>(bits) + std::bit_cast<float>(kSubnormalMagic);
     out = std::bit_cast<uint32_t>(shifted) - kSubnormalMagic;
   } else {
     const uint32_t mantissa_odd = (bits >> 13) & 1u;
@@ -172,6 +171,124 @@ void FromF32(const float* src, void* dst, DType to, int64_t count) {
 }  // namespace
 
 bool HasF16cKernels() { return Kernels().simd; }
+
+namespace {
+
+// Whether every element's magnitude bits (the sign masked off) are at most
+// `limit`: NaN and infinity have the largest magnitude bits of their type.
+template <typename U>
+bool MagnitudesAtMostPortable(const U* bits, int64_t count, U mask, U limit) {
+  U most = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const U x = bits[i] & mask;
+    most = x > most ? x : most;
+  }
+  return most <= limit;
+}
+
+#if KVPAGE_X86
+// The same with AVX2: an unsigned maximum of the masked bits, four vectors
+// at a time, checked every 512 bytes.
+template <int kBits>
+__attribute__((target("avx2"), always_inline)) inline __m256i MaxUnsigned(
+    __m256i a, __m256i b) {
+  if constexpr (kBits == 16) {
+    return _mm256_max_epu16(a, b);
+  } else {
+    return _mm256_max_epu32(a, b);
+  }
+}
+
+template <int kBits>
+__attribute__((target("avx2"), always_inline)) inline __m256i Splat(
+    uint32_t v) {
+  if constexpr (kBits == 16) {
+    return _mm256_set1_epi16(static_cast<short>(v));
+  } else {
+    return _mm256_set1_epi32(static_cast<int>(v));
+  }
+}
+
+__attribute__((target("avx2"), always_inline)) inline __m256i LoadMasked(
+    const std::byte* p, __m256i mask) {
+  return _mm256_and_si256(
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), mask);
+}
+
+template <int kBits>
+__attribute__((target("avx2"))) bool MagnitudesAtMostAvx2(const void* src,
+                                                          int64_t count,
+                                                          uint32_t mask,
+                                                          uint32_t limit) {
+  constexpr int64_t kBlockBytes = 512;
+  const auto* p = static_cast<const std::byte*>(src);
+  const std::byte* const end = p + count * (kBits / 8);
+  const __m256i m = Splat<kBits>(mask), lim = Splat<kBits>(limit);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (; end - p >= kBlockBytes;) {
+    for (const std::byte* stop = p + kBlockBytes; p < stop; p += 128) {
+      a0 = MaxUnsigned<kBits>(a0, LoadMasked(p, m));
+      a1 = MaxUnsigned<kBits>(a1, LoadMasked(p + 32, m));
+      a2 = MaxUnsigned<kBits>(a2, LoadMasked(p + 64, m));
+      a3 = MaxUnsigned<kBits>(a3, LoadMasked(p + 96, m));
+    }
+    const __m256i most = MaxUnsigned<kBits>(MaxUnsigned<kBits>(a0, a1),
+                                            MaxUnsigned<kBits>(a2, a3));
+    // max(most, limit) == limit in every lane: nothing above the limit.
+    const __m256i at_most =
+        _mm256_cmpeq_epi8(MaxUnsigned<kBits>(most, lim), lim);
+    if (_mm256_movemask_epi8(at_most) != -1) return false;
+  }
+  const int64_t rest = (end - p) / (kBits / 8);
+  if constexpr (kBits == 16) {
+    return MagnitudesAtMostPortable(reinterpret_cast<const uint16_t*>(p), rest,
+                                    static_cast<uint16_t>(mask),
+                                    static_cast<uint16_t>(limit));
+  } else {
+    return MagnitudesAtMostPortable(reinterpret_cast<const uint32_t*>(p), rest,
+                                    mask, limit);
+  }
+}
+
+bool HasAvx2() {
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return avx2;
+}
+#endif
+
+template <int kBits>
+bool MagnitudesAtMost(const void* src, int64_t count, uint32_t mask,
+                      uint32_t limit) {
+#if KVPAGE_X86
+  if (HasAvx2()) return MagnitudesAtMostAvx2<kBits>(src, count, mask, limit);
+#endif
+  if constexpr (kBits == 16) {
+    return MagnitudesAtMostPortable(static_cast<const uint16_t*>(src), count,
+                                    static_cast<uint16_t>(mask),
+                                    static_cast<uint16_t>(limit));
+  } else {
+    return MagnitudesAtMostPortable(static_cast<const uint32_t*>(src), count,
+                                    mask, limit);
+  }
+}
+
+}  // namespace
+
+bool AllWithinQuantRange(const void* src, DType dtype, int64_t count) {
+  static_assert(kQuantRangeMax == 65504.0f);
+  switch (dtype) {
+    case DType::kF32:  // 0x477fe000 is 65504.0f
+      return MagnitudesAtMost<32>(src, count, 0x7fffffff, 0x477fe000);
+    case DType::kF16:  // 0x7bff is 65504, the largest finite f16
+      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x7bff);
+    case DType::kBF16:  // 0x477f is 65280; the next bf16, 65536, is above
+      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x477f);
+  }
+  return false;
+}
 
 void ConvertElements(const void* src, DType from, void* dst, DType to,
                      int64_t count) {

@@ -25,6 +25,17 @@ namespace kvpage::internal {
 void ConvertElements(const void* src, DType from, void* dst, DType to,
                      int64_t count);
 
+// The largest magnitude the quantized formats represent: f16's largest
+// finite value, the range of their scales and minimums.
+inline constexpr float kQuantRangeMax = 65504.0f;
+
+// True when each of the `count` elements at `src` (of `dtype`) is a number
+// with |x| <= kQuantRangeMax: no NaN, no infinity, nothing f16 cannot hold.
+// Compares bit patterns (no float arithmetic); branch-free over blocks of
+// 64 elements, which compilers vectorize at -O2 and above. O(count).
+[[nodiscard]] bool AllWithinQuantRange(const void* src, DType dtype,
+                                       int64_t count);
+
 // The portable loops, exposed so that tests can hold the SIMD path to them.
 void F32ToF16Portable(const float* src, uint16_t* dst, int64_t count);
 void F16ToF32Portable(const uint16_t* src, float* dst, int64_t count);

@@ -32,7 +32,9 @@
 //   - Scales are clamped to [0, 65504] and minimums to [-65504, 65504] before
 //     the f16 rounding: values beyond f16's range saturate (their error is
 //     reported) instead of producing inf or NaN. A NaN input is ignored by
-//     the group's statistics and gets the lowest code.
+//     the group's statistics and gets the lowest code. (KVCache never hands
+//     the kernels such a block: it keeps blocks holding a NaN, an infinity
+//     or |x| > 65504 hot, AllWithinQuantRange in allocator/convert.h.)
 //   - Dequantization is code * scale (+ min). code * scale is exact in f32
 //     (at most 7 + 11 significant bits), so fusing the + min is exact too.
 //   - Squared errors and squares are summed with FMA in float, keys per

@@ -315,11 +315,15 @@ struct KVCache::Impl {
 
   // Offers `layer`'s block `logical` of `seq` to the prefix cache under its
   // chain hash: the first block offered for a hash and layer is kept.
+  // A block already cached (under this hash or another: a fork told other
+  // ids than its parent) is left as it is, and makes no entry.
   void Publish(const Sequence& seq, size_t layer, BlockId id, int64_t logical) {
+    if (cached_entry[id] >= 0) return;
     const uint64_t hash = seq.block_hashes[static_cast<size_t>(logical)];
     int32_t e;
     if (auto it = by_hash.find(hash); it != by_hash.end()) {
       e = it->second;
+      if (entries[static_cast<size_t>(e)].blocks[layer] != kNoBlock) return;
     } else {
       if (free_entries.empty()) {
         entries.emplace_back();
@@ -334,13 +338,12 @@ struct KVCache::Impl {
       by_hash.emplace(hash, e);
     }
     PrefixEntry& entry = entries[static_cast<size_t>(e)];
-    if (entry.blocks[layer] != kNoBlock || cached_entry[id] >= 0) return;
+    // Idle in its other layers: no longer. Off the list before the count
+    // changes, so that the list's block count loses what it had added.
+    if (entry.in_lru) LruRemove(e);
     entry.blocks[layer] = id;
     ++entry.layers_present;
     ++entry.layers_in_use;  // the publishing sequence holds it
-    if (entry.in_lru) {     // idle in its other layers: no longer
-      LruRemove(e);
-    }
     cached_entry[id] = e;
     pool->Retain(id);
   }
@@ -425,18 +428,39 @@ struct KVCache::Impl {
            (logical + 1) * bt <= t.length - config.compression.hot_tokens;
   }
 
+  // The visible slots [first, first + count) of window block `logical`: a
+  // block partly evicted by a window keeps stale data in its other slots.
+  std::pair<int, int> VisibleSlots(const LayerRules& r, const BlockTable& t,
+                                   int64_t logical) const {
+    const int64_t bt = r.block_tokens;
+    const int64_t lo = std::max({logical * bt, t.window_start, r.sinks});
+    return {static_cast<int>(lo - logical * bt),
+            static_cast<int>((logical + 1) * bt - lo)};
+  }
+
+  // Whether slots [first, first + count) of a hot block (HotSource) hold
+  // only values the quantized formats represent (finite, |x| <= 65504).
+  // O(block size).
+  bool Representable(const std::byte* k_src, const std::byte* v_src, int first,
+                     int count) const {
+    const int64_t offset = first * token_bytes;
+    const int64_t elems = count * token_elems;
+    return internal::AllWithinQuantRange(k_src + offset, config.dtype, elems) &&
+           internal::AllWithinQuantRange(v_src + offset, config.dtype, elems);
+  }
+
   // Repacks one repackable block into the quantized pool and releases its
   // hot block. False (and compressions_skipped) when the quantized pool has
-  // no room: the block stays hot. O(block size).
+  // no room or the block holds a value the formats cannot represent (NaN,
+  // an infinity, |x| > 65504): the block stays hot. O(block size).
   bool Repack(const LayerRules& r, BlockTable& t, int64_t logical) {
-    const int64_t bt = r.block_tokens;
     const BlockId hot = t.Block(logical);
-    // Only the visible slots count: a block partly evicted by a window keeps
-    // stale data in its other slots.
-    const int64_t lo = std::max({logical * bt, t.window_start, r.sinks});
-    const int first = static_cast<int>(lo - logical * bt);
-    const int count = static_cast<int>((logical + 1) * bt - lo);
+    const auto [first, count] = VisibleSlots(r, t, logical);
     const auto [k_src, v_src] = HotSource(hot);
+    if (!Representable(k_src, v_src, first, count)) {
+      ++compressions_skipped;
+      return false;
+    }
     const BlockId slot = qlocal->AllocateOne();
     if (slot == kNoBlock) {
       ++compressions_skipped;
@@ -681,7 +705,12 @@ struct KVCache::Impl {
         for (int64_t b = t.window_first; b < t.window_first + t.window_blocks();
              ++b) {
           if (static_cast<int64_t>(out.size()) >= want) return out;
-          if (Repackable(r, t, b)) out.push_back({&t, layer, b});
+          if (!Repackable(r, t, b)) continue;
+          const auto [first, count] = VisibleSlots(r, t, b);
+          const auto [k_src, v_src] = HotSource(t.Block(b));
+          if (Representable(k_src, v_src, first, count)) {
+            out.push_back({&t, layer, b});
+          }
         }
       }
     }
@@ -804,8 +833,14 @@ internal::KVCacheAccess::CreateWithStorage(
                 .num_kv_heads = config.num_kv_heads,
                 .head_dim = config.head_dim,
                 .group_size = q.group_size};
-    m.int8_layout = internal::QuantLayout::For(QuantFormat::kInt8, m.qshape);
-    m.int4_layout = internal::QuantLayout::For(QuantFormat::kInt4, m.qshape);
+    // Only the formats this cache writes: int4 needs an even head_dim,
+    // which an int8-only cache does not.
+    if (m.mixed || m.fixed_format == QuantFormat::kInt8) {
+      m.int8_layout = internal::QuantLayout::For(QuantFormat::kInt8, m.qshape);
+    }
+    if (m.mixed || m.fixed_format == QuantFormat::kInt4) {
+      m.int4_layout = internal::QuantLayout::For(QuantFormat::kInt4, m.qshape);
+    }
     if (m.mixed) {
       // int4 blocks take one slot; int8 blocks two, K part and V part.
       m.slot_bytes =
@@ -966,6 +1001,14 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
       }
     }
     t.window_first = std::max(sink_blocks, r.sink_blocks);
+    // A ring emptied by Truncate kept its blocks as spares: the attached
+    // blocks take their place, the surplus goes back.
+    while (r.ring() && !t.spares.empty() &&
+           t.window_blocks() + static_cast<int64_t>(t.spares.size()) >
+               r.ring_blocks) {
+      m.Release(t.spares.back());
+      t.spares.pop_back();
+    }
     t.length = t.max_length = length;
     t.published = static_cast<int64_t>(matched.size());
     m.tokens_stored += length;

@@ -3,6 +3,7 @@
 // the quantized pool is full. Kernel-level error bounds are in
 // quantize_test.cc.
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -511,6 +512,167 @@ TEST(CompressionTest, RepackedBlocksAreSmall) {
                 k.group_size, ratio);
     EXPECT_LE(ratio, k.at_most);
   }
+}
+
+// Regression (issue 15, defect 4): an int8 cache with an odd head_dim passes
+// ValidateConfig, but Create built the int4 layout too and its check
+// aborted. Such a cache is created and repacks, reads and attends.
+TEST(CompressionTest, Int8TakesAnOddHeadDim) {
+  constexpr int kOddDim = 3, kOddElems = 2 * kOddDim;
+  CacheConfig c{.num_layers = 1,
+                .num_kv_heads = 2,
+                .head_dim = kOddDim,
+                .dtype = DType::kF16,
+                .block_tokens = 4,
+                .num_blocks = 16,
+                .max_seq_len = 64,
+                .compression = {.enabled = true,
+                                .bits = QuantBits::kInt8,
+                                .group_size = kOddDim,
+                                .hot_tokens = 4,
+                                .quant_blocks = 16,
+                                .measure_error = true}};
+  absl::StatusOr<std::unique_ptr<KVCache>> created = KVCache::Create(c);
+  ASSERT_TRUE(created.ok()) << created.status();
+  KVCache& cache = **created;
+  const SeqId seq = *cache.AddSequence();
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> k(16 * kOddElems), v(16 * kOddElems);
+  for (float& x : k) x = normal(rng);
+  for (float& x : v) x = normal(rng);
+  ASSERT_TRUE(cache
+                  .Update(seq, 0, {.data = k.data(), .tokens = 16},
+                          {.data = v.data(), .tokens = 16}, 16)
+                  .ok());
+  ASSERT_TRUE(cache.CompressOldEntries(seq, 0, 0.0).ok());
+  EXPECT_EQ(cache.Stats().quant_blocks_int8, 3);
+  ASSERT_TRUE(cache.Validate().ok()) << cache.Validate();
+  const GatheredLayer g = *cache.Gather(seq, 0);
+  EXPECT_LE(RelMse(g.k, AsF16(k)), 1e-4);
+  EXPECT_LE(RelMse(g.v, AsF16(v)), 1e-4);
+  // The view's repacked blocks decode to what Gather returns.
+  const LayerView view = *cache.View(seq, 0);
+  std::vector<float> bk(4 * kOddElems), bv(4 * kOddElems);
+  ASSERT_TRUE(
+      Dequantize(view, view.blocks[0], absl::MakeSpan(bk), absl::MakeSpan(bv))
+          .ok());
+  EXPECT_EQ(bk, std::vector<float>(g.k.begin(), g.k.begin() + 4 * kOddElems));
+  std::vector<float> query(2 * kOddDim, 0.5f), out(2 * kOddDim);
+  EXPECT_TRUE(Attend(view, query, absl::MakeSpan(out)).ok());
+  // int4 and mixed still need an even head_dim, and say so.
+  c.compression.bits = QuantBits::kInt4;
+  EXPECT_THAT(std::string(KVCache::Create(c).status().message()),
+              HasSubstr("head_dim"));
+  c.compression.bits = QuantBits::kInt8;
+  c.compression.max_rel_error = 0.01;
+  EXPECT_THAT(std::string(KVCache::Create(c).status().message()),
+              HasSubstr("head_dim"));
+}
+
+// Non-finite input (issue 15): Update stores NaN, infinities and values f16
+// cannot hold as given; a block holding one is never repacked (it would
+// saturate, and the error statistics would turn NaN), so it stays hot and
+// reads back exactly, and the statistics stay finite.
+TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    DType dtype;
+    double max_rel_error;  // > 0: mixed formats
+  };
+  for (const Case& k : {Case{DType::kF16, 0}, Case{DType::kBF16, 0},
+                        Case{DType::kF32, 0}, Case{DType::kF32, 0.01}}) {
+    SCOPED_TRACE(DTypeName(k.dtype));
+    CacheConfig c = Config(QuantBits::kInt8, 4);
+    c.dtype = k.dtype;
+    c.compression.max_rel_error = k.max_rel_error;
+    auto cache = *KVCache::Create(c);
+    const SeqId seq = *cache->AddSequence();
+    // 6 blocks of 4 tokens: a NaN key in block 0, an infinite value in
+    // block 2, in block 4 a value beyond f16 (inf once stored in f16).
+    std::vector<float> kv = Gaussian(24, 3);
+    kv[0 * 4 * kElems + 5] = nan;
+    kv[2 * 4 * kElems + 7] = -inf;
+    kv[4 * 4 * kElems + 9] = 1e6f;
+    const std::vector<float>& values = kv;
+    std::vector<float> keys = kv;
+    keys[2 * 4 * kElems + 7] = 0.25f;  // the infinity in the values only
+    ASSERT_TRUE(cache
+                    ->Update(seq, 0, {.data = keys.data(), .tokens = 24},
+                             {.data = values.data(), .tokens = 24}, 24)
+                    .ok());
+    const GatheredLayer hot = *cache->Gather(seq, 0);
+    EXPECT_TRUE(std::isnan(hot.k[5]));
+    EXPECT_EQ(hot.v[2 * 4 * kElems + 7], -inf);
+    const float big = k.dtype == DType::kF16 ? inf
+                      : k.dtype == DType::kBF16
+                          ? internal::BF16ToF32(internal::F32ToBF16(1e6f))
+                          : 1e6f;
+    EXPECT_EQ(hot.k[4 * 4 * kElems + 9], big);
+    // Blocks 0..4 are cold (hot_tokens 4); 0, 2 and 4 cannot be repacked.
+    ASSERT_TRUE(cache->CompressOldEntries(seq, 0, 0.0).ok());
+    using F = BlockFormat;
+    const F q = k.max_rel_error > 0 ? Formats(*cache, seq, 0)[1] : F::kInt8;
+    EXPECT_NE(q, F::kHot);
+    EXPECT_THAT(Formats(*cache, seq, 0),
+                ::testing::ElementsAre(F::kHot, q, F::kHot, ::testing::_,
+                                       F::kHot, F::kHot));
+    CacheStats s = cache->Stats();
+    EXPECT_EQ(s.compressions_applied, 2);
+    EXPECT_EQ(s.compressions_skipped, 3);
+    EXPECT_TRUE(std::isfinite(s.mean_quant_error));
+    EXPECT_TRUE(std::isfinite(s.max_quant_error));
+    EXPECT_LE(s.max_quant_error, 0.01);
+    // The blocks kept hot read back exactly as they were.
+    const GatheredLayer after = *cache->Gather(seq, 0);
+    for (int64_t block : {0, 2, 4}) {
+      for (int64_t i = block * 4 * kElems; i < (block + 1) * 4 * kElems; ++i) {
+        const size_t at = static_cast<size_t>(i);
+        for (auto half : {&GatheredLayer::k, &GatheredLayer::v}) {
+          const float was = (hot.*half)[at], is = (after.*half)[at];
+          if (std::isnan(was)) {
+            EXPECT_TRUE(std::isnan(is)) << i;
+          } else {
+            EXPECT_EQ(is, was) << i;
+          }
+        }
+      }
+    }
+    EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  }
+}
+
+// The emergency repack of an update short of hot blocks does not count on
+// blocks that cannot be repacked: it refuses, and changes nothing.
+TEST(CompressionTest, AnEmergencyRepackSkipsBlocksItCannotRepack) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.num_blocks = 6;
+  c.compression.auto_compress = true;
+  c.compression.quant_blocks = 6;
+  auto cache = *KVCache::Create(c);
+  std::vector<float> kv = Gaussian(24, 4);
+  for (int64_t b = 0; b < 6; ++b) {
+    kv[static_cast<size_t>(b * 4 * kElems)] =
+        std::numeric_limits<float>::infinity();
+  }
+  // 6 blocks in layer 0, none repackable: the pool is full.
+  const SeqId a = *cache->AddSequence();
+  ASSERT_TRUE(cache
+                  ->Update(a, 0, {.data = kv.data(), .tokens = 24},
+                           {.data = kv.data(), .tokens = 24}, 24)
+                  .ok());
+  EXPECT_EQ(cache->Stats().compressions_applied, 0);
+  EXPECT_EQ(cache->Stats().blocks_free, 0);
+  const std::string before = Fingerprint(*cache);
+  const CacheStats stats_before = cache->Stats();
+  const std::vector<float> one = Gaussian(1, 5);
+  const absl::Status s = cache->Update(a, 1, {.data = one.data(), .tokens = 1},
+                                       {.data = one.data(), .tokens = 1}, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(Fingerprint(*cache), before);
+  EXPECT_EQ(cache->Stats(), stats_before);
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
 }
 
 }  // namespace

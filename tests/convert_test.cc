@@ -1,5 +1,6 @@
 #include "allocator/convert.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -127,6 +128,58 @@ TEST(ConvertTest, ConvertElementsCoversEveryPair) {
       ConvertElements(a.data(), from, b.data(), to, n);
       ConvertElements(b.data(), to, back.data(), DType::kF32, n);
       EXPECT_EQ(back, values) << DTypeName(from) << "->" << DTypeName(to);
+    }
+  }
+}
+
+// The range check behind "a block the quantized formats cannot hold stays
+// hot": every dtype's boundary, NaN and the infinities, at every position of
+// runs longer and shorter than the check's 64-element blocks.
+TEST(ConvertTest, AllWithinQuantRangeFindsEveryValueOutsideIt) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float bf16_above = std::bit_cast<float>(uint32_t{0x47800000});  // 2^16
+  struct Case {
+    DType dtype;
+    std::vector<float> inside, outside;
+  };
+  const std::vector<Case> cases = {
+      {DType::kF32,
+       {0.0f, -0.0f, 1e-45f, 65504.0f, -65504.0f, 1.0f},
+       {std::nextafter(65504.0f, inf), -65505.0f, 1e30f, inf, -inf, nan}},
+      {DType::kF16,
+       {0.0f, -0.0f, 6e-8f, 65504.0f, -65504.0f},
+       {inf, -inf, nan}},
+      {DType::kBF16,
+       {0.0f, -0.0f, 1e-40f, 65280.0f, -65280.0f},
+       {bf16_above, -bf16_above, 1e30f, inf, -inf, nan}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(DTypeName(c.dtype));
+    for (int64_t n : {1, 63, 64, 65, 200}) {
+      std::vector<float> values(static_cast<size_t>(n), 0.5f);
+      std::vector<std::byte> bytes(values.size() * 4);
+      auto encode = [&] {
+        ConvertElements(values.data(), DType::kF32, bytes.data(), c.dtype, n);
+      };
+      for (float x : c.inside) {
+        for (int64_t at = 0; at < n; ++at) values[static_cast<size_t>(at)] = x;
+        encode();
+        EXPECT_TRUE(AllWithinQuantRange(bytes.data(), c.dtype, n)) << x;
+      }
+      for (float x : c.outside) {
+        for (int64_t at = 0; at < n; ++at) {
+          std::fill(values.begin(), values.end(), 0.5f);
+          values[static_cast<size_t>(at)] = x;
+          encode();
+          ASSERT_FALSE(AllWithinQuantRange(bytes.data(), c.dtype, n))
+              << x << " at " << at << " of " << n;
+          // Not read past `count`.
+          if (at > 0) {
+            EXPECT_TRUE(AllWithinQuantRange(bytes.data(), c.dtype, at));
+          }
+        }
+      }
     }
   }
 }

@@ -322,5 +322,104 @@ TEST(PrefixCacheTest, TruncateForgetsTokenIdsPastTheLength) {
   ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
 }
 
+// Regression (issue 15, defect 1): a layer published into an entry that is
+// idle in its other layers took the entry off the LRU list after counting
+// itself present, so the list's block count went to -1 and an allocation
+// that idle blocks could serve was refused.
+TEST(PrefixCacheTest, PublishingIntoAnIdleEntryKeepsTheIdleCount) {
+  CacheConfig c = Config(3);
+  auto cache = *KVCache::Create(c);
+  const std::vector<float> data = Tokens(0, 4, 1);
+  const TokenSpan span{.data = data.data(), .tokens = 4};
+  // A writes layer 0 only, B (the same ids) layer 1 only.
+  const SeqId a = *cache->AddSequence();
+  ASSERT_TRUE(cache->AppendTokens(a, Ids(4, 1)).ok());
+  ASSERT_TRUE(cache->Update(a, 0, span, span, 4).ok());
+  ASSERT_TRUE(cache->RemoveSequence(a).ok());
+  EXPECT_EQ(cache->Stats().blocks_cached, 1);
+  const SeqId b = *cache->AddSequence();
+  ASSERT_TRUE(cache->AppendTokens(b, Ids(4, 1)).ok());
+  ASSERT_TRUE(cache->Update(b, 1, span, span, 4).ok());
+  CacheStats s = cache->Stats();
+  EXPECT_EQ(s.blocks_cached, 0);  // the entry is in use through layer 1
+  EXPECT_EQ(s.blocks_used, 2);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_TRUE(cache->RemoveSequence(b).ok());
+  s = cache->Stats();
+  EXPECT_EQ(s.blocks_cached, 2);
+  EXPECT_EQ(s.blocks_free, 1);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  // Both layers' blocks are whole again: a match takes them.
+  const SeqId m = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(m, Ids(4, 1)), 4);
+  ASSERT_TRUE(cache->RemoveSequence(m).ok());
+  // C needs 3 blocks in one layer: 1 free and 2 idle ones.
+  const SeqId seq_c = *cache->AddSequence();
+  const std::vector<float> twelve = Tokens(0, 12, 2);
+  const TokenSpan big{.data = twelve.data(), .tokens = 12};
+  ASSERT_TRUE(cache->Update(seq_c, 0, big, big, 12).ok());
+  s = cache->Stats();
+  EXPECT_EQ(s.blocks_used, 3);
+  EXPECT_EQ(s.blocks_cached, 0);
+  EXPECT_EQ(s.prefix_entries, 0);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+// Regression (issue 15, defect 2): a block already cached under one hash,
+// offered under another (a fork told other ids than its parent), left an
+// empty entry in the index that was never on the LRU list, never evicted.
+TEST(PrefixCacheTest, ABlockCachedUnderOneHashAddsNoEmptyEntry) {
+  auto cache = *KVCache::Create(Config());
+  const SeqId parent = *cache->AddSequence();
+  ASSERT_TRUE(Put(*cache, parent, 0, 4, 1).ok());
+  const SeqId child = *cache->Fork(parent);
+  ASSERT_TRUE(cache->AppendTokens(child, Ids(4, 1)).ok());
+  EXPECT_EQ(cache->Stats().prefix_entries, 1);
+  ASSERT_TRUE(cache->AppendTokens(parent, Ids(4, 2)).ok());
+  EXPECT_EQ(cache->Stats().prefix_entries, 1);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_TRUE(cache->RemoveSequence(child).ok());
+  ASSERT_TRUE(cache->RemoveSequence(parent).ok());
+  const CacheStats s = cache->Stats();
+  EXPECT_EQ(s.prefix_entries, 1);
+  EXPECT_EQ(s.blocks_cached, 2);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  // The block is found under the ids it was first published with only.
+  const SeqId probe = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(probe, Ids(4, 2)), 0);
+  ASSERT_TRUE(cache->RemoveSequence(probe).ok());
+  const SeqId match = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(match, Ids(4, 1)), 4);
+  ExpectTokens(*cache, match, Tokens(0, 4, 1));
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+// Regression (issue 15, defect 3): a ring truncated to 0 keeps its blocks as
+// spares; a prefix match then attached window blocks on top of them, and
+// the layer held more blocks than its ring allows.
+TEST(PrefixCacheTest, AMatchIntoATruncatedRingKeepsTheRingSize) {
+  CacheConfig c = Config();
+  c.num_layers = 1;
+  c.overflow = OverflowPolicy::kCircularBuffer;
+  c.max_seq_len = 8;
+  auto cache = *KVCache::Create(c);
+  const SeqId source = Written(*cache, 8, 1);  // publishes 2 blocks
+  const SeqId a = *cache->AddSequence();
+  ASSERT_TRUE(Put(*cache, a, 0, 9, 2).ok());  // a ring of 3 blocks
+  ASSERT_TRUE(cache->Truncate(a, 0).ok());
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_EQ(*cache->MatchPrefix(a, Ids(8, 1)), 8);
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ExpectTokens(*cache, a, Tokens(0, 8, 1));
+  EXPECT_LE(cache->Stats(a)->blocks, 3);
+  // The ring goes on: the oldest shared block is let go, the source keeps
+  // reading its own tokens.
+  ASSERT_TRUE(Put(*cache, a, 8, 5, 3).ok());
+  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ExpectTokens(*cache, a, Concat(Tokens(5, 3, 1), Tokens(8, 5, 3)));
+  ExpectTokens(*cache, source, Tokens(0, 8, 1));
+  EXPECT_LE(cache->Stats(a)->blocks, 3);
+}
+
 }  // namespace
 }  // namespace kvpage

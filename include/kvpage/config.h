@@ -73,7 +73,8 @@ enum class QuantBits : uint8_t { kInt8 = 8, kInt4 = 4 };
 // tokens (the block is the group), values per token along head_dim in groups
 // of `group_size`; int8 is symmetric, int4 asymmetric (scale and minimum)
 // with two codes per byte; scales and minimums are f16, stored in the block.
-// Sink blocks and circular-buffer layers are never repacked.
+// Sink blocks and circular-buffer layers are never repacked, nor a block
+// holding a NaN, an infinity or a magnitude above 65504 (KVCache::Update).
 struct CompressionConfig {
   bool enabled = false;
   QuantBits bits = QuantBits::kInt8;

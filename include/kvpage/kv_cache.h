@@ -147,7 +147,9 @@ struct CacheStats {
   int64_t bytes_saved = 0;           // hot bytes the repacked blocks replace,
                                      // minus the slots they take
   int64_t compressions_applied = 0;  // blocks repacked, ever
-  int64_t compressions_skipped = 0;  // repacks skipped: quantized pool full
+  int64_t compressions_skipped = 0;  // repacks skipped: quantized pool full,
+                                     // or a value the formats cannot hold
+                                     // (NaN, an infinity, |x| > 65504)
   int64_t decompressions = 0;        // repacked blocks made hot again to be
                                      // written
   double max_quant_error = 0;        // relative MSE, over every repack (0
@@ -251,6 +253,12 @@ class KVCache {
   // carry more tokens than the window. No token is ever moved.
   // Input dtype may be kF32 or the cache's dtype; conversion to f16/bf16
   // rounds to nearest even.
+  // Non-finite values are stored as given: a NaN stays a NaN (quiet), an
+  // infinity an infinity, and f32 input beyond f16's range becomes an
+  // infinity in an f16 cache; reads return them. A block holding one, or a
+  // value of magnitude above 65504 (what the quantized formats' f16 scales
+  // can span), is never repacked: it stays hot (compressions_skipped), so
+  // compression neither saturates it nor turns the error statistics NaN.
   //   NotFound          unknown sequence
   //   InvalidArgument   layer out of range, k/v token counts differ, a dtype
   //                     that is neither f32 nor the cache's, null data with
@@ -281,9 +289,10 @@ class KVCache {
   // pool (never sink tokens, never the compression.hot_tokens most recent,
   // never a partly filled block, never a circular-buffer layer). Idempotent.
   // A full quantized pool skips blocks (compressions_skipped), never loses
-  // data. FailedPrecondition when compression is not enabled; NotFound and
-  // InvalidArgument as for Update, and for a fraction outside [0, 1].
-  // O(blocks repacked * block size).
+  // data; so does a block holding a value the formats cannot hold (see
+  // Update: non-finite values). FailedPrecondition when compression is not
+  // enabled; NotFound and InvalidArgument as for Update, and for a fraction
+  // outside [0, 1]. O(blocks repacked * block size).
   [[nodiscard]] absl::Status CompressOldEntries(SeqId seq, int layer,
                                                 double keep_recent_fraction);
 
