@@ -14,8 +14,10 @@
 // kernel consumes it at once), against memcpy DRAM -> one L2 scratch block.
 // Throughput is bytes of the f16 hot block per second for all, so the ratios
 // compare like with like. The repack is measured as the cache runs it by
-// default (no error sums) and with them (mixed int4/int8 mode, or
-// CompressionConfig::measure_error); the dequantization into f16 (the hot
+// default (the range check that keeps blocks with NaN, infinities or
+// |x| > 65504 hot, then the kernel without error sums), with the error sums
+// (mixed int4/int8 mode, or CompressionConfig::measure_error), and as the
+// kernel alone; the dequantization into f16 (the hot
 // block's dtype and size: what the memcpy moves) and into f32 (twice the
 // bytes). From DRAM, the dequantization is measured as Attend and Gather run
 // it, each call naming the next block (internal::NextBlock) so that its
@@ -40,6 +42,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/convert.h"
 #include "allocator/quantize.h"
 #include "bench/bench_common.h"
 #include "benchmark/benchmark.h"
@@ -117,13 +120,15 @@ void BM_Compress_Memcpy(benchmark::State& state) {
 }
 
 // Repacks f16 hot blocks into a stream of quantized blocks. Arguments:
-// bits (8, 4), where (kL2, kDram), measure_error (0: what a cache repacks
-// by default; 1: also the squared-error sums, as mixed int4/int8 and
-// CompressionConfig::measure_error need).
+// bits (8, 4), where (kL2, kDram), what (0: what a cache repacks by default,
+// the range check that keeps NaN, infinities and |x| > 65504 hot and then
+// the kernel; 1: also the squared-error sums, as mixed int4/int8 and
+// CompressionConfig::measure_error need; 2: the kernel alone).
 void BM_Compress_Repack(benchmark::State& state) {
   const internal::QuantFormat format = FormatArg(state);
   const int64_t blocks = Blocks(state, 1);
-  const internal::QuantizeOptions options{.measure_error = state.range(2) != 0};
+  const bool range_check = state.range(2) != 2;
+  const internal::QuantizeOptions options{.measure_error = state.range(2) == 1};
   const std::vector<uint16_t> src = HotBlocks(blocks);
   const internal::QuantLayout layout =
       internal::QuantLayout::For(format, kShape);
@@ -134,6 +139,14 @@ void BM_Compress_Repack(benchmark::State& state) {
     const uint16_t* k = src.data() + b * kBlockElems;
     const uint16_t* v = k + kBlockTokens * kTokenElems;
     std::byte* out = dst.data() + b * layout.block_bytes();
+    if (range_check) {
+      const bool representable =
+          internal::AllWithinQuantRange(k, DType::kF16,
+                                        kBlockTokens * kTokenElems) &&
+          internal::AllWithinQuantRange(v, DType::kF16,
+                                        kBlockTokens * kTokenElems);
+      benchmark::DoNotOptimize(representable);
+    }
     internal::QuantError e = internal::QuantizeBlock(
         format, kShape, DType::kF16, k, v, 0, kBlockTokens, out,
         out + layout.k_part_bytes, options);
@@ -192,7 +205,7 @@ void BM_Compress_Dequantize(benchmark::State& state) {
 
 BENCHMARK(BM_Compress_Memcpy)->DenseRange(0, 3)->UseRealTime();
 BENCHMARK(BM_Compress_Repack)
-    ->ArgsProduct({{8, 4}, {kL2, kDram}, {0, 1}})
+    ->ArgsProduct({{8, 4}, {kL2, kDram}, {0, 1, 2}})
     ->UseRealTime();
 BENCHMARK(BM_Compress_Dequantize)
     ->ArgsProduct({{8, 4}, {kL2, kDram}, {16, 32}, {0, 1}})
@@ -349,6 +362,7 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
     row(absl::StrFormat("repack int%d", bits), repack, "0", 0, true);
     row(absl::StrFormat("repack int%d + error sums", bits), repack, "1", 0,
         false);
+    row("  kernel alone, no range check", repack, "2", 0, false);
     row(absl::StrFormat("dequantize int%d -> f16", bits), dequant, "16/1", 1,
         true);
     row(absl::StrFormat("dequantize int%d -> f32", bits), dequant, "32/1", 1,

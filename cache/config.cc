@@ -127,11 +127,19 @@ absl::Status ValidateConfig(const CacheConfig& c) {
       return s;
     }
   }
-  if (c.compression.enabled) {
-    const CompressionConfig& q = c.compression;
-    if (q.bits != QuantBits::kInt8 && q.bits != QuantBits::kInt4) {
-      return bad("compression.bits", static_cast<int64_t>(q.bits), "8 or 4");
-    }
+  // The format and the error bound are checked even with compression off:
+  // a snapshot records them, and must read back what it wrote.
+  const CompressionConfig& q = c.compression;
+  if (q.bits != QuantBits::kInt8 && q.bits != QuantBits::kInt4) {
+    return bad("compression.bits", static_cast<int64_t>(q.bits), "8 or 4");
+  }
+  if (!(q.max_rel_error >= 0) || q.max_rel_error > 1e300) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CacheConfig.compression.max_rel_error is %g; want a finite value "
+        ">= 0",
+        q.max_rel_error));
+  }
+  if (q.enabled) {
     if (q.quant_blocks < 1 || q.quant_blocks > int64_t{0x7fffffff}) {
       return bad("compression.quant_blocks", q.quant_blocks, "1 to 2147483647");
     }
@@ -145,12 +153,6 @@ absl::Status ValidateConfig(const CacheConfig& c) {
     }
     if (q.hot_tokens < 0) {
       return bad("compression.hot_tokens", q.hot_tokens, ">= 0");
-    }
-    if (!(q.max_rel_error >= 0) || q.max_rel_error > 1e300) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "CacheConfig.compression.max_rel_error is %g; want a finite value "
-          ">= 0",
-          q.max_rel_error));
     }
   }
   const int64_t block_bytes = BlockBytes(c);

@@ -1009,7 +1009,8 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
       m.Release(t.spares.back());
       t.spares.pop_back();
     }
-    t.length = t.max_length = length;
+    t.length = length;
+    t.max_length = std::max(t.max_length, length);  // after Truncate(0)
     t.published = static_cast<int64_t>(matched.size());
     m.tokens_stored += length;
   }

@@ -1,5 +1,6 @@
 #include "kvpage/kv_cache.h"
 
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -133,6 +134,17 @@ TEST(KVCacheCreateTest, RejectsBadConfigsNamingTheField) {
                        .sink_tokens = 8}};
   EXPECT_THAT(KVCache::Create(c).status().message(),
               HasSubstr("layer_policies[layer 1].sink_tokens is 8"));
+  // Regression (issue 15, found by the API fuzzer): with compression off, an
+  // unknown format or a NaN error bound was accepted, and the snapshot the
+  // cache wrote could not be read back.
+  c = SmallConfig();
+  c.compression.bits = static_cast<QuantBits>(0);
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("compression.bits is 0"));
+  c = SmallConfig();
+  c.compression.max_rel_error = std::nan("");
+  EXPECT_THAT(KVCache::Create(c).status().message(),
+              HasSubstr("max_rel_error is nan"));
 }
 
 TEST(KVCacheCreateTest, StorageMustMatchTheConfig) {

@@ -412,6 +412,7 @@ TEST(PrefixCacheTest, AMatchIntoATruncatedRingKeepsTheRingSize) {
   ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
   ExpectTokens(*cache, a, Tokens(0, 8, 1));
   EXPECT_LE(cache->Stats(a)->blocks, 3);
+  EXPECT_EQ(cache->Stats(a)->max_length, 9);  // the longest it has been
   // The ring goes on: the oldest shared block is let go, the source keeps
   // reading its own tokens.
   ASSERT_TRUE(Put(*cache, a, 8, 5, 3).ok());

@@ -4,7 +4,8 @@
 #   tools/test.sh asan     AddressSanitizer + UndefinedBehaviorSanitizer
 #   tools/test.sh tsan     ThreadSanitizer, the threaded tests
 #   tools/test.sh clang    clang with -Wthread-safety as errors, and the
-#                          snapshot reader fuzzed for 30 s (libFuzzer)
+#                          whole API and the snapshot reader fuzzed for
+#                          30 s each (libFuzzer; tests/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-dev}"

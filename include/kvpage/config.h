@@ -124,10 +124,11 @@ struct CacheConfig {
 // block_tokens at most 65535, num_blocks below 2^31, the arena's byte size
 // representable; for the cache-wide policy and every override:
 // 1 <= max_seq_len <= 2^62, 0 <= sink_tokens < max_seq_len, and for kTruncate
-// an effective truncate_to in (sink_tokens, max_seq_len]; with compression: 1
-// <= quant_blocks < 2^31, group_size dividing head_dim, an even head_dim for
-// int4, hot_tokens >= 0, a finite max_rel_error >= 0. Returns InvalidArgument
-// naming the offending field (and layer).
+// an effective truncate_to in (sink_tokens, max_seq_len]; compression.bits 8
+// or 4 and a finite compression.max_rel_error >= 0 (even with compression
+// off: a snapshot records them); with compression: 1 <= quant_blocks < 2^31,
+// group_size dividing head_dim, an even head_dim for int4, hot_tokens >= 0.
+// Returns InvalidArgument naming the offending field (and layer).
 [[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);
 
 // truncate_to as kTruncate applies it: 0 means max_seq_len / 2.
