@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/quantize.h"
 #include "cache/stats_fields.h"
 
 #define XXH_INLINE_ALL
@@ -253,7 +254,7 @@ void PutPool(const SnapshotPool& p, bool quant, Encoder& e) {
 // `capacity` and `unit_bytes` are what the config implies; the file must
 // agree, which bounds every array below by the config (itself validated).
 SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
-                     int64_t max_unit_bytes) {
+                     int64_t unit_bytes) {
   SnapshotPool p;
   const char* name = quant ? "quantized pool" : "hot pool";
   p.capacity = d.Get<int64_t>(name);
@@ -264,15 +265,12 @@ SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
                            p.capacity, capacity));
     return p;
   }
-  // A quantized pool's slot is smaller than a block; without compression
-  // the pool is empty and so is its slot size.
-  const bool unit_ok = !quant ? p.unit_bytes == max_unit_bytes
-                       : capacity == 0
-                           ? p.unit_bytes == 0
-                           : p.unit_bytes > 0 && p.unit_bytes <= max_unit_bytes;
-  if (!unit_ok) {
-    d.Fail(absl::StrFormat("%s: %d bytes per unit, the config allows %d", name,
-                           p.unit_bytes, max_unit_bytes));
+  // A quantized slot may be larger than a hot block (small blocks: the
+  // scales outweigh the codes); without compression the pool is empty and
+  // its slot size 0.
+  if (p.unit_bytes != unit_bytes) {
+    d.Fail(absl::StrFormat("%s: %d bytes per unit, the config implies %d", name,
+                           p.unit_bytes, unit_bytes));
     return p;
   }
   const size_t n = static_cast<size_t>(capacity);
@@ -408,11 +406,10 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
 #define KVPAGE_GET_STAT(type, name) snap.stats.name = d.Get<type>(#name);
   KVPAGE_CACHE_STATS_FIELDS(KVPAGE_GET_STAT)
 #undef KVPAGE_GET_STAT
-  const int64_t block_bytes = BlockBytes(c);
-  snap.hot = GetPool(d, false, c.num_blocks, block_bytes);
+  snap.hot = GetPool(d, false, c.num_blocks, BlockBytes(c));
   snap.quant =
       GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,
-              block_bytes);
+              internal::QuantSlotBytes(c));
   const size_t layers = static_cast<size_t>(c.num_layers);
   // The smallest encodings: a sequence with its layer count, a layer, an
   // entry, a prefix entry.

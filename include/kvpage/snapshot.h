@@ -20,8 +20,9 @@
 //            quantized pool, sequences, prefix-cache entries, token data
 // The reader trusts nothing in a file: it checks the magic, the version, the
 // checksum, every count against the bytes that remain (so no allocation is
-// sized by an unchecked field), every enum value and the configuration
-// (ValidateConfig); whatever else is wrong is for VerifySnapshot to report.
+// sized by an unchecked field), every enum value, the configuration
+// (ValidateConfig) and the pool sizes it implies; whatever else is wrong is
+// for VerifySnapshot to report.
 //
 // Thread safety: plain value types and pure functions.
 #ifndef KVPAGE_SNAPSHOT_H_
@@ -128,7 +129,8 @@ struct Snapshot {
 
 // Parses snapshot bytes. InvalidArgument naming the field and offset for a
 // bad magic, a truncated or oversized payload, a checksum mismatch, a count
-// larger than the bytes left, an unknown enum value or an invalid config;
+// larger than the bytes left, an unknown enum value, an invalid config, or
+// pool sizes (capacity, block and slot bytes) other than the config implies;
 // FailedPrecondition for another version. Never allocates more than a small
 // multiple of bytes.size(). O(size).
 [[nodiscard]] absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes);
