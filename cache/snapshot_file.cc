@@ -1,11 +1,13 @@
 // Snapshot files: a reader that checks the file and its header before it
-// reads (or allocates) the payload, and the writer.
+// reads (or allocates) the payload, and a writer that replaces the file
+// atomically through a temporary of its own.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
-#include <cstdio>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -81,6 +83,69 @@ int64_t ReadFully(int fd, char* out, size_t n) {
   return static_cast<int64_t>(done);
 }
 
+// Writes all `n` bytes, retrying short writes and EINTR: 0, or errno.
+int WriteFully(int fd, const char* data, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t put = write(fd, data + done, n - done);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    done += static_cast<size_t>(put);
+  }
+  return 0;
+}
+
+// OK when `path` does not exist or is a regular file (a snapshot may replace
+// it); FailedPrecondition naming what it is otherwise, a symbolic link
+// included (lstat: the link itself, not its target); other lstat errors as
+// their Status codes.
+absl::Status CheckReplaceable(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) {
+    // A new file (or a missing directory, which creating the temporary
+    // reports as NotFound).
+    if (errno == ENOENT) return absl::OkStatus();
+    return absl::ErrnoToStatus(errno, absl::StrCat("WriteSnapshot: ", path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return NotRegular("WriteSnapshot: ", path, st.st_mode);
+  }
+  return absl::OkStatus();
+}
+
+// Creates a new file beside `path` with a name no other writer uses
+// (O_EXCL; retried on a collision), mode 0666 less the umask, as a newly
+// written file gets. Returns its descriptor and sets `tmp` to its name, or
+// -errno.
+int CreateTemporary(const std::string& path, std::string& tmp) {
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t salt = static_cast<uint64_t>(
+      std::chrono::steady_clock::now().time_since_epoch().count());
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    tmp = absl::StrFormat("%s.tmp-%d-%d-%06x", path, getpid(),
+                          counter.fetch_add(1, std::memory_order_relaxed),
+                          (salt + attempt) & 0xffffff);
+    const int fd =
+        open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) return fd;
+    if (errno != EEXIST) return -errno;
+  }
+  return -EEXIST;
+}
+
+// Makes a rename in `path`'s directory durable; best effort (the file is in
+// place whatever this returns, so its errors are not the writer's).
+void SyncDirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  Fd fd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() >= 0) (void)fsync(fd.get());
+}
+
 }  // namespace
 
 absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path) {
@@ -144,29 +209,41 @@ absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path) {
 
 absl::Status WriteSnapshotFile(const Snapshot& snapshot,
                                const std::string& path) {
+  if (absl::Status s = CheckReplaceable(path); !s.ok()) return s;
   const std::string bytes = EncodeSnapshot(snapshot);
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::ErrnoToStatus(errno,
-                               absl::StrCat("WriteSnapshot: open ", tmp));
+  if (bytes.size() > static_cast<uint64_t>(kMaxSnapshotBytes)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "WriteSnapshot: %s: %d bytes, above the %d-byte limit on a snapshot "
+        "file (kMaxSnapshotBytes); write it without token data",
+        path, bytes.size(), kMaxSnapshotBytes));
   }
-  const bool written =
-      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  const int write_error = errno;
-  const bool closed = std::fclose(f) == 0;
-  const int close_error = errno;
-  if (!written || !closed) {
-    std::remove(tmp.c_str());
-    return absl::ErrnoToStatus(written ? close_error : write_error,
-                               absl::StrCat("WriteSnapshot: write ", tmp));
+  std::string tmp;
+  Fd fd(CreateTemporary(path, tmp));
+  if (fd.get() < 0) {
+    return absl::ErrnoToStatus(
+        -fd.get(),
+        absl::StrCat("WriteSnapshot: create a temporary file beside ", path));
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::remove(tmp.c_str());
-    return absl::ErrnoToStatus(error,
-                               absl::StrCat("WriteSnapshot: rename to ", path));
+  // From here on every error removes the temporary; `path` is untouched
+  // until the rename, which replaces it whole.
+  const auto fail = [&](int e, const char* step) {
+    (void)fd.Close();
+    unlink(tmp.c_str());
+    return absl::ErrnoToStatus(e, absl::StrCat("WriteSnapshot: ", step, " ",
+                                               tmp, " (for ", path, ")"));
+  };
+  if (int e = WriteFully(fd.get(), bytes.data(), bytes.size()); e != 0) {
+    return fail(e, "write");
   }
+  if (fsync(fd.get()) != 0) return fail(errno, "fsync");
+  if (int e = fd.Close(); e != 0) return fail(e, "close");
+  // Again, closer to the rename: a special file may have appeared meanwhile.
+  if (absl::Status s = CheckReplaceable(path); !s.ok()) {
+    unlink(tmp.c_str());
+    return s;
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return fail(errno, "rename");
+  SyncDirectoryOf(path);
   return absl::OkStatus();
 }
 

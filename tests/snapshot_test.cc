@@ -2,7 +2,6 @@
 // hostile bytes, and VerifySnapshot catches each kind of corruption.
 #include "kvpage/snapshot.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -278,35 +277,6 @@ TEST(SnapshotData, OpaqueStorageIsReadThroughTheStorage) {
   absl::StatusOr<Snapshot> parsed = ParseSnapshot(EncodeSnapshot(*snap));
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_TRUE(*parsed == *snap);
-}
-
-TEST(SnapshotFile, ErrorsLeaveTheTargetAlone) {
-  auto cache = testing::BuildShowcase();
-  ASSERT_TRUE(cache.ok());
-  const std::string before = testing::Fingerprint(**cache);
-  absl::Status s = (*cache)->WriteSnapshot("/nonexistent-dir/kv.snap");
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
-  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("/nonexistent"));
-  // A write that fails (its temporary file cannot be created: a directory
-  // stands in the way) leaves an existing snapshot as it was.
-  const std::string path = TempPath("kept.snap");
-  std::FILE* old_file = std::fopen(path.c_str(), "wb");
-  ASSERT_NE(old_file, nullptr);
-  std::fputs("old", old_file);
-  std::fclose(old_file);
-  ASSERT_EQ(mkdir((path + ".tmp").c_str(), 0700), 0);
-  EXPECT_FALSE((*cache)->WriteSnapshot(path).ok());
-  char kept[8] = {};
-  old_file = std::fopen(path.c_str(), "rb");
-  ASSERT_NE(old_file, nullptr);
-  EXPECT_EQ(std::fread(kept, 1, sizeof(kept), old_file), 3u);
-  std::fclose(old_file);
-  EXPECT_STREQ(kept, "old");
-  rmdir((path + ".tmp").c_str());
-  std::remove(path.c_str());
-  EXPECT_EQ(testing::Fingerprint(**cache), before);
-  absl::StatusOr<Snapshot> missing = ReadSnapshot("/nonexistent-dir/kv.snap");
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
 // ---- Hostile bytes ----

@@ -43,10 +43,10 @@ namespace kvpage {
 
 inline constexpr uint32_t kSnapshotVersion = 1;
 inline constexpr uint32_t kSnapshotNoBlock = 0xffffffffu;
-// The largest snapshot file ReadSnapshot reads, header included: 1 TiB.
-// Reading one allocates its size, and writing one holds the encoded bytes
-// beside the cache's own copy of them, so a larger snapshot (token data of a
-// multi-TiB cache) would not fit in memory anyway.
+// The largest snapshot file ReadSnapshot reads and WriteSnapshotFile writes,
+// header included: 1 TiB. Reading one allocates its size, and writing one
+// holds the encoded bytes beside the cache's own copy of them, so a larger
+// snapshot (token data of a multi-TiB cache) would not fit in memory anyway.
 inline constexpr int64_t kMaxSnapshotBytes = int64_t{1} << 40;
 
 struct SnapshotOptions {
@@ -153,9 +153,22 @@ struct Snapshot {
 // names `path`. O(file size).
 [[nodiscard]] absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path);
 
-// Writes EncodeSnapshot(snapshot) to `path` through a temporary file renamed
-// into place, so a reader never sees half a file. File-system errors map to
-// their Status codes; on error `path` is untouched.
+// Writes EncodeSnapshot(snapshot) to `path` so that a reader of `path` sees
+// the old file or the new one, never part of one: the bytes go to a new
+// temporary file beside `path` (`path`.tmp-<pid>-<n>-<salt>, created with
+// O_EXCL, so concurrent writers, also of the same path, never share one, and
+// a file of the user's named `path`.tmp is left alone), are fsync'ed, and the
+// temporary is renamed over `path`; the directory is then fsync'ed (best
+// effort). The file gets mode 0666 less the umask, as a newly created file.
+// `path` must not exist or be a regular file: FailedPrecondition, naming
+// what it is, for a symbolic link (not followed: refused, even to a regular
+// file), a directory, FIFO, device or socket, which are left as they are.
+// (Checked with lstat before writing and again before the rename; another
+// process replacing `path` in between is not guarded against.)
+// ResourceExhausted when the encoding is above kMaxSnapshotBytes. File-system
+// errors map to their Status codes (NotFound for a missing directory, ...).
+// On any error `path` is untouched and no temporary is left behind. Safe to
+// call concurrently, also for one path (the last rename wins). O(size).
 [[nodiscard]] absl::Status WriteSnapshotFile(const Snapshot& snapshot,
                                              const std::string& path);
 
