@@ -1,19 +1,11 @@
 #include "allocator/block_pool.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 
 #include "absl/strings/str_format.h"
 #include "allocator/check.h"
 
 namespace kvpage::internal {
-
-void CheckFailed(const char* file, int line, const char* cond) {
-  std::fprintf(stderr, "kvpage: internal check failed at %s:%d: %s\n", file,
-               line, cond);
-  std::abort();
-}
 
 absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(
     std::unique_ptr<BlockStorage> storage) {

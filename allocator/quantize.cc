@@ -25,7 +25,6 @@
 namespace kvpage::internal {
 namespace {
 
-constexpr int64_t kPartAlign = 64;
 constexpr float kF16Max = 65504.0f;
 // Error accumulation lanes: lane = channel % kLanes (two 16-channel units).
 constexpr int kLanes = 32;
@@ -33,10 +32,6 @@ constexpr int kLanes = 32;
 constexpr int64_t kKeyChunk = 256;
 // The SIMD kernels work on units of 16 channels: group_size % 16 == 0.
 constexpr int kUnit = 16;
-
-int64_t AlignUp(int64_t n) {
-  return (n + kPartAlign - 1) / kPartAlign * kPartAlign;
-}
 
 [[maybe_unused]] bool ValidShape(QuantFormat format, const QuantShape& s) {
   return s.block_tokens > 0 && s.num_kv_heads > 0 && s.head_dim > 0 &&
@@ -50,30 +45,6 @@ int64_t CodeBytes(QuantFormat format, int64_t elems) {
 }
 
 }  // namespace
-
-QuantLayout QuantLayout::For(QuantFormat format, const QuantShape& shape) {
-  KVPAGE_DCHECK(ValidShape(format, shape));
-  const int64_t channels = int64_t{shape.num_kv_heads} * shape.head_dim;
-  const int64_t elems = channels * shape.block_tokens;
-  const int64_t v_groups = elems / shape.group_size;
-  const bool int4 = format == QuantFormat::kInt4;
-  QuantLayout l;
-  l.k_scales = AlignUp(CodeBytes(format, elems));
-  int64_t end = l.k_scales + channels * 2;
-  if (int4) {
-    l.k_mins = AlignUp(end);
-    end = l.k_mins + channels * 2;
-  }
-  l.k_part_bytes = AlignUp(end);
-  l.v_scales = AlignUp(CodeBytes(format, elems));
-  end = l.v_scales + v_groups * 2;
-  if (int4) {
-    l.v_mins = AlignUp(end);
-    end = l.v_mins + v_groups * 2;
-  }
-  l.v_part_bytes = AlignUp(end);
-  return l;
-}
 
 double QuantError::rel() const {
   const double sum = k_sq_sum + v_sq_sum;

@@ -104,9 +104,19 @@ struct QuantLayout {
     return k_part_bytes + v_part_bytes;
   }
   // The layout of `format` at `shape` (a valid shape). O(1).
+  // (allocator/quant_layout.cc, with QuantSlotBytes.)
   [[nodiscard]] static QuantLayout For(QuantFormat format,
                                        const QuantShape& shape);
 };
+
+// The bytes of one slot of the quantized pool of `config` (a valid config):
+// 0 without compression; in mixed mode (max_rel_error > 0) the largest of an
+// int4 block and either int8 part (an int8 block takes two slots, K part and
+// V part); else a whole block of the format `bits` names. Builds the int4
+// layout only when int4 codes are used, so an int8 config may have an odd
+// head_dim. What KVCache::Create gives its quantized pool and what the
+// snapshot reader requires of a file. O(1).
+[[nodiscard]] int64_t QuantSlotBytes(const CacheConfig& config);
 
 // Squared error and squared magnitude of the quantized slots, keys and
 // values apart.

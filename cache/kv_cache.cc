@@ -841,14 +841,7 @@ internal::KVCacheAccess::CreateWithStorage(
     if (m.mixed || m.fixed_format == QuantFormat::kInt4) {
       m.int4_layout = internal::QuantLayout::For(QuantFormat::kInt4, m.qshape);
     }
-    if (m.mixed) {
-      // int4 blocks take one slot; int8 blocks two, K part and V part.
-      m.slot_bytes =
-          std::max({m.int4_layout.block_bytes(), m.int8_layout.k_part_bytes,
-                    m.int8_layout.v_part_bytes});
-    } else {
-      m.slot_bytes = m.Layout(m.fixed_format).block_bytes();
-    }
+    m.slot_bytes = internal::QuantSlotBytes(config);
     absl::StatusOr<std::unique_ptr<internal::HostArena>> qarena =
         internal::HostArena::Create(
             q.quant_blocks, m.slot_bytes,

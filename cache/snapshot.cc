@@ -1,8 +1,7 @@
-// The snapshot file: encoding, and a parser that trusts nothing it reads.
+// The snapshot format: encoding, and a parser that trusts nothing it reads
+// (the file I/O is in snapshot_file.cc).
 #include "kvpage/snapshot.h"
 
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -10,6 +9,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "allocator/quantize.h"
+#include "cache/snapshot_internal.h"
 #include "cache/stats_fields.h"
 
 #define XXH_INLINE_ALL
@@ -19,7 +20,7 @@ namespace kvpage {
 namespace {
 
 constexpr char kMagic[8] = {'K', 'V', 'P', 'G', 'S', 'N', 'A', 'P'};
-constexpr size_t kHeaderBytes = 32;  // magic, version, flags, size, checksum
+using internal::kSnapshotHeaderBytes;
 constexpr uint32_t kFlagTokenData = 1;
 
 #define KVPAGE_COUNT_STATS(type, name) +1
@@ -253,7 +254,7 @@ void PutPool(const SnapshotPool& p, bool quant, Encoder& e) {
 // `capacity` and `unit_bytes` are what the config implies; the file must
 // agree, which bounds every array below by the config (itself validated).
 SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
-                     int64_t max_unit_bytes) {
+                     int64_t unit_bytes) {
   SnapshotPool p;
   const char* name = quant ? "quantized pool" : "hot pool";
   p.capacity = d.Get<int64_t>(name);
@@ -264,15 +265,12 @@ SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
                            p.capacity, capacity));
     return p;
   }
-  // A quantized pool's slot is smaller than a block; without compression
-  // the pool is empty and so is its slot size.
-  const bool unit_ok = !quant ? p.unit_bytes == max_unit_bytes
-                       : capacity == 0
-                           ? p.unit_bytes == 0
-                           : p.unit_bytes > 0 && p.unit_bytes <= max_unit_bytes;
-  if (!unit_ok) {
-    d.Fail(absl::StrFormat("%s: %d bytes per unit, the config allows %d", name,
-                           p.unit_bytes, max_unit_bytes));
+  // A quantized slot may be larger than a hot block (small blocks: the
+  // scales outweigh the codes); without compression the pool is empty and
+  // its slot size 0.
+  if (p.unit_bytes != unit_bytes) {
+    d.Fail(absl::StrFormat("%s: %d bytes per unit, the config implies %d", name,
+                           p.unit_bytes, unit_bytes));
     return p;
   }
   const size_t n = static_cast<size_t>(capacity);
@@ -360,42 +358,65 @@ std::string EncodeSnapshot(const Snapshot& snap) {
   return header.out() + payload;
 }
 
-absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
-  if (bytes.size() < kHeaderBytes) {
+namespace internal {
+
+absl::StatusOr<SnapshotHeader> ParseSnapshotHeader(std::string_view bytes) {
+  if (bytes.size() < kSnapshotHeaderBytes) {
     return absl::InvalidArgumentError(
         absl::StrFormat("snapshot: %d bytes, shorter than the %d-byte header",
-                        bytes.size(), kHeaderBytes));
+                        bytes.size(), kSnapshotHeaderBytes));
   }
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return absl::InvalidArgumentError(
         "snapshot: bad magic (not a kvpage snapshot)");
   }
-  Decoder h(bytes.substr(sizeof(kMagic), kHeaderBytes - sizeof(kMagic)));
-  Snapshot snap;
-  snap.version = h.Get<uint32_t>("version");
-  const uint32_t flags = h.Get<uint32_t>("flags");
-  const uint64_t size = h.Get<uint64_t>("payload size");
-  const uint64_t checksum = h.Get<uint64_t>("checksum");
-  if (snap.version != kSnapshotVersion) {
+  Decoder h(
+      bytes.substr(sizeof(kMagic), kSnapshotHeaderBytes - sizeof(kMagic)));
+  SnapshotHeader header;
+  header.version = h.Get<uint32_t>("version");
+  header.flags = h.Get<uint32_t>("flags");
+  header.payload_bytes = h.Get<uint64_t>("payload size");
+  header.checksum = h.Get<uint64_t>("checksum");
+  if (header.version != kSnapshotVersion) {
     return absl::FailedPreconditionError(
         absl::StrFormat("snapshot: version %d; this reader knows version %d",
-                        snap.version, kSnapshotVersion));
+                        header.version, kSnapshotVersion));
   }
-  if ((flags & ~kFlagTokenData) != 0) {
+  if ((header.flags & ~kFlagTokenData) != 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("snapshot: unknown flags %#x", flags));
+        absl::StrFormat("snapshot: unknown flags %#x", header.flags));
   }
-  const std::string_view payload = bytes.substr(kHeaderBytes);
-  if (size != payload.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "snapshot: the header says %d payload bytes, the file has %d%s", size,
-        payload.size(), size > payload.size() ? " (truncated)" : ""));
+  return header;
+}
+
+absl::Status CheckPayloadBytes(const SnapshotHeader& header,
+                               uint64_t payload_bytes) {
+  if (header.payload_bytes == payload_bytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "snapshot: the header says %d payload bytes, the file has %d (%s)",
+      header.payload_bytes, payload_bytes,
+      header.payload_bytes > payload_bytes ? "truncated"
+                                           : "bytes after the payload"));
+}
+
+}  // namespace internal
+
+absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
+  absl::StatusOr<internal::SnapshotHeader> header =
+      internal::ParseSnapshotHeader(bytes);
+  if (!header.ok()) return header.status();
+  const std::string_view payload = bytes.substr(kSnapshotHeaderBytes);
+  if (absl::Status s = internal::CheckPayloadBytes(*header, payload.size());
+      !s.ok()) {
+    return s;
   }
-  if (XXH3_64bits(payload.data(), payload.size()) != checksum) {
+  if (XXH3_64bits(payload.data(), payload.size()) != header->checksum) {
     return absl::InvalidArgumentError(
         "snapshot: checksum mismatch (the file is corrupt)");
   }
-  snap.has_token_data = (flags & kFlagTokenData) != 0;
+  Snapshot snap;
+  snap.version = header->version;
+  snap.has_token_data = (header->flags & kFlagTokenData) != 0;
 
   Decoder d(payload);
   snap.config = GetConfig(d);
@@ -408,11 +429,10 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
 #define KVPAGE_GET_STAT(type, name) snap.stats.name = d.Get<type>(#name);
   KVPAGE_CACHE_STATS_FIELDS(KVPAGE_GET_STAT)
 #undef KVPAGE_GET_STAT
-  const int64_t block_bytes = BlockBytes(c);
-  snap.hot = GetPool(d, false, c.num_blocks, block_bytes);
+  snap.hot = GetPool(d, false, c.num_blocks, BlockBytes(c));
   snap.quant =
       GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,
-              block_bytes);
+              internal::QuantSlotBytes(c));
   const size_t layers = static_cast<size_t>(c.num_layers);
   // The smallest encodings: a sequence with its layer count, a layer, an
   // entry, a prefix entry.
@@ -463,59 +483,6 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
         "snapshot: %d bytes after the last field", d.remaining()));
   }
   return snap;
-}
-
-absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) {
-    return absl::ErrnoToStatus(errno, absl::StrCat("snapshot ", path));
-  }
-  std::string bytes;
-  char buffer[1 << 16];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), f)) > 0) {
-    bytes.append(buffer, n);
-  }
-  const bool failed = std::ferror(f) != 0;
-  const int error = errno;
-  std::fclose(f);
-  if (failed) {
-    return absl::ErrnoToStatus(error, absl::StrCat("snapshot ", path));
-  }
-  absl::StatusOr<Snapshot> snap = ParseSnapshot(bytes);
-  if (!snap.ok()) {
-    return absl::Status(snap.status().code(),
-                        absl::StrCat(path, ": ", snap.status().message()));
-  }
-  return snap;
-}
-
-absl::Status WriteSnapshotFile(const Snapshot& snapshot,
-                               const std::string& path) {
-  const std::string bytes = EncodeSnapshot(snapshot);
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::ErrnoToStatus(errno,
-                               absl::StrCat("WriteSnapshot: open ", tmp));
-  }
-  const bool written =
-      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  const int write_error = errno;
-  const bool closed = std::fclose(f) == 0;
-  const int close_error = errno;
-  if (!written || !closed) {
-    std::remove(tmp.c_str());
-    return absl::ErrnoToStatus(written ? close_error : write_error,
-                               absl::StrCat("WriteSnapshot: write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::remove(tmp.c_str());
-    return absl::ErrnoToStatus(error,
-                               absl::StrCat("WriteSnapshot: rename to ", path));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace kvpage

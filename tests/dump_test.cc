@@ -4,6 +4,7 @@
 #include "tools/dump/dump.h"
 
 #include <expat.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -257,6 +258,40 @@ TEST_F(DumpCli, BadUsageAndUnreadableFilesExitTwo) {
   EXPECT_EQ(help.code, 0);
   EXPECT_THAT(help.out, HasSubstr("verify"));
   EXPECT_EQ(Dump("verify --help").code, 0);
+}
+
+// A memory limit for a child process: ulimit -v, or with a sanitizer (whose
+// shadow memory a virtual-memory limit cannot hold) its RSS limit.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KVPAGE_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define KVPAGE_SANITIZED 1
+#endif
+#endif
+#ifdef KVPAGE_SANITIZED
+constexpr char kMemoryLimit[] =
+    "export ASAN_OPTIONS=hard_rss_limit_mb=2000:$ASAN_OPTIONS "
+    "TSAN_OPTIONS=hard_rss_limit_mb=2000:$TSAN_OPTIONS; ";
+#else
+constexpr char kMemoryLimit[] = "ulimit -v 2000000; ";
+#endif
+
+// A file that never ends or never opens is refused at once (under a memory
+// limit and a timeout, so that a tool that reads it anyway fails instead of
+// taking the machine's memory or hanging).
+TEST_F(DumpCli, SpecialFilesAreRefusedAtOnce) {
+  const std::string fifo = dir_ + "/fifo.snap";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  for (const std::string& file : {std::string("/dev/zero"), fifo}) {
+    const std::string err = dir_ + "/special.err";
+    const std::string cmd =
+        absl::StrCat(kMemoryLimit, "timeout 20 ", KVPAGE_DUMP_BIN, " summary ",
+                     file, " >/dev/null 2>", err);
+    const int status = std::system(cmd.c_str());
+    EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 2) << file;
+    EXPECT_THAT(ReadFile(err), HasSubstr("not a regular file")) << file;
+  }
 }
 
 }  // namespace

@@ -329,9 +329,13 @@ class KVCache {
   [[nodiscard]] absl::StatusOr<Snapshot> TakeSnapshot(
       const SnapshotOptions& options) const;
   // TakeSnapshot, encoded into a versioned, checksummed file at `path`
-  // (metadata only unless the options say otherwise). File-system errors
-  // return their Status code (NotFound, PermissionDenied, ...); on error
-  // `path` is untouched and the cache unchanged.
+  // (metadata only unless the options say otherwise), replaced atomically
+  // as WriteSnapshotFile (kvpage/snapshot.h) says: a reader never sees part
+  // of a file, and concurrent writers of one path are safe. `path` must not
+  // exist or be a regular file (FailedPrecondition for a symbolic link, a
+  // directory, FIFO, device or socket). File-system errors return their
+  // Status code (NotFound, PermissionDenied, ...); on error `path` is
+  // untouched, no temporary file is left and the cache is unchanged.
   [[nodiscard]] absl::Status WriteSnapshot(const std::string& path) const;
   [[nodiscard]] absl::Status WriteSnapshot(
       const std::string& path, const SnapshotOptions& options) const;

@@ -18,10 +18,12 @@
 //            u64 payload bytes, u64 XXH3-64 (seed 0) of the payload
 //   payload  little-endian fields in a fixed order: config, stats, hot pool,
 //            quantized pool, sequences, prefix-cache entries, token data
-// The reader trusts nothing in a file: it checks the magic, the version, the
-// checksum, every count against the bytes that remain (so no allocation is
-// sized by an unchecked field), every enum value and the configuration
-// (ValidateConfig); whatever else is wrong is for VerifySnapshot to report.
+// The reader trusts nothing in a file: it reads only regular files, checks
+// the header and the size it declares (against the file and
+// kMaxSnapshotBytes) before reading the rest, then the checksum, every count
+// against the bytes that remain (so no allocation is sized by an unchecked
+// field), every enum value, the configuration (ValidateConfig) and the pool
+// sizes it implies; whatever else is wrong is for VerifySnapshot to report.
 //
 // Thread safety: plain value types and pure functions.
 #ifndef KVPAGE_SNAPSHOT_H_
@@ -41,6 +43,11 @@ namespace kvpage {
 
 inline constexpr uint32_t kSnapshotVersion = 1;
 inline constexpr uint32_t kSnapshotNoBlock = 0xffffffffu;
+// The largest snapshot file ReadSnapshot reads and WriteSnapshotFile writes,
+// header included: 1 TiB. Reading one allocates its size, and writing one
+// holds the encoded bytes beside the cache's own copy of them, so a larger
+// snapshot (token data of a multi-TiB cache) would not fit in memory anyway.
+inline constexpr int64_t kMaxSnapshotBytes = int64_t{1} << 40;
 
 struct SnapshotOptions {
   // Also write the bytes of every hot block and quantized slot in use.
@@ -128,18 +135,40 @@ struct Snapshot {
 
 // Parses snapshot bytes. InvalidArgument naming the field and offset for a
 // bad magic, a truncated or oversized payload, a checksum mismatch, a count
-// larger than the bytes left, an unknown enum value or an invalid config;
+// larger than the bytes left, an unknown enum value, an invalid config, or
+// pool sizes (capacity, block and slot bytes) other than the config implies;
 // FailedPrecondition for another version. Never allocates more than a small
 // multiple of bytes.size(). O(size).
 [[nodiscard]] absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes);
 
-// Reads and parses a file: NotFound / PermissionDenied / ... from the file
-// system, then as ParseSnapshot.
+// Reads and parses a snapshot file. `path` must name a regular file (a
+// symbolic link to one is followed): FailedPrecondition, naming what it is,
+// for a directory, FIFO, device or socket, which is never opened for reading
+// (a FIFO would block, a device may never end). The 32-byte header is read
+// and checked first (as ParseSnapshot checks it); InvalidArgument when the
+// payload it declares is above kMaxSnapshotBytes or differs from what the
+// file holds (truncated, or bytes after the payload); only then is that many
+// bytes allocated and read, and parsed as ParseSnapshot. File-system errors
+// map to their Status codes (NotFound, PermissionDenied, ...). Every message
+// names `path`. O(file size).
 [[nodiscard]] absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path);
 
-// Writes EncodeSnapshot(snapshot) to `path` through a temporary file renamed
-// into place, so a reader never sees half a file. File-system errors map to
-// their Status codes; on error `path` is untouched.
+// Writes EncodeSnapshot(snapshot) to `path` so that a reader of `path` sees
+// the old file or the new one, never part of one: the bytes go to a new
+// temporary file beside `path` (`path`.tmp-<pid>-<n>-<salt>, created with
+// O_EXCL, so concurrent writers, also of the same path, never share one, and
+// a file of the user's named `path`.tmp is left alone), are fsync'ed, and the
+// temporary is renamed over `path`; the directory is then fsync'ed (best
+// effort). The file gets mode 0666 less the umask, as a newly created file.
+// `path` must not exist or be a regular file: FailedPrecondition, naming
+// what it is, for a symbolic link (not followed: refused, even to a regular
+// file), a directory, FIFO, device or socket, which are left as they are.
+// (Checked with lstat before writing and again before the rename; another
+// process replacing `path` in between is not guarded against.)
+// ResourceExhausted when the encoding is above kMaxSnapshotBytes. File-system
+// errors map to their Status codes (NotFound for a missing directory, ...).
+// On any error `path` is untouched and no temporary is left behind. Safe to
+// call concurrently, also for one path (the last rename wins). O(size).
 [[nodiscard]] absl::Status WriteSnapshotFile(const Snapshot& snapshot,
                                              const std::string& path);
 
