@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
     return kBadInput;
   }
 
+  // Unsynchronized with stdio: `tables` and `blocks` write as they walk.
+  std::ios::sync_with_stdio(false);
   try {
     kvpage::Snapshot a;
     if (!Load(file, a)) return kBadInput;
@@ -108,11 +110,17 @@ int main(int argc, char** argv) {
       dump::TableFilter filter;
       if (seq_opt->count() > 0) filter.seq = static_cast<kvpage::SeqId>(seq);
       if (layer_opt->count() > 0) filter.layer = layer;
-      const dump::Json m = dump::Tables(a, filter);
-      Print(m, json, dump::TablesText(m));
+      if (json) {
+        dump::TablesJson(a, filter, std::cout);
+      } else {
+        dump::TablesText(a, filter, std::cout);
+      }
     } else if (blocks->parsed()) {
-      const dump::Json m = dump::Blocks(a);
-      Print(m, json, dump::BlocksText(m));
+      if (json) {
+        dump::BlocksJson(a, std::cout);
+      } else {
+        dump::BlocksText(a, std::cout);
+      }
     } else if (verify->parsed()) {
       const dump::Json m = dump::Verify(a);
       Print(m, json, dump::VerifyText(m));
@@ -124,9 +132,8 @@ int main(int argc, char** argv) {
       Print(m, json, dump::DiffText(m));
     } else if (map->parsed()) {
       dump::Json m;
-      const std::string picture = dump::MapSvg(a, &m);
       std::ofstream out(svg, std::ios::binary);
-      out << picture;
+      dump::WriteMapSvg(a, out, &m);
       out.close();
       if (!out) {
         std::cerr << "kvpage-dump: cannot write " << svg << "\n";
