@@ -327,6 +327,53 @@ TEST_F(DumpCli, BadUsageAndUnreadableFilesExitTwo) {
   EXPECT_EQ(Dump("verify --help").code, 0);
 }
 
+// --seq and --layer name a sequence and a layer of the file, or the verb
+// fails: a typo must not look like an empty table, nor a number too large
+// for the flag like another number.
+TEST_F(DumpCli, TablesOfAnUnknownSequenceOrLayerExitTwo) {
+  const CliRun wide = Dump("tables --seq 18446744073709551616 " + good_);
+  EXPECT_EQ(wide.code, 2);
+  EXPECT_THAT(wide.err, HasSubstr("--seq"));
+  EXPECT_EQ(wide.out, "");
+  for (const std::string seq :
+       {"99", "9223372036854775807", "9223372036854775808",
+        "18446744073709551615"}) {
+    const CliRun r = Dump("tables --seq " + seq + " " + good_);
+    EXPECT_EQ(r.code, 2) << seq;
+    EXPECT_EQ(r.err,
+              "kvpage-dump: --seq: no sequence " + seq + " in " + good_ + "\n");
+    EXPECT_EQ(r.out, "");
+  }
+  const CliRun layer = Dump("tables --layer 4 " + good_);
+  EXPECT_EQ(layer.code, 2);
+  EXPECT_EQ(layer.err, "kvpage-dump: --layer: no layer 4 in " + good_ +
+                           " (it has 4 layers)\n");
+  const CliRun huge = Dump("tables --layer 4294967296 " + good_);
+  EXPECT_EQ(huge.code, 2);
+  EXPECT_THAT(huge.err, HasSubstr("--layer"));
+  const CliRun both = Dump("tables --seq 5 --layer 3 --json " + good_);
+  EXPECT_EQ(both.code, 0) << both.err;
+  EXPECT_EQ(dump::Json::parse(both.out)["sequences"][0]["id"], 5);
+}
+
+// Output that never reached standard output is a failure, not exit 0.
+TEST_F(DumpCli, AFullStandardOutputExitsTwo) {
+  const std::string svg = dir_ + "/map.svg";
+  for (const std::string& args :
+       {"summary " + good_, "summary --json " + good_, "tables " + good_,
+        "blocks " + good_, "blocks --json " + good_, "verify " + bad_,
+        "diff " + good_ + " " + bad_, "map " + good_ + " --svg " + svg}) {
+    const CliRun r = Dump(args, "/dev/full");
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_EQ(r.err,
+              "kvpage-dump: writing standard output: No space left on "
+              "device\n")
+        << args;
+  }
+  // A silent verify has nothing to lose.
+  EXPECT_EQ(Dump("verify " + good_, "/dev/full").code, 0);
+}
+
 // `blocks` streams: a legitimate cache of 2^20 blocks, almost all free (an
 // 8 MB snapshot), prints a row per block in both forms.
 TEST_F(DumpCli, BlocksOfAMillionBlockSnapshot) {
