@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -70,21 +72,84 @@ TEST(DumpSummary, WasteCountsSharedBlocksOnce) {
   EXPECT_EQ(after["waste"], before["waste"]);
 }
 
+std::string TablesText(const Snapshot& snap, const dump::TableFilter& f) {
+  std::ostringstream out;
+  dump::TablesText(snap, f, out);
+  return out.str();
+}
+
+std::string TablesJson(const Snapshot& snap, const dump::TableFilter& f) {
+  std::ostringstream out;
+  dump::TablesJson(snap, f, out);
+  return out.str();
+}
+
 TEST(DumpGolden, Tables) {
   const Snapshot snap = Showcase();
-  const dump::Json all = dump::Tables(snap, {});
-  ExpectGolden("tables.txt", dump::TablesText(all));
-  ExpectGolden("tables.json", all.dump(2) + "\n");
-  const dump::Json one = dump::Tables(snap, {.seq = 5, .layer = 2});
+  ExpectGolden("tables.txt", TablesText(snap, {}));
+  ExpectGolden("tables.json", TablesJson(snap, {}));
+  const dump::Json one =
+      dump::Json::parse(TablesJson(snap, {.seq = 5, .layer = 2}));
   ASSERT_EQ(one["sequences"].size(), 1u);
   ASSERT_EQ(one["sequences"][0]["layers"].size(), 1u);
   EXPECT_EQ(one["sequences"][0]["layers"][0]["overflow"], "circular_buffer");
 }
 
+// Streamed JSON keeps Json::dump(2)'s layout where the filter leaves no
+// sequence or no layer.
+TEST(DumpTables, EmptySelections) {
+  const Snapshot snap = Showcase();
+  dump::Json none;
+  none["schema_version"] = dump::kSchemaVersion;
+  none["block_tokens"] = snap.config.block_tokens;
+  none["sequences"] = dump::Json::array();
+  EXPECT_EQ(TablesJson(snap, {.seq = 99}), none.dump(2) + "\n");
+  EXPECT_EQ(TablesText(snap, {.seq = 99}), "");
+  const dump::Json no_layer =
+      dump::Json::parse(TablesJson(snap, {.layer = 99}));
+  ASSERT_EQ(no_layer["sequences"].size(), snap.sequences.size());
+  EXPECT_EQ(no_layer.dump(2) + "\n", TablesJson(snap, {.layer = 99}));
+  EXPECT_TRUE(no_layer["sequences"][0]["layers"].empty());
+}
+
 TEST(DumpGolden, Blocks) {
-  const dump::Json m = dump::Blocks(Showcase());
-  ExpectGolden("blocks.txt", dump::BlocksText(m));
-  ExpectGolden("blocks.json", m.dump(2) + "\n");
+  const Snapshot snap = Showcase();
+  std::ostringstream text, json;
+  dump::BlocksText(snap, text);
+  dump::BlocksJson(snap, json);
+  ExpectGolden("blocks.txt", text.str());
+  ExpectGolden("blocks.json", json.str());
+  const dump::Json m = dump::Json::parse(json.str());
+  EXPECT_EQ(m["schema_version"], dump::kSchemaVersion);
+  EXPECT_EQ(m["hot"].size(), snap.hot.ref_counts.size());
+  EXPECT_EQ(m["quant"].size(), snap.quant.ref_counts.size());
+}
+
+// Streamed JSON keeps Json::dump(2)'s layout where a pool or an owner list
+// is empty too.
+TEST(DumpBlocks, EmptyPoolsAndOwnerLists) {
+  Snapshot snap;
+  snap.hot.ref_counts = {0, 1};
+  std::ostringstream json, text;
+  dump::BlocksJson(snap, json);
+  dump::BlocksText(snap, text);
+  dump::Json m;
+  m["schema_version"] = dump::kSchemaVersion;
+  m["hot"] = {{{"id", 0},
+               {"state", "free"},
+               {"ref_count", 0},
+               {"owners", dump::Json::array()}},
+              {{"id", 1},
+               {"state", "used"},
+               {"ref_count", 1},
+               {"owners", dump::Json::array()}}};
+  m["quant"] = dump::Json::array();
+  EXPECT_EQ(json.str(), m.dump(2) + "\n");
+  EXPECT_EQ(text.str(),
+            "hot pool\n"
+            "  id  state  refs  owners\n"
+            "  0   free   0     -\n"
+            "  1   used   1     -\n");
 }
 
 TEST(DumpGolden, VerifyListsEachViolation) {
@@ -174,14 +239,17 @@ struct CliRun {
   std::string out, err;
 };
 
-CliRun Dump(const std::string& args) {
+// Runs kvpage-dump with `args`, its standard output to `out` (a file the
+// result reads back unless given).
+CliRun Dump(const std::string& args, const std::string& out = "") {
   const std::string base = absl::StrCat(::testing::TempDir(), "/", getpid());
-  const std::string cmd = absl::StrCat(KVPAGE_DUMP_BIN, " ", args, " >", base,
-                                       ".out 2>", base, ".err");
+  const std::string out_path = out.empty() ? base + ".out" : out;
+  const std::string cmd = absl::StrCat(KVPAGE_DUMP_BIN, " ", args, " >",
+                                       out_path, " 2>", base, ".err");
   const int status = std::system(cmd.c_str());
   CliRun r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadFile(base + ".out");
+  if (out.empty()) r.out = ReadFile(out_path);
   r.err = ReadFile(base + ".err");
   return r;
 }
@@ -292,6 +360,102 @@ TEST_F(DumpCli, SpecialFilesAreRefusedAtOnce) {
     EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 2) << file;
     EXPECT_THAT(ReadFile(err), HasSubstr("not a regular file")) << file;
   }
+}
+
+// --seq and --layer name a sequence and a layer of the file, or the verb
+// fails: a typo must not look like an empty table, nor a number too large
+// for the flag like another number.
+TEST_F(DumpCli, TablesOfAnUnknownSequenceOrLayerExitTwo) {
+  const CliRun wide = Dump("tables --seq 18446744073709551616 " + good_);
+  EXPECT_EQ(wide.code, 2);
+  EXPECT_THAT(wide.err, HasSubstr("--seq"));
+  EXPECT_EQ(wide.out, "");
+  for (const std::string seq :
+       {"99", "9223372036854775807", "9223372036854775808",
+        "18446744073709551615"}) {
+    const CliRun r = Dump("tables --seq " + seq + " " + good_);
+    EXPECT_EQ(r.code, 2) << seq;
+    EXPECT_EQ(r.err,
+              "kvpage-dump: --seq: no sequence " + seq + " in " + good_ + "\n");
+    EXPECT_EQ(r.out, "");
+  }
+  const CliRun layer = Dump("tables --layer 4 " + good_);
+  EXPECT_EQ(layer.code, 2);
+  EXPECT_EQ(layer.err, "kvpage-dump: --layer: no layer 4 in " + good_ +
+                           " (it has 4 layers)\n");
+  const CliRun huge = Dump("tables --layer 4294967296 " + good_);
+  EXPECT_EQ(huge.code, 2);
+  EXPECT_THAT(huge.err, HasSubstr("--layer"));
+  const CliRun both = Dump("tables --seq 5 --layer 3 --json " + good_);
+  EXPECT_EQ(both.code, 0) << both.err;
+  EXPECT_EQ(dump::Json::parse(both.out)["sequences"][0]["id"], 5);
+}
+
+// Output that never reached standard output is a failure, not exit 0.
+TEST_F(DumpCli, AFullStandardOutputExitsTwo) {
+  const std::string svg = dir_ + "/map.svg";
+  for (const std::string& args :
+       {"summary " + good_, "summary --json " + good_, "tables " + good_,
+        "blocks " + good_, "blocks --json " + good_, "verify " + bad_,
+        "diff " + good_ + " " + bad_, "map " + good_ + " --svg " + svg}) {
+    const CliRun r = Dump(args, "/dev/full");
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_EQ(r.err,
+              "kvpage-dump: writing standard output: No space left on "
+              "device\n")
+        << args;
+  }
+  // A silent verify has nothing to lose.
+  EXPECT_EQ(Dump("verify " + good_, "/dev/full").code, 0);
+}
+
+// `blocks` streams: a legitimate cache of 2^20 blocks, almost all free (an
+// 8 MB snapshot), prints a row per block in both forms.
+TEST_F(DumpCli, BlocksOfAMillionBlockSnapshot) {
+  constexpr int64_t kBlocks = int64_t{1} << 20;
+  auto cache = KVCache::Create({.num_layers = 1,
+                                .num_kv_heads = 1,
+                                .head_dim = 8,
+                                .block_tokens = 1,
+                                .num_blocks = kBlocks,
+                                .max_seq_len = 1024});
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::mt19937_64 rng(3);
+  std::vector<SeqId> seqs;
+  for (int i = 0; i < 4; ++i) {
+    seqs.push_back(*(*cache)->AddSequence());
+    ASSERT_TRUE(testing::Grow(**cache, seqs.back(), 64, 64, -1, rng).ok());
+  }
+  ASSERT_TRUE((*cache)->Fork(seqs[0]).ok());
+  const std::string path = dir_ + "/million.snap";
+  ASSERT_TRUE((*cache)->WriteSnapshot(path).ok());
+  cache->reset();
+  EXPECT_EQ(Dump("verify " + path).code, 0);
+
+  const std::string out = dir_ + "/million.out";
+  const CliRun text = Dump("blocks " + path, out);
+  ASSERT_EQ(text.code, 0) << text.err;
+  std::ifstream lines(out);
+  std::string line, last;
+  int64_t count = 0;
+  while (std::getline(lines, line)) {
+    ++count;
+    last = std::move(line);
+  }
+  EXPECT_EQ(count, kBlocks + 2);  // "hot pool", the column header
+  // The fork's blocks are shared: the state column is 6 wide.
+  EXPECT_EQ(last, absl::StrCat("  ", kBlocks - 1, "  free    0     -"));
+
+  const CliRun json = Dump("blocks --json " + path, out);
+  ASSERT_EQ(json.code, 0) << json.err;
+  std::ifstream in(out, std::ios::binary | std::ios::ate);
+  const std::streamoff size = in.tellg();
+  ASSERT_GT(size, 200);
+  in.seekg(size - 200);
+  std::string tail(200, '\0');
+  in.read(tail.data(), 200);
+  EXPECT_THAT(tail, HasSubstr(absl::StrCat("\"id\": ", kBlocks - 1, ",")));
+  EXPECT_THAT(tail, ::testing::EndsWith("\n  ],\n  \"quant\": []\n}\n"));
 }
 
 }  // namespace

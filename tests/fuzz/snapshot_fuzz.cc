@@ -4,6 +4,7 @@
 // files must give an error, never take the tool down.
 #include <cstddef>
 #include <cstdint>
+#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -21,8 +22,11 @@ void Exercise(std::string_view bytes) {
   namespace dump = kvpage::dump;
   (void)dump::VerifyText(dump::Verify(*snap));
   (void)dump::SummaryText(dump::Summary(*snap));
-  (void)dump::TablesText(dump::Tables(*snap, {}));
-  (void)dump::BlocksText(dump::Blocks(*snap));
+  std::ostringstream streamed;
+  dump::TablesText(*snap, {}, streamed);
+  dump::TablesJson(*snap, {}, streamed);
+  dump::BlocksText(*snap, streamed);
+  dump::BlocksJson(*snap, streamed);
   (void)dump::DiffText(dump::Diff(*snap, *snap));
   dump::Json map;
   (void)dump::MapSvg(*snap, &map);

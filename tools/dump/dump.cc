@@ -5,13 +5,16 @@
 #include <cstdint>
 #include <limits>
 #include <map>
-#include <set>
+#include <ostream>
+#include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "cache/stats_fields.h"
 
 namespace kvpage::dump {
@@ -102,12 +105,18 @@ uint32_t RefCount(const SnapshotPool& pool, size_t id) {
 // shared: tables of more than one sequence hold it; used: one sequence.
 std::string HotState(const Snapshot& snap, const Holdings& h, size_t id) {
   if (RefCount(snap.hot, id) == 0) return "free";
-  std::set<SeqId> seqs;
+  const SeqId* first = nullptr;  // the first sequence holding it
+  bool shared = false;           // and another one
   for (const Holder& holder : h.hot[id]) {
-    if (!holder.prefix) seqs.insert(holder.seq);
+    if (holder.prefix) continue;
+    if (first == nullptr) {
+      first = &holder.seq;
+    } else {
+      shared |= holder.seq != *first;
+    }
   }
-  if (seqs.empty()) return h.hot[id].empty() ? "used" : "cached";
-  return seqs.size() > 1 ? "shared" : "used";
+  if (first == nullptr) return h.hot[id].empty() ? "used" : "cached";
+  return shared ? "shared" : "used";
 }
 
 std::string QuantState(const Snapshot& snap, const Holdings& h, size_t id) {
@@ -487,145 +496,259 @@ std::string SummaryText(const Json& m) {
 
 // ---- tables ----
 
-Json Tables(const Snapshot& snap, const TableFilter& filter) {
+namespace {
+
+// One layer's block table: the unit `tables` walks and renders, so that its
+// memory is the model of one table, never the whole file's.
+Json LayerTable(const Snapshot& snap, const SnapshotSequence& s, size_t layer) {
   const CacheConfig& c = snap.config;
   const int64_t bt = c.block_tokens;
-  Json j;
-  j["schema_version"] = kSchemaVersion;
-  j["block_tokens"] = bt;
-  j["sequences"] = Json::array();
-  for (const SnapshotSequence& s : snap.sequences) {
-    if (filter.seq && *filter.seq != s.id) continue;
-    Json seq = {{"id", s.id}, {"salt", s.salt}, {"token_ids", s.token_ids}};
-    seq["layers"] = Json::array();
-    for (size_t layer = 0; layer < s.layers.size(); ++layer) {
-      if (filter.layer && *filter.layer != static_cast<int>(layer)) continue;
-      const SnapshotLayer& l = s.layers[layer];
-      const LayerPolicy p = PolicyOf(c, static_cast<int>(layer));
-      Json entries = Json::array();
-      int64_t visible = 0;
-      for (const SnapshotEntry& e : l.entries) {
-        visible += e.visible;
-        const bool hot = e.format == BlockFormat::kHot;
-        const SnapshotPool& pool = hot ? snap.hot : snap.quant;
-        Json entry = {{"role", RoleName(e.role)},
-                      {"logical", e.logical},
-                      {"pool", hot ? "hot" : "quant"},
-                      {"format", FormatName(e.format, c.dtype)},
-                      {"id", e.id}};
-        entry["ref_count"] = e.id < pool.ref_counts.size()
-                                 ? Json(pool.ref_counts[e.id])
-                                 : Json(nullptr);
-        entry["visible"] = e.visible;
-        entry["begin_slot"] = e.begin_slot;
-        entry["end_slot"] = e.end_slot;
-        // Positions of the first and last visible slot (null for spares and
-        // for logical blocks too large to be real).
-        const bool sane = e.visible > 0 && e.logical >= 0 &&
-                          e.logical < (int64_t{1} << 62) / bt &&
-                          e.begin_slot >= 0 && e.end_slot > e.begin_slot &&
-                          e.end_slot <= bt;
-        entry["first_position"] =
-            sane ? Json(e.logical * bt + e.begin_slot) : Json(nullptr);
-        entry["last_position"] =
-            sane ? Json(e.logical * bt + e.end_slot - 1) : Json(nullptr);
-        entries.push_back(std::move(entry));
-      }
-      seq["layers"].push_back({{"layer", layer},
-                               {"overflow", OverflowPolicyName(p.overflow)},
-                               {"length", l.length},
-                               {"window_start", l.window_start},
-                               {"max_length", l.max_length},
-                               {"visible", visible},
-                               {"evicted", l.evicted},
-                               {"entries", std::move(entries)}});
-    }
-    j["sequences"].push_back(std::move(seq));
+  const SnapshotLayer& l = s.layers[layer];
+  const LayerPolicy p = PolicyOf(c, static_cast<int>(layer));
+  Json entries = Json::array();
+  int64_t visible = 0;
+  for (const SnapshotEntry& e : l.entries) {
+    visible += e.visible;
+    const bool hot = e.format == BlockFormat::kHot;
+    const SnapshotPool& pool = hot ? snap.hot : snap.quant;
+    Json entry = {{"role", RoleName(e.role)},
+                  {"logical", e.logical},
+                  {"pool", hot ? "hot" : "quant"},
+                  {"format", FormatName(e.format, c.dtype)},
+                  {"id", e.id}};
+    entry["ref_count"] = e.id < pool.ref_counts.size()
+                             ? Json(pool.ref_counts[e.id])
+                             : Json(nullptr);
+    entry["visible"] = e.visible;
+    entry["begin_slot"] = e.begin_slot;
+    entry["end_slot"] = e.end_slot;
+    // Positions of the first and last visible slot (null for spares and
+    // for logical blocks too large to be real).
+    const bool sane = e.visible > 0 && e.logical >= 0 &&
+                      e.logical < (int64_t{1} << 62) / bt &&
+                      e.begin_slot >= 0 && e.end_slot > e.begin_slot &&
+                      e.end_slot <= bt;
+    entry["first_position"] =
+        sane ? Json(e.logical * bt + e.begin_slot) : Json(nullptr);
+    entry["last_position"] =
+        sane ? Json(e.logical * bt + e.end_slot - 1) : Json(nullptr);
+    entries.push_back(std::move(entry));
   }
-  return j;
+  return {{"layer", layer},
+          {"overflow", OverflowPolicyName(p.overflow)},
+          {"length", l.length},
+          {"window_start", l.window_start},
+          {"max_length", l.max_length},
+          {"visible", visible},
+          {"evicted", l.evicted},
+          {"entries", std::move(entries)}};
 }
 
-std::string TablesText(const Json& m) {
-  std::string out;
-  const int64_t bt = m["block_tokens"].get<int64_t>();
-  for (const Json& s : m["sequences"]) {
-    absl::StrAppend(
-        &out, absl::StrFormat("seq %s  salt %s  token ids %s\n", Num(s["id"]),
-                              Num(s["salt"]), Num(s["token_ids"])));
-    for (const Json& l : s["layers"]) {
-      absl::StrAppend(
-          &out, absl::StrFormat("  layer %s  %s  length %s  visible %s  "
-                                "window start %s  evicted %s\n",
-                                Num(l["layer"]), Num(l["overflow"]),
-                                Num(l["length"]), Num(l["visible"]),
-                                Num(l["window_start"]), Num(l["evicted"])));
-      std::vector<std::vector<std::string>> rows = {{"role", "logical", "pool",
-                                                     "block", "format", "refs",
-                                                     "valid", "positions"}};
-      for (const Json& e : l["entries"]) {
-        const std::string positions =
-            e["first_position"].is_null()
-                ? "-"
-                : absl::StrCat(Num(e["first_position"]), "-",
-                               Num(e["last_position"]));
-        rows.push_back(
-            {Num(e["role"]),
-             e["logical"].get<int64_t>() < 0 ? "-" : Num(e["logical"]),
-             Num(e["pool"]), Num(e["id"]), Num(e["format"]),
-             Num(e["ref_count"]), absl::StrCat(Num(e["visible"]), "/", bt),
-             positions});
-      }
-      out += Columns(rows, "    ");
+// The tables `filter` selects, in file order: `on_seq(s)` before the layers
+// of each sequence, `on_layer(s, layer)` for each layer; the walk stops once
+// `out` fails.
+template <typename OnSeq, typename OnLayer>
+void WalkTables(const Snapshot& snap, const TableFilter& filter,
+                std::ostream& out, OnSeq on_seq, OnLayer on_layer) {
+  for (const SnapshotSequence& s : snap.sequences) {
+    if (filter.seq && *filter.seq != s.id) continue;
+    if (!out) return;
+    on_seq(s);
+    for (size_t layer = 0; layer < s.layers.size(); ++layer) {
+      if (filter.layer && *filter.layer != static_cast<int>(layer)) continue;
+      if (!out) return;
+      on_layer(s, layer);
     }
   }
-  return out;
+}
+
+// `text` with `spaces` more indentation on every line but the first.
+std::string Indented(const std::string& text, int spaces) {
+  return absl::StrReplaceAll(
+      text, {{"\n", "\n" + std::string(static_cast<size_t>(spaces), ' ')}});
+}
+
+}  // namespace
+
+void TablesJson(const Snapshot& snap, const TableFilter& filter,
+                std::ostream& out) {
+  // The layout of Json::dump(2), written a table at a time.
+  out << "{\n  \"schema_version\": " << kSchemaVersion
+      << ",\n  \"block_tokens\": " << snap.config.block_tokens
+      << ",\n  \"sequences\": [";
+  bool any_seq = false, any_layer = false;
+  auto close_seq = [&] {
+    if (any_seq) out << (any_layer ? "\n      ]" : "]") << "\n    }";
+  };
+  WalkTables(
+      snap, filter, out,
+      [&](const SnapshotSequence& s) {
+        close_seq();
+        out << (any_seq ? ",\n" : "\n") << "    {\n      \"id\": " << s.id
+            << ",\n      \"salt\": " << s.salt
+            << ",\n      \"token_ids\": " << s.token_ids
+            << ",\n      \"layers\": [";
+        any_seq = true;
+        any_layer = false;
+      },
+      [&](const SnapshotSequence& s, size_t layer) {
+        out << (any_layer ? ",\n" : "\n") << "        "
+            << Indented(LayerTable(snap, s, layer).dump(2), 8);
+        any_layer = true;
+      });
+  close_seq();
+  out << (any_seq ? "\n  ]" : "]") << "\n}\n";
+}
+
+void TablesText(const Snapshot& snap, const TableFilter& filter,
+                std::ostream& out) {
+  const int64_t bt = snap.config.block_tokens;
+  WalkTables(
+      snap, filter, out,
+      [&](const SnapshotSequence& s) {
+        out << absl::StrFormat("seq %d  salt %d  token ids %d\n", s.id, s.salt,
+                               s.token_ids);
+      },
+      [&](const SnapshotSequence& s, size_t layer) {
+        const Json l = LayerTable(snap, s, layer);
+        out << absl::StrFormat(
+            "  layer %s  %s  length %s  visible %s  window start %s  "
+            "evicted %s\n",
+            Num(l["layer"]), Num(l["overflow"]), Num(l["length"]),
+            Num(l["visible"]), Num(l["window_start"]), Num(l["evicted"]));
+        std::vector<std::vector<std::string>> rows = {
+            {"role", "logical", "pool", "block", "format", "refs", "valid",
+             "positions"}};
+        for (const Json& e : l["entries"]) {
+          const std::string positions =
+              e["first_position"].is_null()
+                  ? "-"
+                  : absl::StrCat(Num(e["first_position"]), "-",
+                                 Num(e["last_position"]));
+          rows.push_back(
+              {Num(e["role"]),
+               e["logical"].get<int64_t>() < 0 ? "-" : Num(e["logical"]),
+               Num(e["pool"]), Num(e["id"]), Num(e["format"]),
+               Num(e["ref_count"]), absl::StrCat(Num(e["visible"]), "/", bt),
+               positions});
+        }
+        out << Columns(rows, "    ");
+      });
 }
 
 // ---- blocks ----
 
-Json Blocks(const Snapshot& snap) {
-  const Holdings h = Walk(snap);
-  Json j;
-  j["schema_version"] = kSchemaVersion;
-  auto pool_json = [&](const SnapshotPool& pool,
-                       const std::vector<std::vector<Holder>>& holders,
-                       bool quant) {
-    Json blocks = Json::array();
-    for (size_t id = 0; id < holders.size(); ++id) {
-      Json owners = Json::array();
-      for (const Holder& holder : holders[id]) {
-        owners.push_back(HolderName(holder));
-      }
-      blocks.push_back(
-          {{"id", id},
-           {"state", quant ? QuantState(snap, h, id) : HotState(snap, h, id)},
-           {"ref_count", pool.ref_counts[id]},
-           {"owners", std::move(owners)}});
+namespace {
+
+// One row of `blocks`: a hot block or a quantized slot.
+struct BlockRow {
+  size_t id = 0;
+  std::string state;
+  uint32_t ref_count = 0;
+  std::vector<std::string> owners;
+};
+
+// The one walk of `blocks`: the rows of each pool in id order, each built
+// when asked for, so that a renderer writes it and moves on. Memory is the
+// walk's index of holders (O(blocks + table entries)), never the output.
+class BlockRows {
+ public:
+  explicit BlockRows(const Snapshot& snap) : snap_(snap), h_(Walk(snap)) {}
+
+  // Pool `quant` (false: hot): its rows, its reference counts.
+  [[nodiscard]] size_t size(bool quant) const {
+    return (quant ? h_.quant : h_.hot).size();
+  }
+  [[nodiscard]] std::string State(bool quant, size_t id) const {
+    return quant ? QuantState(snap_, h_, id) : HotState(snap_, h_, id);
+  }
+  [[nodiscard]] uint32_t RefCount(bool quant, size_t id) const {
+    return (quant ? snap_.quant : snap_.hot).ref_counts[id];
+  }
+  // Fills `row` (its owners' storage reused) with row `id`.
+  void Row(bool quant, size_t id, BlockRow& row) const {
+    row.id = id;
+    row.state = State(quant, id);
+    row.ref_count = RefCount(quant, id);
+    row.owners.clear();
+    for (const Holder& holder : (quant ? h_.quant : h_.hot)[id]) {
+      row.owners.push_back(HolderName(holder));
     }
-    return blocks;
-  };
-  j["hot"] = pool_json(snap.hot, h.hot, false);
-  j["quant"] = pool_json(snap.quant, h.quant, true);
-  return j;
+  }
+
+ private:
+  const Snapshot& snap_;
+  const Holdings h_;
+};
+
+constexpr const char* kBlockPools[] = {"hot", "quant"};
+
+size_t Digits(uint64_t v) {
+  size_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    ++n;
+  }
+  return n;
 }
 
-std::string BlocksText(const Json& m) {
-  std::string out;
-  for (const char* pool : {"hot", "quant"}) {
-    if (m[pool].empty()) continue;
-    absl::StrAppend(
-        &out, std::string(pool) == "hot" ? "hot pool\n" : "quantized pool\n");
-    std::vector<std::vector<std::string>> rows = {
-        {"id", "state", "refs", "owners"}};
-    for (const Json& b : m[pool]) {
-      std::vector<std::string> owners;
-      for (const Json& o : b["owners"]) owners.push_back(o.get<std::string>());
-      rows.push_back({Num(b["id"]), Num(b["state"]), Num(b["ref_count"]),
-                      owners.empty() ? "-" : absl::StrJoin(owners, ", ")});
+}  // namespace
+
+void BlocksJson(const Snapshot& snap, std::ostream& out) {
+  const BlockRows rows(snap);
+  // The layout of Json::dump(2), written row by row.
+  out << "{\n  \"schema_version\": " << kSchemaVersion;
+  BlockRow row;
+  for (const bool quant : {false, true}) {
+    out << ",\n  \"" << kBlockPools[quant] << "\": [";
+    const size_t n = rows.size(quant);
+    for (size_t id = 0; id < n && out; ++id) {
+      rows.Row(quant, id, row);
+      out << (id == 0 ? "\n" : ",\n") << "    {\n      \"id\": " << row.id
+          << ",\n      \"state\": " << Json(row.state).dump()
+          << ",\n      \"ref_count\": " << row.ref_count
+          << ",\n      \"owners\": [";
+      for (size_t i = 0; i < row.owners.size(); ++i) {
+        out << (i == 0 ? "\n" : ",\n") << "        "
+            << Json(row.owners[i]).dump();
+      }
+      out << (row.owners.empty() ? "]" : "\n      ]") << "\n    }";
     }
-    out += Columns(rows, "  ");
+    out << (n == 0 ? "]" : "\n  ]");
   }
-  return out;
+  out << "\n}\n";
+}
+
+void BlocksText(const Snapshot& snap, std::ostream& out) {
+  const BlockRows rows(snap);
+  BlockRow row;
+  for (const bool quant : {false, true}) {
+    const size_t n = rows.size(quant);
+    if (n == 0) continue;
+    out << (quant ? "quantized pool\n" : "hot pool\n");
+    // Columns padded to their widest cell, the header's included; the
+    // owners column last, unpadded.
+    size_t state_width = std::string_view("state").size();
+    uint32_t refs_max = 0;
+    for (size_t id = 0; id < n; ++id) {
+      state_width = std::max(state_width, rows.State(quant, id).size());
+      refs_max = std::max(refs_max, rows.RefCount(quant, id));
+    }
+    const int id_width =
+        static_cast<int>(std::max<size_t>(2, Digits(n - 1)) + 2);
+    const int state_w = static_cast<int>(state_width + 2);
+    const int refs_width =
+        static_cast<int>(std::max<size_t>(4, Digits(refs_max)) + 2);
+    out << absl::StreamFormat("  %-*s%-*s%-*sowners\n", id_width, "id", state_w,
+                              "state", refs_width, "refs");
+    for (size_t id = 0; id < n && out; ++id) {
+      rows.Row(quant, id, row);
+      out << absl::StreamFormat(
+          "  %-*d%-*s%-*d%s\n", id_width, row.id, state_w, row.state,
+          refs_width, row.ref_count,
+          row.owners.empty() ? "-" : absl::StrJoin(row.owners, ", "));
+    }
+  }
 }
 
 // ---- verify ----
@@ -847,7 +970,7 @@ std::string CellTitle(const char* unit, size_t id, const std::string& state,
 
 }  // namespace
 
-std::string MapSvg(const Snapshot& snap, Json* model) {
+void WriteMapSvg(const Snapshot& snap, std::ostream& out, Json* model) {
   const Holdings h = Walk(snap);
   std::map<SeqId, int> colour_of;
   for (const SnapshotSequence& s : snap.sequences) {
@@ -859,70 +982,31 @@ std::string MapSvg(const Snapshot& snap, Json* model) {
     const int c = static_cast<int>(std::ceil(std::sqrt(2.0 * n)));
     return std::clamp(c, 16, 128);
   };
+  // The layout first (grids stacked on the left, the legend on the right),
+  // so that the cells can be written as the walk reaches them.
   struct Grid {
     std::string title;
-    std::vector<std::pair<std::string, std::string>> cells;  // colour, title
+    bool quant = false;
+    size_t cells = 0;
+    int cols = 0, top = 0;  // top: the title's; the cells start 20 below
   };
-  std::vector<Grid> grids;
-  std::map<std::string, int64_t> counts;
-  Grid hot{.title = absl::StrFormat("hot pool: %d blocks", h.hot.size())};
-  for (size_t id = 0; id < h.hot.size(); ++id) {
-    const std::string state = HotState(snap, h, id);
-    ++counts[absl::StrCat("hot_", state)];
-    std::string colour = state == "free"     ? kFree
-                         : state == "cached" ? kCached
-                         : state == "shared" ? kShared
-                                             : kUnknown;
-    if (state == "used") {
-      for (const Holder& holder : h.hot[id]) {
-        if (!holder.prefix && colour_of.contains(holder.seq)) {
-          colour = kSequenceColours[colour_of[holder.seq]];
-          break;
-        }
-      }
-    }
-    hot.cells.push_back({colour, CellTitle("block", id, state,
-                                           RefCount(snap.hot, id), h.hot[id])});
-  }
-  grids.push_back(std::move(hot));
+  std::vector<Grid> grids = {
+      {.title = absl::StrFormat("hot pool: %d blocks", h.hot.size()),
+       .cells = h.hot.size()}};
   if (!h.quant.empty()) {
-    Grid quant{.title =
-                   absl::StrFormat("quantized pool: %d slots", h.quant.size())};
-    for (size_t id = 0; id < h.quant.size(); ++id) {
-      const std::string state = QuantState(snap, h, id);
-      ++counts[absl::StrCat("quant_", state)];
-      const char* colour = state == "free"     ? kFree
-                           : state == "int8"   ? kInt8
-                           : state == "int8_v" ? kInt8V
-                           : state == "int4"   ? kInt4
-                                               : kUnknown;
-      quant.cells.push_back(
-          {colour, CellTitle("slot", id, state, RefCount(snap.quant, id),
-                             h.quant[id])});
-    }
-    grids.push_back(std::move(quant));
+    grids.push_back(
+        {.title = absl::StrFormat("quantized pool: %d slots", h.quant.size()),
+         .quant = true,
+         .cells = h.quant.size()});
   }
-  // Layout: grids stacked on the left, the legend on the right.
-  std::string body;
   int y = kMargin;
   int width = 0;
-  for (const Grid& g : grids) {
-    const int cols = columns_for(g.cells.size());
-    const int rows = static_cast<int>((g.cells.size() + cols - 1) / cols);
-    body +=
-        absl::StrFormat("<text x=\"%d\" y=\"%d\" class=\"title\">%s</text>\n",
-                        kMargin, y + 12, Escape(g.title));
-    y += 20;
-    for (size_t i = 0; i < g.cells.size(); ++i) {
-      const int cx = kMargin + static_cast<int>(i % cols) * (kCell + kGap);
-      const int cy = y + static_cast<int>(i / cols) * (kCell + kGap);
-      body += absl::StrFormat(
-          "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
-          "fill=\"%s\"><title>%s</title></rect>\n",
-          cx, cy, kCell, kCell, g.cells[i].first, Escape(g.cells[i].second));
-    }
-    width = std::max(width, cols * (kCell + kGap));
-    y += rows * (kCell + kGap) + kMargin;
+  for (Grid& g : grids) {
+    g.cols = columns_for(g.cells);
+    g.top = y;
+    const int rows = static_cast<int>((g.cells + g.cols - 1) / g.cols);
+    width = std::max(width, g.cols * (kCell + kGap));
+    y += 20 + rows * (kCell + kGap) + kMargin;
   }
   std::vector<std::pair<std::string, std::string>> legend = {
       {kFree, "free"},
@@ -943,29 +1027,75 @@ std::string MapSvg(const Snapshot& snap, Json* model) {
     legend.push_back({kInt4, "int4 block"});
   }
   const int lx = kMargin + width + 2 * kMargin;
-  std::string legend_svg =
-      absl::StrFormat("<text x=\"%d\" y=\"%d\" class=\"title\">legend</text>\n",
-                      lx, kMargin + 12);
-  int ly = kMargin + 20;
-  for (const auto& [colour, label] : legend) {
-    legend_svg += absl::StrFormat(
-        "<rect class=\"key\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
-        "fill=\"%s\"/><text x=\"%d\" y=\"%d\">%s</text>\n",
-        lx, ly, kCell, kCell, colour, lx + kCell + 6, ly + 10, Escape(label));
-    ly += kCell + 6;
-  }
+  const int legend_bottom =
+      kMargin + 20 + static_cast<int>(legend.size()) * (kCell + 6);
   const int total_width = lx + kLegendWidth;
-  const int total_height = std::max(y, ly + kMargin);
-  std::string svg = absl::StrFormat(
+  const int total_height = std::max(y, legend_bottom + kMargin);
+  out << absl::StrFormat(
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
       "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\">\n"
       "<style>.title { font-weight: bold; font-size: 13px; }</style>\n"
       "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
       total_width, total_height, total_width, total_height);
-  svg += body;
-  svg += legend_svg;
-  svg += "</svg>\n";
+
+  // The cells, one per block and slot, as the walk reaches them.
+  std::map<std::string, int64_t> counts;
+  for (const Grid& g : grids) {
+    out << absl::StrFormat(
+        "<text x=\"%d\" y=\"%d\" class=\"title\">%s</text>\n", kMargin,
+        g.top + 12, Escape(g.title));
+    for (size_t id = 0; id < g.cells && out; ++id) {
+      std::string state, title;
+      const char* colour = kUnknown;
+      if (!g.quant) {
+        state = HotState(snap, h, id);
+        colour = state == "free"     ? kFree
+                 : state == "cached" ? kCached
+                 : state == "shared" ? kShared
+                                     : kUnknown;
+        if (state == "used") {
+          for (const Holder& holder : h.hot[id]) {
+            if (!holder.prefix && colour_of.contains(holder.seq)) {
+              colour = kSequenceColours[colour_of[holder.seq]];
+              break;
+            }
+          }
+        }
+        title =
+            CellTitle("block", id, state, RefCount(snap.hot, id), h.hot[id]);
+      } else {
+        state = QuantState(snap, h, id);
+        colour = state == "free"     ? kFree
+                 : state == "int8"   ? kInt8
+                 : state == "int8_v" ? kInt8V
+                 : state == "int4"   ? kInt4
+                                     : kUnknown;
+        title =
+            CellTitle("slot", id, state, RefCount(snap.quant, id), h.quant[id]);
+      }
+      ++counts[absl::StrCat(g.quant ? "quant_" : "hot_", state)];
+      const int cx = kMargin + static_cast<int>(id % g.cols) * (kCell + kGap);
+      const int cy =
+          g.top + 20 + static_cast<int>(id / g.cols) * (kCell + kGap);
+      out << absl::StrFormat(
+          "<rect class=\"cell\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+          "fill=\"%s\"><title>%s</title></rect>\n",
+          cx, cy, kCell, kCell, colour, Escape(title));
+    }
+  }
+  out << absl::StrFormat(
+      "<text x=\"%d\" y=\"%d\" class=\"title\">legend</text>\n", lx,
+      kMargin + 12);
+  int ly = kMargin + 20;
+  for (const auto& [colour, label] : legend) {
+    out << absl::StrFormat(
+        "<rect class=\"key\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+        "fill=\"%s\"/><text x=\"%d\" y=\"%d\">%s</text>\n",
+        lx, ly, kCell, kCell, colour, lx + kCell + 6, ly + 10, Escape(label));
+    ly += kCell + 6;
+  }
+  out << "</svg>\n";
   if (model != nullptr) {
     Json j;
     j["schema_version"] = kSchemaVersion;
@@ -979,7 +1109,12 @@ std::string MapSvg(const Snapshot& snap, Json* model) {
     }
     *model = std::move(j);
   }
-  return svg;
+}
+
+std::string MapSvg(const Snapshot& snap, Json* model) {
+  std::ostringstream out;
+  WriteMapSvg(snap, out, model);
+  return out.str();
 }
 
 std::string MapText(const Json& m) {

@@ -3,8 +3,13 @@
 // stderr and the SVG file `map` is asked for.
 //
 // Exit codes: 0 ok, 1 a check failed (verify found a violation), 2 bad usage
-// or an unreadable snapshot.
+// (an unknown --seq or --layer included), an unreadable snapshot, or output
+// that could not be written.
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -12,6 +17,7 @@
 #include "CLI/CLI.hpp"
 #include "kvpage/snapshot.h"
 #include "tools/dump/dump.h"
+#include "tools/flag_ranges.h"
 
 namespace {
 
@@ -37,17 +43,30 @@ void Print(const kvpage::dump::Json& model, bool json,
   }
 }
 
+// `code`, unless what was printed did not all reach standard output (a full
+// disk, an I/O error): then one line on stderr and kBadInput, so that a
+// script never takes a lost output for an empty one.
+int Finish(int code) {
+  std::cout.flush();
+  if (std::cout) return code;
+  const int error = errno != 0 ? errno : EIO;
+  std::cerr << "kvpage-dump: writing standard output: " << std::strerror(error)
+            << "\n";
+  return kBadInput;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
       "kvpage-dump: inspect and verify a kvpage snapshot.\n"
-      "Exit codes: 0 ok, 1 a check failed, 2 bad usage or unreadable file."};
+      "Exit codes: 0 ok, 1 a check failed, 2 bad usage, an unreadable file "
+      "or output that could not be written."};
   app.require_subcommand(1);
   bool json = false;
   std::string file, file_b, svg;
-  int64_t seq = -1;
-  int layer = -1;
+  uint64_t seq = 0;
+  int layer = 0;
   // A verb reading one snapshot (`diff` names its two itself).
   auto add = [&](const char* name, const char* help, bool one_file = true) {
     CLI::App* sub = app.add_subcommand(name, help);
@@ -63,11 +82,14 @@ int main(int argc, char** argv) {
   CLI::App* tables = add("tables",
                          "Block tables: logical block, block id, pool and "
                          "format, reference count, valid slots, positions");
-  CLI::Option* seq_opt = tables->add_option("--seq", seq, "only this sequence")
-                             ->check(CLI::NonNegativeNumber);
+  // Either names one that exists in FILE, or the verb fails (exit 2): a typo
+  // must not look like an empty table.
+  CLI::Option* seq_opt =
+      tables->add_option("--seq", seq, "only this sequence")
+          ->transform(kvpage::tools::UintRange(0, UINT64_MAX));
   CLI::Option* layer_opt =
       tables->add_option("--layer", layer, "only this layer")
-          ->check(CLI::NonNegativeNumber);
+          ->transform(kvpage::tools::IntRange(0, 4095));
   CLI::App* blocks = add("blocks",
                          "Each block's state (free, used, shared, cached, "
                          "quantized), reference count and owners");
@@ -97,26 +119,53 @@ int main(int argc, char** argv) {
     return kBadInput;
   }
 
+  // Unsynchronized with stdio: `tables` and `blocks` write as they walk.
+  std::ios::sync_with_stdio(false);
   try {
     kvpage::Snapshot a;
     if (!Load(file, a)) return kBadInput;
     namespace dump = kvpage::dump;
+    errno = 0;  // Finish() reports the error of a failed write
     if (summary->parsed()) {
       const dump::Json m = dump::Summary(a);
       Print(m, json, dump::SummaryText(m));
     } else if (tables->parsed()) {
       dump::TableFilter filter;
-      if (seq_opt->count() > 0) filter.seq = static_cast<kvpage::SeqId>(seq);
-      if (layer_opt->count() > 0) filter.layer = layer;
-      const dump::Json m = dump::Tables(a, filter);
-      Print(m, json, dump::TablesText(m));
+      if (seq_opt->count() > 0) {
+        filter.seq = seq;
+        if (std::none_of(a.sequences.begin(), a.sequences.end(),
+                         [&](const kvpage::SnapshotSequence& s) {
+                           return s.id == seq;
+                         })) {
+          std::cerr << "kvpage-dump: --seq: no sequence " << seq << " in "
+                    << file << "\n";
+          return kBadInput;
+        }
+      }
+      if (layer_opt->count() > 0) {
+        filter.layer = layer;
+        if (layer >= a.config.num_layers) {
+          std::cerr << "kvpage-dump: --layer: no layer " << layer << " in "
+                    << file << " (it has " << a.config.num_layers
+                    << " layers)\n";
+          return kBadInput;
+        }
+      }
+      if (json) {
+        dump::TablesJson(a, filter, std::cout);
+      } else {
+        dump::TablesText(a, filter, std::cout);
+      }
     } else if (blocks->parsed()) {
-      const dump::Json m = dump::Blocks(a);
-      Print(m, json, dump::BlocksText(m));
+      if (json) {
+        dump::BlocksJson(a, std::cout);
+      } else {
+        dump::BlocksText(a, std::cout);
+      }
     } else if (verify->parsed()) {
       const dump::Json m = dump::Verify(a);
       Print(m, json, dump::VerifyText(m));
-      return m["ok"].get<bool>() ? kOk : kCheckFailed;
+      return Finish(m["ok"].get<bool>() ? kOk : kCheckFailed);
     } else if (diff->parsed()) {
       kvpage::Snapshot b;
       if (!Load(file_b, b)) return kBadInput;
@@ -124,9 +173,8 @@ int main(int argc, char** argv) {
       Print(m, json, dump::DiffText(m));
     } else if (map->parsed()) {
       dump::Json m;
-      const std::string picture = dump::MapSvg(a, &m);
       std::ofstream out(svg, std::ios::binary);
-      out << picture;
+      dump::WriteMapSvg(a, out, &m);
       out.close();
       if (!out) {
         std::cerr << "kvpage-dump: cannot write " << svg << "\n";
@@ -138,5 +186,5 @@ int main(int argc, char** argv) {
     std::cerr << "kvpage-dump: " << e.what() << "\n";
     return kBadInput;
   }
-  return kOk;
+  return Finish(kOk);
 }

@@ -53,8 +53,9 @@ class Worker {
         table_(o_.dtype),
         elems_(static_cast<int64_t>(ctx.shape.kv_heads) * ctx.shape.head_dim),
         rng_(Mix64(o_.seed ^ 0xc0ffee ^ static_cast<uint64_t>(shard))) {
-    const int64_t rows =
-        std::max<int64_t>(o_.prefill_chunk, o_.spec_tokens + 2);
+    // No prefill chunk is longer than the longest request.
+    const int64_t rows = std::max<int64_t>(
+        std::min(o_.prefill_chunk, ctx.longest), o_.spec_tokens + 2);
     k_.resize(static_cast<size_t>(rows * elems_));
     v_.resize(static_cast<size_t>(rows * elems_));
     for (const Request& r : ctx.requests) {

@@ -4,7 +4,8 @@
 // and reports throughput, latency percentiles and memory, side by side with
 // a contiguous per-sequence buffer and the naive cache of the original
 // report. Exit codes: 0 all verified, 1 a verification (or the run) failed,
-// 2 bad usage.
+// 2 bad usage (one line naming the flag: a value outside the flag's range,
+// workload.h, or flags that do not go together).
 //
 // Each backend runs in a child process of its own (fork), so that its peak
 // resident memory is its own; the child hands its result back as JSON.
@@ -22,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "nlohmann/json.hpp"
+#include "tools/flag_ranges.h"
 #include "tools/stress/driver.h"
 #include "tools/stress/report.h"
 #include "tools/stress/workload.h"
@@ -30,6 +32,10 @@ namespace kvpage::stress {
 namespace {
 
 constexpr int kExitOk = 0, kExitFailed = 1, kExitUsage = 2;
+
+// The flag validators of an option's range (workload.h).
+CLI::Validator Ints(OptionRange r) { return tools::IntRange(r.lo, r.hi); }
+CLI::Validator Reals(RealRange r) { return tools::FiniteRange(r.lo, r.hi); }
 
 // Runs one backend in a child process and reads its result back.
 absl::StatusOr<BackendResult> RunInChild(BackendKind kind,
@@ -148,71 +154,89 @@ int Main(int argc, char** argv) {
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--requests", o.requests, "requests in the run")
-      ->check(CLI::PositiveNumber)
+      ->transform(Ints(kRequestsRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--concurrency", o.concurrency,
                  "requests kept in flight (closed loop), or the most in "
                  "flight with --arrival-rate")
-      ->check(CLI::PositiveNumber)
+      ->transform(Ints(kConcurrencyRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--arrival-rate", o.arrival_rate,
-                 "Poisson arrivals per scheduler step (0: closed loop)")
+                 "Poisson arrivals per scheduler step (0: closed loop; else at "
+                 "least 1e-06)")
+      ->transform(Reals(kArrivalRateRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--max-len", o.max_len, "prompt + output capped to this")
+      ->transform(Ints(kMaxLenRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--prefill-chunk", o.prefill_chunk,
                  "prompt tokens per prefill step")
+      ->transform(Ints(kPrefillChunkRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--samples", o.samples,
                  "parallel samples per request (forks after the prompt)")
+      ->transform(Ints(kSamplesRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--shared-prefix-fraction", o.shared_prefix_fraction,
                  "fraction of requests that start with one shared system "
                  "prompt (> 0 turns prefix caching on)")
+      ->transform(Reals(kFractionRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--shared-prefix-tokens", o.shared_prefix_tokens,
-                 "length of the shared system prompt")
+                 "length of the shared system prompt (at most --max-len - 2)")
+      ->transform(Ints(kSharedPrefixTokensRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--spec-tokens", o.spec_tokens,
                  "speculative decoding: draft tokens written per step, the "
                  "rejected ones rolled back (0: off)")
+      ->transform(Ints(kSpecTokensRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--spec-accept", o.spec_accept,
                  "chance that each draft token is accepted")
+      ->transform(Reals(kFractionRange))
       ->capture_default_str()
       ->group("Workload");
   app.add_option("--seed", o.seed, "seed of everything random")
+      ->transform(tools::UintRange(0, UINT64_MAX))
       ->capture_default_str()
       ->group("Workload");
 
   app.add_option("--model", o.model, "KV shape by name: " + ModelNames())
       ->capture_default_str()
       ->group("Model and cache");
-  app.add_option("--layers", o.layers, "override the model's layers")
+  app.add_option("--layers", o.layers,
+                 "override the model's layers (0: the model's)")
+      ->transform(Ints(kLayersRange))
       ->group("Model and cache");
-  app.add_option("--kv-heads", o.kv_heads, "override the model's kv-heads")
+  app.add_option("--kv-heads", o.kv_heads,
+                 "override the model's kv-heads (0: the model's)")
+      ->transform(Ints(kKvHeadsRange))
       ->group("Model and cache");
-  app.add_option("--head-dim", o.head_dim, "override the model's head_dim")
+  app.add_option("--head-dim", o.head_dim,
+                 "override the model's head_dim (0: the model's)")
+      ->transform(Ints(kHeadDimRange))
       ->group("Model and cache");
   app.add_option("--dtype", dtype, "stored element type")
       ->check(CLI::IsMember({"f16", "bf16"}))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--block-tokens", o.block_tokens, "token slots per block")
+      ->transform(Ints(kBlockTokensRange))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--pool-gib", o.pool_gib,
                  "KV memory budget in GiB, split between threads (paged: the "
                  "pool; contiguous: admission limit)")
+      ->transform(Reals(kPoolGibRange))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--policy", policy,
@@ -223,10 +247,12 @@ int Main(int argc, char** argv) {
       ->group("Model and cache");
   app.add_option("--max-seq-len", o.max_seq_len,
                  "most visible tokens per layer (0: --max-len)")
+      ->transform(Ints(kMaxSeqLenRange))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--sink-tokens", o.sink_tokens,
-                 "leading tokens a policy never evicts")
+                 "leading tokens a policy never evicts (below --max-seq-len)")
+      ->transform(Ints(kSinkTokensRange))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--compress", o.compress,
@@ -236,10 +262,12 @@ int Main(int argc, char** argv) {
       ->group("Model and cache");
   app.add_option("--hot-tokens", o.hot_tokens,
                  "most recent tokens never compressed")
+      ->transform(Ints(kHotTokensRange))
       ->capture_default_str()
       ->group("Model and cache");
   app.add_option("--compress-every", o.compress_every,
                  "decode steps of a sequence between CompressOldEntries calls")
+      ->transform(Ints(kEveryRange))
       ->capture_default_str()
       ->group("Model and cache");
 
@@ -250,16 +278,19 @@ int Main(int argc, char** argv) {
       ->group("Run");
   app.add_option("--threads", o.threads,
                  "worker threads, each owning a cache shard and its requests")
+      ->transform(Ints(kThreadsRange))
       ->capture_default_str()
       ->group("Run");
   app.add_option("--naive-budget", o.naive_budget_s,
                  "seconds the naive backend runs before it stops (its steps "
                  "cost O(context))")
+      ->transform(Reals(kNaiveBudgetRange))
       ->capture_default_str()
       ->group("Run");
   app.add_option("--check-every", o.check_every,
                  "scheduler steps between spot checks (invariant walk and one "
                  "sequence read back)")
+      ->transform(Ints(kEveryRange))
       ->capture_default_str()
       ->group("Run");
   app.add_flag("--huge-pages,!--no-huge-pages", o.huge_pages,
@@ -281,8 +312,11 @@ int Main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? kExitOk : kExitUsage;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // One line that names the flag ("--requests: 1e11 is not an integer
+    // in [1, 1000000]").
+    std::fprintf(stderr, "kvpage-stress: %s (see --help)\n", e.what());
+    return kExitUsage;
   }
 
   const std::map<std::string, OverflowPolicy> policies = {
@@ -325,22 +359,23 @@ int Main(int argc, char** argv) {
   ctx.requests = GenerateRequests(o);
   ctx.longest = LongestRequest(o, ctx.requests);
   {
-    // Every request must fit a shard's budget on its own.
+    // Every request must fit a shard's budget on its own. In double: at the
+    // ends of the flags' ranges a request's bytes pass 2^63.
     const CacheConfig config = PagedConfig(o, *shape);
-    const int64_t shard =
-        static_cast<int64_t>(o.pool_gib * 1024.0 * 1024.0 * 1024.0 / o.threads);
-    const int64_t token_bytes = 2LL * shape->layers * shape->kv_heads *
-                                shape->head_dim * DTypeSize(o.dtype);
-    const int64_t contiguous = o.samples * ctx.longest * token_bytes;
-    const int64_t paged_blocks =
-        (ctx.longest + o.block_tokens - 1) / o.block_tokens + 2 +
-        (o.samples - 1) *
-            ((ctx.longest + o.block_tokens - 1) / o.block_tokens + 3);
-    const int64_t paged = paged_blocks * shape->layers * BlockBytes(config);
+    const double shard = o.pool_gib * 1024.0 * 1024.0 * 1024.0 / o.threads;
+    const double token_bytes = 2.0 * shape->layers * shape->kv_heads *
+                               shape->head_dim * DTypeSize(o.dtype);
+    const double longest = static_cast<double>(ctx.longest);
+    const double contiguous = o.samples * longest * token_bytes;
+    const int64_t blocks =
+        (ctx.longest + o.block_tokens - 1) / o.block_tokens;  // < 2^25
+    const double paged =
+        static_cast<double>(blocks + 2 + (o.samples - 1) * (blocks + 3)) *
+        shape->layers * static_cast<double>(BlockBytes(config));
     for (BackendKind kind : o.backends) {
-      const int64_t need = kind == BackendKind::kContiguous ? contiguous
-                           : kind == BackendKind::kPaged    ? paged
-                                                            : 0;
+      const double need = kind == BackendKind::kContiguous ? contiguous
+                          : kind == BackendKind::kPaged    ? paged
+                                                           : 0;
       if (need > shard) {
         std::fprintf(stderr,
                      "kvpage-stress: the %s backend needs %.2f GiB per "

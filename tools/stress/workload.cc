@@ -141,6 +141,66 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
   auto bad = [](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
+  // Each numeric option in its range (a nan fails every comparison).
+  struct IntOption {
+    const char* flag;
+    int64_t value;
+    OptionRange range;
+  };
+  for (const IntOption& f : {
+           IntOption{"--requests", o.requests, kRequestsRange},
+           IntOption{"--concurrency", o.concurrency, kConcurrencyRange},
+           IntOption{"--max-len", o.max_len, kMaxLenRange},
+           IntOption{"--prefill-chunk", o.prefill_chunk, kPrefillChunkRange},
+           IntOption{"--samples", o.samples, kSamplesRange},
+           IntOption{"--shared-prefix-tokens", o.shared_prefix_tokens,
+                     kSharedPrefixTokensRange},
+           IntOption{"--spec-tokens", o.spec_tokens, kSpecTokensRange},
+           IntOption{"--layers", o.layers, kLayersRange},
+           IntOption{"--kv-heads", o.kv_heads, kKvHeadsRange},
+           IntOption{"--head-dim", o.head_dim, kHeadDimRange},
+           IntOption{"--block-tokens", o.block_tokens, kBlockTokensRange},
+           IntOption{"--max-seq-len", o.max_seq_len, kMaxSeqLenRange},
+           IntOption{"--sink-tokens", o.sink_tokens, kSinkTokensRange},
+           IntOption{"--hot-tokens", o.hot_tokens, kHotTokensRange},
+           IntOption{"--compress-every", o.compress_every, kEveryRange},
+           IntOption{"--threads", o.threads, kThreadsRange},
+           IntOption{"--check-every", o.check_every, kEveryRange},
+       }) {
+    if (f.value < f.range.lo || f.value > f.range.hi) {
+      return bad(f.flag, " is ", f.value, "; want ", f.range.lo, " to ",
+                 f.range.hi);
+    }
+  }
+  struct RealOption {
+    const char* flag;
+    double value;
+    RealRange range;
+  };
+  for (const RealOption& f : {
+           RealOption{"--arrival-rate", o.arrival_rate, kArrivalRateRange},
+           RealOption{"--shared-prefix-fraction", o.shared_prefix_fraction,
+                      kFractionRange},
+           RealOption{"--spec-accept", o.spec_accept, kFractionRange},
+           RealOption{"--pool-gib", o.pool_gib, kPoolGibRange},
+           RealOption{"--naive-budget", o.naive_budget_s, kNaiveBudgetRange},
+       }) {
+    if (!(f.value >= f.range.lo && f.value <= f.range.hi)) {
+      return bad(f.flag, " is ", absl::StrFormat("%g", f.value), "; want ",
+                 absl::StrFormat("%g", f.range.lo), " to ",
+                 absl::StrFormat("%g", f.range.hi));
+    }
+  }
+  if (o.arrival_rate > 0 && o.arrival_rate < kMinArrivalRate) {
+    return bad("--arrival-rate is ", absl::StrFormat("%g", o.arrival_rate),
+               "; want 0 (closed loop) or ", kMinArrivalRate, " to ",
+               kArrivalRateRange.hi, " arrivals per step");
+  }
+  if (o.concurrency * o.samples > kMaxSequencesInFlight) {
+    return bad("--concurrency ", o.concurrency, " x --samples ", o.samples,
+               " is ", o.concurrency * o.samples,
+               " sequences in flight; want at most ", kMaxSequencesInFlight);
+  }
   bool known_preset = false;
   for (const LengthPreset& p : kPresets) known_preset |= o.preset == p.name;
   if (!known_preset) return bad("unknown --preset '", o.preset, "'");
@@ -150,33 +210,15 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
   if (shape.head_dim % 8 != 0 && o.compress != "off") {
     return bad("--compress needs a head_dim that is a multiple of 8");
   }
-  if (o.requests < 1) return bad("--requests must be >= 1");
-  if (o.concurrency < 1) return bad("--concurrency must be >= 1");
-  if (o.arrival_rate < 0) return bad("--arrival-rate must be >= 0");
-  if (o.threads < 1 || o.threads > 64) return bad("--threads must be 1..64");
-  if (o.samples < 1 || o.samples > 64) return bad("--samples must be 1..64");
-  if (o.prefill_chunk < 1) return bad("--prefill-chunk must be >= 1");
-  if (o.max_len < 2) return bad("--max-len must be >= 2");
-  if (o.shared_prefix_fraction < 0 || o.shared_prefix_fraction > 1) {
-    return bad("--shared-prefix-fraction must be in [0, 1]");
-  }
-  if (o.shared_prefix_fraction > 0 &&
-      (o.shared_prefix_tokens < 1 || o.shared_prefix_tokens >= o.max_len)) {
-    return bad("--shared-prefix-tokens must be in [1, --max-len)");
-  }
-  if (o.spec_tokens < 0 || o.spec_tokens > 64) {
-    return bad("--spec-tokens must be 0..64");
-  }
-  if (o.spec_accept < 0 || o.spec_accept > 1) {
-    return bad("--spec-accept must be in [0, 1]");
+  // A request is a prompt token past the shared prompt and an output token
+  // at least (draft tokens never pass the request's end).
+  if (o.shared_prefix_fraction > 0 && o.shared_prefix_tokens > o.max_len - 2) {
+    return bad("--shared-prefix-tokens is ", o.shared_prefix_tokens,
+               "; want 1 to --max-len - 2 (", o.max_len - 2, ")");
   }
   if (o.compress != "off" && o.compress != "int8" && o.compress != "int4") {
     return bad("--compress must be off, int8 or int4");
   }
-  if (o.compress_every < 1) return bad("--compress-every must be >= 1");
-  if (o.check_every < 1) return bad("--check-every must be >= 1");
-  if (o.naive_budget_s <= 0) return bad("--naive-budget must be > 0");
-  if (o.pool_gib <= 0) return bad("--pool-gib must be > 0");
   if (o.backends.empty()) return bad("--backend names no backend");
   const bool paged_only =
       o.backends.size() == 1 && o.backends[0] == BackendKind::kPaged;
@@ -191,6 +233,17 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
     return bad("--max-seq-len ", max_seq_len, " is below --max-len ", o.max_len,
                ": the error policy would refuse long requests");
   }
+  if (o.sink_tokens >= max_seq_len) {
+    return bad("--sink-tokens is ", o.sink_tokens,
+               "; want 0 to --max-seq-len - 1 (", max_seq_len - 1, ")");
+  }
+  if (o.policy == OverflowPolicy::kTruncate &&
+      o.sink_tokens >= EffectiveTruncateTo(max_seq_len, 0)) {
+    return bad("--sink-tokens is ", o.sink_tokens,
+               "; a context shift keeps --max-seq-len / 2 tokens, so want 0 "
+               "to ",
+               EffectiveTruncateTo(max_seq_len, 0) - 1);
+  }
   if (o.policy != OverflowPolicy::kError &&
       max_seq_len - o.sink_tokens < 2 * (o.spec_tokens + 1) + o.block_tokens) {
     return bad(
@@ -199,6 +252,12 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
         "that a rollback stays inside it");
   }
   const CacheConfig config = PagedConfig(o, shape);
+  const int64_t max_blocks = 0x7fffffff;
+  if (config.num_blocks < 1 || config.num_blocks > max_blocks) {
+    return bad("--pool-gib ", absl::StrFormat("%g", o.pool_gib), " over ",
+               o.threads, " threads gives ", config.num_blocks, " blocks of ",
+               BlockBytes(config), " bytes per thread; want 1 to ", max_blocks);
+  }
   if (absl::Status s = ValidateConfig(config); !s.ok()) {
     return bad("cache configuration: ", s.message());
   }

@@ -68,6 +68,62 @@ struct Options {
   std::string snapshot;
 };
 
+// The range of every numeric option. kvpage-stress refuses a flag outside
+// its range as it parses it (exit 2, naming the flag); ValidateOptions checks
+// the ranges again (options built in code) and the rules that tie options
+// together. The bounds are what no arithmetic of a run can overflow with and
+// what keeps the memory a flag alone sizes bounded:
+// - 10^6 requests: the run holds a Request (48 bytes) and a pointer for each,
+//   about 56 MB;
+// - at most 2^18 sequences in flight (--concurrency x --samples): a worker
+//   keeps ~2.6 KB of state for each (its draft generator mostly), ~700 MB
+//   at most; the naive backend admits without a budget;
+// - lengths in tokens below 2^24, so that positions, lengths and the products
+//   a run forms with them (times samples, drafts, layers) stay far from 2^63;
+//   the worker's prefill buffer is sized by the longest request, not by
+//   --prefill-chunk alone;
+// - the model shape and --block-tokens within the library's own limits
+//   (ValidateConfig), where a block is at most 2^46 bytes; a request's bytes
+//   (up to 2^72 at those limits) are compared with the budget in floating
+//   point;
+// - --pool-gib at most the library's arena limit, 64 TiB (2^46 bytes), and
+//   then at most 2^31 - 1 blocks per shard (ValidateOptions);
+// - seconds and rates finite: --naive-budget at most a day (a deadline in
+//   int64 nanoseconds), --arrival-rate 0 or 10^-6..10^6 per step (arrival
+//   steps in int64).
+struct OptionRange {
+  int64_t lo, hi;
+};
+struct RealRange {
+  double lo, hi;
+};
+inline constexpr int64_t kMaxTokens = int64_t{1} << 24;
+inline constexpr OptionRange kRequestsRange{1, 1'000'000};
+inline constexpr OptionRange kConcurrencyRange{1, 65536};
+inline constexpr int64_t kMaxSequencesInFlight = int64_t{1} << 18;
+inline constexpr RealRange kArrivalRateRange{0,
+                                             1e6};  // 0, or >= kMinArrivalRate
+inline constexpr double kMinArrivalRate = 1e-6;
+inline constexpr OptionRange kMaxLenRange{2, kMaxTokens};
+inline constexpr OptionRange kPrefillChunkRange{1, kMaxTokens};
+inline constexpr OptionRange kSamplesRange{1, 64};
+inline constexpr RealRange kFractionRange{0, 1};  // --shared-prefix-fraction,
+                                                  // --spec-accept
+inline constexpr OptionRange kSharedPrefixTokensRange{1, kMaxTokens};
+inline constexpr OptionRange kSpecTokensRange{0, 64};
+inline constexpr OptionRange kLayersRange{0, 4096};  // 0: the model's
+inline constexpr OptionRange kKvHeadsRange{0, 4096};
+inline constexpr OptionRange kHeadDimRange{0, 65536};
+inline constexpr OptionRange kBlockTokensRange{1, 65535};
+inline constexpr RealRange kPoolGibRange{1e-6, 65536};
+inline constexpr OptionRange kMaxSeqLenRange{0, kMaxTokens};  // 0: --max-len
+inline constexpr OptionRange kSinkTokensRange{0, kMaxTokens};
+inline constexpr OptionRange kHotTokensRange{0, kMaxTokens};
+inline constexpr OptionRange kEveryRange{1, 1'000'000'000};  // --check-every,
+                                                             // --compress-every
+inline constexpr OptionRange kThreadsRange{1, 64};
+inline constexpr RealRange kNaiveBudgetRange{1e-3, 86400};
+
 // The model shape a run uses, after names and overrides.
 struct ModelShape {
   std::string name;
@@ -80,8 +136,10 @@ struct ModelShape {
 // The names ResolveModel knows, for --help.
 [[nodiscard]] std::string ModelNames();
 
-// Checks the options together (ranges, paged-only features on other
-// backends, budgets too small for the longest request). InvalidArgument.
+// Checks the options: each numeric one against its range above, then
+// together (sequences in flight, sinks below the window, the shared prompt
+// inside --max-len, a budget that gives each shard 1 to 2^31 - 1 blocks,
+// paged-only features on other backends). InvalidArgument naming the flag.
 [[nodiscard]] absl::Status ValidateOptions(const Options& options,
                                            const ModelShape& shape);
 
