@@ -261,9 +261,11 @@ bool HasAvx2() {
 
 template <int kBits>
 bool MagnitudesAtMost(const void* src, int64_t count, uint32_t mask,
-                      uint32_t limit) {
+                      uint32_t limit, bool portable) {
 #if KVPAGE_X86
-  if (HasAvx2()) return MagnitudesAtMostAvx2<kBits>(src, count, mask, limit);
+  if (!portable && HasAvx2()) {
+    return MagnitudesAtMostAvx2<kBits>(src, count, mask, limit);
+  }
 #endif
   if constexpr (kBits == 16) {
     return MagnitudesAtMostPortable(static_cast<const uint16_t*>(src), count,
@@ -275,19 +277,28 @@ bool MagnitudesAtMost(const void* src, int64_t count, uint32_t mask,
   }
 }
 
-}  // namespace
-
-bool AllWithinQuantRange(const void* src, DType dtype, int64_t count) {
+bool WithinQuantRange(const void* src, DType dtype, int64_t count,
+                      bool portable) {
   static_assert(kQuantRangeMax == 65504.0f);
   switch (dtype) {
     case DType::kF32:  // 0x477fe000 is 65504.0f
-      return MagnitudesAtMost<32>(src, count, 0x7fffffff, 0x477fe000);
+      return MagnitudesAtMost<32>(src, count, 0x7fffffff, 0x477fe000, portable);
     case DType::kF16:  // 0x7bff is 65504, the largest finite f16
-      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x7bff);
+      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x7bff, portable);
     case DType::kBF16:  // 0x477f is 65280; the next bf16, 65536, is above
-      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x477f);
+      return MagnitudesAtMost<16>(src, count, 0x7fff, 0x477f, portable);
   }
   return false;
+}
+
+}  // namespace
+
+bool AllWithinQuantRange(const void* src, DType dtype, int64_t count) {
+  return WithinQuantRange(src, dtype, count, /*portable=*/false);
+}
+
+bool AllWithinQuantRangePortable(const void* src, DType dtype, int64_t count) {
+  return WithinQuantRange(src, dtype, count, /*portable=*/true);
 }
 
 void ConvertElements(const void* src, DType from, void* dst, DType to,

@@ -31,10 +31,14 @@ inline constexpr float kQuantRangeMax = 65504.0f;
 
 // True when each of the `count` elements at `src` (of `dtype`) is a number
 // with |x| <= kQuantRangeMax: no NaN, no infinity, nothing f16 cannot hold.
-// Compares bit patterns (no float arithmetic); branch-free over blocks of
-// 64 elements, which compilers vectorize at -O2 and above. O(count).
+// Compares the magnitude bits (no float arithmetic): with AVX2 (picked at
+// run time) an unsigned maximum over 512 bytes at a time, then the portable
+// loop for the rest. No alignment needed. O(count).
 [[nodiscard]] bool AllWithinQuantRange(const void* src, DType dtype,
                                        int64_t count);
+// The portable loop alone, which tests hold the AVX2 path to.
+[[nodiscard]] bool AllWithinQuantRangePortable(const void* src, DType dtype,
+                                               int64_t count);
 
 // The portable loops, exposed so that tests can hold the SIMD path to them.
 void F32ToF16Portable(const float* src, uint16_t* dst, int64_t count);

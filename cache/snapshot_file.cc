@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 
@@ -98,10 +100,12 @@ int WriteFully(int fd, const char* data, size_t n) {
 }
 
 // OK when `path` does not exist or is a regular file (a snapshot may replace
-// it); FailedPrecondition naming what it is otherwise, a symbolic link
-// included (lstat: the link itself, not its target); other lstat errors as
-// their Status codes.
-absl::Status CheckReplaceable(const std::string& path) {
+// it; then `mode`, when given, receives its permission bits, else -1);
+// FailedPrecondition naming what it is otherwise, a symbolic link included
+// (lstat: the link itself, not its target); other lstat errors as their
+// Status codes.
+absl::Status CheckReplaceable(const std::string& path, int* mode = nullptr) {
+  if (mode != nullptr) *mode = -1;
   struct stat st;
   if (lstat(path.c_str(), &st) != 0) {
     // A new file (or a missing directory, which creating the temporary
@@ -112,7 +116,18 @@ absl::Status CheckReplaceable(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     return NotRegular("WriteSnapshot: ", path, st.st_mode);
   }
+  if (mode != nullptr) *mode = static_cast<int>(st.st_mode & 07777);
   return absl::OkStatus();
+}
+
+// Half the machine's physical memory: the most ReadSnapshot allocates for a
+// payload, which it holds whole (a sparse file may declare any size its
+// apparent size matches, and reads back as zeros).
+uint64_t ReadableBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return static_cast<uint64_t>(kMaxSnapshotBytes);
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2;
 }
 
 // Creates a new file beside `path` with a name no other writer uses
@@ -187,29 +202,46 @@ absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path) {
       !s.ok()) {
     return InFile(path, s);
   }
-  std::string bytes(kSnapshotHeaderBytes + header->payload_bytes, '\0');
-  std::memcpy(bytes.data(), head, sizeof(head));
-  const int64_t read = ReadFully(fd.get(), bytes.data() + kSnapshotHeaderBytes,
-                                 static_cast<size_t>(header->payload_bytes));
-  if (read < 0) return error(static_cast<int>(-read));
+  const uint64_t readable = ReadableBytes();
+  if (header->payload_bytes > readable) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: snapshot: the header says %d payload bytes; the reader holds a "
+        "snapshot whole, and takes at most half of this machine's memory "
+        "(%d bytes)",
+        path, header->payload_bytes, readable));
+  }
+  const size_t total =
+      static_cast<size_t>(kSnapshotHeaderBytes + header->payload_bytes);
+  std::unique_ptr<char[]> bytes(new (std::nothrow) char[total]);
+  if (bytes == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: snapshot: cannot allocate %d bytes to read it", path, total));
+  }
+  std::memcpy(bytes.get(), head, sizeof(head));
+  const int64_t payload_read =
+      ReadFully(fd.get(), bytes.get() + kSnapshotHeaderBytes,
+                static_cast<size_t>(header->payload_bytes));
+  if (payload_read < 0) return error(static_cast<int>(-payload_read));
   // The file changed size while it was read: a writer that truncates or
   // appends in place (WriteSnapshot renames a new file over it instead).
   char extra;
   const int64_t more = ReadFully(fd.get(), &extra, 1);
   if (more < 0) return error(static_cast<int>(-more));
   if (absl::Status s = internal::CheckPayloadBytes(
-          *header, static_cast<uint64_t>(read + more));
+          *header, static_cast<uint64_t>(payload_read + more));
       !s.ok()) {
     return InFile(path, s);
   }
-  absl::StatusOr<Snapshot> snap = ParseSnapshot(bytes);
+  absl::StatusOr<Snapshot> snap =
+      ParseSnapshot(std::string_view(bytes.get(), total));
   if (!snap.ok()) return InFile(path, snap.status());
   return snap;
 }
 
 absl::Status WriteSnapshotFile(const Snapshot& snapshot,
                                const std::string& path) {
-  if (absl::Status s = CheckReplaceable(path); !s.ok()) return s;
+  int old_mode = -1;
+  if (absl::Status s = CheckReplaceable(path, &old_mode); !s.ok()) return s;
   const std::string bytes = EncodeSnapshot(snapshot);
   if (bytes.size() > static_cast<uint64_t>(kMaxSnapshotBytes)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -232,6 +264,11 @@ absl::Status WriteSnapshotFile(const Snapshot& snapshot,
     return absl::ErrnoToStatus(e, absl::StrCat("WriteSnapshot: ", step, " ",
                                                tmp, " (for ", path, ")"));
   };
+  // A replaced file keeps its permissions (a snapshot with token data holds
+  // an engine's keys and values: one made private stays private).
+  if (old_mode >= 0 && fchmod(fd.get(), static_cast<mode_t>(old_mode)) != 0) {
+    return fail(errno, "fchmod");
+  }
   if (int e = WriteFully(fd.get(), bytes.data(), bytes.size()); e != 0) {
     return fail(e, "write");
   }

@@ -134,7 +134,8 @@ TEST(ConvertTest, ConvertElementsCoversEveryPair) {
 
 // The range check behind "a block the quantized formats cannot hold stays
 // hot": every dtype's boundary, NaN and the infinities, at every position of
-// runs longer and shorter than the check's 64-element blocks.
+// runs shorter and longer than the AVX2 loop's 512-byte blocks, from an
+// unaligned start too, and the AVX2 path against the portable loop.
 TEST(ConvertTest, AllWithinQuantRangeFindsEveryValueOutsideIt) {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -156,27 +157,35 @@ TEST(ConvertTest, AllWithinQuantRangeFindsEveryValueOutsideIt) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(DTypeName(c.dtype));
-    for (int64_t n : {1, 63, 64, 65, 200}) {
-      std::vector<float> values(static_cast<size_t>(n), 0.5f);
-      std::vector<std::byte> bytes(values.size() * 4);
-      auto encode = [&] {
-        ConvertElements(values.data(), DType::kF32, bytes.data(), c.dtype, n);
-      };
-      for (float x : c.inside) {
-        for (int64_t at = 0; at < n; ++at) values[static_cast<size_t>(at)] = x;
-        encode();
-        EXPECT_TRUE(AllWithinQuantRange(bytes.data(), c.dtype, n)) << x;
-      }
-      for (float x : c.outside) {
-        for (int64_t at = 0; at < n; ++at) {
-          std::fill(values.begin(), values.end(), 0.5f);
-          values[static_cast<size_t>(at)] = x;
+    const int64_t size = DTypeSize(c.dtype);
+    for (int64_t n : {1, 63, 200, 255, 256, 257, 511, 512, 513, 1000}) {
+      for (int64_t offset : {0, 1}) {  // elements: 2 or 4 bytes off 64
+        std::vector<float> values(static_cast<size_t>(n), 0.5f);
+        std::vector<std::byte> buffer((static_cast<size_t>(n + offset)) * 4 +
+                                      64);
+        std::byte* bytes = buffer.data() + offset * size;
+        auto encode = [&] {
+          ConvertElements(values.data(), DType::kF32, bytes, c.dtype, n);
+        };
+        auto both = [&](int64_t count) {
+          const bool simd = AllWithinQuantRange(bytes, c.dtype, count);
+          EXPECT_EQ(simd, AllWithinQuantRangePortable(bytes, c.dtype, count))
+              << count;
+          return simd;
+        };
+        for (float x : c.inside) {
+          std::fill(values.begin(), values.end(), x);
           encode();
-          ASSERT_FALSE(AllWithinQuantRange(bytes.data(), c.dtype, n))
-              << x << " at " << at << " of " << n;
-          // Not read past `count`.
-          if (at > 0) {
-            EXPECT_TRUE(AllWithinQuantRange(bytes.data(), c.dtype, at));
+          EXPECT_TRUE(both(n)) << x << " x " << n;
+        }
+        for (float x : c.outside) {
+          for (int64_t at = 0; at < n; at += at < 40 ? 1 : 37) {
+            std::fill(values.begin(), values.end(), 0.5f);
+            values[static_cast<size_t>(at)] = x;
+            encode();
+            ASSERT_FALSE(both(n)) << x << " at " << at << " of " << n;
+            // Nothing past `count` is read.
+            EXPECT_TRUE(both(at)) << x << " at " << at;
           }
         }
       }

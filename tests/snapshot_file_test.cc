@@ -98,7 +98,7 @@ TEST_F(SnapshotFileTest, AUsersTmpFileIsLeftAlone) {
   EXPECT_THAT(Names(), ElementsAre("kv.snap", "kv.snap.tmp"));
 }
 
-TEST_F(SnapshotFileTest, TheModeIsANewFilesMode) {
+TEST_F(SnapshotFileTest, ANewFileTakesTheUmaskAReplacedOneKeepsItsMode) {
   const std::string path = Path("kv.snap");
   const mode_t old_mask = umask(027);
   const absl::Status s = cache_->WriteSnapshot(path);
@@ -107,6 +107,11 @@ TEST_F(SnapshotFileTest, TheModeIsANewFilesMode) {
   struct stat st;
   ASSERT_EQ(stat(path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0640u);
+  // A replaced file keeps its own mode: a private snapshot stays private.
+  ASSERT_EQ(chmod(path.c_str(), 0600), 0);
+  ASSERT_TRUE(cache_->WriteSnapshot(path).ok());
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
 // Writers of one path (a const call: allowed concurrently) while readers
@@ -388,6 +393,27 @@ TEST_F(SnapshotFileTest, AFileAboveTheLimitIsRefused) {
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument)
       << s.status();
   EXPECT_THAT(Message(s.status()), HasSubstr("limit"));
+}
+
+// A sparse file below that limit but larger than half this machine's memory
+// (the reader holds a payload whole): refused as well, before allocating.
+TEST_F(SnapshotFileTest, AFileBeyondMemoryIsRefused) {
+  const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                          static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::string header = EncodeSnapshot(*cache_->TakeSnapshot({})).substr(0, 32);
+  const uint64_t total = memory / 2 + (uint64_t{1} << 30);
+  ASSERT_LT(total, static_cast<uint64_t>(kMaxSnapshotBytes));
+  SetDeclaredSize(header, total - 32);
+  const std::string path = Path("sparse.snap");
+  WriteFile(path, header);
+  if (truncate(path.c_str(), static_cast<off_t>(total)) != 0) {
+    GTEST_SKIP() << "no sparse file of " << total
+                 << " bytes here: " << std::strerror(errno);
+  }
+  absl::StatusOr<Snapshot> s = ReadWithin(path, std::chrono::seconds(20));
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted)
+      << s.status();
+  EXPECT_THAT(Message(s.status()), HasSubstr("memory"));
 }
 
 }  // namespace

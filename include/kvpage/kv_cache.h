@@ -253,12 +253,13 @@ class KVCache {
   // carry more tokens than the window. No token is ever moved.
   // Input dtype may be kF32 or the cache's dtype; conversion to f16/bf16
   // rounds to nearest even.
-  // Non-finite values are stored as given: a NaN stays a NaN (quiet), an
-  // infinity an infinity, and f32 input beyond f16's range becomes an
-  // infinity in an f16 cache; reads return them. A block holding one, or a
-  // value of magnitude above 65504 (what the quantized formats' f16 scales
-  // can span), is never repacked: it stays hot (compressions_skipped), so
-  // compression neither saturates it nor turns the error statistics NaN.
+  // Non-finite values are stored as given: a NaN stays a NaN (quieted when
+  // converted to f16 or bf16), an infinity an infinity, and f32 input beyond
+  // f16's range becomes an infinity in an f16 cache; reads return them. A
+  // block holding one, or a value of magnitude above 65504 (what the
+  // quantized formats' f16 scales can span), is never repacked: it stays hot
+  // (compressions_skipped), so compression neither saturates it nor turns
+  // the error statistics NaN.
   //   NotFound          unknown sequence
   //   InvalidArgument   layer out of range, k/v token counts differ, a dtype
   //                     that is neither f32 nor the cache's, null data with
@@ -287,7 +288,8 @@ class KVCache {
   // Repacks the whole blocks that lie entirely in the oldest
   // 1 - keep_recent_fraction of the layer's visible tokens into the quantized
   // pool (never sink tokens, never the compression.hot_tokens most recent,
-  // never a partly filled block, never a circular-buffer layer). Idempotent.
+  // never a partly filled block, never a circular-buffer layer). Idempotent
+  // in what it repacks (compressions_skipped counts each call's skips).
   // A full quantized pool skips blocks (compressions_skipped), never loses
   // data; so does a block holding a value the formats cannot hold (see
   // Update: non-finite values). FailedPrecondition when compression is not

@@ -147,8 +147,10 @@ struct Snapshot {
 // (a FIFO would block, a device may never end). The 32-byte header is read
 // and checked first (as ParseSnapshot checks it); InvalidArgument when the
 // payload it declares is above kMaxSnapshotBytes or differs from what the
-// file holds (truncated, or bytes after the payload); only then is that many
-// bytes allocated and read, and parsed as ParseSnapshot. File-system errors
+// file holds (truncated, or bytes after the payload); ResourceExhausted when
+// it is above half the machine's physical memory (the payload is held whole:
+// a sparse file can declare any size) or cannot be allocated; only then is
+// that many bytes allocated and read, and parsed as ParseSnapshot. File-system errors
 // map to their Status codes (NotFound, PermissionDenied, ...). Every message
 // names `path`. O(file size).
 [[nodiscard]] absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path);
@@ -159,7 +161,8 @@ struct Snapshot {
 // O_EXCL, so concurrent writers, also of the same path, never share one, and
 // a file of the user's named `path`.tmp is left alone), are fsync'ed, and the
 // temporary is renamed over `path`; the directory is then fsync'ed (best
-// effort). The file gets mode 0666 less the umask, as a newly created file.
+// effort). A new file gets mode 0666 less the umask; a replaced file keeps
+// its mode.
 // `path` must not exist or be a regular file: FailedPrecondition, naming
 // what it is, for a symbolic link (not followed: refused, even to a regular
 // file), a directory, FIFO, device or socket, which are left as they are.

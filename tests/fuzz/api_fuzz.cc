@@ -104,7 +104,7 @@ struct Script {
 struct Pos {
   bool visible = true;
   bool lossy = false;    // has been read back from a repacked block
-  bool unknown = false;  // attached from a block that may be lossy
+  bool foreign = false;  // written for other ids than the ones told since
   std::vector<float> k, v;
 };
 
@@ -392,6 +392,18 @@ class Harness {
     }
     return evicted;
   }
+  // Logical blocks holding a position of [from, to) that is visible: an
+  // update takes at most one block from the pool for each it writes into
+  // (a new block, a copy-on-write or a repacked block made hot).
+  int64_t WrittenBlocks(const Layer& l, int64_t from, int64_t to) const {
+    std::set<int64_t> blocks;
+    for (int64_t p = from; p < to; ++p) {
+      if (l.pos[static_cast<size_t>(p)].visible) {
+        blocks.insert(p / c_.block_tokens);
+      }
+    }
+    return static_cast<int64_t>(blocks.size());
+  }
   int64_t HeldBlocks(const Layer& l) const {
     std::set<int64_t> held;
     for (size_t p = 0; p < l.pos.size(); ++p) {
@@ -581,14 +593,14 @@ class Harness {
               const char* what) {
     if (seq_len > kMaxLength) return;
     const DType in_dtype = op_ % 2 == 0 ? DType::kF32 : c_.dtype;
-    Run({.seq = seq,
-         .layer = layer,
-         .seq_len = seq_len,
-         .n = n,
-         .v_tokens = n,
-         .k_dtype = in_dtype,
-         .v_dtype = in_dtype},
-        what);
+    RunUpdate({.seq = seq,
+               .layer = layer,
+               .seq_len = seq_len,
+               .n = n,
+               .v_tokens = n,
+               .k_dtype = in_dtype,
+               .v_dtype = in_dtype},
+              what);
   }
 
   void BadUpdate() {
@@ -627,10 +639,10 @@ class Harness {
         if (call.seq_len > kMaxLength) return;
         break;
     }
-    Run(call, "bad update");
+    RunUpdate(call, "bad update");
   }
 
-  void Run(const Call& call, const char* what) {
+  void RunUpdate(const Call& call, const char* what) {
     Trace(absl::StrFormat("%s seq %d layer %d seq_len %d n %d%s", what,
                           call.seq, call.layer, call.seq_len, call.n,
                           call.k_dtype == DType::kF32 ? "" : " (cache dtype)"));
@@ -682,13 +694,13 @@ class Harness {
         Evict(policies_[static_cast<size_t>(call.layer)], next);
     if (status.code() == absl::StatusCode::kResourceExhausted) {
       // The pool: it may be short only when free and idle cached blocks
-      // could not give the layer every block it would hold.
+      // could not give the update a block for each block it writes into.
       ExpectRefused(status, absl::StatusCode::kResourceExhausted, before);
-      Expect(before.stats.blocks_free + before.stats.blocks_cached <
-                 HeldBlocks(next),
+      const int64_t written = WrittenBlocks(next, start, call.seq_len);
+      Expect(before.stats.blocks_free + before.stats.blocks_cached < written,
              "ResourceExhausted with ", before.stats.blocks_free, " free and ",
-             before.stats.blocks_cached, " idle blocks for a layer of ",
-             HeldBlocks(next), " blocks: ", status.ToString());
+             before.stats.blocks_cached, " idle blocks for an update writing ",
+             "into ", written, " blocks: ", status.ToString());
       trace_.back() += " -> pool full";
       return;
     }
@@ -748,8 +760,8 @@ class Harness {
 
   // Tells the next ids of the script; or, as an engine that lies (family <
   // 6), another family's ids from the told ones on. Then the positions
-  // already written there hold values of other ids, and the blocks holding
-  // them may be published under ids whose values they are not: tainted.
+  // already written there hold values of other ids (foreign), and the blocks
+  // holding them may be published under ids whose values they are not.
   void AppendTokens() {
     const SeqId seq = PickSeq();
     const int64_t count = in_.Take(2 * c_.block_tokens + 2);
@@ -759,10 +771,9 @@ class Harness {
       Script script = s->script;
       script.Branch(s->told, family);
       s->Rescript(script);
-      for (int layer = 0; layer < c_.num_layers; ++layer) {
-        const Layer& l = s->layers[static_cast<size_t>(layer)];
+      for (Layer& l : s->layers) {
         for (int64_t p = s->told; p < static_cast<int64_t>(l.pos.size()); ++p) {
-          tainted_.insert({BlockKey(*s, p), layer});
+          l.pos[static_cast<size_t>(p)].foreign = true;
         }
       }
     }
@@ -833,11 +844,93 @@ class Harness {
           at.k.push_back(RoundTo(c_.dtype, Value(*s, layer, p, 0, e)));
           at.v.push_back(RoundTo(c_.dtype, Value(*s, layer, p, 1, e)));
         }
-        // A block some sequence held lossy may have been published so.
-        at.unknown = tainted_.count({BlockKey(*s, p), layer}) > 0;
-        at.lossy = at.unknown;
       }
       l.max_length = std::max(l.max_length, m);
+      AdoptPublished(seq, *s, layer, m / bt);
+    }
+  }
+
+  // The first `blocks` blocks of a layer just attached by MatchPrefix hold
+  // what their ids' writer wrote (the model's values already), or one of the
+  // contents a sequence held, lossy or foreign, in a block under those ids
+  // and layer (RecordVersions), which the model then takes.
+  void AdoptPublished(SeqId id, Seq& s, int layer, int64_t blocks) {
+    Layer& l = s.layers[static_cast<size_t>(layer)];
+    absl::StatusOr<GatheredLayer> g = cache_->Gather(id, layer);
+    Expect(g.ok(), "Gather: ", g.status().ToString());
+    const int64_t bt = c_.block_tokens;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const std::vector<float> read = Content(*g, b * bt, bt);
+      std::vector<float> wrote;
+      for (int64_t p = b * bt; p < (b + 1) * bt; ++p) {
+        const Pos& at = l.pos[static_cast<size_t>(p)];
+        wrote.insert(wrote.end(), at.k.begin(), at.k.end());
+        wrote.insert(wrote.end(), at.v.begin(), at.v.end());
+      }
+      if (SameContent(read, wrote)) continue;
+      const auto it = versions_.find({BlockKey(s, b * bt), layer});
+      const bool known = it != versions_.end() &&
+                         std::any_of(it->second.begin(), it->second.end(),
+                                     [&](const std::vector<float>& v) {
+                                       return SameContent(read, v);
+                                     });
+      Expect(known, "MatchPrefix attached to seq ", id, " layer ", layer,
+             " block ", b,
+             " a block holding what no sequence held under those ids");
+      for (int64_t p = b * bt; p < (b + 1) * bt; ++p) {
+        Pos& at = l.pos[static_cast<size_t>(p)];
+        at.lossy = at.foreign = true;
+        const size_t from = static_cast<size_t>(p * elems_);
+        at.k.assign(g->k.begin() + from, g->k.begin() + from + elems_);
+        at.v.assign(g->v.begin() + from, g->v.begin() + from + elems_);
+      }
+    }
+  }
+
+  // Keys then values of positions [from, from + n) of a gathered layer that
+  // shows every position from 0 on.
+  std::vector<float> Content(const GatheredLayer& g, int64_t from,
+                             int64_t n) const {
+    std::vector<float> out;
+    for (int64_t p = from; p < from + n; ++p) {
+      const size_t at = static_cast<size_t>(p * elems_);
+      out.insert(out.end(), g.k.begin() + at, g.k.begin() + at + elems_);
+      out.insert(out.end(), g.v.begin() + at, g.v.begin() + at + elems_);
+    }
+    return out;
+  }
+  static bool SameContent(const std::vector<float>& a,
+                          const std::vector<float>& b) {
+    return a.size() == b.size() &&
+           std::equal(a.begin(), a.end(), b.begin(), Same);
+  }
+
+  // Keeps the content of every whole, visible block of the layer that holds
+  // lossy or foreign values: what the prefix cache may have been given for
+  // it under its ids.
+  void RecordVersions(Seq& s, int layer) {
+    const Layer& l = s.layers[static_cast<size_t>(layer)];
+    const int64_t bt = c_.block_tokens;
+    for (int64_t b = 0; (b + 1) * bt <= static_cast<int64_t>(l.pos.size());
+         ++b) {
+      bool whole = true, special = false;
+      std::vector<float> content;
+      for (int64_t p = b * bt; p < (b + 1) * bt && whole; ++p) {
+        const Pos& at = l.pos[static_cast<size_t>(p)];
+        whole = at.visible;
+        special = special || at.lossy || at.foreign;
+        content.insert(content.end(), at.k.begin(), at.k.end());
+        content.insert(content.end(), at.v.begin(), at.v.end());
+      }
+      if (!whole || !special) continue;
+      std::vector<std::vector<float>>& known =
+          versions_[{BlockKey(s, b * bt), layer}];
+      if (std::none_of(known.begin(), known.end(),
+                       [&](const std::vector<float>& v) {
+                         return SameContent(v, content);
+                       })) {
+        known.push_back(std::move(content));
+      }
     }
   }
 
@@ -932,6 +1025,7 @@ class Harness {
       for (int layer = 0; layer < c_.num_layers; ++layer) {
         Layer& l = seq.layers[static_cast<size_t>(layer)];
         CheckLayer(id, seq, layer);
+        RecordVersions(seq, layer);
         longest =
             std::max<int64_t>(longest, static_cast<int64_t>(l.pos.size()));
         max_length = std::max(max_length, l.max_length);
@@ -1024,18 +1118,14 @@ class Harness {
             t * static_cast<size_t>(elems_) + static_cast<size_t>(e);
         float& k = at.k[static_cast<size_t>(e)];
         float& v = at.v[static_cast<size_t>(e)];
-        if (!at.unknown) {
-          const float want_k = at.lossy ? RoundTo(c_.dtype, k) : k;
-          const float want_v = at.lossy ? RoundTo(c_.dtype, v) : v;
-          Expect(Same(g.k[i], want_k) && Same(g.v[i], want_v), where(p),
-                 " element ", e, ": read ", g.k[i], "/", g.v[i], ", wrote ",
-                 want_k, "/", want_v);
-        }
+        const float want_k = at.lossy ? RoundTo(c_.dtype, k) : k;
+        const float want_v = at.lossy ? RoundTo(c_.dtype, v) : v;
+        Expect(Same(g.k[i], want_k) && Same(g.v[i], want_v), where(p),
+               " element ", e, ": read ", g.k[i], "/", g.v[i], ", wrote ",
+               want_k, "/", want_v);
         k = g.k[i];
         v = g.v[i];
       }
-      at.unknown = false;
-      if (at.lossy) tainted_.insert({BlockKey(seq, p), layer});
     }
   }
 
@@ -1061,7 +1151,6 @@ class Harness {
     };
     for (size_t t = 0; t < tokens; ++t) {
       Pos& at = pos(t);
-      if (at.unknown) continue;
       for (int64_t e = 0; e < elems_; ++e) {
         for (float x :
              {at.k[static_cast<size_t>(e)], at.v[static_cast<size_t>(e)]}) {
@@ -1080,7 +1169,6 @@ class Harness {
       }
       const double tol = tolerance(lo, hi);
       for (size_t t = 0; t < tokens; ++t) {
-        if (pos(t).unknown) continue;
         const size_t i =
             (first + t) * static_cast<size_t>(elems_) + static_cast<size_t>(e);
         const double want = pos(t).k[static_cast<size_t>(e)];
@@ -1098,7 +1186,7 @@ class Harness {
           hi = std::max(hi, x);
         }
         const double tol = tolerance(lo, hi);
-        for (int64_t e = g0; e < g0 + group && !pos(t).unknown; ++e) {
+        for (int64_t e = g0; e < g0 + group; ++e) {
           const size_t i = (first + t) * static_cast<size_t>(elems_) +
                            static_cast<size_t>(e);
           const double want = pos(t).v[static_cast<size_t>(e)];
@@ -1116,8 +1204,6 @@ class Harness {
         at.v[static_cast<size_t>(e)] = g.v[from + static_cast<size_t>(e)];
       }
       at.lossy = true;
-      at.unknown = false;
-      tainted_.insert({BlockKey(seq, g.positions[first + t]), layer});
     }
   }
 
@@ -1130,8 +1216,9 @@ class Harness {
   std::map<SeqId, Seq> seqs_;
   SeqId last_id_ = 0;
   int64_t evictions_ = 0, bytes_written_ = 0, hits_ = 0, misses_ = 0;
-  // (block key, layer) of blocks some sequence held with lossy values.
-  std::set<std::pair<uint64_t, int>> tainted_;
+  // By (block key, layer): the contents of blocks some sequence held with
+  // lossy or foreign values under those ids (RecordVersions).
+  std::map<std::pair<uint64_t, int>, std::vector<std::vector<float>>> versions_;
   std::vector<std::string> trace_;
   int op_ = -1;
 };

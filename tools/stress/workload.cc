@@ -137,11 +137,13 @@ int64_t LongestRequest(const Options& options,
   return longest;
 }
 
-absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
+namespace {
+
+// Each numeric option in its range (a nan fails every comparison).
+absl::Status CheckRanges(const Options& o) {
   auto bad = [](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
-  // Each numeric option in its range (a nan fails every comparison).
   struct IntOption {
     const char* flag;
     int64_t value;
@@ -191,6 +193,16 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
                  absl::StrFormat("%g", f.range.hi));
     }
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
+  if (absl::Status s = CheckRanges(o); !s.ok()) return s;
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
   if (o.arrival_rate > 0 && o.arrival_rate < kMinArrivalRate) {
     return bad("--arrival-rate is ", absl::StrFormat("%g", o.arrival_rate),
                "; want 0 (closed loop) or ", kMinArrivalRate, " to ",
