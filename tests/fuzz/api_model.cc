@@ -1,0 +1,182 @@
+// The API fuzzer's model: see api_model.h.
+#include "tests/fuzz/api_model.h"
+
+#include <algorithm>
+#include <set>
+
+namespace kvpage::fuzz {
+namespace {
+
+int64_t Sinks(const LayerPolicy& p) {
+  return p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
+}
+
+}  // namespace
+
+std::optional<Setup> DecodeConfig(ByteSource& in) {
+  Setup s;
+  CacheConfig& c = s.config;
+  if (in.Take(8) == 7) {  // raw: whatever the bytes say
+    c.num_layers = in.Signed();
+    c.num_kv_heads = in.Signed();
+    c.head_dim = in.Signed();
+    c.dtype = static_cast<DType>(in.Take(256));
+    c.block_tokens = in.Signed();
+    c.num_blocks = in.Signed();
+    c.max_seq_len = in.Signed();
+    c.overflow = static_cast<OverflowPolicy>(in.Take(256));
+    c.sink_tokens = in.Signed();
+    c.truncate_to = in.Signed();
+    const int policies = in.Take(3);
+    for (int i = 0; i < policies; ++i) {
+      c.layer_policies.push_back(
+          {.layer = in.Signed(),
+           .overflow = static_cast<OverflowPolicy>(in.Take(256)),
+           .max_seq_len = in.Signed(),
+           .sink_tokens = in.Signed(),
+           .truncate_to = in.Signed()});
+    }
+    CompressionConfig& q = c.compression;
+    q.enabled = in.Take(2) == 1;
+    q.bits = static_cast<QuantBits>(in.Take(256));
+    q.group_size = in.Signed();
+    q.hot_tokens = in.Signed();
+    q.quant_blocks = in.Signed();
+    const int8_t rel = in.Signed();
+    q.max_rel_error =
+        rel == -128 ? std::nan("") : static_cast<double>(rel) / 100.0;
+    q.auto_compress = in.Take(2) == 1;
+    s.special_every = 13;
+    return s;
+  }
+  c.num_layers = 1 + in.Take(3);
+  c.num_kv_heads = 1 + in.Take(2);
+  c.head_dim = 1 + in.Take(8);
+  c.dtype = static_cast<DType>(in.Take(3));
+  c.block_tokens = 1 + in.Take(5);
+  c.num_blocks = 1 + in.Take(32);
+  c.max_seq_len = 1 + in.Take(40);
+  c.overflow = static_cast<OverflowPolicy>(in.Take(4));
+  c.sink_tokens = in.Take(6);
+  c.truncate_to = in.Take(41);
+  const int policies = in.Take(3);
+  for (int i = 0; i < policies; ++i) {
+    c.layer_policies.push_back(
+        {.layer = in.Take(3),
+         .overflow = static_cast<OverflowPolicy>(in.Take(4)),
+         .max_seq_len = 1 + in.Take(40),
+         .sink_tokens = in.Take(6),
+         .truncate_to = in.Take(41)});
+  }
+  const int compression = in.Take(4);
+  if (compression != 0) {
+    CompressionConfig& q = c.compression;
+    q.enabled = true;
+    q.bits = compression == 2 ? QuantBits::kInt4 : QuantBits::kInt8;
+    std::vector<int> divisors;
+    for (int d = 1; d <= c.head_dim; ++d) {
+      if (c.head_dim % d == 0) divisors.push_back(d);
+    }
+    q.group_size = divisors[static_cast<size_t>(in.Take(8)) % divisors.size()];
+    q.hot_tokens = in.Take(12);
+    q.quant_blocks = 1 + in.Take(16);
+    const int flags = in.Take(4);
+    q.auto_compress = (flags & 1) != 0;
+    q.measure_error = (flags & 2) != 0;
+    if (compression == 3) q.max_rel_error = 0.001 * (1 + in.Take(50));
+  }
+  s.opaque = in.Take(2) == 1;
+  static constexpr int kEvery[] = {0, 97, 13, 3};
+  s.special_every = kEvery[in.Take(4)];
+  return s;
+}
+
+std::vector<LayerPolicy> LayerPolicies(const CacheConfig& c) {
+  std::vector<LayerPolicy> policies(static_cast<size_t>(c.num_layers),
+                                    {.overflow = c.overflow,
+                                     .max_seq_len = c.max_seq_len,
+                                     .sink_tokens = c.sink_tokens,
+                                     .truncate_to = c.truncate_to});
+  for (const LayerPolicy& p : c.layer_policies) {
+    policies[static_cast<size_t>(p.layer)] = p;
+  }
+  return policies;
+}
+
+int64_t VisibleCount(const Layer& l) {
+  return std::count_if(l.pos.begin(), l.pos.end(),
+                       [](const Pos& p) { return p.visible; });
+}
+
+int64_t Evict(const LayerPolicy& p, Layer& l) {
+  const int64_t visible = VisibleCount(l);
+  if (p.overflow == OverflowPolicy::kError || visible <= p.max_seq_len) {
+    return 0;
+  }
+  const int64_t keep = p.overflow == OverflowPolicy::kTruncate
+                           ? EffectiveTruncateTo(p.max_seq_len, p.truncate_to)
+                           : p.max_seq_len;
+  int64_t evicted = 0;
+  for (size_t i = static_cast<size_t>(Sinks(p));
+       i < l.pos.size() && visible - evicted > keep; ++i) {
+    if (l.pos[i].visible) {
+      l.pos[i] = Pos{.visible = false};
+      ++evicted;
+    }
+  }
+  return evicted;
+}
+
+int64_t BlocksWithVisible(const Layer& l, int64_t block_tokens, int64_t from,
+                          int64_t to) {
+  std::set<int64_t> blocks;
+  for (int64_t p = from; p < to; ++p) {
+    if (l.pos[static_cast<size_t>(p)].visible) blocks.insert(p / block_tokens);
+  }
+  return static_cast<int64_t>(blocks.size());
+}
+
+absl::StatusCode PredictUpdate(const CacheConfig& c,
+                               const std::vector<LayerPolicy>& policies,
+                               const Seq* s, const UpdateCall& call) {
+  const int64_t elems = int64_t{c.num_kv_heads} * c.head_dim;
+  if (s == nullptr) return absl::StatusCode::kNotFound;
+  if (call.layer < 0 || call.layer >= c.num_layers) {
+    return absl::StatusCode::kInvalidArgument;
+  }
+  const int64_t n = call.n;
+  if (call.v_tokens != n || n < 0) return absl::StatusCode::kInvalidArgument;
+  for (DType d : {call.k_dtype, call.v_dtype}) {
+    if (d != DType::kF32 && d != c.dtype) {
+      return absl::StatusCode::kInvalidArgument;
+    }
+  }
+  if (n > 0 && (call.k_null || call.v_null)) {
+    return absl::StatusCode::kInvalidArgument;
+  }
+  if (n > (int64_t{1} << 62) / (elems * 4)) {
+    return absl::StatusCode::kInvalidArgument;
+  }
+  if (call.seq_len < n) return absl::StatusCode::kInvalidArgument;
+  const Layer& l = s->layers[static_cast<size_t>(call.layer)];
+  const int64_t len = static_cast<int64_t>(l.pos.size());
+  const int64_t start = call.seq_len - n;
+  if (start > len) return absl::StatusCode::kInvalidArgument;
+  for (int64_t p = start; p < std::min(call.seq_len, len); ++p) {
+    if (!l.pos[static_cast<size_t>(p)].visible) {
+      return absl::StatusCode::kOutOfRange;
+    }
+  }
+  if (call.seq_len < len && call.seq_len > 0 &&
+      !l.pos[static_cast<size_t>(call.seq_len - 1)].visible) {
+    return absl::StatusCode::kOutOfRange;
+  }
+  const LayerPolicy& policy = policies[static_cast<size_t>(call.layer)];
+  if (policy.overflow == OverflowPolicy::kError &&
+      call.seq_len > policy.max_seq_len) {
+    return absl::StatusCode::kResourceExhausted;
+  }
+  return absl::StatusCode::kOk;
+}
+
+}  // namespace kvpage::fuzz
