@@ -14,6 +14,7 @@
 #include "cache/kv_cache_internal.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/policy_model.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
@@ -173,36 +174,18 @@ class ReferenceModel {
   }
 
   int64_t Visible(const Layer& l) const {
-    return std::count_if(l.tokens.begin(), l.tokens.end(),
-                         [](const Token& t) { return t.visible; });
+    return kvpage::testing::CountVisible(l.tokens);
   }
 
  private:
   int64_t Sinks(const LayerPolicy& p) const {
-    return p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
+    return kvpage::testing::ModelSinks(p);
   }
 
   // Evicts the oldest visible non-sink tokens as the policy says; returns
   // how many.
   int64_t Evict(const LayerPolicy& p, Layer& l) const {
-    const int64_t visible = Visible(l);
-    if (p.overflow == OverflowPolicy::kError || visible <= p.max_seq_len) {
-      return 0;
-    }
-    const int64_t keep = p.overflow == OverflowPolicy::kTruncate
-                             ? EffectiveTruncateTo(p.max_seq_len, p.truncate_to)
-                             : p.max_seq_len;
-    int64_t evicted = 0;
-    for (size_t i = static_cast<size_t>(Sinks(p));
-         i < l.tokens.size() && visible - evicted > keep; ++i) {
-      if (l.tokens[i].visible) {
-        l.tokens[i].visible = false;
-        l.tokens[i].k.clear();
-        l.tokens[i].v.clear();
-        ++evicted;
-      }
-    }
-    return evicted;
+    return kvpage::testing::EvictOldest(p, l.tokens);
   }
 
   // Logical blocks with a visible position.

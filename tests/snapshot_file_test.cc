@@ -377,43 +377,38 @@ TEST_F(SnapshotFileTest, TheDeclaredSizeIsCheckedBeforeReading) {
   EXPECT_TRUE(ReadSnapshot(path).ok());
 }
 
-// A sparse file just above kMaxSnapshotBytes whose header agrees with its
-// size: refused by the limit, without reading a byte of the payload.
-TEST_F(SnapshotFileTest, AFileAboveTheLimitIsRefused) {
-  std::string header = EncodeSnapshot(*cache_->TakeSnapshot({})).substr(0, 32);
-  const uint64_t total = static_cast<uint64_t>(kMaxSnapshotBytes) + 1;
+// A sparse file of `total` bytes whose header agrees with its size: refused
+// at once with `code`, the message naming `why`, without reading (or
+// allocating) the payload.
+void ExpectSparseFileRefused(const std::string& path, const std::string& head,
+                             uint64_t total, absl::StatusCode code,
+                             const std::string& why) {
+  std::string header = head;
   SetDeclaredSize(header, total - 32);
-  const std::string path = Path("huge.snap");
   WriteFile(path, header);
   if (truncate(path.c_str(), static_cast<off_t>(total)) != 0) {
     GTEST_SKIP() << "no sparse file of " << total
                  << " bytes here: " << std::strerror(errno);
   }
   absl::StatusOr<Snapshot> s = ReadWithin(path, std::chrono::seconds(20));
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument)
-      << s.status();
-  EXPECT_THAT(Message(s.status()), HasSubstr("limit"));
+  EXPECT_EQ(s.status().code(), code) << s.status();
+  EXPECT_THAT(Message(s.status()), HasSubstr(why));
 }
 
-// A sparse file below that limit but larger than half this machine's memory
-// (the reader holds a payload whole): refused as well, before allocating.
-TEST_F(SnapshotFileTest, AFileBeyondMemoryIsRefused) {
+// Just above kMaxSnapshotBytes; and below it but above half this machine's
+// memory (the reader holds a payload whole).
+TEST_F(SnapshotFileTest, SparseFilesAboveTheLimitsAreRefused) {
+  const std::string head =
+      EncodeSnapshot(*cache_->TakeSnapshot({})).substr(0, 32);
+  ExpectSparseFileRefused(Path("huge.snap"), head,
+                          static_cast<uint64_t>(kMaxSnapshotBytes) + 1,
+                          absl::StatusCode::kInvalidArgument, "limit");
   const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                           static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  std::string header = EncodeSnapshot(*cache_->TakeSnapshot({})).substr(0, 32);
   const uint64_t total = memory / 2 + (uint64_t{1} << 30);
   ASSERT_LT(total, static_cast<uint64_t>(kMaxSnapshotBytes));
-  SetDeclaredSize(header, total - 32);
-  const std::string path = Path("sparse.snap");
-  WriteFile(path, header);
-  if (truncate(path.c_str(), static_cast<off_t>(total)) != 0) {
-    GTEST_SKIP() << "no sparse file of " << total
-                 << " bytes here: " << std::strerror(errno);
-  }
-  absl::StatusOr<Snapshot> s = ReadWithin(path, std::chrono::seconds(20));
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted)
-      << s.status();
-  EXPECT_THAT(Message(s.status()), HasSubstr("memory"));
+  ExpectSparseFileRefused(Path("sparse.snap"), head, total,
+                          absl::StatusCode::kResourceExhausted, "memory");
 }
 
 }  // namespace

@@ -4,14 +4,9 @@
 #include <algorithm>
 #include <set>
 
+#include "tests/policy_model.h"
+
 namespace kvpage::fuzz {
-namespace {
-
-int64_t Sinks(const LayerPolicy& p) {
-  return p.overflow == OverflowPolicy::kError ? 0 : p.sink_tokens;
-}
-
-}  // namespace
 
 std::optional<Setup> DecodeConfig(ByteSource& in) {
   Setup s;
@@ -103,28 +98,10 @@ std::vector<LayerPolicy> LayerPolicies(const CacheConfig& c) {
   return policies;
 }
 
-int64_t VisibleCount(const Layer& l) {
-  return std::count_if(l.pos.begin(), l.pos.end(),
-                       [](const Pos& p) { return p.visible; });
-}
+int64_t VisibleCount(const Layer& l) { return testing::CountVisible(l.pos); }
 
 int64_t Evict(const LayerPolicy& p, Layer& l) {
-  const int64_t visible = VisibleCount(l);
-  if (p.overflow == OverflowPolicy::kError || visible <= p.max_seq_len) {
-    return 0;
-  }
-  const int64_t keep = p.overflow == OverflowPolicy::kTruncate
-                           ? EffectiveTruncateTo(p.max_seq_len, p.truncate_to)
-                           : p.max_seq_len;
-  int64_t evicted = 0;
-  for (size_t i = static_cast<size_t>(Sinks(p));
-       i < l.pos.size() && visible - evicted > keep; ++i) {
-    if (l.pos[i].visible) {
-      l.pos[i] = Pos{.visible = false};
-      ++evicted;
-    }
-  }
-  return evicted;
+  return testing::EvictOldest(p, l.pos);
 }
 
 int64_t BlocksWithVisible(const Layer& l, int64_t block_tokens, int64_t from,
