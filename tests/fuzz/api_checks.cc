@@ -65,7 +65,8 @@ void Harness::CheckAll() {
          s.misses, ", model ", hits_, "/", misses_);
   Expect(std::isfinite(s.max_quant_error) &&
              std::isfinite(s.mean_quant_error) &&
-             s.max_quant_error >= s.mean_quant_error,
+             // The mean of equal errors may round an ulp above them.
+             s.max_quant_error >= s.mean_quant_error * (1 - 1e-12),
          "quant error statistics ", s.max_quant_error, " ", s.mean_quant_error);
   int64_t visible = 0;
   for (auto& [id, seq] : seqs_) {
