@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "allocator/block_storage.h"
 #include "allocator/check.h"
 #include "kvpage/config.h"
@@ -178,7 +179,31 @@ struct BlockTable {
     head = 0;
     window_first = first;
   }
+  // Whether a ring holds more window blocks and spares than it may.
+  bool HasSurplusSpare(const LayerRules& r) const {
+    return r.ring() && !spares.empty() &&
+           window_blocks() + static_cast<int64_t>(spares.size()) >
+               r.ring_blocks;
+  }
 };
+
+// Building tables (cache/block_table.cc). They arrange entries only: the
+// caller takes a hold on each block a table gains and drops the holds of
+// those it loses.
+
+// The empty table of a new sequence's layer. O(1).
+BlockTable NewTable(const LayerRules& rules);
+
+// A fork's copy of `from`: the same blocks and lengths; a ring's spares stay
+// with the parent (the child takes new blocks). O(blocks).
+BlockTable ForkTable(const BlockTable& from);
+
+// Attaches `blocks`, the prefix cache's blocks of logical blocks [0, n) of
+// this layer, as the first `length` positions of `table`, which holds no
+// position (a ring emptied by Truncate may still hold spares: the caller
+// then drops its surplus, HasSurplusSpare). O(n).
+void AttachPrefix(const LayerRules& rules, absl::Span<const BlockId> blocks,
+                  int64_t length, BlockTable& table);
 
 // Calls fn(block_ref, slot, count, position) for each run of visible
 // positions in [lo, hi), oldest first, one run per block and range (a block

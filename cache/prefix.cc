@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
+#include "cache/sequence.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -30,4 +31,20 @@ uint64_t PrefixBlockHash(uint64_t parent, uint64_t salt,
   return XXH3_64bits(bytes.data(), bytes.size());
 }
 
+namespace internal {
+
+void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
+                       int64_t max_blocks) {
+  const auto bt = static_cast<size_t>(block_tokens);
+  const absl::Span<const int32_t> ids = sequence.token_ids;
+  std::vector<uint64_t>& hashes = sequence.block_hashes;
+  while ((hashes.size() + 1) * bt <= ids.size() &&
+         static_cast<int64_t>(hashes.size()) < max_blocks) {
+    const size_t b = hashes.size();
+    hashes.push_back(PrefixBlockHash(b == 0 ? 0 : hashes[b - 1],
+                                     sequence.salt, ids.subspan(b * bt, bt)));
+  }
+}
+
+}  // namespace internal
 }  // namespace kvpage

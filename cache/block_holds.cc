@@ -1,0 +1,121 @@
+// Holding blocks: every hold a table takes or drops on a hot block or a
+// compressed block, the prefix cache's own holds, and publishing blocks to
+// it.
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "cache/kv_cache_impl.h"
+
+namespace kvpage {
+
+using internal::BlockId;
+using internal::BlockRef;
+using internal::BlockTable;
+using internal::IsQuant;
+using internal::LayerRules;
+using internal::RefId;
+
+KVCache::Impl::~Impl() {
+  for (auto& [id, sequence] : sequences) {
+    for (BlockTable& table : sequence.layers) ReleaseAll(table);
+  }
+  while (prefix->has_idle()) EvictOldest();  // every entry is idle now
+}
+
+void KVCache::Impl::Release(BlockId id) {
+  const uint32_t before = pool->ref_count(id);
+  if (before == 2) prefix->LayerLeft(id);
+  local->Release(id);
+  if (before == 1) ++counters.blocks_released;
+}
+
+void KVCache::Impl::Retain(BlockId id) {
+  if (pool->ref_count(id) == 1) prefix->LayerJoined(id);
+  pool->Retain(id);
+}
+
+void KVCache::Impl::RetainRef(BlockRef ref) {
+  if (IsQuant(ref)) {
+    quant->Retain(RefId(ref));
+  } else {
+    Retain(ref);
+  }
+}
+
+void KVCache::Impl::ReleaseRef(BlockRef ref) {
+  if (IsQuant(ref)) {
+    quant->Release(RefId(ref));
+  } else {
+    Release(ref);
+  }
+}
+
+void KVCache::Impl::ReleaseAll(BlockTable& table) {
+  for (BlockRef ref : table.sink_blocks) ReleaseRef(ref);
+  for (size_t i = table.head; i < table.window.size(); ++i) {
+    ReleaseRef(table.window[i]);
+  }
+  for (BlockRef ref : table.spares) ReleaseRef(ref);
+  table.sink_blocks.clear();
+  table.ResetWindow(0);
+  table.spares.clear();
+}
+
+void KVCache::Impl::DropSurplusSpares(const LayerRules& rules,
+                                      BlockTable& table) {
+  while (table.HasSurplusSpare(rules)) {
+    Release(table.spares.back());
+    table.spares.pop_back();
+  }
+}
+
+void KVCache::Impl::EvictOldest() {
+  // The cache's own reference: the last one.
+  for (BlockId id : prefix->EvictOldest()) Release(id);
+}
+
+void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
+  BlockTable& table = sequence.layers[layer];
+  const LayerRules& r = rules[layer];
+  const int64_t bt = r.block_tokens;
+  const int64_t limit = std::min(
+      static_cast<int64_t>(sequence.block_hashes.size()), table.length / bt);
+  for (int64_t b = table.published; b < limit; ++b) {
+    const bool visible = b * bt >= std::max(table.window_start, r.sinks) ||
+                         (b + 1) * bt <= r.sinks ||
+                         table.window_start <= r.sinks;
+    if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
+    const BlockId id = table.Block(b);
+    if (prefix->Publish(sequence.block_hashes[static_cast<size_t>(b)], layer,
+                        id)) {
+      pool->Retain(id);  // the cache's reference
+    }
+  }
+  table.published = std::max(table.published, limit);
+}
+
+absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(
+    std::string_view op, SeqId seq, int layer) const {
+  auto it = sequences.find(seq);
+  if (ABSL_PREDICT_FALSE(it == sequences.end())) {
+    return absl::NotFoundError(absl::StrFormat(
+        "%s(seq %d, layer %d): no such sequence", op, seq, layer));
+  }
+  if (ABSL_PREDICT_FALSE(layer < 0 || layer >= config.num_layers)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s(seq %d, layer %d): layer out of range [0, %d)", op,
+                        seq, layer, config.num_layers));
+  }
+  return &it->second.layers[static_cast<size_t>(layer)];
+}
+
+absl::StatusOr<BlockTable*> KVCache::Impl::FindTable(std::string_view op,
+                                                     SeqId seq, int layer) {
+  absl::StatusOr<const BlockTable*> table =
+      std::as_const(*this).FindTable(op, seq, layer);
+  if (!table.ok()) return table.status();
+  return const_cast<BlockTable*>(*table);
+}
+
+}  // namespace kvpage

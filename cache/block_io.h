@@ -1,0 +1,62 @@
+// cache/block_io.h — reading and writing runs of tokens in hot blocks.
+//
+// A hot block holds block_tokens slots of keys, then as many of values, each
+// slot token_elems elements of the cache's dtype. Storage that is host
+// memory is read and written in place; other storage through a buffer.
+//
+// Thread safety: thread-compatible; the const reads allocate their own
+// buffer and may run concurrently with each other.
+#ifndef KVPAGE_CACHE_BLOCK_IO_H_
+#define KVPAGE_CACHE_BLOCK_IO_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "allocator/block_storage.h"
+#include "kvpage/config.h"
+
+namespace kvpage::internal {
+
+class BlockIO {
+ public:
+  BlockIO(const CacheConfig& config, BlockStorage& storage);
+
+  // Converts `count` tokens of one half (keys, or values when `values`)
+  // from `from` into slots [slot, slot + count) of block `id`. O(count).
+  void WriteRun(BlockId id, bool values, int64_t slot, const std::byte* src,
+                DType from, int64_t count);
+
+  // Reads `count` tokens of one half from slot `slot` of block `id` as f32.
+  // O(count).
+  void ReadRun(BlockId id, bool values, int64_t slot, int64_t count,
+               float* out) const;
+
+  // Host addresses of a hot block's K and V regions; storage that is not
+  // host memory is read into a buffer first, valid until the next call.
+  std::pair<const std::byte*, const std::byte*> Source(BlockId id);
+
+  // Copies block `from` into block `to`. O(block size).
+  void Copy(BlockId from, BlockId to) { storage_.Copy(from, to); }
+
+  const std::byte* host_base() const { return host_base_; }
+  int64_t block_bytes() const { return block_bytes_; }
+  int64_t token_elems() const { return token_elems_; }
+  int64_t token_bytes() const { return token_bytes_; }
+  int64_t v_offset() const { return v_offset_; }
+
+ private:
+  BlockStorage& storage_;
+  DType dtype_;
+  std::byte* host_base_;  // null when the storage is not host memory
+  int64_t block_bytes_;
+  int64_t token_elems_;  // num_kv_heads * head_dim
+  int64_t token_bytes_;  // token_elems * DTypeSize(dtype)
+  int64_t v_offset_;     // bytes from a block's start to its V region
+  std::vector<std::byte> staging_;  // never part of the cache's state
+};
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_CACHE_BLOCK_IO_H_

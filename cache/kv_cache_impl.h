@@ -1,0 +1,168 @@
+// cache/kv_cache_impl.h — the parts a KVCache is made of, and the steps
+// that change them. KVCache (cache/kv_cache.cc) is the public face that
+// checks arguments and sequences these steps.
+//
+//   pool, local     the hot pool (allocator/block_pool.h)
+//   io              reading and writing tokens in hot blocks (block_io.h)
+//   prefix          the prefix cache (prefix_cache.h)
+//   quant           the quantized pool, null without compression
+//                   (quant_store.h)
+//   sequences       a block table per layer (sequence.h, block_table.h)
+//
+// The steps live in files named for their job: holding blocks
+// (block_holds.cc), applying an update plan (apply_plan.cc), compressing
+// cold blocks (cold_blocks.cc).
+//
+// Invariants (Validate() walks them, cache/validate.cc):
+//   ref_count(b) == holdings of b over all tables (sink, window, spare) and
+//     the prefix cache, in each pool; the V cell of a two-cell int8 block is
+//     held with its K cell
+//   pool->used_blocks() == distinct hot blocks held, likewise cells
+//   blocks_allocated - blocks_released == hot blocks used
+//   tokens_stored == visible tokens summed over sequences and layers
+//   every table satisfies the invariants in cache/block_table.h; sink
+//     blocks, spares and circular-buffer layers are hot
+//
+// Thread safety: thread-compatible, as KVCache.
+#ifndef KVPAGE_CACHE_KV_CACHE_IMPL_H_
+#define KVPAGE_CACHE_KV_CACHE_IMPL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/status/statusor.h"
+#include "allocator/block_pool.h"
+#include "cache/block_io.h"
+#include "cache/block_table.h"
+#include "cache/prefix_cache.h"
+#include "cache/quant_store.h"
+#include "cache/sequence.h"
+#include "cache/update_plan.h"
+#include "kvpage/kv_cache.h"
+
+namespace kvpage {
+
+// What the cache counts besides what its parts count.
+struct CacheCounters {
+  int64_t tokens_stored = 0;
+  int64_t hits = 0, misses = 0, evictions = 0;
+  int64_t bytes_written = 0, bytes_copied = 0;
+  int64_t blocks_released_by_policy = 0, blocks_reused_by_ring = 0;
+  int64_t blocks_allocated = 0, blocks_released = 0;
+};
+
+struct KVCache::Impl {
+  CacheConfig config;
+  std::vector<internal::LayerRules> rules;  // per layer
+  // Declared before `local` so that the cache is flushed before the pool
+  // goes away.
+  std::unique_ptr<internal::BlockPool> pool;
+  std::unique_ptr<internal::BlockPool::LocalCache> local;
+  std::unique_ptr<internal::BlockIO> io;
+  std::unique_ptr<internal::PrefixCache> prefix;
+  std::unique_ptr<internal::QuantStore> quant;  // null: compression off
+
+  absl::flat_hash_map<SeqId, internal::Sequence> sequences;
+  SeqId next_seq = 1;
+  CacheCounters counters;
+
+  // Scratch space reused across calls (never part of the cache's state).
+  absl::InlinedVector<internal::BlockId, 16> fresh_ids;
+  absl::InlinedVector<internal::BlockRef, 16> recycled;
+  std::vector<std::byte> decompressed;
+
+  ~Impl();
+
+  int64_t block_bytes() const { return io->block_bytes(); }
+  int64_t block_tokens() const { return config.block_tokens; }
+  bool auto_compress() const {
+    return quant != nullptr && config.compression.auto_compress;
+  }
+
+  // The table of (seq, layer) for `op`: NotFound for an unknown sequence,
+  // InvalidArgument for a layer out of range.
+  absl::StatusOr<internal::BlockTable*> FindTable(std::string_view op,
+                                                  SeqId seq, int layer);
+  absl::StatusOr<const internal::BlockTable*> FindTable(std::string_view op,
+                                                        SeqId seq,
+                                                        int layer) const;
+
+  // ---- Holding blocks (block_holds.cc). Every table's hold on a hot block
+  // goes through Retain / Release, which tell the prefix cache when a
+  // listed block's last other reader leaves or a first one arrives. O(1).
+  void Retain(internal::BlockId id);
+  void Release(internal::BlockId id);
+  void RetainRef(internal::BlockRef ref);  // hot block or compressed block
+  void ReleaseRef(internal::BlockRef ref);
+  void ReleaseAll(internal::BlockTable& table);  // O(blocks)
+  // A ring's spares beyond its size go back to the pool.
+  void DropSurplusSpares(const internal::LayerRules& rules,
+                         internal::BlockTable& table);
+  // Evicts the least recently used idle prefix entry. O(layers).
+  void EvictOldest();
+  // Offers the full, hashed, fully visible hot blocks of `layer` not yet
+  // offered to the prefix cache. O(blocks published).
+  void PublishLayer(internal::Sequence& sequence, size_t layer);
+
+  // ---- Applying an update plan (apply_plan.cc).
+  // Fills fresh_ids with n blocks of the hot pool; when it is short, evicts
+  // idle prefix entries and then, with auto_compress, compresses cold
+  // blocks of other tables than `updating`, only if that frees enough.
+  // ResourceExhausted naming the sizes, with nothing changed.
+  [[nodiscard]] absl::Status TakeFresh(int64_t n,
+                                       const internal::BlockTable* updating);
+  // Moves `table` to the plan's blocks, taking new blocks from those it
+  // lets go of, the ring's spares and then `fresh` (plan.fresh ids, the
+  // rewrites' last), and sets its lengths. Cannot fail. O(blocks changed).
+  void ApplyPlan(const internal::LayerRules& rules,
+                 internal::BlockTable& table, const internal::Plan& plan,
+                 absl::Span<const internal::BlockId> fresh);
+
+  // ---- Compressing cold blocks (cold_blocks.cc).
+  // Whether logical block `logical` of `table` may be compressed now.
+  bool Compressible(const internal::LayerRules& rules,
+                    const internal::BlockTable& table, int64_t logical) const;
+  // Compresses one compressible block and releases its hot block; false
+  // when the block stays hot (QuantStore::Compress). O(block size).
+  bool CompressBlock(const internal::LayerRules& rules,
+                     internal::BlockTable& table, int64_t logical);
+  // auto_compress: compresses the blocks an update made cold.
+  void CompressNewlyCold(const internal::LayerRules& rules,
+                         internal::BlockTable& table);
+  // Compresses the blocks older than position `cutoff`. O(blocks).
+  void CompressBefore(const internal::LayerRules& rules,
+                      internal::BlockTable& table, int64_t cutoff);
+  // Hot blocks compressing could free now, outside `skip`, oldest first per
+  // layer, sequences in id order, at most `want`.
+  struct Candidate {
+    internal::BlockTable* table;
+    size_t layer;
+    int64_t logical;
+  };
+  std::vector<Candidate> CompressCandidates(const internal::BlockTable* skip,
+                                            int64_t want);
+
+ private:
+  void LetGoOfBlocks(const internal::Plan& plan, internal::BlockTable& table,
+                     int64_t& evicted_blocks);
+  void FillBlocks(const internal::LayerRules& rules,
+                  internal::BlockTable& table, const internal::Plan& plan,
+                  absl::Span<const internal::BlockId> fresh);
+  void SetLengths(const internal::LayerRules& rules,
+                  internal::BlockTable& table, const internal::Plan& plan);
+  void CopyOnWrite(internal::BlockTable& table, int64_t logical,
+                   internal::BlockId id);
+  void Decompress(internal::BlockTable& table, int64_t logical,
+                  internal::BlockId id);
+  // Compresses `candidates`, which must all succeed.
+  void CompressAll(absl::Span<const Candidate> candidates);
+};
+
+}  // namespace kvpage
+
+#endif  // KVPAGE_CACHE_KV_CACHE_IMPL_H_

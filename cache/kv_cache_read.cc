@@ -1,0 +1,155 @@
+// Reading a layer: Gather copies its visible tokens out as f32; View
+// describes its blocks for an attention kernel.
+#include <optional>
+
+#include "cache/kv_cache_impl.h"
+
+namespace kvpage {
+
+using internal::BlockId;
+using internal::BlockRef;
+using internal::BlockTable;
+using internal::IsQuant;
+using internal::QuantFormat;
+using internal::RefId;
+
+namespace {
+
+// Gather's output, one run of positions at a time. Each run is read once
+// the next one is known, so that a compressed block is decoded with the
+// next compressed one streaming in (NextBlock).
+class Gatherer {
+ public:
+  Gatherer(const internal::BlockIO& io, const internal::QuantStore* quant,
+           GatheredLayer& out)
+      : io_(io), quant_(quant), out_(out) {}
+
+  void Add(BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+    const Run run{ref, slot, count, position};
+    if (pending_) Read(*pending_, &run);
+    pending_ = run;
+  }
+  void Finish() {
+    if (pending_) Read(*pending_, nullptr);
+  }
+
+ private:
+  struct Run {
+    BlockRef ref;
+    int64_t slot, count, position;
+  };
+
+  void Read(const Run& run, const Run* next) {
+    const int64_t token_elems = io_.token_elems();
+    const auto done = static_cast<int64_t>(out_.positions.size());
+    float* k_out = out_.k.data() + done * token_elems;
+    float* v_out = out_.v.data() + done * token_elems;
+    if (IsQuant(run.ref)) {
+      const internal::QuantStore& quant = *quant_;
+      internal::NextBlock hint;
+      if (next != nullptr && IsQuant(next->ref)) {
+        const BlockId n = RefId(next->ref);
+        hint = {quant.format(n), quant.k_part(n), quant.v_part(n)};
+      }
+      hint.this_block_requested = last_compressed_;
+      const BlockId cell = RefId(run.ref);
+      internal::DequantizeBlock(quant.format(cell), quant.shape(),
+                                quant.k_part(cell), quant.v_part(cell),
+                                static_cast<int>(run.slot),
+                                static_cast<int>(run.count), k_out, v_out,
+                                hint);
+    } else {
+      io_.ReadRun(run.ref, false, run.slot, run.count, k_out);
+      io_.ReadRun(run.ref, true, run.slot, run.count, v_out);
+    }
+    for (int64_t i = 0; i < run.count; ++i) {
+      out_.positions.push_back(run.position + i);
+    }
+    last_compressed_ = IsQuant(run.ref);
+  }
+
+  const internal::BlockIO& io_;
+  const internal::QuantStore* quant_;  // null: compression off
+  GatheredLayer& out_;
+  std::optional<Run> pending_;
+  // Whether the run read last was compressed: it then named this one.
+  bool last_compressed_ = false;
+};
+
+// The view of a compressed block's parts.
+void DescribeCompressed(const internal::QuantStore& quant, BlockId cell,
+                        BlockView& b) {
+  const QuantFormat f = quant.format(cell);
+  const internal::QuantLayout& l = quant.layout(f);
+  const std::byte* k = quant.k_part(cell);
+  const std::byte* v = quant.v_part(cell);
+  const bool int4 = f == QuantFormat::kInt4;
+  b.format = int4 ? BlockFormat::kInt4 : BlockFormat::kInt8;
+  b.quant = {.k_codes = k + l.k_codes,
+             .k_scales = k + l.k_scales,
+             .k_mins = int4 ? k + l.k_mins : nullptr,
+             .v_codes = v + l.v_codes,
+             .v_scales = v + l.v_scales,
+             .v_mins = int4 ? v + l.v_mins : nullptr};
+  b.quant_error = quant.error(cell);
+}
+
+}  // namespace
+
+absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
+  const Impl& m = *impl_;
+  absl::StatusOr<const BlockTable*> found = m.FindTable("Gather", seq, layer);
+  if (!found.ok()) return found.status();
+  const BlockTable& table = **found;
+  const internal::LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  const int64_t tokens =
+      internal::VisibleTokens(r, table.length, table.window_start);
+  GatheredLayer out;
+  out.k.resize(static_cast<size_t>(tokens * m.io->token_elems()));
+  out.v.resize(static_cast<size_t>(tokens * m.io->token_elems()));
+  out.positions.reserve(static_cast<size_t>(tokens));
+  Gatherer gatherer(*m.io, m.quant.get(), out);
+  internal::ForEachVisibleRun(
+      r, table, 0, table.length,
+      [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+        gatherer.Add(ref, slot, count, position);
+      });
+  gatherer.Finish();
+  return out;
+}
+
+absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
+  const Impl& m = *impl_;
+  absl::StatusOr<const BlockTable*> found = m.FindTable("View", seq, layer);
+  if (!found.ok()) return found.status();
+  const BlockTable& table = **found;
+  LayerView view;
+  view.dtype = m.config.dtype;
+  view.num_kv_heads = m.config.num_kv_heads;
+  view.head_dim = m.config.head_dim;
+  view.block_tokens = m.config.block_tokens;
+  view.token_stride = m.io->token_elems();
+  view.host_accessible = m.io->host_base() != nullptr;
+  view.length = table.length;
+  view.quant_group_size = m.quant != nullptr ? m.quant->shape().group_size : 0;
+  internal::ForEachVisibleRun(
+      m.rules[static_cast<size_t>(layer)], table, 0, table.length,
+      [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+        BlockView b{.block_id = RefId(ref),
+                    .begin_slot = static_cast<int>(slot),
+                    .tokens = static_cast<int>(count),
+                    .first_position = position};
+        if (IsQuant(ref)) {
+          DescribeCompressed(*m.quant, RefId(ref), b);
+        } else {
+          const auto* k =
+              static_cast<const std::byte*>(m.pool->storage().Address(ref));
+          b.k = k;
+          b.v = k + m.io->v_offset();
+        }
+        view.blocks.push_back(b);
+      });
+  return view;
+}
+
+}  // namespace kvpage

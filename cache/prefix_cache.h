@@ -1,0 +1,129 @@
+// cache/prefix_cache.h — the prefix cache: for each chain hash of a full
+// block of token ids, the hot block of each layer that holds those tokens,
+// and the order in which idle entries are evicted.
+//
+// The cache holds one reference on each block it lists. It never touches
+// the pool's counts itself: Publish says when its caller must add the
+// cache's reference, EvictOldest hands back the blocks whose reference the
+// caller must drop, and the caller reports each block whose last reader
+// besides the cache leaves (LayerLeft) or whose first one arrives
+// (LayerJoined). So the prefix cache sits below the code that holds blocks.
+//
+// Invariants (Validate() checks them against the pool's counts):
+//   an entry's layers_present == its blocks that are not kNoBlock
+//   layers_in_use == present blocks some table also holds (ref_count > 1)
+//   an entry is on the LRU list (idle, evictable) iff layers_in_use == 0
+//   entry_of(b) == e  iff  entry e lists block b
+//   evictable_blocks() == layers_present summed over the list
+//
+// Thread safety: thread-compatible, owned by its KVCache.
+#ifndef KVPAGE_CACHE_PREFIX_CACHE_H_
+#define KVPAGE_CACHE_PREFIX_CACHE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
+#include "absl/status/status.h"
+#include "allocator/block_pool.h"
+
+namespace kvpage::internal {
+
+class PrefixCache {
+ public:
+  // Blocks whose cache reference an eviction gives back.
+  using Evicted = absl::InlinedVector<BlockId, 8>;
+
+  PrefixCache(int num_layers, int64_t num_blocks);
+
+  // Lists block `id` (held by the publishing table, so in use) for `layer`
+  // under `hash`. False when nothing changed: the block is already listed
+  // (under this hash or another: a fork told other ids than its parent) or
+  // the entry has a block for that layer. True: the caller adds the cache's
+  // reference on `id`. O(1).
+  [[nodiscard]] bool Publish(uint64_t hash, size_t layer, BlockId id);
+
+  // The entry listed under `hash` when it has a block in every layer, else
+  // -1. O(1).
+  int32_t FindComplete(uint64_t hash) const;
+  BlockId block(int32_t entry, size_t layer) const {
+    return entries_[static_cast<size_t>(entry)].blocks[layer];
+  }
+
+  // A listed block's only reader besides the cache left (ref_count 2 -> 1)
+  // or a first one arrived (1 -> 2). No-ops for a block not listed. O(1).
+  void LayerLeft(BlockId id) {
+    if (const int32_t e = entry_of_[id]; e >= 0) {
+      if (--entries_[static_cast<size_t>(e)].layers_in_use == 0) LruPush(e);
+    }
+  }
+  void LayerJoined(BlockId id) {
+    if (const int32_t e = entry_of_[id]; e >= 0) {
+      Entry& entry = entries_[static_cast<size_t>(e)];
+      if (entry.layers_in_use++ == 0 && entry.in_lru) LruRemove(e);
+    }
+  }
+
+  bool has_idle() const { return lru_head_ >= 0; }
+  // Removes the least recently used idle entry; returns its blocks, whose
+  // cache reference (their last) the caller drops. O(layers).
+  [[nodiscard]] Evicted EvictOldest();
+
+  // Blocks of idle entries: what evictions could free.
+  int64_t evictable_blocks() const { return evictable_blocks_; }
+  int64_t entries() const { return static_cast<int64_t>(by_hash_.size()); }
+
+  // Calls fn(hash, lru_rank, blocks) for each entry; lru_rank is the
+  // entry's place in the eviction order (0 first), -1 when in use.
+  template <typename Fn>
+  void ForEachEntry(Fn&& fn) const;
+
+  // What a snapshot does not show: the LRU list's links and count, each
+  // listed block pointing back at its entry, the entries' counts against
+  // `pool`'s reference counts. Internal naming the entry. O(entries *
+  // layers).
+  [[nodiscard]] absl::Status Validate(const BlockPool& pool) const;
+
+ private:
+  struct Entry {
+    uint64_t hash = 0;
+    std::vector<BlockId> blocks;  // per layer
+    int layers_present = 0;
+    int layers_in_use = 0;
+    int32_t lru_prev = -1, lru_next = -1;
+    bool in_lru = false;
+  };
+
+  int32_t NewEntry(uint64_t hash);
+  void LruPush(int32_t e);  // as most recently used
+  void LruRemove(int32_t e);
+  [[nodiscard]] absl::Status ValidateList() const;
+
+  int num_layers_;
+  std::vector<Entry> entries_;
+  std::vector<int32_t> free_entries_;
+  absl::flat_hash_map<uint64_t, int32_t> by_hash_;
+  std::vector<int32_t> entry_of_;          // per hot block: its entry, or -1
+  int32_t lru_head_ = -1, lru_tail_ = -1;  // head: least recently used
+  int64_t evictable_blocks_ = 0;
+};
+
+template <typename Fn>
+void PrefixCache::ForEachEntry(Fn&& fn) const {
+  absl::flat_hash_map<int32_t, int64_t> rank;
+  int64_t next_rank = 0;
+  for (int32_t e = lru_head_; e >= 0;
+       e = entries_[static_cast<size_t>(e)].lru_next) {
+    rank[e] = next_rank++;
+  }
+  for (const auto& [hash, e] : by_hash_) {
+    auto it = rank.find(e);
+    fn(hash, it == rank.end() ? int64_t{-1} : it->second,
+       entries_[static_cast<size_t>(e)].blocks);
+  }
+}
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_CACHE_PREFIX_CACHE_H_

@@ -1,0 +1,31 @@
+// cache/sequence.h — one sequence of a KVCache: a block table per layer and
+// the token ids the prefix cache knows it by.
+//
+// Invariant: block_hashes[b] is the chain hash (PrefixBlockHash, salted) of
+// the token ids of full block b, for b < token_ids.size() / block_tokens.
+#ifndef KVPAGE_CACHE_SEQUENCE_H_
+#define KVPAGE_CACHE_SEQUENCE_H_
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "cache/block_table.h"
+
+namespace kvpage::internal {
+
+struct Sequence {
+  std::vector<BlockTable> layers;
+  uint64_t salt = 0;                   // prefix-cache salt
+  std::vector<int32_t> token_ids;      // AppendTokens / MatchPrefix
+  std::vector<uint64_t> block_hashes;  // chain hash of each full block
+};
+
+// Hashes the full blocks of `sequence.token_ids` not hashed yet, until
+// `max_blocks` are. O(tokens hashed). (cache/prefix.cc)
+void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
+                       int64_t max_blocks = std::numeric_limits<int64_t>::max());
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_CACHE_SEQUENCE_H_

@@ -1,0 +1,113 @@
+// Statistics: the cache's counters and its parts' counts, cache-wide and
+// per sequence.
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "cache/kv_cache_impl.h"
+
+namespace kvpage {
+
+using internal::BlockRef;
+using internal::BlockTable;
+using internal::IsQuant;
+using internal::RefId;
+
+namespace {
+
+// The quantized pool's share of the statistics.
+void AddCompressionStats(const internal::QuantStore& quant,
+                         int64_t block_bytes, int64_t block_tokens,
+                         CacheStats& s) {
+  s.quant_slots_total = quant.pool().capacity();
+  s.quant_slots_used = quant.pool().used_blocks();
+  s.quant_slot_bytes = quant.cell_bytes();
+  s.quant_blocks_int8 = quant.int8_blocks();
+  s.quant_blocks_int4 = quant.int4_blocks();
+  const int64_t quant_bytes = s.quant_slots_used * quant.cell_bytes();
+  const int64_t quant_blocks = s.quant_blocks_int8 + s.quant_blocks_int4;
+  s.memory_usage_bytes += quant_bytes;
+  s.bytes_saved = quant_blocks * block_bytes - quant_bytes;
+  if (quant_blocks > 0) {
+    s.bytes_per_token_cold = static_cast<double>(quant_bytes) /
+                             static_cast<double>(quant_blocks * block_tokens);
+  }
+  s.compressions_applied = quant.compressions_applied();
+  s.compressions_skipped = quant.compressions_skipped();
+  s.decompressions = quant.decompressions();
+  s.max_quant_error = quant.max_error();
+  s.mean_quant_error = quant.mean_error();
+}
+
+}  // namespace
+
+CacheStats KVCache::Stats() const {
+  const Impl& m = *impl_;
+  const CacheCounters& c = m.counters;
+  const int64_t block_bytes = m.block_bytes();
+  CacheStats s;
+  s.blocks_total = m.pool->capacity();
+  const int64_t held = m.pool->used_blocks();
+  s.blocks_cached = m.prefix->evictable_blocks();
+  s.blocks_used = held - s.blocks_cached;
+  s.blocks_free = s.blocks_total - held;
+  s.utilization =
+      static_cast<double>(s.blocks_used) / static_cast<double>(s.blocks_total);
+  s.block_bytes = block_bytes;
+  s.memory_usage_bytes = held * block_bytes;
+  s.prefix_entries = m.prefix->entries();
+  s.bytes_per_token_hot = static_cast<double>(block_bytes) /
+                          static_cast<double>(m.block_tokens());
+  if (m.quant != nullptr) {
+    AddCompressionStats(*m.quant, block_bytes, m.block_tokens(), s);
+  }
+  s.arena_bytes = s.blocks_total * block_bytes;
+  s.sequences = static_cast<int64_t>(m.sequences.size());
+  s.tokens_stored = c.tokens_stored;
+  s.slots_allocated = s.blocks_used * m.block_tokens();
+  s.hits = c.hits;
+  s.misses = c.misses;
+  s.evictions = c.evictions;
+  s.blocks_released_by_policy = c.blocks_released_by_policy;
+  s.blocks_reused_by_ring = c.blocks_reused_by_ring;
+  s.blocks_allocated = c.blocks_allocated;
+  s.blocks_released = c.blocks_released;
+  s.bytes_written = c.bytes_written;
+  s.bytes_copied = c.bytes_copied;
+  return s;
+}
+
+absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
+  const Impl& m = *impl_;
+  auto it = m.sequences.find(seq);
+  if (it == m.sequences.end()) {
+    return absl::NotFoundError(
+        absl::StrFormat("Stats(seq %d): no such sequence", seq));
+  }
+  SequenceStats s;
+  int64_t compressed = 0, compressed_bytes = 0;
+  for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
+    const BlockTable& table = it->second.layers[layer];
+    s.current_length = std::max(s.current_length, table.length);
+    s.max_length = std::max(s.max_length, table.max_length);
+    s.tokens_stored += internal::VisibleTokens(m.rules[layer], table.length,
+                                               table.window_start);
+    s.blocks += table.held_blocks();
+    s.evictions += table.evicted;
+    for (int64_t b = table.window_first;
+         b < table.window_first + table.window_blocks(); ++b) {
+      const BlockRef ref = table.Block(b);
+      if (!IsQuant(ref)) continue;
+      ++compressed;
+      compressed_bytes += m.quant->cell_bytes() * m.quant->cells(RefId(ref));
+    }
+  }
+  const int64_t slots = s.blocks * m.block_tokens();
+  s.utilization = slots == 0 ? 0.0
+                             : static_cast<double>(s.tokens_stored) /
+                                   static_cast<double>(slots);
+  s.memory_usage_bytes =
+      (s.blocks - compressed) * m.block_bytes() + compressed_bytes;
+  return s;
+}
+
+}  // namespace kvpage
