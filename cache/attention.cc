@@ -89,6 +89,95 @@ absl::Status Dequantize(const LayerView& view, const BlockView& block,
   return DequantizeBefore(view, block, nullptr, false, k_out, v_out);
 }
 
+namespace {
+
+// q . k over `dim` channels, with eight partial sums: a reduction the
+// compiler can vectorize.
+float Dot(const float* q, const float* k, int64_t dim) {
+  float partial[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    for (int j = 0; j < 8; ++j) partial[j] += q[d + j] * k[d + j];
+  }
+  float dot = 0;
+  for (; d < dim; ++d) dot += q[d] * k[d];
+  for (float p : partial) dot += p;
+  return dot;
+}
+
+// Online softmax per query head, a block at a time: the running max, the
+// denominator and the weighted sum of values, rescaled when the max grows.
+class OnlineSoftmax {
+ public:
+  OnlineSoftmax(int64_t q_heads, int64_t kv_heads, int64_t dim)
+      : q_heads_(q_heads),
+        group_(q_heads / kv_heads),
+        kv_heads_(kv_heads),
+        dim_(dim),
+        scale_(1.0f / std::sqrt(static_cast<float>(dim))),
+        max_score_(static_cast<size_t>(q_heads),
+                   -std::numeric_limits<float>::infinity()),
+        denom_(static_cast<size_t>(q_heads), 0.0f),
+        acc_(static_cast<size_t>(q_heads * dim), 0.0f) {}
+
+  // Adds `tokens` tokens whose keys and values (f32, [tokens][kv_heads][dim])
+  // are k and v.
+  void AddBlock(const float* query, const float* k, const float* v,
+                int64_t tokens) {
+    scores_.resize(static_cast<size_t>(tokens));
+    for (int64_t h = 0; h < q_heads_; ++h) {
+      const float* q = query + h * dim_;
+      const int64_t head_offset = (h / group_) * dim_;
+      float block_max = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float score =
+            Dot(q, k + t * kv_heads_ * dim_ + head_offset, dim_) * scale_;
+        scores_[static_cast<size_t>(t)] = score;
+        block_max = std::max(block_max, score);
+      }
+      Accumulate(h, block_max, v + head_offset, tokens);
+    }
+  }
+
+  void Finish(absl::Span<float> out) const {
+    for (int64_t h = 0; h < q_heads_; ++h) {
+      for (int64_t d = 0; d < dim_; ++d) {
+        out[static_cast<size_t>(h * dim_ + d)] =
+            acc_[static_cast<size_t>(h * dim_ + d)] /
+            denom_[static_cast<size_t>(h)];
+      }
+    }
+  }
+
+ private:
+  // Folds head h's scores of one block into its running sums; v points at
+  // the head's channels of the block's first token.
+  void Accumulate(int64_t h, float block_max, const float* v,
+                  int64_t tokens) {
+    float& max_score = max_score_[static_cast<size_t>(h)];
+    float& denom = denom_[static_cast<size_t>(h)];
+    float* acc = acc_.data() + h * dim_;
+    if (block_max > max_score) {
+      const float shrink = std::exp(max_score - block_max);
+      denom *= shrink;
+      for (int64_t d = 0; d < dim_; ++d) acc[d] *= shrink;
+      max_score = block_max;
+    }
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float w = std::exp(scores_[static_cast<size_t>(t)] - max_score);
+      denom += w;
+      const float* vt = v + t * kv_heads_ * dim_;
+      for (int64_t d = 0; d < dim_; ++d) acc[d] += w * vt[d];
+    }
+  }
+
+  int64_t q_heads_, group_, kv_heads_, dim_;
+  float scale_;
+  std::vector<float> max_score_, denom_, acc_, scores_;
+};
+
+}  // namespace
+
 absl::Status Attend(const LayerView& view, absl::Span<const float> query,
                     absl::Span<float> out) {
   const int64_t dim = view.head_dim;
@@ -105,25 +194,16 @@ absl::Status Attend(const LayerView& view, absl::Span<const float> query,
   if (view.tokens() == 0) {
     return absl::InvalidArgumentError("Attend: the view holds no token");
   }
-  const int64_t q_heads = static_cast<int64_t>(query.size()) / dim;
-  const int64_t group = q_heads / kv_heads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  // Online softmax per query head, a block at a time: the running max, the
-  // denominator and the weighted sum of values, rescaled when the max grows.
-  std::vector<float> max_score(static_cast<size_t>(q_heads),
-                               -std::numeric_limits<float>::infinity());
-  std::vector<float> denom(static_cast<size_t>(q_heads), 0.0f);
-  std::vector<float> acc(static_cast<size_t>(q_heads * dim), 0.0f);
-  std::vector<float> k, v, scores;
+  OnlineSoftmax softmax(static_cast<int64_t>(query.size()) / dim, kv_heads,
+                        dim);
+  std::vector<float> k, v;
   for (size_t b = 0; b < view.blocks.size(); ++b) {
     const BlockView& block = view.blocks[b];
     const BlockView* next =
         b + 1 < view.blocks.size() ? &view.blocks[b + 1] : nullptr;
-    const int64_t tokens = block.tokens;
-    const int64_t elems = tokens * kv_heads * dim;
+    const int64_t elems = int64_t{block.tokens} * kv_heads * dim;
     k.resize(static_cast<size_t>(elems));
     v.resize(static_cast<size_t>(elems));
-    scores.resize(static_cast<size_t>(tokens));
     const bool requested = b > 0 &&
                            view.blocks[b - 1].format != BlockFormat::kHot &&
                            block.format != BlockFormat::kHot;
@@ -132,46 +212,9 @@ absl::Status Attend(const LayerView& view, absl::Span<const float> query,
         !s.ok()) {
       return s;
     }
-    for (int64_t h = 0; h < q_heads; ++h) {
-      const float* q = query.data() + h * dim;
-      const int64_t head_offset = (h / group) * dim;
-      float block_max = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < tokens; ++t) {
-        const float* kt = k.data() + t * kv_heads * dim + head_offset;
-        // Eight partial sums: a reduction the compiler can vectorize.
-        float partial[8] = {};
-        int64_t d = 0;
-        for (; d + 8 <= dim; d += 8) {
-          for (int j = 0; j < 8; ++j) partial[j] += q[d + j] * kt[d + j];
-        }
-        float dot = 0;
-        for (; d < dim; ++d) dot += q[d] * kt[d];
-        for (float p : partial) dot += p;
-        scores[static_cast<size_t>(t)] = dot * scale;
-        block_max = std::max(block_max, dot * scale);
-      }
-      float& m = max_score[static_cast<size_t>(h)];
-      float* a = acc.data() + h * dim;
-      if (block_max > m) {
-        const float shrink = std::exp(m - block_max);
-        denom[static_cast<size_t>(h)] *= shrink;
-        for (int64_t d = 0; d < dim; ++d) a[d] *= shrink;
-        m = block_max;
-      }
-      for (int64_t t = 0; t < tokens; ++t) {
-        const float w = std::exp(scores[static_cast<size_t>(t)] - m);
-        denom[static_cast<size_t>(h)] += w;
-        const float* vt = v.data() + t * kv_heads * dim + head_offset;
-        for (int64_t d = 0; d < dim; ++d) a[d] += w * vt[d];
-      }
-    }
+    softmax.AddBlock(query.data(), k.data(), v.data(), block.tokens);
   }
-  for (int64_t h = 0; h < q_heads; ++h) {
-    for (int64_t d = 0; d < dim; ++d) {
-      out[static_cast<size_t>(h * dim + d)] =
-          acc[static_cast<size_t>(h * dim + d)] / denom[static_cast<size_t>(h)];
-    }
-  }
+  softmax.Finish(out);
   return absl::OkStatus();
 }
 

@@ -401,6 +401,42 @@ absl::Status CheckPayloadBytes(const SnapshotHeader& header,
 
 }  // namespace internal
 
+namespace {
+
+// One sequence with its `layers` layers; false (d.status() says why) when
+// the bytes end or hold a bad value.
+bool GetSequence(Decoder& d, size_t layers, SnapshotSequence& s) {
+  // The smallest encodings of a layer and of an entry.
+  constexpr size_t kLayerBytes = 40, kEntryBytes = 26;
+  s.id = d.Get<uint64_t>("sequence id");
+  s.salt = d.Get<uint64_t>("sequence salt");
+  s.token_ids = d.Get<int64_t>("sequence token_ids");
+  s.layers.resize(d.GetCountEq("sequence layers", kLayerBytes, layers));
+  for (SnapshotLayer& l : s.layers) {
+    l.length = d.Get<int64_t>("layer length");
+    l.window_start = d.Get<int64_t>("layer window_start");
+    l.max_length = d.Get<int64_t>("layer max_length");
+    l.evicted = d.Get<int64_t>("layer evicted");
+    l.entries.resize(d.GetCount("layer entries", kEntryBytes));
+    for (SnapshotEntry& t : l.entries) {
+      t.role = d.GetEnum("entry role", {TableRole::kSink, TableRole::kWindow,
+                                        TableRole::kSpare});
+      t.logical = d.Get<int64_t>("entry logical");
+      t.format = d.GetEnum(
+          "entry format",
+          {BlockFormat::kHot, BlockFormat::kInt8, BlockFormat::kInt4});
+      t.id = d.Get<uint32_t>("entry id");
+      t.visible = d.Get<int32_t>("entry visible");
+      t.begin_slot = d.Get<int32_t>("entry begin_slot");
+      t.end_slot = d.Get<int32_t>("entry end_slot");
+    }
+    if (!d.ok()) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
   absl::StatusOr<internal::SnapshotHeader> header =
       internal::ParseSnapshotHeader(bytes);
@@ -434,36 +470,12 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
       GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,
               internal::QuantSlotBytes(c));
   const size_t layers = static_cast<size_t>(c.num_layers);
-  // The smallest encodings: a sequence with its layer count, a layer, an
-  // entry, a prefix entry.
-  constexpr size_t kSeqBytes = 32, kLayerBytes = 40, kEntryBytes = 26,
-                   kPrefixBytes = 24;
+  // The smallest encodings: a sequence with its layer count, a prefix
+  // entry.
+  constexpr size_t kSeqBytes = 32, kPrefixBytes = 24;
   snap.sequences.resize(d.GetCount("sequences", kSeqBytes));
   for (SnapshotSequence& s : snap.sequences) {
-    s.id = d.Get<uint64_t>("sequence id");
-    s.salt = d.Get<uint64_t>("sequence salt");
-    s.token_ids = d.Get<int64_t>("sequence token_ids");
-    s.layers.resize(d.GetCountEq("sequence layers", kLayerBytes, layers));
-    for (SnapshotLayer& l : s.layers) {
-      l.length = d.Get<int64_t>("layer length");
-      l.window_start = d.Get<int64_t>("layer window_start");
-      l.max_length = d.Get<int64_t>("layer max_length");
-      l.evicted = d.Get<int64_t>("layer evicted");
-      l.entries.resize(d.GetCount("layer entries", kEntryBytes));
-      for (SnapshotEntry& t : l.entries) {
-        t.role = d.GetEnum("entry role", {TableRole::kSink, TableRole::kWindow,
-                                          TableRole::kSpare});
-        t.logical = d.Get<int64_t>("entry logical");
-        t.format = d.GetEnum(
-            "entry format",
-            {BlockFormat::kHot, BlockFormat::kInt8, BlockFormat::kInt4});
-        t.id = d.Get<uint32_t>("entry id");
-        t.visible = d.Get<int32_t>("entry visible");
-        t.begin_slot = d.Get<int32_t>("entry begin_slot");
-        t.end_slot = d.Get<int32_t>("entry end_slot");
-      }
-      if (!d.ok()) return d.status();
-    }
+    if (!GetSequence(d, layers, s)) return d.status();
   }
   snap.prefix.resize(d.GetCount("prefix entries", kPrefixBytes));
   for (SnapshotPrefixEntry& p : snap.prefix) {

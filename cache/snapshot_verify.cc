@@ -164,7 +164,40 @@ class Verifier {
     const int64_t want_sinks = internal::SinkBlocks(r, l.length);
     const internal::BlockRange want_window =
         internal::WindowRange(r, l.length, l.window_start);
+    const EntryCounts counts = Entries(seq, layer, r, l, want_window);
+    const int64_t sinks = counts.sinks, window = counts.window,
+                  spares = counts.spares;
+    if (sinks != want_sinks || window != want_window.size()) {
+      Report("table",
+             "seq %d, layer %d (length %d, window start %d): %d sink and %d "
+             "window blocks, want %d and %d",
+             seq, layer, l.length, l.window_start, sinks, window, want_sinks,
+             want_window.size());
+    }
+    if (spares > 0 && !r.ring()) {
+      Report("policy", "seq %d, layer %d: %d spare blocks outside a ring", seq,
+             layer, spares);
+    }
+    if (r.ring() && window + spares > r.ring_blocks) {
+      Report("policy", "seq %d, layer %d: ring holds %d blocks, at most %d",
+             seq, layer, window + spares, r.ring_blocks);
+    }
+    visible_total_ = Wrap(visible_total_, visible);
+  }
+
+  struct EntryCounts {
     int64_t sinks = 0, window = 0, spares = 0;
+  };
+
+  // Each entry of a layer: its order, its hold, its logical block and its
+  // visible slots. Returns how many of each role it has.
+  EntryCounts Entries(SeqId seq, int layer, const LayerRules& r,
+                      const SnapshotLayer& l,
+                      const internal::BlockRange& want_window) {
+    EntryCounts counts;
+    int64_t& sinks = counts.sinks;
+    int64_t& window = counts.window;
+    int64_t& spares = counts.spares;
     int64_t last_logical = -1;
     TableRole last_role = TableRole::kSink;
     for (const SnapshotEntry& e : l.entries) {
@@ -212,22 +245,7 @@ class Verifier {
                want.count, want.begin, want.end);
       }
     }
-    if (sinks != want_sinks || window != want_window.size()) {
-      Report("table",
-             "seq %d, layer %d (length %d, window start %d): %d sink and %d "
-             "window blocks, want %d and %d",
-             seq, layer, l.length, l.window_start, sinks, window, want_sinks,
-             want_window.size());
-    }
-    if (spares > 0 && !r.ring()) {
-      Report("policy", "seq %d, layer %d: %d spare blocks outside a ring", seq,
-             layer, spares);
-    }
-    if (r.ring() && window + spares > r.ring_blocks) {
-      Report("policy", "seq %d, layer %d: ring holds %d blocks, at most %d",
-             seq, layer, window + spares, r.ring_blocks);
-    }
-    visible_total_ = Wrap(visible_total_, visible);
+    return counts;
   }
 
   // Counts one table entry's hold on its block or slot(s).
