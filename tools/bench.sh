@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
+# Progress goes to stderr (ninja prints [done/total]), the report to stdout.
+echo "kvpage: configuring build/release" >&2
 cmake --preset release --log-level=WARNING >/dev/null
-cmake --build --preset release --target kvpage_bench >/dev/null
+echo "kvpage: building kvpage_bench in build/release" >&2
+cmake --build --preset release --target kvpage_bench >&2
 exec build/release/bench/kvpage_bench "$@"

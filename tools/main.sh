@@ -2,12 +2,17 @@
 # kvpage's main job: set up, build the release preset and run kvpage-stress
 # on its default workload — a ShareGPT-like serving run on a Llama-3-8B-like
 # KV shape, on the paged cache, a contiguous per-sequence buffer and the
-# naive cache, every token verified — then print the report (about 30 s on
-# 2 cores). Extra arguments go to kvpage-stress (e.g. --json, --help).
+# naive cache, every token verified — then print the report. The run takes
+# about 30 s on 2 cores; the first build, packages included, 10-15 minutes,
+# its progress shown on stderr. Extra arguments go to kvpage-stress (e.g.
+# --json, --help).
 # The Google Benchmark micro-benchmarks are tools/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
+# Progress goes to stderr (ninja prints [done/total]), the report to stdout.
+echo "kvpage: configuring build/release" >&2
 cmake --preset release --log-level=WARNING >/dev/null
-cmake --build --preset release --target kvpage-stress kvpage-dump >/dev/null
+echo "kvpage: building kvpage-stress kvpage-dump in build/release" >&2
+cmake --build --preset release --target kvpage-stress kvpage-dump >&2
 exec build/release/tools/stress/kvpage-stress "$@"

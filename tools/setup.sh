@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kvpage builds with, as root, from Debian's
 # archive, plus any package named as an argument (tools/test.sh clang asks
-# for clang). Idempotent: silent when everything is already there.
+# for clang). Idempotent: silent when everything is already there; otherwise
+# it says what it installs and shows apt's progress, on stderr.
 set -euo pipefail
 
 packages=(
@@ -24,7 +25,12 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "kvpage setup: missing Debian packages: ${missing[*]}; run as root or install them" >&2
   exit 1
 fi
-echo "kvpage setup: installing ${missing[*]}" >&2
+# apt's own lines (to stderr, so that a caller's stdout stays its report) show
+# the progress: on a fresh machine this takes a few minutes.
+echo "kvpage setup: installing ${missing[*]} and their dependencies" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "kvpage setup: apt-get update" >&2
+apt-get update -q >&2
+echo "kvpage setup: apt-get install" >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+echo "kvpage setup: done" >&2

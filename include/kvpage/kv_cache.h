@@ -59,7 +59,7 @@ enum class BlockFormat : uint8_t {
   kInt4,  // repacked into the quantized pool, int4 codes, two per byte
 };
 
-// The codes and scales of a repacked block (README: "Quantized blocks" gives
+// The codes and scales of a repacked block (docs/compression.md gives
 // the byte layout). Keys: codes [block_tokens][num_kv_heads][head_dim] (int4:
 // [..][head_dim / 2] bytes, even channel in the low nibble), f16 scales (and
 // int4 minimums) [num_kv_heads][head_dim], one per channel over the block's

@@ -13,7 +13,7 @@
 //   for (const kvpage::SnapshotViolation& v : kvpage::VerifySnapshot(*snap))
 //     std::cerr << v.check << ": " << v.message << "\n";
 //
-// File format (version 1; README "Snapshot file format" has every field):
+// File format (version 1; docs/snapshot-format.md has every field):
 //   header   "KVPGSNAP", u32 version, u32 flags (bit 0: token data),
 //            u64 payload bytes, u64 XXH3-64 (seed 0) of the payload
 //   payload  little-endian fields in a fixed order: config, stats, hot pool,
