@@ -17,6 +17,7 @@
 #include "allocator/quantize.h"
 #include "cache/block_table.h"
 #include "cache/kv_cache_internal.h"
+#include "cache/quant_pool_config.h"
 #include "kvpage/prefix.h"
 #include "kvpage/snapshot.h"
 
