@@ -38,30 +38,31 @@ int64_t CodeBytes(QuantFormat format, int64_t elems) {
   return format == QuantFormat::kInt8 ? elems : elems / 2;
 }
 
-void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& d, int64_t first,
-              int64_t end) {
+void ZeroRows(std::byte* base, int64_t row_bytes, const Dims& dims,
+              int64_t first, int64_t end) {
   std::memset(base, 0, first * row_bytes);
-  std::memset(base + end * row_bytes, 0, (d.tokens - end) * row_bytes);
+  std::memset(base + end * row_bytes, 0, (dims.tokens - end) * row_bytes);
 }
 
 // Zeroes the bytes of a part that the kernels leave alone: the code rows of
 // slots outside [first, end), for values (per_row) their scale and minimum
 // rows too, and the padding after each array.
-void ZeroUnwritten(QuantFormat format, const Dims& d, int64_t first,
+void ZeroUnwritten(QuantFormat format, const Dims& dims, int64_t first,
                    int64_t end, bool per_row, int64_t scales, int64_t mins,
                    int64_t part_bytes, std::byte* part) {
-  const int64_t row_codes = CodeBytes(format, d.channels);
-  ZeroRows(part, row_codes, d, first, end);
-  const int64_t codes_end = d.tokens * row_codes;
+  const int64_t row_codes = CodeBytes(format, dims.channels);
+  ZeroRows(part, row_codes, dims, first, end);
+  const int64_t codes_end = dims.tokens * row_codes;
   std::memset(part + codes_end, 0, scales - codes_end);
-  const int64_t row_scales = d.groups_per_row * 2;
-  const int64_t scale_bytes = per_row ? d.tokens * row_scales : d.channels * 2;
+  const int64_t row_scales = dims.groups_per_row * 2;
+  const int64_t scale_bytes =
+      per_row ? dims.tokens * row_scales : dims.channels * 2;
   const bool int4 = format == QuantFormat::kInt4;
   const int64_t arrays[2][2] = {{scales, int4 ? mins : part_bytes},
                                 {mins, part_bytes}};
   for (int i = 0; i < (int4 ? 2 : 1); ++i) {
     const int64_t start = arrays[i][0], next = arrays[i][1];
-    if (per_row) ZeroRows(part + start, row_scales, d, first, end);
+    if (per_row) ZeroRows(part + start, row_scales, dims, first, end);
     std::memset(part + start + scale_bytes, 0, next - start - scale_bytes);
   }
 }

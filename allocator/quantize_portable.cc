@@ -173,30 +173,31 @@ inline void PutOut(void* out, int64_t i, float v) {
 // rows, then each row's codes. Each channel's squared errors and squares add
 // up in a float, then into double lane c % kLanes, in channel order.
 template <QuantFormat F, DType kD>
-void QuantizeKeysPortable(const Dims& d, const QuantLayout& l, const void* src,
-                          int64_t first, int64_t end, std::byte* part,
-                          ErrorSums& sums) {
-  std::byte* codes = part + l.k_codes;
-  for (int64_t c0 = 0; c0 < d.channels; c0 += kKeyChunk) {
-    const int64_t n = std::min(kKeyChunk, d.channels - c0);
-    Stats st[kKeyChunk];
-    for (int64_t c = 0; c < n; ++c) st[c] = InitStats<F>();
+void QuantizeKeysPortable(const Dims& dims, const QuantLayout& layout,
+                          const void* src, int64_t first, int64_t end,
+                          std::byte* part, ErrorSums& sums) {
+  std::byte* codes = part + layout.k_codes;
+  for (int64_t c0 = 0; c0 < dims.channels; c0 += kKeyChunk) {
+    const int64_t n = std::min(kKeyChunk, dims.channels - c0);
+    Stats stats[kKeyChunk];
+    for (int64_t c = 0; c < n; ++c) stats[c] = InitStats<F>();
     float x[kKeyChunk];
     for (int64_t t = first; t < end; ++t) {
-      WidenRow<kD>(src, t * d.channels + c0, n, x);
-      for (int64_t c = 0; c < n; ++c) Update<F>(st[c], x[c]);
+      WidenRow<kD>(src, t * dims.channels + c0, n, x);
+      for (int64_t c = 0; c < n; ++c) Update<F>(stats[c], x[c]);
     }
-    Params p[kKeyChunk];
+    Params params[kKeyChunk];
     for (int64_t c = 0; c < n; ++c) {
-      p[c] = MakeParams<F>(st[c], part + l.k_scales + (c0 + c) * 2,
-                           part + l.k_mins + (c0 + c) * 2);
+      params[c] = MakeParams<F>(stats[c], part + layout.k_scales + (c0 + c) * 2,
+                                part + layout.k_mins + (c0 + c) * 2);
     }
     float err[kKeyChunk] = {}, sum[kKeyChunk] = {};
     for (int64_t t = first; t < end; ++t) {
-      const int64_t row = t * d.channels + c0;
+      const int64_t row = t * dims.channels + c0;
       WidenRow<kD>(src, row, n, x);
       for (int64_t c = 0; c < n; ++c) {
-        PutCode<F>(codes, row + c, QuantizeOne<F>(x[c], p[c], err[c], sum[c]));
+        PutCode<F>(codes, row + c,
+                   QuantizeOne<F>(x[c], params[c], err[c], sum[c]));
       }
     }
     for (int64_t c = 0; c < n; ++c) {
@@ -209,26 +210,26 @@ void QuantizeKeysPortable(const Dims& d, const QuantLayout& l, const void* src,
 // Values (and per-token keys), per token row: each group is scanned for its
 // statistics, then quantized.
 template <QuantFormat F, DType kD>
-void QuantizeValuesPortable(const Dims& d, const QuantLayout& l,
+void QuantizeValuesPortable(const Dims& dims, const QuantLayout& layout,
                             const void* src, int64_t first, int64_t end,
                             std::byte* part, ErrorSums& sums) {
-  std::byte* codes = part + l.v_codes;
-  std::vector<float> row(static_cast<size_t>(d.channels));
+  std::byte* codes = part + layout.v_codes;
+  std::vector<float> row(static_cast<size_t>(dims.channels));
   for (int64_t t = first; t < end; ++t) {
-    WidenRow<kD>(src, t * d.channels, d.channels, row.data());
+    WidenRow<kD>(src, t * dims.channels, dims.channels, row.data());
     float err[kLanes] = {}, sum[kLanes] = {};
-    for (int64_t g = 0; g < d.groups_per_row; ++g) {
-      const int64_t base = t * d.channels + g * d.group;
-      const float* x = row.data() + g * d.group;
-      Stats st = InitStats<F>();
-      for (int64_t i = 0; i < d.group; ++i) Update<F>(st, x[i]);
-      const int64_t slot = (t * d.groups_per_row + g) * 2;
-      const Params p =
-          MakeParams<F>(st, part + l.v_scales + slot, part + l.v_mins + slot);
-      for (int64_t i = 0; i < d.group; ++i) {
-        const int64_t lane = (g * d.group + i) % kLanes;
+    for (int64_t g = 0; g < dims.groups_per_row; ++g) {
+      const int64_t base = t * dims.channels + g * dims.group;
+      const float* x = row.data() + g * dims.group;
+      Stats stats = InitStats<F>();
+      for (int64_t i = 0; i < dims.group; ++i) Update<F>(stats, x[i]);
+      const int64_t slot = (t * dims.groups_per_row + g) * 2;
+      const Params params = MakeParams<F>(stats, part + layout.v_scales + slot,
+                                          part + layout.v_mins + slot);
+      for (int64_t i = 0; i < dims.group; ++i) {
+        const int64_t lane = (g * dims.group + i) % kLanes;
         PutCode<F>(codes, base + i,
-                   QuantizeOne<F>(x[i], p, err[lane], sum[lane]));
+                   QuantizeOne<F>(x[i], params, err[lane], sum[lane]));
       }
     }
     for (int j = 0; j < kLanes; ++j) {
@@ -239,38 +240,39 @@ void QuantizeValuesPortable(const Dims& d, const QuantLayout& l,
 }
 
 template <QuantFormat F, DType kOut>
-void DequantizeKeysPortable(const Dims& d, const QuantLayout& l,
+void DequantizeKeysPortable(const Dims& dims, const QuantLayout& layout,
                             const std::byte* part, int64_t first, int64_t end,
                             void* out) {
-  const std::byte* codes = part + l.k_codes;
-  for (int64_t c = 0; c < d.channels; ++c) {
-    const float scale = F16ToF32(LoadU16(part + l.k_scales + c * 2));
+  const std::byte* codes = part + layout.k_codes;
+  for (int64_t c = 0; c < dims.channels; ++c) {
+    const float scale = F16ToF32(LoadU16(part + layout.k_scales + c * 2));
     const float min = F == QuantFormat::kInt4
-                          ? F16ToF32(LoadU16(part + l.k_mins + c * 2))
+                          ? F16ToF32(LoadU16(part + layout.k_mins + c * 2))
                           : 0.0f;
     for (int64_t t = first; t < end; ++t) {
-      PutOut<kOut>(out, (t - first) * d.channels + c,
-                   Dequant<F>(codes, t * d.channels + c, scale, min));
+      PutOut<kOut>(out, (t - first) * dims.channels + c,
+                   Dequant<F>(codes, t * dims.channels + c, scale, min));
     }
   }
 }
 
 template <QuantFormat F, DType kOut>
-void DequantizeValuesPortable(const Dims& d, const QuantLayout& l,
+void DequantizeValuesPortable(const Dims& dims, const QuantLayout& layout,
                               const std::byte* part, int64_t first, int64_t end,
                               void* out) {
-  const std::byte* codes = part + l.v_codes;
+  const std::byte* codes = part + layout.v_codes;
   for (int64_t t = first; t < end; ++t) {
-    for (int64_t g = 0; g < d.groups_per_row; ++g) {
-      const int64_t slot = (t * d.groups_per_row + g) * 2;
-      const float scale = F16ToF32(LoadU16(part + l.v_scales + slot));
+    for (int64_t g = 0; g < dims.groups_per_row; ++g) {
+      const int64_t slot = (t * dims.groups_per_row + g) * 2;
+      const float scale = F16ToF32(LoadU16(part + layout.v_scales + slot));
       const float min = F == QuantFormat::kInt4
-                            ? F16ToF32(LoadU16(part + l.v_mins + slot))
+                            ? F16ToF32(LoadU16(part + layout.v_mins + slot))
                             : 0.0f;
-      const int64_t base = t * d.channels + g * d.group;
-      const int64_t o = (t - first) * d.channels + g * d.group;
-      for (int64_t i = 0; i < d.group; ++i) {
-        PutOut<kOut>(out, o + i, Dequant<F>(codes, base + i, scale, min));
+      const int64_t base = t * dims.channels + g * dims.group;
+      const int64_t out_index = (t - first) * dims.channels + g * dims.group;
+      for (int64_t i = 0; i < dims.group; ++i) {
+        PutOut<kOut>(out, out_index + i,
+                     Dequant<F>(codes, base + i, scale, min));
       }
     }
   }
