@@ -3,12 +3,10 @@
 #include <bit>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
+#include "allocator/cpu_features.h"
+
+#if KVPAGE_X86
 #include <immintrin.h>
-#define KVPAGE_X86 1
-#else
-#define KVPAGE_X86 0
 #endif
 
 namespace kvpage::internal {
@@ -123,12 +121,7 @@ struct F16Kernels {
 
 F16Kernels PickF16Kernels() {
 #if KVPAGE_X86
-  // "avx" also checks that the OS saves YMM state; F16C is CPUID.1:ECX[29]
-  // (clang 14's __builtin_cpu_supports does not know "f16c").
-  __builtin_cpu_init();
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-  if (__builtin_cpu_supports("avx") && f16c) {
+  if (HostCpuFeatures().AvxF16c()) {
     return {&F32ToF16F16c, &F16ToF32F16c, true};
   }
 #endif
@@ -223,20 +216,21 @@ __attribute__((target("avx2"))) bool MagnitudesAtMostAvx2(const void* src,
   constexpr int64_t kBlockBytes = 512;
   const auto* p = static_cast<const std::byte*>(src);
   const std::byte* const end = p + count * (kBits / 8);
-  const __m256i m = Splat<kBits>(mask), lim = Splat<kBits>(limit);
+  const __m256i mask_lanes = Splat<kBits>(mask);
+  const __m256i limit_lanes = Splat<kBits>(limit);
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
   for (; end - p >= kBlockBytes;) {
     for (const std::byte* stop = p + kBlockBytes; p < stop; p += 128) {
-      a0 = MaxUnsigned<kBits>(a0, LoadMasked(p, m));
-      a1 = MaxUnsigned<kBits>(a1, LoadMasked(p + 32, m));
-      a2 = MaxUnsigned<kBits>(a2, LoadMasked(p + 64, m));
-      a3 = MaxUnsigned<kBits>(a3, LoadMasked(p + 96, m));
+      a0 = MaxUnsigned<kBits>(a0, LoadMasked(p, mask_lanes));
+      a1 = MaxUnsigned<kBits>(a1, LoadMasked(p + 32, mask_lanes));
+      a2 = MaxUnsigned<kBits>(a2, LoadMasked(p + 64, mask_lanes));
+      a3 = MaxUnsigned<kBits>(a3, LoadMasked(p + 96, mask_lanes));
     }
     const __m256i most = MaxUnsigned<kBits>(MaxUnsigned<kBits>(a0, a1),
                                             MaxUnsigned<kBits>(a2, a3));
     // max(most, limit) == limit in every lane: nothing above the limit.
     const __m256i at_most =
-        _mm256_cmpeq_epi8(MaxUnsigned<kBits>(most, lim), lim);
+        _mm256_cmpeq_epi8(MaxUnsigned<kBits>(most, limit_lanes), limit_lanes);
     if (_mm256_movemask_epi8(at_most) != -1) return false;
   }
   const int64_t rest = (end - p) / (kBits / 8);
@@ -249,21 +243,13 @@ __attribute__((target("avx2"))) bool MagnitudesAtMostAvx2(const void* src,
                                     mask, limit);
   }
 }
-
-bool HasAvx2() {
-  static const bool avx2 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return avx2;
-}
 #endif
 
 template <int kBits>
 bool MagnitudesAtMost(const void* src, int64_t count, uint32_t mask,
-                      uint32_t limit, bool portable) {
+                      uint32_t limit, [[maybe_unused]] bool portable) {
 #if KVPAGE_X86
-  if (!portable && HasAvx2()) {
+  if (!portable && HostCpuFeatures().avx2) {
     return MagnitudesAtMostAvx2<kBits>(src, count, mask, limit);
   }
 #endif

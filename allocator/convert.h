@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "kvpage/config.h"
+#include "kvpage/dtype.h"
 
 namespace kvpage::internal {
 

@@ -1,5 +1,5 @@
 // The byte layout of a quantized block and of the quantized pool's slots:
-// plain arithmetic, apart from the kernels in quantize.cc, so that the
+// plain arithmetic, apart from the kernels (quantize*.cc), so that the
 // snapshot reader (and its fuzz target) can check a file's slot size
 // without linking them.
 #include <algorithm>
@@ -32,40 +32,39 @@ QuantLayout QuantLayout::For(QuantFormat format, const QuantShape& shape) {
   const int64_t elems = channels * shape.block_tokens;
   const int64_t v_groups = elems / shape.group_size;
   const bool int4 = format == QuantFormat::kInt4;
-  QuantLayout l;
-  l.k_scales = AlignUp(CodeBytes(format, elems));
-  int64_t end = l.k_scales + channels * 2;
+  QuantLayout layout;
+  layout.k_scales = AlignUp(CodeBytes(format, elems));
+  int64_t end = layout.k_scales + channels * 2;
   if (int4) {
-    l.k_mins = AlignUp(end);
-    end = l.k_mins + channels * 2;
+    layout.k_mins = AlignUp(end);
+    end = layout.k_mins + channels * 2;
   }
-  l.k_part_bytes = AlignUp(end);
-  l.v_scales = AlignUp(CodeBytes(format, elems));
-  end = l.v_scales + v_groups * 2;
+  layout.k_part_bytes = AlignUp(end);
+  layout.v_scales = AlignUp(CodeBytes(format, elems));
+  end = layout.v_scales + v_groups * 2;
   if (int4) {
-    l.v_mins = AlignUp(end);
-    end = l.v_mins + v_groups * 2;
+    layout.v_mins = AlignUp(end);
+    end = layout.v_mins + v_groups * 2;
   }
-  l.v_part_bytes = AlignUp(end);
-  return l;
+  layout.v_part_bytes = AlignUp(end);
+  return layout;
 }
 
-int64_t QuantSlotBytes(const CacheConfig& config) {
-  const CompressionConfig& q = config.compression;
-  if (!q.enabled) return 0;
-  const QuantShape shape{.block_tokens = config.block_tokens,
-                         .num_kv_heads = config.num_kv_heads,
-                         .head_dim = config.head_dim,
-                         .group_size = q.group_size};
-  if (q.max_rel_error > 0) {
-    // int4 blocks take one slot; int8 blocks two, K part and V part.
-    const QuantLayout int8 = QuantLayout::For(QuantFormat::kInt8, shape);
-    const QuantLayout int4 = QuantLayout::For(QuantFormat::kInt4, shape);
-    return std::max({int4.block_bytes(), int8.k_part_bytes, int8.v_part_bytes});
+int64_t QuantSlotBytes(QuantPoolFormat pool_format, const QuantShape& shape) {
+  switch (pool_format) {
+    case QuantPoolFormat::kInt8:
+      return QuantLayout::For(QuantFormat::kInt8, shape).block_bytes();
+    case QuantPoolFormat::kInt4:
+      return QuantLayout::For(QuantFormat::kInt4, shape).block_bytes();
+    case QuantPoolFormat::kMixed: {
+      // int4 blocks take one slot; int8 blocks two, K part and V part.
+      const QuantLayout int8 = QuantLayout::For(QuantFormat::kInt8, shape);
+      const QuantLayout int4 = QuantLayout::For(QuantFormat::kInt4, shape);
+      return std::max(
+          {int4.block_bytes(), int8.k_part_bytes, int8.v_part_bytes});
+    }
   }
-  const QuantFormat format =
-      q.bits == QuantBits::kInt4 ? QuantFormat::kInt4 : QuantFormat::kInt8;
-  return QuantLayout::For(format, shape).block_bytes();
+  return 0;
 }
 
 }  // namespace kvpage::internal

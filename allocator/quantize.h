@@ -48,31 +48,29 @@
 // Kernels: AVX-512 (F, BW, DQ, VL) or AVX2 (+FMA, F16C), picked once at run
 // time from the CPU (the build assumes only x86-64), for shapes whose
 // group_size is a multiple of 16; other shapes and CPUs run the portable
-// loops, which are ~40x slower and call std::fma (a library routine on x86
-// CPUs without FMA). Measured on a Zen 5 VM (bench/compress_bench.cc, f16,
-// H=8 D=128, T=16 G=32, against a memcpy of the 64 KiB hot block, both
-// L2-resident): repack int8 0.23x (int4 0.17x), with the error sums 0.15x
-// (0.11x); dequantize into f16 int8 0.50x, int4 0.45x. The repack needs ~8
-// vector instructions per 16 values (statistics, scaling, rounding, packing;
-// ~12 with the error sums); the dequantization ~5 (widen, convert, scale,
-// narrow, store), int4 values into f16 / bf16 fewer (a 16-entry table per
-// group). From DRAM, where a cold block comes from, the kernels prefetch two
-// rows ahead; the repack quantizes the values first and prefetches the
-// keys' rows along them (and the lines its codes go to), and a NextBlock
-// hint streams the next block under the dequantization: repack 0.54x-0.73x
-// memcpy DRAM -> DRAM, dequantize into f16 1.03x-1.12x memcpy DRAM -> L2
-// in quiet runs (README, eleven runs). With another tenant on the same
-// physical core the dequantization is compute-bound and falls to 0.85x-0.96x
-// (README): its in-L2 time per block is what bounds it.
+// loops, which take one value at a time (many times slower; figures in
+// docs/benchmarks.md) and call std::fma (a library routine on x86 CPUs
+// without FMA).
+// Cost: the repack needs ~8 vector instructions per 16 values (statistics,
+// scaling, rounding, packing; ~12 with the error sums); the dequantization
+// ~5 (widen, convert, scale, narrow, store), int4 values into f16 / bf16
+// fewer (a 16-entry table per group). A cold block comes from DRAM: the
+// kernels prefetch two rows ahead; the repack quantizes the values first and
+// prefetches the keys' rows along them (and the lines its codes go to), and
+// a NextBlock hint streams the next block under the dequantization, so that
+// a run of cold blocks is bounded by the memory rather than by stalls at
+// each block's start.
 // The SIMD kernels use about 20 KiB of stack. Thread-safe: pure functions of
-// their arguments.
+// their arguments. (The dispatcher: quantize.cc; the kernel sets:
+// quantize_portable.cc, quantize_avx2.cc, quantize_avx512.cc, sharing
+// quantize_kernels.h; the layout: quant_layout.cc.)
 #ifndef KVPAGE_ALLOCATOR_QUANTIZE_H_
 #define KVPAGE_ALLOCATOR_QUANTIZE_H_
 
 #include <cstdint>
 #include <string_view>
 
-#include "kvpage/config.h"
+#include "kvpage/dtype.h"
 
 namespace kvpage::internal {
 
@@ -109,14 +107,18 @@ struct QuantLayout {
                                        const QuantShape& shape);
 };
 
-// The bytes of one slot of the quantized pool of `config` (a valid config):
-// 0 without compression; in mixed mode (max_rel_error > 0) the largest of an
-// int4 block and either int8 part (an int8 block takes two slots, K part and
-// V part); else a whole block of the format `bits` names. Builds the int4
-// layout only when int4 codes are used, so an int8 config may have an odd
-// head_dim. What KVCache::Create gives its quantized pool and what the
-// snapshot reader requires of a file. O(1).
-[[nodiscard]] int64_t QuantSlotBytes(const CacheConfig& config);
+// What the slots of a quantized pool hold: whole blocks of one format, or
+// (kMixed) int4 blocks and the parts of int8 blocks, an int8 block taking
+// two slots (its K part and its V part).
+enum class QuantPoolFormat : uint8_t { kInt8, kInt4, kMixed };
+
+// The bytes of one slot of a quantized pool of `pool_format` at `shape`: a
+// whole block of the format, or in mixed mode the largest of an int4 block
+// and either int8 part. Builds only the layouts the pool uses, so `shape`
+// must be valid for those formats alone (an int8 pool may have an odd
+// head_dim). O(1).
+[[nodiscard]] int64_t QuantSlotBytes(QuantPoolFormat pool_format,
+                                     const QuantShape& shape);
 
 // Squared error and squared magnitude of the quantized slots, keys and
 // values apart.
@@ -132,8 +134,8 @@ struct QuantError {
 struct QuantizeOptions {
   // Sum the squared errors and squares of the quantized slots into the
   // result. Without it the codes and scales are the same bytes and the
-  // result is all zeros; the repack then skips ~4 vector instructions per 16
-  // values (an int8 f16 block repacks ~1.5x faster, bench/compress_bench.cc).
+  // result is all zeros; the SIMD repack then skips ~4 of its ~12 vector
+  // instructions per 16 values.
   bool measure_error = true;
 };
 

@@ -57,20 +57,6 @@ int64_t EffectiveTruncateTo(int64_t max_seq_len, int64_t truncate_to) {
   return truncate_to == 0 ? max_seq_len / 2 : truncate_to;
 }
 
-int DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
-
-std::string_view DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kF32:
-      return "f32";
-    case DType::kF16:
-      return "f16";
-    case DType::kBF16:
-      return "bf16";
-  }
-  return "unknown";
-}
-
 std::string_view OverflowPolicyName(OverflowPolicy policy) {
   switch (policy) {
     case OverflowPolicy::kError:

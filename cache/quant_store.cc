@@ -4,6 +4,7 @@
 
 #include "allocator/convert.h"
 #include "allocator/host_arena.h"
+#include "cache/quant_pool_config.h"
 
 namespace kvpage::internal {
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "allocator/quantize.h"
+#include "cache/quant_pool_config.h"
 #include "cache/snapshot_internal.h"
 #include "cache/stats_fields.h"
 

@@ -15,6 +15,17 @@ namespace {
 
 bool IsF16Nan(uint16_t h) { return (h & 0x7c00) == 0x7c00 && (h & 0x3ff); }
 
+// kvpage/dtype.h: sizes and names are compile-time constants.
+TEST(DTypeTest, SizesAndNamesAreConstants) {
+  static_assert(DTypeSize(DType::kF32) == 4);
+  static_assert(DTypeSize(DType::kF16) == 2);
+  static_assert(DTypeSize(DType::kBF16) == 2);
+  static_assert(DTypeName(DType::kF32) == "f32");
+  static_assert(DTypeName(DType::kF16) == "f16");
+  static_assert(DTypeName(DType::kBF16) == "bf16");
+  EXPECT_EQ(DTypeName(static_cast<DType>(7)), "unknown");
+}
+
 TEST(ConvertTest, EveryF16SurvivesARoundTripThroughF32) {
   for (uint32_t bits = 0; bits <= 0xffff; ++bits) {
     const auto h = static_cast<uint16_t>(bits);

@@ -416,19 +416,156 @@ TEST(QuantizeTest, Bf16AndF32Inputs) {
   }
 }
 
+// The kernel sets this CPU runs: the portable loops first.
+std::vector<QuantKernels> SupportedKernelSets() {
+  std::vector<QuantKernels> sets = {QuantKernels::kPortable};
+  for (QuantKernels k : {QuantKernels::kAvx2, QuantKernels::kAvx512}) {
+    if (QuantKernelsSupported(k)) sets.push_back(k);
+  }
+  return sets;
+}
+
+// The f16 at byte `offset` of a part.
+uint16_t F16At(const std::vector<std::byte>& part, int64_t offset) {
+  uint16_t bits;
+  std::memcpy(&bits, part.data() + offset, sizeof(bits));
+  return bits;
+}
+
+// Every scale (and int4 minimum) of both parts is a finite f16.
+void ExpectFiniteParams(QuantFormat f, const QuantShape& s,
+                        const Quantized& q) {
+  const QuantLayout& layout = q.layout;
+  const int64_t key_params = Channels(s);
+  const int64_t value_params = Elems(s) / s.group_size;
+  std::vector<std::pair<const std::vector<std::byte>*, int64_t>> arrays = {
+      {&q.k_part, layout.k_scales}, {&q.v_part, layout.v_scales}};
+  if (f == QuantFormat::kInt4) {
+    arrays.push_back({&q.k_part, layout.k_mins});
+    arrays.push_back({&q.v_part, layout.v_mins});
+  }
+  for (auto [part, start] : arrays) {
+    const int64_t n = part == &q.k_part ? key_params : value_params;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_NE(F16At(*part, start + i * 2) & 0x7c00, 0x7c00)
+          << "parameter " << i << " at " << start << " is inf or NaN";
+    }
+  }
+}
+
+// quantize.h: scales are clamped to [0, 65504] and minimums to [-65504,
+// 65504] before the f16 rounding, so values beyond f16's range saturate: the
+// group's scale is 65504 (f16 0x7bff), the value gets the format's extreme
+// code, every output is finite, and the error is reported (squares above
+// 3.4e38 overflow to inf). Each kernel set writes the same bytes.
 TEST(QuantizeTest, ValuesBeyondF16RangeSaturate) {
   const QuantShape s = kShape16;
+  const int64_t c = Channels(s);
+  constexpr uint16_t kF16MaxBits = 0x7bff, kF16MinusMaxBits = 0xfbff;
+  constexpr float kMax = 65504.0f;
+  // Keys: channel 5 holds +1e9 (int4: its maximum saturates the scale),
+  // channel 6 -1e30 (int4: its minimum saturates too), both in slot 0.
+  // Values: slot 0's first group holds 3e38 at channel 7.
   std::vector<float> k = Gaussian(Elems(s), 11), v = Gaussian(Elems(s), 12);
   k[5] = 1e9f;
   k[6] = -1e30f;
   v[7] = 3e38f;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const HotBlock b = MakeBlock(dtype, k, v);
+    // The minimum of key channel `ch` over the block (int4's stored one).
+    auto key_min = [&](int64_t ch) {
+      float lowest = b.k32[ch];
+      for (int64_t t = 1; t < s.block_tokens; ++t) {
+        lowest = std::min(lowest, b.k32[t * c + ch]);
+      }
+      return F16ToF32(F32ToF16(lowest));
+    };
+    const float value_min = F16ToF32(
+        F32ToF16(*std::min_element(b.v32.begin(), b.v32.begin() + 32)));
+    for (QuantFormat f : kFormats) {
+      const Quantized portable =
+          Quantize(f, s, b, 0, s.block_tokens, QuantKernels::kPortable);
+      for (QuantKernels kernels : SupportedKernelSets()) {
+        SCOPED_TRACE(::testing::Message()
+                     << FormatName(f) << " " << DTypeName(dtype) << " "
+                     << QuantKernelsName(kernels));
+        const Quantized q = Quantize(f, s, b, 0, s.block_tokens, kernels);
+        ASSERT_EQ(q.k_part, portable.k_part);
+        ASSERT_EQ(q.v_part, portable.v_part);
+        ExpectFiniteParams(f, s, q);
+        const QuantLayout& layout = q.layout;
+        EXPECT_EQ(F16At(q.k_part, layout.k_scales + 5 * 2), kF16MaxBits);
+        EXPECT_EQ(F16At(q.k_part, layout.k_scales + 6 * 2), kF16MaxBits);
+        EXPECT_EQ(F16At(q.v_part, layout.v_scales), kF16MaxBits);
+        const Dequantized dq = Dequantize(f, s, q, 0, s.block_tokens, kernels);
+        EXPECT_TRUE(AllFinite(dq.k));
+        EXPECT_TRUE(AllFinite(dq.v));
+        if (f == QuantFormat::kInt8) {
+          // Codes +-127 for the saturating values, 0 for the rest of their
+          // groups (|x| is far below half a step of 65504).
+          EXPECT_EQ(dq.k[5], 127 * kMax);
+          EXPECT_EQ(dq.k[6], -127 * kMax);
+          EXPECT_EQ(dq.v[7], 127 * kMax);
+          for (int64_t t = 1; t < s.block_tokens; ++t) {
+            ASSERT_EQ(dq.k[t * c + 5], 0.0f) << t;
+            ASSERT_EQ(dq.k[t * c + 6], 0.0f) << t;
+          }
+          for (int64_t i = 0; i < 32; ++i) {
+            if (i != 7) {
+              ASSERT_EQ(dq.v[i], 0.0f) << i;
+            }
+          }
+        } else {
+          // Channel 5: code 15 above its (normal) minimum, the rest code 0.
+          const float min5 = key_min(5);
+          EXPECT_EQ(F16ToF32(F16At(q.k_part, layout.k_mins + 5 * 2)), min5);
+          EXPECT_EQ(dq.k[5], 15 * kMax + min5);
+          // Channel 6: the minimum saturates at -65504: code 0 for -1e30,
+          // code 1 (exactly 0) for the rest.
+          EXPECT_EQ(F16At(q.k_part, layout.k_mins + 6 * 2), kF16MinusMaxBits);
+          EXPECT_EQ(dq.k[6], -kMax);
+          for (int64_t t = 1; t < s.block_tokens; ++t) {
+            ASSERT_EQ(dq.k[t * c + 5], min5) << t;
+            ASSERT_EQ(dq.k[t * c + 6], 0.0f) << t;
+          }
+          EXPECT_EQ(F16ToF32(F16At(q.v_part, layout.v_mins)), value_min);
+          EXPECT_EQ(dq.v[7], 15 * kMax + value_min);
+          for (int64_t i = 0; i < 32; ++i) {
+            if (i != 7) {
+              ASSERT_EQ(dq.v[i], value_min) << i;
+            }
+          }
+        }
+        // 1e30 and 3e38 square beyond float: the sums are inf, not NaN.
+        EXPECT_EQ(q.error.k_sq_err, std::numeric_limits<double>::infinity());
+        EXPECT_EQ(q.error.k_sq_sum, std::numeric_limits<double>::infinity());
+        EXPECT_EQ(q.error.v_sq_err, std::numeric_limits<double>::infinity());
+        EXPECT_EQ(q.error.v_sq_sum, std::numeric_limits<double>::infinity());
+      }
+    }
+  }
+}
+
+// Values beyond f16's range whose squares fit a float (|x| < 1.8e19): the
+// saturation's error is reported, and it is the error of the output.
+TEST(QuantizeTest, SaturationErrorIsReported) {
+  const QuantShape s = kShape16;
+  std::vector<float> k = Gaussian(Elems(s), 19), v = Gaussian(Elems(s), 20);
+  k[5] = 1e9f;
+  v[Elems(s) - 1] = -3e9f;
   const HotBlock b = MakeBlock(DType::kF32, k, v);
   for (QuantFormat f : kFormats) {
-    SCOPED_TRACE(FormatName(f));
-    const Quantized q = Quantize(f, s, b, 0, s.block_tokens);
-    const Dequantized dq = Dequantize(f, s, q, 0, s.block_tokens);
-    EXPECT_TRUE(AllFinite(dq.k));
-    EXPECT_TRUE(AllFinite(dq.v));
+    for (QuantKernels kernels : SupportedKernelSets()) {
+      SCOPED_TRACE(::testing::Message()
+                   << FormatName(f) << " " << QuantKernelsName(kernels));
+      const Quantized q = Quantize(f, s, b, 0, s.block_tokens, kernels);
+      const Dequantized dq = Dequantize(f, s, q, 0, s.block_tokens, kernels);
+      EXPECT_TRUE(std::isfinite(q.error.k_sq_err));
+      EXPECT_TRUE(std::isfinite(q.error.v_sq_err));
+      ExpectReportedErrorMatches(q.error, Measure(s, b, dq, 0, s.block_tokens));
+      // Most of the saturated value is lost, and the error says so.
+      EXPECT_GT(q.error.rel(), 0.9);
+    }
   }
 }
 

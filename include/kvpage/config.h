@@ -1,5 +1,6 @@
-// kvpage/config.h — the vocabulary types of kvpage: element types, overflow
-// policies, the cache configuration and the span an engine hands to Update().
+// kvpage/config.h — the vocabulary types of kvpage: element types
+// (kvpage/dtype.h, included here), overflow policies, the cache
+// configuration and the span an engine hands to Update().
 //
 // Usage:
 //   kvpage::CacheConfig config{.num_layers = 32, .num_kv_heads = 8,
@@ -19,16 +20,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvpage/dtype.h"  // IWYU pragma: export
 
 namespace kvpage {
-
-// Element type of stored or supplied keys and values.
-enum class DType : uint8_t { kF32, kF16, kBF16 };
-
-// Bytes of one element of `dtype` (4 or 2).
-[[nodiscard]] int DTypeSize(DType dtype);
-// "f32", "f16" or "bf16".
-[[nodiscard]] std::string_view DTypeName(DType dtype);
 
 // What a layer does when an update would take it past `max_seq_len` visible
 // tokens. The visible tokens of a layer are its first `sink_tokens` positions

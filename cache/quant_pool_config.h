@@ -1,0 +1,43 @@
+// cache/quant_pool_config.h — a cache's compression settings in the terms
+// of the allocator's quantization kernels (allocator/quantize.h), which know
+// nothing of CacheConfig: the shape of a quantized block, the pool's format,
+// and the bytes of one of its slots.
+#ifndef KVPAGE_CACHE_QUANT_POOL_CONFIG_H_
+#define KVPAGE_CACHE_QUANT_POOL_CONFIG_H_
+
+#include <cstdint>
+
+#include "allocator/quantize.h"
+#include "kvpage/config.h"
+
+namespace kvpage::internal {
+
+// The quantized block geometry of `config`. O(1).
+[[nodiscard]] inline QuantShape QuantShapeOf(const CacheConfig& config) {
+  return {.block_tokens = config.block_tokens,
+          .num_kv_heads = config.num_kv_heads,
+          .head_dim = config.head_dim,
+          .group_size = config.compression.group_size};
+}
+
+// Mixed (int4 or int8 per block) when max_rel_error > 0, else `bits`.
+[[nodiscard]] inline QuantPoolFormat QuantPoolFormatOf(
+    const CompressionConfig& compression) {
+  if (compression.max_rel_error > 0) return QuantPoolFormat::kMixed;
+  return compression.bits == QuantBits::kInt4 ? QuantPoolFormat::kInt4
+                                              : QuantPoolFormat::kInt8;
+}
+
+// The bytes of one slot of the quantized pool of `config` (a valid config):
+// 0 without compression, else QuantSlotBytes of its format and shape. What
+// KVCache::Create gives its quantized pool and what the snapshot reader
+// requires of a file. O(1).
+[[nodiscard]] inline int64_t QuantSlotBytes(const CacheConfig& config) {
+  if (!config.compression.enabled) return 0;
+  return QuantSlotBytes(QuantPoolFormatOf(config.compression),
+                        QuantShapeOf(config));
+}
+
+}  // namespace kvpage::internal
+
+#endif  // KVPAGE_CACHE_QUANT_POOL_CONFIG_H_
