@@ -408,10 +408,12 @@ absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
 }
 
 absl::StatusOr<int64_t> KVCache::Length(SeqId seq, int layer) const {
-  absl::StatusOr<const BlockTable*> table =
-      impl_->FindTable("Length", seq, layer);
-  if (!table.ok()) return table.status();
-  return (*table)->length;
+  const Impl& m = *impl_;
+  auto it = m.sequences.find(seq);
+  if (it == m.sequences.end() || layer < 0 || layer >= m.config.num_layers) {
+    return m.FindTable("Length", seq, layer).status();
+  }
+  return it->second.layers[static_cast<size_t>(layer)].length;
 }
 
 std::vector<SeqId> KVCache::Sequences() const {
