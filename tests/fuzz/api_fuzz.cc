@@ -17,7 +17,7 @@
 #include "cache/kv_cache_internal.h"
 #include "kvpage/kvpage.h"
 #include "tests/fuzz/api_harness.h"
-#include "tests/test_util.h"
+#include "tests/opaque_storage.h"
 
 namespace kvpage::fuzz {
 
