@@ -35,16 +35,9 @@ using kvpage::testing::Unchanged;
 class ReferenceModel {
  public:
   explicit ReferenceModel(const CacheConfig& c)
-      : c_(c), elems_(int64_t{c.num_kv_heads} * c.head_dim) {
-    policies_.assign(static_cast<size_t>(c.num_layers),
-                     {.overflow = c.overflow,
-                      .max_seq_len = c.max_seq_len,
-                      .sink_tokens = c.sink_tokens,
-                      .truncate_to = c.truncate_to});
-    for (const LayerPolicy& p : c.layer_policies) {
-      policies_[static_cast<size_t>(p.layer)] = p;
-    }
-  }
+      : c_(c),
+        elems_(int64_t{c.num_kv_heads} * c.head_dim),
+        policies_(kvpage::testing::LayerPolicies(c)) {}
 
   struct Token {
     std::vector<float> k, v;
@@ -94,45 +87,29 @@ class ReferenceModel {
   int64_t evictions() const { return evictions_; }
   int64_t bytes_written() const { return bytes_written_; }
 
-  // The status the update rule gives, checks in the documented order; on
-  // kOk the update is applied.
+  // The status the update rule gives (PredictUpdate, then the pool); on kOk
+  // the update is applied.
   absl::StatusCode Update(SeqId seq, int layer, const TokenSpan& k,
                           const TokenSpan& v, int64_t seq_len,
                           const std::vector<float>& kf,
                           const std::vector<float>& vf) {
-    if (!Has(seq)) return absl::StatusCode::kNotFound;
-    if (layer < 0 || layer >= c_.num_layers) {
-      return absl::StatusCode::kInvalidArgument;
-    }
+    const absl::StatusCode refused = kvpage::testing::PredictUpdate(
+        c_, policies_, Has(seq),
+        {.seq = seq,
+         .layer = layer,
+         .seq_len = seq_len,
+         .n = k.tokens,
+         .v_tokens = v.tokens,
+         .k_dtype = k.dtype,
+         .v_dtype = v.dtype,
+         .k_null = k.data == nullptr,
+         .v_null = v.data == nullptr},
+        [&](int l) -> const std::vector<Token>& { return At(seq, l).tokens; });
+    if (refused != absl::StatusCode::kOk) return refused;
     const int64_t n = k.tokens;
-    if (k.tokens != v.tokens || n < 0)
-      return absl::StatusCode::kInvalidArgument;
-    for (const TokenSpan* s : {&k, &v}) {
-      if (s->dtype != DType::kF32 && s->dtype != c_.dtype) {
-        return absl::StatusCode::kInvalidArgument;
-      }
-      if (n > 0 && s->data == nullptr)
-        return absl::StatusCode::kInvalidArgument;
-    }
-    if (seq_len < n) return absl::StatusCode::kInvalidArgument;
     const Layer& old = At(seq, layer);
-    const int64_t len = static_cast<int64_t>(old.tokens.size());
     const int64_t start = seq_len - n;
-    if (start > len) return absl::StatusCode::kInvalidArgument;
-    for (int64_t p = start; p < std::min(seq_len, len); ++p) {
-      if (!old.tokens[static_cast<size_t>(p)].visible) {
-        return absl::StatusCode::kOutOfRange;
-      }
-    }
-    if (seq_len < len && seq_len > 0 &&
-        !old.tokens[static_cast<size_t>(seq_len - 1)].visible) {
-      return absl::StatusCode::kOutOfRange;
-    }
     const LayerPolicy& policy = policies_[static_cast<size_t>(layer)];
-    if (policy.overflow == OverflowPolicy::kError &&
-        seq_len > policy.max_seq_len) {
-      return absl::StatusCode::kResourceExhausted;
-    }
     Layer next = old;
     next.tokens.resize(static_cast<size_t>(seq_len));
     for (int64_t p = start; p < seq_len; ++p) {
@@ -162,8 +139,7 @@ class ReferenceModel {
     if (seq_len < 0) return absl::StatusCode::kInvalidArgument;
     std::vector<Layer>& layers = seqs_.at(seq);
     for (const Layer& l : layers) {
-      if (static_cast<int64_t>(l.tokens.size()) > seq_len && seq_len > 0 &&
-          !l.tokens[static_cast<size_t>(seq_len - 1)].visible) {
+      if (kvpage::testing::EndsOnEvicted(l.tokens, seq_len)) {
         return absl::StatusCode::kOutOfRange;
       }
     }
