@@ -41,6 +41,24 @@ CacheConfig Config(QuantBits bits, int64_t hot_tokens = 8) {
                           .measure_error = true}};
 }
 
+// Hot blocks short enough for an update to run out: `num_blocks` of them,
+// repacked into `quant_blocks` int8 slots as they turn cold (4 hot tokens).
+CacheConfig TightConfig(int64_t num_blocks, int64_t quant_blocks) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.num_blocks = num_blocks;
+  c.compression.auto_compress = true;
+  c.compression.quant_blocks = quant_blocks;
+  return c;
+}
+
+// Writes the first `tokens` tokens of `kv` as the keys and the values of
+// positions [0, tokens) of the layer.
+absl::Status Prefill(KVCache& cache, SeqId seq, int layer,
+                     const std::vector<float>& kv, int64_t tokens) {
+  const TokenSpan span{.data = kv.data(), .tokens = tokens};
+  return cache.Update(seq, layer, span, span, tokens);
+}
+
 // What the f16 cache stores for `x`.
 std::vector<float> AsF16(const std::vector<float>& x) {
   std::vector<float> out(x.size());
@@ -145,10 +163,7 @@ TEST(CompressionTest, NeverSinksHotTokensPartialBlocksOrRings) {
               ::testing::ElementsAre(F::kHot, F::kInt8, F::kInt8, F::kInt8,
                                      F::kHot, F::kHot));
   const std::vector<float> k = Gaussian(23 * kElems, 3);
-  ASSERT_TRUE(cache
-                  .Update(f.seq, 1, {.data = k.data(), .tokens = 23},
-                          {.data = k.data(), .tokens = 23}, 23)
-                  .ok());
+  ASSERT_TRUE(Prefill(cache, f.seq, 1, k, 23).ok());
   ASSERT_TRUE(cache.CompressOldEntries(f.seq, 1, 0.0).ok());
   for (BlockFormat format : Formats(cache, f.seq, 1)) {
     EXPECT_EQ(format, BlockFormat::kHot);
@@ -346,19 +361,11 @@ TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
 }
 
 TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 12;
-  c.compression.auto_compress = true;
-  c.compression.hot_tokens = 4;
-  c.compression.quant_blocks = 6;
-  auto cache = *KVCache::Create(c);
+  auto cache = *KVCache::Create(TightConfig(12, 6));
   const SeqId a = *cache->AddSequence();
   const std::vector<float> k = Gaussian(40 * kElems, 1);
   // One update of 40 tokens: its cold blocks are repacked in that update.
-  ASSERT_TRUE(cache
-                  ->Update(a, 0, {.data = k.data(), .tokens = 40},
-                           {.data = k.data(), .tokens = 40}, 40)
-                  .ok());
+  ASSERT_TRUE(Prefill(*cache, a, 0, k, 40).ok());
   CacheStats s = cache->Stats();
   // 10 blocks; 9 are cold (the newest 4 tokens are block 9), but only 6
   // quantized slots: 3 skipped, 7 hot blocks used.
@@ -369,8 +376,7 @@ TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
   // left to repack: refused, nothing changed.
   const SeqId b = *cache->AddSequence();
   const CacheFingerprint before = Fingerprint(*cache);
-  const absl::Status no = cache->Update(b, 1, {.data = k.data(), .tokens = 40},
-                                        {.data = k.data(), .tokens = 40}, 40);
+  const absl::Status no = Prefill(*cache, b, 1, k, 40);
   EXPECT_EQ(no.code(), absl::StatusCode::kResourceExhausted) << no;
   EXPECT_THAT(no.message(), HasSubstr("repacking cold blocks cannot free"));
   EXPECT_UNCHANGED(*cache, before);
@@ -378,16 +384,11 @@ TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
 }
 
 TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 12;
-  c.compression.auto_compress = true;
-  c.compression.hot_tokens = 4;
-  c.compression.quant_blocks = 4;
+  const CacheConfig c = TightConfig(12, 4);
   auto cache = *KVCache::Create(c);
   const std::vector<float> k = Gaussian(40 * kElems, 1);
   auto put = [&](SeqId seq, int64_t tokens) {
-    return cache->Update(seq, 0, {.data = k.data(), .tokens = tokens},
-                         {.data = k.data(), .tokens = tokens}, tokens);
+    return Prefill(*cache, seq, 0, k, tokens);
   };
   // x: 2 blocks, the first cold and repacked (1 slot).
   const SeqId x = *cache->AddSequence();
@@ -414,16 +415,10 @@ TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
   off.compression.auto_compress = false;
   auto plain = *KVCache::Create(off);
   const SeqId pa = *plain->AddSequence();
-  ASSERT_TRUE(plain
-                  ->Update(pa, 0, {.data = k.data(), .tokens = 40},
-                           {.data = k.data(), .tokens = 40}, 40)
-                  .ok());
+  ASSERT_TRUE(Prefill(*plain, pa, 0, k, 40).ok());
   const SeqId pb = *plain->AddSequence();
   const CacheFingerprint before = Fingerprint(*plain);
-  EXPECT_EQ(plain
-                ->Update(pb, 0, {.data = k.data(), .tokens = 12},
-                         {.data = k.data(), .tokens = 12}, 12)
-                .code(),
+  EXPECT_EQ(Prefill(*plain, pb, 0, k, 12).code(),
             absl::StatusCode::kResourceExhausted);
   EXPECT_UNCHANGED(*plain, before);
 }
@@ -475,8 +470,7 @@ TEST(CompressionTest, RefusedUpdatesLeaveRepackedBlocksAlone) {
   ASSERT_EQ(cache.Stats().quant_blocks_int8, 4);
   // Another sequence takes every hot block.
   const std::vector<float> k = Gaussian(32 * kElems, 3);
-  const TokenSpan all{.data = k.data(), .tokens = 32};
-  ASSERT_TRUE(cache.Update(*cache.AddSequence(), 0, all, all, 32).ok());
+  ASSERT_TRUE(Prefill(cache, *cache.AddSequence(), 0, k, 32).ok());
   ASSERT_EQ(cache.Stats().blocks_free, 0);
   const TokenSpan one{.data = k.data(), .tokens = 1};
   const TokenSpan two{.data = k.data(), .tokens = 2};
@@ -702,11 +696,7 @@ TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
 // The emergency repack of an update short of hot blocks does not count on
 // blocks that cannot be repacked: it refuses, and changes nothing.
 TEST(CompressionTest, AnEmergencyRepackSkipsBlocksItCannotRepack) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 6;
-  c.compression.auto_compress = true;
-  c.compression.quant_blocks = 6;
-  auto cache = *KVCache::Create(c);
+  auto cache = *KVCache::Create(TightConfig(6, 6));
   std::vector<float> kv = Gaussian(24 * kElems, 4);
   for (int64_t b = 0; b < 6; ++b) {
     kv[static_cast<size_t>(b * 4 * kElems)] =
@@ -714,16 +704,12 @@ TEST(CompressionTest, AnEmergencyRepackSkipsBlocksItCannotRepack) {
   }
   // 6 blocks in layer 0, none repackable: the pool is full.
   const SeqId a = *cache->AddSequence();
-  ASSERT_TRUE(cache
-                  ->Update(a, 0, {.data = kv.data(), .tokens = 24},
-                           {.data = kv.data(), .tokens = 24}, 24)
-                  .ok());
+  ASSERT_TRUE(Prefill(*cache, a, 0, kv, 24).ok());
   EXPECT_EQ(cache->Stats().compressions_applied, 0);
   EXPECT_EQ(cache->Stats().blocks_free, 0);
   const CacheFingerprint before = Fingerprint(*cache);
   const std::vector<float> one = Gaussian(kElems, 5);
-  const absl::Status s = cache->Update(a, 1, {.data = one.data(), .tokens = 1},
-                                       {.data = one.data(), .tokens = 1}, 1);
+  const absl::Status s = Prefill(*cache, a, 1, one, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_UNCHANGED(*cache, before);
   EXPECT_VALID(cache);

@@ -435,6 +435,50 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
   EXPECT_VALID(cache);
 }
 
+// Four layers of one policy each: a sliding window (2 sinks), the error
+// policy, a circular buffer (`ring_sinks` sinks) and a context shift.
+CacheConfig EveryPolicy(int64_t num_blocks, int64_t ring_sinks) {
+  return {
+      .num_layers = 4,
+      .num_kv_heads = 1,
+      .head_dim = 4,
+      .dtype = DType::kF16,
+      .block_tokens = 4,
+      .num_blocks = num_blocks,
+      .max_seq_len = 12,
+      .overflow = OverflowPolicy::kSlidingWindow,
+      .sink_tokens = 2,
+      .layer_policies = {
+          {.layer = 1, .overflow = OverflowPolicy::kError, .max_seq_len = 40},
+          {.layer = 2,
+           .overflow = OverflowPolicy::kCircularBuffer,
+           .max_seq_len = 9,
+           .sink_tokens = ring_sinks},
+          {.layer = 3,
+           .overflow = OverflowPolicy::kTruncate,
+           .max_seq_len = 10,
+           .sink_tokens = 1,
+           .truncate_to = 6}}};
+}
+
+// Two layers of 2 x 8 f16 whose blocks are repacked to int8 as they turn
+// cold.
+CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_blocks) {
+  return {.num_layers = 2,
+          .num_kv_heads = 2,
+          .head_dim = 8,
+          .dtype = DType::kF16,
+          .block_tokens = 4,
+          .num_blocks = num_blocks,
+          .max_seq_len = 48,
+          .compression = {.enabled = true,
+                          .bits = QuantBits::kInt8,
+                          .group_size = 4,
+                          .hot_tokens = 6,
+                          .quant_blocks = quant_blocks,
+                          .auto_compress = true}};
+}
+
 std::vector<Scenario> Scenarios() {
   // Small pools so that exhaustion is frequent; max_seq_len small enough
   // that the error policy triggers.
@@ -533,44 +577,12 @@ std::vector<Scenario> Scenarios() {
                   .sink_tokens = 4,
                   .truncate_to = 5}},
       {.name = "hybrid_per_layer_policies",
-       .config = {.num_layers = 4,
-                  .num_kv_heads = 1,
-                  .head_dim = 4,
-                  .dtype = DType::kF16,
-                  .block_tokens = 4,
-                  .num_blocks = 48,
-                  .max_seq_len = 12,
-                  .overflow = OverflowPolicy::kSlidingWindow,
-                  .sink_tokens = 2,
-                  .layer_policies = {{.layer = 1,
-                                      .overflow = OverflowPolicy::kError,
-                                      .max_seq_len = 40},
-                                     {.layer = 2,
-                                      .overflow =
-                                          OverflowPolicy::kCircularBuffer,
-                                      .max_seq_len = 9},
-                                     {.layer = 3,
-                                      .overflow = OverflowPolicy::kTruncate,
-                                      .max_seq_len = 10,
-                                      .sink_tokens = 1,
-                                      .truncate_to = 6}}},
+       .config = EveryPolicy(/*num_blocks=*/48, /*ring_sinks=*/0),
        .opaque_storage = true},
       // Compression: a hot pool large enough never to run out (the model
       // counts repacked blocks as held), a quantized pool that fills up.
       {.name = "compressed_int8_auto",
-       .config = {.num_layers = 2,
-                  .num_kv_heads = 2,
-                  .head_dim = 8,
-                  .dtype = DType::kF16,
-                  .block_tokens = 4,
-                  .num_blocks = 400,
-                  .max_seq_len = 48,
-                  .compression = {.enabled = true,
-                                  .bits = QuantBits::kInt8,
-                                  .group_size = 4,
-                                  .hot_tokens = 6,
-                                  .quant_blocks = 24,
-                                  .auto_compress = true}},
+       .config = AutoInt8(/*num_blocks=*/400, /*quant_blocks=*/24),
        .tolerance = 1.0f},
       {.name = "compressed_mixed_sliding",
        .config = {.num_layers = 2,
@@ -593,43 +605,10 @@ std::vector<Scenario> Scenarios() {
        .opaque_storage = true,
        .tolerance = 6.0f},
       {.name = "forks_every_policy",
-       .config = {.num_layers = 4,
-                  .num_kv_heads = 1,
-                  .head_dim = 4,
-                  .dtype = DType::kF16,
-                  .block_tokens = 4,
-                  .num_blocks = 1000,
-                  .max_seq_len = 12,
-                  .overflow = OverflowPolicy::kSlidingWindow,
-                  .sink_tokens = 2,
-                  .layer_policies = {{.layer = 1,
-                                      .overflow = OverflowPolicy::kError,
-                                      .max_seq_len = 40},
-                                     {.layer = 2,
-                                      .overflow =
-                                          OverflowPolicy::kCircularBuffer,
-                                      .max_seq_len = 9,
-                                      .sink_tokens = 1},
-                                     {.layer = 3,
-                                      .overflow = OverflowPolicy::kTruncate,
-                                      .max_seq_len = 10,
-                                      .sink_tokens = 1,
-                                      .truncate_to = 6}}},
+       .config = EveryPolicy(/*num_blocks=*/1000, /*ring_sinks=*/1),
        .forks = true},
       {.name = "forks_compressed",
-       .config = {.num_layers = 2,
-                  .num_kv_heads = 2,
-                  .head_dim = 8,
-                  .dtype = DType::kF16,
-                  .block_tokens = 4,
-                  .num_blocks = 1000,
-                  .max_seq_len = 48,
-                  .compression = {.enabled = true,
-                                  .bits = QuantBits::kInt8,
-                                  .group_size = 4,
-                                  .hot_tokens = 6,
-                                  .quant_blocks = 40,
-                                  .auto_compress = true}},
+       .config = AutoInt8(/*num_blocks=*/1000, /*quant_blocks=*/40),
        .tolerance = 1.0f,
        .forks = true},
   };

@@ -253,12 +253,12 @@ TEST_F(SnapshotFileTest, OnlyARegularFileIsReplaced) {
     EXPECT_THAT(Message(s), HasSubstr(path));
     EXPECT_THAT(Message(s), HasSubstr(f.kind));
     f.expect_unchanged(path);
+    EXPECT_UNCHANGED(*cache_, before);
   }
   EXPECT_GE(made, 5);
   for (const std::string& name : Names()) {
     EXPECT_THAT(name, ::testing::Not(HasSubstr(".tmp"))) << "left behind";
   }
-  EXPECT_UNCHANGED(*cache_, before);
 }
 
 TEST_F(SnapshotFileTest, ErrorsLeaveTheTargetAlone) {
@@ -268,6 +268,7 @@ TEST_F(SnapshotFileTest, ErrorsLeaveTheTargetAlone) {
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound) << missing;
   EXPECT_THAT(Message(missing), HasSubstr(Path("missing/kv.snap")));
   EXPECT_THAT(Names(), ::testing::IsEmpty());
+  EXPECT_UNCHANGED(*cache_, before);
   // A write that fails half-way (the file-size limit; SIGXFSZ ignored so
   // that write() returns EFBIG) leaves the old file as it was, and no
   // temporary.
