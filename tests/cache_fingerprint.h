@@ -18,7 +18,7 @@
 // On failure the message names each field that moved, e.g.
 //   stats.compressions_skipped: 3 -> 4
 //   snapshot.hot.ref_counts[5]: 1 -> 2 (2 of 96 differ)
-//   seq 1 layer 0 Gather k: 5 of 40 values differ, first [8]: 1.5 -> 2
+//   seq 1 layer 0 Gather k[8]: 1.5 -> 2 (5 of 40 differ)
 #ifndef KVPAGE_TESTS_CACHE_FINGERPRINT_H_
 #define KVPAGE_TESTS_CACHE_FINGERPRINT_H_
 
@@ -107,8 +107,9 @@ void DiffVector(const std::string& name, const std::vector<T>& a,
 
 template <typename T>
 void DiffField(const std::string& name, const T& a, const T& b, Lines& out) {
-  if (!Same(a, b))
+  if (!Same(a, b)) {
     out.push_back(absl::StrCat(name, ": ", Show(a), " -> ", Show(b)));
+  }
 }
 
 inline void DiffStats(const std::string& prefix, const CacheStats& a,
