@@ -7,6 +7,7 @@
 
 #include "allocator/host_arena.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace kvpage::internal {
 namespace {
@@ -52,7 +53,7 @@ TEST(BlockPoolTest, AllocateIsAllOrNothing) {
   for (BlockId id : ids) EXPECT_EQ(pool->ref_count(id), 1u);
   EXPECT_EQ(pool->used_blocks(), 3);
   EXPECT_EQ(pool->free_blocks(), 5);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 
   std::vector<BlockId> too_many(6, kNoBlock);
   const absl::Status s = pool->Allocate(absl::MakeSpan(too_many));
@@ -63,12 +64,12 @@ TEST(BlockPoolTest, AllocateIsAllOrNothing) {
   EXPECT_EQ(pool->free_blocks(), 5);  // nothing taken
   EXPECT_TRUE(std::all_of(too_many.begin(), too_many.end(),
                           [](BlockId id) { return id == kNoBlock; }));
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 
   pool->Release(ids);
   EXPECT_EQ(pool->used_blocks(), 0);
   EXPECT_EQ(pool->free_blocks(), 8);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 TEST(BlockPoolTest, ReferenceCountsKeepSharedBlocks) {
@@ -80,10 +81,10 @@ TEST(BlockPoolTest, ReferenceCountsKeepSharedBlocks) {
   pool->Release(absl::MakeConstSpan(&id, 1));
   EXPECT_EQ(pool->ref_count(id), 1u);
   EXPECT_EQ(pool->used_blocks(), 1);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
   pool->Release(absl::MakeConstSpan(&id, 1));
   EXPECT_EQ(pool->used_blocks(), 0);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 TEST(BlockPoolTest, FreedBlocksAreReusedMostRecentFirst) {
@@ -108,14 +109,14 @@ TEST(LocalCacheTest, HandsOutEveryBlockThenReportsExhaustion) {
     ASSERT_NE(id, kNoBlock) << i;
     EXPECT_TRUE(seen.insert(id).second) << "block " << id << " handed twice";
     EXPECT_EQ(pool->ref_count(id), 1u);
-    ASSERT_TRUE(pool->Validate().ok()) << pool->Validate();
+    ASSERT_VALID(pool);
   }
   EXPECT_EQ(local.AllocateOne(), kNoBlock);
   EXPECT_EQ(pool->used_blocks(), 10);
   for (BlockId id : seen) {
     local.Release(id);
     EXPECT_EQ(pool->ref_count(id), 0u);
-    ASSERT_TRUE(pool->Validate().ok()) << pool->Validate();
+    ASSERT_VALID(pool);
   }
   // The cache never holds more than its capacity: the rest went back.
   EXPECT_LE(local.size(), 4);
@@ -123,7 +124,7 @@ TEST(LocalCacheTest, HandsOutEveryBlockThenReportsExhaustion) {
   EXPECT_EQ(pool->free_blocks() + local.size(), 10);
   local.Flush();
   EXPECT_EQ(pool->free_blocks(), 10);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 TEST(LocalCacheTest, BatchAllocateIsAllOrNothing) {
@@ -143,15 +144,15 @@ TEST(LocalCacheTest, BatchAllocateIsAllOrNothing) {
   EXPECT_EQ(local.size(), 2);
   EXPECT_EQ(pool->free_blocks(), 2);
   EXPECT_EQ(pool->used_blocks(), 4);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
   std::vector<BlockId> rest(4);
   ASSERT_TRUE(local.Allocate(absl::MakeSpan(rest)).ok());
   EXPECT_EQ(pool->used_blocks(), 8);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
   for (BlockId id : four) local.Release(id);
   for (BlockId id : rest) local.Release(id);
   EXPECT_EQ(pool->used_blocks(), 0);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 TEST(LocalCacheTest, ReleaseOfASharedBlockKeepsItUsed) {
@@ -162,10 +163,10 @@ TEST(LocalCacheTest, ReleaseOfASharedBlockKeepsItUsed) {
   local.Release(id);
   EXPECT_EQ(pool->ref_count(id), 1u);
   EXPECT_EQ(local.size() + pool->free_blocks(), 3);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
   local.Release(id);
   EXPECT_EQ(pool->used_blocks(), 0);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 TEST(LocalCacheTest, DestructorGivesBlocksBack) {
@@ -176,7 +177,7 @@ TEST(LocalCacheTest, DestructorGivesBlocksBack) {
     EXPECT_GT(local.size(), 0);
   }
   EXPECT_EQ(pool->free_blocks(), 8);
-  ASSERT_TRUE(pool->Validate().ok());
+  ASSERT_VALID(pool);
 }
 
 #if KVPAGE_HAS_ASAN

@@ -11,12 +11,15 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
+using kvpage::testing::CacheFingerprint;
 using kvpage::testing::Fingerprint;
+using kvpage::testing::Gaussian;
 using ::testing::HasSubstr;
 
 constexpr int kHeads = 2, kDim = 16;
@@ -38,12 +41,22 @@ CacheConfig Config(QuantBits bits, int64_t hot_tokens = 8) {
                           .measure_error = true}};
 }
 
-std::vector<float> Gaussian(int64_t tokens, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> out(static_cast<size_t>(tokens * kElems));
-  for (float& x : out) x = normal(rng);
-  return out;
+// Hot blocks short enough for an update to run out: `num_blocks` of them,
+// repacked into `quant_blocks` int8 slots as they turn cold (4 hot tokens).
+CacheConfig TightConfig(int64_t num_blocks, int64_t quant_blocks) {
+  CacheConfig c = Config(QuantBits::kInt8, 4);
+  c.num_blocks = num_blocks;
+  c.compression.auto_compress = true;
+  c.compression.quant_blocks = quant_blocks;
+  return c;
+}
+
+// Writes the first `tokens` tokens of `kv` as the keys and the values of
+// positions [0, tokens) of the layer.
+absl::Status Prefill(KVCache& cache, SeqId seq, int layer,
+                     const std::vector<float>& kv, int64_t tokens) {
+  const TokenSpan span{.data = kv.data(), .tokens = tokens};
+  return cache.Update(seq, layer, span, span, tokens);
 }
 
 // What the f16 cache stores for `x`.
@@ -73,7 +86,8 @@ struct Filled {
 Filled Fill(const CacheConfig& config, int64_t tokens, int layer = 0) {
   Filled f{.cache = *KVCache::Create(config)};
   f.seq = *f.cache->AddSequence();
-  const std::vector<float> k = Gaussian(tokens, 1), v = Gaussian(tokens, 2);
+  const std::vector<float> k = Gaussian(tokens * kElems, 1),
+                           v = Gaussian(tokens * kElems, 2);
   EXPECT_TRUE(f.cache
                   ->Update(f.seq, layer, {.data = k.data(), .tokens = tokens},
                            {.data = v.data(), .tokens = tokens}, tokens)
@@ -110,11 +124,11 @@ TEST(CompressionTest, RepacksTheOldestWholeBlocksAndIsIdempotent) {
   EXPECT_EQ(s.bytes_saved, 5 * (s.block_bytes - s.quant_slot_bytes));
   EXPECT_GT(s.max_quant_error, 0);
   EXPECT_LE(s.max_quant_error, 4e-5);
-  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+  EXPECT_VALID(cache);
 
-  const std::string once = Fingerprint(cache);
+  const CacheFingerprint once = Fingerprint(cache);
   ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.5).ok());
-  EXPECT_EQ(Fingerprint(cache), once);
+  EXPECT_UNCHANGED(cache, once);
 
   // Everything reads back, positions unchanged, within the int8 bound.
   const GatheredLayer g = *cache.Gather(f.seq, 0);
@@ -127,7 +141,7 @@ TEST(CompressionTest, RepacksTheOldestWholeBlocksAndIsIdempotent) {
   // Keep nothing recent: all but the hot_tokens most recent.
   ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
   EXPECT_EQ(cache.Stats().compressions_applied, 8);
-  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(CompressionTest, NeverSinksHotTokensPartialBlocksOrRings) {
@@ -148,34 +162,46 @@ TEST(CompressionTest, NeverSinksHotTokensPartialBlocksOrRings) {
   EXPECT_THAT(Formats(cache, f.seq, 0),
               ::testing::ElementsAre(F::kHot, F::kInt8, F::kInt8, F::kInt8,
                                      F::kHot, F::kHot));
-  const std::vector<float> k = Gaussian(23, 3);
-  ASSERT_TRUE(cache
-                  .Update(f.seq, 1, {.data = k.data(), .tokens = 23},
-                          {.data = k.data(), .tokens = 23}, 23)
-                  .ok());
+  const std::vector<float> k = Gaussian(23 * kElems, 3);
+  ASSERT_TRUE(Prefill(cache, f.seq, 1, k, 23).ok());
   ASSERT_TRUE(cache.CompressOldEntries(f.seq, 1, 0.0).ok());
   for (BlockFormat format : Formats(cache, f.seq, 1)) {
     EXPECT_EQ(format, BlockFormat::kHot);
   }
-  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(CompressionTest, BadCallsAreRefused) {
   Filled f = Fill(Config(QuantBits::kInt8), 12);
-  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 0, 1.5).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 0, std::nan("")).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(f.cache->CompressOldEntries(f.seq, 3, 0.5).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(f.cache->CompressOldEntries(99, 0, 0.5).code(),
-            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
+  const struct {
+    SeqId seq;
+    int layer;
+    double keep;
+    absl::StatusCode code;
+  } cases[] = {{f.seq, 0, 1.5, absl::StatusCode::kInvalidArgument},
+               {f.seq, 0, std::nan(""), absl::StatusCode::kInvalidArgument},
+               {f.seq, 3, 0.5, absl::StatusCode::kInvalidArgument},
+               {99, 0, 0.5, absl::StatusCode::kNotFound}};
+  for (const auto& refused : cases) {
+    SCOPED_TRACE(::testing::Message()
+                 << "seq " << refused.seq << " layer " << refused.layer
+                 << " keep " << refused.keep);
+    const CacheFingerprint before = Fingerprint(*f.cache);
+    EXPECT_EQ(
+        f.cache->CompressOldEntries(refused.seq, refused.layer, refused.keep)
+            .code(),
+        refused.code);
+    EXPECT_UNCHANGED(*f.cache, before);
+  }
   CacheConfig off = Config(QuantBits::kInt8);
   off.compression.enabled = false;
   Filled g = Fill(off, 12);
+  const CacheFingerprint before = Fingerprint(*g.cache);
   const absl::Status s = g.cache->CompressOldEntries(g.seq, 0, 0.5);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("not enabled"));
+  EXPECT_UNCHANGED(*g.cache, before);
 
   CacheConfig bad = Config(QuantBits::kInt4);
   bad.compression.group_size = 5;
@@ -253,10 +279,8 @@ TEST(CompressionTest, AttentionErrorWithColdBlocks) {
     c.num_blocks = 300;
     c.compression.quant_blocks = 300;
     Filled f = Fill(c, 1024);
-    std::vector<float> query(4 * kDim);  // 4 query heads over 2 kv-heads
-    std::mt19937 rng(9);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (float& q : query) q = normal(rng);
+    // 4 query heads over 2 kv-heads.
+    const std::vector<float> query = Gaussian(4 * kDim, 9);
     std::vector<float> exact(query.size()), approx(query.size());
     ASSERT_TRUE(
         Attend(*f.cache->View(f.seq, 0), query, absl::MakeSpan(exact)).ok());
@@ -276,7 +300,8 @@ TEST(CompressionTest, AttentionErrorWithColdBlocks) {
 
 TEST(CompressionTest, AttendMatchesADirectComputation) {
   Filled f = Fill(Config(QuantBits::kInt8), 9);
-  const std::vector<float> query = Gaussian(1, 5);  // one query per kv-head
+  const std::vector<float> query =
+      Gaussian(kElems, 5);  // one query per kv-head
   std::vector<float> out(query.size());
   ASSERT_TRUE(
       Attend(*f.cache->View(f.seq, 0), query, absl::MakeSpan(out)).ok());
@@ -316,7 +341,7 @@ TEST(CompressionTest, AFullQuantizedPoolSkipsAndLosesNothing) {
   const GatheredLayer g = *f.cache->Gather(f.seq, 0);
   EXPECT_LE(RelMse(g.k, f.k), 4e-5);
   for (size_t i = 12 * kElems; i < f.k.size(); ++i) ASSERT_EQ(g.k[i], f.k[i]);
-  EXPECT_TRUE(f.cache->Validate().ok()) << f.cache->Validate();
+  EXPECT_VALID(f.cache);
 }
 
 TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
@@ -324,7 +349,7 @@ TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
   c.compression.auto_compress = true;
   auto cache = *KVCache::Create(c);
   const SeqId seq = *cache->AddSequence();
-  const std::vector<float> k = Gaussian(64, 1);
+  const std::vector<float> k = Gaussian(64 * kElems, 1);
   for (int64_t t = 0; t < 64; ++t) {
     const TokenSpan one{.data = k.data() + t * kElems, .tokens = 1};
     ASSERT_TRUE(cache->Update(seq, 0, one, one, t + 1).ok());
@@ -332,23 +357,15 @@ TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
     const int64_t cold = std::max<int64_t>(0, t + 1 - 8) / 4;
     ASSERT_EQ(cache->Stats().compressions_applied, cold) << t;
   }
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 12;
-  c.compression.auto_compress = true;
-  c.compression.hot_tokens = 4;
-  c.compression.quant_blocks = 6;
-  auto cache = *KVCache::Create(c);
+  auto cache = *KVCache::Create(TightConfig(12, 6));
   const SeqId a = *cache->AddSequence();
-  const std::vector<float> k = Gaussian(40, 1);
+  const std::vector<float> k = Gaussian(40 * kElems, 1);
   // One update of 40 tokens: its cold blocks are repacked in that update.
-  ASSERT_TRUE(cache
-                  ->Update(a, 0, {.data = k.data(), .tokens = 40},
-                           {.data = k.data(), .tokens = 40}, 40)
-                  .ok());
+  ASSERT_TRUE(Prefill(*cache, a, 0, k, 40).ok());
   CacheStats s = cache->Stats();
   // 10 blocks; 9 are cold (the newest 4 tokens are block 9), but only 6
   // quantized slots: 3 skipped, 7 hot blocks used.
@@ -358,26 +375,20 @@ TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
   // A second sequence needing more hot blocks than are free, with no room
   // left to repack: refused, nothing changed.
   const SeqId b = *cache->AddSequence();
-  const std::string before = Fingerprint(*cache);
-  const absl::Status no = cache->Update(b, 1, {.data = k.data(), .tokens = 40},
-                                        {.data = k.data(), .tokens = 40}, 40);
+  const CacheFingerprint before = Fingerprint(*cache);
+  const absl::Status no = Prefill(*cache, b, 1, k, 40);
   EXPECT_EQ(no.code(), absl::StatusCode::kResourceExhausted) << no;
   EXPECT_THAT(no.message(), HasSubstr("repacking cold blocks cannot free"));
-  EXPECT_EQ(Fingerprint(*cache), before);
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_UNCHANGED(*cache, before);
+  EXPECT_VALID(cache);
 }
 
 TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 12;
-  c.compression.auto_compress = true;
-  c.compression.hot_tokens = 4;
-  c.compression.quant_blocks = 4;
+  const CacheConfig c = TightConfig(12, 4);
   auto cache = *KVCache::Create(c);
-  const std::vector<float> k = Gaussian(40, 1);
+  const std::vector<float> k = Gaussian(40 * kElems, 1);
   auto put = [&](SeqId seq, int64_t tokens) {
-    return cache->Update(seq, 0, {.data = k.data(), .tokens = tokens},
-                         {.data = k.data(), .tokens = tokens}, tokens);
+    return Prefill(*cache, seq, 0, k, tokens);
   };
   // x: 2 blocks, the first cold and repacked (1 slot).
   const SeqId x = *cache->AddSequence();
@@ -398,24 +409,18 @@ TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
   EXPECT_EQ(s.compressions_applied, 5);
   EXPECT_EQ(s.blocks_used, 12);
   EXPECT_LE(RelMse(cache->Gather(a, 0)->k, AsF16(k)), 4e-5);
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
   // Without auto_compress the same update is refused and changes nothing.
   CacheConfig off = c;
   off.compression.auto_compress = false;
   auto plain = *KVCache::Create(off);
   const SeqId pa = *plain->AddSequence();
-  ASSERT_TRUE(plain
-                  ->Update(pa, 0, {.data = k.data(), .tokens = 40},
-                           {.data = k.data(), .tokens = 40}, 40)
-                  .ok());
+  ASSERT_TRUE(Prefill(*plain, pa, 0, k, 40).ok());
   const SeqId pb = *plain->AddSequence();
-  const std::string before = Fingerprint(*plain);
-  EXPECT_EQ(plain
-                ->Update(pb, 0, {.data = k.data(), .tokens = 12},
-                         {.data = k.data(), .tokens = 12}, 12)
-                .code(),
+  const CacheFingerprint before = Fingerprint(*plain);
+  EXPECT_EQ(Prefill(*plain, pb, 0, k, 12).code(),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(Fingerprint(*plain), before);
+  EXPECT_UNCHANGED(*plain, before);
 }
 
 TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
@@ -449,7 +454,55 @@ TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
                   .ok());
   EXPECT_EQ(cache.Stats().decompressions, 3);
   EXPECT_EQ(cache.Gather(f.seq, 0)->k[2 * kElems], 7.0f);
-  EXPECT_TRUE(cache.Validate().ok()) << cache.Validate();
+  EXPECT_VALID(cache);
+}
+
+// A refused update of a layer with repacked blocks changes nothing: not the
+// repacked blocks, not the quantized pool, not the repack statistics; also
+// when the write would first make a repacked block hot and no block is free.
+TEST(CompressionTest, RefusedUpdatesLeaveRepackedBlocksAlone) {
+  CacheConfig c = Config(QuantBits::kInt8, 0);
+  c.num_blocks = 8;
+  c.max_seq_len = 40;
+  Filled f = Fill(c, 16);
+  KVCache& cache = *f.cache;
+  ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
+  ASSERT_EQ(cache.Stats().quant_blocks_int8, 4);
+  // Another sequence takes every hot block.
+  const std::vector<float> k = Gaussian(32 * kElems, 3);
+  ASSERT_TRUE(Prefill(cache, *cache.AddSequence(), 0, k, 32).ok());
+  ASSERT_EQ(cache.Stats().blocks_free, 0);
+  const TokenSpan one{.data = k.data(), .tokens = 1};
+  const TokenSpan two{.data = k.data(), .tokens = 2};
+  const TokenSpan null{.data = nullptr, .tokens = 1};
+  const TokenSpan past_max{.data = k.data(), .tokens = 25};  // 16 + 25 > 40
+  const struct {
+    const char* what;
+    int layer;
+    TokenSpan k, v;
+    int64_t seq_len;
+    absl::StatusCode code;
+  } cases[] = {
+      {"overwrite into a repacked block, no block free", 0, one, one, 16,
+       absl::StatusCode::kResourceExhausted},
+      {"layer out of range", 2, one, one, 16,
+       absl::StatusCode::kInvalidArgument},
+      {"k and v differ", 0, one, two, 16, absl::StatusCode::kInvalidArgument},
+      {"null data", 0, one, null, 16, absl::StatusCode::kInvalidArgument},
+      {"gap", 0, one, one, 18, absl::StatusCode::kInvalidArgument},
+      {"below position 0", 0, two, two, 1, absl::StatusCode::kInvalidArgument},
+      {"past max_seq_len", 0, past_max, past_max, 41,
+       absl::StatusCode::kResourceExhausted},
+  };
+  for (const auto& call : cases) {
+    SCOPED_TRACE(call.what);
+    const CacheFingerprint before = Fingerprint(cache);
+    const absl::Status s =
+        cache.Update(f.seq, call.layer, call.k, call.v, call.seq_len);
+    EXPECT_EQ(s.code(), call.code) << s;
+    EXPECT_UNCHANGED(cache, before);
+  }
+  EXPECT_VALID(cache);
 }
 
 TEST(CompressionTest, MaxRelErrorPicksInt4WhereItIsGoodEnough) {
@@ -473,7 +526,7 @@ TEST(CompressionTest, MaxRelErrorPicksInt4WhereItIsGoodEnough) {
       EXPECT_EQ(s.quant_slots_used, 16);  // K and V parts in two slots
     }
     EXPECT_LE(s.max_quant_error, bound == 1e-2 ? bound : 4e-5);
-    EXPECT_TRUE(f.cache->Validate().ok()) << f.cache->Validate();
+    EXPECT_VALID(f.cache);
     const GatheredLayer g = *f.cache->Gather(f.seq, 0);
     EXPECT_LE(RelMse(g.k, f.k), bound == 1e-2 ? 1e-2 : 4e-5);
     ASSERT_TRUE(f.cache->RemoveSequence(f.seq).ok());
@@ -536,18 +589,15 @@ TEST(CompressionTest, Int8TakesAnOddHeadDim) {
   ASSERT_TRUE(created.ok()) << created.status();
   KVCache& cache = **created;
   const SeqId seq = *cache.AddSequence();
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> k(16 * kOddElems), v(16 * kOddElems);
-  for (float& x : k) x = normal(rng);
-  for (float& x : v) x = normal(rng);
+  const std::vector<float> k = Gaussian(16 * kOddElems, 7);
+  const std::vector<float> v = Gaussian(16 * kOddElems, 8);
   ASSERT_TRUE(cache
                   .Update(seq, 0, {.data = k.data(), .tokens = 16},
                           {.data = v.data(), .tokens = 16}, 16)
                   .ok());
   ASSERT_TRUE(cache.CompressOldEntries(seq, 0, 0.0).ok());
   EXPECT_EQ(cache.Stats().quant_blocks_int8, 3);
-  ASSERT_TRUE(cache.Validate().ok()) << cache.Validate();
+  ASSERT_VALID(cache);
   const GatheredLayer g = *cache.Gather(seq, 0);
   EXPECT_LE(RelMse(g.k, AsF16(k)), 1e-4);
   EXPECT_LE(RelMse(g.v, AsF16(v)), 1e-4);
@@ -591,7 +641,7 @@ TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
     const SeqId seq = *cache->AddSequence();
     // 6 blocks of 4 tokens: a NaN key in block 0, an infinite value in
     // block 2, in block 4 a value beyond f16 (inf once stored in f16).
-    std::vector<float> kv = Gaussian(24, 3);
+    std::vector<float> kv = Gaussian(24 * kElems, 3);
     kv[0 * 4 * kElems + 5] = nan;
     kv[2 * 4 * kElems + 7] = -inf;
     kv[4 * 4 * kElems + 9] = 1e6f;
@@ -639,40 +689,30 @@ TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
         }
       }
     }
-    EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+    EXPECT_VALID(cache);
   }
 }
 
 // The emergency repack of an update short of hot blocks does not count on
 // blocks that cannot be repacked: it refuses, and changes nothing.
 TEST(CompressionTest, AnEmergencyRepackSkipsBlocksItCannotRepack) {
-  CacheConfig c = Config(QuantBits::kInt8, 4);
-  c.num_blocks = 6;
-  c.compression.auto_compress = true;
-  c.compression.quant_blocks = 6;
-  auto cache = *KVCache::Create(c);
-  std::vector<float> kv = Gaussian(24, 4);
+  auto cache = *KVCache::Create(TightConfig(6, 6));
+  std::vector<float> kv = Gaussian(24 * kElems, 4);
   for (int64_t b = 0; b < 6; ++b) {
     kv[static_cast<size_t>(b * 4 * kElems)] =
         std::numeric_limits<float>::infinity();
   }
   // 6 blocks in layer 0, none repackable: the pool is full.
   const SeqId a = *cache->AddSequence();
-  ASSERT_TRUE(cache
-                  ->Update(a, 0, {.data = kv.data(), .tokens = 24},
-                           {.data = kv.data(), .tokens = 24}, 24)
-                  .ok());
+  ASSERT_TRUE(Prefill(*cache, a, 0, kv, 24).ok());
   EXPECT_EQ(cache->Stats().compressions_applied, 0);
   EXPECT_EQ(cache->Stats().blocks_free, 0);
-  const std::string before = Fingerprint(*cache);
-  const CacheStats stats_before = cache->Stats();
-  const std::vector<float> one = Gaussian(1, 5);
-  const absl::Status s = cache->Update(a, 1, {.data = one.data(), .tokens = 1},
-                                       {.data = one.data(), .tokens = 1}, 1);
+  const CacheFingerprint before = Fingerprint(*cache);
+  const std::vector<float> one = Gaussian(kElems, 5);
+  const absl::Status s = Prefill(*cache, a, 1, one, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
-  EXPECT_EQ(Fingerprint(*cache), before);
-  EXPECT_EQ(cache->Stats(), stats_before);
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_UNCHANGED(*cache, before);
+  EXPECT_VALID(cache);
 }
 
 }  // namespace

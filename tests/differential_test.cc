@@ -14,14 +14,18 @@
 #include "cache/kv_cache_internal.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/policy_model.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
+using kvpage::testing::CacheFingerprint;
 using kvpage::testing::ExactValues;
 using kvpage::testing::Fingerprint;
+using kvpage::testing::IsValid;
+using kvpage::testing::Unchanged;
 
 // The reference: every position [0, length) of a layer with its data and
 // whether it is visible, and the overflow rules applied position by
@@ -31,16 +35,9 @@ using kvpage::testing::Fingerprint;
 class ReferenceModel {
  public:
   explicit ReferenceModel(const CacheConfig& c)
-      : c_(c), elems_(int64_t{c.num_kv_heads} * c.head_dim) {
-    policies_.assign(static_cast<size_t>(c.num_layers),
-                     {.overflow = c.overflow,
-                      .max_seq_len = c.max_seq_len,
-                      .sink_tokens = c.sink_tokens,
-                      .truncate_to = c.truncate_to});
-    for (const LayerPolicy& p : c.layer_policies) {
-      policies_[static_cast<size_t>(p.layer)] = p;
-    }
-  }
+      : c_(c),
+        elems_(int64_t{c.num_kv_heads} * c.head_dim),
+        policies_(kvpage::testing::LayerPolicies(c)) {}
 
   struct Token {
     std::vector<float> k, v;
@@ -90,45 +87,29 @@ class ReferenceModel {
   int64_t evictions() const { return evictions_; }
   int64_t bytes_written() const { return bytes_written_; }
 
-  // The status the update rule gives, checks in the documented order; on
-  // kOk the update is applied.
+  // The status the update rule gives (PredictUpdate, then the pool); on kOk
+  // the update is applied.
   absl::StatusCode Update(SeqId seq, int layer, const TokenSpan& k,
                           const TokenSpan& v, int64_t seq_len,
                           const std::vector<float>& kf,
                           const std::vector<float>& vf) {
-    if (!Has(seq)) return absl::StatusCode::kNotFound;
-    if (layer < 0 || layer >= c_.num_layers) {
-      return absl::StatusCode::kInvalidArgument;
-    }
+    const absl::StatusCode refused = kvpage::testing::PredictUpdate(
+        c_, policies_, Has(seq),
+        {.seq = seq,
+         .layer = layer,
+         .seq_len = seq_len,
+         .n = k.tokens,
+         .v_tokens = v.tokens,
+         .k_dtype = k.dtype,
+         .v_dtype = v.dtype,
+         .k_null = k.data == nullptr,
+         .v_null = v.data == nullptr},
+        [&](int l) -> const std::vector<Token>& { return At(seq, l).tokens; });
+    if (refused != absl::StatusCode::kOk) return refused;
     const int64_t n = k.tokens;
-    if (k.tokens != v.tokens || n < 0)
-      return absl::StatusCode::kInvalidArgument;
-    for (const TokenSpan* s : {&k, &v}) {
-      if (s->dtype != DType::kF32 && s->dtype != c_.dtype) {
-        return absl::StatusCode::kInvalidArgument;
-      }
-      if (n > 0 && s->data == nullptr)
-        return absl::StatusCode::kInvalidArgument;
-    }
-    if (seq_len < n) return absl::StatusCode::kInvalidArgument;
     const Layer& old = At(seq, layer);
-    const int64_t len = static_cast<int64_t>(old.tokens.size());
     const int64_t start = seq_len - n;
-    if (start > len) return absl::StatusCode::kInvalidArgument;
-    for (int64_t p = start; p < std::min(seq_len, len); ++p) {
-      if (!old.tokens[static_cast<size_t>(p)].visible) {
-        return absl::StatusCode::kOutOfRange;
-      }
-    }
-    if (seq_len < len && seq_len > 0 &&
-        !old.tokens[static_cast<size_t>(seq_len - 1)].visible) {
-      return absl::StatusCode::kOutOfRange;
-    }
     const LayerPolicy& policy = policies_[static_cast<size_t>(layer)];
-    if (policy.overflow == OverflowPolicy::kError &&
-        seq_len > policy.max_seq_len) {
-      return absl::StatusCode::kResourceExhausted;
-    }
     Layer next = old;
     next.tokens.resize(static_cast<size_t>(seq_len));
     for (int64_t p = start; p < seq_len; ++p) {
@@ -158,8 +139,7 @@ class ReferenceModel {
     if (seq_len < 0) return absl::StatusCode::kInvalidArgument;
     std::vector<Layer>& layers = seqs_.at(seq);
     for (const Layer& l : layers) {
-      if (static_cast<int64_t>(l.tokens.size()) > seq_len && seq_len > 0 &&
-          !l.tokens[static_cast<size_t>(seq_len - 1)].visible) {
+      if (kvpage::testing::EndsOnEvicted(l.tokens, seq_len)) {
         return absl::StatusCode::kOutOfRange;
       }
     }
@@ -289,10 +269,10 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       const SeqId child = *cache.Fork(seq);
       ASSERT_FALSE(model.Has(child)) << "sequence id " << child << " reused";
       model.Fork(seq, child);
-      ASSERT_TRUE(cache.Validate().ok()) << cache.Validate();
+      ASSERT_VALID(cache);
       continue;
     }
-    const std::string before = Fingerprint(cache);
+    const CacheFingerprint before = Fingerprint(cache);
     absl::Status status;
     absl::StatusCode want;
     std::string what;
@@ -372,11 +352,10 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
     ASSERT_EQ(status.code(), want)
         << "op " << op << " seq " << seq << " " << what << ": " << status;
     if (!status.ok()) {
-      ASSERT_EQ(Fingerprint(cache), before)
+      ASSERT_TRUE(Unchanged(cache, before))
           << "op " << op << " failed (" << status << ") but changed the cache";
     }
-    ASSERT_TRUE(cache.Validate().ok())
-        << "op " << op << ": " << cache.Validate();
+    ASSERT_TRUE(IsValid(cache)) << "op " << op;
     // The snapshot verifier checks the same invariants offline: it must
     // agree with Validate() on every state the model reaches.
     if (op % 7 == 0) {
@@ -453,208 +432,185 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
   for (SeqId id : model.Ids()) ASSERT_TRUE(cache.RemoveSequence(id).ok());
   EXPECT_EQ(cache.Stats().blocks_used, 0);
   EXPECT_EQ(cache.Stats().tokens_stored, 0);
-  EXPECT_TRUE(cache.Validate().ok());
+  EXPECT_VALID(cache);
+}
+
+// Four layers of one policy each: a sliding window (2 sinks), the error
+// policy, a circular buffer (`ring_sinks` sinks) and a context shift.
+CacheConfig EveryPolicy(int64_t num_blocks, int64_t ring_sinks) {
+  return {
+      .num_layers = 4,
+      .num_kv_heads = 1,
+      .head_dim = 4,
+      .dtype = DType::kF16,
+      .block_tokens = 4,
+      .num_blocks = num_blocks,
+      .max_seq_len = 12,
+      .overflow = OverflowPolicy::kSlidingWindow,
+      .sink_tokens = 2,
+      .layer_policies = {
+          {.layer = 1, .overflow = OverflowPolicy::kError, .max_seq_len = 40},
+          {.layer = 2,
+           .overflow = OverflowPolicy::kCircularBuffer,
+           .max_seq_len = 9,
+           .sink_tokens = ring_sinks},
+          {.layer = 3,
+           .overflow = OverflowPolicy::kTruncate,
+           .max_seq_len = 10,
+           .sink_tokens = 1,
+           .truncate_to = 6}}};
+}
+
+// Two layers of 2 x 8 f16 whose blocks are repacked to int8 as they turn
+// cold.
+CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_blocks) {
+  return {.num_layers = 2,
+          .num_kv_heads = 2,
+          .head_dim = 8,
+          .dtype = DType::kF16,
+          .block_tokens = 4,
+          .num_blocks = num_blocks,
+          .max_seq_len = 48,
+          .compression = {.enabled = true,
+                          .bits = QuantBits::kInt8,
+                          .group_size = 4,
+                          .hot_tokens = 6,
+                          .quant_blocks = quant_blocks,
+                          .auto_compress = true}};
 }
 
 std::vector<Scenario> Scenarios() {
   // Small pools so that exhaustion is frequent; max_seq_len small enough
   // that the error policy triggers.
   return {
-      {"f16_blocks_of_4",
-       {.num_layers = 3,
-        .num_kv_heads = 2,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 40,
-        .max_seq_len = 48}},
-      {"bf16_blocks_of_3",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 8,
-        .dtype = DType::kBF16,
-        .block_tokens = 3,
-        .num_blocks = 50,
-        .max_seq_len = 40}},
-      {"f32_blocks_of_1",
-       {.num_layers = 2,
-        .num_kv_heads = 3,
-        .head_dim = 2,
-        .dtype = DType::kF32,
-        .block_tokens = 1,
-        .num_blocks = 60,
-        .max_seq_len = 30}},
-      {"f16_blocks_of_16_opaque_storage",
-       {.num_layers = 2,
-        .num_kv_heads = 2,
-        .head_dim = 8,
-        .dtype = DType::kF16,
-        .block_tokens = 16,
-        .num_blocks = 12,
-        .max_seq_len = 64},
-       true},
-      {"sliding_window",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 30,
-        .max_seq_len = 13,
-        .overflow = OverflowPolicy::kSlidingWindow}},
-      {"sliding_window_sinks_share_a_block",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kBF16,
-        .block_tokens = 4,
-        .num_blocks = 30,
-        .max_seq_len = 14,
-        .overflow = OverflowPolicy::kSlidingWindow,
-        .sink_tokens = 3}},
-      {"circular_buffer_sinks",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 30,
-        .max_seq_len = 13,
-        .overflow = OverflowPolicy::kCircularBuffer,
-        .sink_tokens = 2}},
-      {"circular_buffer_blocks_of_1",
-       {.num_layers = 2,
-        .num_kv_heads = 2,
-        .head_dim = 2,
-        .dtype = DType::kF32,
-        .block_tokens = 1,
-        .num_blocks = 40,
-        .max_seq_len = 5,
-        .overflow = OverflowPolicy::kCircularBuffer,
-        .sink_tokens = 1}},
-      {"truncate_half",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 30,
-        .max_seq_len = 16,
-        .overflow = OverflowPolicy::kTruncate,
-        .sink_tokens = 2}},
-      {"truncate_to_5_sinks_4",
-       {.num_layers = 1,
-        .num_kv_heads = 2,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 3,
-        .num_blocks = 20,
-        .max_seq_len = 11,
-        .overflow = OverflowPolicy::kTruncate,
-        .sink_tokens = 4,
-        .truncate_to = 5}},
-      {"hybrid_per_layer_policies",
-       {.num_layers = 4,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 48,
-        .max_seq_len = 12,
-        .overflow = OverflowPolicy::kSlidingWindow,
-        .sink_tokens = 2,
-        .layer_policies = {{.layer = 1,
-                            .overflow = OverflowPolicy::kError,
-                            .max_seq_len = 40},
-                           {.layer = 2,
-                            .overflow = OverflowPolicy::kCircularBuffer,
-                            .max_seq_len = 9},
-                           {.layer = 3,
-                            .overflow = OverflowPolicy::kTruncate,
-                            .max_seq_len = 10,
-                            .sink_tokens = 1,
-                            .truncate_to = 6}}},
-       true},
+      {.name = "f16_blocks_of_4",
+       .config = {.num_layers = 3,
+                  .num_kv_heads = 2,
+                  .head_dim = 4,
+                  .dtype = DType::kF16,
+                  .block_tokens = 4,
+                  .num_blocks = 40,
+                  .max_seq_len = 48}},
+      {.name = "bf16_blocks_of_3",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 8,
+                  .dtype = DType::kBF16,
+                  .block_tokens = 3,
+                  .num_blocks = 50,
+                  .max_seq_len = 40}},
+      {.name = "f32_blocks_of_1",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 3,
+                  .head_dim = 2,
+                  .dtype = DType::kF32,
+                  .block_tokens = 1,
+                  .num_blocks = 60,
+                  .max_seq_len = 30}},
+      {.name = "f16_blocks_of_16_opaque_storage",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 2,
+                  .head_dim = 8,
+                  .dtype = DType::kF16,
+                  .block_tokens = 16,
+                  .num_blocks = 12,
+                  .max_seq_len = 64},
+       .opaque_storage = true},
+      {.name = "sliding_window",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 4,
+                  .dtype = DType::kF16,
+                  .block_tokens = 4,
+                  .num_blocks = 30,
+                  .max_seq_len = 13,
+                  .overflow = OverflowPolicy::kSlidingWindow}},
+      {.name = "sliding_window_sinks_share_a_block",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 4,
+                  .dtype = DType::kBF16,
+                  .block_tokens = 4,
+                  .num_blocks = 30,
+                  .max_seq_len = 14,
+                  .overflow = OverflowPolicy::kSlidingWindow,
+                  .sink_tokens = 3}},
+      {.name = "circular_buffer_sinks",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 4,
+                  .dtype = DType::kF16,
+                  .block_tokens = 4,
+                  .num_blocks = 30,
+                  .max_seq_len = 13,
+                  .overflow = OverflowPolicy::kCircularBuffer,
+                  .sink_tokens = 2}},
+      {.name = "circular_buffer_blocks_of_1",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 2,
+                  .head_dim = 2,
+                  .dtype = DType::kF32,
+                  .block_tokens = 1,
+                  .num_blocks = 40,
+                  .max_seq_len = 5,
+                  .overflow = OverflowPolicy::kCircularBuffer,
+                  .sink_tokens = 1}},
+      {.name = "truncate_half",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 4,
+                  .dtype = DType::kF16,
+                  .block_tokens = 4,
+                  .num_blocks = 30,
+                  .max_seq_len = 16,
+                  .overflow = OverflowPolicy::kTruncate,
+                  .sink_tokens = 2}},
+      {.name = "truncate_to_5_sinks_4",
+       .config = {.num_layers = 1,
+                  .num_kv_heads = 2,
+                  .head_dim = 4,
+                  .dtype = DType::kF16,
+                  .block_tokens = 3,
+                  .num_blocks = 20,
+                  .max_seq_len = 11,
+                  .overflow = OverflowPolicy::kTruncate,
+                  .sink_tokens = 4,
+                  .truncate_to = 5}},
+      {.name = "hybrid_per_layer_policies",
+       .config = EveryPolicy(/*num_blocks=*/48, /*ring_sinks=*/0),
+       .opaque_storage = true},
       // Compression: a hot pool large enough never to run out (the model
       // counts repacked blocks as held), a quantized pool that fills up.
-      {"compressed_int8_auto",
-       {.num_layers = 2,
-        .num_kv_heads = 2,
-        .head_dim = 8,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 400,
-        .max_seq_len = 48,
-        .compression = {.enabled = true,
-                        .bits = QuantBits::kInt8,
-                        .group_size = 4,
-                        .hot_tokens = 6,
-                        .quant_blocks = 24,
-                        .auto_compress = true}},
-       false,
-       1.0f},
-      {"compressed_mixed_sliding",
-       {.num_layers = 2,
-        .num_kv_heads = 1,
-        .head_dim = 8,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 400,
-        .max_seq_len = 24,
-        .overflow = OverflowPolicy::kSlidingWindow,
-        .sink_tokens = 2,
-        .layer_policies = {{.layer = 1,
-                            .overflow = OverflowPolicy::kError,
-                            .max_seq_len = 40}},
-        .compression = {.enabled = true,
-                        .group_size = 8,
-                        .hot_tokens = 4,
-                        .quant_blocks = 30,
-                        .max_rel_error = 5e-3}},
-       true,
-       6.0f},
-      {"forks_every_policy",
-       {.num_layers = 4,
-        .num_kv_heads = 1,
-        .head_dim = 4,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 1000,
-        .max_seq_len = 12,
-        .overflow = OverflowPolicy::kSlidingWindow,
-        .sink_tokens = 2,
-        .layer_policies = {{.layer = 1,
-                            .overflow = OverflowPolicy::kError,
-                            .max_seq_len = 40},
-                           {.layer = 2,
-                            .overflow = OverflowPolicy::kCircularBuffer,
-                            .max_seq_len = 9,
-                            .sink_tokens = 1},
-                           {.layer = 3,
-                            .overflow = OverflowPolicy::kTruncate,
-                            .max_seq_len = 10,
-                            .sink_tokens = 1,
-                            .truncate_to = 6}}},
-       false,
-       0,
-       true},
-      {"forks_compressed",
-       {.num_layers = 2,
-        .num_kv_heads = 2,
-        .head_dim = 8,
-        .dtype = DType::kF16,
-        .block_tokens = 4,
-        .num_blocks = 1000,
-        .max_seq_len = 48,
-        .compression = {.enabled = true,
-                        .bits = QuantBits::kInt8,
-                        .group_size = 4,
-                        .hot_tokens = 6,
-                        .quant_blocks = 40,
-                        .auto_compress = true}},
-       false,
-       1.0f,
-       true},
+      {.name = "compressed_int8_auto",
+       .config = AutoInt8(/*num_blocks=*/400, /*quant_blocks=*/24),
+       .tolerance = 1.0f},
+      {.name = "compressed_mixed_sliding",
+       .config = {.num_layers = 2,
+                  .num_kv_heads = 1,
+                  .head_dim = 8,
+                  .dtype = DType::kF16,
+                  .block_tokens = 4,
+                  .num_blocks = 400,
+                  .max_seq_len = 24,
+                  .overflow = OverflowPolicy::kSlidingWindow,
+                  .sink_tokens = 2,
+                  .layer_policies = {{.layer = 1,
+                                      .overflow = OverflowPolicy::kError,
+                                      .max_seq_len = 40}},
+                  .compression = {.enabled = true,
+                                  .group_size = 8,
+                                  .hot_tokens = 4,
+                                  .quant_blocks = 30,
+                                  .max_rel_error = 5e-3}},
+       .opaque_storage = true,
+       .tolerance = 6.0f},
+      {.name = "forks_every_policy",
+       .config = EveryPolicy(/*num_blocks=*/1000, /*ring_sinks=*/1),
+       .forks = true},
+      {.name = "forks_compressed",
+       .config = AutoInt8(/*num_blocks=*/1000, /*quant_blocks=*/40),
+       .tolerance = 1.0f,
+       .forks = true},
   };
 }
 

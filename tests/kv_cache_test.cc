@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "allocator/convert.h"
@@ -11,11 +13,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
+using kvpage::testing::CacheFingerprint;
 using kvpage::testing::Fingerprint;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -33,16 +37,11 @@ CacheConfig SmallConfig() {
           .max_seq_len = 32};
 }
 
-// Token t of a test sequence: element e is t * 10 + e / 8 (exact in f16).
+// Token t of a test sequence: element e is t * 10 + e / 8 (exact in f16),
+// plus `offset`.
 std::vector<float> Tokens(int64_t first, int64_t count, float offset = 0) {
-  std::vector<float> out(static_cast<size_t>(count * kElems));
-  for (int64_t t = 0; t < count; ++t) {
-    for (int e = 0; e < kElems; ++e) {
-      out[static_cast<size_t>(t * kElems + e)] =
-          static_cast<float>(first + t) * 10 + e / 8.0f + offset;
-    }
-  }
-  return out;
+  return testing::Tokens(first, count,
+                         {.elems = kElems, .step = 10, .offset = offset});
 }
 
 TokenSpan Span(const std::vector<float>& data) {
@@ -59,7 +58,7 @@ class KVCacheTest : public ::testing::Test {
     cache_ = *std::move(cache);
     seq_ = *cache_->AddSequence();
   }
-  void TearDown() override { EXPECT_TRUE(cache_->Validate().ok()); }
+  void TearDown() override { EXPECT_VALID(cache_); }
 
   // Appends or overwrites positions [first, first + count) on every layer,
   // keys and values alike (values offset by 0.5).
@@ -69,7 +68,7 @@ class KVCacheTest : public ::testing::Test {
     for (int layer = 0; layer < 2; ++layer) {
       absl::Status s = cache_->Update(seq_, layer, Span(k), Span(v), seq_len);
       if (!s.ok()) return s;
-      EXPECT_TRUE(cache_->Validate().ok()) << cache_->Validate();
+      EXPECT_VALID(cache_);
     }
     return absl::OkStatus();
   }
@@ -256,53 +255,64 @@ TEST_F(KVCacheTest, UpdateLongerThanAWholeBlockSpansBlocks) {
 
 TEST_F(KVCacheTest, BadCallsAreRefusedAndChangeNothing) {
   ASSERT_TRUE(Put(0, 6, 6).ok());
-  const std::string before = Fingerprint(*cache_);
   const std::vector<float> one = Tokens(6, 1);
   const std::vector<float> two = Tokens(6, 2);
-  const std::vector<float> too_long = Tokens(6, 27);  // would end at 33
-  struct Case {
-    std::string name;
-    absl::Status status;
-    absl::StatusCode code;
-    std::string says;
-  };
+  const std::vector<float> too_long = Tokens(6, 27);  // ends at 33
   TokenSpan wrong_dtype = Span(one);
   wrong_dtype.dtype = DType::kBF16;
   TokenSpan null_data = Span(one);
   null_data.data = nullptr;
+  struct Case {
+    std::string name;
+    std::function<absl::Status()> call;
+    absl::StatusCode code;
+    std::string says;
+  };
   const Case cases[] = {
-      {"unknown sequence", cache_->Update(999, 0, Span(one), Span(one), 7),
+      {"unknown sequence",
+       [&] { return cache_->Update(999, 0, Span(one), Span(one), 7); },
        absl::StatusCode::kNotFound, "seq 999"},
-      {"layer out of range", cache_->Update(seq_, 2, Span(one), Span(one), 7),
+      {"layer out of range",
+       [&] { return cache_->Update(seq_, 2, Span(one), Span(one), 7); },
        absl::StatusCode::kInvalidArgument, "layer 2"},
-      {"negative layer", cache_->Update(seq_, -1, Span(one), Span(one), 7),
+      {"negative layer",
+       [&] { return cache_->Update(seq_, -1, Span(one), Span(one), 7); },
        absl::StatusCode::kInvalidArgument, "layer out of range [0, 2)"},
-      {"k and v differ", cache_->Update(seq_, 0, Span(one), Span(two), 7),
+      {"k and v differ",
+       [&] { return cache_->Update(seq_, 0, Span(one), Span(two), 7); },
        absl::StatusCode::kInvalidArgument, "k has 1 tokens, v has 2"},
-      {"wrong dtype", cache_->Update(seq_, 0, wrong_dtype, Span(one), 7),
+      {"wrong dtype",
+       [&] { return cache_->Update(seq_, 0, wrong_dtype, Span(one), 7); },
        absl::StatusCode::kInvalidArgument, "k is bf16"},
-      {"null data", cache_->Update(seq_, 0, Span(one), null_data, 7),
+      {"null data",
+       [&] { return cache_->Update(seq_, 0, Span(one), null_data, 7); },
        absl::StatusCode::kInvalidArgument, "v is null with 1 tokens"},
-      {"gap", cache_->Update(seq_, 1, Span(one), Span(one), 8),
+      {"gap", [&] { return cache_->Update(seq_, 1, Span(one), Span(one), 8); },
        absl::StatusCode::kInvalidArgument, "gap"},
-      {"before position 0", cache_->Update(seq_, 1, Span(two), Span(two), 1),
+      {"before position 0",
+       [&] { return cache_->Update(seq_, 1, Span(two), Span(two), 1); },
        absl::StatusCode::kInvalidArgument, "below position 0"},
       {"past max_seq_len",
-       cache_->Update(seq_, 0, Span(too_long), Span(too_long), 33),
+       [&] {
+         return cache_->Update(seq_, 0, Span(too_long), Span(too_long), 33);
+       },
        absl::StatusCode::kResourceExhausted, "max_seq_len 32"},
-      {"truncate below 0", cache_->Truncate(seq_, -1),
+      {"truncate below 0", [&] { return cache_->Truncate(seq_, -1); },
        absl::StatusCode::kInvalidArgument, "seq_len must be >= 0"},
-      {"truncate unknown", cache_->Truncate(12345, 0),
+      {"truncate unknown", [&] { return cache_->Truncate(12345, 0); },
        absl::StatusCode::kNotFound, "seq 12345"},
-      {"remove unknown", cache_->RemoveSequence(12345),
+      {"remove unknown", [&] { return cache_->RemoveSequence(12345); },
        absl::StatusCode::kNotFound, "seq 12345"},
   };
-  for (const Case& c : cases) {
-    EXPECT_EQ(c.status.code(), c.code) << c.name << ": " << c.status;
-    EXPECT_THAT(c.status.message(), HasSubstr(c.says)) << c.name;
-    EXPECT_THAT(c.status.message(), HasSubstr("seq ")) << c.name;
+  for (const Case& refused : cases) {
+    SCOPED_TRACE(refused.name);
+    const CacheFingerprint before = Fingerprint(*cache_);
+    const absl::Status status = refused.call();
+    EXPECT_EQ(status.code(), refused.code) << status;
+    EXPECT_THAT(status.message(), HasSubstr(refused.says));
+    EXPECT_THAT(status.message(), HasSubstr("seq "));
+    EXPECT_UNCHANGED(*cache_, before);
   }
-  EXPECT_EQ(Fingerprint(*cache_), before);
   EXPECT_EQ(cache_->Gather(seq_, 5).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(cache_->View(77, 0).status().code(), absl::StatusCode::kNotFound);
@@ -315,24 +325,24 @@ TEST_F(KVCacheTest, PoolExhaustionChangesNothing) {
   ASSERT_TRUE(Put(0, 28, 28).ok());
   const SeqId other = *cache_->AddSequence();
   const std::vector<float> k = Tokens(0, 12);
-  const std::string before = Fingerprint(*cache_);
+  const CacheFingerprint before = Fingerprint(*cache_);
   const absl::Status s = cache_->Update(other, 1, Span(k), Span(k), 12);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_THAT(s.message(), HasSubstr("needs 3 blocks"));
   EXPECT_THAT(s.message(), HasSubstr("layer 1"));
-  EXPECT_EQ(Fingerprint(*cache_), before);
+  EXPECT_UNCHANGED(*cache_, before);
   // One block short through the single-block path too.
-  ASSERT_TRUE(
-      cache_->Update(other, 1, Span(Tokens(0, 8)), Span(Tokens(0, 8)), 8).ok());
-  const std::string full = Fingerprint(*cache_);
+  const std::vector<float> eight = Tokens(0, 8);
+  const std::vector<float> ninth = Tokens(8, 1);
+  ASSERT_TRUE(cache_->Update(other, 1, Span(eight), Span(eight), 8).ok());
+  const CacheFingerprint full = Fingerprint(*cache_);
   const absl::Status one =
-      cache_->Update(other, 1, Span(Tokens(8, 1)), Span(Tokens(8, 1)), 9);
+      cache_->Update(other, 1, Span(ninth), Span(ninth), 9);
   EXPECT_EQ(one.code(), absl::StatusCode::kResourceExhausted) << one;
-  EXPECT_EQ(Fingerprint(*cache_), full);
+  EXPECT_UNCHANGED(*cache_, full);
   // Freeing a sequence makes room again.
   ASSERT_TRUE(cache_->RemoveSequence(seq_).ok());
-  EXPECT_TRUE(
-      cache_->Update(other, 1, Span(Tokens(8, 1)), Span(Tokens(8, 1)), 9).ok());
+  EXPECT_TRUE(cache_->Update(other, 1, Span(ninth), Span(ninth), 9).ok());
 }
 
 TEST_F(KVCacheTest, TruncateRollsBackEveryLayer) {
@@ -363,7 +373,9 @@ TEST_F(KVCacheTest, RemoveFreesEverythingAndIdsAreNotReused) {
   EXPECT_NE(third, seq_);
   EXPECT_NE(third, second);
   EXPECT_THAT(cache_->Sequences(), ElementsAre(second, third));
+  const CacheFingerprint before = Fingerprint(*cache_);
   EXPECT_EQ(cache_->RemoveSequence(seq_).code(), absl::StatusCode::kNotFound);
+  EXPECT_UNCHANGED(*cache_, before);
 }
 
 TEST_F(KVCacheTest, ViewReadsWhatGatherCopies) {
@@ -419,7 +431,7 @@ TEST(KVCacheDTypeTest, F32InputIsRoundedToNearestEvenIntoF16AndBF16) {
                             raw.data(), kElems * 2),
                 0);
     }
-    EXPECT_TRUE(cache->Validate().ok());
+    EXPECT_VALID(cache);
   }
 }
 
@@ -445,7 +457,7 @@ TEST(KVCacheStorageTest, OpaqueStorageBehavesLikeTheArena) {
   EXPECT_FALSE(opaque->View(a, 1)->host_accessible);
   EXPECT_EQ(opaque->Gather(a, 1)->k, host->Gather(b, 1)->k);
   EXPECT_EQ(opaque->Gather(a, 1)->v, host->Gather(b, 1)->v);
-  EXPECT_TRUE(opaque->Validate().ok());
+  EXPECT_VALID(opaque);
 }
 
 }  // namespace

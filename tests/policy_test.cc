@@ -7,11 +7,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
+using kvpage::testing::CacheFingerprint;
 using kvpage::testing::Fingerprint;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
@@ -20,28 +22,21 @@ constexpr int kElems = 4;  // 1 kv-head of 4 dims
 
 // Token t: element e is t + e / 8 (exact in f32, the dtype of these tests).
 std::vector<float> Tokens(int64_t first, int64_t count) {
-  std::vector<float> out(static_cast<size_t>(count * kElems));
-  for (int64_t t = 0; t < count; ++t) {
-    for (int e = 0; e < kElems; ++e) {
-      out[static_cast<size_t>(t * kElems + e)] =
-          static_cast<float>(first + t) + e / 8.0f;
-    }
-  }
-  return out;
+  return testing::Tokens(first, count, {.elems = kElems});
 }
 
-CacheConfig Config(OverflowPolicy policy, int64_t window, int64_t sinks = 0,
-                   int64_t truncate_to = 0) {
+// One layer of blocks of 4 tokens under `policy` (its `layer` unused).
+CacheConfig Config(const LayerPolicy& policy) {
   return {.num_layers = 1,
           .num_kv_heads = 1,
           .head_dim = kElems,
           .dtype = DType::kF32,
           .block_tokens = 4,
           .num_blocks = 64,
-          .max_seq_len = window,
-          .overflow = policy,
-          .sink_tokens = sinks,
-          .truncate_to = truncate_to};
+          .max_seq_len = policy.max_seq_len,
+          .overflow = policy.overflow,
+          .sink_tokens = policy.sink_tokens,
+          .truncate_to = policy.truncate_to};
 }
 
 // Appends positions [first, first + count) to `layer`.
@@ -82,7 +77,8 @@ void ExpectVisible(const KVCache& cache, SeqId seq,
 TEST(PolicyTest, FifteenTokensIntoAWindowOfTen) {
   for (OverflowPolicy policy :
        {OverflowPolicy::kSlidingWindow, OverflowPolicy::kCircularBuffer}) {
-    auto cache = *KVCache::Create(Config(policy, 10));
+    auto cache =
+        *KVCache::Create(Config({.overflow = policy, .max_seq_len = 10}));
     const SeqId seq = *cache->AddSequence();
     ASSERT_TRUE(Append(*cache, seq, 0, 15).ok());
     EXPECT_EQ(*cache->Length(seq, 0), 15);
@@ -96,17 +92,20 @@ TEST(PolicyTest, FifteenTokensIntoAWindowOfTen) {
     // never taken.
     EXPECT_EQ(s.blocks_used, 3);
     EXPECT_EQ(s.bytes_copied, 0);
-    EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+    EXPECT_VALID(cache);
   }
 }
 
 TEST(PolicyTest, SlidingWindowKeepsSinksAndTheRecentTokensAndFreesBlocks) {
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kSlidingWindow, 14, 3));
+  auto cache =
+      *KVCache::Create(Config({.overflow = OverflowPolicy::kSlidingWindow,
+                               .max_seq_len = 14,
+                               .sink_tokens = 3}));
   const SeqId seq = *cache->AddSequence();
   for (int64_t t = 0; t < 1000; ++t) {
     ASSERT_TRUE(Append(*cache, seq, t, 1).ok()) << t;
     if (t % 97 == 0) {
-      ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+      ASSERT_VALID(cache);
     }
   }
   ExpectVisible(*cache, seq, Concat(Range(0, 3), Range(989, 1000)));
@@ -133,7 +132,10 @@ TEST(PolicyTest, SlidingWindowKeepsSinksAndTheRecentTokensAndFreesBlocks) {
 
 TEST(PolicyTest, SinksAndWindowCanShareABlock) {
   // Sinks [0, 2) and window start 3: block 0 holds both, with slot 2 masked.
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kSlidingWindow, 7, 2));
+  auto cache =
+      *KVCache::Create(Config({.overflow = OverflowPolicy::kSlidingWindow,
+                               .max_seq_len = 7,
+                               .sink_tokens = 2}));
   const SeqId seq = *cache->AddSequence();
   ASSERT_TRUE(Append(*cache, seq, 0, 8).ok());
   ExpectVisible(*cache, seq, Concat(Range(0, 2), Range(3, 8)));
@@ -142,11 +144,14 @@ TEST(PolicyTest, SinksAndWindowCanShareABlock) {
   EXPECT_EQ(view.blocks[0].block_id, view.blocks[1].block_id);
   EXPECT_EQ(view.blocks[1].begin_slot, 3);
   EXPECT_EQ(cache->Stats().blocks_used, 2);
-  EXPECT_TRUE(cache->Validate().ok());
+  EXPECT_VALID(cache);
 }
 
 TEST(PolicyTest, CircularBufferNeitherAllocatesNorFreesAfterWarmUp) {
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kCircularBuffer, 14, 3));
+  auto cache =
+      *KVCache::Create(Config({.overflow = OverflowPolicy::kCircularBuffer,
+                               .max_seq_len = 14,
+                               .sink_tokens = 3}));
   const SeqId seq = *cache->AddSequence();
   for (int64_t t = 0; t < 40; ++t) ASSERT_TRUE(Append(*cache, seq, t, 1).ok());
   const CacheStats warm = cache->Stats();
@@ -168,7 +173,7 @@ TEST(PolicyTest, CircularBufferNeitherAllocatesNorFreesAfterWarmUp) {
   EXPECT_GT(s.blocks_reused_by_ring, (1000 - 40) / 4 - 2);
   EXPECT_EQ(s.bytes_copied, 0);
   ExpectVisible(*cache, seq, Concat(Range(0, 3), Range(989, 1000)));
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
   // Removing the sequence gives the whole ring back.
   ASSERT_TRUE(cache->RemoveSequence(seq).ok());
   EXPECT_EQ(cache->Stats().blocks_used, 0);
@@ -176,7 +181,9 @@ TEST(PolicyTest, CircularBufferNeitherAllocatesNorFreesAfterWarmUp) {
 
 TEST(PolicyTest, ContextShiftDropsOldTokensInOneStep) {
   // max_seq_len 16, sinks 2, truncate_to 0 -> 8.
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kTruncate, 16, 2));
+  auto cache = *KVCache::Create(Config({.overflow = OverflowPolicy::kTruncate,
+                                        .max_seq_len = 16,
+                                        .sink_tokens = 2}));
   const SeqId seq = *cache->AddSequence();
   ASSERT_TRUE(Append(*cache, seq, 0, 16).ok());
   ExpectVisible(*cache, seq, Range(0, 16));
@@ -191,11 +198,14 @@ TEST(PolicyTest, ContextShiftDropsOldTokensInOneStep) {
   ExpectVisible(*cache, seq, Concat(Range(0, 2), Range(20, 26)));
   EXPECT_EQ(cache->Stats().bytes_copied, 0);
   EXPECT_GT(cache->Stats().blocks_released_by_policy, 0);
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(PolicyTest, ContextShiftWithExplicitTruncateTo) {
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kTruncate, 10, 1, 4));
+  auto cache = *KVCache::Create(Config({.overflow = OverflowPolicy::kTruncate,
+                                        .max_seq_len = 10,
+                                        .sink_tokens = 1,
+                                        .truncate_to = 4}));
   const SeqId seq = *cache->AddSequence();
   ASSERT_TRUE(Append(*cache, seq, 0, 12).ok());  // one update past the limit
   ExpectVisible(*cache, seq, Concat(Range(0, 1), Range(9, 12)));
@@ -203,26 +213,31 @@ TEST(PolicyTest, ContextShiftWithExplicitTruncateTo) {
 }
 
 TEST(PolicyTest, EvictedPositionsCannotBeWrittenOrRolledBackInto) {
-  auto cache = *KVCache::Create(Config(OverflowPolicy::kSlidingWindow, 8, 2));
+  auto cache =
+      *KVCache::Create(Config({.overflow = OverflowPolicy::kSlidingWindow,
+                               .max_seq_len = 8,
+                               .sink_tokens = 2}));
   const SeqId seq = *cache->AddSequence();
   ASSERT_TRUE(Append(*cache, seq, 0, 20).ok());  // visible: 0, 1, 14..19
-  const std::string before = Fingerprint(*cache);
 
   // Overwriting 10..19 reaches evicted 10..13.
   const std::vector<float> ten = Tokens(10, 10);
   const TokenSpan span{.data = ten.data(), .tokens = 10};
+  const CacheFingerprint before = Fingerprint(*cache);
   absl::Status s = cache->Update(seq, 0, span, span, 20);
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
   EXPECT_THAT(s.message(), HasSubstr("seq 1, layer 0, seq_len 20"));
   EXPECT_THAT(s.message(), HasSubstr("positions [2, 14) were evicted"));
   EXPECT_THAT(s.message(), HasSubstr("sliding_window"));
+  EXPECT_UNCHANGED(*cache, before);
   // Rolling back to 12 would leave evicted position 11 as the newest.
   s = cache->Update(seq, 0, {}, {}, 12);
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
+  EXPECT_UNCHANGED(*cache, before);
   s = cache->Truncate(seq, 14);
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
   EXPECT_THAT(s.message(), HasSubstr("Truncate(seq 1, layer 0, seq_len 14)"));
-  EXPECT_EQ(Fingerprint(*cache), before);
+  EXPECT_UNCHANGED(*cache, before);
 
   // Rolling back within the window is fine: 15 keeps position 14.
   ASSERT_TRUE(cache->Truncate(seq, 15).ok());
@@ -236,11 +251,13 @@ TEST(PolicyTest, EvictedPositionsCannotBeWrittenOrRolledBackInto) {
   ExpectVisible(*cache, seq, Range(0, 1));
   ASSERT_TRUE(Append(*cache, seq, 1, 5).ok());
   ExpectVisible(*cache, seq, Range(0, 6));
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(PolicyTest, PerLayerPoliciesShareOnePool) {
-  CacheConfig c = Config(OverflowPolicy::kSlidingWindow, 8, 1);
+  CacheConfig c = Config({.overflow = OverflowPolicy::kSlidingWindow,
+                          .max_seq_len = 8,
+                          .sink_tokens = 1});
   c.num_layers = 3;
   c.layer_policies = {
       {.layer = 1, .overflow = OverflowPolicy::kError, .max_seq_len = 64},
@@ -261,17 +278,22 @@ TEST(PolicyTest, PerLayerPoliciesShareOnePool) {
   // Layer 0: block 0 and blocks 5..7; layer 1: 8 blocks; layer 2: 6..7.
   EXPECT_EQ(s.blocks_used, 4 + 8 + 2);
   // The error-policy layer still refuses to pass its own limit.
+  const CacheFingerprint before = Fingerprint(*cache);
   EXPECT_EQ(Append(*cache, seq, 30, 40, 1).code(),
             absl::StatusCode::kResourceExhausted);
+  EXPECT_UNCHANGED(*cache, before);
   EXPECT_TRUE(Append(*cache, seq, 30, 40, 0).ok());
-  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_VALID(cache);
 }
 
 TEST(PolicyTest, SinksAreNeverEvictedByAnyPolicy) {
   for (OverflowPolicy policy :
        {OverflowPolicy::kSlidingWindow, OverflowPolicy::kCircularBuffer,
         OverflowPolicy::kTruncate}) {
-    auto cache = *KVCache::Create(Config(policy, 9, 5, 7));
+    auto cache = *KVCache::Create(Config({.overflow = policy,
+                                          .max_seq_len = 9,
+                                          .sink_tokens = 5,
+                                          .truncate_to = 7}));
     const SeqId seq = *cache->AddSequence();
     for (int64_t t = 0; t < 300; t += 3) {
       ASSERT_TRUE(Append(*cache, seq, t, 3).ok()) << OverflowPolicyName(policy);

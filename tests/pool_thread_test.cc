@@ -10,6 +10,7 @@
 #include "allocator/block_pool.h"
 #include "allocator/host_arena.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace kvpage::internal {
 namespace {
@@ -91,7 +92,7 @@ TEST(PoolThreadTest,
   EXPECT_GT(exhausted.load(), 0) << "the test should reach exhaustion";
   EXPECT_EQ(pool->used_blocks(), 0);
   EXPECT_EQ(pool->free_blocks(), 36);
-  ASSERT_TRUE(pool->Validate().ok()) << pool->Validate();
+  ASSERT_VALID(pool);
 }
 
 TEST(PoolThreadTest, LastReleaseOfASharedBlockFreesItExactlyOnce) {
@@ -114,7 +115,7 @@ TEST(PoolThreadTest, LastReleaseOfASharedBlockFreesItExactlyOnce) {
     for (std::thread& th : threads) th.join();
     ASSERT_EQ(pool->ref_count(id), 0u);
     ASSERT_EQ(pool->free_blocks(), 16);
-    ASSERT_TRUE(pool->Validate().ok()) << pool->Validate();
+    ASSERT_VALID(pool);
   }
 }
 

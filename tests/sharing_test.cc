@@ -1,17 +1,20 @@
 // Sharing: forks with copy-on-write, the prefix-cache block hash, prefix
 // matches and the eviction of cached blocks.
 #include <cstdint>
+#include <functional>
 #include <numeric>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
+using kvpage::testing::CacheFingerprint;
 using kvpage::testing::Fingerprint;
 using ::testing::HasSubstr;
 
@@ -44,14 +47,8 @@ CacheConfig Config(int64_t blocks = 64) {
 
 // Token t of "family" f: element e is 1000 f + t + e / 8.
 std::vector<float> Tokens(int64_t first, int64_t count, int family = 0) {
-  std::vector<float> out(static_cast<size_t>(count * kElems));
-  for (int64_t t = 0; t < count; ++t) {
-    for (int e = 0; e < kElems; ++e) {
-      out[static_cast<size_t>(t * kElems + e)] =
-          1000.0f * family + static_cast<float>(first + t) + e / 8.0f;
-    }
-  }
-  return out;
+  return testing::Tokens(first, count,
+                         {.elems = kElems, .offset = 1000.0f * family});
 }
 
 absl::Status Put(KVCache& cache, SeqId seq, int64_t first, int64_t count,
@@ -90,7 +87,7 @@ TEST(ForkTest, SharesEveryBlockAndCopiesOnWrite) {
   EXPECT_EQ(cache->Stats().bytes_copied, 0);
   EXPECT_EQ(cache->Stats().tokens_stored, 2 * 2 * 10);
   ExpectTokens(*cache, child, Tokens(0, 10));
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 
   // An append into the shared, partly filled last block copies it first.
   ASSERT_TRUE(Put(*cache, child, 10, 1, 1).ok());
@@ -110,7 +107,7 @@ TEST(ForkTest, SharesEveryBlockAndCopiesOnWrite) {
   ExpectTokens(*cache, parent, Concat(Tokens(0, 10), Tokens(10, 1, 2)));
   ExpectTokens(*cache, child, Concat(Tokens(0, 10), Tokens(10, 1, 1)));
   ExpectTokens(*cache, sibling, Concat(Tokens(0, 1), Tokens(1, 10, 3)));
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 
   // A shared block is freed by its last holder only.
   ASSERT_TRUE(cache->RemoveSequence(parent).ok());
@@ -118,8 +115,10 @@ TEST(ForkTest, SharesEveryBlockAndCopiesOnWrite) {
   ASSERT_TRUE(cache->RemoveSequence(child).ok());
   ASSERT_TRUE(cache->RemoveSequence(sibling).ok());
   EXPECT_EQ(cache->Stats().blocks_used, 0);
+  const CacheFingerprint before = Fingerprint(*cache);
   EXPECT_EQ(cache->Fork(parent).status().code(), absl::StatusCode::kNotFound);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  EXPECT_UNCHANGED(*cache, before);
+  ASSERT_VALID(cache);
 }
 
 TEST(ForkTest, WindowsAndRingsRespectSharing) {
@@ -139,7 +138,7 @@ TEST(ForkTest, WindowsAndRingsRespectSharing) {
     for (int64_t t = 12; t < 80; ++t)
       ASSERT_TRUE(Put(*cache, child, t, 1, 1).ok());
     ExpectTokens(*cache, parent, Tokens(0, 12));
-    ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+    ASSERT_VALID(cache);
     ASSERT_TRUE(cache->RemoveSequence(parent).ok());
     ASSERT_TRUE(cache->RemoveSequence(child).ok());
     EXPECT_EQ(cache->Stats().blocks_used, 0) << OverflowPolicyName(policy);
@@ -168,7 +167,7 @@ TEST(ForkTest, CompressionLeavesSharedBlocksHotAndPromotesOnWrite) {
   EXPECT_EQ(cache->Gather(parent, 0)->k, before.k);
   EXPECT_EQ(cache->Gather(second, 0)->k[5 * kElems], 7000 + 5.0f);
   EXPECT_EQ(cache->Stats().quant_blocks_int8, 4);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 std::vector<int32_t> Ids(int64_t count, int family) {
@@ -195,7 +194,7 @@ TEST(PrefixCacheTest, ReleasedBlocksStayCachedAndAreMatched) {
   EXPECT_EQ(s.blocks_used, 0);
   EXPECT_EQ(s.blocks_cached, 2 * 4);  // the partial block went back
   EXPECT_EQ(s.blocks_free, 64 - 8);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 
   // The same 16 first ids, then others: 4 blocks match, the 5th misses.
   std::vector<int32_t> ids = Ids(16, 1);
@@ -210,13 +209,13 @@ TEST(PrefixCacheTest, ReleasedBlocksStayCachedAndAreMatched) {
   EXPECT_EQ(s.blocks_used, 8);
   EXPECT_EQ(*cache->Length(b, 1), 16);
   ExpectTokens(*cache, b, Tokens(0, 16, 1), 1);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   // The engine computes the rest from position 16 on.
   ASSERT_TRUE(cache->AppendTokens(b, more).ok());
   ASSERT_TRUE(Put(*cache, b, 16, 8, 2).ok());
   ExpectTokens(*cache, b, Concat(Tokens(0, 16, 1), Tokens(16, 8, 2)));
   EXPECT_EQ(cache->Stats().prefix_entries, 6);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 TEST(PrefixCacheTest, LiveSequencesShareTheirPrefix) {
@@ -233,7 +232,7 @@ TEST(PrefixCacheTest, LiveSequencesShareTheirPrefix) {
   ASSERT_TRUE(Put(*cache, b, 2, 13, 6).ok());
   ExpectTokens(*cache, a, Tokens(0, 12, 1));
   EXPECT_GT(cache->Stats().bytes_copied, 0);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 TEST(PrefixCacheTest, SaltsSeparateTenants) {
@@ -269,13 +268,54 @@ TEST(PrefixCacheTest, AllocationsEvictLeastRecentlyUsedFirst) {
   ASSERT_TRUE(Put(*cache, big, 32, 8, 9).ok());
   const SeqId probe3 = *cache->AddSequence();
   EXPECT_EQ(*cache->MatchPrefix(probe3, Ids(8, 3)), 0);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   // Nothing left to evict: refused, and nothing changed.
-  const std::string before = Fingerprint(*cache);
+  const CacheFingerprint before = Fingerprint(*cache);
   const absl::Status s = Put(*cache, big, 40, 8, 9);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("idle in the prefix cache"));
-  EXPECT_EQ(Fingerprint(*cache), before);
+  EXPECT_UNCHANGED(*cache, before);
+}
+
+// Refused calls leave the prefix cache as it was: no idle entry evicted for
+// an update that cannot fit anyway, none taken off the LRU list or moved on
+// it by a match or ids refused.
+TEST(PrefixCacheTest, RefusedCallsLeaveTheCachedBlocksAlone) {
+  auto cache = *KVCache::Create(Config(12));
+  // Three released prefixes of one block in each of 2 layers: 6 idle blocks.
+  for (int family : {1, 2, 3}) {
+    ASSERT_TRUE(cache->RemoveSequence(Written(*cache, 4, family)).ok());
+  }
+  const SeqId seq = Written(*cache, 2, 4);
+  ASSERT_EQ(cache->Stats().blocks_cached, 6);
+  const std::vector<float> many = Tokens(0, 48);
+  const TokenSpan too_many{.data = many.data(), .tokens = 48};
+  const std::vector<int32_t> family2 = Ids(4, 2);
+  const struct {
+    const char* what;
+    std::function<absl::Status()> call;
+    absl::StatusCode code;
+  } cases[] = {
+      {"an update larger than the pool",
+       [&] { return cache->Update(seq, 0, too_many, too_many, 48); },
+       absl::StatusCode::kResourceExhausted},
+      {"a match into a sequence holding tokens",
+       [&] { return cache->MatchPrefix(seq, family2).status(); },
+       absl::StatusCode::kFailedPrecondition},
+      {"a match into an unknown sequence",
+       [&] { return cache->MatchPrefix(999, family2).status(); },
+       absl::StatusCode::kNotFound},
+      {"ids of an unknown sequence",
+       [&] { return cache->AppendTokens(999, family2); },
+       absl::StatusCode::kNotFound},
+  };
+  for (const auto& refused : cases) {
+    SCOPED_TRACE(refused.what);
+    const CacheFingerprint before = Fingerprint(*cache);
+    EXPECT_EQ(refused.call().code(), refused.code);
+    EXPECT_UNCHANGED(*cache, before);
+  }
+  ASSERT_VALID(cache);
 }
 
 TEST(PrefixCacheTest, MatchLimitsAndRefusals) {
@@ -293,14 +333,18 @@ TEST(PrefixCacheTest, MatchLimitsAndRefusals) {
   EXPECT_EQ(cache->MatchPrefix(b, Ids(16, 1)).status().code(),
             absl::StatusCode::kOk);  // still empty: allowed again
   ASSERT_TRUE(cache->AppendTokens(b, Ids(1, 1)).ok());
+  const CacheFingerprint before = Fingerprint(*cache);
   EXPECT_EQ(cache->MatchPrefix(b, Ids(16, 1)).status().code(),
             absl::StatusCode::kFailedPrecondition);
+  EXPECT_UNCHANGED(*cache, before);
   EXPECT_EQ(cache->MatchPrefix(999, Ids(4, 1)).status().code(),
             absl::StatusCode::kNotFound);
+  EXPECT_UNCHANGED(*cache, before);
   EXPECT_EQ(cache->AppendTokens(999, Ids(4, 1)).code(),
             absl::StatusCode::kNotFound);
+  EXPECT_UNCHANGED(*cache, before);
   (void)a;
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 TEST(PrefixCacheTest, TruncateForgetsTokenIdsPastTheLength) {
@@ -319,7 +363,7 @@ TEST(PrefixCacheTest, TruncateForgetsTokenIdsPastTheLength) {
   const SeqId b = *cache->AddSequence();
   EXPECT_EQ(*cache->MatchPrefix(b, ids), 12);
   ExpectTokens(*cache, b, Concat(Tokens(0, 5, 1), Tokens(5, 7, 4)));
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 // Regression (issue 15, defect 1): a layer published into an entry that is
@@ -343,12 +387,12 @@ TEST(PrefixCacheTest, PublishingIntoAnIdleEntryKeepsTheIdleCount) {
   CacheStats s = cache->Stats();
   EXPECT_EQ(s.blocks_cached, 0);  // the entry is in use through layer 1
   EXPECT_EQ(s.blocks_used, 2);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   ASSERT_TRUE(cache->RemoveSequence(b).ok());
   s = cache->Stats();
   EXPECT_EQ(s.blocks_cached, 2);
   EXPECT_EQ(s.blocks_free, 1);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   // Both layers' blocks are whole again: a match takes them.
   const SeqId m = *cache->AddSequence();
   EXPECT_EQ(*cache->MatchPrefix(m, Ids(4, 1)), 4);
@@ -362,7 +406,7 @@ TEST(PrefixCacheTest, PublishingIntoAnIdleEntryKeepsTheIdleCount) {
   EXPECT_EQ(s.blocks_used, 3);
   EXPECT_EQ(s.blocks_cached, 0);
   EXPECT_EQ(s.prefix_entries, 0);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 // Regression (issue 15, defect 2): a block already cached under one hash,
@@ -377,13 +421,13 @@ TEST(PrefixCacheTest, ABlockCachedUnderOneHashAddsNoEmptyEntry) {
   EXPECT_EQ(cache->Stats().prefix_entries, 1);
   ASSERT_TRUE(cache->AppendTokens(parent, Ids(4, 2)).ok());
   EXPECT_EQ(cache->Stats().prefix_entries, 1);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   ASSERT_TRUE(cache->RemoveSequence(child).ok());
   ASSERT_TRUE(cache->RemoveSequence(parent).ok());
   const CacheStats s = cache->Stats();
   EXPECT_EQ(s.prefix_entries, 1);
   EXPECT_EQ(s.blocks_cached, 2);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   // The block is found under the ids it was first published with only.
   const SeqId probe = *cache->AddSequence();
   EXPECT_EQ(*cache->MatchPrefix(probe, Ids(4, 2)), 0);
@@ -391,7 +435,7 @@ TEST(PrefixCacheTest, ABlockCachedUnderOneHashAddsNoEmptyEntry) {
   const SeqId match = *cache->AddSequence();
   EXPECT_EQ(*cache->MatchPrefix(match, Ids(4, 1)), 4);
   ExpectTokens(*cache, match, Tokens(0, 4, 1));
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
 }
 
 // Regression (issue 15, defect 3): a ring truncated to 0 keeps its blocks as
@@ -407,16 +451,16 @@ TEST(PrefixCacheTest, AMatchIntoATruncatedRingKeepsTheRingSize) {
   const SeqId a = *cache->AddSequence();
   ASSERT_TRUE(Put(*cache, a, 0, 9, 2).ok());  // a ring of 3 blocks
   ASSERT_TRUE(cache->Truncate(a, 0).ok());
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   EXPECT_EQ(*cache->MatchPrefix(a, Ids(8, 1)), 8);
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   ExpectTokens(*cache, a, Tokens(0, 8, 1));
   EXPECT_LE(cache->Stats(a)->blocks, 3);
   EXPECT_EQ(cache->Stats(a)->max_length, 9);  // the longest it has been
   // The ring goes on: the oldest shared block is let go, the source keeps
   // reading its own tokens.
   ASSERT_TRUE(Put(*cache, a, 8, 5, 3).ok());
-  ASSERT_TRUE(cache->Validate().ok()) << cache->Validate();
+  ASSERT_VALID(cache);
   ExpectTokens(*cache, a, Concat(Tokens(5, 3, 1), Tokens(8, 5, 3)));
   ExpectTokens(*cache, source, Tokens(0, 8, 1));
   EXPECT_LE(cache->Stats(a)->blocks, 3);

@@ -16,6 +16,7 @@
 #include "cache/kv_cache_internal.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/cache_fingerprint.h"
 #include "tests/snapshot_fixture.h"
 #include "tests/test_util.h"
 
@@ -46,7 +47,7 @@ TEST_P(SnapshotTest, TablesMatchTheViews) {
   auto cache = testing::BuildShowcase(/*mixed=*/GetParam());
   ASSERT_TRUE(cache.ok()) << cache.status();
   KVCache& kv = **cache;
-  ASSERT_TRUE(kv.Validate().ok());
+  ASSERT_VALID(kv);
   absl::StatusOr<Snapshot> snap = kv.TakeSnapshot({});
   ASSERT_TRUE(snap.ok()) << snap.status();
   EXPECT_THAT(VerifySnapshot(*snap), IsEmpty())
@@ -97,7 +98,7 @@ TEST_P(SnapshotTest, TablesMatchTheViews) {
 TEST_P(SnapshotTest, FileRoundTripIsExact) {
   auto cache = testing::BuildShowcase(GetParam());
   ASSERT_TRUE(cache.ok()) << cache.status();
-  const std::string before = testing::Fingerprint(**cache);
+  const testing::CacheFingerprint before = testing::Fingerprint(**cache);
   const std::string path = TempPath("round_trip.snap");
   for (bool data : {false, true}) {
     ASSERT_TRUE(
@@ -112,7 +113,7 @@ TEST_P(SnapshotTest, FileRoundTripIsExact) {
     EXPECT_EQ(read->hot.data.empty(), !data);
     EXPECT_EQ(read->quant.data.empty(), !data);
   }
-  EXPECT_EQ(testing::Fingerprint(**cache), before);  // writing changed nothing
+  EXPECT_UNCHANGED(**cache, before);  // writing changed nothing
   std::remove(path.c_str());
 }
 

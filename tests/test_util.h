@@ -1,54 +1,52 @@
-// tests/test_util.h — shared helpers of the kvpage test suites: a storage
-// that is not host memory, data generators and a fingerprint of a cache's
-// whole observable state.
+// tests/test_util.h — shared helpers of the kvpage test suites: data
+// generators and EXPECT_VALID. A storage that is not host memory is in
+// opaque_storage.h (included), the fingerprint of a cache's whole observable
+// state in cache_fingerprint.h.
 #ifndef KVPAGE_TESTS_TEST_UTIL_H_
 #define KVPAGE_TESTS_TEST_UTIL_H_
 
-#include <cstring>
-#include <memory>
+#include <cstdint>
 #include <random>
-#include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "allocator/block_storage.h"
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/opaque_storage.h"
 
 namespace kvpage::testing {
 
-// Keeps its bytes in a vector but does not admit it: host_base() is null, so
-// the cache must go through Write/Read/Copy, as with device memory.
-class OpaqueStorage final : public internal::BlockStorage {
- public:
-  OpaqueStorage(int64_t num_blocks, int64_t block_bytes)
-      : BlockStorage(num_blocks, block_bytes),
-        bytes_(static_cast<size_t>(num_blocks * block_bytes)) {}
-
-  const void* Address(internal::BlockId id) const override {
-    return bytes_.data() + id * block_bytes();
-  }
-  void Write(internal::BlockId id, int64_t offset, const void* src,
-             int64_t bytes) override {
-    ++writes;
-    std::memcpy(bytes_.data() + id * block_bytes() + offset, src,
-                static_cast<size_t>(bytes));
-  }
-  void Read(internal::BlockId id, int64_t offset, void* dst,
-            int64_t bytes) const override {
-    std::memcpy(dst, bytes_.data() + id * block_bytes() + offset,
-                static_cast<size_t>(bytes));
-  }
-  void Copy(internal::BlockId from, internal::BlockId to) override {
-    std::memcpy(bytes_.data() + to * block_bytes(),
-                bytes_.data() + from * block_bytes(),
-                static_cast<size_t>(block_bytes()));
-  }
-
-  int64_t writes = 0;
-
- private:
-  std::vector<std::byte> bytes_;
+// Token data that says where it belongs: element e of the token at position
+// p is offset + p * step + e / 8. Exact in f32; in f16 and bf16 while the
+// value needs no more bits than they have.
+struct TokenPattern {
+  int64_t elems = 0;  // elements of a token: num_kv_heads * head_dim
+  float step = 1;     // from one position to the next
+  float offset = 0;   // tells apart keys and values, or token families
 };
+
+// Tokens at positions [first, first + count), [count][elems].
+inline std::vector<float> Tokens(int64_t first, int64_t count,
+                                 const TokenPattern& pattern) {
+  std::vector<float> out(static_cast<size_t>(count * pattern.elems));
+  for (int64_t t = 0; t < count; ++t) {
+    for (int64_t e = 0; e < pattern.elems; ++e) {
+      out[static_cast<size_t>(t * pattern.elems + e)] =
+          pattern.offset + static_cast<float>(first + t) * pattern.step +
+          static_cast<float>(e) / 8.0f;
+    }
+  }
+  return out;
+}
+
+// `count` draws of a standard normal, the same for the same seed.
+inline std::vector<float> Gaussian(int64_t count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> out(static_cast<size_t>(count));
+  for (float& x : out) x = normal(rng);
+  return out;
+}
 
 // Values exactly representable in f16 and bf16 (quarters in [-64, 64): at
 // most 8 significant bits), so that every dtype stores them unrounded.
@@ -59,34 +57,24 @@ inline std::vector<float> ExactValues(std::mt19937_64& rng, int64_t count) {
   return out;
 }
 
-// Everything a caller can observe: stats, and per sequence and layer the
-// length, the gathered data and the view's block ids and slots.
-inline std::string Fingerprint(const KVCache& cache) {
-  const CacheStats s = cache.Stats();
-  std::string out = absl::StrCat("stats ", s.blocks_used, " ", s.blocks_free,
-                                 " ", s.tokens_stored, " ", s.sequences, " ",
-                                 s.bytes_written, " ", s.bytes_copied, " ",
-                                 s.evictions, " ", s.memory_usage_bytes, "\n");
-  for (SeqId seq : cache.Sequences()) {
-    for (int layer = 0; layer < cache.config().num_layers; ++layer) {
-      absl::StrAppend(&out, "seq ", seq, " layer ", layer, " len ",
-                      *cache.Length(seq, layer), ":");
-      const GatheredLayer g = *cache.Gather(seq, layer);
-      for (size_t i = 0; i < g.k.size(); ++i) {
-        absl::StrAppend(&out, " ", g.k[i], "/", g.v[i]);
-      }
-      for (int64_t p : g.positions) absl::StrAppend(&out, " @", p);
-      const LayerView view = *cache.View(seq, layer);
-      for (const BlockView& b : view.blocks) {
-        absl::StrAppend(&out, " #", b.block_id, ":", b.begin_slot, "+",
-                        b.tokens);
-      }
-      out += "\n";
-    }
+// Success when `x.Validate()` (or `x->Validate()`: a cache, a pool, or a
+// pointer to one) returns OK; else that Status.
+template <typename T>
+::testing::AssertionResult IsValid(const T& x) {
+  absl::Status status;
+  if constexpr (requires { x.Validate(); }) {
+    status = x.Validate();
+  } else {
+    status = x->Validate();
   }
-  return out;
+  if (status.ok()) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "Validate(): " << status;
 }
 
 }  // namespace kvpage::testing
+
+// Every invariant of a cache or pool holds; on failure, the violation.
+#define EXPECT_VALID(x) EXPECT_TRUE(::kvpage::testing::IsValid(x))
+#define ASSERT_VALID(x) ASSERT_TRUE(::kvpage::testing::IsValid(x))
 
 #endif  // KVPAGE_TESTS_TEST_UTIL_H_

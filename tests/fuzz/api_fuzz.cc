@@ -17,7 +17,7 @@
 #include "cache/kv_cache_internal.h"
 #include "kvpage/kvpage.h"
 #include "tests/fuzz/api_harness.h"
-#include "tests/test_util.h"
+#include "tests/opaque_storage.h"
 
 namespace kvpage::fuzz {
 
@@ -394,8 +394,7 @@ void Harness::Truncate() {
     return ExpectRefused(status, absl::StatusCode::kInvalidArgument, before);
   }
   for (const Layer& l : s->layers) {
-    if (static_cast<int64_t>(l.pos.size()) > to && to > 0 &&
-        !l.pos[static_cast<size_t>(to - 1)].visible) {
+    if (testing::EndsOnEvicted(l.pos, to)) {
       return ExpectRefused(status, absl::StatusCode::kOutOfRange, before);
     }
   }

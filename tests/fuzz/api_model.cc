@@ -86,18 +86,6 @@ std::optional<Setup> DecodeConfig(ByteSource& in) {
   return s;
 }
 
-std::vector<LayerPolicy> LayerPolicies(const CacheConfig& c) {
-  std::vector<LayerPolicy> policies(static_cast<size_t>(c.num_layers),
-                                    {.overflow = c.overflow,
-                                     .max_seq_len = c.max_seq_len,
-                                     .sink_tokens = c.sink_tokens,
-                                     .truncate_to = c.truncate_to});
-  for (const LayerPolicy& p : c.layer_policies) {
-    policies[static_cast<size_t>(p.layer)] = p;
-  }
-  return policies;
-}
-
 int64_t VisibleCount(const Layer& l) { return testing::CountVisible(l.pos); }
 
 int64_t Evict(const LayerPolicy& p, Layer& l) {
@@ -116,44 +104,11 @@ int64_t BlocksWithVisible(const Layer& l, int64_t block_tokens, int64_t from,
 absl::StatusCode PredictUpdate(const CacheConfig& c,
                                const std::vector<LayerPolicy>& policies,
                                const Seq* s, const UpdateCall& call) {
-  const int64_t elems = int64_t{c.num_kv_heads} * c.head_dim;
-  if (s == nullptr) return absl::StatusCode::kNotFound;
-  if (call.layer < 0 || call.layer >= c.num_layers) {
-    return absl::StatusCode::kInvalidArgument;
-  }
-  const int64_t n = call.n;
-  if (call.v_tokens != n || n < 0) return absl::StatusCode::kInvalidArgument;
-  for (DType d : {call.k_dtype, call.v_dtype}) {
-    if (d != DType::kF32 && d != c.dtype) {
-      return absl::StatusCode::kInvalidArgument;
-    }
-  }
-  if (n > 0 && (call.k_null || call.v_null)) {
-    return absl::StatusCode::kInvalidArgument;
-  }
-  if (n > (int64_t{1} << 62) / (elems * 4)) {
-    return absl::StatusCode::kInvalidArgument;
-  }
-  if (call.seq_len < n) return absl::StatusCode::kInvalidArgument;
-  const Layer& l = s->layers[static_cast<size_t>(call.layer)];
-  const int64_t len = static_cast<int64_t>(l.pos.size());
-  const int64_t start = call.seq_len - n;
-  if (start > len) return absl::StatusCode::kInvalidArgument;
-  for (int64_t p = start; p < std::min(call.seq_len, len); ++p) {
-    if (!l.pos[static_cast<size_t>(p)].visible) {
-      return absl::StatusCode::kOutOfRange;
-    }
-  }
-  if (call.seq_len < len && call.seq_len > 0 &&
-      !l.pos[static_cast<size_t>(call.seq_len - 1)].visible) {
-    return absl::StatusCode::kOutOfRange;
-  }
-  const LayerPolicy& policy = policies[static_cast<size_t>(call.layer)];
-  if (policy.overflow == OverflowPolicy::kError &&
-      call.seq_len > policy.max_seq_len) {
-    return absl::StatusCode::kResourceExhausted;
-  }
-  return absl::StatusCode::kOk;
+  return testing::PredictUpdate(
+      c, policies, s != nullptr, call,
+      [s](int layer) -> const std::vector<Pos>& {
+        return s->layers[static_cast<size_t>(layer)].pos;
+      });
 }
 
 }  // namespace kvpage::fuzz

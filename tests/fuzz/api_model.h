@@ -18,6 +18,7 @@
 #include "allocator/convert.h"
 #include "kvpage/kvpage.h"
 #include "tests/fuzz/api_program.h"
+#include "tests/policy_model.h"
 
 namespace kvpage::fuzz {
 
@@ -115,23 +116,14 @@ struct Setup {
 // never (every input decodes to some configuration, maybe an invalid one).
 std::optional<Setup> DecodeConfig(ByteSource& in);
 
-// An update as a program calls it, mistakes included.
-struct UpdateCall {
-  SeqId seq = 0;
-  int layer = 0;
-  int64_t seq_len = 0, n = 0, v_tokens = 0;
-  DType k_dtype = DType::kF32, v_dtype = DType::kF32;
-  bool k_null = false, v_null = false;
-};
+using testing::LayerPolicies;
+using testing::UpdateCall;
 
 // The status the update rule gives `call` on sequence `s` (null: unknown),
 // its checks in the documented order; kOk where only the pool can refuse.
 absl::StatusCode PredictUpdate(const CacheConfig& c,
                                const std::vector<LayerPolicy>& policies,
                                const Seq* s, const UpdateCall& call);
-
-// Each layer's policy: the cache-wide one, or its override.
-std::vector<LayerPolicy> LayerPolicies(const CacheConfig& c);
 
 // Visible positions of a layer.
 int64_t VisibleCount(const Layer& l);
