@@ -15,7 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "cache/stats_fields.h"
+#include "kvpage/stats_fields.h"
 
 namespace kvpage::dump {
 namespace {
@@ -162,11 +162,10 @@ LayerPolicy PolicyOf(const CacheConfig& c, int layer) {
           .truncate_to = c.truncate_to};
 }
 
-Json StatsJson(const CacheStats& s) {
+Json StatsJson(const CacheStats& stats) {
   Json j;
-#define KVPAGE_STAT_JSON(type, name) j[#name] = s.name;
-  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_STAT_JSON)
-#undef KVPAGE_STAT_JSON
+  ForEachStatsField(stats,
+                    [&j](const char* name, auto value) { j[name] = value; });
   return j;
 }
 
