@@ -1,8 +1,8 @@
 // tools/stress/backend.h — the three caches kvpage-stress drives with one
-// workload: kvpage's paged KVCache, a contiguous per-sequence buffer sized
-// for the longest request (what engines did before paging), and the naive
-// cache of the original report (bench/naive_cache.h: every update rebuilds
-// the layer's whole tensors).
+// workload: kvpage's paged KVCache (paged_backend.h), and the baselines
+// (baseline_backends.h): a contiguous per-sequence buffer sized for the
+// longest request (what engines did before paging), and the naive cache of
+// the original report (every update rebuilds the layer's whole tensors).
 //
 // A backend is one worker's shard: thread-compatible, used by one thread.
 // Sequence ids are the backend's own (kvpage's SeqId for the paged one).
