@@ -45,16 +45,6 @@ struct MemorySample {
   int64_t bytes_saved = 0;    // compression
 };
 
-// Counters a backend adds to its result (summed over shards).
-struct BackendCounters {
-  int64_t bytes_written = 0, bytes_copied = 0, evictions = 0;
-  int64_t prefix_hits = 0, prefix_misses = 0;
-  int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
-  double max_quant_error = 0;
-  int64_t tokens_verified = 0, quantized_blocks_verified = 0;
-  int64_t validations = 0;
-};
-
 // How a failure names a sequence: "sequence 12 (request 5, sample 0)".
 struct SeqLabel {
   uint64_t id = 0;

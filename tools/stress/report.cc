@@ -34,6 +34,37 @@ int64_t LatencyRecorder::Percentile(double q) const {
   return sorted[static_cast<size_t>(rank - seen - 1)];
 }
 
+WorkloadCounts& WorkloadCounts::operator+=(const WorkloadCounts& shard) {
+  complete &= shard.complete;
+  requests_completed += shard.requests_completed;
+  requests_cut += shard.requests_cut;
+  max_requests_in_flight += shard.max_requests_in_flight;
+  tokens_appended += shard.tokens_appended;
+  prompt_tokens_computed += shard.prompt_tokens_computed;
+  prefix_tokens_reused += shard.prefix_tokens_reused;
+  decode_tokens += shard.decode_tokens;
+  draft_tokens_rejected += shard.draft_tokens_rejected;
+  decode_steps += shard.decode_steps;
+  scheduler_steps += shard.scheduler_steps;
+  return *this;
+}
+
+BackendCounters& BackendCounters::operator+=(const BackendCounters& shard) {
+  bytes_written += shard.bytes_written;
+  bytes_copied += shard.bytes_copied;
+  evictions += shard.evictions;
+  prefix_hits += shard.prefix_hits;
+  prefix_misses += shard.prefix_misses;
+  compressions += shard.compressions;
+  compressions_skipped += shard.compressions_skipped;
+  decompressions += shard.decompressions;
+  max_quant_error = std::max(max_quant_error, shard.max_quant_error);
+  tokens_verified += shard.tokens_verified;
+  quantized_blocks_verified += shard.quantized_blocks_verified;
+  validations += shard.validations;
+  return *this;
+}
+
 LatencySummary Summarize(std::string name, const LatencyRecorder& r) {
   return {.name = std::move(name),
           .count = r.count(),
