@@ -472,6 +472,78 @@ TEST(StressToolTest, ExtremeFlagValuesExitTwoNamingTheFlag) {
   }
 }
 
+// A shape override or a window of 0 is refused, not taken as "the model's"
+// or "--max-len"; a range error is one readable line (no 300-digit bound).
+TEST(StressToolTest, ZeroOrNegativeShapesAndRangesAreRefusedReadably) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"--head-dim 0", "--head-dim"},
+      {"--layers 0", "--layers"},
+      {"--kv-heads -1", "--kv-heads"},
+      {"--kv-heads 0", "--kv-heads"},
+      {"--max-seq-len -3", "--max-seq-len"},
+      {"--max-seq-len 0", "--max-seq-len"},
+      {"--requests -5", "--requests"},
+      {"--concurrency 0", "--concurrency"},
+      {"--seed abc", "--seed"},
+      {"--pool-gib abc", "--pool-gib"},
+  };
+  for (const auto& [args, flag] : cases) {
+    SCOPED_TRACE(args);
+    const RunResult r = RunStress(std::string(kQuick) + " " + args);
+    ExpectUsageError(r, flag);
+    EXPECT_EQ(r.err.find("1797693"), std::string::npos) << r.err;
+    EXPECT_LT(r.err.size(), 160u) << r.err;
+  }
+  const RunResult range = RunStress("--requests -5");
+  EXPECT_EQ(range.err,
+            "kvpage-stress: --requests: -5 is not an integer in [1, 1000000] "
+            "(see --help)\n");
+}
+
+// Flags are matched whole: a prefix of a flag is no flag.
+TEST(StressToolTest, FlagsAreNotAbbreviated) {
+  for (const char* args : {"--max-seq 5", "--max 5", "--conc 4"}) {
+    SCOPED_TRACE(args);
+    const RunResult r = RunStress(std::string(kQuick) + " " + args);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
+
+// The header says how many requests are really kept in flight.
+TEST(StressToolTest, InFlightIsAtMostTheRequests) {
+  const RunResult r = RunStress(
+      "--model tiny --requests 5 --concurrency 1000 --max-len 64 "
+      "--pool-gib 0.05 --quiet --backend paged");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("; 5 kept in flight;"), std::string::npos) << r.out;
+}
+
+// --huge-pages is on unless --no-huge-pages comes last; --help says so
+// (CLI11 showed "--no-huge-pages{false}", which read as the default).
+TEST(StressToolTest, HugePagesDefaultOnAndTheLastFlagWins) {
+  const RunResult help = RunStress("--help");
+  EXPECT_EQ(help.out.find("{false}"), std::string::npos);
+  EXPECT_NE(help.out.find("the default)"), std::string::npos);
+  EXPECT_NE(help.out.find("--no-huge-pages"), std::string::npos);
+  const std::string path = ::testing::TempDir() + "/stress_huge_pages.snap";
+  const std::pair<std::string, bool> cases[] = {
+      {"", true},
+      {"--no-huge-pages", false},
+      {"--no-huge-pages --huge-pages", true},
+      {"--huge-pages --no-huge-pages", false}};
+  for (const auto& [flags, huge_pages] : cases) {
+    SCOPED_TRACE(flags);
+    const RunResult r =
+        RunStress(std::string(kQuick) + " " + flags + " --snapshot " + path);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    absl::StatusOr<Snapshot> snap = ReadSnapshot(path);
+    ASSERT_TRUE(snap.ok()) << snap.status();
+    EXPECT_EQ(snap->config.huge_pages, huge_pages);
+  }
+  std::remove(path.c_str());
+}
+
 // Flags whose values are in range one by one but not together.
 TEST(StressToolTest, FlagCombinationsAreChecked) {
   const std::pair<std::string, std::string> cases[] = {
