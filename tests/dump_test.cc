@@ -13,8 +13,10 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,6 +64,28 @@ TEST(DumpGolden, Summary) {
 
 // Internal waste counts each block once, hot or repacked, however many
 // tables share it: a fork adds no block and changes neither figure.
+// The public list of statistics fields (kvpage/stats_fields.h) names every
+// CacheStats field once, by its own name, and a visitor may assign them.
+TEST(StatsFields, EveryFieldOnceByItsName) {
+  CacheStats stats;
+  int count = 0;
+  ForEachStatsField(stats, [&count](const char*, auto& field) {
+    field = static_cast<std::remove_reference_t<decltype(field)>>(++count);
+  });
+  EXPECT_EQ(count, kCacheStatsFieldCount);
+  EXPECT_EQ(stats.blocks_total, 1);
+  EXPECT_EQ(stats.utilization, 5.0);
+  EXPECT_EQ(stats.bytes_copied, kCacheStatsFieldCount);
+  std::set<std::string> names;
+  ForEachStatsField(stats, [&names](const char* name, auto) {
+    EXPECT_TRUE(names.insert(name).second) << name;
+  });
+  EXPECT_EQ(names.size(), static_cast<size_t>(kCacheStatsFieldCount));
+  EXPECT_TRUE(names.contains("decompressions"));
+  EXPECT_EQ(dump::Summary(Snapshot{.stats = stats})["stats"]["hits"],
+            stats.hits);
+}
+
 TEST(DumpSummary, WasteCountsSharedBlocksOnce) {
   auto cache = testing::BuildShowcase();
   ASSERT_TRUE(cache.ok());

@@ -3,10 +3,10 @@
 // exporter, the snapshot encoder and decoder (the list's order is the file
 // format's), kvpage-dump (the names are its JSON keys).
 //
-// Usage:
+// Usage (`value` is an int64_t or a double):
 //   kvpage::ForEachStatsField(cache.Stats(),
 //                             [&](const char* name, auto value) {
-//                               exporter.Gauge(name, value);  // int64 or double
+//                               exporter.Gauge(name, value);
 //                             });
 #ifndef KVPAGE_STATS_FIELDS_H_
 #define KVPAGE_STATS_FIELDS_H_
@@ -23,7 +23,7 @@ namespace kvpage {
 // that a visitor may also assign). Append only: snapshot format version 1
 // stores the fields in this order. O(fields); allocates nothing.
 template <typename Stats, typename Visit>
-  requires std::is_same_v<std::remove_cvref_t<Stats>, CacheStats>
+requires std::is_same_v<std::remove_cvref_t<Stats>, CacheStats>
 constexpr void ForEachStatsField(Stats&& stats, Visit&& visit) {
   visit("blocks_total", stats.blocks_total);
   visit("blocks_used", stats.blocks_used);
