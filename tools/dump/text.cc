@@ -66,8 +66,9 @@ std::string Columns(const std::vector<std::vector<std::string>>& rows,
 }
 
 std::string Indented(const std::string& text, int spaces) {
-  return absl::StrReplaceAll(
-      text, {{"\n", "\n" + std::string(static_cast<size_t>(spaces), ' ')}});
+  std::string line_break(static_cast<size_t>(spaces) + 1, ' ');
+  line_break[0] = '\n';
+  return absl::StrReplaceAll(text, {{"\n", line_break}});
 }
 
 size_t Digits(uint64_t value) {
