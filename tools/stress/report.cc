@@ -267,7 +267,10 @@ void AddLatencyRows(const std::vector<BackendResult>& bs, Table& t) {
       {"match_prefix", "prefix match"},
       {"release", "release of a sequence"},
       {"compress", "compression (1 layer)"}};
-  for (const auto& [name, label] : kLatencies) {
+  for (const auto& entry : kLatencies) {
+    // Named copies: clang 14 cannot capture a structured binding.
+    const char* name = entry.first;
+    const char* label = entry.second;
     if (!Any(bs, [&](const BackendResult& b) {
           const LatencySummary* l = Find(b, name);
           return l != nullptr && l->count > 0;
