@@ -24,8 +24,8 @@
 #include "absl/types/span.h"
 #include "allocator/block_pool.h"
 #include "allocator/host_arena.h"
+#include "baselines/naive_cache.h"
 #include "bench/bench_common.h"
-#include "bench/naive_cache.h"
 #include "benchmark/benchmark.h"
 #include "kvpage/config.h"
 #include "kvpage/kv_cache.h"
@@ -33,6 +33,7 @@
 namespace kvpage::bench {
 namespace {
 
+using baselines::NaiveCache;
 using internal::BlockId;
 using internal::BlockPool;
 using internal::HostArena;

@@ -1,7 +1,7 @@
 // bench/policy_bench.cc — a decode step under kvpage's evicting overflow
 // policies (kSlidingWindow, kCircularBuffer) next to the hand-written window
-// caches of window_baselines.h, early and late in a long sequence, with the
-// comparison table and targets that go with them.
+// caches of baselines/window_baselines.h, early and late in a long sequence,
+// with the comparison table and targets that go with them.
 //
 // The window: max_seq_len 1024 with 4 sink tokens, on the model shape of
 // bench_common.h (f16, prefaulted). A step is one token on every layer,
@@ -64,14 +64,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
+#include "baselines/window_baselines.h"
 #include "bench/bench_common.h"
-#include "bench/window_baselines.h"
 #include "benchmark/benchmark.h"
 #include "kvpage/config.h"
 #include "kvpage/kv_cache.h"
 
 namespace kvpage::bench {
 namespace {
+
+using baselines::ShiftWindow;
+using baselines::TokenRing;
 
 constexpr int64_t kWindow = 1024;  // max_seq_len: sinks + window tokens
 constexpr int64_t kSinks = 4;

@@ -12,7 +12,7 @@
 #include "allocator/quantize.h"
 #include "cache/quant_pool_config.h"
 #include "cache/snapshot_internal.h"
-#include "cache/stats_fields.h"
+#include "kvpage/stats_fields.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -23,12 +23,6 @@ namespace {
 constexpr char kMagic[8] = {'K', 'V', 'P', 'G', 'S', 'N', 'A', 'P'};
 using internal::kSnapshotHeaderBytes;
 constexpr uint32_t kFlagTokenData = 1;
-
-#define KVPAGE_COUNT_STATS(type, name) +1
-static_assert(sizeof(CacheStats) ==
-                  8 * (0 KVPAGE_CACHE_STATS_FIELDS(KVPAGE_COUNT_STATS)),
-              "a CacheStats field is missing from cache/stats_fields.h");
-#undef KVPAGE_COUNT_STATS
 
 // Appends little-endian fields.
 class Encoder {
@@ -311,9 +305,8 @@ void GetData(Decoder& d, SnapshotPool& p) {
 std::string EncodeSnapshot(const Snapshot& snap) {
   Encoder e;
   PutConfig(snap.config, e);
-#define KVPAGE_PUT_STAT(type, name) e.Put<type>(snap.stats.name);
-  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_PUT_STAT)
-#undef KVPAGE_PUT_STAT
+  ForEachStatsField(snap.stats,
+                    [&e](const char*, auto field) { e.Put(field); });
   PutPool(snap.hot, false, e);
   PutPool(snap.quant, true, e);
   e.Put<uint64_t>(snap.sequences.size());
@@ -463,9 +456,9 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
         absl::StrCat("snapshot: invalid config: ", s.message()));
   }
   const CacheConfig& c = snap.config;
-#define KVPAGE_GET_STAT(type, name) snap.stats.name = d.Get<type>(#name);
-  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_GET_STAT)
-#undef KVPAGE_GET_STAT
+  ForEachStatsField(snap.stats, [&d](const char* name, auto& field) {
+    field = d.Get<std::remove_reference_t<decltype(field)>>(name);
+  });
   snap.hot = GetPool(d, false, c.num_blocks, BlockBytes(c));
   snap.quant =
       GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,

@@ -22,7 +22,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
+#include <type_traits>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
@@ -31,35 +33,42 @@
 
 namespace kvpage::tools {
 
-// A decimal integer in [lo, hi] (a signed flag).
-inline CLI::Validator IntRange(int64_t lo, int64_t hi) {
+// "[lo, hi]", the type's largest value written as a power of two.
+template <typename Int>
+std::string IntegerRangeText(Int lo, Int hi) {
+  std::string high = absl::StrCat(hi);
+  if (hi == std::numeric_limits<Int>::max()) {
+    high = absl::StrCat("2^", std::numeric_limits<Int>::digits, " - 1");
+  }
+  return absl::StrCat("[", lo, ", ", high, "]");
+}
+
+// A decimal integer in [lo, hi] of type Int (for an unsigned Int, no sign).
+template <typename Int>
+CLI::Validator IntegerRange(Int lo, Int hi) {
+  const std::string range = IntegerRangeText(lo, hi);
   return CLI::Validator(
-      [lo, hi](std::string& value) -> std::string {
-        int64_t v = 0;
-        if (!absl::SimpleAtoi(value, &v) || v < lo || v > hi) {
-          return absl::StrFormat("%s is not an integer in [%d, %d]", value, lo,
-                                 hi);
+      [lo, hi, range](std::string& value) -> std::string {
+        Int v = 0;
+        const bool negative =
+            std::is_unsigned_v<Int> && value.find('-') != std::string::npos;
+        if (negative || !absl::SimpleAtoi(value, &v) || v < lo || v > hi) {
+          return absl::StrCat(value, " is not an integer in ", range);
         }
         value = absl::StrCat(v);
         return "";
       },
-      absl::StrFormat("[%d, %d]", lo, hi));
+      range);
+}
+
+// A decimal integer in [lo, hi] (a signed flag).
+inline CLI::Validator IntRange(int64_t lo, int64_t hi) {
+  return IntegerRange<int64_t>(lo, hi);
 }
 
 // A decimal integer in [lo, hi] (an unsigned flag).
 inline CLI::Validator UintRange(uint64_t lo, uint64_t hi) {
-  return CLI::Validator(
-      [lo, hi](std::string& value) -> std::string {
-        uint64_t v = 0;
-        if (value.find('-') != std::string::npos ||
-            !absl::SimpleAtoi(value, &v) || v < lo || v > hi) {
-          return absl::StrFormat("%s is not an integer in [%d, %d]", value, lo,
-                                 hi);
-        }
-        value = absl::StrCat(v);
-        return "";
-      },
-      absl::StrFormat("[%d, %d]", lo, hi));
+  return IntegerRange<uint64_t>(lo, hi);
 }
 
 // A finite number in [lo, hi].

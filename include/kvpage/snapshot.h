@@ -38,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "kvpage/config.h"
 #include "kvpage/kv_cache.h"
+#include "kvpage/stats_fields.h"  // IWYU pragma: export
 
 namespace kvpage {
 

@@ -1,8 +1,8 @@
 // tools/stress/backend.h — the three caches kvpage-stress drives with one
-// workload: kvpage's paged KVCache, a contiguous per-sequence buffer sized
-// for the longest request (what engines did before paging), and the naive
-// cache of the original report (bench/naive_cache.h: every update rebuilds
-// the layer's whole tensors).
+// workload: kvpage's paged KVCache (paged_backend.h), and the baselines
+// (baseline_backends.h): a contiguous per-sequence buffer sized for the
+// longest request (what engines did before paging), and the naive cache of
+// the original report (every update rebuilds the layer's whole tensors).
 //
 // A backend is one worker's shard: thread-compatible, used by one thread.
 // Sequence ids are the backend's own (kvpage's SeqId for the paged one).
@@ -43,16 +43,6 @@ struct MemorySample {
   int64_t tokens_stored = 0;  // visible tokens x layers
   int64_t token_slots = 0;    // token x layer slots of what it holds
   int64_t bytes_saved = 0;    // compression
-};
-
-// Counters a backend adds to its result (summed over shards).
-struct BackendCounters {
-  int64_t bytes_written = 0, bytes_copied = 0, evictions = 0;
-  int64_t prefix_hits = 0, prefix_misses = 0;
-  int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
-  double max_quant_error = 0;
-  int64_t tokens_verified = 0, quantized_blocks_verified = 0;
-  int64_t validations = 0;
 };
 
 // How a failure names a sequence: "sequence 12 (request 5, sample 0)".

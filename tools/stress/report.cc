@@ -34,6 +34,37 @@ int64_t LatencyRecorder::Percentile(double q) const {
   return sorted[static_cast<size_t>(rank - seen - 1)];
 }
 
+WorkloadCounts& WorkloadCounts::operator+=(const WorkloadCounts& shard) {
+  complete &= shard.complete;
+  requests_completed += shard.requests_completed;
+  requests_cut += shard.requests_cut;
+  max_requests_in_flight += shard.max_requests_in_flight;
+  tokens_appended += shard.tokens_appended;
+  prompt_tokens_computed += shard.prompt_tokens_computed;
+  prefix_tokens_reused += shard.prefix_tokens_reused;
+  decode_tokens += shard.decode_tokens;
+  draft_tokens_rejected += shard.draft_tokens_rejected;
+  decode_steps += shard.decode_steps;
+  scheduler_steps += shard.scheduler_steps;
+  return *this;
+}
+
+BackendCounters& BackendCounters::operator+=(const BackendCounters& shard) {
+  bytes_written += shard.bytes_written;
+  bytes_copied += shard.bytes_copied;
+  evictions += shard.evictions;
+  prefix_hits += shard.prefix_hits;
+  prefix_misses += shard.prefix_misses;
+  compressions += shard.compressions;
+  compressions_skipped += shard.compressions_skipped;
+  decompressions += shard.decompressions;
+  max_quant_error = std::max(max_quant_error, shard.max_quant_error);
+  tokens_verified += shard.tokens_verified;
+  quantized_blocks_verified += shard.quantized_blocks_verified;
+  validations += shard.validations;
+  return *this;
+}
+
 LatencySummary Summarize(std::string name, const LatencyRecorder& r) {
   return {.name = std::move(name),
           .count = r.count(),
@@ -138,11 +169,11 @@ const LatencySummary* Find(const BackendResult& b, std::string_view name) {
   return nullptr;
 }
 
-}  // namespace
-
-std::string RenderTable(const Report& report) {
-  const RunInfo& r = report.run;
-  std::string out = absl::StrFormat(
+// The run's options and workload, four lines.
+std::string RunHeader(const RunInfo& r) {
+  // Never more in flight than there are requests.
+  const int64_t in_flight = std::min(r.concurrency, r.requests);
+  return absl::StrFormat(
       "kvpage-stress: %s workload, seed %d\n"
       "  %d requests: mean prompt %.1f, mean output %.1f tokens, longest "
       "%d; %s; %d worker thread%s\n"
@@ -155,8 +186,8 @@ std::string RenderTable(const Report& report) {
       r.arrival_rate > 0
           ? absl::StrFormat("Poisson arrivals, %.3g per step, at most %d in "
                             "flight",
-                            r.arrival_rate, r.concurrency)
-          : absl::StrFormat("%d kept in flight", r.concurrency),
+                            r.arrival_rate, in_flight)
+          : absl::StrFormat("%d kept in flight", in_flight),
       r.threads, r.threads == 1 ? "" : "s", r.model, r.layers, r.kv_heads,
       r.head_dim, r.dtype, Bytes(static_cast<double>(r.bytes_per_token)),
       r.block_tokens, Bytes(static_cast<double>(r.kv_budget_bytes)), r.samples,
@@ -169,10 +200,15 @@ std::string RenderTable(const Report& report) {
                                           r.spec_tokens, 100 * r.spec_accept)
                         : std::string("off"),
       r.policy, r.max_seq_len, r.sink_tokens, r.compress);
+}
 
-  const std::vector<BackendResult>& bs = report.backends;
-  Table t(bs);
-  auto any = [&](auto pred) { return std::any_of(bs.begin(), bs.end(), pred); };
+// Whether any backend's result satisfies `pred`.
+template <typename Pred>
+bool Any(const std::vector<BackendResult>& backends, Pred pred) {
+  return std::any_of(backends.begin(), backends.end(), pred);
+}
+
+void AddWorkloadRows(const std::vector<BackendResult>& bs, Table& t) {
   t.Section("workload");
   t.Row("part of the workload run", [](const BackendResult& b) {
     return b.complete ? std::string("all")
@@ -191,14 +227,19 @@ std::string RenderTable(const Report& report) {
         [](const BackendResult& b) { return Si(b.tokens_appended); });
   t.Row("decode steps (a sequence, all layers)",
         [](const BackendResult& b) { return Si(b.decode_steps); });
-  if (any([](const BackendResult& b) { return b.prefix_tokens_reused > 0; })) {
+  if (Any(bs,
+          [](const BackendResult& b) { return b.prefix_tokens_reused > 0; })) {
     t.Row("prompt tokens reused from the prefix cache",
           [](const BackendResult& b) { return Si(b.prefix_tokens_reused); });
   }
-  if (any([](const BackendResult& b) { return b.draft_tokens_rejected > 0; })) {
+  if (Any(bs,
+          [](const BackendResult& b) { return b.draft_tokens_rejected > 0; })) {
     t.Row("draft tokens rolled back",
           [](const BackendResult& b) { return Si(b.draft_tokens_rejected); });
   }
+}
+
+void AddThroughputRows(Table& t) {
   t.Section("throughput");
   t.Row("wall time", [](const BackendResult& b) {
     return absl::StrFormat("%.2f s", b.wall_s);
@@ -212,6 +253,10 @@ std::string RenderTable(const Report& report) {
         [](const BackendResult& b) { return Si(b.tokens_per_s_wall); });
   t.Row("decode steps / s of wall time",
         [](const BackendResult& b) { return Si(b.decode_steps_per_s); });
+}
+
+// The calls any backend made, p50 / p99 / p99.9.
+void AddLatencyRows(const std::vector<BackendResult>& bs, Table& t) {
   t.Section("latency, p50 / p99 / p99.9");
   const std::pair<const char*, const char*> kLatencies[] = {
       {"update_decode", "update, decode (1 token, 1 layer)"},
@@ -223,9 +268,10 @@ std::string RenderTable(const Report& report) {
       {"release", "release of a sequence"},
       {"compress", "compression (1 layer)"}};
   for (const auto& entry : kLatencies) {
+    // Named copies: clang 14 cannot capture a structured binding.
     const char* name = entry.first;
     const char* label = entry.second;
-    if (!any([&](const BackendResult& b) {
+    if (!Any(bs, [&](const BackendResult& b) {
           const LatencySummary* l = Find(b, name);
           return l != nullptr && l->count > 0;
         })) {
@@ -238,6 +284,9 @@ std::string RenderTable(const Report& report) {
                           Ns(l->p999_ns));
     });
   }
+}
+
+void AddMemoryRows(const std::vector<BackendResult>& bs, Table& t) {
   t.Section("memory");
   t.Row("KV memory held, peak", [](const BackendResult& b) {
     return Bytes(static_cast<double>(b.kv_bytes_held_peak));
@@ -261,14 +310,14 @@ std::string RenderTable(const Report& report) {
   });
   t.Row("tokens evicted by the policy",
         [](const BackendResult& b) { return Si(b.evictions); });
-  if (any([](const BackendResult& b) {
+  if (Any(bs, [](const BackendResult& b) {
         return b.prefix_hits + b.prefix_misses > 0;
       })) {
     t.Row("prefix cache hits / misses (blocks)", [](const BackendResult& b) {
       return absl::StrCat(Si(b.prefix_hits), " / ", Si(b.prefix_misses));
     });
   }
-  if (any([](const BackendResult& b) { return b.compressions > 0; })) {
+  if (Any(bs, [](const BackendResult& b) { return b.compressions > 0; })) {
     t.Row("blocks compressed (skipped)", [](const BackendResult& b) {
       return absl::StrCat(Si(b.compressions), " (", Si(b.compressions_skipped),
                           ")");
@@ -280,10 +329,13 @@ std::string RenderTable(const Report& report) {
       return absl::StrFormat("%.2g", b.max_quant_error);
     });
   }
+}
+
+void AddVerificationRows(const std::vector<BackendResult>& bs, Table& t) {
   t.Section("verification");
   t.Row("tokens read back and compared (x layers)",
         [](const BackendResult& b) { return Si(b.tokens_verified); });
-  if (any([](const BackendResult& b) {
+  if (Any(bs, [](const BackendResult& b) {
         return b.quantized_blocks_verified > 0;
       })) {
     t.Row("compressed blocks within the bound", [](const BackendResult& b) {
@@ -293,12 +345,13 @@ std::string RenderTable(const Report& report) {
   t.Row("invariant walks passed",
         [](const BackendResult& b) { return Si(b.validations); });
   t.Row("result", [](const BackendResult& b) { return b.status; });
-  out += t.Render();
+}
 
-  // Memory over time: ten points per backend.
-  absl::StrAppend(&out,
-                  "\nbudget used / internal waste at 10%, 20%, .. 100% "
-                  "of each run\n");
+// Memory over time: ten points per backend; then a note for each backend
+// that ran part of the workload only.
+std::string MemoryOverTimeAndNotes(const std::vector<BackendResult>& bs) {
+  std::string out =
+      "\nbudget used / internal waste at 10%, 20%, .. 100% of each run\n";
   for (const BackendResult& b : bs) {
     std::string util, waste;
     const size_t n = b.memory_over_time.size();
@@ -320,6 +373,19 @@ std::string RenderTable(const Report& report) {
     }
   }
   return out;
+}
+
+}  // namespace
+
+std::string RenderTable(const Report& report) {
+  const std::vector<BackendResult>& bs = report.backends;
+  Table t(bs);
+  AddWorkloadRows(bs, t);
+  AddThroughputRows(t);
+  AddLatencyRows(bs, t);
+  AddMemoryRows(bs, t);
+  AddVerificationRows(bs, t);
+  return RunHeader(report.run) + t.Render() + MemoryOverTimeAndNotes(bs);
 }
 
 }  // namespace kvpage::stress

@@ -64,12 +64,10 @@ struct MemoryPoint {
   int64_t kv_bytes_held = 0;
 };
 
-struct BackendResult {
-  std::string backend;
-  std::string status = "ok";  // ok | verification_failed | error
-  std::string error;          // the first failure, naming seq/layer/position
-  bool complete = true;       // false: stopped at --naive-budget
-  std::string scope;          // what part of the workload ran
+// What the workers count as they run the workload; a backend's figures are
+// the sum over its shards.
+struct WorkloadCounts {
+  bool complete = true;  // false: stopped at --naive-budget
   int64_t requests_completed = 0, requests_cut = 0;
   int64_t max_requests_in_flight = 0;
   int64_t tokens_appended = 0;  // token x every layer written (prefill,
@@ -78,6 +76,33 @@ struct BackendResult {
   int64_t decode_tokens = 0, draft_tokens_rejected = 0;
   int64_t decode_steps = 0;     // one sequence advanced through every layer
   int64_t scheduler_steps = 0;  // summed over workers
+
+  // Adds another shard's counts (complete only if both are).
+  WorkloadCounts& operator+=(const WorkloadCounts& shard);
+};
+
+// What a backend counts itself (its cache's counters, what its verifier
+// compared); summed over shards.
+struct BackendCounters {
+  int64_t bytes_written = 0, bytes_copied = 0;
+  int64_t evictions = 0;  // tokens evicted by the policy
+  int64_t prefix_hits = 0, prefix_misses = 0;
+  int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
+  double max_quant_error = 0;
+  int64_t tokens_verified = 0;  // token x layer compared
+  int64_t quantized_blocks_verified = 0;
+  int64_t validations = 0;  // invariant walks that passed
+
+  // Adds another shard's counters (max_quant_error: the larger).
+  BackendCounters& operator+=(const BackendCounters& shard);
+};
+
+// One backend's run: the counts above and what the run measured.
+struct BackendResult : WorkloadCounts, BackendCounters {
+  std::string backend;
+  std::string status = "ok";  // ok | verification_failed | error
+  std::string error;          // the first failure, naming seq/layer/position
+  std::string scope;          // what part of the workload ran
   double wall_s = 0;
   double cache_s = 0;  // time inside the backend's calls
   double tokens_per_s_cache = 0, tokens_per_s_wall = 0;
@@ -87,15 +112,8 @@ struct BackendResult {
   double utilization_mean = 0, utilization_peak = 0;
   double internal_waste_mean = 0, internal_waste_max = 0;
   int64_t kv_budget_bytes = 0, kv_bytes_held_peak = 0;
-  int64_t bytes_written = 0, bytes_copied = 0;
-  int64_t evictions = 0, prefix_hits = 0, prefix_misses = 0;
-  int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
   int64_t bytes_saved_peak = 0;
-  double max_quant_error = 0;
   int64_t peak_rss_bytes = 0;
-  int64_t tokens_verified = 0;  // token x layer compared
-  int64_t quantized_blocks_verified = 0;
-  int64_t validations = 0;  // invariant walks that passed
 };
 
 // The run: its resolved options and the realized workload.
@@ -129,7 +147,8 @@ struct Report {
   std::vector<BackendResult> backends;
 };
 
-// JSON: the field names are the keys.
+// JSON: the field names are the keys (BackendResult's inherited ones
+// included, in one flat object).
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LatencySummary, name, count, mean_ns, p50_ns,
                                    p99_ns, p999_ns, max_ns)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MemoryPoint, t_s, utilization,

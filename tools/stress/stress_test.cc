@@ -1,14 +1,10 @@
 // Tests of kvpage-stress: its pieces (pattern, lineage, latency percentiles,
 // workload) directly, and the tool end to end: every backend, policy and
-// feature on a tiny model, the JSON keys, usage errors, and that a token
-// corrupted mid-run stops the run with exit code 1 naming it.
-#include <sys/wait.h>
-
+// feature on a tiny model, the JSON keys, and that a token corrupted mid-run
+// stops the run with exit code 1 naming it. Its command line:
+// stress_cli_test.cc.
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <utility>
 
@@ -17,6 +13,7 @@
 #include "kvpage/snapshot.h"
 #include "nlohmann/json.hpp"
 #include "tools/stress/report.h"
+#include "tools/stress/stress_run.h"
 #include "tools/stress/workload.h"
 
 namespace kvpage::stress {
@@ -114,36 +111,6 @@ TEST(WorkloadTest, RequestsAreSeededAndWithinLimits) {
 
 // --- end to end -------------------------------------------------------------
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-  nlohmann::json json;  // when --json and it parsed
-};
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-RunResult RunStress(const std::string& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string name =
-      ::testing::UnitTest::GetInstance()->current_test_info()->name();
-  const std::string out = dir + "/stress_" + name + ".out";
-  const std::string err = dir + "/stress_" + name + ".err";
-  const std::string cmd =
-      std::string(KVPAGE_STRESS_BINARY) + " " + args + " >" + out + " 2>" + err;
-  RunResult r;
-  const int status = std::system(cmd.c_str());
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = Slurp(out);
-  r.err = Slurp(err);
-  r.json = nlohmann::json::parse(r.out, nullptr, false);
-  return r;
-}
-
 // A tiny model (2 layers x 2 kv-heads x 32) and a short run.
 constexpr char kSmall[] =
     "--model tiny --requests 24 --concurrency 8 --max-len 512 --pool-gib "
@@ -158,14 +125,6 @@ int64_t LatencyCount(const nlohmann::json& backend, const std::string& name) {
     if (l["name"] == name) return l["count"].get<int64_t>();
   }
   return -1;
-}
-
-void ExpectAllVerifiedRequests(const RunResult& r, int64_t requests) {
-  ASSERT_FALSE(r.json.is_discarded()) << r.out;
-  for (const auto& b : r.json["backends"]) {
-    EXPECT_EQ(b["status"], "ok") << b["backend"];
-    EXPECT_EQ(b["requests_completed"], requests) << b["backend"];
-  }
 }
 
 void ExpectAllVerified(const RunResult& r, size_t backends) {
@@ -415,138 +374,6 @@ TEST(StressToolTest, SnapshotAtTheEndOfEachShard) {
                       " --backend paged --snapshot /nonexistent-dir/x.snap")
                 .exit_code,
             1);
-}
-
-TEST(StressToolTest, BadUsageExitsTwo) {
-  EXPECT_EQ(RunStress("--requests 0").exit_code, 2);
-  EXPECT_EQ(RunStress("--no-such-flag").exit_code, 2);
-  EXPECT_EQ(RunStress("--model nope").exit_code, 2);
-  EXPECT_EQ(RunStress("--backend paged,nope").exit_code, 2);
-  const RunResult r = RunStress("--policy sliding-window --max-seq-len 256");
-  EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("--backend paged"), std::string::npos) << r.err;
-  EXPECT_EQ(RunStress("--model tiny --pool-gib 0.000001").exit_code, 2);
-  EXPECT_EQ(RunStress("--help").exit_code, 0);
-}
-
-// A quick run that an accepted extreme value would start: the flags under
-// test come after it and override it (the last value of a flag wins).
-constexpr char kQuick[] =
-    "--model tiny --requests 2 --concurrency 2 --max-len 32 --pool-gib 0.01 "
-    "--threads 1 --backend paged --naive-budget 5 --quiet --json";
-
-// Bad usage is exit code 2 and one line on stderr that names the flag.
-void ExpectUsageError(const RunResult& r, const std::string& flag) {
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find(flag), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-}
-
-// The values that once aborted the tool, overflowed, or ran nothing and
-// exited 0 (1e11 is no integer to CLI11; 100000000000 is the same number).
-TEST(StressToolTest, ExtremeFlagValuesExitTwoNamingTheFlag) {
-  const std::pair<std::string, std::string> cases[] = {
-      {"--requests 9223372036854775807", "--requests"},
-      {"--requests 1e11", "--requests"},
-      {"--requests 100000000000", "--requests"},
-      {"--prefill-chunk 1e11", "--prefill-chunk"},
-      {"--prefill-chunk 100000000000", "--prefill-chunk"},
-      {"--concurrency 9223372036854775807", "--concurrency"},
-      {"--prefill-chunk 9223372036854775807", "--prefill-chunk"},
-      {"--policy sliding-window --sink-tokens -9223372036854775807",
-       "--sink-tokens"},
-      {"--block-tokens 2147483647", "--block-tokens"},
-      {"--naive-budget nan", "--naive-budget"},
-      {"--naive-budget inf", "--naive-budget"},
-      {"--naive-budget 1e10", "--naive-budget"},
-      {"--pool-gib nan", "--pool-gib"},
-      {"--pool-gib inf", "--pool-gib"},
-      {"--pool-gib 1e30", "--pool-gib"},
-      {"--spec-accept nan", "--spec-accept"},
-      {"--shared-prefix-fraction nan", "--shared-prefix-fraction"},
-      {"--arrival-rate nan", "--arrival-rate"},
-  };
-  for (const auto& [args, flag] : cases) {
-    SCOPED_TRACE(args);
-    ExpectUsageError(RunStress(std::string(kQuick) + " " + args), flag);
-  }
-}
-
-// Flags whose values are in range one by one but not together.
-TEST(StressToolTest, FlagCombinationsAreChecked) {
-  const std::pair<std::string, std::string> cases[] = {
-      {"--policy sliding-window --max-seq-len 64 --sink-tokens 64",
-       "--sink-tokens"},
-      {"--policy truncate --max-seq-len 64 --sink-tokens 1000",
-       "--sink-tokens"},
-      {"--concurrency 65536 --samples 64", "--concurrency"},
-      {"--sink-tokens 40", "--sink-tokens"},
-      {"--policy truncate --max-seq-len 64 --sink-tokens 40", "--sink-tokens"},
-      {"--arrival-rate 1e-300", "--arrival-rate"},
-      {"--pool-gib 0.000001", "--pool-gib"},
-      {"--pool-gib 65536 --block-tokens 1 --model tiny --threads 1",
-       "--pool-gib"},
-      {"--shared-prefix-fraction 0.5 --shared-prefix-tokens 32",
-       "--shared-prefix-tokens"},
-      {"--shared-prefix-fraction 1 --shared-prefix-tokens 31",
-       "--shared-prefix-tokens"},
-  };
-  for (const auto& [args, flag] : cases) {
-    SCOPED_TRACE(args);
-    ExpectUsageError(RunStress(std::string(kQuick) + " " + args), flag);
-  }
-}
-
-// Every numeric flag at the ends of int64 and beyond, nan and infinities:
-// each is refused naming the flag (exit 2), or is in range and the quick
-// run succeeds (exit 0). Never an abort, a crash or a sanitizer report.
-TEST(StressToolTest, EveryNumericFlagSurvivesExtremeValues) {
-  const char* const flags[] = {"--requests",
-                               "--concurrency",
-                               "--arrival-rate",
-                               "--max-len",
-                               "--prefill-chunk",
-                               "--samples",
-                               "--shared-prefix-fraction",
-                               "--shared-prefix-tokens",
-                               "--spec-tokens",
-                               "--spec-accept",
-                               "--seed",
-                               "--layers",
-                               "--kv-heads",
-                               "--head-dim",
-                               "--block-tokens",
-                               "--pool-gib",
-                               "--max-seq-len",
-                               "--sink-tokens",
-                               "--hot-tokens",
-                               "--compress-every",
-                               "--threads",
-                               "--naive-budget",
-                               "--check-every"};
-  const char* const values[] = {"9223372036854775807",
-                                "-9223372036854775807",
-                                "9223372036854775808",
-                                "18446744073709551616",
-                                "-1",
-                                "nan",
-                                "inf",
-                                "-inf",
-                                "1e30"};
-  for (const char* flag : flags) {
-    for (const char* value : values) {
-      const std::string args = std::string(flag) + " " + value;
-      SCOPED_TRACE(args);
-      const RunResult r = RunStress(std::string(kQuick) + " " + args);
-      EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 2) << r.exit_code << "\n"
-                                                        << r.err;
-      if (r.exit_code == 2) ExpectUsageError(r, flag);
-      if (r.exit_code == 0) {
-        EXPECT_EQ(r.err, "");
-        ExpectAllVerifiedRequests(r, 2);
-      }
-    }
-  }
 }
 
 }  // namespace

@@ -148,6 +148,7 @@ absl::Status CheckRanges(const Options& o) {
     const char* flag;
     int64_t value;
     OptionRange range;
+    bool zero_is_unset = false;  // 0: the flag was not given
   };
   for (const IntOption& f : {
            IntOption{"--requests", o.requests, kRequestsRange},
@@ -158,17 +159,18 @@ absl::Status CheckRanges(const Options& o) {
            IntOption{"--shared-prefix-tokens", o.shared_prefix_tokens,
                      kSharedPrefixTokensRange},
            IntOption{"--spec-tokens", o.spec_tokens, kSpecTokensRange},
-           IntOption{"--layers", o.layers, kLayersRange},
-           IntOption{"--kv-heads", o.kv_heads, kKvHeadsRange},
-           IntOption{"--head-dim", o.head_dim, kHeadDimRange},
+           IntOption{"--layers", o.layers, kLayersRange, true},
+           IntOption{"--kv-heads", o.kv_heads, kKvHeadsRange, true},
+           IntOption{"--head-dim", o.head_dim, kHeadDimRange, true},
            IntOption{"--block-tokens", o.block_tokens, kBlockTokensRange},
-           IntOption{"--max-seq-len", o.max_seq_len, kMaxSeqLenRange},
+           IntOption{"--max-seq-len", o.max_seq_len, kMaxSeqLenRange, true},
            IntOption{"--sink-tokens", o.sink_tokens, kSinkTokensRange},
            IntOption{"--hot-tokens", o.hot_tokens, kHotTokensRange},
            IntOption{"--compress-every", o.compress_every, kEveryRange},
            IntOption{"--threads", o.threads, kThreadsRange},
            IntOption{"--check-every", o.check_every, kEveryRange},
        }) {
+    if (f.zero_is_unset && f.value == 0) continue;
     if (f.value < f.range.lo || f.value > f.range.hi) {
       return bad(f.flag, " is ", f.value, "; want ", f.range.lo, " to ",
                  f.range.hi);

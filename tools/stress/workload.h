@@ -111,12 +111,14 @@ inline constexpr RealRange kFractionRange{0, 1};  // --shared-prefix-fraction,
                                                   // --spec-accept
 inline constexpr OptionRange kSharedPrefixTokensRange{1, kMaxTokens};
 inline constexpr OptionRange kSpecTokensRange{0, 64};
-inline constexpr OptionRange kLayersRange{0, 4096};  // 0: the model's
-inline constexpr OptionRange kKvHeadsRange{0, 4096};
-inline constexpr OptionRange kHeadDimRange{0, 65536};
+// --layers, --kv-heads, --head-dim and --max-seq-len: an Options field of 0
+// means the flag was not given (the model's, --max-len).
+inline constexpr OptionRange kLayersRange{1, 4096};
+inline constexpr OptionRange kKvHeadsRange{1, 4096};
+inline constexpr OptionRange kHeadDimRange{1, 65536};
 inline constexpr OptionRange kBlockTokensRange{1, 65535};
 inline constexpr RealRange kPoolGibRange{1e-6, 65536};
-inline constexpr OptionRange kMaxSeqLenRange{0, kMaxTokens};  // 0: --max-len
+inline constexpr OptionRange kMaxSeqLenRange{1, kMaxTokens};
 inline constexpr OptionRange kSinkTokensRange{0, kMaxTokens};
 inline constexpr OptionRange kHotTokensRange{0, kMaxTokens};
 inline constexpr OptionRange kEveryRange{1, 1'000'000'000};  // --check-every,

@@ -1,4 +1,4 @@
-// bench/window_baselines.h — what people write by hand for a sliding-window
+// baselines/window_baselines.h — what people write by hand for a sliding-window
 // KV cache with attention sinks: the baselines of kvpage's kSlidingWindow and
 // kCircularBuffer policies. Both keep, per layer, one contiguous buffer of
 // `window` token slots for keys and one for values, with the same visible
@@ -20,10 +20,10 @@
 // only the tokens that stay visible (a prefill longer than the window writes
 // its last window - sinks tokens), so their state after any history is
 // reached in O(window) per call. Elements are f16 bit patterns, laid out
-// [tokens][num_kv_heads][head_dim] as kvpage's inputs. Benchmark use only;
+// [tokens][num_kv_heads][head_dim] as kvpage's inputs. For the benchmarks;
 // thread-compatible.
-#ifndef KVPAGE_BENCH_WINDOW_BASELINES_H_
-#define KVPAGE_BENCH_WINDOW_BASELINES_H_
+#ifndef KVPAGE_BASELINES_WINDOW_BASELINES_H_
+#define KVPAGE_BASELINES_WINDOW_BASELINES_H_
 
 #include <algorithm>
 #include <cstdint>
@@ -32,7 +32,7 @@
 
 #include "absl/types/span.h"
 
-namespace kvpage::bench {
+namespace kvpage::baselines {
 
 // What both baselines share: the buffers and the bookkeeping of visible
 // tokens. Invariant per layer: k.size() == v.size() == window * token_elems.
@@ -188,6 +188,6 @@ class TokenRing : public WindowBuffers {
   }
 };
 
-}  // namespace kvpage::bench
+}  // namespace kvpage::baselines
 
-#endif  // KVPAGE_BENCH_WINDOW_BASELINES_H_
+#endif  // KVPAGE_BASELINES_WINDOW_BASELINES_H_

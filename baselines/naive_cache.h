@@ -1,4 +1,4 @@
-// bench/naive_cache.h — the baseline of the original bug report: a KV cache
+// baselines/naive_cache.h — the baseline of the original bug report: a KV cache
 // that keeps each layer's keys and values as one contiguous tensor and, on
 // every update, builds brand-new tensors of seq_len tokens (the old prefix
 // copied, then the new tokens) that replace the stored ones, as
@@ -12,9 +12,10 @@
 // the whole new tensor every step: 15x to 75x slower, and erratic.)
 //
 // Elements are f16 bit patterns, laid out [tokens][num_kv_heads][head_dim]
-// per layer, as kvpage's inputs. Benchmark use only; thread-compatible.
-#ifndef KVPAGE_BENCH_NAIVE_CACHE_H_
-#define KVPAGE_BENCH_NAIVE_CACHE_H_
+// per layer, as kvpage's inputs. For the benchmarks and kvpage-stress;
+// thread-compatible.
+#ifndef KVPAGE_BASELINES_NAIVE_CACHE_H_
+#define KVPAGE_BASELINES_NAIVE_CACHE_H_
 
 #include <algorithm>
 #include <cstddef>
@@ -25,7 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
 
-namespace kvpage::bench {
+namespace kvpage::baselines {
 
 // Invariant: for every layer, k.size() == v.size() == length * token_elems.
 class NaiveCache {
@@ -124,6 +125,6 @@ class NaiveCache {
   std::vector<Layer> layers_;
 };
 
-}  // namespace kvpage::bench
+}  // namespace kvpage::baselines
 
-#endif  // KVPAGE_BENCH_NAIVE_CACHE_H_
+#endif  // KVPAGE_BASELINES_NAIVE_CACHE_H_
