@@ -32,9 +32,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "cache/stats_fields.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "kvpage/stats_fields.h"
 
 namespace kvpage::testing {
 
@@ -115,14 +115,21 @@ void DiffField(const std::string& name, const T& a, const T& b, Lines& out) {
 inline void DiffStats(const std::string& prefix, const CacheStats& a,
                       const CacheStats& b, Lines& out) {
   const size_t was = out.size();
-#define KVPAGE_DIFF_STAT(type, name) \
-  DiffField(absl::StrCat(prefix, #name), a.name, b.name, out);
-  KVPAGE_CACHE_STATS_FIELDS(KVPAGE_DIFF_STAT)
-#undef KVPAGE_DIFF_STAT
+  // The fields of `a` by name, then each field of `b` against its twin.
+  std::vector<const void*> fields_of_a;
+  ForEachStatsField(a, [&](const char*, const auto& field) {
+    fields_of_a.push_back(&field);
+  });
+  size_t i = 0;
+  ForEachStatsField(b, [&](const char* name, const auto& field) {
+    using Field = std::remove_cvref_t<decltype(field)>;
+    DiffField(absl::StrCat(prefix, name),
+              *static_cast<const Field*>(fields_of_a[i++]), field, out);
+  });
   if (out.size() == was && !(a == b)) {
     out.push_back(absl::StrCat(prefix,
                                " differs in a field that "
-                               "cache/stats_fields.h does not list"));
+                               "kvpage/stats_fields.h does not list"));
   }
 }
 
