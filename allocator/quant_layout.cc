@@ -1,6 +1,6 @@
-// The byte layout of a quantized block and of the quantized pool's slots:
+// The byte layout of a quantized block and of the quantized pool's cells:
 // plain arithmetic, apart from the kernels (quantize*.cc), so that the
-// snapshot reader (and its fuzz target) can check a file's slot size
+// snapshot reader (and its fuzz target) can check a file's cell size
 // without linking them.
 #include <algorithm>
 
@@ -50,14 +50,14 @@ QuantLayout QuantLayout::For(QuantFormat format, const QuantShape& shape) {
   return layout;
 }
 
-int64_t QuantSlotBytes(QuantPoolFormat pool_format, const QuantShape& shape) {
+int64_t QuantCellBytes(QuantPoolFormat pool_format, const QuantShape& shape) {
   switch (pool_format) {
     case QuantPoolFormat::kInt8:
       return QuantLayout::For(QuantFormat::kInt8, shape).block_bytes();
     case QuantPoolFormat::kInt4:
       return QuantLayout::For(QuantFormat::kInt4, shape).block_bytes();
     case QuantPoolFormat::kMixed: {
-      // int4 blocks take one slot; int8 blocks two, K part and V part.
+      // int4 blocks take one cell; int8 blocks two, K part and V part.
       const QuantLayout int8 = QuantLayout::For(QuantFormat::kInt8, shape);
       const QuantLayout int4 = QuantLayout::For(QuantFormat::kInt4, shape);
       return std::max(

@@ -1,4 +1,4 @@
-// allocator/quantize.h — the kernels that repack a cold block into int8 or
+// allocator/quantize.h — the kernels that compress a cold block into int8 or
 // int4 codes with f16 scales (DESIGN.md, Compression), and read it back.
 //
 // A hot block holds `block_tokens` (T) slots of one layer: keys, then values,
@@ -51,11 +51,11 @@
 // loops, which take one value at a time (many times slower; figures in
 // docs/benchmarks.md) and call std::fma (a library routine on x86 CPUs
 // without FMA).
-// Cost: the repack needs ~8 vector instructions per 16 values (statistics,
+// Cost: the compression needs ~8 vector instructions per 16 values (statistics,
 // scaling, rounding, packing; ~12 with the error sums); the dequantization
 // ~5 (widen, convert, scale, narrow, store), int4 values into f16 / bf16
 // fewer (a 16-entry table per group). A cold block comes from DRAM: the
-// kernels prefetch two rows ahead; the repack quantizes the values first and
+// kernels prefetch two rows ahead; the compression quantizes the values first and
 // prefetches the keys' rows along them (and the lines its codes go to), and
 // a NextBlock hint streams the next block under the dequantization, so that
 // a run of cold blocks is bounded by the memory rather than by stalls at
@@ -102,25 +102,25 @@ struct QuantLayout {
     return k_part_bytes + v_part_bytes;
   }
   // The layout of `format` at `shape` (a valid shape). O(1).
-  // (allocator/quant_layout.cc, with QuantSlotBytes.)
+  // (allocator/quant_layout.cc, with QuantCellBytes.)
   [[nodiscard]] static QuantLayout For(QuantFormat format,
                                        const QuantShape& shape);
 };
 
-// What the slots of a quantized pool hold: whole blocks of one format, or
+// What the cells of a quantized pool hold: whole blocks of one format, or
 // (kMixed) int4 blocks and the parts of int8 blocks, an int8 block taking
-// two slots (its K part and its V part).
+// two cells (its K part and its V part).
 enum class QuantPoolFormat : uint8_t { kInt8, kInt4, kMixed };
 
-// The bytes of one slot of a quantized pool of `pool_format` at `shape`: a
+// The bytes of one cell of a quantized pool of `pool_format` at `shape`: a
 // whole block of the format, or in mixed mode the largest of an int4 block
 // and either int8 part. Builds only the layouts the pool uses, so `shape`
 // must be valid for those formats alone (an int8 pool may have an odd
 // head_dim). O(1).
-[[nodiscard]] int64_t QuantSlotBytes(QuantPoolFormat pool_format,
+[[nodiscard]] int64_t QuantCellBytes(QuantPoolFormat pool_format,
                                      const QuantShape& shape);
 
-// Squared error and squared magnitude of the quantized slots, keys and
+// Squared error and squared magnitude of the quantized cells, keys and
 // values apart.
 struct QuantError {
   double k_sq_err = 0, k_sq_sum = 0, v_sq_err = 0, v_sq_sum = 0;
@@ -132,9 +132,9 @@ struct QuantError {
 
 // What QuantizeBlock measures besides the codes.
 struct QuantizeOptions {
-  // Sum the squared errors and squares of the quantized slots into the
+  // Sum the squared errors and squares of the quantized cells into the
   // result. Without it the codes and scales are the same bytes and the
-  // result is all zeros; the SIMD repack then skips ~4 of its ~12 vector
+  // result is all zeros; the SIMD compress then skips ~4 of its ~12 vector
   // instructions per 16 values.
   bool measure_error = true;
 };

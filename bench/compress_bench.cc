@@ -1,4 +1,4 @@
-// bench/compress_bench.cc — compression: repacking one hot block into int8 or
+// bench/compress_bench.cc — compression: one hot block into int8 or
 // int4 and dequantizing it, against a memcpy of the same hot block (the
 // physical limit of moving it); and decode attention at 4k context over all
 // hot blocks, half int8 and half int4, and over one contiguous buffer.
@@ -8,12 +8,12 @@
 // measured on one block that stays in L2 (against memcpy L2 -> L2), and
 // cycling through 2048 blocks (128 MiB, more than the last-level cache) so
 // that each comes from DRAM, as a block does when it turns cold in a running
-// cache. From DRAM, what the kernel writes decides the baseline: the repack
-// writes a stream of repacked blocks, against memcpy DRAM -> DRAM of the hot
+// cache. From DRAM, what the kernel writes decides the baseline: the compression
+// writes a stream of compressed blocks, against memcpy DRAM -> DRAM of the hot
 // block; the dequantization writes one scratch block that stays in L2 (a
 // kernel consumes it at once), against memcpy DRAM -> one L2 scratch block.
 // Throughput is bytes of the f16 hot block per second for all, so the ratios
-// compare like with like. The repack is measured as the cache runs it by
+// compare like with like. The compression is measured as the cache runs it by
 // default (the range check that keeps blocks with NaN, infinities or
 // |x| > 65504 hot, then the kernel without error sums), with the error sums
 // (mixed int4/int8 mode, or CompressionConfig::measure_error), and as the
@@ -24,13 +24,13 @@
 // lines stream in under this block's decoding, and each block alone. The
 // same hint given to memcpy (a 32nd of the next block prefetched after each
 // 32nd copied) is measured too: it makes memcpy slower, so the plain memcpy
-// stays the baseline. Targets (issue #4): repack >= 0.5x and dequantize >= 1x
+// stays the baseline. Targets (issue #4): compress >= 0.5x and dequantize >= 1x
 // the memcpy, judged from DRAM.
 //
 // Attention: kvpage::Attend (the reference decode attention of
 // kvpage/attention.h) for one query token with 32 query heads over the 8
 // kv-heads (grouped-query attention), on one layer holding 4096 tokens. "half
-// int8/int4" repacks the oldest half. "contiguous" runs the same Attend over
+// int8/int4" compresses the oldest half. "contiguous" runs the same Attend over
 // the view with its blocks pointed at one contiguous f16 buffer, 16 tokens
 // after 16 tokens: the same kernel, the same steps, no paging. Target: paged
 // hot within 1.15x of contiguous.
@@ -68,7 +68,7 @@ internal::QuantFormat FormatArg(const benchmark::State& state) {
 // Where the benchmarks' blocks live: kL2 cycles through 1 block (it stays
 // in L2); kDram through 2048 (128 MiB, more than the last-level cache: each
 // block comes from DRAM, as a block does when it turns cold in a running
-// cache, or when attention reads a block repacked long ago).
+// cache, or when attention reads a block compressed long ago).
 enum Where : int { kL2 = 0, kDram = 1 };
 int64_t Blocks(const benchmark::State& state, int arg) {
   return state.range(arg) == kDram ? 2048 : 1;
@@ -82,8 +82,8 @@ constexpr int64_t kBlockElems = 2 * kBlockTokens * kTokenElems;
 
 // Memcpy of one f16 hot block (64 KiB), the baselines:
 //   0  L2 -> L2                         (for everything in L2)
-//   1  DRAM -> DRAM, both streamed      (for the repack from DRAM: it also
-//                                        writes a stream of repacked blocks)
+//   1  DRAM -> DRAM, both streamed      (for the compression from DRAM: it also
+//                                        writes a stream of compressed blocks)
 //   2  DRAM -> one destination in L2    (for the dequantization from DRAM:
 //                                        it also writes one L2 scratch)
 //   3  as 2, in 32 pieces, each followed by a 32nd of the next block
@@ -119,12 +119,12 @@ void BM_Compress_Memcpy(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * kBlockBytes);
 }
 
-// Repacks f16 hot blocks into a stream of quantized blocks. Arguments:
-// bits (8, 4), where (kL2, kDram), what (0: what a cache repacks by default,
+// Compresses f16 hot blocks into a stream of quantized blocks. Arguments:
+// bits (8, 4), where (kL2, kDram), what (0: what a cache compresses by default,
 // the range check that keeps NaN, infinities and |x| > 65504 hot and then
 // the kernel; 1: also the squared-error sums, as mixed int4/int8 and
 // CompressionConfig::measure_error need; 2: the kernel alone).
-void BM_Compress_Repack(benchmark::State& state) {
+void BM_Compress_Block(benchmark::State& state) {
   const internal::QuantFormat format = FormatArg(state);
   const int64_t blocks = Blocks(state, 1);
   const bool range_check = state.range(2) != 2;
@@ -204,14 +204,14 @@ void BM_Compress_Dequantize(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Compress_Memcpy)->DenseRange(0, 3)->UseRealTime();
-BENCHMARK(BM_Compress_Repack)
+BENCHMARK(BM_Compress_Block)
     ->ArgsProduct({{8, 4}, {kL2, kDram}, {0, 1, 2}})
     ->UseRealTime();
 BENCHMARK(BM_Compress_Dequantize)
     ->ArgsProduct({{8, 4}, {kL2, kDram}, {16, 32}, {0, 1}})
     ->UseRealTime();
 
-// One layer of 4096 tokens, possibly with its oldest half repacked.
+// One layer of 4096 tokens, possibly with its oldest half compressed.
 struct AttentionFixture {
   std::unique_ptr<KVCache> cache;
   SeqId seq = 0;
@@ -237,7 +237,7 @@ absl::StatusOr<std::unique_ptr<AttentionFixture>> BuildAttention(int which) {
         .bits = which == kHalfInt8 ? QuantBits::kInt8 : QuantBits::kInt4,
         .group_size = kGroup,
         .hot_tokens = 0,
-        .quant_blocks = kContext / kBlockTokens};
+        .quant_cells = kContext / kBlockTokens};
   }
   absl::StatusOr<std::unique_ptr<KVCache>> cache = KVCache::Create(c);
   if (!cache.ok()) return cache.status();
@@ -291,7 +291,7 @@ void BM_Attend(benchmark::State& state) {
     if (Failed(state, Attend(*view, (*f)->query, absl::MakeSpan(out)))) return;
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["repacked_blocks"] =
+  state.counters["compressed_blocks"] =
       static_cast<double>((*f)->cache->Stats().compressions_applied);
 }
 
@@ -315,7 +315,7 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
       "\nCompression of one hot block (16 tokens x 8 kv-heads x 128, f16, 64 "
       "KiB; values in groups of %d). GB/s of the f16 hot block's bytes, and "
       "the ratio to a memcpy of that block in the same run: in L2, memcpy "
-      "L2 -> L2; from DRAM, the repack against memcpy DRAM -> DRAM (both "
+      "L2 -> L2; from DRAM, the compression against memcpy DRAM -> DRAM (both "
       "write a stream of blocks), the dequantization against memcpy DRAM -> "
       "an L2 scratch (both write one scratch block in L2); the "
       "dequantization rows name the next block, as Attend and Gather do "
@@ -323,8 +323,8 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
       kGroup);
   absl::FPrintF(out, "%-30s %10s %10s   %10s %10s\n", "", "in L2", "vs memcpy",
                 "from DRAM", "vs memcpy");
-  // [repack/dequantize][L2/DRAM]: the worse format's ratio, for the default
-  // repack (no error sums) and the dequantization into f16.
+  // [compress/dequantize][L2/DRAM]: the worse format's ratio, for the default
+  // compress (no error sums) and the dequantization into f16.
   Figure worst[2][2];
   const Figure memcpy_l2 = r.Ns("BM_Compress_Memcpy/0");
   const Figure memcpy_dram[2] = {r.Ns("BM_Compress_Memcpy/1"),
@@ -357,25 +357,25 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
                   FormatGbps(gbps(ns[1])), FormatRatio(ratio[1]));
   };
   for (int bits : {8, 4}) {
-    const std::string repack = absl::StrCat("BM_Compress_Repack/", bits);
+    const std::string compress = absl::StrCat("BM_Compress_Block/", bits);
     const std::string dequant = absl::StrCat("BM_Compress_Dequantize/", bits);
-    row(absl::StrFormat("repack int%d", bits), repack, "0", 0, true);
-    row(absl::StrFormat("repack int%d + error sums", bits), repack, "1", 0,
+    row(absl::StrFormat("compress int%d", bits), compress, "0", 0, true);
+    row(absl::StrFormat("compress int%d + error sums", bits), compress, "1", 0,
         false);
-    row("  kernel alone, no range check", repack, "2", 0, false);
+    row("  kernel alone, no range check", compress, "2", 0, false);
     row(absl::StrFormat("dequantize int%d -> f16", bits), dequant, "16/1", 1,
         true);
     row(absl::StrFormat("dequantize int%d -> f32", bits), dequant, "32/1", 1,
         false);
     row("  -> f16, each block alone", dequant, "16/0", 1, false);
   }
-  // The targets are judged from DRAM: the block a repack reads has just
+  // The targets are judged from DRAM: the block a compression reads has just
   // turned cold (written long ago, evicted from the caches), and attention
-  // reads a repacked block once per decode step, long after the last read.
+  // reads a compressed block once per decode step, long after the last read.
   absl::FPrintF(out,
                 "Targets judged from DRAM (a block turning cold was written "
-                "long ago; attention reads a repacked block once per step): "
-                "the default repack (no error sums) and the dequantization "
+                "long ago; attention reads a compressed block once per step): "
+                "the default compression (no error sums) and the dequantization "
                 "into f16, worse format; the L2 ratios are shown for the "
                 "kernels' own cost.\n");
   // The dequantization from DRAM cannot run faster than it does in L2 (the
@@ -398,7 +398,7 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
   const char* where[2] = {"in L2, not judged", "from DRAM"};
   for (int cold : {1, 0}) {
     targets.push_back(
-        {absl::StrFormat("repack >= 0.5x memcpy, %s (worse format)",
+        {absl::StrFormat("compress >= 0.5x memcpy, %s (worse format)",
                          where[cold]),
          FormatRatio(worst[0][cold]),
          Verdict(worst[0][cold], worst[0][cold] && *worst[0][cold] >= 0.5)});

@@ -56,7 +56,7 @@ absl::Status KVCache::Impl::TakeFresh(int64_t n, const BlockTable* updating) {
       "needs %d %s, the pool of %d has %d free and %d idle in the prefix "
       "cache%s",
       n, n == 1 ? "block" : "blocks", pool->capacity(), free, evictable,
-      auto_compress() ? "; repacking cold blocks cannot free enough" : ""));
+      auto_compress() ? "; compressing cold blocks cannot free enough" : ""));
 }
 
 void KVCache::Impl::ApplyPlan(const LayerRules& rules, BlockTable& table,

@@ -14,7 +14,7 @@ namespace kvpage {
 
 namespace {
 
-// The quantization shape of the view's repacked blocks.
+// The quantization shape of the view's compressed blocks.
 internal::QuantShape ShapeOf(const LayerView& view) {
   return {.block_tokens = view.block_tokens,
           .num_kv_heads = view.num_kv_heads,
@@ -22,7 +22,7 @@ internal::QuantShape ShapeOf(const LayerView& view) {
           .group_size = view.quant_group_size};
 }
 
-// The repacked block's format and parts, from its codes pointers (the
+// The compressed block's format and parts, from its codes pointers (the
 // layout puts the codes first in each part).
 struct QuantParts {
   internal::QuantFormat format;
@@ -41,7 +41,7 @@ QuantParts PartsOf(const LayerView& view, const BlockView& block) {
 }
 
 // Dequantize, told the block that will be read after this one (may be
-// null): when it is repacked too, its parts stream in under this block's
+// null): when it is compressed too, its parts stream in under this block's
 // decoding (internal::NextBlock). `requested`: the previous call named this
 // block so.
 absl::Status DequantizeBefore(const LayerView& view, const BlockView& block,

@@ -110,16 +110,16 @@ inline int64_t SinkBlocks(const LayerRules& r, int64_t length) {
   return CeilDiv(std::min(r.sinks, length), r.block_tokens);
 }
 
-// A table entry: a block of the hot pool, or (top bit set) the first slot of
+// A table entry: a block of the hot pool, or (top bit set) the first cell of
 // a block of the quantized pool. Hot pools hold fewer than 2^31 blocks.
 using BlockRef = uint32_t;
 inline constexpr BlockRef kQuantTag = 0x80000000u;
 inline bool IsQuant(BlockRef ref) { return (ref & kQuantTag) != 0; }
 inline BlockId RefId(BlockRef ref) { return ref & ~kQuantTag; }
-inline BlockRef QuantRef(BlockId slot) { return slot | kQuantTag; }
+inline BlockRef QuantRef(BlockId cell) { return cell | kQuantTag; }
 
 struct BlockTable {
-  std::vector<BlockRef> sink_blocks;  // always hot: sinks are not repacked
+  std::vector<BlockRef> sink_blocks;  // always hot: sinks are not compressed
   std::vector<BlockRef> window;  // live from `head` on; a deque without nodes
   size_t head = 0;
   int64_t window_first = 0;      // logical block of window[head]
@@ -129,7 +129,7 @@ struct BlockTable {
   int64_t max_length = 0;        // the largest length this layer has had
   int64_t evicted = 0;           // tokens evicted by the overflow policy
   int64_t cold_done = 0;         // auto_compress: logical blocks below this
-                                 // were considered for repacking
+                                 // were considered for compressing
   int64_t published = 0;  // logical blocks below this were offered to the
                           // prefix cache
 

@@ -126,8 +126,8 @@ absl::Status ValidateConfig(const CacheConfig& c) {
         q.max_rel_error));
   }
   if (q.enabled) {
-    if (q.quant_blocks < 1 || q.quant_blocks > int64_t{0x7fffffff}) {
-      return bad("compression.quant_blocks", q.quant_blocks, "1 to 2147483647");
+    if (q.quant_cells < 1 || q.quant_cells > int64_t{0x7fffffff}) {
+      return bad("compression.quant_cells", q.quant_cells, "1 to 2147483647");
     }
     if (q.group_size < 1 || c.head_dim % q.group_size != 0) {
       return bad("compression.group_size", q.group_size,

@@ -1,7 +1,7 @@
 // cache/quant_pool_config.h — a cache's compression settings in the terms
 // of the allocator's quantization kernels (allocator/quantize.h), which know
 // nothing of CacheConfig: the shape of a quantized block, the pool's format,
-// and the bytes of one of its slots.
+// and the bytes of one of its cells.
 #ifndef KVPAGE_CACHE_QUANT_POOL_CONFIG_H_
 #define KVPAGE_CACHE_QUANT_POOL_CONFIG_H_
 
@@ -28,13 +28,13 @@ namespace kvpage::internal {
                                               : QuantPoolFormat::kInt8;
 }
 
-// The bytes of one slot of the quantized pool of `config` (a valid config):
-// 0 without compression, else QuantSlotBytes of its format and shape. What
+// The bytes of one cell of the quantized pool of `config` (a valid config):
+// 0 without compression, else QuantCellBytes of its format and shape. What
 // KVCache::Create gives its quantized pool and what the snapshot reader
 // requires of a file. O(1).
-[[nodiscard]] inline int64_t QuantSlotBytes(const CacheConfig& config) {
+[[nodiscard]] inline int64_t QuantCellBytes(const CacheConfig& config) {
   if (!config.compression.enabled) return 0;
-  return QuantSlotBytes(QuantPoolFormatOf(config.compression),
+  return QuantCellBytes(QuantPoolFormatOf(config.compression),
                         QuantShapeOf(config));
 }
 

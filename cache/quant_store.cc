@@ -33,9 +33,9 @@ absl::StatusOr<std::unique_ptr<QuantStore>> QuantStore::Create(
   if (store->mixed_ || store->fixed_format_ == QuantFormat::kInt4) {
     store->int4_layout_ = QuantLayout::For(QuantFormat::kInt4, store->shape_);
   }
-  store->cell_bytes_ = QuantSlotBytes(config);
+  store->cell_bytes_ = QuantCellBytes(config);
   absl::StatusOr<std::unique_ptr<HostArena>> arena = HostArena::Create(
-      q.quant_blocks, store->cell_bytes_,
+      q.quant_cells, store->cell_bytes_,
       {.prefault = config.prefault, .huge_pages = config.huge_pages});
   if (!arena.ok()) return arena.status();
   absl::StatusOr<std::unique_ptr<BlockPool>> pool =
@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<QuantStore>> QuantStore::Create(
   store->pool_ = *std::move(pool);
   store->local_ = std::make_unique<BlockPool::LocalCache>(*store->pool_);
   store->base_ = store->pool_->storage().host_base();
-  const auto cells = static_cast<size_t>(q.quant_blocks);
+  const auto cells = static_cast<size_t>(q.quant_cells);
   store->format_.assign(cells, QuantFormat::kInt8);
   store->partner_.assign(cells, kNoBlock);
   store->error_.assign(cells, 0.0f);

@@ -41,7 +41,7 @@ class QuantStore {
   // Compresses slots [first, first + count) of a hot block whose K and V
   // regions are at k_src and v_src. Returns the block's first cell, or
   // kNoBlock (counted in compressions_skipped) when the pool has no room or
-  // a slot holds a value the formats cannot represent (NaN, an infinity,
+  // a visible slot holds a value the formats cannot represent (NaN, infinity,
   // |x| > 65504). O(block size).
   [[nodiscard]] BlockId Compress(const std::byte* k_src,
                                  const std::byte* v_src, int first, int count);

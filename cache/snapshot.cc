@@ -191,7 +191,7 @@ void PutConfig(const CacheConfig& c, Encoder& e) {
   e.Put<uint8_t>(static_cast<uint8_t>(q.bits));
   e.Put<int32_t>(q.group_size);
   e.Put<int64_t>(q.hot_tokens);
-  e.Put<int64_t>(q.quant_blocks);
+  e.Put<int64_t>(q.quant_cells);
   e.Put<uint8_t>(q.auto_compress);
   e.Put<double>(q.max_rel_error);
   e.Put<uint8_t>(q.measure_error);
@@ -225,7 +225,7 @@ CacheConfig GetConfig(Decoder& d) {
   q.bits = d.GetEnum("compression.bits", {QuantBits::kInt8, QuantBits::kInt4});
   q.group_size = d.Get<int32_t>("compression.group_size");
   q.hot_tokens = d.Get<int64_t>("compression.hot_tokens");
-  q.quant_blocks = d.Get<int64_t>("compression.quant_blocks");
+  q.quant_cells = d.Get<int64_t>("compression.quant_cells");
   q.auto_compress = d.GetBool("compression.auto_compress");
   q.max_rel_error = d.Get<double>("compression.max_rel_error");
   q.measure_error = d.GetBool("compression.measure_error");
@@ -260,7 +260,7 @@ SnapshotPool GetPool(Decoder& d, bool quant, int64_t capacity,
                            p.capacity, capacity));
     return p;
   }
-  // A quantized slot may be larger than a hot block (small blocks: the
+  // A quantized cell may be larger than a hot block (small blocks: the
   // scales outweigh the codes); without compression the pool is empty and
   // its slot size 0.
   if (p.unit_bytes != unit_bytes) {
@@ -461,8 +461,8 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
   });
   snap.hot = GetPool(d, false, c.num_blocks, BlockBytes(c));
   snap.quant =
-      GetPool(d, true, c.compression.enabled ? c.compression.quant_blocks : 0,
-              internal::QuantSlotBytes(c));
+      GetPool(d, true, c.compression.enabled ? c.compression.quant_cells : 0,
+              internal::QuantCellBytes(c));
   const size_t layers = static_cast<size_t>(c.num_layers);
   // The smallest encodings: a sequence with its layer count, a prefix
   // entry.

@@ -34,9 +34,9 @@ class Verifier {
     for (const SnapshotSequence& s : snap_.sequences) Sequence(s);
     Prefix();
     RefCounts(snap_.hot, hot_holds_, "block");
-    RefCounts(snap_.quant, quant_holds_, "quantized slot");
+    RefCounts(snap_.quant, quant_holds_, "quantized cell");
     FreeList(snap_.hot, "hot pool", "block");
-    FreeList(snap_.quant, "quantized pool", "slot");
+    FreeList(snap_.quant, "quantized pool", "cell");
     Stats();
     if (dropped_ > 0) {
       out_.push_back({"truncated", absl::StrFormat("%d more violations not "
@@ -68,14 +68,14 @@ class Verifier {
     }
     const size_t layers = static_cast<size_t>(c.num_layers);
     const size_t slots = static_cast<size_t>(
-        c.compression.enabled ? c.compression.quant_blocks : 0);
+        c.compression.enabled ? c.compression.quant_cells : 0);
     const SnapshotPool& q = snap_.quant;
     if (snap_.hot.ref_counts.size() != static_cast<size_t>(c.num_blocks) ||
         q.ref_counts.size() != slots || q.bits.size() != slots ||
         q.partners.size() != slots || q.errors.size() != slots) {
       Report("config",
              "pool arrays do not match the config's %d blocks and "
-             "%d quantized slots",
+             "%d quantized cells",
              c.num_blocks, slots);
       return false;
     }
@@ -262,13 +262,13 @@ class Verifier {
     const CompressionConfig& q = snap_.config.compression;
     if (e.role != TableRole::kWindow || !q.enabled || r.ring()) {
       Report("quant",
-             "seq %d, layer %d: quantized slot %d where only hot blocks "
+             "seq %d, layer %d: quantized cell %d where only hot blocks "
              "belong",
              seq, layer, e.id);
     }
     if (e.id >= quant_holds_.size()) {
       Report("table",
-             "seq %d, layer %d: quantized slot %d out of range (capacity %d)",
+             "seq %d, layer %d: quantized cell %d out of range (capacity %d)",
              seq, layer, e.id, quant_holds_.size());
       return;
     }
@@ -294,11 +294,11 @@ class Verifier {
     }
     const bool needs_partner = mixed && want_bits == 8;
     if (needs_partner != (partner != kSnapshotNoBlock)) {
-      Report("quant", "seq %d, layer %d: slot %d %s a V slot (partner %d)", seq,
+      Report("quant", "seq %d, layer %d: cell %d %s a V cell (partner %d)", seq,
              layer, e.id, needs_partner ? "lacks" : "has", partner);
     } else if (partner != kSnapshotNoBlock) {
       if (partner >= quant_holds_.size()) {
-        Report("quant", "seq %d, layer %d: slot %d's partner %d out of range",
+        Report("quant", "seq %d, layer %d: cell %d's partner %d out of range",
                seq, layer, e.id, partner);
       } else {
         ++quant_holds_[partner];
@@ -421,7 +421,7 @@ class Verifier {
         "blocks_allocated - blocks_released",
         Wrap(s.blocks_allocated, 0 - static_cast<uint64_t>(s.blocks_released)),
         used);
-    expect("quant_slots_used", s.quant_slots_used, qused);
+    expect("quant_cells_used", s.quant_cells_used, qused);
     expect("quant_blocks_int8", s.quant_blocks_int8, int8);
     expect("quant_blocks_int4", s.quant_blocks_int4, int4);
   }

@@ -18,18 +18,18 @@ namespace {
 void AddCompressionStats(const internal::QuantStore& quant,
                          int64_t block_bytes, int64_t block_tokens,
                          CacheStats& s) {
-  s.quant_slots_total = quant.pool().capacity();
-  s.quant_slots_used = quant.pool().used_blocks();
-  s.quant_slot_bytes = quant.cell_bytes();
+  s.quant_cells_total = quant.pool().capacity();
+  s.quant_cells_used = quant.pool().used_blocks();
+  s.quant_cell_bytes = quant.cell_bytes();
   s.quant_blocks_int8 = quant.int8_blocks();
   s.quant_blocks_int4 = quant.int4_blocks();
-  const int64_t quant_bytes = s.quant_slots_used * quant.cell_bytes();
-  const int64_t quant_blocks = s.quant_blocks_int8 + s.quant_blocks_int4;
+  const int64_t quant_bytes = s.quant_cells_used * quant.cell_bytes();
+  const int64_t quant_cells = s.quant_blocks_int8 + s.quant_blocks_int4;
   s.memory_usage_bytes += quant_bytes;
-  s.bytes_saved = quant_blocks * block_bytes - quant_bytes;
-  if (quant_blocks > 0) {
+  s.bytes_saved = quant_cells * block_bytes - quant_bytes;
+  if (quant_cells > 0) {
     s.bytes_per_token_cold = static_cast<double>(quant_bytes) /
-                             static_cast<double>(quant_blocks * block_tokens);
+                             static_cast<double>(quant_cells * block_tokens);
   }
   s.compressions_applied = quant.compressions_applied();
   s.compressions_skipped = quant.compressions_skipped();

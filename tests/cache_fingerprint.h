@@ -7,8 +7,8 @@
 // SequenceStats; per sequence and layer its Length(), Gather() (values bit
 // for bit) and View() (each run's block, slots, positions, format and
 // error); and a snapshot with token data: both pools (reference counts,
-// free lists, the bytes of every block and quantized slot in use, each
-// slot's format, partner and error), every block table, and the prefix
+// free lists, the bytes of every block and quantized cell in use, each
+// cell's format, partner and error), every block table, and the prefix
 // cache's index with its LRU order.
 //
 // Usage:

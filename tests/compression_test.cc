@@ -1,4 +1,4 @@
-// Compression through the cache: which blocks are repacked, what reads back,
+// Compression through the cache: which blocks are compressed, what reads back,
 // what it does to attention, what it saves, and that no data is lost when
 // the quantized pool is full. Kernel-level error bounds are in
 // quantize_test.cc.
@@ -37,17 +37,17 @@ CacheConfig Config(QuantBits bits, int64_t hot_tokens = 8) {
                           .bits = bits,
                           .group_size = 8,
                           .hot_tokens = hot_tokens,
-                          .quant_blocks = 64,
+                          .quant_cells = 64,
                           .measure_error = true}};
 }
 
 // Hot blocks short enough for an update to run out: `num_blocks` of them,
-// repacked into `quant_blocks` int8 slots as they turn cold (4 hot tokens).
-CacheConfig TightConfig(int64_t num_blocks, int64_t quant_blocks) {
+// compressed into `quant_cells` int8 cells as they turn cold (4 hot tokens).
+CacheConfig TightConfig(int64_t num_blocks, int64_t quant_cells) {
   CacheConfig c = Config(QuantBits::kInt8, 4);
   c.num_blocks = num_blocks;
   c.compression.auto_compress = true;
-  c.compression.quant_blocks = quant_blocks;
+  c.compression.quant_cells = quant_cells;
   return c;
 }
 
@@ -104,7 +104,7 @@ std::vector<BlockFormat> Formats(const KVCache& cache, SeqId seq, int layer) {
   return out;
 }
 
-TEST(CompressionTest, RepacksTheOldestWholeBlocksAndIsIdempotent) {
+TEST(CompressionTest, CompressesTheOldestWholeBlocksAndIsIdempotent) {
   Filled f = Fill(Config(QuantBits::kInt8), 40);  // 10 blocks of 4
   KVCache& cache = *f.cache;
   const CacheStats before = cache.Stats();
@@ -119,9 +119,9 @@ TEST(CompressionTest, RepacksTheOldestWholeBlocksAndIsIdempotent) {
   EXPECT_EQ(s.compressions_applied, 5);
   EXPECT_EQ(s.quant_blocks_int8, 5);
   EXPECT_EQ(s.blocks_used, before.blocks_used - 5);
-  EXPECT_EQ(s.quant_slots_used, 5);
+  EXPECT_EQ(s.quant_cells_used, 5);
   EXPECT_EQ(s.tokens_stored, before.tokens_stored);
-  EXPECT_EQ(s.bytes_saved, 5 * (s.block_bytes - s.quant_slot_bytes));
+  EXPECT_EQ(s.bytes_saved, 5 * (s.block_bytes - s.quant_cell_bytes));
   EXPECT_GT(s.max_quant_error, 0);
   EXPECT_LE(s.max_quant_error, 4e-5);
   EXPECT_VALID(cache);
@@ -208,12 +208,12 @@ TEST(CompressionTest, BadCallsAreRefused) {
   EXPECT_THAT(KVCache::Create(bad).status().message(),
               HasSubstr("compression.group_size is 5"));
   bad = Config(QuantBits::kInt8);
-  bad.compression.quant_blocks = 0;
+  bad.compression.quant_cells = 0;
   EXPECT_THAT(KVCache::Create(bad).status().message(),
-              HasSubstr("compression.quant_blocks is 0"));
+              HasSubstr("compression.quant_cells is 0"));
 }
 
-// The error sums are opt-in: without measure_error the repacked bytes (and
+// The error sums are opt-in: without measure_error the compressed bytes (and
 // so every read) are the same, and the statistics report no error.
 TEST(CompressionTest, ErrorIsMeasuredOnlyWhenAsked) {
   for (QuantBits bits : {QuantBits::kInt8, QuantBits::kInt4}) {
@@ -277,7 +277,7 @@ TEST(CompressionTest, AttentionErrorWithColdBlocks) {
   for (QuantBits bits : {QuantBits::kInt8, QuantBits::kInt4}) {
     CacheConfig c = Config(bits, 0);
     c.num_blocks = 300;
-    c.compression.quant_blocks = 300;
+    c.compression.quant_cells = 300;
     Filled f = Fill(c, 1024);
     // 4 query heads over 2 kv-heads.
     const std::vector<float> query = Gaussian(4 * kDim, 9);
@@ -332,7 +332,7 @@ TEST(CompressionTest, AttendMatchesADirectComputation) {
 
 TEST(CompressionTest, AFullQuantizedPoolSkipsAndLosesNothing) {
   CacheConfig c = Config(QuantBits::kInt8);
-  c.compression.quant_blocks = 3;
+  c.compression.quant_cells = 3;
   Filled f = Fill(c, 40);
   ASSERT_TRUE(f.cache->CompressOldEntries(f.seq, 0, 0.0).ok());
   const CacheStats s = f.cache->Stats();
@@ -344,7 +344,7 @@ TEST(CompressionTest, AFullQuantizedPoolSkipsAndLosesNothing) {
   EXPECT_VALID(f.cache);
 }
 
-TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
+TEST(CompressionTest, AutoCompressCompresssBlocksAsTheyTurnCold) {
   CacheConfig c = Config(QuantBits::kInt8, 8);
   c.compression.auto_compress = true;
   auto cache = *KVCache::Create(c);
@@ -353,47 +353,47 @@ TEST(CompressionTest, AutoCompressRepacksBlocksAsTheyTurnCold) {
   for (int64_t t = 0; t < 64; ++t) {
     const TokenSpan one{.data = k.data() + t * kElems, .tokens = 1};
     ASSERT_TRUE(cache->Update(seq, 0, one, one, t + 1).ok());
-    // Blocks wholly older than the 8 most recent tokens are repacked.
+    // Blocks wholly older than the 8 most recent tokens are compressed.
     const int64_t cold = std::max<int64_t>(0, t + 1 - 8) / 4;
     ASSERT_EQ(cache->Stats().compressions_applied, cold) << t;
   }
   EXPECT_VALID(cache);
 }
 
-TEST(CompressionTest, AnUpdateShortOfBlocksRepacksColdBlocksFirst) {
+TEST(CompressionTest, AnUpdateShortOfBlocksCompresssColdBlocksFirst) {
   auto cache = *KVCache::Create(TightConfig(12, 6));
   const SeqId a = *cache->AddSequence();
   const std::vector<float> k = Gaussian(40 * kElems, 1);
-  // One update of 40 tokens: its cold blocks are repacked in that update.
+  // One update of 40 tokens: its cold blocks are compressed in that update.
   ASSERT_TRUE(Prefill(*cache, a, 0, k, 40).ok());
   CacheStats s = cache->Stats();
   // 10 blocks; 9 are cold (the newest 4 tokens are block 9), but only 6
-  // quantized slots: 3 skipped, 7 hot blocks used.
+  // quantized cells: 3 skipped, 7 hot blocks used.
   EXPECT_EQ(s.compressions_applied, 6);
   EXPECT_EQ(s.compressions_skipped, 3);
   EXPECT_EQ(s.blocks_used, 4);
   // A second sequence needing more hot blocks than are free, with no room
-  // left to repack: refused, nothing changed.
+  // left to compress: refused, nothing changed.
   const SeqId b = *cache->AddSequence();
   const CacheFingerprint before = Fingerprint(*cache);
   const absl::Status no = Prefill(*cache, b, 1, k, 40);
   EXPECT_EQ(no.code(), absl::StatusCode::kResourceExhausted) << no;
-  EXPECT_THAT(no.message(), HasSubstr("repacking cold blocks cannot free"));
+  EXPECT_THAT(no.message(), HasSubstr("compressing cold blocks cannot free"));
   EXPECT_UNCHANGED(*cache, before);
   EXPECT_VALID(cache);
 }
 
-TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
+TEST(CompressionTest, EmergencyCompressFreesHotBlocks) {
   const CacheConfig c = TightConfig(12, 4);
   auto cache = *KVCache::Create(c);
   const std::vector<float> k = Gaussian(40 * kElems, 1);
   auto put = [&](SeqId seq, int64_t tokens) {
     return Prefill(*cache, seq, 0, k, tokens);
   };
-  // x: 2 blocks, the first cold and repacked (1 slot).
+  // x: 2 blocks, the first cold and compressed (1 slot).
   const SeqId x = *cache->AddSequence();
   ASSERT_TRUE(put(x, 8).ok());
-  // a: 10 blocks, 9 cold; 3 repacked (the slots left), 6 stay hot.
+  // a: 10 blocks, 9 cold; 3 compressed (the slots left), 6 stay hot.
   const SeqId a = *cache->AddSequence();
   ASSERT_TRUE(put(a, 40).ok());
   CacheStats s = cache->Stats();
@@ -402,7 +402,7 @@ TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
   EXPECT_EQ(s.blocks_used, 8);
   // Releasing x frees a hot block and a slot: 5 hot blocks free.
   ASSERT_TRUE(cache->RemoveSequence(x).ok());
-  // b needs 6 hot blocks: one cold block of a is repacked first.
+  // b needs 6 hot blocks: one cold block of a is compressed first.
   const SeqId b = *cache->AddSequence();
   ASSERT_TRUE(put(b, 24).ok());
   s = cache->Stats();
@@ -423,7 +423,7 @@ TEST(CompressionTest, EmergencyRepackFreesHotBlocks) {
   EXPECT_UNCHANGED(*plain, before);
 }
 
-TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
+TEST(CompressionTest, WritingIntoACompressedBlockMakesItHotAgain) {
   Filled f = Fill(Config(QuantBits::kInt8, 0), 16);
   KVCache& cache = *f.cache;
   ASSERT_TRUE(cache.CompressOldEntries(f.seq, 0, 0.0).ok());
@@ -445,7 +445,7 @@ TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
   for (int64_t i = 4 * kElems; i < 5 * kElems; ++i) {
     EXPECT_NEAR(g.k[i], f.k[i], 0.05);
   }
-  // A pure rollback into a repacked block, then an append into it.
+  // A pure rollback into a compressed block, then an append into it.
   ASSERT_TRUE(cache.Update(f.seq, 0, {}, {}, 2).ok());
   EXPECT_EQ(cache.Stats().decompressions, 2);
   ASSERT_TRUE(cache
@@ -457,10 +457,10 @@ TEST(CompressionTest, WritingIntoARepackedBlockMakesItHotAgain) {
   EXPECT_VALID(cache);
 }
 
-// A refused update of a layer with repacked blocks changes nothing: not the
-// repacked blocks, not the quantized pool, not the repack statistics; also
-// when the write would first make a repacked block hot and no block is free.
-TEST(CompressionTest, RefusedUpdatesLeaveRepackedBlocksAlone) {
+// A refused update of a layer with compressed blocks changes nothing: not the
+// compressed blocks, not the quantized pool, not the compression statistics; also
+// when the write would first make a compressed block hot and no block is free.
+TEST(CompressionTest, RefusedUpdatesLeaveCompressedBlocksAlone) {
   CacheConfig c = Config(QuantBits::kInt8, 0);
   c.num_blocks = 8;
   c.max_seq_len = 40;
@@ -483,7 +483,7 @@ TEST(CompressionTest, RefusedUpdatesLeaveRepackedBlocksAlone) {
     int64_t seq_len;
     absl::StatusCode code;
   } cases[] = {
-      {"overwrite into a repacked block, no block free", 0, one, one, 16,
+      {"overwrite into a compressed block, no block free", 0, one, one, 16,
        absl::StatusCode::kResourceExhausted},
       {"layer out of range", 2, one, one, 16,
        absl::StatusCode::kInvalidArgument},
@@ -520,23 +520,23 @@ TEST(CompressionTest, MaxRelErrorPicksInt4WhereItIsGoodEnough) {
     }
     if (bound == 1e-2) {
       EXPECT_EQ(s.quant_blocks_int4, 8);
-      EXPECT_EQ(s.quant_slots_used, 8);
+      EXPECT_EQ(s.quant_cells_used, 8);
     } else {
       EXPECT_EQ(s.quant_blocks_int8, 8);
-      EXPECT_EQ(s.quant_slots_used, 16);  // K and V parts in two slots
+      EXPECT_EQ(s.quant_cells_used, 16);  // K and V parts in two cells
     }
     EXPECT_LE(s.max_quant_error, bound == 1e-2 ? bound : 4e-5);
     EXPECT_VALID(f.cache);
     const GatheredLayer g = *f.cache->Gather(f.seq, 0);
     EXPECT_LE(RelMse(g.k, f.k), bound == 1e-2 ? 1e-2 : 4e-5);
     ASSERT_TRUE(f.cache->RemoveSequence(f.seq).ok());
-    EXPECT_EQ(f.cache->Stats().quant_slots_used, 0);
+    EXPECT_EQ(f.cache->Stats().quant_cells_used, 0);
   }
 }
 
-// The byte budget of a repacked block against the f16 hot block of the same
+// The byte budget of a compressed block against the f16 hot block of the same
 // tokens, at the shapes the README quotes.
-TEST(CompressionTest, RepackedBlocksAreSmall) {
+TEST(CompressionTest, CompressedBlocksAreSmall) {
   struct Case {
     QuantBits bits;
     int block_tokens, group_size;
@@ -556,10 +556,10 @@ TEST(CompressionTest, RepackedBlocksAreSmall) {
                   .compression = {.enabled = true,
                                   .bits = k.bits,
                                   .group_size = k.group_size,
-                                  .quant_blocks = 4}};
+                                  .quant_cells = 4}};
     const CacheStats s = (*KVCache::Create(c))->Stats();
     const double ratio =
-        static_cast<double>(s.quant_slot_bytes) / s.block_bytes;
+        static_cast<double>(s.quant_cell_bytes) / s.block_bytes;
     std::printf("%s, %d tokens/block, groups of %d: %.3f of f16\n",
                 k.bits == QuantBits::kInt8 ? "int8" : "int4", k.block_tokens,
                 k.group_size, ratio);
@@ -569,7 +569,7 @@ TEST(CompressionTest, RepackedBlocksAreSmall) {
 
 // Regression (issue 15, defect 4): an int8 cache with an odd head_dim passes
 // ValidateConfig, but Create built the int4 layout too and its check
-// aborted. Such a cache is created and repacks, reads and attends.
+// aborted. Such a cache is created and compresses, reads and attends.
 TEST(CompressionTest, Int8TakesAnOddHeadDim) {
   constexpr int kOddDim = 3, kOddElems = 2 * kOddDim;
   CacheConfig c{.num_layers = 1,
@@ -583,7 +583,7 @@ TEST(CompressionTest, Int8TakesAnOddHeadDim) {
                                 .bits = QuantBits::kInt8,
                                 .group_size = kOddDim,
                                 .hot_tokens = 4,
-                                .quant_blocks = 16,
+                                .quant_cells = 16,
                                 .measure_error = true}};
   absl::StatusOr<std::unique_ptr<KVCache>> created = KVCache::Create(c);
   ASSERT_TRUE(created.ok()) << created.status();
@@ -601,7 +601,7 @@ TEST(CompressionTest, Int8TakesAnOddHeadDim) {
   const GatheredLayer g = *cache.Gather(seq, 0);
   EXPECT_LE(RelMse(g.k, AsF16(k)), 1e-4);
   EXPECT_LE(RelMse(g.v, AsF16(v)), 1e-4);
-  // The view's repacked blocks decode to what Gather returns.
+  // The view's compressed blocks decode to what Gather returns.
   const LayerView view = *cache.View(seq, 0);
   std::vector<float> bk(4 * kOddElems), bv(4 * kOddElems);
   ASSERT_TRUE(
@@ -621,7 +621,7 @@ TEST(CompressionTest, Int8TakesAnOddHeadDim) {
 }
 
 // Non-finite input (issue 15): Update stores NaN, infinities and values f16
-// cannot hold as given; a block holding one is never repacked (it would
+// cannot hold as given; a block holding one is never compressed (it would
 // saturate, and the error statistics would turn NaN), so it stays hot and
 // reads back exactly, and the statistics stay finite.
 TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
@@ -660,7 +660,7 @@ TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
                           ? internal::BF16ToF32(internal::F32ToBF16(1e6f))
                           : 1e6f;
     EXPECT_EQ(hot.k[4 * 4 * kElems + 9], big);
-    // Blocks 0..4 are cold (hot_tokens 4); 0, 2 and 4 cannot be repacked.
+    // Blocks 0..4 are cold (hot_tokens 4); 0, 2 and 4 cannot be compressed.
     ASSERT_TRUE(cache->CompressOldEntries(seq, 0, 0.0).ok());
     using F = BlockFormat;
     const F q = k.max_rel_error > 0 ? Formats(*cache, seq, 0)[1] : F::kInt8;
@@ -693,16 +693,16 @@ TEST(CompressionTest, BlocksWithValuesTheFormatsCannotHoldStayHot) {
   }
 }
 
-// The emergency repack of an update short of hot blocks does not count on
-// blocks that cannot be repacked: it refuses, and changes nothing.
-TEST(CompressionTest, AnEmergencyRepackSkipsBlocksItCannotRepack) {
+// The emergency compression of an update short of hot blocks does not count on
+// blocks that cannot be compressed: it refuses, and changes nothing.
+TEST(CompressionTest, AnEmergencyCompressSkipsBlocksItCannotCompress) {
   auto cache = *KVCache::Create(TightConfig(6, 6));
   std::vector<float> kv = Gaussian(24 * kElems, 4);
   for (int64_t b = 0; b < 6; ++b) {
     kv[static_cast<size_t>(b * 4 * kElems)] =
         std::numeric_limits<float>::infinity();
   }
-  // 6 blocks in layer 0, none repackable: the pool is full.
+  // 6 blocks in layer 0, none compressible: the pool is full.
   const SeqId a = *cache->AddSequence();
   ASSERT_TRUE(Prefill(*cache, a, 0, kv, 24).ok());
   EXPECT_EQ(cache->Stats().compressions_applied, 0);

@@ -214,7 +214,7 @@ struct Scenario {
   CacheConfig config;
   bool opaque_storage = false;
   // With compression, values read back within this absolute error (0: exact).
-  // A block repacked, made hot by a write and repacked again carries the
+  // A block compressed, made hot by a write and compressed again carries the
   // rounding of each round in its other tokens: a few quantization steps.
   float tolerance = 0;
   // Forks share blocks, which the model does not track: the pool is made
@@ -284,7 +284,7 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       status = cache.RemoveSequence(seq);
       what = "remove";
       if (want == absl::StatusCode::kOk) model.Remove(seq);
-    } else if (c.compression.enabled && dice < 12) {  // repack old blocks
+    } else if (c.compression.enabled && dice < 12) {  // compress old blocks
       const int layer = static_cast<int>(uniform(0, c.num_layers - 1));
       const double keep = static_cast<double>(uniform(0, 4)) / 4.0;
       want = absl::StatusCode::kOk;
@@ -366,7 +366,7 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
           << violations.front().message;
     }
     const CacheStats stats = cache.Stats();
-    // A held block is hot or repacked; forks share some.
+    // A held block is hot or compressed; forks share some.
     const int64_t held =
         stats.blocks_used + stats.quant_blocks_int8 + stats.quant_blocks_int4;
     if (scenario.forks) {
@@ -461,9 +461,9 @@ CacheConfig EveryPolicy(int64_t num_blocks, int64_t ring_sinks) {
            .truncate_to = 6}}};
 }
 
-// Two layers of 2 x 8 f16 whose blocks are repacked to int8 as they turn
+// Two layers of 2 x 8 f16 whose blocks are compressed to int8 as they turn
 // cold.
-CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_blocks) {
+CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_cells) {
   return {.num_layers = 2,
           .num_kv_heads = 2,
           .head_dim = 8,
@@ -475,7 +475,7 @@ CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_blocks) {
                           .bits = QuantBits::kInt8,
                           .group_size = 4,
                           .hot_tokens = 6,
-                          .quant_blocks = quant_blocks,
+                          .quant_cells = quant_cells,
                           .auto_compress = true}};
 }
 
@@ -580,9 +580,9 @@ std::vector<Scenario> Scenarios() {
        .config = EveryPolicy(/*num_blocks=*/48, /*ring_sinks=*/0),
        .opaque_storage = true},
       // Compression: a hot pool large enough never to run out (the model
-      // counts repacked blocks as held), a quantized pool that fills up.
+      // counts compressed blocks as held), a quantized pool that fills up.
       {.name = "compressed_int8_auto",
-       .config = AutoInt8(/*num_blocks=*/400, /*quant_blocks=*/24),
+       .config = AutoInt8(/*num_blocks=*/400, /*quant_cells=*/24),
        .tolerance = 1.0f},
       {.name = "compressed_mixed_sliding",
        .config = {.num_layers = 2,
@@ -600,7 +600,7 @@ std::vector<Scenario> Scenarios() {
                   .compression = {.enabled = true,
                                   .group_size = 8,
                                   .hot_tokens = 4,
-                                  .quant_blocks = 30,
+                                  .quant_cells = 30,
                                   .max_rel_error = 5e-3}},
        .opaque_storage = true,
        .tolerance = 6.0f},
@@ -608,7 +608,7 @@ std::vector<Scenario> Scenarios() {
        .config = EveryPolicy(/*num_blocks=*/1000, /*ring_sinks=*/1),
        .forks = true},
       {.name = "forks_compressed",
-       .config = AutoInt8(/*num_blocks=*/1000, /*quant_blocks=*/40),
+       .config = AutoInt8(/*num_blocks=*/1000, /*quant_cells=*/40),
        .tolerance = 1.0f,
        .forks = true},
   };

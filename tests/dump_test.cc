@@ -62,7 +62,7 @@ TEST(DumpGolden, Summary) {
   ExpectGolden("summary.json", m.dump(2) + "\n");
 }
 
-// Internal waste counts each block once, hot or repacked, however many
+// Internal waste counts each block once, hot or compressed, however many
 // tables share it: a fork adds no block and changes neither figure.
 // The public list of statistics fields (kvpage/stats_fields.h) names every
 // CacheStats field once, by its own name, and a visitor may assign them.
@@ -90,11 +90,11 @@ TEST(DumpSummary, WasteCountsSharedBlocksOnce) {
   auto cache = testing::BuildShowcase();
   ASSERT_TRUE(cache.ok());
   const dump::Json before = dump::Summary(*(*cache)->TakeSnapshot({}));
-  ASSERT_TRUE((*cache)->Fork(5).ok());  // seq 5 holds repacked blocks
+  ASSERT_TRUE((*cache)->Fork(5).ok());  // seq 5 holds compressed blocks
   const Snapshot forked = *(*cache)->TakeSnapshot({});
   const dump::Json after = dump::Summary(forked);
-  EXPECT_GT(after["compression"]["table_entries_repacked"].get<int64_t>(),
-            before["compression"]["table_entries_repacked"].get<int64_t>());
+  EXPECT_GT(after["compression"]["table_entries_compressed"].get<int64_t>(),
+            before["compression"]["table_entries_compressed"].get<int64_t>());
   EXPECT_EQ(after["waste"], before["waste"]);
 }
 
@@ -194,7 +194,7 @@ TEST(DumpGolden, Diff) {
   ASSERT_TRUE(cache.ok());
   KVCache& kv = **cache;
   const Snapshot before = *kv.TakeSnapshot({});
-  // Seq 5 grows and repacks more history, seq 3 goes, a new one comes.
+  // Seq 5 grows and compresses more history, seq 3 goes, a new one comes.
   std::mt19937_64 rng(7);
   ASSERT_TRUE(testing::Grow(kv, 5, 20, 4, -1, rng).ok());
   ASSERT_TRUE(kv.CompressOldEntries(5, 0, 0.1).ok());
@@ -249,7 +249,7 @@ TEST(DumpGolden, MapIsWellFormedSvg) {
   EXPECT_TRUE(parsed) << XML_ErrorString(XML_GetErrorCode(parser))
                       << " at line " << XML_GetCurrentLineNumber(parser);
   XML_ParserFree(parser);
-  // One cell per block and per quantized slot, each with a tooltip.
+  // One cell per block and per quantized cell, each with a tooltip.
   EXPECT_EQ(counts.cells, snap.hot.capacity + snap.quant.capacity);
   EXPECT_EQ(counts.titles, counts.cells);
   EXPECT_GT(counts.rects, counts.cells);  // the background and the legend

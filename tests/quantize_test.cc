@@ -124,7 +124,7 @@ Dequantized Dequantize(QuantFormat format, const QuantShape& shape,
   return out;
 }
 
-// The error of the dequantized slots, recomputed in double.
+// The error of the dequantized cells, recomputed in double.
 QuantError Measure(const QuantShape& shape, const HotBlock& b,
                    const Dequantized& dq, int first, int count) {
   QuantError e;
@@ -322,7 +322,7 @@ TEST(QuantizeTest, PartialRangeIgnoresTheOtherSlots) {
     EXPECT_LE(q.error.rel(), Bound(f));
     const Dequantized dq = Dequantize(f, s, q, first, count);
     ExpectReportedErrorMatches(q.error, Measure(s, huge, dq, first, count));
-    // A sub-range of the quantized slots reads back the same values.
+    // A sub-range of the quantized cells reads back the same values.
     const Dequantized sub = Dequantize(f, s, q, first + 2, 4);
     for (int64_t i = 0; i < 4 * c; ++i) {
       ASSERT_EQ(sub.k[i], dq.k[2 * c + i]);

@@ -145,10 +145,10 @@ TEST(ForkTest, WindowsAndRingsRespectSharing) {
   }
 }
 
-TEST(ForkTest, CompressionLeavesSharedBlocksHotAndPromotesOnWrite) {
+TEST(ForkTest, CompressionLeavesSharedBlocksHotAndDecompressesOnWrite) {
   CacheConfig c = Config();
   c.compression = {
-      .enabled = true, .group_size = 4, .hot_tokens = 0, .quant_blocks = 32};
+      .enabled = true, .group_size = 4, .hot_tokens = 0, .quant_cells = 32};
   auto cache = *KVCache::Create(c);
   const SeqId parent = *cache->AddSequence();
   ASSERT_TRUE(Put(*cache, parent, 0, 16).ok());
@@ -158,8 +158,8 @@ TEST(ForkTest, CompressionLeavesSharedBlocksHotAndPromotesOnWrite) {
   ASSERT_TRUE(cache->RemoveSequence(child).ok());
   ASSERT_TRUE(cache->CompressOldEntries(parent, 0, 0.0).ok());
   EXPECT_EQ(cache->Stats().compressions_applied, 4);
-  // A fork shares repacked blocks too; a write into one gives the writer a
-  // hot copy and leaves the other holder's repacked block alone.
+  // A fork shares compressed blocks too; a write into one gives the writer a
+  // hot copy and leaves the other holder's compressed block alone.
   const SeqId second = *cache->Fork(parent);
   const GatheredLayer before = *cache->Gather(parent, 0);
   ASSERT_TRUE(Put(*cache, second, 5, 1, 7).ok());

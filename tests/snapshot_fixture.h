@@ -1,5 +1,5 @@
 // tests/snapshot_fixture.h — a small cache that shows every kind of state a
-// snapshot can hold: each overflow policy (one per layer), sinks, repacked
+// snapshot can hold: each overflow policy (one per layer), sinks, compressed
 // blocks, a fork sharing blocks, a prefix-cache hit and idle cached blocks.
 // The snapshot tests, kvpage-dump's golden tests and the fuzzer's seed corpus
 // build it; it is deterministic, so its snapshot is byte-for-byte stable.
@@ -43,7 +43,7 @@ inline CacheConfig ShowcaseConfig(bool mixed = false) {
                       .bits = QuantBits::kInt8,
                       .group_size = 4,
                       .hot_tokens = 16,
-                      .quant_blocks = 24,
+                      .quant_cells = 24,
                       .max_rel_error = mixed ? 0.004 : 0.0,
                       .measure_error = true}};
 }
@@ -118,7 +118,7 @@ inline absl::StatusOr<std::unique_ptr<KVCache>> BuildShowcase(
   if (absl::Status s = Grow(cache, *d, 24, 24, 7000, rng); !s.ok()) return s;
   if (absl::Status s = cache.RemoveSequence(*d); !s.ok()) return s;
   // Without token ids nothing is published, so nothing is shared: layers 0
-  // and 3 repack their history; the ring's rollback leaves a spare block.
+  // and 3 compress their history; the ring's rollback leaves a spare block.
   absl::StatusOr<SeqId> e = cache.AddSequence();
   if (!e.ok()) return e.status();
   if (absl::Status s = Grow(cache, *e, 60, 30, -1, rng); !s.ok()) return s;

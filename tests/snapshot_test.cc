@@ -122,7 +122,7 @@ INSTANTIATE_TEST_SUITE_P(FixedAndMixed, SnapshotTest, ::testing::Bool());
 // ---- Every shape Create accepts round-trips ----
 
 // Small shapes, every dtype, and with int8, int4 and mixed compression each
-// group size: among them quantized slots larger than a hot block (8 kv-heads
+// group size: among them quantized cells larger than a hot block (8 kv-heads
 // x 64, f16, one token a block, int8 group 64: 2,112 bytes against 2,048).
 // An odd head_dim takes int8 only (int4 codes go two to a byte).
 std::vector<CacheConfig> SweepConfigs() {
@@ -151,7 +151,7 @@ std::vector<CacheConfig> SweepConfigs() {
                   .bits = mode == 1 ? QuantBits::kInt4 : QuantBits::kInt8,
                   .group_size = group,
                   .hot_tokens = 0,
-                  .quant_blocks = 8,
+                  .quant_cells = 8,
                   .max_rel_error = mode == 2 ? 0.002 : 0.0,
                   .measure_error = true};
               configs.push_back(c);
@@ -186,14 +186,14 @@ TEST(SnapshotSweep, EveryShapeCreateAcceptsRoundTrips) {
     auto cache = KVCache::Create(config);
     ASSERT_TRUE(cache.ok()) << cache.status();
     KVCache& kv = **cache;
-    // Three and a half blocks per layer; layer 0's whole blocks repacked.
+    // Three and a half blocks per layer; layer 0's whole blocks compressed.
     absl::StatusOr<SeqId> seq = kv.AddSequence();
     ASSERT_TRUE(seq.ok());
     const int64_t tokens = 3 * config.block_tokens + config.block_tokens / 2;
     ASSERT_TRUE(testing::Grow(kv, *seq, tokens, tokens, -1, rng).ok());
     if (config.compression.enabled) {
       ASSERT_TRUE(kv.CompressOldEntries(*seq, 0, 0.0).ok());
-      EXPECT_GT(kv.Stats().quant_slots_used, 0);
+      EXPECT_GT(kv.Stats().quant_cells_used, 0);
     }
     // Through a file with token data, in memory without (each write to a
     // file costs an fsync).
@@ -214,7 +214,7 @@ TEST(SnapshotSweep, EveryShapeCreateAcceptsRoundTrips) {
     }
     ++configs;
     quantized += config.compression.enabled;
-    larger_slots += kv.Stats().quant_slot_bytes > BlockBytes(config);
+    larger_slots += kv.Stats().quant_cell_bytes > BlockBytes(config);
   }
   // The sweep reaches the shapes the reader used to refuse.
   EXPECT_GT(quantized, 100);
@@ -417,7 +417,7 @@ std::vector<Corruption> Corruptions() {
          ++s.hot.ref_counts[FirstEntry(s, TableRole::kWindow, BlockFormat::kHot)
                                 ->id];
        }},
-      {"quantized slot ref count", "ref_count",
+      {"quantized cell ref count", "ref_count",
        [](Snapshot& s) {
          ++s.quant.ref_counts
                [FirstEntry(s, TableRole::kWindow, BlockFormat::kInt8)->id];

@@ -1,6 +1,6 @@
 // kvpage/attention.h — reading a LayerView as f32: Dequantize() for one block
 // of any format, and Attend(), a reference decode attention over hot and
-// repacked blocks alike (what kvpage's tests and benchmarks use to measure
+// compressed blocks alike (what kvpage's tests and benchmarks use to measure
 // what compression does to attention; not a production kernel).
 //
 // Usage:

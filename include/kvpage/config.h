@@ -61,32 +61,32 @@ struct LayerPolicy {
 // Bits per code of the quantized pool.
 enum class QuantBits : uint8_t { kInt8 = 8, kInt4 = 4 };
 
-// Repacking cold blocks into a second, smaller pool of quantized blocks.
+// Compressing cold blocks into a second, smaller pool of quantized blocks.
 // A block is cold when its newest position is older than the `hot_tokens`
 // most recent of its layer. Keys are grouped per channel across the block's
 // tokens (the block is the group), values per token along head_dim in groups
 // of `group_size`; int8 is symmetric, int4 asymmetric (scale and minimum)
 // with two codes per byte; scales and minimums are f16, stored in the block.
-// Sink blocks and circular-buffer layers are never repacked, nor a block
+// Sink blocks and circular-buffer layers are never compressed, nor a block
 // holding a NaN, an infinity or a magnitude above 65504 (KVCache::Update).
 struct CompressionConfig {
   bool enabled = false;
   QuantBits bits = QuantBits::kInt8;
   int group_size = 32;       // values per scale along head_dim
   int64_t hot_tokens = 256;  // the most recent tokens always stay hot
-  int64_t quant_blocks = 0;  // capacity of the quantized pool, in slots
-  // Repack blocks in the update that makes them cold, and before refusing an
+  int64_t quant_cells = 0;  // capacity of the quantized pool, in cells
+  // Compress blocks in the update that makes them cold, and before refusing an
   // update for lack of hot blocks.
   bool auto_compress = false;
   // > 0: per block, int4 where its measured relative error is within this
-  // bound, else int8 (`bits` is then ignored). The pool's slots are then
+  // bound, else int8 (`bits` is then ignored). The pool's cells are then
   // int4-sized and an int8 block takes two (keys in one, values in the other).
   double max_rel_error = 0;
-  // Measure each repack's relative error for the statistics
+  // Measure each compression's relative error for the statistics
   // (CacheStats::max_quant_error, mean_quant_error, BlockView::quant_error),
   // which are 0 without it. Mixed mode (max_rel_error > 0) always measures:
   // it picks the format by the error. Costs ~4 vector instructions per 16
-  // values: an int8 repack runs ~1.5x slower with it (bench/compress_bench).
+  // values: an int8 compression runs ~1.5x slower with it (bench/compress_bench).
   bool measure_error = false;
   bool operator==(const CompressionConfig&) const = default;
 };
@@ -120,7 +120,7 @@ struct CacheConfig {
 // 1 <= max_seq_len <= 2^62, 0 <= sink_tokens < max_seq_len, and for kTruncate
 // an effective truncate_to in (sink_tokens, max_seq_len]; compression.bits 8
 // or 4 and a finite compression.max_rel_error >= 0 (even with compression
-// off: a snapshot records them); with compression: 1 <= quant_blocks < 2^31,
+// off: a snapshot records them); with compression: 1 <= quant_cells < 2^31,
 // group_size dividing head_dim, an even head_dim for int4, hot_tokens >= 0.
 // Returns InvalidArgument naming the offending field (and layer).
 [[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);

@@ -55,11 +55,11 @@ struct GatheredLayer {
 // How a block stores its tokens.
 enum class BlockFormat : uint8_t {
   kHot,   // the cache's dtype, in the hot pool
-  kInt8,  // repacked into the quantized pool, int8 codes
-  kInt4,  // repacked into the quantized pool, int4 codes, two per byte
+  kInt8,  // compressed into the quantized pool, int8 codes
+  kInt4,  // compressed into the quantized pool, int4 codes, two per byte
 };
 
-// The codes and scales of a repacked block (docs/compression.md gives
+// The codes and scales of a compressed block (docs/compression.md gives
 // the byte layout). Keys: codes [block_tokens][num_kv_heads][head_dim] (int4:
 // [..][head_dim / 2] bytes, even channel in the low nibble), f16 scales (and
 // int4 minimums) [num_kv_heads][head_dim], one per channel over the block's
@@ -79,7 +79,7 @@ struct QuantBlockView {
 // holds the token at position `first_position + (s - begin_slot)`. A hot
 // block's keys start at `k + s * token_stride` elements (of the view's
 // dtype), laid out [num_kv_heads][head_dim]; values likewise from `v`. A
-// repacked block has null k and v and its codes in `quant`; Dequantize()
+// compressed block has null k and v and its codes in `quant`; Dequantize()
 // (kvpage/attention.h) turns either kind into f32.
 struct BlockView {
   const void* k = nullptr;     // slot 0 of the block's keys (hot blocks)
@@ -89,8 +89,8 @@ struct BlockView {
   int tokens = 0;              // valid slots, from begin_slot on
   int64_t first_position = 0;  // position of the token in begin_slot
   BlockFormat format = BlockFormat::kHot;
-  QuantBlockView quant;    // repacked blocks
-  double quant_error = 0;  // repacked blocks: measured relative MSE (0 unless
+  QuantBlockView quant;    // compressed blocks
+  double quant_error = 0;  // compressed blocks: measured relative MSE (0 unless
                            // compression.measure_error or max_rel_error > 0)
 };
 
@@ -105,7 +105,7 @@ struct LayerView {
   int head_dim = 0;
   int block_tokens = 0;
   int64_t token_stride = 0;  // elements from one slot to the next
-  int quant_group_size = 0;  // values per scale in repacked blocks
+  int quant_group_size = 0;  // values per scale in compressed blocks
   // True when k/v are host addresses (the default host arena). Storage that
   // lives elsewhere hands out addresses in its own address space.
   bool host_accessible = true;
@@ -134,25 +134,25 @@ struct CacheStats {
   int64_t hits = 0;             // prefix-cache block lookups that matched
   int64_t misses = 0;           // MatchPrefix calls stopped by a lookup
   int64_t prefix_entries = 0;   // hashes in the prefix cache
-  // Compression. The quantized pool counts slots; an int8 block takes two
+  // Compression. The quantized pool counts cells; an int8 block takes two
   // when max_rel_error mixes formats. memory_usage_bytes above includes the
-  // slots in use.
-  int64_t quant_slots_total = 0;
-  int64_t quant_slots_used = 0;
-  int64_t quant_slot_bytes = 0;
-  int64_t quant_blocks_int8 = 0;  // repacked blocks held now, by format
+  // cells in use.
+  int64_t quant_cells_total = 0;
+  int64_t quant_cells_used = 0;
+  int64_t quant_cell_bytes = 0;
+  int64_t quant_blocks_int8 = 0;  // compressed blocks held now, by format
   int64_t quant_blocks_int4 = 0;
   double bytes_per_token_hot = 0;    // one layer's K and V of one token
-  double bytes_per_token_cold = 0;   // the same in repacked blocks held now
-  int64_t bytes_saved = 0;           // hot bytes the repacked blocks replace,
+  double bytes_per_token_cold = 0;   // the same in compressed blocks held now
+  int64_t bytes_saved = 0;           // hot bytes the compressed blocks replace,
                                      // minus the slots they take
-  int64_t compressions_applied = 0;  // blocks repacked, ever
-  int64_t compressions_skipped = 0;  // repacks skipped: quantized pool full,
+  int64_t compressions_applied = 0;  // blocks compressed, ever
+  int64_t compressions_skipped = 0;  // compresses skipped: quantized pool full,
                                      // or a value the formats cannot hold
                                      // (NaN, an infinity, |x| > 65504)
-  int64_t decompressions = 0;        // repacked blocks made hot again to be
+  int64_t decompressions = 0;        // compressed blocks made hot again to be
                                      // written
-  double max_quant_error = 0;        // relative MSE, over every repack (0
+  double max_quant_error = 0;        // relative MSE, over every compression (0
   double mean_quant_error = 0;       // unless measured: CompressionConfig)
   int64_t evictions = 0;  // tokens evicted by overflow policies (input
                           // tokens an update evicts at once count too)
@@ -257,7 +257,7 @@ class KVCache {
   // converted to f16 or bf16), an infinity an infinity, and f32 input beyond
   // f16's range becomes an infinity in an f16 cache; reads return them. A
   // block holding one, or a value of magnitude above 65504 (what the
-  // quantized formats' f16 scales can span), is never repacked: it stays hot
+  // quantized formats' f16 scales can span), is never compressed: it stays hot
   // (compressions_skipped), so compression neither saturates it nor turns
   // the error statistics NaN.
   //   NotFound          unknown sequence
@@ -271,8 +271,8 @@ class KVCache {
   //                     window token, or go back into the sinks)
   //   ResourceExhausted seq_len > max_seq_len (policy kError), or fewer free
   //                     blocks than the update needs (with auto_compress,
-  //                     after repacking cold blocks could not free enough)
-  // On error nothing changes. Writing into a repacked block first makes it
+  //                     after compressing cold blocks could not free enough)
+  // On error nothing changes. Writing into a compressed block first makes it
   // hot again (decompressions; it needs a free block). Cost: O(n * num_kv_heads
   // * head_dim) to write plus O(1) per block taken or released.
   [[nodiscard]] absl::Status Update(SeqId seq, int layer, TokenSpan k,
@@ -285,16 +285,16 @@ class KVCache {
   // layer changes. O(layers + blocks released).
   [[nodiscard]] absl::Status Truncate(SeqId seq, int64_t seq_len);
 
-  // Repacks the whole blocks that lie entirely in the oldest
+  // Compresses the whole blocks that lie entirely in the oldest
   // 1 - keep_recent_fraction of the layer's visible tokens into the quantized
   // pool (never sink tokens, never the compression.hot_tokens most recent,
   // never a partly filled block, never a circular-buffer layer). Idempotent
-  // in what it repacks (compressions_skipped counts each call's skips).
+  // in what it compresses (compressions_skipped counts each call's skips).
   // A full quantized pool skips blocks (compressions_skipped), never loses
   // data; so does a block holding a value the formats cannot hold (see
   // Update: non-finite values). FailedPrecondition when compression is not
   // enabled; NotFound and InvalidArgument as for Update, and for a fraction
-  // outside [0, 1]. O(blocks repacked * block size).
+  // outside [0, 1]. O(blocks compressed * block size).
   [[nodiscard]] absl::Status CompressOldEntries(SeqId seq, int layer,
                                                 double keep_recent_fraction);
 

@@ -2,7 +2,7 @@
 // plain structs: what kvpage-dump inspects and verifies offline.
 //
 // A snapshot holds the configuration, both pools (capacity, reference counts,
-// the free list, the format of each quantized slot), every sequence's block
+// the free list, the format of each quantized cell), every sequence's block
 // tables per layer, the prefix-cache index and the statistics; with
 // `include_token_data`, the bytes of every block in use as well.
 //
@@ -51,7 +51,7 @@ inline constexpr uint32_t kSnapshotNoBlock = 0xffffffffu;
 inline constexpr int64_t kMaxSnapshotBytes = int64_t{1} << 40;
 
 struct SnapshotOptions {
-  // Also write the bytes of every hot block and quantized slot in use.
+  // Also write the bytes of every hot block and quantized cell in use.
   bool include_token_data = false;
 };
 
@@ -67,7 +67,7 @@ struct SnapshotEntry {
   TableRole role = TableRole::kWindow;
   int64_t logical = -1;  // logical block; -1 for spares
   BlockFormat format = BlockFormat::kHot;
-  uint32_t id = 0;  // hot block id, or first slot in the quantized pool
+  uint32_t id = 0;  // hot block id, or first cell in the quantized pool
   int32_t visible = 0;
   int32_t begin_slot = 0, end_slot = 0;
   bool operator==(const SnapshotEntry&) const = default;
@@ -92,14 +92,14 @@ struct SnapshotSequence {
   bool operator==(const SnapshotSequence&) const = default;
 };
 
-// A pool: the hot pool (blocks) or the quantized pool (slots).
+// A pool: the hot pool (blocks) or the quantized pool (cells).
 struct SnapshotPool {
   int64_t capacity = 0;
-  int64_t unit_bytes = 0;            // bytes of one block or slot
-  std::vector<uint32_t> ref_counts;  // per block or slot
+  int64_t unit_bytes = 0;            // bytes of one block or cell
+  std::vector<uint32_t> ref_counts;  // per block or cell
   std::vector<uint32_t> free_ids;    // the free list, next handed out first
-  // Quantized pool only, per slot: 8 or 4 where a repacked block starts, 0
-  // elsewhere; the V slot of a two-slot int8 block (kSnapshotNoBlock when
+  // Quantized pool only, per cell: 8 or 4 where a compressed block starts, 0
+  // elsewhere; the V cell of a two-cell int8 block (kSnapshotNoBlock when
   // none); the block's measured relative MSE.
   std::vector<uint8_t> bits;
   std::vector<uint32_t> partners;
@@ -137,7 +137,7 @@ struct Snapshot {
 // Parses snapshot bytes. InvalidArgument naming the field and offset for a
 // bad magic, a truncated or oversized payload, a checksum mismatch, a count
 // larger than the bytes left, an unknown enum value, an invalid config, or
-// pool sizes (capacity, block and slot bytes) other than the config implies;
+// pool sizes (capacity, block and cell bytes) other than the config implies;
 // FailedPrecondition for another version. Never allocates more than a small
 // multiple of bytes.size(). O(size).
 [[nodiscard]] absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes);

@@ -39,9 +39,9 @@ constexpr void ForEachStatsField(Stats&& stats, Visit&& visit) {
   visit("hits", stats.hits);
   visit("misses", stats.misses);
   visit("prefix_entries", stats.prefix_entries);
-  visit("quant_slots_total", stats.quant_slots_total);
-  visit("quant_slots_used", stats.quant_slots_used);
-  visit("quant_slot_bytes", stats.quant_slot_bytes);
+  visit("quant_cells_total", stats.quant_cells_total);
+  visit("quant_cells_used", stats.quant_cells_used);
+  visit("quant_cell_bytes", stats.quant_cell_bytes);
   visit("quant_blocks_int8", stats.quant_blocks_int8);
   visit("quant_blocks_int4", stats.quant_blocks_int4);
   visit("bytes_per_token_hot", stats.bytes_per_token_hot);

@@ -143,7 +143,7 @@ void Harness::CheckLayer(SeqId id, Seq& seq, int layer) {
     if (b.format == BlockFormat::kHot) {
       CheckHot(id, seq, layer, *g, next, b.tokens);
     } else {
-      CheckRepacked(id, seq, layer, *g, next, b, view->quant_group_size);
+      CheckCompressed(id, seq, layer, *g, next, b, view->quant_group_size);
     }
     next += static_cast<size_t>(b.tokens);
   }
@@ -172,7 +172,7 @@ void Harness::CheckHot(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
   }
 }
 
-void Harness::CheckRepacked(SeqId id, Seq& seq, int layer,
+void Harness::CheckCompressed(SeqId id, Seq& seq, int layer,
                             const GatheredLayer& g, size_t first,
                             const BlockView& b, int group) {
   Layer& l = seq.layers[static_cast<size_t>(layer)];
@@ -194,7 +194,7 @@ void Harness::CheckRepacked(SeqId id, Seq& seq, int layer,
            {at.k[static_cast<size_t>(e)], at.v[static_cast<size_t>(e)]}) {
         Expect(std::isfinite(x) && std::fabs(x) <= 65504.0f,
                Where(id, layer, g.positions[first + t]), " holds ", x,
-               " but its block was repacked");
+               " but its block was compressed");
       }
     }
   }

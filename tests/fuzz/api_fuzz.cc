@@ -49,7 +49,7 @@ void Harness::Run() {
     const CacheStats s = cache_->Stats();
     std::fprintf(stderr,
                  "  stats: %lld hits, %lld misses, %lld entries, %lld "
-                 "repacked, %lld skipped, %lld evictions, %lld copied\n",
+                 "compressed, %lld skipped, %lld evictions, %lld copied\n",
                  static_cast<long long>(s.hits),
                  static_cast<long long>(s.misses),
                  static_cast<long long>(s.prefix_entries),
@@ -76,7 +76,7 @@ std::string Harness::DescribeConfig() const {
   if (q.enabled) {
     absl::StrAppendFormat(
         &out, "; compression int%d group %d hot %d slots %d auto %d rel %g",
-        static_cast<int>(q.bits), q.group_size, q.hot_tokens, q.quant_blocks,
+        static_cast<int>(q.bits), q.group_size, q.hot_tokens, q.quant_cells,
         q.auto_compress, q.max_rel_error);
   }
   absl::StrAppendFormat(&out, "; %s storage; special 1/%d",

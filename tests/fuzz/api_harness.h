@@ -19,7 +19,7 @@
 //   - for every sequence and layer: Length(), Gather()'s positions and
 //     values, View()'s runs and Dequantize() of each block against Gather().
 //     Hot positions read back exactly what was written (a NaN as a NaN); a
-//     repacked block reads back within its format's bound of what it held,
+//     compressed block reads back within its format's bound of what it held,
 //     and never holds a value the formats cannot represent;
 //   - a refused call returned the status the model predicts and left Stats()
 //     and the snapshot (token data included) exactly as they were; a
@@ -29,7 +29,7 @@
 // Token values are a function of the token ids the sequence will be told
 // (its "script") and its salt, so a block attached by MatchPrefix must hold
 // what the matched ids' writer wrote, or one of the contents some sequence
-// held under those ids after a repack or a lie about its ids.
+// held under those ids after a compression or a lie about its ids.
 //
 // A failed check prints the operations so far and aborts: libFuzzer keeps
 // the input. Built twice: with libFuzzer (clang, ASan + UBSan, coverage of
@@ -131,15 +131,15 @@ class Harness {
   // Length, Gather, View and Dequantize of one layer against the model.
   void CheckLayer(SeqId id, Seq& seq, int layer);
   // Hot positions read back exactly what they hold: what was written, or
-  // what a repack left, rounded to the cache's dtype when made hot again.
+  // what a compression left, rounded to the cache's dtype when made hot again.
   void CheckHot(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
                 size_t first, int tokens);
-  // A repacked block: it may hold only values the formats represent, and
+  // A compressed block: it may hold only values the formats represent, and
   // reads back within its format's bound of them. Keys are grouped per
   // channel over the block's visible slots, values per token in groups of
   // `group` channels; the bound is half a step plus the f16 rounding of the
   // scales and minimums (and of a round trip through the hot dtype).
-  void CheckRepacked(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
+  void CheckCompressed(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
                      size_t first, const BlockView& b, int group);
   // "seq S layer L position P", for messages.
   static std::string Where(SeqId id, int layer, int64_t p);

@@ -36,7 +36,7 @@ std::optional<Setup> DecodeConfig(ByteSource& in) {
     q.bits = static_cast<QuantBits>(in.Take(256));
     q.group_size = in.Signed();
     q.hot_tokens = in.Signed();
-    q.quant_blocks = in.Signed();
+    q.quant_cells = in.Signed();
     const int8_t rel = in.Signed();
     q.max_rel_error =
         rel == -128 ? std::nan("") : static_cast<double>(rel) / 100.0;
@@ -74,7 +74,7 @@ std::optional<Setup> DecodeConfig(ByteSource& in) {
     }
     q.group_size = divisors[static_cast<size_t>(in.Take(8)) % divisors.size()];
     q.hot_tokens = in.Take(12);
-    q.quant_blocks = 1 + in.Take(16);
+    q.quant_cells = 1 + in.Take(16);
     const int flags = in.Take(4);
     q.auto_compress = (flags & 1) != 0;
     q.measure_error = (flags & 2) != 0;

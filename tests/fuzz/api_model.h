@@ -73,7 +73,7 @@ struct Script {
 
 struct Pos {
   bool visible = true;
-  bool lossy = false;    // has been read back from a repacked block
+  bool lossy = false;    // has been read back from a compressed block
   bool foreign = false;  // written for other ids than the ones told since
   std::vector<float> k, v;
 };

@@ -13,7 +13,7 @@
 //            4), max_seq_len - 1 (of 40), sink_tokens (of 6), truncate_to (of
 //            41); compression (of 4: off, int8, int4, mixed) and when on:
 //            group (of 8: the index of a divisor of head_dim), hot_tokens (of
-//            12), quant_blocks - 1 (of 16), flags (of 4: 1 auto_compress, 2
+//            12), quant_cells - 1 (of 16), flags (of 4: 1 auto_compress, 2
 //            measure_error), for mixed max_rel_error / 0.001 - 1 (of 50);
 //            storage (of 2: host arena, opaque); special (of 4: how often a
 //            written value is NaN, an infinity, beyond f16 or subnormal:

@@ -25,7 +25,7 @@ struct Spec {
   std::vector<Policy> policies;
   int compression = 0;  // 0 off, 1 int8, 2 int4, 3 mixed
   int group = 0;        // index of a divisor of head_dim
-  int hot_tokens = 0, quant_blocks = 8, flags = 0, rel = 10;
+  int hot_tokens = 0, quant_cells = 8, flags = 0, rel = 10;
   int storage = 0, special = 0;
 };
 
@@ -44,7 +44,7 @@ class Program {
     }
     w_.Put(s.compression);
     if (s.compression != 0) {
-      w_.Put(s.group).Put(s.hot_tokens).Put(s.quant_blocks - 1).Put(s.flags);
+      w_.Put(s.group).Put(s.hot_tokens).Put(s.quant_cells - 1).Put(s.flags);
       if (s.compression == 3) w_.Put(s.rel - 1);
     }
     w_.Put(s.storage).Put(s.special);
@@ -160,14 +160,14 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
                                             .compression = 1,
                                             .group = 1,
                                             .hot_tokens = 4,
-                                            .quant_blocks = 16,
+                                            .quant_cells = 16,
                                             .flags = 2})
                                        .Add()
                                        .Append(0, 0, 10)
                                        .Append(0, 0, 6)
                                        .Compress(0, 0, 0)
                                        .Rewrite(0, 0, 3, 3));
-  // Defect 5: a quantized slot larger than a hot block.
+  // Defect 5: a quantized cell larger than a hot block.
   add("defect5_small_block_snapshot",
       Program({.head_dim = 2, .block_tokens = 1, .compression = 1})
           .Add()
@@ -208,7 +208,7 @@ std::vector<std::pair<std::string, std::string>> Seeds() {
                 .sinks = overflow == 0 ? 0 : 2,
                 .compression = compression,
                 .hot_tokens = 3,
-                .quant_blocks = 10,
+                .quant_cells = 10,
                 .flags = compression == 1 ? 3 : 1,
                 .storage = overflow % 2};
       spec.policies = {{.layer = 1,

@@ -19,7 +19,7 @@ absl::StatusOr<SnippetContext> MakeSnippetContext() {
                                   .bits = QuantBits::kInt8,
                                   .group_size = 32,
                                   .hot_tokens = 16,
-                                  .quant_blocks = 64};
+                                  .quant_cells = 64};
   absl::StatusOr<std::unique_ptr<KVCache>> cache =
       KVCache::Create(with_compression);
   if (!cache.ok()) return cache.status();

@@ -1,4 +1,4 @@
-// kvpage-dump blocks: each block's and quantized slot's state, reference
+// kvpage-dump blocks: each block's and quantized cell's state, reference
 // count and owners, streamed a row at a time.
 #include <algorithm>
 #include <ostream>
@@ -15,7 +15,7 @@
 namespace kvpage::dump {
 namespace {
 
-// One row of `blocks`: a hot block or a quantized slot.
+// One row of `blocks`: a hot block or a quantized cell.
 struct BlockRow {
   size_t id = 0;
   std::string state;

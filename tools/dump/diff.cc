@@ -31,8 +31,8 @@ Json PoolDiff(const SnapshotPool& before, const SnapshotPool& after) {
 }
 
 // Compressed: a table entry (sequence, layer, logical block) hot in `a` and
-// repacked in `b`; decompressed the other way. Spares do not count.
-void CountRepacks(const Snapshot& a, const Snapshot& b, Json& out) {
+// compressed in `b`; decompressed the other way. Spares do not count.
+void CountCompresss(const Snapshot& a, const Snapshot& b, Json& out) {
   std::map<std::tuple<SeqId, size_t, int64_t>, BlockFormat> before;
   for (const SnapshotSequence& seq : a.sequences) {
     for (size_t layer = 0; layer < seq.layers.size(); ++layer) {
@@ -154,8 +154,8 @@ Json Diff(const Snapshot& a, const Snapshot& b) {
   j["schema_version"] = kSchemaVersion;
   j["config_changed"] = !(a.config == b.config);
   j["hot_blocks"] = PoolDiff(a.hot, b.hot);
-  j["quant_slots"] = PoolDiff(a.quant, b.quant);
-  CountRepacks(a, b, j);
+  j["quant_cells"] = PoolDiff(a.quant, b.quant);
+  CountCompresss(a, b, j);
   j["sequences"] = SequenceChanges(a, b);
   j["stats"] = StatsChanges(a.stats, b.stats);
   return j;
@@ -165,7 +165,7 @@ std::string DiffText(const Json& model) {
   std::string out;
   if (model["config_changed"].get<bool>()) out += "config changed\n";
   const Json& hot = model["hot_blocks"];
-  const Json& quant = model["quant_slots"];
+  const Json& quant = model["quant_cells"];
   out += KeyValues(
       {{"blocks allocated",
         absl::StrCat(Num(hot["allocated"]), IdList(hot["allocated_ids"]))},
@@ -173,7 +173,7 @@ std::string DiffText(const Json& model) {
         absl::StrCat(Num(hot["freed"]), IdList(hot["freed_ids"]))},
        {"blocks compressed", Num(model["blocks_compressed"])},
        {"blocks decompressed", Num(model["blocks_decompressed"])},
-       {"quantized slots",
+       {"quantized cells",
         absl::StrFormat("%s allocated, %s freed", Num(quant["allocated"]),
                         Num(quant["freed"]))}},
       "");

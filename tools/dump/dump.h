@@ -28,7 +28,7 @@ namespace kvpage::dump {
 using Json = nlohmann::ordered_json;
 
 // Version of the JSON output; bumped when a key changes meaning or goes.
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 // Config, pool usage, internal waste, policy and compression figures, stats.
 [[nodiscard]] Json Summary(const Snapshot& snap);
@@ -51,7 +51,7 @@ void TablesJson(const Snapshot& snap, const TableFilter& filter,
 void TablesText(const Snapshot& snap, const TableFilter& filter,
                 std::ostream& out);
 
-// Each block's and quantized slot's state, reference count and owners,
+// Each block's and quantized cell's state, reference count and owners,
 // streamed: unlike the verbs above, one walk produces the rows and each is
 // written to `out` as it comes (the JSON document, or the human table), so
 // memory is the walk's index, O(blocks + table entries), never the output

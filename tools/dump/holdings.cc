@@ -9,8 +9,8 @@ namespace kvpage::dump {
 
 namespace {
 
-// One table entry of `seq`'s `layer`: its block, or its slot and the
-// partner slot holding the V part of an int8 block.
+// One table entry of `seq`'s `layer`: its block, or its cell and the
+// partner cell holding the V part of an int8 block.
 void AddTableEntry(const Snapshot& snap, const SnapshotSequence& seq, int layer,
                    const SnapshotEntry& entry, Holdings& holdings) {
   const Holder holder{.seq = seq.id, .layer = layer, .logical = entry.logical};
@@ -153,7 +153,7 @@ Json ConfigJson(const CacheConfig& c) {
                       {"bits", static_cast<int>(q.bits)},
                       {"group_size", q.group_size},
                       {"hot_tokens", q.hot_tokens},
-                      {"quant_blocks", q.quant_blocks},
+                      {"quant_cells", q.quant_cells},
                       {"auto_compress", q.auto_compress},
                       {"max_rel_error", q.max_rel_error},
                       {"measure_error", q.measure_error}};

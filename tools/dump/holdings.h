@@ -1,5 +1,5 @@
 // tools/dump/holdings.h — the one walk every kvpage-dump verb starts from:
-// who holds each hot block and each quantized slot (table entries of every
+// who holds each hot block and each quantized cell (table entries of every
 // sequence and layer, prefix-cache entries), and the state that follows
 // from it. Also the JSON of the parts of a snapshot several verbs show
 // (config, statistics).
@@ -51,7 +51,7 @@ struct Holdings {
 // shared: tables of more than one sequence hold it; used: one sequence.
 [[nodiscard]] std::string HotState(const Snapshot& snap,
                                    const Holdings& holdings, size_t id);
-// free, int8, int4, int8_v (the V slot of an int8 block), or used.
+// free, int8, int4, int8_v (the V cell of an int8 block), or used.
 [[nodiscard]] std::string QuantState(const Snapshot& snap,
                                      const Holdings& holdings, size_t id);
 

@@ -1,4 +1,4 @@
-// kvpage-dump map: the pools as an SVG picture, one cell per block and slot,
+// kvpage-dump map: the pools as an SVG picture, one square per block and cell,
 // coloured by state and owner, with a legend; streamed as the walk reaches
 // the cells.
 #include <algorithm>
@@ -101,7 +101,7 @@ Legend MakeLegend(const std::map<SeqId, int>& colour_of, bool quant_pool) {
   }
   if (quant_pool) {
     legend.push_back({kInt8, "int8 block"});
-    legend.push_back({kInt8V, "int8 block, V slot"});
+    legend.push_back({kInt8V, "int8 block, V cell"});
     legend.push_back({kInt4, "int4 block"});
   }
   return legend;
@@ -129,7 +129,7 @@ Layout MakeLayout(const Holdings& holdings, size_t legend_entries) {
       {.title = absl::StrFormat("hot pool: %d blocks", holdings.hot.size()),
        .cells = holdings.hot.size()});
   if (!holdings.quant.empty()) {
-    layout.grids.push_back({.title = absl::StrFormat("quantized pool: %d slots",
+    layout.grids.push_back({.title = absl::StrFormat("quantized pool: %d cells",
                                                      holdings.quant.size()),
                             .quant = true,
                             .cells = holdings.quant.size()});
@@ -200,12 +200,12 @@ Cell QuantCell(const Snapshot& snap, const Holdings& holdings, size_t id) {
                 : cell.state == "int8_v" ? kInt8V
                 : cell.state == "int4"   ? kInt4
                                          : kUnknown;
-  cell.title = CellTitle("slot", id, cell.state, RefCount(snap.quant, id),
+  cell.title = CellTitle("cell", id, cell.state, RefCount(snap.quant, id),
                          holdings.quant[id]);
   return cell;
 }
 
-// A grid's title and its cells, one per block or slot, counted by state
+// A grid's title and its cells, one per block or cell, counted by state
 // ("hot_used", "quant_int8", ...) into `counts`; stops once `out` fails.
 void WriteGrid(const Snapshot& snap, const Holdings& holdings,
                const std::map<SeqId, int>& colour_of, const Grid& grid,
@@ -247,7 +247,7 @@ Json MapModel(const Holdings& holdings,
   Json j;
   j["schema_version"] = kSchemaVersion;
   j["hot_blocks"] = holdings.hot.size();
-  j["quant_slots"] = holdings.quant.size();
+  j["quant_cells"] = holdings.quant.size();
   j["cells"] = Json::object();
   for (const auto& [state, count] : counts) j["cells"][state] = count;
   j["legend"] = Json::array();
@@ -285,8 +285,8 @@ std::string MapText(const Json& model) {
   for (const auto& [state, count] : model["cells"].items()) {
     cells.push_back({state, Num(count)});
   }
-  return absl::StrFormat("%s hot blocks, %s quantized slots drawn\n%s",
-                         Num(model["hot_blocks"]), Num(model["quant_slots"]),
+  return absl::StrFormat("%s hot blocks, %s quantized cells drawn\n%s",
+                         Num(model["hot_blocks"]), Num(model["quant_cells"]),
                          KeyValues(cells));
 }
 

@@ -43,7 +43,7 @@ PoolTally TallyPools(const Snapshot& snap, const Holdings& holdings) {
   }
   for (size_t id = 0; id < holdings.quant.size(); ++id) {
     ++tally.quant_states[QuantState(snap, holdings, id)];
-    if (holdings.quant_visible[id] >= 0) {  // a repacked block starts here
+    if (holdings.quant_visible[id] >= 0) {  // a compressed block starts here
       tally.held_slots += block_tokens;
       tally.visible_slots += holdings.quant_visible[id];
     }
@@ -58,7 +58,7 @@ PoolTally TallyPools(const Snapshot& snap, const Holdings& holdings) {
 // What the block tables show, over every sequence and layer.
 struct TableTally {
   int64_t visible_tokens = 0, longest = 0, evicted = 0;
-  int64_t repacked_entries = 0, spare_blocks = 0;
+  int64_t compressed_entries = 0, spare_blocks = 0;
 };
 
 TableTally TallyTables(const Snapshot& snap) {
@@ -73,7 +73,7 @@ TableTally TallyTables(const Snapshot& snap) {
       for (const SnapshotEntry& entry : layer.entries) {
         tally.visible_tokens += entry.visible;
         tally.spare_blocks += entry.role == TableRole::kSpare;
-        tally.repacked_entries += entry.format != BlockFormat::kHot;
+        tally.compressed_entries += entry.format != BlockFormat::kHot;
       }
     }
   }
@@ -103,10 +103,10 @@ Json QuantPoolJson(const Snapshot& snap, const PoolTally& pools) {
   const int64_t free = pools.quant_states.at("free");
   return {
       {"capacity", snap.quant.capacity},
-      {"slot_bytes", snap.quant.unit_bytes},
+      {"cell_bytes", snap.quant.unit_bytes},
       {"int8_blocks", pools.quant_states.at("int8")},
       {"int4_blocks", pools.quant_states.at("int4")},
-      {"int8_v_slots", pools.quant_states.at("int8_v")},
+      {"int8_v_cells", pools.quant_states.at("int8_v")},
       {"free", free},
       {"bytes_in_use", (snap.quant.capacity - free) * snap.quant.unit_bytes}};
 }
@@ -125,7 +125,7 @@ Json WasteJson(const PoolTally& pools) {
 Json CompressionJson(const Snapshot& snap, const TableTally& tables) {
   const CacheStats& s = snap.stats;
   return {{"enabled", snap.config.compression.enabled},
-          {"table_entries_repacked", tables.repacked_entries},
+          {"table_entries_compressed", tables.compressed_entries},
           {"bytes_saved", s.bytes_saved},
           {"bytes_per_token_hot", s.bytes_per_token_hot},
           {"bytes_per_token_cold", s.bytes_per_token_cold},
@@ -223,11 +223,11 @@ std::string PoolsText(const Json& m) {
   const Json& qp = m["quant_pool"];
   out += "\nquantized pool\n";
   out += KeyValues({
-      {"capacity", absl::StrFormat("%s slots of %s", Num(qp["capacity"]),
-                                   Bytes(qp["slot_bytes"].get<int64_t>()))},
+      {"capacity", absl::StrFormat("%s cells of %s", Num(qp["capacity"]),
+                                   Bytes(qp["cell_bytes"].get<int64_t>()))},
       {"blocks",
-       absl::StrFormat("%s int8 (+%s V slots), %s int4", Num(qp["int8_blocks"]),
-                       Num(qp["int8_v_slots"]), Num(qp["int4_blocks"]))},
+       absl::StrFormat("%s int8 (+%s V cells), %s int4", Num(qp["int8_blocks"]),
+                       Num(qp["int8_v_cells"]), Num(qp["int4_blocks"]))},
       {"free", Num(qp["free"])},
       {"in use", Bytes(qp["bytes_in_use"].get<int64_t>())},
   });
@@ -263,7 +263,7 @@ std::string CompressionText(const Json& m) {
   if (!q["enabled"].get<bool>()) return "";
   return "\ncompression\n" +
          KeyValues({
-             {"repacked entries", Num(q["table_entries_repacked"])},
+             {"compressed entries", Num(q["table_entries_compressed"])},
              {"bytes saved", Bytes(q["bytes_saved"].get<int64_t>())},
              {"bytes per token",
               absl::StrFormat("%s hot, %s cold", Num(q["bytes_per_token_hot"]),
@@ -271,7 +271,7 @@ std::string CompressionText(const Json& m) {
              {"error (rel. MSE)",
               absl::StrFormat("max %s, mean %s", Num(q["max_quant_error"]),
                               Num(q["mean_quant_error"]))},
-             {"repacks", absl::StrFormat("%s applied, %s skipped, %s undone",
+             {"compressions", absl::StrFormat("%s applied, %s skipped, %s undone",
                                          Num(q["compressions_applied"]),
                                          Num(q["compressions_skipped"]),
                                          Num(q["decompressions"]))},

@@ -70,14 +70,14 @@ class Backend {
   [[nodiscard]] virtual absl::Status Truncate(uint64_t seq,
                                               int64_t seq_len) = 0;
   [[nodiscard]] virtual absl::StatusOr<uint64_t> Fork(uint64_t parent) = 0;
-  // Repacks cold blocks of one layer (paged with compression only).
+  // Compresses cold blocks of one layer (paged with compression only).
   [[nodiscard]] virtual absl::Status Compress(uint64_t seq, int layer) = 0;
   [[nodiscard]] virtual absl::Status Release(uint64_t seq) = 0;
 
   // Reads back every visible token of every layer of `seq` (its length is
   // `length`, its writers `lineage`) and compares it with the pattern:
   // exactly for stored tokens, within the README's relative-MSE bound for
-  // repacked blocks. DataLoss naming sequence, layer and position.
+  // compressed blocks. DataLoss naming sequence, layer and position.
   // `only_layer` >= 0 reads back that layer alone.
   [[nodiscard]] virtual absl::Status Verify(const SeqLabel& label,
                                             const Lineage& lineage,

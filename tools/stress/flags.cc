@@ -139,7 +139,7 @@ void DefineCacheFlags(CLI::App& app, Options& o, NamedFlags& names) {
       ->transform(Ints(kSinkTokensRange))
       ->capture_default_str();
   app.add_option("--compress", o.compress,
-                 "repack cold blocks: off, int8 or int4 (paged only)")
+                 "compress cold blocks: off, int8 or int4 (paged only)")
       ->check(CLI::IsMember({"off", "int8", "int4"}))
       ->capture_default_str();
   app.add_option("--hot-tokens", o.hot_tokens,

@@ -100,7 +100,7 @@ class PagedBackend final : public Backend {
   MemorySample Sample() const override {
     const CacheStats s = cache_->Stats();
     return {.bytes_held = s.blocks_used * s.block_bytes +
-                          s.quant_slots_used * s.quant_slot_bytes,
+                          s.quant_cells_used * s.quant_cell_bytes,
             .tokens_stored = s.tokens_stored,
             .token_slots = s.slots_allocated,
             .bytes_saved = s.bytes_saved};
@@ -169,7 +169,7 @@ class PagedBackend final : public Backend {
       absl::Status s =
           block.format == BlockFormat::kHot
               ? VerifyHotBlock(label, layer, *view, block, lineage)
-              : VerifyRepackedBlock(label, layer, *view, block, lineage);
+              : VerifyCompressedBlock(label, layer, *view, block, lineage);
       if (!s.ok()) return s;
     }
     return absl::OkStatus();
@@ -193,7 +193,7 @@ class PagedBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::Status VerifyRepackedBlock(const SeqLabel& label, int layer,
+  absl::Status VerifyCompressedBlock(const SeqLabel& label, int layer,
                                    const LayerView& view,
                                    const BlockView& block,
                                    const Lineage& lineage) {

@@ -1,6 +1,6 @@
 // tools/stress/paged_backend.h — kvpage's paged KVCache as a kvpage-stress
 // backend: one cache per shard, read back through View() (hot blocks
-// compared exactly, repacked blocks dequantized and held to their bound).
+// compared exactly, compressed blocks dequantized and held to their bound).
 #ifndef KVPAGE_TOOLS_STRESS_PAGED_BACKEND_H_
 #define KVPAGE_TOOLS_STRESS_PAGED_BACKEND_H_
 

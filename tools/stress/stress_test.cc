@@ -235,7 +235,7 @@ TEST(StressToolTest, EveryPolicyKeepsItsWindow) {
 }
 
 TEST(StressToolTest, RollbacksInsideAWindowAndCompression) {
-  // Rejected drafts rolled back after the window slid, repacked blocks,
+  // Rejected drafts rolled back after the window slid, compressed blocks,
   // forks and a shared prompt in one run.
   for (const char* policy : {"sliding-window", "circular-buffer", "truncate"}) {
     SCOPED_TRACE(policy);
@@ -341,7 +341,7 @@ TEST(StressToolTest, CorruptionIsCaughtOnEveryBackend) {
 }
 
 TEST(StressToolTest, CorruptionIsCaughtInACompressedBlock) {
-  // The wrong token turns cold and is repacked before its sequence ends:
+  // The wrong token turns cold and is compressed before its sequence ends:
   // the block's error, not an exact compare, must catch it (no spot check
   // reads it while it is still hot).
   ExpectCaught(std::string(kSmall) +

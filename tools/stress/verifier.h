@@ -1,6 +1,6 @@
 // tools/stress/verifier.h — how a backend's read-back is checked against the
 // pattern every written token carries (workload.h): stored tokens exactly,
-// repacked blocks within the README's relative-MSE bound of their format,
+// compressed blocks within the README's relative-MSE bound of their format,
 // and the visible positions as the overflow policy defines them. Each
 // failure is DataLoss naming sequence, layer and position.
 //
@@ -33,7 +33,7 @@ class Verifier {
                                  int64_t position, uint64_t stream,
                                  const uint16_t* k, const uint16_t* v);
 
-  // One repacked block (its tokens dequantized into k and v): relative MSE
+  // One compressed block (its tokens dequantized into k and v): relative MSE
   // within the bound of its format. O(block tokens * token_elems).
   [[nodiscard]] absl::Status Quantized(const SeqLabel& label, int layer,
                                        const BlockView& block,

@@ -122,7 +122,7 @@ CacheConfig PagedConfig(const Options& options, const ModelShape& shape) {
             options.compress == "int4" ? QuantBits::kInt4 : QuantBits::kInt8,
         .group_size = std::min(32, shape.head_dim),
         .hot_tokens = options.hot_tokens,
-        .quant_blocks = std::max<int64_t>(1, config.num_blocks / 2),
+        .quant_cells = std::max<int64_t>(1, config.num_blocks / 2),
         .auto_compress = false};
   }
   return config;
