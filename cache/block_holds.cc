@@ -77,14 +77,16 @@ void KVCache::Impl::EvictOldest() {
 
 void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
   BlockTable& table = sequence.layers[layer];
-  const LayerRules& r = rules[layer];
-  const int64_t bt = r.block_tokens;
-  const int64_t limit = std::min(
-      static_cast<int64_t>(sequence.block_hashes.size()), table.length / bt);
+  const LayerRules& layer_rules = rules[layer];
+  const int64_t tokens_per_block = layer_rules.block_tokens;
+  const int64_t limit =
+      std::min(static_cast<int64_t>(sequence.block_hashes.size()),
+               table.length / tokens_per_block);
   for (int64_t b = table.published; b < limit; ++b) {
-    const bool visible = b * bt >= std::max(table.window_start, r.sinks) ||
-                         (b + 1) * bt <= r.sinks ||
-                         table.window_start <= r.sinks;
+    const bool visible = b * tokens_per_block >=
+                             std::max(table.window_start, layer_rules.sinks) ||
+                         (b + 1) * tokens_per_block <= layer_rules.sinks ||
+                         table.window_start <= layer_rules.sinks;
     if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
     const BlockId id = table.Block(b);
     if (prefix->Publish(sequence.block_hashes[static_cast<size_t>(b)], layer,
@@ -95,8 +97,9 @@ void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
   table.published = std::max(table.published, limit);
 }
 
-absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(
-    std::string_view op, SeqId seq, int layer) const {
+absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(std::string_view op,
+                                                           SeqId seq,
+                                                           int layer) const {
   auto it = sequences.find(seq);
   if (ABSL_PREDICT_FALSE(it == sequences.end())) {
     return absl::NotFoundError(absl::StrFormat(

@@ -19,10 +19,11 @@ namespace {
 // block partly evicted by a window keeps stale data in its other slots.
 std::pair<int, int> VisibleSlots(const LayerRules& rules,
                                  const BlockTable& table, int64_t logical) {
-  const int64_t bt = rules.block_tokens;
-  const int64_t lo = std::max({logical * bt, table.window_start, rules.sinks});
-  return {static_cast<int>(lo - logical * bt),
-          static_cast<int>((logical + 1) * bt - lo)};
+  const int64_t tokens_per_block = rules.block_tokens;
+  const int64_t lo =
+      std::max({logical * tokens_per_block, table.window_start, rules.sinks});
+  return {static_cast<int>(lo - logical * tokens_per_block),
+          static_cast<int>((logical + 1) * tokens_per_block - lo)};
 }
 
 }  // namespace
@@ -30,13 +31,14 @@ std::pair<int, int> VisibleSlots(const LayerRules& rules,
 bool KVCache::Impl::Compressible(const LayerRules& rules,
                                  const BlockTable& table,
                                  int64_t logical) const {
-  const int64_t bt = rules.block_tokens;
+  const int64_t tokens_per_block = rules.block_tokens;
   return quant != nullptr && !rules.ring() && logical >= rules.sink_blocks &&
          logical >= table.window_first &&
          logical < table.window_first + table.window_blocks() &&
          !IsQuant(table.Block(logical)) &&
          pool->ref_count(table.Block(logical)) == 1 &&  // shared stays hot
-         (logical + 1) * bt <= table.length - config.compression.hot_tokens;
+         (logical + 1) * tokens_per_block <=
+             table.length - config.compression.hot_tokens;
 }
 
 bool KVCache::Impl::CompressBlock(const LayerRules& rules, BlockTable& table,
@@ -65,10 +67,10 @@ void KVCache::Impl::CompressNewlyCold(const LayerRules& rules,
 
 void KVCache::Impl::CompressBefore(const LayerRules& rules, BlockTable& table,
                                    int64_t cutoff) {
-  const int64_t bt = rules.block_tokens;
+  const int64_t tokens_per_block = rules.block_tokens;
   for (int64_t b = table.window_first;
        b < table.window_first + table.window_blocks(); ++b) {
-    if ((b + 1) * bt > cutoff) break;
+    if ((b + 1) * tokens_per_block > cutoff) break;
     if (Compressible(rules, table, b)) CompressBlock(rules, table, b);
   }
 }
@@ -84,12 +86,12 @@ std::vector<KVCache::Impl::Candidate> KVCache::Impl::CompressCandidates(
     for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
       BlockTable& table = sequence.layers[layer];
       if (&table == skip) continue;
-      const LayerRules& r = rules[layer];
+      const LayerRules& layer_rules = rules[layer];
       for (int64_t b = table.window_first;
            b < table.window_first + table.window_blocks(); ++b) {
         if (static_cast<int64_t>(out.size()) >= want) return out;
-        if (!Compressible(r, table, b)) continue;
-        const auto [first, count] = VisibleSlots(r, table, b);
+        if (!Compressible(layer_rules, table, b)) continue;
+        const auto [first, count] = VisibleSlots(layer_rules, table, b);
         const auto [k_src, v_src] = io->Source(table.Block(b));
         if (quant->Representable(k_src, v_src, first, count)) {
           out.push_back({&table, layer, b});

@@ -79,21 +79,21 @@ const CacheConfig& KVCache::config() const { return impl_->config; }
 absl::StatusOr<SeqId> KVCache::AddSequence() { return AddSequence({}); }
 
 absl::StatusOr<SeqId> KVCache::AddSequence(const SequenceOptions& options) {
-  Impl& m = *impl_;
-  const SeqId id = m.next_seq++;
+  Impl& impl = *impl_;
+  const SeqId id = impl.next_seq++;
   Sequence sequence;
   sequence.salt = options.salt;
-  for (const LayerRules& rules : m.rules) {
+  for (const LayerRules& rules : impl.rules) {
     sequence.layers.push_back(internal::NewTable(rules));
   }
-  m.sequences.emplace(id, std::move(sequence));
+  impl.sequences.emplace(id, std::move(sequence));
   return id;
 }
 
 absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(parent);
-  if (it == m.sequences.end()) {
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(parent);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(
         absl::StrFormat("Fork(seq %d): no such sequence", parent));
   }
@@ -105,21 +105,21 @@ absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
   for (size_t layer = 0; layer < from.layers.size(); ++layer) {
     BlockTable& table =
         child.layers.emplace_back(internal::ForkTable(from.layers[layer]));
-    for (BlockRef ref : table.sink_blocks) m.RetainRef(ref);
-    for (BlockRef ref : table.window) m.RetainRef(ref);
-    m.counters.tokens_stored += internal::VisibleTokens(
-        m.rules[layer], table.length, table.window_start);
+    for (BlockRef ref : table.sink_blocks) impl.RetainRef(ref);
+    for (BlockRef ref : table.window) impl.RetainRef(ref);
+    impl.counters.tokens_stored += internal::VisibleTokens(
+        impl.rules[layer], table.length, table.window_start);
   }
-  const SeqId id = m.next_seq++;
-  m.sequences.emplace(id, std::move(child));
+  const SeqId id = impl.next_seq++;
+  impl.sequences.emplace(id, std::move(child));
   return id;
 }
 
 absl::Status KVCache::AppendTokens(SeqId seq,
                                    absl::Span<const int32_t> token_ids) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end()) {
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(
         absl::StrFormat("AppendTokens(seq %d, %d tokens): no such sequence",
                         seq, token_ids.size()));
@@ -127,18 +127,18 @@ absl::Status KVCache::AppendTokens(SeqId seq,
   Sequence& sequence = it->second;
   sequence.token_ids.insert(sequence.token_ids.end(), token_ids.begin(),
                             token_ids.end());
-  internal::ExtendBlockHashes(sequence, m.block_tokens());
+  internal::ExtendBlockHashes(sequence, impl.block_tokens());
   for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
-    m.PublishLayer(sequence, layer);
+    impl.PublishLayer(sequence, layer);
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
                                              absl::Span<const int32_t> tokens) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end()) {
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(
         absl::StrFormat("MatchPrefix(seq %d, %d tokens): no such sequence", seq,
                         tokens.size()));
@@ -153,59 +153,60 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
           std::max<int64_t>(table.length, sequence.token_ids.size())));
     }
   }
-  const int64_t bt = m.block_tokens();
-  const int64_t blocks = static_cast<int64_t>(tokens.size()) / bt;
+  const int64_t tokens_per_block = impl.block_tokens();
+  const int64_t blocks = static_cast<int64_t>(tokens.size()) / tokens_per_block;
   // No layer may be asked to keep more than it shows.
   int64_t limit = blocks;
-  for (const LayerRules& r : m.rules) {
-    limit = std::min(limit, r.max_seq_len / bt);
+  for (const LayerRules& layer_rules : impl.rules) {
+    limit = std::min(limit, layer_rules.max_seq_len / tokens_per_block);
   }
   // The hash chain AppendTokens keeps, grown one block at a time until a
   // block is not cached in every layer.
   sequence.token_ids.assign(tokens.begin(), tokens.end());
   std::vector<int32_t> matched;  // entries, in order
   for (int64_t b = 0; b < limit; ++b) {
-    internal::ExtendBlockHashes(sequence, bt, b + 1);
-    const int32_t entry =
-        m.prefix->FindComplete(sequence.block_hashes[static_cast<size_t>(b)]);
+    internal::ExtendBlockHashes(sequence, tokens_per_block, b + 1);
+    const int32_t entry = impl.prefix->FindComplete(
+        sequence.block_hashes[static_cast<size_t>(b)]);
     if (entry < 0) break;
     matched.push_back(entry);
   }
-  m.counters.hits += static_cast<int64_t>(matched.size());
-  if (static_cast<int64_t>(matched.size()) < blocks) ++m.counters.misses;
-  const int64_t length = static_cast<int64_t>(matched.size()) * bt;
+  impl.counters.hits += static_cast<int64_t>(matched.size());
+  if (static_cast<int64_t>(matched.size()) < blocks) ++impl.counters.misses;
+  const int64_t length =
+      static_cast<int64_t>(matched.size()) * tokens_per_block;
   sequence.token_ids.resize(static_cast<size_t>(length));
   sequence.block_hashes.resize(matched.size());
   std::vector<BlockId> blocks_of_layer(matched.size());
   for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
     for (size_t b = 0; b < matched.size(); ++b) {
-      blocks_of_layer[b] = m.prefix->block(matched[b], layer);
-      m.Retain(blocks_of_layer[b]);
+      blocks_of_layer[b] = impl.prefix->block(matched[b], layer);
+      impl.Retain(blocks_of_layer[b]);
     }
     BlockTable& table = sequence.layers[layer];
-    internal::AttachPrefix(m.rules[layer], blocks_of_layer, length, table);
+    internal::AttachPrefix(impl.rules[layer], blocks_of_layer, length, table);
     // A ring emptied by Truncate kept its blocks as spares: the attached
     // blocks take their place, the surplus goes back.
-    m.DropSurplusSpares(m.rules[layer], table);
-    m.counters.tokens_stored += length;
+    impl.DropSurplusSpares(impl.rules[layer], table);
+    impl.counters.tokens_stored += length;
   }
   return length;
 }
 
 absl::Status KVCache::RemoveSequence(SeqId seq) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end()) {
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(
         absl::StrFormat("RemoveSequence(seq %d): no such sequence", seq));
   }
   for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
     BlockTable& table = it->second.layers[layer];
-    m.counters.tokens_stored -= internal::VisibleTokens(
-        m.rules[layer], table.length, table.window_start);
-    m.ReleaseAll(table);
+    impl.counters.tokens_stored -= internal::VisibleTokens(
+        impl.rules[layer], table.length, table.window_start);
+    impl.ReleaseAll(table);
   }
-  m.sequences.erase(it);
+  impl.sequences.erase(it);
   return absl::OkStatus();
 }
 
@@ -214,9 +215,10 @@ namespace {
 // Everything Update refuses before it changes anything: InvalidArgument for
 // the caller's mistakes, OutOfRange for evicted positions, ResourceExhausted
 // past max_seq_len under kError.
-absl::Status CheckUpdate(const LayerRules& r, DType dtype, int64_t token_elems,
-                         SeqId seq, int layer, const BlockTable& table,
-                         TokenSpan k, TokenSpan v, int64_t seq_len) {
+absl::Status CheckUpdate(const LayerRules& layer_rules, DType dtype,
+                         int64_t token_elems, SeqId seq, int layer,
+                         const BlockTable& table, TokenSpan k, TokenSpan v,
+                         int64_t seq_len) {
   const int64_t n = k.tokens;
   auto invalid = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -230,9 +232,9 @@ absl::Status CheckUpdate(const LayerRules& r, DType dtype, int64_t token_elems,
     const char* name = span == &k ? "k" : "v";
     if (ABSL_PREDICT_FALSE(span->dtype != DType::kF32 &&
                            span->dtype != dtype)) {
-      return invalid(absl::StrFormat(
-          "%s is %s; the cache takes f32 or its own dtype %s", name,
-          DTypeName(span->dtype), DTypeName(dtype)));
+      return invalid(
+          absl::StrFormat("%s is %s; the cache takes f32 or its own dtype %s",
+                          name, DTypeName(span->dtype), DTypeName(dtype)));
     }
     if (ABSL_PREDICT_FALSE(n > 0 && span->data == nullptr)) {
       return invalid(absl::StrFormat("%s is null with %d tokens", name, n));
@@ -253,18 +255,20 @@ absl::Status CheckUpdate(const LayerRules& r, DType dtype, int64_t token_elems,
         "gap: %d tokens start at position %d but the layer holds %d", n, start,
         table.length));
   }
-  if (ABSL_PREDICT_FALSE(r.evicts() && table.window_start > r.sinks)) {
-    if (absl::Status s = internal::CheckEvicted("Update", seq, layer, r, table,
-                                                start, seq_len);
+  if (ABSL_PREDICT_FALSE(layer_rules.evicts() &&
+                         table.window_start > layer_rules.sinks)) {
+    if (absl::Status s = internal::CheckEvicted(
+            "Update", seq, layer, layer_rules, table, start, seq_len);
         !s.ok()) {
       return s;
     }
   }
-  if (ABSL_PREDICT_FALSE(!r.evicts() && seq_len > r.max_seq_len)) {
+  if (ABSL_PREDICT_FALSE(!layer_rules.evicts() &&
+                         seq_len > layer_rules.max_seq_len)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "Update(seq %d, layer %d, seq_len %d): exceeds max_seq_len %d "
         "(overflow policy error)",
-        seq, layer, seq_len, r.max_seq_len));
+        seq, layer, seq_len, layer_rules.max_seq_len));
   }
   return absl::OkStatus();
 }
@@ -294,47 +298,50 @@ int64_t WriteTokens(internal::BlockIO& io, const LayerRules& rules,
 
 absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
                              int64_t seq_len) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (ABSL_PREDICT_FALSE(it == m.sequences.end() || layer < 0 ||
-                         layer >= m.config.num_layers)) {
-    return m.FindTable("Update", seq, layer).status();
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (ABSL_PREDICT_FALSE(it == impl.sequences.end() || layer < 0 ||
+                         layer >= impl.config.num_layers)) {
+    return impl.FindTable("Update", seq, layer).status();
   }
   Sequence& sequence = it->second;
   BlockTable& table = sequence.layers[static_cast<size_t>(layer)];
-  const LayerRules& r = m.rules[static_cast<size_t>(layer)];
-  if (absl::Status s = CheckUpdate(r, m.config.dtype, m.io->token_elems(), seq,
-                                   layer, table, k, v, seq_len);
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  if (absl::Status s =
+          CheckUpdate(layer_rules, impl.config.dtype, impl.io->token_elems(),
+                      seq, layer, table, k, v, seq_len);
       ABSL_PREDICT_FALSE(!s.ok())) {
     return s;
   }
   const int64_t start = seq_len - k.tokens;
   // The one step that can fail for lack of memory comes first.
-  const Plan plan = internal::MakePlan(r, table, *m.pool, start, seq_len);
-  m.fresh_ids.clear();
+  const Plan plan =
+      internal::MakePlan(layer_rules, table, *impl.pool, start, seq_len);
+  impl.fresh_ids.clear();
   if (ABSL_PREDICT_FALSE(plan.fresh > 0)) {
-    if (absl::Status s = m.TakeFresh(plan.fresh, &table); !s.ok()) {
+    if (absl::Status s = impl.TakeFresh(plan.fresh, &table); !s.ok()) {
       return absl::ResourceExhaustedError(
           absl::StrFormat("Update(seq %d, layer %d, seq_len %d): %s", seq,
                           layer, seq_len, s.message()));
     }
   }
-  m.counters.blocks_allocated += plan.fresh;
-  m.ApplyPlan(r, table, plan, m.fresh_ids);
-  const int64_t written = WriteTokens(*m.io, r, table, k, v, start, seq_len);
-  m.counters.bytes_written += 2 * written * m.io->token_bytes();
-  table.published = std::min(table.published, start / r.block_tokens);
+  impl.counters.blocks_allocated += plan.fresh;
+  impl.ApplyPlan(layer_rules, table, plan, impl.fresh_ids);
+  const int64_t written =
+      WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
+  impl.counters.bytes_written += 2 * written * impl.io->token_bytes();
+  table.published = std::min(table.published, start / layer_rules.block_tokens);
   if (!sequence.block_hashes.empty()) {
-    m.PublishLayer(sequence, static_cast<size_t>(layer));
+    impl.PublishLayer(sequence, static_cast<size_t>(layer));
   }
-  if (m.auto_compress()) m.CompressNewlyCold(r, table);
+  if (impl.auto_compress()) impl.CompressNewlyCold(layer_rules, table);
   return absl::OkStatus();
 }
 
 absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
-  Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end()) {
+  Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(absl::StrFormat(
         "Truncate(seq %d, seq_len %d): no such sequence", seq, seq_len));
   }
@@ -347,7 +354,7 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
   for (size_t layer = 0; layer < layers.size(); ++layer) {
     if (layers[layer].length <= seq_len) continue;
     if (absl::Status s = internal::CheckEvicted(
-            "Truncate", seq, static_cast<int>(layer), m.rules[layer],
+            "Truncate", seq, static_cast<int>(layer), impl.rules[layer],
             layers[layer], seq_len, seq_len);
         !s.ok()) {
       return s;
@@ -356,27 +363,27 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
   if (static_cast<int64_t>(sequence.token_ids.size()) > seq_len) {
     sequence.token_ids.resize(static_cast<size_t>(seq_len));
     sequence.block_hashes.resize(
-        static_cast<size_t>(seq_len / m.block_tokens()));
+        static_cast<size_t>(seq_len / impl.block_tokens()));
   }
   for (size_t layer = 0; layer < layers.size(); ++layer) {
     BlockTable& table = layers[layer];
-    table.published = std::min(table.published, seq_len / m.block_tokens());
+    table.published = std::min(table.published, seq_len / impl.block_tokens());
     if (table.length <= seq_len) continue;
-    const Plan plan =
-        internal::MakePlan(m.rules[layer], table, *m.pool, seq_len, seq_len);
+    const Plan plan = internal::MakePlan(impl.rules[layer], table, *impl.pool,
+                                         seq_len, seq_len);
     KVPAGE_DCHECK(plan.fresh == 0);
-    m.ApplyPlan(m.rules[layer], table, plan, {});
+    impl.ApplyPlan(impl.rules[layer], table, plan, {});
   }
   return absl::OkStatus();
 }
 
 absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
                                          double keep_recent_fraction) {
-  Impl& m = *impl_;
+  Impl& impl = *impl_;
   absl::StatusOr<BlockTable*> found =
-      m.FindTable("CompressOldEntries", seq, layer);
+      impl.FindTable("CompressOldEntries", seq, layer);
   if (!found.ok()) return found.status();
-  if (m.quant == nullptr) {
+  if (impl.quant == nullptr) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "CompressOldEntries(seq %d, layer %d): compression is not enabled in "
         "the cache's config",
@@ -389,29 +396,31 @@ absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
         seq, layer, keep_recent_fraction));
   }
   BlockTable& table = **found;
-  const LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   // The oldest floor((1 - f) * visible) visible tokens end before `cutoff`.
   const int64_t visible =
-      internal::VisibleTokens(r, table.length, table.window_start);
+      internal::VisibleTokens(layer_rules, table.length, table.window_start);
   const auto eligible = static_cast<int64_t>(
       std::floor((1.0 - keep_recent_fraction) * static_cast<double>(visible)));
   int64_t cutoff = table.length;
   if (eligible < visible) {
     // Visible token number `eligible`, oldest first: sinks, then the window.
-    const int64_t sinks = std::min(r.sinks, table.length);
+    const int64_t sinks = std::min(layer_rules.sinks, table.length);
     cutoff = eligible < sinks
                  ? eligible
-                 : std::max(table.window_start, r.sinks) + (eligible - sinks);
+                 : std::max(table.window_start, layer_rules.sinks) +
+                       (eligible - sinks);
   }
-  m.CompressBefore(r, table, cutoff);
+  impl.CompressBefore(layer_rules, table, cutoff);
   return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> KVCache::Length(SeqId seq, int layer) const {
-  const Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end() || layer < 0 || layer >= m.config.num_layers) {
-    return m.FindTable("Length", seq, layer).status();
+  const Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end() || layer < 0 ||
+      layer >= impl.config.num_layers) {
+    return impl.FindTable("Length", seq, layer).status();
   }
   return it->second.layers[static_cast<size_t>(layer)].length;
 }

@@ -53,11 +53,10 @@ class Gatherer {
       }
       hint.this_block_requested = last_compressed_;
       const BlockId cell = RefId(run.ref);
-      internal::DequantizeBlock(quant.format(cell), quant.shape(),
-                                quant.k_part(cell), quant.v_part(cell),
-                                static_cast<int>(run.slot),
-                                static_cast<int>(run.count), k_out, v_out,
-                                hint);
+      internal::DequantizeBlock(
+          quant.format(cell), quant.shape(), quant.k_part(cell),
+          quant.v_part(cell), static_cast<int>(run.slot),
+          static_cast<int>(run.count), k_out, v_out, hint);
     } else {
       io_.ReadRun(run.ref, false, run.slot, run.count, k_out);
       io_.ReadRun(run.ref, true, run.slot, run.count, v_out);
@@ -97,20 +96,22 @@ void DescribeCompressed(const internal::QuantStore& quant, BlockId cell,
 }  // namespace
 
 absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
-  const Impl& m = *impl_;
-  absl::StatusOr<const BlockTable*> found = m.FindTable("Gather", seq, layer);
+  const Impl& impl = *impl_;
+  absl::StatusOr<const BlockTable*> found =
+      impl.FindTable("Gather", seq, layer);
   if (!found.ok()) return found.status();
   const BlockTable& table = **found;
-  const internal::LayerRules& r = m.rules[static_cast<size_t>(layer)];
+  const internal::LayerRules& layer_rules =
+      impl.rules[static_cast<size_t>(layer)];
   const int64_t tokens =
-      internal::VisibleTokens(r, table.length, table.window_start);
+      internal::VisibleTokens(layer_rules, table.length, table.window_start);
   GatheredLayer out;
-  out.k.resize(static_cast<size_t>(tokens * m.io->token_elems()));
-  out.v.resize(static_cast<size_t>(tokens * m.io->token_elems()));
+  out.k.resize(static_cast<size_t>(tokens * impl.io->token_elems()));
+  out.v.resize(static_cast<size_t>(tokens * impl.io->token_elems()));
   out.positions.reserve(static_cast<size_t>(tokens));
-  Gatherer gatherer(*m.io, m.quant.get(), out);
+  Gatherer gatherer(*impl.io, impl.quant.get(), out);
   internal::ForEachVisibleRun(
-      r, table, 0, table.length,
+      layer_rules, table, 0, table.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         gatherer.Add(ref, slot, count, position);
       });
@@ -119,33 +120,34 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
 }
 
 absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
-  const Impl& m = *impl_;
-  absl::StatusOr<const BlockTable*> found = m.FindTable("View", seq, layer);
+  const Impl& impl = *impl_;
+  absl::StatusOr<const BlockTable*> found = impl.FindTable("View", seq, layer);
   if (!found.ok()) return found.status();
   const BlockTable& table = **found;
   LayerView view;
-  view.dtype = m.config.dtype;
-  view.num_kv_heads = m.config.num_kv_heads;
-  view.head_dim = m.config.head_dim;
-  view.block_tokens = m.config.block_tokens;
-  view.token_stride = m.io->token_elems();
-  view.host_accessible = m.io->host_base() != nullptr;
+  view.dtype = impl.config.dtype;
+  view.num_kv_heads = impl.config.num_kv_heads;
+  view.head_dim = impl.config.head_dim;
+  view.block_tokens = impl.config.block_tokens;
+  view.token_stride = impl.io->token_elems();
+  view.host_accessible = impl.io->host_base() != nullptr;
   view.length = table.length;
-  view.quant_group_size = m.quant != nullptr ? m.quant->shape().group_size : 0;
+  view.quant_group_size =
+      impl.quant != nullptr ? impl.quant->shape().group_size : 0;
   internal::ForEachVisibleRun(
-      m.rules[static_cast<size_t>(layer)], table, 0, table.length,
+      impl.rules[static_cast<size_t>(layer)], table, 0, table.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         BlockView b{.block_id = RefId(ref),
                     .begin_slot = static_cast<int>(slot),
                     .tokens = static_cast<int>(count),
                     .first_position = position};
         if (IsQuant(ref)) {
-          DescribeCompressed(*m.quant, RefId(ref), b);
+          DescribeCompressed(*impl.quant, RefId(ref), b);
         } else {
           const auto* k =
-              static_cast<const std::byte*>(m.pool->storage().Address(ref));
+              static_cast<const std::byte*>(impl.pool->storage().Address(ref));
           b.k = k;
-          b.v = k + m.io->v_offset();
+          b.v = k + impl.io->v_offset();
         }
         view.blocks.push_back(b);
       });

@@ -35,14 +35,15 @@ namespace internal {
 
 void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
                        int64_t max_blocks) {
-  const auto bt = static_cast<size_t>(block_tokens);
+  const auto tokens_per_block = static_cast<size_t>(block_tokens);
   const absl::Span<const int32_t> ids = sequence.token_ids;
   std::vector<uint64_t>& hashes = sequence.block_hashes;
-  while ((hashes.size() + 1) * bt <= ids.size() &&
+  while ((hashes.size() + 1) * tokens_per_block <= ids.size() &&
          static_cast<int64_t>(hashes.size()) < max_blocks) {
     const size_t b = hashes.size();
-    hashes.push_back(PrefixBlockHash(b == 0 ? 0 : hashes[b - 1],
-                                     sequence.salt, ids.subspan(b * bt, bt)));
+    hashes.push_back(
+        PrefixBlockHash(b == 0 ? 0 : hashes[b - 1], sequence.salt,
+                        ids.subspan(b * tokens_per_block, tokens_per_block)));
   }
 }
 

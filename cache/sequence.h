@@ -23,8 +23,9 @@ struct Sequence {
 
 // Hashes the full blocks of `sequence.token_ids` not hashed yet, until
 // `max_blocks` are. O(tokens hashed). (cache/prefix.cc)
-void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
-                       int64_t max_blocks = std::numeric_limits<int64_t>::max());
+void ExtendBlockHashes(
+    Sequence& sequence, int64_t block_tokens,
+    int64_t max_blocks = std::numeric_limits<int64_t>::max());
 
 }  // namespace kvpage::internal
 

@@ -321,14 +321,14 @@ std::string EncodeSnapshot(const Snapshot& snap) {
       e.Put<int64_t>(l.max_length);
       e.Put<int64_t>(l.evicted);
       e.Put<uint64_t>(l.entries.size());
-      for (const SnapshotEntry& t : l.entries) {
-        e.Put<uint8_t>(static_cast<uint8_t>(t.role));
-        e.Put<int64_t>(t.logical);
-        e.Put<uint8_t>(static_cast<uint8_t>(t.format));
-        e.Put<uint32_t>(t.id);
-        e.Put<int32_t>(t.visible);
-        e.Put<int32_t>(t.begin_slot);
-        e.Put<int32_t>(t.end_slot);
+      for (const SnapshotEntry& entry : l.entries) {
+        e.Put<uint8_t>(static_cast<uint8_t>(entry.role));
+        e.Put<int64_t>(entry.logical);
+        e.Put<uint8_t>(static_cast<uint8_t>(entry.format));
+        e.Put<uint32_t>(entry.id);
+        e.Put<int32_t>(entry.visible);
+        e.Put<int32_t>(entry.begin_slot);
+        e.Put<int32_t>(entry.end_slot);
       }
     }
   }
@@ -412,17 +412,18 @@ bool GetSequence(Decoder& d, size_t layers, SnapshotSequence& s) {
     l.max_length = d.Get<int64_t>("layer max_length");
     l.evicted = d.Get<int64_t>("layer evicted");
     l.entries.resize(d.GetCount("layer entries", kEntryBytes));
-    for (SnapshotEntry& t : l.entries) {
-      t.role = d.GetEnum("entry role", {TableRole::kSink, TableRole::kWindow,
-                                        TableRole::kSpare});
-      t.logical = d.Get<int64_t>("entry logical");
-      t.format = d.GetEnum(
+    for (SnapshotEntry& entry : l.entries) {
+      entry.role =
+          d.GetEnum("entry role",
+                    {TableRole::kSink, TableRole::kWindow, TableRole::kSpare});
+      entry.logical = d.Get<int64_t>("entry logical");
+      entry.format = d.GetEnum(
           "entry format",
           {BlockFormat::kHot, BlockFormat::kInt8, BlockFormat::kInt4});
-      t.id = d.Get<uint32_t>("entry id");
-      t.visible = d.Get<int32_t>("entry visible");
-      t.begin_slot = d.Get<int32_t>("entry begin_slot");
-      t.end_slot = d.Get<int32_t>("entry end_slot");
+      entry.id = d.Get<uint32_t>("entry id");
+      entry.visible = d.Get<int32_t>("entry visible");
+      entry.begin_slot = d.Get<int32_t>("entry begin_slot");
+      entry.end_slot = d.Get<int32_t>("entry end_slot");
     }
     if (!d.ok()) return false;
   }

@@ -89,13 +89,13 @@ SnapshotLayer DescribeLayer(const internal::LayerRules& rules,
 std::vector<SnapshotPrefixEntry> DescribePrefix(
     const internal::PrefixCache& prefix) {
   std::vector<SnapshotPrefixEntry> out;
-  prefix.ForEachEntry([&](uint64_t hash, int64_t rank,
-                          const std::vector<BlockId>& blocks) {
-    out.push_back({.hash = hash,
-                   .lru_rank = rank,
-                   .blocks = std::vector<uint32_t>(blocks.begin(),
-                                                   blocks.end())});
-  });
+  prefix.ForEachEntry(
+      [&](uint64_t hash, int64_t rank, const std::vector<BlockId>& blocks) {
+        out.push_back(
+            {.hash = hash,
+             .lru_rank = rank,
+             .blocks = std::vector<uint32_t>(blocks.begin(), blocks.end())});
+      });
   std::sort(out.begin(), out.end(),
             [](const SnapshotPrefixEntry& a, const SnapshotPrefixEntry& b) {
               return a.hash < b.hash;
@@ -120,13 +120,13 @@ void CopyUsed(SnapshotPool& out, Read&& read) {
 
 absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     const SnapshotOptions& options) const {
-  const Impl& m = *impl_;
-  const internal::QuantStore* quant = m.quant.get();
+  const Impl& impl = *impl_;
+  const internal::QuantStore* quant = impl.quant.get();
   Snapshot snap;
   snap.has_token_data = options.include_token_data;
-  snap.config = m.config;
+  snap.config = impl.config;
   snap.stats = Stats();
-  DescribePool(*m.pool, m.block_bytes(), snap.hot);
+  DescribePool(*impl.pool, impl.block_bytes(), snap.hot);
   if (quant != nullptr) {
     DescribePool(quant->pool(), quant->cell_bytes(), snap.quant);
     const auto cells = static_cast<size_t>(quant->pool().capacity());
@@ -135,21 +135,20 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     snap.quant.errors.assign(cells, 0.0f);
   }
   for (SeqId id : Sequences()) {
-    const internal::Sequence& sequence = m.sequences.find(id)->second;
+    const internal::Sequence& sequence = impl.sequences.find(id)->second;
     SnapshotSequence& out = snap.sequences.emplace_back();
     out.id = id;
     out.salt = sequence.salt;
     out.token_ids = static_cast<int64_t>(sequence.token_ids.size());
     for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
-      out.layers.push_back(DescribeLayer(m.rules[layer],
-                                         sequence.layers[layer], quant,
-                                         snap.quant));
+      out.layers.push_back(DescribeLayer(
+          impl.rules[layer], sequence.layers[layer], quant, snap.quant));
     }
   }
-  snap.prefix = DescribePrefix(*m.prefix);
+  snap.prefix = DescribePrefix(*impl.prefix);
   if (options.include_token_data) {
     CopyUsed(snap.hot, [&](uint32_t id, uint8_t* dst) {
-      m.pool->storage().Read(id, 0, dst, m.block_bytes());
+      impl.pool->storage().Read(id, 0, dst, impl.block_bytes());
     });
     if (quant != nullptr) {
       CopyUsed(snap.quant, [&](uint32_t id, uint8_t* dst) {

@@ -109,16 +109,16 @@ class Verifier {
   }
 
   // Visible slots of logical block b in a layer of length L, window start
-  // ws: [begin, end) spanning `count` slots.
+  // window_start: [begin, end) spanning `count` slots.
   struct Slots {
     int64_t count = 0, begin = 0, end = 0;
   };
-  static Slots ExpectedSlots(const LayerRules& r, int64_t length, int64_t ws,
-                             int64_t b) {
-    const int64_t bt = r.block_tokens;
-    const int64_t lo = b * bt, hi = lo + bt;
-    const int64_t sink_end = std::min(r.sinks, length);
-    const int64_t window_begin = std::max(ws, r.sinks);
+  static Slots ExpectedSlots(const LayerRules& layer_rules, int64_t length,
+                             int64_t window_start, int64_t b) {
+    const int64_t tokens_per_block = layer_rules.block_tokens;
+    const int64_t lo = b * tokens_per_block, hi = lo + tokens_per_block;
+    const int64_t sink_end = std::min(layer_rules.sinks, length);
+    const int64_t window_begin = std::max(window_start, layer_rules.sinks);
     Slots s;
     auto add = [&](int64_t from, int64_t to) {
       from = std::max(from, lo);
@@ -137,7 +137,7 @@ class Verifier {
     return s;
   }
 
-  void Layer(SeqId seq, int layer, const LayerRules& r,
+  void Layer(SeqId seq, int layer, const LayerRules& layer_rules,
              const SnapshotLayer& l) {
     constexpr int64_t kMaxLength = int64_t{1} << 62;  // as ValidateConfig
     if (l.length < 0 || l.window_start < 0 || l.max_length < l.length ||
@@ -150,21 +150,22 @@ class Verifier {
       return;  // the checks below assume sane lengths
     }
     const int64_t visible =
-        internal::VisibleTokens(r, l.length, l.window_start);
-    if (visible > r.max_seq_len) {
+        internal::VisibleTokens(layer_rules, l.length, l.window_start);
+    if (visible > layer_rules.max_seq_len) {
       Report("policy",
              "seq %d, layer %d: %d visible tokens exceed max_seq_len %d", seq,
-             layer, visible, r.max_seq_len);
+             layer, visible, layer_rules.max_seq_len);
     }
-    if (!r.evicts() && l.window_start != 0) {
+    if (!layer_rules.evicts() && l.window_start != 0) {
       Report("policy",
              "seq %d, layer %d: policy %s evicted tokens (window start %d)",
-             seq, layer, OverflowPolicyName(r.overflow), l.window_start);
+             seq, layer, OverflowPolicyName(layer_rules.overflow),
+             l.window_start);
     }
-    const int64_t want_sinks = internal::SinkBlocks(r, l.length);
+    const int64_t want_sinks = internal::SinkBlocks(layer_rules, l.length);
     const internal::BlockRange want_window =
-        internal::WindowRange(r, l.length, l.window_start);
-    const EntryCounts counts = Entries(seq, layer, r, l, want_window);
+        internal::WindowRange(layer_rules, l.length, l.window_start);
+    const EntryCounts counts = Entries(seq, layer, layer_rules, l, want_window);
     const int64_t sinks = counts.sinks, window = counts.window,
                   spares = counts.spares;
     if (sinks != want_sinks || window != want_window.size()) {
@@ -174,13 +175,13 @@ class Verifier {
              seq, layer, l.length, l.window_start, sinks, window, want_sinks,
              want_window.size());
     }
-    if (spares > 0 && !r.ring()) {
+    if (spares > 0 && !layer_rules.ring()) {
       Report("policy", "seq %d, layer %d: %d spare blocks outside a ring", seq,
              layer, spares);
     }
-    if (r.ring() && window + spares > r.ring_blocks) {
+    if (layer_rules.ring() && window + spares > layer_rules.ring_blocks) {
       Report("policy", "seq %d, layer %d: ring holds %d blocks, at most %d",
-             seq, layer, window + spares, r.ring_blocks);
+             seq, layer, window + spares, layer_rules.ring_blocks);
     }
     visible_total_ = Wrap(visible_total_, visible);
   }
@@ -191,7 +192,7 @@ class Verifier {
 
   // Each entry of a layer: its order, its hold, its logical block and its
   // visible slots. Returns how many of each role it has.
-  EntryCounts Entries(SeqId seq, int layer, const LayerRules& r,
+  EntryCounts Entries(SeqId seq, int layer, const LayerRules& layer_rules,
                       const SnapshotLayer& l,
                       const internal::BlockRange& want_window) {
     EntryCounts counts;
@@ -208,7 +209,7 @@ class Verifier {
                seq, layer, e.logical);
       }
       last_role = e.role;
-      Hold(seq, layer, r, e);
+      Hold(seq, layer, layer_rules, e);
       if (e.role == TableRole::kSpare) {
         ++spares;
         if (e.visible != 0) {
@@ -234,7 +235,8 @@ class Verifier {
                index, e.logical, want_logical);
         continue;
       }
-      const Slots want = ExpectedSlots(r, l.length, l.window_start, e.logical);
+      const Slots want =
+          ExpectedSlots(layer_rules, l.length, l.window_start, e.logical);
       if (e.visible != want.count ||
           (want.count > 0 &&
            (e.begin_slot != want.begin || e.end_slot != want.end))) {
@@ -249,7 +251,8 @@ class Verifier {
   }
 
   // Counts one table entry's hold on its block or slot(s).
-  void Hold(SeqId seq, int layer, const LayerRules& r, const SnapshotEntry& e) {
+  void Hold(SeqId seq, int layer, const LayerRules& layer_rules,
+            const SnapshotEntry& e) {
     if (e.format == BlockFormat::kHot) {
       if (e.id >= hot_holds_.size()) {
         Report("table", "seq %d, layer %d: block %d out of range (capacity %d)",
@@ -260,7 +263,7 @@ class Verifier {
       return;
     }
     const CompressionConfig& q = snap_.config.compression;
-    if (e.role != TableRole::kWindow || !q.enabled || r.ring()) {
+    if (e.role != TableRole::kWindow || !q.enabled || layer_rules.ring()) {
       Report("quant",
              "seq %d, layer %d: quantized cell %d where only hot blocks "
              "belong",

@@ -15,9 +15,8 @@ using internal::RefId;
 namespace {
 
 // The quantized pool's share of the statistics.
-void AddCompressionStats(const internal::QuantStore& quant,
-                         int64_t block_bytes, int64_t block_tokens,
-                         CacheStats& s) {
+void AddCompressionStats(const internal::QuantStore& quant, int64_t block_bytes,
+                         int64_t block_tokens, CacheStats& s) {
   s.quant_cells_total = quant.pool().capacity();
   s.quant_cells_used = quant.pool().used_blocks();
   s.quant_cell_bytes = quant.cell_bytes();
@@ -41,29 +40,29 @@ void AddCompressionStats(const internal::QuantStore& quant,
 }  // namespace
 
 CacheStats KVCache::Stats() const {
-  const Impl& m = *impl_;
-  const CacheCounters& c = m.counters;
-  const int64_t block_bytes = m.block_bytes();
+  const Impl& impl = *impl_;
+  const CacheCounters& c = impl.counters;
+  const int64_t block_bytes = impl.block_bytes();
   CacheStats s;
-  s.blocks_total = m.pool->capacity();
-  const int64_t held = m.pool->used_blocks();
-  s.blocks_cached = m.prefix->evictable_blocks();
+  s.blocks_total = impl.pool->capacity();
+  const int64_t held = impl.pool->used_blocks();
+  s.blocks_cached = impl.prefix->evictable_blocks();
   s.blocks_used = held - s.blocks_cached;
   s.blocks_free = s.blocks_total - held;
   s.utilization =
       static_cast<double>(s.blocks_used) / static_cast<double>(s.blocks_total);
   s.block_bytes = block_bytes;
   s.memory_usage_bytes = held * block_bytes;
-  s.prefix_entries = m.prefix->entries();
+  s.prefix_entries = impl.prefix->entries();
   s.bytes_per_token_hot = static_cast<double>(block_bytes) /
-                          static_cast<double>(m.block_tokens());
-  if (m.quant != nullptr) {
-    AddCompressionStats(*m.quant, block_bytes, m.block_tokens(), s);
+                          static_cast<double>(impl.block_tokens());
+  if (impl.quant != nullptr) {
+    AddCompressionStats(*impl.quant, block_bytes, impl.block_tokens(), s);
   }
   s.arena_bytes = s.blocks_total * block_bytes;
-  s.sequences = static_cast<int64_t>(m.sequences.size());
+  s.sequences = static_cast<int64_t>(impl.sequences.size());
   s.tokens_stored = c.tokens_stored;
-  s.slots_allocated = s.blocks_used * m.block_tokens();
+  s.slots_allocated = s.blocks_used * impl.block_tokens();
   s.hits = c.hits;
   s.misses = c.misses;
   s.evictions = c.evictions;
@@ -77,9 +76,9 @@ CacheStats KVCache::Stats() const {
 }
 
 absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
-  const Impl& m = *impl_;
-  auto it = m.sequences.find(seq);
-  if (it == m.sequences.end()) {
+  const Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
     return absl::NotFoundError(
         absl::StrFormat("Stats(seq %d): no such sequence", seq));
   }
@@ -89,7 +88,7 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
     const BlockTable& table = it->second.layers[layer];
     s.current_length = std::max(s.current_length, table.length);
     s.max_length = std::max(s.max_length, table.max_length);
-    s.tokens_stored += internal::VisibleTokens(m.rules[layer], table.length,
+    s.tokens_stored += internal::VisibleTokens(impl.rules[layer], table.length,
                                                table.window_start);
     s.blocks += table.held_blocks();
     s.evictions += table.evicted;
@@ -98,15 +97,16 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
       const BlockRef ref = table.Block(b);
       if (!IsQuant(ref)) continue;
       ++compressed;
-      compressed_bytes += m.quant->cell_bytes() * m.quant->cells(RefId(ref));
+      compressed_bytes +=
+          impl.quant->cell_bytes() * impl.quant->cells(RefId(ref));
     }
   }
-  const int64_t slots = s.blocks * m.block_tokens();
+  const int64_t slots = s.blocks * impl.block_tokens();
   s.utilization = slots == 0 ? 0.0
                              : static_cast<double>(s.tokens_stored) /
                                    static_cast<double>(slots);
   s.memory_usage_bytes =
-      (s.blocks - compressed) * m.block_bytes() + compressed_bytes;
+      (s.blocks - compressed) * impl.block_bytes() + compressed_bytes;
   return s;
 }
 

@@ -42,10 +42,9 @@ void PlanWindow(const LayerRules& rules, const BlockTable& table,
     }
   }
   plan.window_start = window_start;
-  plan.evicted = std::max<int64_t>(
-      0, window_start - std::max(start_before, rules.sinks));
-  plan.visible_before =
-      VisibleTokens(rules, table.length, table.window_start);
+  plan.evicted =
+      std::max<int64_t>(0, window_start - std::max(start_before, rules.sinks));
+  plan.visible_before = VisibleTokens(rules, table.length, table.window_start);
   plan.visible_after = VisibleTokens(rules, seq_len, window_start);
   plan.sink_blocks = SinkBlocks(rules, seq_len);
   plan.window = WindowRange(rules, seq_len, window_start);
@@ -84,7 +83,7 @@ void PlanNewBlocks(const LayerRules& rules, const BlockTable& table,
 void PlanRewrites(const LayerRules& rules, const BlockTable& table,
                   const BlockPool& pool, const BlockRange& kept, int64_t start,
                   int64_t seq_len, Plan& plan) {
-  const int64_t bt = rules.block_tokens;
+  const int64_t tokens_per_block = rules.block_tokens;
   const int64_t sinks_kept = std::min(
       static_cast<int64_t>(table.sink_blocks.size()), plan.sink_blocks);
   auto touch = [&](int64_t b) {
@@ -98,12 +97,13 @@ void PlanRewrites(const LayerRules& rules, const BlockTable& table,
     }
   };
   const int64_t sink_end = std::min(seq_len, rules.sinks);
-  for (int64_t b = start / bt; b * bt < sink_end && start < sink_end; ++b) {
+  for (int64_t b = start / tokens_per_block;
+       b * tokens_per_block < sink_end && start < sink_end; ++b) {
     touch(b);
   }
   const int64_t write_lo = std::max({start, plan.window_start, rules.sinks});
-  for (int64_t b = write_lo / bt; b * bt < seq_len && write_lo < seq_len;
-       ++b) {
+  for (int64_t b = write_lo / tokens_per_block;
+       b * tokens_per_block < seq_len && write_lo < seq_len; ++b) {
     touch(b);
   }
   plan.fresh += static_cast<int64_t>(plan.rewrite.size());

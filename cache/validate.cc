@@ -10,10 +10,10 @@
 namespace kvpage {
 
 absl::Status KVCache::Validate() const {
-  const Impl& m = *impl_;
-  if (absl::Status s = m.pool->Validate(); !s.ok()) return s;
-  if (m.quant != nullptr) {
-    if (absl::Status s = m.quant->pool().Validate(); !s.ok()) return s;
+  const Impl& impl = *impl_;
+  if (absl::Status s = impl.pool->Validate(); !s.ok()) return s;
+  if (impl.quant != nullptr) {
+    if (absl::Status s = impl.quant->pool().Validate(); !s.ok()) return s;
   }
   absl::StatusOr<Snapshot> snapshot = TakeSnapshot({});
   if (!snapshot.ok()) return snapshot.status();
@@ -26,7 +26,7 @@ absl::Status KVCache::Validate() const {
             ? ""
             : absl::StrFormat(" (and %d more)", violations.size() - 1)));
   }
-  return m.prefix->Validate(*m.pool);
+  return impl.prefix->Validate(*impl.pool);
 }
 
 }  // namespace kvpage
