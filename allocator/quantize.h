@@ -55,8 +55,8 @@
 // scaling, rounding, packing; ~12 with the error sums); the dequantization
 // ~5 (widen, convert, scale, narrow, store), int4 values into f16 / bf16
 // fewer (a 16-entry table per group). A cold block comes from DRAM: the
-// kernels prefetch two rows ahead; the compression quantizes the values first and
-// prefetches the keys' rows along them (and the lines its codes go to), and
+// kernels prefetch two rows ahead; the compression quantizes the values first
+// and prefetches the keys' rows along them (and the lines its codes go to), and
 // a NextBlock hint streams the next block under the dequantization, so that
 // a run of cold blocks is bounded by the memory rather than by stalls at
 // each block's start.

@@ -8,24 +8,23 @@
 // measured on one block that stays in L2 (against memcpy L2 -> L2), and
 // cycling through 2048 blocks (128 MiB, more than the last-level cache) so
 // that each comes from DRAM, as a block does when it turns cold in a running
-// cache. From DRAM, what the kernel writes decides the baseline: the compression
-// writes a stream of compressed blocks, against memcpy DRAM -> DRAM of the hot
-// block; the dequantization writes one scratch block that stays in L2 (a
-// kernel consumes it at once), against memcpy DRAM -> one L2 scratch block.
-// Throughput is bytes of the f16 hot block per second for all, so the ratios
-// compare like with like. The compression is measured as the cache runs it by
-// default (the range check that keeps blocks with NaN, infinities or
-// |x| > 65504 hot, then the kernel without error sums), with the error sums
-// (mixed int4/int8 mode, or CompressionConfig::measure_error), and as the
-// kernel alone; the dequantization into f16 (the hot
-// block's dtype and size: what the memcpy moves) and into f32 (twice the
-// bytes). From DRAM, the dequantization is measured as Attend and Gather run
-// it, each call naming the next block (internal::NextBlock) so that its
-// lines stream in under this block's decoding, and each block alone. The
-// same hint given to memcpy (a 32nd of the next block prefetched after each
-// 32nd copied) is measured too: it makes memcpy slower, so the plain memcpy
-// stays the baseline. Targets (issue #4): compress >= 0.5x and dequantize >= 1x
-// the memcpy, judged from DRAM.
+// cache. From DRAM, what the kernel writes decides the baseline: the
+// compression writes a stream of compressed blocks, against memcpy DRAM -> DRAM
+// of the hot block; the dequantization writes one scratch block that stays in
+// L2 (a kernel consumes it at once), against memcpy DRAM -> one L2 scratch
+// block. Throughput is bytes of the f16 hot block per second for all, so the
+// ratios compare like with like. The compression is measured as the cache runs
+// it by default (the range check that keeps blocks with NaN, infinities or |x|
+// > 65504 hot, then the kernel without error sums), with the error sums (mixed
+// int4/int8 mode, or CompressionConfig::measure_error), and as the kernel
+// alone; the dequantization into f16 (the hot block's dtype and size: what the
+// memcpy moves) and into f32 (twice the bytes). From DRAM, the dequantization
+// is measured as Attend and Gather run it, each call naming the next block
+// (internal::NextBlock) so that its lines stream in under this block's
+// decoding, and each block alone. The same hint given to memcpy (a 32nd of the
+// next block prefetched after each 32nd copied) is measured too: it makes
+// memcpy slower, so the plain memcpy stays the baseline. Targets (issue #4):
+// compress >= 0.5x and dequantize >= 1x the memcpy, judged from DRAM.
 //
 // Attention: kvpage::Attend (the reference decode attention of
 // kvpage/attention.h) for one query token with 32 query heads over the 8
@@ -372,12 +371,13 @@ void PrintCompressionTables(const CapturingReporter& r, std::FILE* out,
   // The targets are judged from DRAM: the block a compression reads has just
   // turned cold (written long ago, evicted from the caches), and attention
   // reads a compressed block once per decode step, long after the last read.
-  absl::FPrintF(out,
-                "Targets judged from DRAM (a block turning cold was written "
-                "long ago; attention reads a compressed block once per step): "
-                "the default compression (no error sums) and the dequantization "
-                "into f16, worse format; the L2 ratios are shown for the "
-                "kernels' own cost.\n");
+  absl::FPrintF(
+      out,
+      "Targets judged from DRAM (a block turning cold was written "
+      "long ago; attention reads a compressed block once per step): "
+      "the default compression (no error sums) and the dequantization "
+      "into f16, worse format; the L2 ratios are shown for the "
+      "kernels' own cost.\n");
   // The dequantization from DRAM cannot run faster than it does in L2 (the
   // next-block hint at best hides the whole fetch), so how far its in-L2
   // time is below memcpy DRAM -> L2 is the room the DRAM ratio has. Another

@@ -175,8 +175,7 @@ void KVCache::Impl::CopyOnWrite(BlockTable& table, int64_t logical,
 }
 
 // Makes compressed logical block `logical` hot again in block `id`.
-void KVCache::Impl::Decompress(BlockTable& table, int64_t logical,
-                               BlockId id) {
+void KVCache::Impl::Decompress(BlockTable& table, int64_t logical, BlockId id) {
   // Decoded straight into the cache's dtype: what a hot block holds.
   const int64_t run_bytes = block_tokens() * io->token_bytes();
   decompressed.resize(static_cast<size_t>(2 * run_bytes));

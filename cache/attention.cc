@@ -152,8 +152,7 @@ class OnlineSoftmax {
  private:
   // Folds head h's scores of one block into its running sums; v points at
   // the head's channels of the block's first token.
-  void Accumulate(int64_t h, float block_max, const float* v,
-                  int64_t tokens) {
+  void Accumulate(int64_t h, float block_max, const float* v, int64_t tokens) {
     float& max_score = max_score_[static_cast<size_t>(h)];
     float& denom = denom_[static_cast<size_t>(h)];
     float* acc = acc_.data() + h * dim_;

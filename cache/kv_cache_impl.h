@@ -119,8 +119,8 @@ struct KVCache::Impl {
   // Moves `table` to the plan's blocks, taking new blocks from those it
   // lets go of, the ring's spares and then `fresh` (plan.fresh ids, the
   // rewrites' last), and sets its lengths. Cannot fail. O(blocks changed).
-  void ApplyPlan(const internal::LayerRules& rules,
-                 internal::BlockTable& table, const internal::Plan& plan,
+  void ApplyPlan(const internal::LayerRules& rules, internal::BlockTable& table,
+                 const internal::Plan& plan,
                  absl::Span<const internal::BlockId> fresh);
 
   // ---- Compressing cold blocks (cold_blocks.cc).

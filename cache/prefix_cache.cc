@@ -6,8 +6,7 @@
 namespace kvpage::internal {
 
 PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
-    : num_layers_(num_layers),
-      entry_of_(static_cast<size_t>(num_blocks), -1) {}
+    : num_layers_(num_layers), entry_of_(static_cast<size_t>(num_blocks), -1) {}
 
 int32_t PrefixCache::NewEntry(uint64_t hash) {
   if (free_entries_.empty()) {

@@ -43,8 +43,8 @@ class QuantStore {
   // kNoBlock (counted in compressions_skipped) when the pool has no room or
   // a visible slot holds a value the formats cannot represent (NaN, infinity,
   // |x| > 65504). O(block size).
-  [[nodiscard]] BlockId Compress(const std::byte* k_src,
-                                 const std::byte* v_src, int first, int count);
+  [[nodiscard]] BlockId Compress(const std::byte* k_src, const std::byte* v_src,
+                                 int first, int count);
 
   // Writes the whole block `cell` decoded into `dtype` (a hot block's K and
   // V regions, block_tokens slots each) and drops the table's hold on it;
@@ -74,12 +74,10 @@ class QuantStore {
     return f == QuantFormat::kInt8 ? int8_layout_ : int4_layout_;
   }
   const QuantShape& shape() const { return shape_; }
-  bool mixed() const { return mixed_; }
   const std::byte* k_part(BlockId cell) const {
     return base_ + cell * cell_bytes_;
   }
   const std::byte* v_part(BlockId cell) const;
-  std::byte* mutable_base() const { return base_; }
 
   const BlockPool& pool() const { return *pool_; }
   int64_t cell_bytes() const { return cell_bytes_; }

@@ -458,8 +458,9 @@ TEST(CompressionTest, WritingIntoACompressedBlockMakesItHotAgain) {
 }
 
 // A refused update of a layer with compressed blocks changes nothing: not the
-// compressed blocks, not the quantized pool, not the compression statistics; also
-// when the write would first make a compressed block hot and no block is free.
+// compressed blocks, not the quantized pool, not the compression statistics;
+// also when the write would first make a compressed block hot and no block is
+// free.
 TEST(CompressionTest, RefusedUpdatesLeaveCompressedBlocksAlone) {
   CacheConfig c = Config(QuantBits::kInt8, 0);
   c.num_blocks = 8;

@@ -74,7 +74,7 @@ struct CompressionConfig {
   QuantBits bits = QuantBits::kInt8;
   int group_size = 32;       // values per scale along head_dim
   int64_t hot_tokens = 256;  // the most recent tokens always stay hot
-  int64_t quant_cells = 0;  // capacity of the quantized pool, in cells
+  int64_t quant_cells = 0;   // capacity of the quantized pool, in cells
   // Compress blocks in the update that makes them cold, and before refusing an
   // update for lack of hot blocks.
   bool auto_compress = false;
@@ -86,7 +86,8 @@ struct CompressionConfig {
   // (CacheStats::max_quant_error, mean_quant_error, BlockView::quant_error),
   // which are 0 without it. Mixed mode (max_rel_error > 0) always measures:
   // it picks the format by the error. Costs ~4 vector instructions per 16
-  // values: an int8 compression runs ~1.5x slower with it (bench/compress_bench).
+  // values: an int8 compression runs ~1.5x slower with it
+  // (bench/compress_bench).
   bool measure_error = false;
   bool operator==(const CompressionConfig&) const = default;
 };

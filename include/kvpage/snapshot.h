@@ -151,9 +151,9 @@ struct Snapshot {
 // file holds (truncated, or bytes after the payload); ResourceExhausted when
 // it is above half the machine's physical memory (the payload is held whole:
 // a sparse file can declare any size) or cannot be allocated; only then is
-// that many bytes allocated and read, and parsed as ParseSnapshot. File-system errors
-// map to their Status codes (NotFound, PermissionDenied, ...). Every message
-// names `path`. O(file size).
+// that many bytes allocated and read, and parsed as ParseSnapshot. File-system
+// errors map to their Status codes (NotFound, PermissionDenied, ...). Every
+// message names `path`. O(file size).
 [[nodiscard]] absl::StatusOr<Snapshot> ReadSnapshot(const std::string& path);
 
 // Writes EncodeSnapshot(snapshot) to `path` so that a reader of `path` sees

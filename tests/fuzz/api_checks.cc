@@ -173,8 +173,8 @@ void Harness::CheckHot(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
 }
 
 void Harness::CheckCompressed(SeqId id, Seq& seq, int layer,
-                            const GatheredLayer& g, size_t first,
-                            const BlockView& b, int group) {
+                              const GatheredLayer& g, size_t first,
+                              const BlockView& b, int group) {
   Layer& l = seq.layers[static_cast<size_t>(layer)];
   const bool int4 = b.format == BlockFormat::kInt4;
   const double steps = int4 ? 15.0 : 127.0;

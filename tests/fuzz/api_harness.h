@@ -140,7 +140,7 @@ class Harness {
   // `group` channels; the bound is half a step plus the f16 rounding of the
   // scales and minimums (and of a round trip through the hot dtype).
   void CheckCompressed(SeqId id, Seq& seq, int layer, const GatheredLayer& g,
-                     size_t first, const BlockView& b, int group);
+                       size_t first, const BlockView& b, int group);
   // "seq S layer L position P", for messages.
   static std::string Where(SeqId id, int layer, int64_t p);
   // Keys then values of positions [from, from + n) of a gathered layer that

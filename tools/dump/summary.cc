@@ -271,10 +271,11 @@ std::string CompressionText(const Json& m) {
              {"error (rel. MSE)",
               absl::StrFormat("max %s, mean %s", Num(q["max_quant_error"]),
                               Num(q["mean_quant_error"]))},
-             {"compressions", absl::StrFormat("%s applied, %s skipped, %s undone",
-                                         Num(q["compressions_applied"]),
-                                         Num(q["compressions_skipped"]),
-                                         Num(q["decompressions"]))},
+             {"compressions",
+              absl::StrFormat("%s applied, %s skipped, %s undone",
+                              Num(q["compressions_applied"]),
+                              Num(q["compressions_skipped"]),
+                              Num(q["decompressions"]))},
          });
 }
 

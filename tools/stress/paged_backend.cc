@@ -194,9 +194,9 @@ class PagedBackend final : public Backend {
   }
 
   absl::Status VerifyCompressedBlock(const SeqLabel& label, int layer,
-                                   const LayerView& view,
-                                   const BlockView& block,
-                                   const Lineage& lineage) {
+                                     const LayerView& view,
+                                     const BlockView& block,
+                                     const Lineage& lineage) {
     const auto elems =
         static_cast<size_t>(block.tokens * params_.shape.token_elems);
     dequantized_k_.resize(elems);
