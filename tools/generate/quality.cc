@@ -1,0 +1,252 @@
+#include "tools/generate/quality.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_cat.h"
+#include "tools/flag_ranges.h"
+#include "tools/generate/generate.h"
+#include "tools/generate/sampler.h"
+#include "tools/generate/stores.h"
+
+namespace kvpage::generate {
+namespace {
+
+// The log-probabilities of every next token the decoder on `setting` gives
+// over `texts`, teacher-forced one position per step for all texts at once
+// ([text][position][vocab]), and the bytes the cache held at the end.
+struct Forced {
+  std::vector<std::vector<float>> logprobs;
+  double bytes_per_position = 0;
+};
+
+absl::StatusOr<Forced> TeacherForce(const Model& model,
+                                    const std::vector<std::vector<int32_t>>& texts,
+                                    const QualitySetting& setting) {
+  const int64_t length = static_cast<int64_t>(texts[0].size());
+  const int vocab = model.shape().vocab_size;
+  absl::StatusOr<CacheConfig> config = MakeCacheConfig(
+      model.shape(), setting.cache, static_cast<int64_t>(texts.size()), length);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<std::unique_ptr<PagedStore>> store =
+      PagedStore::Create(*config);
+  if (!store.ok()) return store.status();
+  Decoder decoder(model, **store, {.rope = setting.rope});
+  std::vector<SeqHandle> seqs;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    absl::StatusOr<SeqHandle> s = (*store)->Add();
+    if (!s.ok()) return s.status();
+    seqs.push_back(*s);
+  }
+  Forced out;
+  out.logprobs.resize(texts.size());
+  std::vector<StepInput> batch(texts.size());
+  std::vector<std::vector<float>> logits;
+  std::vector<double> probs;
+  for (int64_t p = 0; p + 1 < length; ++p) {
+    for (size_t i = 0; i < texts.size(); ++i) {
+      batch[i] = {.seq = seqs[i],
+                  .tokens = absl::MakeConstSpan(texts[i]).subspan(p, 1),
+                  .start = p};
+    }
+    if (absl::Status s = decoder.Forward(batch, logits); !s.ok()) return s;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      Softmax(logits[i], 1.0, probs);
+      for (double q : probs) {
+        out.logprobs[i].push_back(static_cast<float>(std::log(q)));
+      }
+    }
+    if (setting.compress_every > 0 && (p + 1) % setting.compress_every == 0) {
+      for (SeqHandle s : seqs) {
+        if (absl::Status st = (*store)->CompressCold(s); !st.ok()) return st;
+      }
+    }
+  }
+  out.bytes_per_position =
+      static_cast<double>((*store)->cache().Stats().memory_usage_bytes) /
+      static_cast<double>(texts.size() * static_cast<size_t>(length));
+  (void)vocab;
+  return out;
+}
+
+QualityRow Compare(const QualitySetting& setting, const Forced& ref,
+                   const Forced& got,
+                   const std::vector<std::vector<int32_t>>& texts, int vocab) {
+  QualityRow row{.name = setting.name,
+                 .bytes_per_position = got.bytes_per_position};
+  double ref_nll = 0, agree = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const int64_t positions =
+        static_cast<int64_t>(ref.logprobs[i].size()) / vocab;
+    for (int64_t p = 0; p < positions; ++p) {
+      const float* r = ref.logprobs[i].data() + p * vocab;
+      const float* g = got.logprobs[i].data() + p * vocab;
+      const int32_t next = texts[i][static_cast<size_t>(p + 1)];
+      ref_nll -= r[next];
+      row.nll -= g[next];
+      agree += ArgMax({r, static_cast<size_t>(vocab)}) ==
+               ArgMax({g, static_cast<size_t>(vocab)});
+      double kl = 0;
+      for (int t = 0; t < vocab; ++t) {
+        kl += std::exp(double{r[t]}) * (double{r[t]} - double{g[t]});
+      }
+      row.kl += kl;
+      ++row.tokens;
+    }
+  }
+  const double n = static_cast<double>(row.tokens);
+  row.nll /= n;
+  row.delta_nll = row.nll - ref_nll / n;
+  row.top1 = agree / n;
+  row.kl /= n;
+  return row;
+}
+
+}  // namespace
+
+std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
+  std::vector<QualitySetting> rows;
+  rows.push_back({.name = "f32, full context"});
+  rows.push_back({.name = "f16", .cache = {.dtype = DType::kF16}});
+  rows.push_back({.name = "bf16", .cache = {.dtype = DType::kBF16}});
+  const int hd = shape.head_dim();
+  struct Quant {
+    Compression c;
+    int group;
+    int64_t hot;
+  };
+  std::vector<Quant> quants;
+  for (Compression c : {Compression::kInt8, Compression::kInt4}) {
+    for (int g : {hd, hd / 2, hd / 4}) {
+      if (g >= 1 && hd % g == 0) quants.push_back({c, g, 64});
+    }
+    quants.push_back({c, hd, 16});
+    quants.push_back({c, hd, 256});
+  }
+  quants.push_back({Compression::kMixed, hd, 64});
+  for (const Quant& q : quants) {
+    rows.push_back(
+        {.name = absl::StrFormat("%s, group %d, hot %d", CompressionName(q.c),
+                                 q.group, q.hot),
+         .cache = {.compression = q.c, .group_size = q.group,
+                   .hot_tokens = q.hot}});
+  }
+  for (RopePositions rope :
+       {RopePositions::kAbsolute, RopePositions::kVisibleIndex}) {
+    const char* how = rope == RopePositions::kAbsolute ? "absolute"
+                                                        : "visible-index";
+    for (int64_t window : {64, 128, 256}) {
+      for (int64_t sinks : {0, 4}) {
+        rows.push_back({.name = absl::StrFormat(
+                            "window %d, %d sinks, %s positions", window, sinks,
+                            how),
+                        .cache = {.policy = OverflowPolicy::kSlidingWindow,
+                                  .window = window,
+                                  .sinks = sinks},
+                        .rope = rope});
+      }
+    }
+    for (int64_t sinks : {0, 4}) {
+      rows.push_back(
+          {.name = absl::StrFormat("shift 256 to 128, %d sinks, %s positions",
+                                   sinks, how),
+           .cache = {.policy = OverflowPolicy::kTruncate,
+                     .window = 256,
+                     .sinks = sinks,
+                     .truncate_to = 128},
+           .rope = rope});
+    }
+  }
+  return rows;
+}
+
+absl::StatusOr<std::vector<QualityRow>> MeasureQuality(
+    const Model& model, const QualityOptions& o,
+    const std::vector<QualitySetting>& settings) {
+  // The text: each sequence sampled from BOS at temperature 1 on the f32
+  // full-context cache.
+  std::vector<std::vector<int32_t>> texts;
+  for (int i = 0; i < o.sequences; ++i) {
+    absl::StatusOr<CacheConfig> config =
+        MakeCacheConfig(model.shape(), {}, 1, o.length);
+    if (!config.ok()) return config.status();
+    absl::StatusOr<std::unique_ptr<PagedStore>> store =
+        PagedStore::Create(*config);
+    if (!store.ok()) return store.status();
+    Decoder decoder(model, **store, {});
+    absl::StatusOr<GenerateResult> r =
+        Generate(decoder, **store,
+                 {.prompt = {1}, .steps = o.length - 1, .temperature = 1.0,
+                  .seed = o.seed + static_cast<uint64_t>(i)});
+    if (!r.ok()) return r.status();
+    std::vector<int32_t> text = {1};
+    text.insert(text.end(), r->samples[0].tokens.begin(),
+                r->samples[0].tokens.end());
+    texts.push_back(std::move(text));
+  }
+  absl::StatusOr<Forced> ref = TeacherForce(model, texts, settings[0]);
+  if (!ref.ok()) return ref.status();
+  std::vector<QualityRow> rows;
+  for (const QualitySetting& s : settings) {
+    absl::StatusOr<Forced> got = TeacherForce(model, texts, s);
+    if (!got.ok()) {
+      return absl::Status(got.status().code(),
+                          absl::StrCat(s.name, ": ", got.status().message()));
+    }
+    rows.push_back(Compare(s, *ref, *got, texts, model.shape().vocab_size));
+  }
+  return rows;
+}
+
+void DefineQualityFlags(CLI::App& app, QualityOptions& o) {
+  app.add_option("--sequences", o.sequences, "self-sampled sequences")
+      ->transform(tools::IntRange(1, 64))
+      ->capture_default_str();
+  app.add_option("--length", o.length, "tokens per sequence, BOS included")
+      ->transform(tools::IntRange(2, 1 << 16))
+      ->capture_default_str();
+  app.add_option("--seed", o.seed, "sampling seed")
+      ->transform(tools::UintRange(0, UINT64_MAX))
+      ->capture_default_str();
+  app.add_option("--only", o.only,
+                 "only the rows whose name contains this text (the f32 "
+                 "reference is always measured)");
+}
+
+int RunQuality(const QualityOptions& o) {
+  absl::StatusOr<Model> model = LoadModel(o.model);
+  if (!model.ok()) {
+    absl::FPrintF(stderr, "kvpage-generate: %s\n",
+                 std::string(model.status().message()).c_str());
+    return 2;
+  }
+  std::vector<QualitySetting> settings;
+  for (const QualitySetting& s : QualitySettings(model->shape())) {
+    if (settings.empty() || s.name.find(o.only) != std::string::npos) {
+      settings.push_back(s);
+    }
+  }
+  absl::StatusOr<std::vector<QualityRow>> rows =
+      MeasureQuality(*model, o, settings);
+  if (!rows.ok()) {
+    absl::FPrintF(stderr, "kvpage-generate: %s\n",
+                 std::string(rows.status().message()).c_str());
+    return 1;
+  }
+  absl::PrintF(
+      "%d self-sampled sequences of %d tokens (seed %d, temperature 1), "
+      "%d positions teacher-forced per setting\n\n",
+      o.sequences, o.length, o.seed, (*rows)[0].tokens);
+  absl::PrintF(
+      "| setting | bytes/position | NLL | ΔNLL | top-1 agreement | KL |\n"
+      "| --- | ---: | ---: | ---: | ---: | ---: |\n");
+  for (const QualityRow& r : *rows) {
+    absl::PrintF("| %s | %.0f | %.4f | %+.4f | %.2f %% | %.5f |\n",
+                r.name.c_str(), r.bytes_per_position, r.nll, r.delta_nll,
+                100 * r.top1, r.kl);
+  }
+  return 0;
+}
+
+}  // namespace kvpage::generate
