@@ -52,8 +52,8 @@ void Rotate(float* x, int heads, int head_dim, const float* rot) {
 void FillRotation(int64_t position, int head_dim, float* rot) {
   for (int i = 0; i < head_dim; i += 2) {
     const float freq =
-        1.0f / std::pow(10000.0f, static_cast<float>(i) /
-                                      static_cast<float>(head_dim));
+        1.0f / std::pow(10000.0f,
+                        static_cast<float>(i) / static_cast<float>(head_dim));
     const float angle = static_cast<float>(position) * freq;
     rot[i] = std::cos(angle);
     rot[i + 1] = std::sin(angle);
@@ -81,8 +81,8 @@ const float* Decoder::Rotation(int64_t position) {
   }
   const int64_t have = static_cast<int64_t>(rope_.size()) / hd;
   if (position >= have) {
-    const int64_t want = std::min(kRopeTablePositions,
-                                  std::max(position + 1, 2 * have));
+    const int64_t want =
+        std::min(kRopeTablePositions, std::max(position + 1, 2 * have));
     rope_.resize(static_cast<size_t>(want * hd));
     for (int64_t p = have; p < want; ++p) {
       FillRotation(p, hd, rope_.data() + p * hd);
@@ -108,8 +108,8 @@ absl::Status Decoder::Attention(const StepInput& in, int layer, const float* q,
     for (int64_t t = 0; t < n; ++t) {
       int64_t older = 0;
       for (const KvRun& r : runs_) {
-        older += std::clamp<int64_t>(in.start + t - r.first_position, 0,
-                                     r.tokens);
+        older +=
+            std::clamp<int64_t>(in.start + t - r.first_position, 0, r.tokens);
       }
       Rotate(att_.data() + t * s.dim, heads, hd, Rotation(older));
     }
@@ -179,8 +179,7 @@ absl::Status Decoder::Forward(absl::Span<const StepInput> batch,
     for (int32_t id : in.tokens) {
       if (id < 0 || id >= s.vocab_size) {
         return absl::InvalidArgumentError(absl::StrFormat(
-            "token id %d is outside the vocabulary [0, %d)", id,
-            s.vocab_size));
+            "token id %d is outside the vocabulary [0, %d)", id, s.vocab_size));
       }
     }
   }
@@ -216,8 +215,8 @@ absl::Status Decoder::Forward(absl::Span<const StepInput> batch,
           Rotate(k_.data() + t * kv_dim, s.n_kv_heads, hd, rot);
         }
       }
-      if (absl::Status st = store_.Write(in.seq, layer, k_.data(), v_.data(),
-                                         n, in.start + n);
+      if (absl::Status st = store_.Write(in.seq, layer, k_.data(), v_.data(), n,
+                                         in.start + n);
           !st.ok()) {
         return st;
       }

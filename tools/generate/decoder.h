@@ -64,9 +64,8 @@ class Decoder {
   // InvalidArgument for a token id outside the vocabulary or an empty input;
   // the store's errors as they come (then the store may hold part of the
   // step: the caller truncates the sequence back).
-  [[nodiscard]] absl::Status Forward(
-      absl::Span<const StepInput> batch,
-      std::vector<std::vector<float>>& logits);
+  [[nodiscard]] absl::Status Forward(absl::Span<const StepInput> batch,
+                                     std::vector<std::vector<float>>& logits);
 
   const Model& model() const { return model_; }
 

@@ -23,9 +23,11 @@ absl::Status Annotate(const absl::Status& s, const std::string& where) {
 
 absl::Status CheckOptions(const GenerateOptions& o) {
   if (o.prompt.empty()) return absl::InvalidArgumentError("empty prompt");
-  if (o.steps < 1 || o.requests < 1 || o.samples < 1 ||
-      o.prefill_chunk < 1 || o.speculate < 0 || o.temperature < 0 ||
-      o.compress_every < 0) {
+  for (const std::vector<int32_t>& p : o.prompts) {
+    if (p.empty()) return absl::InvalidArgumentError("empty prompt");
+  }
+  if (o.steps < 1 || o.requests < 1 || o.samples < 1 || o.prefill_chunk < 1 ||
+      o.speculate < 0 || o.temperature < 0 || o.compress_every < 0) {
     return absl::InvalidArgumentError(
         "steps, requests, samples and prefill_chunk must be positive; "
         "speculate, temperature and compress_every not negative");
@@ -38,7 +40,8 @@ void Emit(const GenerateOptions& o, absl::Span<const float> logits,
           int32_t token, Live& live) {
   live.out->tokens.push_back(token);
   live.history.push_back(token);
-  if (o.keep_logits) live.out->logits.emplace_back(logits.begin(), logits.end());
+  if (o.keep_logits)
+    live.out->logits.emplace_back(logits.begin(), logits.end());
   if (o.summarize) live.out->summaries.push_back(Summarize(logits, token));
   live.pending = token;
 }
@@ -48,9 +51,9 @@ void Emit(const GenerateOptions& o, absl::Span<const float> logits,
 // last token.
 absl::StatusOr<std::vector<float>> Prefill(Decoder& decoder, KvStore& store,
                                            const GenerateOptions& o,
+                                           absl::Span<const int32_t> prompt,
                                            SeqHandle seq,
                                            GenerateResult& result) {
-  const absl::Span<const int32_t> prompt(o.prompt);
   const int64_t size = static_cast<int64_t>(prompt.size());
   int64_t matched = 0;
   if (o.prefix_cache) {
@@ -133,7 +136,8 @@ absl::Status DecodeLoop(Decoder& decoder, KvStore& store,
       l.input.assign(1, l.pending);
       if (o.speculate > 0) {
         const std::vector<int32_t> drafts = DraftFromHistory(
-            l.history, static_cast<int>(std::min<int64_t>(o.speculate, left - 1)));
+            l.history,
+            static_cast<int>(std::min<int64_t>(o.speculate, left - 1)));
         l.input.insert(l.input.end(), drafts.begin(), drafts.end());
       }
       active.push_back(&l);
@@ -155,7 +159,8 @@ absl::Status DecodeLoop(Decoder& decoder, KvStore& store,
       } else {
         const int64_t kept = Verify(o, logits[i], vocab, l);
         if (kept < static_cast<int64_t>(l.input.size())) {
-          if (absl::Status s = store.Truncate(l.out->seq, batch[i].start + kept);
+          if (absl::Status s =
+                  store.Truncate(l.out->seq, batch[i].start + kept);
               !s.ok()) {
             return Annotate(s, absl::StrCat("rollback at step ", step));
           }
@@ -186,8 +191,12 @@ absl::StatusOr<GenerateResult> Generate(Decoder& decoder, KvStore& store,
   for (int r = 0; r < o.requests; ++r) {
     absl::StatusOr<SeqHandle> seq = store.Add();
     if (!seq.ok()) return Annotate(seq.status(), absl::StrCat("request ", r));
+    const std::vector<int32_t>& prompt =
+        o.prompts.empty()
+            ? o.prompt
+            : o.prompts[static_cast<size_t>(r) % o.prompts.size()];
     absl::StatusOr<std::vector<float>> logits =
-        Prefill(decoder, store, o, *seq, result);
+        Prefill(decoder, store, o, prompt, *seq, result);
     if (!logits.ok()) {
       return Annotate(logits.status(), absl::StrCat("prefill of request ", r));
     }
@@ -203,19 +212,19 @@ absl::StatusOr<GenerateResult> Generate(Decoder& decoder, KvStore& store,
       GenerateResult::Sample& out =
           result.samples[static_cast<size_t>(r) * o.samples + k];
       out = {.request = r, .sample = k, .seq = handle};
-      live.push_back({.out = &out,
-                      .sampler = Sampler(o.temperature,
-                                         o.seed + 1000003ull * r + k),
-                      .history = o.prompt});
+      live.push_back(
+          {.out = &out,
+           .sampler = Sampler(o.temperature, o.seed + 1000003ull * r + k),
+           .history = prompt});
       Emit(o, *logits, live.back().sampler.Sample(*logits), live.back());
     }
   }
   if (absl::Status s = DecodeLoop(decoder, store, o, live, result); !s.ok()) {
     return s;
   }
-  result.seconds = std::chrono::duration<double>(
-                       std::chrono::steady_clock::now() - t0)
-                       .count();
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
   return result;
 }
 

@@ -24,9 +24,12 @@ namespace kvpage::generate {
 
 struct GenerateOptions {
   std::vector<int32_t> prompt = {1};  // every request's prompt (BOS is 1)
-  int64_t steps = 64;                 // tokens each sample generates
+  // When not empty, request r's prompt is prompts[r % prompts.size()]
+  // instead: requests of different lengths in one batch.
+  std::vector<std::vector<int32_t>> prompts;
+  int64_t steps = 64;  // tokens each sample generates
   int requests = 1;
-  int samples = 1;           // sequences per request, forked after the prompt
+  int samples = 1;             // sequences per request, forked after the prompt
   int64_t prefill_chunk = 64;  // prompt tokens per forward pass
   bool prefix_cache = false;   // look prompts up (MatchPrefix), publish them
   int speculate = 0;           // tokens drafted per step (0: none)
@@ -43,13 +46,13 @@ struct GenerateOptions {
 struct GenerateResult {
   struct Sample {
     int request = 0, sample = 0;
-    SeqHandle seq = 0;             // still in the store
-    std::vector<int32_t> tokens;   // generated, after the prompt
+    SeqHandle seq = 0;                       // still in the store
+    std::vector<int32_t> tokens;             // generated, after the prompt
     std::vector<std::vector<float>> logits;  // per generated token
     std::vector<LogitSummary> summaries;     // per generated token
     int64_t drafted = 0, accepted = 0;       // speculative decoding
   };
-  std::vector<Sample> samples;  // request-major
+  std::vector<Sample> samples;         // request-major
   int64_t prompt_tokens_computed = 0;  // prompt tokens run through the model
   int64_t prompt_tokens_matched = 0;   // prompt tokens the prefix cache held
   int64_t forward_passes = 0;

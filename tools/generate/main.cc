@@ -18,8 +18,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "nlohmann/json.hpp"
 #include "kvpage/stats_fields.h"
+#include "nlohmann/json.hpp"
 #include "tools/flag_ranges.h"
 #include "tools/generate/generate.h"
 #include "tools/generate/quality.h"
@@ -51,7 +51,8 @@ void DefineCacheFlags(CLI::App& app, Flags& f) {
   app.add_option("--dtype", f.dtype, "hot pool dtype")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}))
       ->capture_default_str();
-  app.add_option("--block-tokens", f.cache.block_tokens, "token slots per block")
+  app.add_option("--block-tokens", f.cache.block_tokens,
+                 "token slots per block")
       ->transform(tools::IntRange(1, 65535))
       ->capture_default_str();
   app.add_option("--blocks", f.cache.blocks,
@@ -150,9 +151,8 @@ absl::StatusOr<std::vector<int32_t>> ParsePrompt(const std::string& text,
        absl::StrSplit(text, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
     int32_t id = 0;
     if (!absl::SimpleAtoi(part, &id) || id < 0 || id >= vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("--prompt: %s is not a token id in [0, %d)", part,
-                          vocab));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--prompt: %s is not a token id in [0, %d)", part, vocab));
     }
     ids.push_back(id);
   }
@@ -175,14 +175,13 @@ void ResolveNames(Flags& f) {
                         : f.compress == "mixed" ? Compression::kMixed
                                                 : Compression::kNone;
   f.cache.auto_compress = f.compress_every == 0;
-  f.gen.compress_every = f.cache.compression == Compression::kNone
-                             ? 0
-                             : f.compress_every;
+  f.gen.compress_every =
+      f.cache.compression == Compression::kNone ? 0 : f.compress_every;
 }
 
 int Usage(const absl::Status& s) {
   absl::FPrintF(stderr, "kvpage-generate: %s\n",
-               std::string(s.message()).c_str());
+                std::string(s.message()).c_str());
   return 2;
 }
 
@@ -203,7 +202,7 @@ void Print(const Flags& f, const GenerateResult& r, const CacheStats& stats) {
   if (!f.json) {
     for (const GenerateResult::Sample& s : r.samples) {
       absl::PrintF("request %d sample %d: %s\n", s.request, s.sample,
-                  absl::StrJoin(s.tokens, " ").c_str());
+                   absl::StrJoin(s.tokens, " ").c_str());
     }
     absl::PrintF(
         "%d tokens in %.3f s (%.0f tokens/s); prompt tokens computed %d, "
@@ -259,22 +258,22 @@ int Run(Flags& f) {
   absl::StatusOr<std::unique_ptr<PagedStore>> store =
       PagedStore::Create(*config);
   if (!store.ok()) return Usage(store.status());
-  Decoder decoder(*model, **store,
-                  {.rope = f.rope == "visible-index"
-                               ? RopePositions::kVisibleIndex
-                               : RopePositions::kAbsolute});
+  Decoder decoder(
+      *model, **store,
+      {.rope = f.rope == "visible-index" ? RopePositions::kVisibleIndex
+                                         : RopePositions::kAbsolute});
   const bool progress = isatty(STDERR_FILENO) != 0;
   if (progress) {
     f.gen.progress = [](int64_t done, int64_t total) {
       absl::FPrintF(stderr, "\r\033[Kkvpage-generate: %d / %d tokens", done,
-                   total);
+                    total);
     };
   }
   absl::StatusOr<GenerateResult> result = Generate(decoder, **store, f.gen);
   if (progress) absl::FPrintF(stderr, "\r\033[K");
   if (!result.ok()) {
     absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                 std::string(result.status().message()).c_str());
+                  std::string(result.status().message()).c_str());
     return 1;
   }
   Print(f, *result, (*store)->cache().Stats());

@@ -54,8 +54,10 @@ absl::StatusOr<ModelShape> ParseHeader(absl::Span<const char> bytes) {
   for (int i = 0; i < 5; ++i) {
     if (absl::Status st = CheckDimension(names[i], f[i]); !st.ok()) return st;
   }
-  if (absl::Status st = CheckDimension("vocab_size", vocab); !st.ok()) return st;
-  if (absl::Status st = CheckDimension("seq_len", s.seq_len); !st.ok()) return st;
+  if (absl::Status st = CheckDimension("vocab_size", vocab); !st.ok())
+    return st;
+  if (absl::Status st = CheckDimension("seq_len", s.seq_len); !st.ok())
+    return st;
   s.vocab_size = static_cast<int>(vocab);
   if (s.dim % s.n_heads != 0 || s.head_dim() % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -96,8 +98,8 @@ Layout LayoutOf(const ModelShape& s) {
   o.w3 = take(l * h * d);
   o.rms_final = take(d);
   o.rope = take(int64_t{s.seq_len} * s.head_dim());
-  o.classifier = s.tied_classifier ? o.embedding
-                                   : take(int64_t{s.vocab_size} * d);
+  o.classifier =
+      s.tied_classifier ? o.embedding : take(int64_t{s.vocab_size} * d);
   o.total = at;
   return o;
 }

@@ -2,9 +2,10 @@
 // shape and its f32 weights, read and checked.
 //
 // Usage:
-//   absl::StatusOr<Model> model = LoadModel("models/stories260K/stories260K.bin");
-//   if (!model.ok()) return model.status();
-//   const float* wq = model->Layer(0).wq;  // [dim][dim], row-major [out][in]
+//   absl::StatusOr<Model> model =
+//   LoadModel("models/stories260K/stories260K.bin"); if (!model.ok()) return
+//   model.status(); const float* wq = model->Layer(0).wq;  // [dim][dim],
+//   row-major [out][in]
 //
 // Thread safety: a loaded Model is immutable; share it freely.
 #ifndef KVPAGE_TOOLS_GENERATE_MODEL_H_
@@ -22,9 +23,9 @@ namespace kvpage::generate {
 // The header of a checkpoint, and what follows from it.
 struct ModelShape {
   int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0;
-  int vocab_size = 0;   // always positive here
+  int vocab_size = 0;           // always positive here
   bool tied_classifier = true;  // the file's vocab_size was positive
-  int seq_len = 0;      // the trained context
+  int seq_len = 0;              // the trained context
   int head_dim() const { return dim / n_heads; }
   int kv_dim() const { return n_kv_heads * head_dim(); }
 };

@@ -1,10 +1,12 @@
 #include "tools/generate/quality.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "tools/flag_ranges.h"
 #include "tools/generate/generate.h"
 #include "tools/generate/sampler.h"
@@ -13,19 +15,26 @@
 namespace kvpage::generate {
 namespace {
 
+// stories260K's trained context: positions predicted past it are reported
+// apart.
+constexpr int64_t kTrainedContext = 512;
+// A reference top-1 that leads its runner-up by this much probability is
+// "clear": rounding alone cannot swap them.
+constexpr double kClearLead = 0.05;
+
 // The log-probabilities of every next token the decoder on `setting` gives
 // over `texts`, teacher-forced one position per step for all texts at once
 // ([text][position][vocab]), and the bytes the cache held at the end.
 struct Forced {
   std::vector<std::vector<float>> logprobs;
   double bytes_per_position = 0;
+  double quant_error = 0;  // CacheStats::mean_quant_error
 };
 
-absl::StatusOr<Forced> TeacherForce(const Model& model,
-                                    const std::vector<std::vector<int32_t>>& texts,
-                                    const QualitySetting& setting) {
+absl::StatusOr<Forced> TeacherForce(
+    const Model& model, const std::vector<std::vector<int32_t>>& texts,
+    const QualitySetting& setting) {
   const int64_t length = static_cast<int64_t>(texts[0].size());
-  const int vocab = model.shape().vocab_size;
   absl::StatusOr<CacheConfig> config = MakeCacheConfig(
       model.shape(), setting.cache, static_cast<int64_t>(texts.size()), length);
   if (!config.ok()) return config.status();
@@ -63,10 +72,11 @@ absl::StatusOr<Forced> TeacherForce(const Model& model,
       }
     }
   }
+  const CacheStats stats = (*store)->cache().Stats();
   out.bytes_per_position =
-      static_cast<double>((*store)->cache().Stats().memory_usage_bytes) /
+      static_cast<double>(stats.memory_usage_bytes) /
       static_cast<double>(texts.size() * static_cast<size_t>(length));
-  (void)vocab;
+  out.quant_error = stats.mean_quant_error;
   return out;
 }
 
@@ -74,8 +84,10 @@ QualityRow Compare(const QualitySetting& setting, const Forced& ref,
                    const Forced& got,
                    const std::vector<std::vector<int32_t>>& texts, int vocab) {
   QualityRow row{.name = setting.name,
-                 .bytes_per_position = got.bytes_per_position};
-  double ref_nll = 0, agree = 0;
+                 .bytes_per_position = got.bytes_per_position,
+                 .quant_error = got.quant_error};
+  double ref_nll = 0, agree = 0, ref_late = 0, late = 0, clear_agree = 0;
+  int64_t late_positions = 0, clear = 0;
   for (size_t i = 0; i < texts.size(); ++i) {
     const int64_t positions =
         static_cast<int64_t>(ref.logprobs[i].size()) / vocab;
@@ -85,8 +97,22 @@ QualityRow Compare(const QualitySetting& setting, const Forced& ref,
       const int32_t next = texts[i][static_cast<size_t>(p + 1)];
       ref_nll -= r[next];
       row.nll -= g[next];
-      agree += ArgMax({r, static_cast<size_t>(vocab)}) ==
-               ArgMax({g, static_cast<size_t>(vocab)});
+      if (p + 1 >= kTrainedContext) {
+        ref_late -= r[next];
+        late -= g[next];
+        ++late_positions;
+      }
+      const int32_t top = ArgMax({r, static_cast<size_t>(vocab)});
+      const bool same = top == ArgMax({g, static_cast<size_t>(vocab)});
+      agree += same;
+      float second = -std::numeric_limits<float>::infinity();
+      for (int t = 0; t < vocab; ++t) {
+        if (t != top) second = std::max(second, r[t]);
+      }
+      if (std::exp(double{r[top]}) - std::exp(double{second}) >= kClearLead) {
+        ++clear;
+        clear_agree += same;
+      }
       double kl = 0;
       for (int t = 0; t < vocab; ++t) {
         kl += std::exp(double{r[t]}) * (double{r[t]} - double{g[t]});
@@ -99,7 +125,14 @@ QualityRow Compare(const QualitySetting& setting, const Forced& ref,
   row.nll /= n;
   row.delta_nll = row.nll - ref_nll / n;
   row.top1 = agree / n;
+  row.top1_clear =
+      clear_agree / static_cast<double>(std::max<int64_t>(clear, 1));
+  row.clear_share = static_cast<double>(clear) / n;
   row.kl /= n;
+  if (late_positions > 0) {
+    row.delta_nll_late =
+        (late - ref_late) / static_cast<double>(late_positions);
+  }
   return row;
 }
 
@@ -115,6 +148,7 @@ std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
     Compression c;
     int group;
     int64_t hot;
+    double max_rel_error = 0;  // kMixed
   };
   std::vector<Quant> quants;
   for (Compression c : {Compression::kInt8, Compression::kInt4}) {
@@ -124,27 +158,64 @@ std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
     quants.push_back({c, hd, 16});
     quants.push_back({c, hd, 256});
   }
-  quants.push_back({Compression::kMixed, hd, 64});
+  for (double bound : {0.01, 0.002}) {
+    quants.push_back({Compression::kMixed, hd, 64, bound});
+  }
   for (const Quant& q : quants) {
+    const std::string bound = q.c == Compression::kMixed
+                                  ? absl::StrFormat(" %g", q.max_rel_error)
+                                  : "";
     rows.push_back(
-        {.name = absl::StrFormat("%s, group %d, hot %d", CompressionName(q.c),
-                                 q.group, q.hot),
-         .cache = {.compression = q.c, .group_size = q.group,
-                   .hot_tokens = q.hot}});
+        {.name = absl::StrFormat("%s%s, group %d, hot %d", CompressionName(q.c),
+                                 bound, q.group, q.hot),
+         .cache = {.compression = q.c,
+                   .group_size = q.group,
+                   .hot_tokens = q.hot,
+                   .max_rel_error = q.max_rel_error}});
+  }
+  // A key's scales span its block's tokens: smaller blocks, finer scales.
+  for (int tokens : {8, 4}) {
+    for (const Quant& q : {Quant{Compression::kInt8, hd, 64},
+                           Quant{Compression::kInt4, hd / 4, 64}}) {
+      rows.push_back({.name = absl::StrFormat(
+                          "%s, group %d, hot %d, blocks of %d",
+                          CompressionName(q.c), q.group, q.hot, tokens),
+                      .cache = {.block_tokens = tokens,
+                                .compression = q.c,
+                                .group_size = q.group,
+                                .hot_tokens = q.hot}});
+    }
+  }
+  // Keys stored before rotation (what kVisibleIndex stores; with nothing
+  // evicted a visible index is the position): a channel keeps its scale
+  // across a block's tokens instead of turning with the position.
+  for (const Quant& q :
+       {Quant{Compression::kInt8, hd, 64}, Quant{Compression::kInt4, hd, 64}}) {
+    const std::string bound = q.c == Compression::kMixed
+                                  ? absl::StrFormat(" %g", q.max_rel_error)
+                                  : "";
+    rows.push_back(
+        {.name = absl::StrFormat("%s%s, group %d, hot %d, keys unrotated",
+                                 CompressionName(q.c), bound, q.group, q.hot),
+         .cache = {.compression = q.c,
+                   .group_size = q.group,
+                   .hot_tokens = q.hot,
+                   .max_rel_error = q.max_rel_error},
+         .rope = RopePositions::kVisibleIndex});
   }
   for (RopePositions rope :
        {RopePositions::kAbsolute, RopePositions::kVisibleIndex}) {
-    const char* how = rope == RopePositions::kAbsolute ? "absolute"
-                                                        : "visible-index";
-    for (int64_t window : {64, 128, 256}) {
+    const char* how =
+        rope == RopePositions::kAbsolute ? "absolute" : "visible-index";
+    for (int64_t window : {64, 256, 512}) {
       for (int64_t sinks : {0, 4}) {
-        rows.push_back({.name = absl::StrFormat(
-                            "window %d, %d sinks, %s positions", window, sinks,
-                            how),
-                        .cache = {.policy = OverflowPolicy::kSlidingWindow,
-                                  .window = window,
-                                  .sinks = sinks},
-                        .rope = rope});
+        rows.push_back(
+            {.name = absl::StrFormat("window %d, %d sinks, %s positions",
+                                     window, sinks, how),
+             .cache = {.policy = OverflowPolicy::kSlidingWindow,
+                       .window = window,
+                       .sinks = sinks},
+             .rope = rope});
       }
     }
     for (int64_t sinks : {0, 4}) {
@@ -177,7 +248,9 @@ absl::StatusOr<std::vector<QualityRow>> MeasureQuality(
     Decoder decoder(model, **store, {});
     absl::StatusOr<GenerateResult> r =
         Generate(decoder, **store,
-                 {.prompt = {1}, .steps = o.length - 1, .temperature = 1.0,
+                 {.prompt = {1},
+                  .steps = o.length - 1,
+                  .temperature = 1.0,
                   .seed = o.seed + static_cast<uint64_t>(i)});
     if (!r.ok()) return r.status();
     std::vector<int32_t> text = {1};
@@ -218,7 +291,7 @@ int RunQuality(const QualityOptions& o) {
   absl::StatusOr<Model> model = LoadModel(o.model);
   if (!model.ok()) {
     absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                 std::string(model.status().message()).c_str());
+                  std::string(model.status().message()).c_str());
     return 2;
   }
   std::vector<QualitySetting> settings;
@@ -231,20 +304,27 @@ int RunQuality(const QualityOptions& o) {
       MeasureQuality(*model, o, settings);
   if (!rows.ok()) {
     absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                 std::string(rows.status().message()).c_str());
+                  std::string(rows.status().message()).c_str());
     return 1;
   }
   absl::PrintF(
       "%d self-sampled sequences of %d tokens (seed %d, temperature 1), "
-      "%d positions teacher-forced per setting\n\n",
-      o.sequences, o.length, o.seed, (*rows)[0].tokens);
+      "%d positions teacher-forced per setting; at %.1f %% of them the "
+      "reference's top token leads the next by at least %g (\"clear\")\n\n",
+      o.sequences, o.length, o.seed, (*rows)[0].tokens,
+      100 * (*rows)[0].clear_share, kClearLead);
   absl::PrintF(
-      "| setting | bytes/position | NLL | ΔNLL | top-1 agreement | KL |\n"
-      "| --- | ---: | ---: | ---: | ---: | ---: |\n");
+      "| setting | bytes/position | NLL | ΔNLL | ΔNLL past 512 | top-1 "
+      "agreement | top-1, clear | KL | quantization error |\n"
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const QualityRow& r : *rows) {
-    absl::PrintF("| %s | %.0f | %.4f | %+.4f | %.2f %% | %.5f |\n",
-                r.name.c_str(), r.bytes_per_position, r.nll, r.delta_nll,
-                100 * r.top1, r.kl);
+    absl::PrintF(
+        "| %s | %.0f | %.4f | %+.4f | %+.4f | %.2f %% | %.2f %% | %.5f | %s "
+        "|\n",
+        r.name, r.bytes_per_position, r.nll, r.delta_nll, r.delta_nll_late,
+        100 * r.top1, 100 * r.top1_clear, r.kl,
+        r.quant_error > 0 ? absl::StrFormat("%.2e", r.quant_error)
+                          : std::string("-"));
   }
   return 0;
 }

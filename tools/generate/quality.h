@@ -40,9 +40,14 @@ struct QualityRow {
   std::string name;
   double bytes_per_position = 0;  // memory_usage_bytes / positions, all layers
   double nll = 0, delta_nll = 0;  // nats per token
+  double delta_nll_late = 0;      // the same over positions past 512
   double top1 = 0;                // fraction of positions
-  double kl = 0;                  // mean KL(reference || setting), nats
-  int64_t tokens = 0;             // positions compared
+  double top1_clear = 0;   // the same where the reference's top token leads
+                           // the next by >= 0.05 probability
+  double clear_share = 0;  // fraction of positions that are clear
+  double kl = 0;           // mean KL(reference || setting), nats
+  int64_t tokens = 0;      // positions compared
+  double quant_error = 0;  // mean relative MSE of the compressions
 };
 
 // The settings the table covers (docs/model.md), for a model of `shape`.

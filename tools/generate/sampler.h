@@ -28,7 +28,7 @@ struct LogitSummary {
   double logprob = 0;     // its log-probability
   int32_t top_token = 0;  // the most likely token
   double top_prob = 0;
-  double entropy = 0;     // nats
+  double entropy = 0;  // nats
 };
 [[nodiscard]] LogitSummary Summarize(absl::Span<const float> logits,
                                      int32_t token);

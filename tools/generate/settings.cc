@@ -47,10 +47,10 @@ absl::StatusOr<CacheConfig> MakeCacheConfig(const ModelShape& shape,
                                                     : QuantBits::kInt8,
         .group_size = s.group_size > 0 ? s.group_size : shape.head_dim(),
         .hot_tokens = s.hot_tokens,
-        .quant_cells = s.quant_cells > 0
-                           ? s.quant_cells
-                           : c.num_blocks *
-                                 (s.compression == Compression::kMixed ? 2 : 1),
+        .quant_cells =
+            s.quant_cells > 0
+                ? s.quant_cells
+                : c.num_blocks * (s.compression == Compression::kMixed ? 2 : 1),
         .auto_compress = s.auto_compress,
         .max_rel_error =
             s.compression == Compression::kMixed ? s.max_rel_error : 0.0,

@@ -30,9 +30,9 @@ struct CacheSettings {
   int64_t sinks = 0;
   int64_t truncate_to = 0;  // kTruncate; 0: window / 2
   Compression compression = Compression::kNone;
-  int group_size = 0;       // values per scale; 0: head_dim
+  int group_size = 0;  // values per scale; 0: head_dim
   int64_t hot_tokens = 64;
-  bool auto_compress = true;  // else the caller compresses every N steps
+  bool auto_compress = true;    // else the caller compresses every N steps
   double max_rel_error = 0.02;  // kMixed
   int64_t quant_cells = 0;      // 0: as many as the hot pool has blocks (x2
                                 // for kMixed)

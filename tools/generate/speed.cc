@@ -15,10 +15,10 @@ namespace {
 // Generated tokens per second of one run, on a fresh store of `kind`.
 absl::StatusOr<double> OneRun(const Model& model, bool paged, int batch,
                               const SpeedOptions& o) {
-  const GenerateOptions gen{.prompt = std::vector<int32_t>(
-                                static_cast<size_t>(o.prompt), 1),
-                            .steps = o.steps,
-                            .requests = batch};
+  const GenerateOptions gen{
+      .prompt = std::vector<int32_t>(static_cast<size_t>(o.prompt), 1),
+      .steps = o.steps,
+      .requests = batch};
   std::unique_ptr<KvStore> store;
   if (paged) {
     absl::StatusOr<CacheConfig> config =
@@ -64,7 +64,7 @@ int RunSpeed(const SpeedOptions& o) {
   absl::StatusOr<Model> model = LoadModel(o.model);
   if (!model.ok()) {
     absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                 std::string(model.status().message()).c_str());
+                  std::string(model.status().message()).c_str());
     return 2;
   }
   absl::PrintF(
@@ -80,23 +80,23 @@ int RunSpeed(const SpeedOptions& o) {
       absl::StatusOr<double> a = OneRun(*model, true, batch, o);
       absl::StatusOr<double> b = OneRun(*model, false, batch, o);
       if (!a.ok() || !b.ok()) {
-        absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                     std::string((a.ok() ? b.status() : a.status()).message())
-                         .c_str());
+        absl::FPrintF(
+            stderr, "kvpage-generate: %s\n",
+            std::string((a.ok() ? b.status() : a.status()).message()).c_str());
         return 1;
       }
       paged.push_back(*a);
       plain.push_back(*b);
       ratio.push_back(*a / *b);
     }
-    absl::PrintF("| %d | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %.3f (%.3f-%.3f) |\n",
-                batch, Median(paged),
-                *std::min_element(paged.begin(), paged.end()),
-                *std::max_element(paged.begin(), paged.end()), Median(plain),
-                *std::min_element(plain.begin(), plain.end()),
-                *std::max_element(plain.begin(), plain.end()), Median(ratio),
-                *std::min_element(ratio.begin(), ratio.end()),
-                *std::max_element(ratio.begin(), ratio.end()));
+    absl::PrintF(
+        "| %d | %.0f (%.0f-%.0f) | %.0f (%.0f-%.0f) | %.3f (%.3f-%.3f) |\n",
+        batch, Median(paged), *std::min_element(paged.begin(), paged.end()),
+        *std::max_element(paged.begin(), paged.end()), Median(plain),
+        *std::min_element(plain.begin(), plain.end()),
+        *std::max_element(plain.begin(), plain.end()), Median(ratio),
+        *std::min_element(ratio.begin(), ratio.end()),
+        *std::max_element(ratio.begin(), ratio.end()));
   }
   return 0;
 }

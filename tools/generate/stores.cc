@@ -39,9 +39,9 @@ absl::Status PagedStore::Truncate(SeqHandle seq, int64_t length) {
 
 absl::Status PagedStore::Write(SeqHandle seq, int layer, const float* k,
                                const float* v, int64_t n, int64_t length) {
-  return cache_->Update(seq, layer, {.data = k, .dtype = DType::kF32, .tokens = n},
-                        {.data = v, .dtype = DType::kF32, .tokens = n},
-                        length);
+  return cache_->Update(seq, layer,
+                        {.data = k, .dtype = DType::kF32, .tokens = n},
+                        {.data = v, .dtype = DType::kF32, .tokens = n}, length);
 }
 
 absl::Status PagedStore::Open(SeqHandle seq, int layer,
@@ -58,9 +58,8 @@ absl::Status PagedStore::Open(SeqHandle seq, int layer,
 
 absl::StatusOr<KvRunData> PagedStore::Fetch(size_t index) {
   if (index >= view_.blocks.size()) {
-    return absl::OutOfRangeError(
-        absl::StrFormat("run %d of a view of %d blocks", index,
-                        view_.blocks.size()));
+    return absl::OutOfRangeError(absl::StrFormat(
+        "run %d of a view of %d blocks", index, view_.blocks.size()));
   }
   const BlockView& b = view_.blocks[index];
   if (b.format == BlockFormat::kHot && view_.dtype == DType::kF32) {
@@ -143,17 +142,15 @@ absl::Status ContiguousStore::Truncate(SeqHandle seq, int64_t length) {
 }
 
 absl::Status ContiguousStore::Write(SeqHandle seq, int layer, const float* k,
-                                    const float* v, int64_t n,
-                                    int64_t length) {
+                                    const float* v, int64_t n, int64_t length) {
   absl::StatusOr<Sequence*> s = Find(seq);
   if (!s.ok()) return s.status();
   Layer& l = (**s)[static_cast<size_t>(layer)];
   const int64_t start = length - n;
   if (n < 0 || start < 0 ||
       start * kv_dim_ > static_cast<int64_t>(l.k.size())) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("write of %d tokens ending at %d leaves a gap", n,
-                        length));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "write of %d tokens ending at %d leaves a gap", n, length));
   }
   const size_t at = static_cast<size_t>(start * kv_dim_);
   l.k.resize(static_cast<size_t>(length * kv_dim_));
@@ -177,8 +174,8 @@ absl::StatusOr<KvRunData> ContiguousStore::Fetch(size_t index) {
   if (open_ == nullptr || index != 0) {
     return absl::OutOfRangeError(absl::StrFormat("run %d", index));
   }
-  return KvRunData{.k = open_->k.data(), .v = open_->v.data(),
-                   .stride = kv_dim_};
+  return KvRunData{
+      .k = open_->k.data(), .v = open_->v.data(), .stride = kv_dim_};
 }
 
 int64_t ContiguousStore::bytes() const {
