@@ -62,7 +62,8 @@ class ReferenceStore final : public KvStore {
     return next_++;
   }
   absl::StatusOr<SeqHandle> Fork(SeqHandle parent) override {
-    seqs_[next_] = seqs_.at(parent);
+    Sequence copy = seqs_.at(parent);  // before the insertion rehashes
+    seqs_[next_] = std::move(copy);
     return next_++;
   }
   absl::Status Remove(SeqHandle seq) override {
