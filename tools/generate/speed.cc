@@ -22,7 +22,8 @@ absl::StatusOr<double> OneRun(const Model& model, bool paged, int batch,
   std::unique_ptr<KvStore> store;
   if (paged) {
     absl::StatusOr<CacheConfig> config =
-        MakeCacheConfig(model.shape(), {}, batch, o.prompt + o.steps);
+        MakeCacheConfig(model.shape(), {.block_tokens = o.block_tokens}, batch,
+                        o.prompt + o.steps);
     if (!config.ok()) return config.status();
     absl::StatusOr<std::unique_ptr<PagedStore>> p = PagedStore::Create(*config);
     if (!p.ok()) return p.status();
@@ -55,6 +56,10 @@ void DefineSpeedFlags(CLI::App& app, SpeedOptions& o) {
   app.add_option("--steps", o.steps, "tokens generated per sequence")
       ->transform(tools::IntRange(1, 1 << 16))
       ->capture_default_str();
+  app.add_option("--block-tokens", o.block_tokens,
+                 "kvpage's token slots per block")
+      ->transform(tools::IntRange(1, 65535))
+      ->capture_default_str();
   app.add_option("--reps", o.reps, "runs of each store, alternated")
       ->transform(tools::IntRange(1, 1000))
       ->capture_default_str();
@@ -68,9 +73,9 @@ int RunSpeed(const SpeedOptions& o) {
     return 2;
   }
   absl::PrintF(
-      "prompt %d tokens, %d generated per sequence, greedy, f32; median of "
-      "%d alternated runs (min-max)\n\n",
-      o.prompt, o.steps, o.reps);
+      "prompt %d tokens, %d generated per sequence, greedy, f32, blocks of %d "
+      "tokens; median of %d alternated runs (min-max)\n\n",
+      o.prompt, o.steps, o.block_tokens, o.reps);
   absl::PrintF(
       "| batch | kvpage tokens/s | contiguous tokens/s | kvpage / "
       "contiguous |\n| ---: | ---: | ---: | ---: |\n");

@@ -21,6 +21,7 @@ struct SpeedOptions {
   int64_t prompt = 16;  // prompt tokens (BOS, then the model's own greedy ids)
   int64_t steps = 256;  // tokens generated per sequence
   int reps = 5;
+  int block_tokens = 16;  // kvpage's block size
 };
 
 void DefineSpeedFlags(CLI::App& app, SpeedOptions& options);
