@@ -138,52 +138,50 @@ QualityRow Compare(const QualitySetting& setting, const Forced& ref,
 
 }  // namespace
 
-std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
-  std::vector<QualitySetting> rows;
-  rows.push_back({.name = "f32, full context"});
-  rows.push_back({.name = "f16", .cache = {.dtype = DType::kF16}});
-  rows.push_back({.name = "bf16", .cache = {.dtype = DType::kBF16}});
-  const int hd = shape.head_dim();
-  struct Quant {
-    Compression c;
-    int group;
-    int64_t hot;
-    double max_rel_error = 0;  // kMixed
-  };
-  std::vector<Quant> quants;
+namespace {
+
+// One compression setting of the table.
+struct Quant {
+  Compression c;
+  int group;
+  int64_t hot;
+  double max_rel_error = 0;  // kMixed
+};
+
+QualitySetting QuantRow(const Quant& q, const std::string& suffix) {
+  const std::string bound =
+      q.c == Compression::kMixed ? absl::StrFormat(" %g", q.max_rel_error) : "";
+  return {
+      .name = absl::StrFormat("%s%s, group %d, hot %d%s", CompressionName(q.c),
+                              bound, q.group, q.hot, suffix),
+      .cache = {.compression = q.c,
+                .group_size = q.group,
+                .hot_tokens = q.hot,
+                .max_rel_error = q.max_rel_error}};
+}
+
+// int8, int4 and mixed at value groups head_dim / 1, 2, 4 and several hot
+// token counts; then two knobs of the key scales: the block size, and keys
+// stored before rotation.
+void AddCompressionRows(int hd, std::vector<QualitySetting>& rows) {
   for (Compression c : {Compression::kInt8, Compression::kInt4}) {
     for (int g : {hd, hd / 2, hd / 4}) {
-      if (g >= 1 && hd % g == 0) quants.push_back({c, g, 64});
+      if (g >= 1 && hd % g == 0) rows.push_back(QuantRow({c, g, 64}, ""));
     }
-    quants.push_back({c, hd, 16});
-    quants.push_back({c, hd, 256});
+    rows.push_back(QuantRow({c, hd, 16}, ""));
+    rows.push_back(QuantRow({c, hd, 256}, ""));
   }
   for (double bound : {0.01, 0.002}) {
-    quants.push_back({Compression::kMixed, hd, 64, bound});
-  }
-  for (const Quant& q : quants) {
-    const std::string bound = q.c == Compression::kMixed
-                                  ? absl::StrFormat(" %g", q.max_rel_error)
-                                  : "";
-    rows.push_back(
-        {.name = absl::StrFormat("%s%s, group %d, hot %d", CompressionName(q.c),
-                                 bound, q.group, q.hot),
-         .cache = {.compression = q.c,
-                   .group_size = q.group,
-                   .hot_tokens = q.hot,
-                   .max_rel_error = q.max_rel_error}});
+    rows.push_back(QuantRow({Compression::kMixed, hd, 64, bound}, ""));
   }
   // A key's scales span its block's tokens: smaller blocks, finer scales.
   for (int tokens : {8, 4}) {
     for (const Quant& q : {Quant{Compression::kInt8, hd, 64},
                            Quant{Compression::kInt4, hd / 4, 64}}) {
-      rows.push_back({.name = absl::StrFormat(
-                          "%s, group %d, hot %d, blocks of %d",
-                          CompressionName(q.c), q.group, q.hot, tokens),
-                      .cache = {.block_tokens = tokens,
-                                .compression = q.c,
-                                .group_size = q.group,
-                                .hot_tokens = q.hot}});
+      QualitySetting row =
+          QuantRow(q, absl::StrFormat(", blocks of %d", tokens));
+      row.cache.block_tokens = tokens;
+      rows.push_back(row);
     }
   }
   // Keys stored before rotation (what kVisibleIndex stores; with nothing
@@ -191,18 +189,15 @@ std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
   // across a block's tokens instead of turning with the position.
   for (const Quant& q :
        {Quant{Compression::kInt8, hd, 64}, Quant{Compression::kInt4, hd, 64}}) {
-    const std::string bound = q.c == Compression::kMixed
-                                  ? absl::StrFormat(" %g", q.max_rel_error)
-                                  : "";
-    rows.push_back(
-        {.name = absl::StrFormat("%s%s, group %d, hot %d, keys unrotated",
-                                 CompressionName(q.c), bound, q.group, q.hot),
-         .cache = {.compression = q.c,
-                   .group_size = q.group,
-                   .hot_tokens = q.hot,
-                   .max_rel_error = q.max_rel_error},
-         .rope = RopePositions::kVisibleIndex});
+    QualitySetting row = QuantRow(q, ", keys unrotated");
+    row.rope = RopePositions::kVisibleIndex;
+    rows.push_back(row);
   }
+}
+
+// Sliding windows and context shifts with 0 and 4 sinks, keys rotated by
+// absolute position and by visible index.
+void AddWindowRows(std::vector<QualitySetting>& rows) {
   for (RopePositions rope :
        {RopePositions::kAbsolute, RopePositions::kVisibleIndex}) {
     const char* how =
@@ -229,6 +224,17 @@ std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
            .rope = rope});
     }
   }
+}
+
+}  // namespace
+
+std::vector<QualitySetting> QualitySettings(const ModelShape& shape) {
+  std::vector<QualitySetting> rows;
+  rows.push_back({.name = "f32, full context"});
+  rows.push_back({.name = "f16", .cache = {.dtype = DType::kF16}});
+  rows.push_back({.name = "bf16", .cache = {.dtype = DType::kBF16}});
+  AddCompressionRows(shape.head_dim(), rows);
+  AddWindowRows(rows);
   return rows;
 }
 
