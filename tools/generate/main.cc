@@ -241,11 +241,9 @@ void Print(const Flags& f, const GenerateResult& r, const CacheStats& stats) {
   absl::PrintF("%s\n", out.dump(2));
 }
 
-int Run(Flags& f) {
-  absl::StatusOr<Model> model = LoadModel(f.model);
-  if (!model.ok()) return Usage(model.status());
+int Run(const Model& model, Flags& f) {
   absl::StatusOr<std::vector<int32_t>> prompt =
-      ParsePrompt(f.prompt, model->shape().vocab_size);
+      ParsePrompt(f.prompt, model.shape().vocab_size);
   if (!prompt.ok()) return Usage(prompt.status());
   f.gen.prompt = *prompt;
   f.gen.summarize = f.json;
@@ -253,13 +251,13 @@ int Run(Flags& f) {
   const int64_t longest =
       static_cast<int64_t>(prompt->size()) + f.gen.steps + f.gen.speculate;
   absl::StatusOr<CacheConfig> config =
-      MakeCacheConfig(model->shape(), f.cache, sequences, longest);
+      MakeCacheConfig(model.shape(), f.cache, sequences, longest);
   if (!config.ok()) return Usage(config.status());
   absl::StatusOr<std::unique_ptr<PagedStore>> store =
       PagedStore::Create(*config);
   if (!store.ok()) return Usage(store.status());
   Decoder decoder(
-      *model, **store,
+      model, **store,
       {.rope = f.rope == "visible-index" ? RopePositions::kVisibleIndex
                                          : RopePositions::kAbsolute});
   const bool progress = isatty(STDERR_FILENO) != 0;
@@ -306,15 +304,11 @@ int Main(int argc, char** argv) {
     return 2;
   }
   ResolveNames(f);
-  if (quality->parsed()) {
-    f.quality.model = f.model;
-    return RunQuality(f.quality);
-  }
-  if (speed->parsed()) {
-    f.speed.model = f.model;
-    return RunSpeed(f.speed);
-  }
-  return Run(f);
+  absl::StatusOr<Model> model = LoadModel(f.model);
+  if (!model.ok()) return Usage(model.status());
+  if (quality->parsed()) return RunQuality(*model, f.quality);
+  if (speed->parsed()) return RunSpeed(*model, f.speed);
+  return Run(*model, f);
 }
 
 }  // namespace

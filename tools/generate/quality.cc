@@ -293,21 +293,15 @@ void DefineQualityFlags(CLI::App& app, QualityOptions& o) {
                  "reference is always measured)");
 }
 
-int RunQuality(const QualityOptions& o) {
-  absl::StatusOr<Model> model = LoadModel(o.model);
-  if (!model.ok()) {
-    absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                  std::string(model.status().message()).c_str());
-    return 2;
-  }
+int RunQuality(const Model& model, const QualityOptions& o) {
   std::vector<QualitySetting> settings;
-  for (const QualitySetting& s : QualitySettings(model->shape())) {
+  for (const QualitySetting& s : QualitySettings(model.shape())) {
     if (settings.empty() || s.name.find(o.only) != std::string::npos) {
       settings.push_back(s);
     }
   }
   absl::StatusOr<std::vector<QualityRow>> rows =
-      MeasureQuality(*model, o, settings);
+      MeasureQuality(model, o, settings);
   if (!rows.ok()) {
     absl::FPrintF(stderr, "kvpage-generate: %s\n",
                   std::string(rows.status().message()).c_str());

@@ -21,7 +21,6 @@
 namespace kvpage::generate {
 
 struct QualityOptions {
-  std::string model;
   int sequences = 4;
   int64_t length = 768;  // tokens per sequence, BOS included
   uint64_t seed = 1;
@@ -61,7 +60,7 @@ struct QualityRow {
 
 void DefineQualityFlags(CLI::App& app, QualityOptions& options);
 // Prints the table (markdown); exit code as main() returns it.
-int RunQuality(const QualityOptions& options);
+int RunQuality(const Model& model, const QualityOptions& options);
 
 }  // namespace kvpage::generate
 

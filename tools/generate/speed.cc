@@ -65,13 +65,7 @@ void DefineSpeedFlags(CLI::App& app, SpeedOptions& o) {
       ->capture_default_str();
 }
 
-int RunSpeed(const SpeedOptions& o) {
-  absl::StatusOr<Model> model = LoadModel(o.model);
-  if (!model.ok()) {
-    absl::FPrintF(stderr, "kvpage-generate: %s\n",
-                  std::string(model.status().message()).c_str());
-    return 2;
-  }
+int RunSpeed(const Model& model, const SpeedOptions& o) {
   absl::PrintF(
       "prompt %d tokens, %d generated per sequence, greedy, f32, blocks of %d "
       "tokens; median of %d alternated runs (min-max)\n\n",
@@ -82,8 +76,8 @@ int RunSpeed(const SpeedOptions& o) {
   for (int batch : o.batches) {
     std::vector<double> paged, plain, ratio;
     for (int rep = 0; rep < o.reps; ++rep) {
-      absl::StatusOr<double> a = OneRun(*model, true, batch, o);
-      absl::StatusOr<double> b = OneRun(*model, false, batch, o);
+      absl::StatusOr<double> a = OneRun(model, true, batch, o);
+      absl::StatusOr<double> b = OneRun(model, false, batch, o);
       if (!a.ok() || !b.ok()) {
         absl::FPrintF(
             stderr, "kvpage-generate: %s\n",

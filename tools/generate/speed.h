@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "tools/generate/model.h"
 
 namespace kvpage::generate {
 
 struct SpeedOptions {
-  std::string model;
   std::vector<int> batches = {1, 32};
   int64_t prompt = 16;  // prompt tokens (BOS, then the model's own greedy ids)
   int64_t steps = 256;  // tokens generated per sequence
@@ -26,7 +26,7 @@ struct SpeedOptions {
 
 void DefineSpeedFlags(CLI::App& app, SpeedOptions& options);
 // Prints the table (markdown); exit code as main() returns it.
-int RunSpeed(const SpeedOptions& options);
+int RunSpeed(const Model& model, const SpeedOptions& options);
 
 }  // namespace kvpage::generate
 
