@@ -9,7 +9,7 @@ packages=(
   cmake ninja-build g++ git
   libabsl-dev libmimalloc-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev nlohmann-json3-dev libexpat1-dev
+  libcli11-dev nlohmann-json3-dev libexpat1-dev pkg-config
   "$@"
 )
 

@@ -15,10 +15,32 @@ run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
 
+# A C engine finds the C API's shared library through pkg-config alone.
+set(ENV{PKG_CONFIG_PATH} "")
+file(GLOB_RECURSE _pc ${WORK_DIR}/prefix/*/kvpage.pc)
+if(NOT _pc)
+  message(FATAL_ERROR "kvpage.pc was not installed under ${WORK_DIR}/prefix")
+endif()
+get_filename_component(_pc_dir ${_pc} DIRECTORY)
+set(ENV{PKG_CONFIG_PATH} ${_pc_dir})
+execute_process(COMMAND pkg-config --cflags --libs kvpage
+                OUTPUT_VARIABLE _flags OUTPUT_STRIP_TRAILING_WHITESPACE
+                RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "pkg-config --cflags --libs kvpage failed (${rc})")
+endif()
+separate_arguments(_flags UNIX_COMMAND "${_flags}")
+run(cc -std=c99 -Wall -Werror ${CONSUMER_SOURCE_DIR}/consumer.c ${_flags}
+    -o ${WORK_DIR}/consumer_c)
+execute_process(COMMAND pkg-config --variable=libdir kvpage
+                OUTPUT_VARIABLE _libdir OUTPUT_STRIP_TRAILING_WHITESPACE)
+set(ENV{LD_LIBRARY_PATH} ${_libdir})
+run(${WORK_DIR}/consumer_c)
+
 file(STRINGS ${KVPAGE_BUILD_DIR}/CMakeCache.txt _tools
      REGEX "^KVPAGE_BUILD_TOOLS:BOOL=(ON|TRUE|1)$")
 if(_tools)
-  foreach(tool kvpage-dump kvpage-stress)
+  foreach(tool kvpage-dump kvpage-stress kvpage-generate)
     if(NOT EXISTS ${WORK_DIR}/prefix/bin/${tool})
       message(FATAL_ERROR "${tool} was not installed in ${WORK_DIR}/prefix/bin")
     endif()

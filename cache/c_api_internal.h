@@ -1,0 +1,159 @@
+// cache/c_api_internal.h — what the files of the C API (c_api.cc,
+// c_api_read.cc) share: the thread's last error, the registry of live
+// handles, Guard() and the checks of a caller's pointers and structs.
+#ifndef KVPAGE_CACHE_C_API_INTERNAL_H_
+#define KVPAGE_CACHE_C_API_INTERNAL_H_
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "kvpage/kv_cache.h"
+#include "kvpage/kvpage_c.h"
+#include "kvpage/snapshot.h"
+
+struct kvpage_cache {
+  std::unique_ptr<kvpage::KVCache> cache;
+  std::vector<kvpage_layer_policy> layer_policies;  // kvpage_cache_config's
+};
+
+struct kvpage_snapshot {
+  kvpage::Snapshot snapshot;
+};
+
+namespace kvpage::c_api {
+
+// The message kvpage_last_error() returns on this thread.
+std::string& LastError();
+
+// The handles kvpage_cache_create made and kvpage_cache_destroy has not
+// destroyed.
+struct Handles {
+  absl::Mutex mu;
+  absl::flat_hash_set<const void*> live ABSL_GUARDED_BY(mu);
+};
+Handles& Registry();
+
+inline kvpage_status Fail(const absl::Status& s) {
+  LastError() = std::string(s.message());
+  return static_cast<kvpage_status>(s.code());
+}
+
+inline kvpage_status Return(const absl::Status& s) {
+  return s.ok() ? KVPAGE_OK : Fail(s);
+}
+
+template <typename Body>
+kvpage_status Guard(Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return Fail(absl::ResourceExhaustedError("out of memory"));
+  } catch (...) {
+    return Fail(absl::InternalError("unexpected exception in kvpage"));
+  }
+}
+
+inline bool IsLive(const void* handle) {
+  Handles& h = Registry();
+  absl::MutexLock lock(&h.mu);
+  return h.live.contains(handle);
+}
+
+inline absl::Status CheckHandle(const void* handle, const char* what) {
+  if (handle == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s is NULL", what));
+  }
+  if (!IsLive(handle)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s %p is not a live handle (destroyed, or not made by kvpage)", what,
+        handle));
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status CheckOut(const void* out, const char* what) {
+  if (out == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("output %s is NULL", what));
+  }
+  return absl::OkStatus();
+}
+
+// The bytes of a caller's versioned struct: at least `struct_size` itself
+// and at most ours.
+inline absl::Status CheckSize(size_t struct_size, size_t ours,
+                              const char* what) {
+  if (struct_size < sizeof(size_t) || struct_size > (size_t{1} << 20)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s.struct_size is %d: set it to sizeof(%s) (or call its _init)", what,
+        struct_size, what));
+  }
+  (void)ours;
+  return absl::OkStatus();
+}
+
+// Copies the common prefix of a caller's struct and ours into `to`.
+template <typename T>
+inline void CopyIn(const T& from, T& to) {
+  std::memcpy(static_cast<void*>(&to), &from,
+              std::min(from.struct_size, sizeof(T)));
+  to.struct_size = sizeof(T);
+}
+template <typename T>
+inline void CopyOut(const T& from, T* to) {
+  const size_t n = std::min(to->struct_size, sizeof(T));
+  const size_t size = to->struct_size;
+  std::memcpy(static_cast<void*>(to), &from, n);
+  to->struct_size = size;
+}
+
+// An enum value a caller passed: in [0, count), or InvalidArgument.
+inline absl::Status CheckEnum(int value, int count, const char* what) {
+  if (value < 0 || value >= count) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s is %d, not one of its %d values", what, value, count));
+  }
+  return absl::OkStatus();
+}
+
+inline OverflowPolicy PolicyOf(kvpage_overflow_policy p) {
+  switch (p) {
+    case KVPAGE_POLICY_TRUNCATE:
+      return OverflowPolicy::kTruncate;
+    case KVPAGE_POLICY_SLIDING_WINDOW:
+      return OverflowPolicy::kSlidingWindow;
+    case KVPAGE_POLICY_CIRCULAR_BUFFER:
+      return OverflowPolicy::kCircularBuffer;
+    case KVPAGE_POLICY_ERROR:
+      break;
+  }
+  return OverflowPolicy::kError;
+}
+inline kvpage_overflow_policy PolicyOf(OverflowPolicy p) {
+  switch (p) {
+    case OverflowPolicy::kTruncate:
+      return KVPAGE_POLICY_TRUNCATE;
+    case OverflowPolicy::kSlidingWindow:
+      return KVPAGE_POLICY_SLIDING_WINDOW;
+    case OverflowPolicy::kCircularBuffer:
+      return KVPAGE_POLICY_CIRCULAR_BUFFER;
+    case OverflowPolicy::kError:
+      break;
+  }
+  return KVPAGE_POLICY_ERROR;
+}
+
+// CacheStats as the C struct.
+kvpage_cache_stats FromStats(const CacheStats& s);
+
+}  // namespace kvpage::c_api
+
+#endif  // KVPAGE_CACHE_C_API_INTERNAL_H_

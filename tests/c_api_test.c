@@ -1,0 +1,420 @@
+/* The C API (kvpage/kvpage_c.h), compiled as C99 and linked against
+ * libkvpage.so: every function, its error paths, and that a refused call
+ * changes nothing (the cache's statistics, every sequence's statistics and
+ * every visible token are compared before and after). Prints one line per
+ * failed check and exits 1 when any failed. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kvpage/kvpage_c.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, \
+              __LINE__, #cond, kvpage_last_error());                         \
+      ++failures;                                                            \
+    }                                                                        \
+  } while (0)
+
+#define CHECK_STATUS(call, want)                                          \
+  do {                                                                    \
+    kvpage_status got_ = (call);                                          \
+    if (got_ != (want)) {                                                 \
+      fprintf(stderr, "%s:%d: %s returned %s, want %s; last error: %s\n", \
+              __FILE__, __LINE__, #call, kvpage_status_name(got_),        \
+              kvpage_status_name(want), kvpage_last_error());             \
+      ++failures;                                                         \
+    }                                                                     \
+  } while (0)
+
+#define OK(call) CHECK_STATUS(call, KVPAGE_OK)
+
+enum { kLayers = 2, kHeads = 2, kDim = 8, kElems = kHeads * kDim };
+
+/* Token t's keys are t + channel / 100, its values the negation. */
+static void FillTokens(float* k, float* v, int64_t first, int64_t n) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int e = 0; e < kElems; ++e) {
+      k[t * kElems + e] = (float)(first + t) + (float)e / 100.0f;
+      v[t * kElems + e] = -k[t * kElems + e];
+    }
+  }
+}
+
+static kvpage_status Write(kvpage_cache* c, kvpage_seq_id seq, int32_t layer,
+                           int64_t first, int64_t n) {
+  static float k[256 * kElems], v[256 * kElems];
+  if (n > 256) n = 256; /* the refused calls ask for at most 200 */
+  FillTokens(k, v, first, n);
+  kvpage_token_span ks = {k, KVPAGE_F32, n}, vs = {v, KVPAGE_F32, n};
+  return kvpage_update(c, seq, layer, &ks, &vs, first + n);
+}
+
+/* Everything a caller can observe of a cache, for "changes nothing". */
+typedef struct Fingerprint {
+  kvpage_cache_stats stats;
+  size_t sequences;
+  kvpage_seq_id ids[8];
+  kvpage_sequence_stats seq_stats[8];
+  float k[8][kLayers][128 * kElems];
+  size_t tokens[8][kLayers];
+} Fingerprint;
+
+static void Take(const kvpage_cache* c, Fingerprint* f) {
+  memset(f, 0, sizeof *f);
+  f->stats.struct_size = sizeof f->stats;
+  OK(kvpage_stats(c, &f->stats));
+  OK(kvpage_sequences(c, f->ids, 8, &f->sequences));
+  for (size_t i = 0; i < f->sequences; ++i) {
+    f->seq_stats[i].struct_size = sizeof f->seq_stats[i];
+    OK(kvpage_seq_stats(c, f->ids[i], &f->seq_stats[i]));
+    for (int l = 0; l < kLayers; ++l) {
+      static float v[128 * kElems];
+      OK(kvpage_gather(c, f->ids[i], l, f->k[i][l], v, NULL, 128,
+                       &f->tokens[i][l]));
+    }
+  }
+}
+
+static void ExpectUnchanged(const kvpage_cache* c, const Fingerprint* before,
+                            int line) {
+  static Fingerprint after;
+  Take(c, &after);
+  if (memcmp(before, &after, sizeof after) != 0) {
+    fprintf(stderr, "%s:%d: a refused call changed the cache\n", __FILE__,
+            line);
+    ++failures;
+  }
+}
+
+static kvpage_config SmallConfig(void) {
+  kvpage_config c;
+  kvpage_config_init(&c);
+  c.num_layers = kLayers;
+  c.num_kv_heads = kHeads;
+  c.head_dim = kDim;
+  c.dtype = KVPAGE_F32;
+  c.block_tokens = 4;
+  c.num_blocks = 64;
+  c.max_seq_len = 128;
+  return c;
+}
+
+static void TestVersionAndNames(void) {
+  char want[32];
+  CHECK(kvpage_version() == KVPAGE_VERSION);
+  snprintf(want, sizeof want, "%d.%d.%d", KVPAGE_VERSION_MAJOR,
+           KVPAGE_VERSION_MINOR, KVPAGE_VERSION_PATCH);
+  CHECK(strcmp(kvpage_version_string(), want) == 0);
+  CHECK(strcmp(kvpage_version_string(), KVPAGE_PROJECT_VERSION) == 0);
+  CHECK(strcmp(kvpage_status_name(KVPAGE_NOT_FOUND), "NOT_FOUND") == 0);
+  CHECK(strcmp(kvpage_status_name((kvpage_status)99), "UNKNOWN_CODE") == 0);
+}
+
+static void TestConfig(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  OK(kvpage_validate_config(&c));
+  CHECK_STATUS(kvpage_validate_config(NULL), KVPAGE_INVALID_ARGUMENT);
+  c.head_dim = 0;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  CHECK(strstr(kvpage_last_error(), "head_dim") != NULL);
+  CHECK_STATUS(kvpage_cache_create(&c, &cache), KVPAGE_INVALID_ARGUMENT);
+  CHECK(cache == NULL);
+  c = SmallConfig();
+  c.struct_size = 0;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  CHECK(strstr(kvpage_last_error(), "struct_size") != NULL);
+  c = SmallConfig();
+  c.dtype = (kvpage_dtype)7;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  c = SmallConfig();
+  c.overflow = (kvpage_overflow_policy)-1;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  c = SmallConfig();
+  c.compression_bits = 5;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  c = SmallConfig();
+  c.num_layer_policies = 1;
+  CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
+  c = SmallConfig();
+  CHECK_STATUS(kvpage_cache_create(&c, NULL), KVPAGE_INVALID_ARGUMENT);
+  /* A caller built against an older, shorter kvpage_config: the fields it
+   * lacks take their defaults (no compression). */
+  c = SmallConfig();
+  c.compression_enabled = 1; /* beyond the short size: ignored */
+  c.struct_size = offsetof(kvpage_config, prefault);
+  OK(kvpage_cache_create(&c, &cache));
+  {
+    kvpage_config back;
+    kvpage_config_init(&back);
+    OK(kvpage_cache_config(cache, &back));
+    CHECK(back.num_layers == kLayers && back.head_dim == kDim);
+    CHECK(back.compression_enabled == 0);
+    CHECK(back.dtype == KVPAGE_F32 && back.block_tokens == 4);
+  }
+  kvpage_cache_destroy(cache);
+}
+
+static void TestHandles(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  kvpage_seq_id seq;
+  int64_t len;
+  kvpage_cache_stats stats;
+  int foreign = 42;
+  OK(kvpage_cache_create(&c, &cache));
+  kvpage_cache_destroy(cache);
+  /* A destroyed handle and a pointer kvpage never made are refused. */
+  CHECK_STATUS(kvpage_add_sequence(cache, 0, &seq), KVPAGE_INVALID_ARGUMENT);
+  CHECK(strstr(kvpage_last_error(), "not a live handle") != NULL);
+  CHECK_STATUS(kvpage_add_sequence((kvpage_cache*)&foreign, 0, &seq),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_length(NULL, 1, 0, &len), KVPAGE_INVALID_ARGUMENT);
+  stats.struct_size = sizeof stats;
+  CHECK_STATUS(kvpage_stats(cache, &stats), KVPAGE_INVALID_ARGUMENT);
+  kvpage_cache_destroy(cache);                   /* twice: ignored */
+  kvpage_cache_destroy((kvpage_cache*)&foreign); /* not ours: ignored */
+  kvpage_cache_destroy(NULL);
+  CHECK(foreign == 42);
+}
+
+static void TestSequencesAndUpdates(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  kvpage_seq_id a, b, ids[4];
+  size_t count = 0;
+  int64_t len = -1;
+  static Fingerprint before;
+  float k[kElems];
+  kvpage_token_span ks = {k, KVPAGE_F32, 1}, vs = {k, KVPAGE_F32, 1};
+  kvpage_token_span bad_dtype = {k, (kvpage_dtype)9, 1};
+  OK(kvpage_cache_create(&c, &cache));
+  OK(kvpage_add_sequence(cache, 0, &a));
+  OK(kvpage_add_sequence(cache, 7, &b));
+  CHECK(a != b);
+  CHECK_STATUS(kvpage_add_sequence(cache, 0, NULL), KVPAGE_INVALID_ARGUMENT);
+  OK(Write(cache, a, 0, 0, 10));
+  OK(Write(cache, a, 1, 0, 10));
+  OK(kvpage_length(cache, a, 0, &len));
+  CHECK(len == 10);
+  CHECK_STATUS(kvpage_length(cache, a, 5, &len), KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_length(cache, 999, 0, &len), KVPAGE_NOT_FOUND);
+  CHECK_STATUS(kvpage_sequences(cache, ids, 1, &count),
+               KVPAGE_RESOURCE_EXHAUSTED);
+  CHECK(count == 2);
+  OK(kvpage_sequences(cache, ids, 4, &count));
+  CHECK(count == 2 && ids[0] == a && ids[1] == b);
+
+  /* Refused updates change nothing. */
+  Take(cache, &before);
+  CHECK_STATUS(Write(cache, a, 0, 12, 1), KVPAGE_INVALID_ARGUMENT); /* gap */
+  CHECK(strstr(kvpage_last_error(), "gap") != NULL ||
+        strlen(kvpage_last_error()) > 0);
+  CHECK_STATUS(Write(cache, 999, 0, 0, 1), KVPAGE_NOT_FOUND);
+  CHECK_STATUS(Write(cache, a, 0, 10, 200), KVPAGE_RESOURCE_EXHAUSTED);
+  CHECK_STATUS(kvpage_update(cache, a, 0, NULL, &vs, 11),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_update(cache, a, 0, &bad_dtype, &vs, 11),
+               KVPAGE_INVALID_ARGUMENT);
+  ks.tokens = 2;
+  CHECK_STATUS(kvpage_update(cache, a, 0, &ks, &vs, 11),
+               KVPAGE_INVALID_ARGUMENT); /* k and v token counts differ */
+  ks.tokens = -1;
+  vs.tokens = -1;
+  CHECK_STATUS(kvpage_update(cache, a, 0, &ks, &vs, 11),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_truncate(cache, a, -1), KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_fork(cache, 999, &b), KVPAGE_NOT_FOUND);
+  CHECK_STATUS(kvpage_remove_sequence(cache, 999), KVPAGE_NOT_FOUND);
+  CHECK_STATUS(kvpage_compress_old_entries(cache, a, 0, 0.5),
+               KVPAGE_FAILED_PRECONDITION); /* compression is off */
+  ExpectUnchanged(cache, &before, __LINE__);
+
+  /* A fork shares the blocks; truncate rolls back every layer. */
+  {
+    kvpage_seq_id child;
+    kvpage_sequence_stats s;
+    OK(kvpage_fork(cache, a, &child));
+    s.struct_size = sizeof s;
+    OK(kvpage_seq_stats(cache, child, &s));
+    CHECK(s.current_length == 10 && s.tokens_stored == 20);
+    OK(kvpage_truncate(cache, child, 3));
+    OK(kvpage_length(cache, child, 1, &len));
+    CHECK(len == 3);
+    OK(kvpage_length(cache, a, 1, &len));
+    CHECK(len == 10);
+    OK(kvpage_remove_sequence(cache, child));
+    CHECK_STATUS(kvpage_seq_stats(cache, child, &s), KVPAGE_NOT_FOUND);
+  }
+  OK(kvpage_validate(cache));
+  kvpage_cache_destroy(cache);
+}
+
+static void TestReads(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  kvpage_seq_id seq;
+  kvpage_view_info info;
+  kvpage_block_view blocks[16];
+  float k[64 * kElems], v[64 * kElems], dk[4 * kElems], dv[4 * kElems];
+  int64_t positions[64];
+  size_t tokens = 0;
+  OK(kvpage_cache_create(&c, &cache));
+  OK(kvpage_add_sequence(cache, 0, &seq));
+  OK(Write(cache, seq, 0, 0, 10));
+
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  CHECK_STATUS(kvpage_view(cache, seq, 0, &info, blocks, 1),
+               KVPAGE_RESOURCE_EXHAUSTED);
+  CHECK(info.num_blocks == 3); /* 10 tokens in blocks of 4 */
+  OK(kvpage_view(cache, seq, 0, &info, blocks, 16));
+  CHECK(info.dtype == KVPAGE_F32 && info.num_kv_heads == kHeads &&
+        info.head_dim == kDim && info.block_tokens == 4 && info.length == 10);
+  CHECK(blocks[2].first_position == 8 && blocks[2].tokens == 2);
+  CHECK(blocks[0].format == KVPAGE_BLOCK_HOT);
+  {
+    const float* key =
+        (const float*)blocks[1].k + blocks[1].begin_slot * info.token_stride;
+    CHECK(key[0] == 4.0f && key[3] == 4.03f);
+  }
+  OK(kvpage_dequantize(&info, &blocks[2], dk, 4 * kElems, dv, 4 * kElems));
+  CHECK(dk[kElems] == 9.0f && dv[kElems] == -9.0f);
+  CHECK_STATUS(kvpage_dequantize(&info, &blocks[2], dk, 1, dv, 1),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_dequantize(NULL, &blocks[2], dk, 64, dv, 64),
+               KVPAGE_INVALID_ARGUMENT);
+  {
+    /* One query head per kv head, all ones: the scores favor the newest
+     * token, whose values are the most negative. */
+    float q[kElems], out[kElems];
+    int i;
+    for (i = 0; i < kElems; ++i) q[i] = 1.0f;
+    OK(kvpage_attend(&info, blocks, q, kElems, out, kElems));
+    CHECK(out[0] < -8.0f && out[0] > -9.01f);
+    CHECK_STATUS(kvpage_attend(&info, blocks, q, 3, out, kElems),
+                 KVPAGE_INVALID_ARGUMENT);
+  }
+  CHECK_STATUS(kvpage_gather(cache, seq, 0, k, v, positions, 5, &tokens),
+               KVPAGE_RESOURCE_EXHAUSTED);
+  CHECK(tokens == 10);
+  OK(kvpage_gather(cache, seq, 0, k, v, positions, 64, &tokens));
+  CHECK(tokens == 10 && positions[9] == 9 && k[9 * kElems] == 9.0f);
+  OK(kvpage_gather(cache, seq, 1, k, v, NULL, 64, &tokens));
+  CHECK(tokens == 0);
+  CHECK_STATUS(kvpage_gather(cache, 999, 0, k, v, NULL, 64, &tokens),
+               KVPAGE_NOT_FOUND);
+  kvpage_cache_destroy(cache);
+}
+
+static void TestPrefixAndCompression(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  kvpage_seq_id a, b, d;
+  int32_t ids[8] = {5, 6, 7, 8, 9, 10, 11, 12};
+  int64_t matched = -1;
+  kvpage_cache_stats stats;
+  c.compression_enabled = 1;
+  c.compression_group_size = kDim;
+  c.compression_hot_tokens = 4;
+  c.compression_quant_cells = 32;
+  OK(kvpage_cache_create(&c, &cache));
+  OK(kvpage_add_sequence(cache, 0, &a));
+  OK(Write(cache, a, 0, 0, 8));
+  OK(Write(cache, a, 1, 0, 8));
+  OK(kvpage_append_tokens(cache, a, ids, 8));
+  CHECK_STATUS(kvpage_append_tokens(cache, a, NULL, 3),
+               KVPAGE_INVALID_ARGUMENT);
+  OK(kvpage_add_sequence(cache, 0, &b));
+  OK(kvpage_match_prefix(cache, b, ids, 8, &matched));
+  CHECK(matched == 8);
+  OK(kvpage_add_sequence(cache, 1, &d)); /* another salt: no match */
+  OK(kvpage_match_prefix(cache, d, ids, 8, &matched));
+  CHECK(matched == 0);
+  CHECK_STATUS(kvpage_match_prefix(cache, b, ids, 8, &matched),
+               KVPAGE_FAILED_PRECONDITION); /* b holds tokens */
+  /* d holds blocks of its own: its cold one (positions 0-3, older than
+   * the 4 hot tokens) is compressed. */
+  OK(Write(cache, d, 0, 0, 8));
+  OK(kvpage_compress_old_entries(cache, d, 0, 0.0));
+  CHECK_STATUS(kvpage_compress_old_entries(cache, d, 0, 2.0),
+               KVPAGE_INVALID_ARGUMENT);
+  stats.struct_size = sizeof stats;
+  OK(kvpage_stats(cache, &stats));
+  CHECK(stats.hits == 2 && stats.quant_blocks_int8 == 1); /* a hit a block */
+  CHECK(stats.sequences == 3);
+  {
+    /* A compressed block reads back through dequantize within int8's
+     * error. */
+    kvpage_view_info info;
+    kvpage_block_view blocks[4];
+    float dk[4 * kElems], dv[4 * kElems];
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    OK(kvpage_view(cache, d, 0, &info, blocks, 4));
+    CHECK(blocks[0].format == KVPAGE_BLOCK_INT8 && blocks[0].k == NULL);
+    OK(kvpage_dequantize(&info, &blocks[0], dk, 4 * kElems, dv, 4 * kElems));
+    CHECK(fabsf(dk[kElems + 3] - 1.03f) < 0.01f);
+  }
+  OK(kvpage_validate(cache));
+  kvpage_cache_destroy(cache);
+}
+
+static void TestSnapshots(void) {
+  kvpage_config c = SmallConfig();
+  kvpage_cache* cache = NULL;
+  kvpage_seq_id seq;
+  kvpage_snapshot* snap = NULL;
+  size_t violations = 99;
+  kvpage_cache_stats stats;
+  char path[256];
+  snprintf(path, sizeof path, "%s/kvpage_c_api_test_%d.snap",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+  OK(kvpage_cache_create(&c, &cache));
+  OK(kvpage_add_sequence(cache, 0, &seq));
+  OK(Write(cache, seq, 0, 0, 6));
+  OK(kvpage_write_snapshot(cache, path, 1));
+  CHECK_STATUS(kvpage_write_snapshot(cache, NULL, 0), KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_write_snapshot(cache, path, 2), KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_write_snapshot(cache, "/nonexistent/dir/x.snap", 0),
+               KVPAGE_NOT_FOUND);
+  OK(kvpage_snapshot_read(path, &snap));
+  OK(kvpage_snapshot_verify(snap, &violations));
+  CHECK(violations == 0);
+  stats.struct_size = sizeof stats;
+  OK(kvpage_snapshot_stats(snap, &stats));
+  CHECK(stats.tokens_stored == 6 && stats.sequences == 1);
+  kvpage_snapshot_destroy(snap);
+  CHECK_STATUS(kvpage_snapshot_verify(snap, &violations),
+               KVPAGE_INVALID_ARGUMENT); /* destroyed */
+  kvpage_snapshot_destroy(snap);         /* twice: ignored */
+  CHECK_STATUS(kvpage_snapshot_read("/nonexistent.snap", &snap),
+               KVPAGE_NOT_FOUND);
+  CHECK_STATUS(kvpage_snapshot_read("/", &snap), KVPAGE_FAILED_PRECONDITION);
+  unlink(path);
+  kvpage_cache_destroy(cache);
+}
+
+int main(void) {
+  TestVersionAndNames();
+  TestConfig();
+  TestHandles();
+  TestSequencesAndUpdates();
+  TestReads();
+  TestPrefixAndCompression();
+  TestSnapshots();
+  if (failures > 0) {
+    fprintf(stderr, "c_api_test: %d checks failed\n", failures);
+    return 1;
+  }
+  printf("c_api_test: all checks passed\n");
+  return 0;
+}
