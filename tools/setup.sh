@@ -12,6 +12,8 @@ packages=(
   libcli11-dev nlohmann-json3-dev libexpat1-dev pkg-config
   "$@"
 )
+# The Rust crate's toolchain: Debian's cargo where no cargo is on PATH.
+command -v cargo >/dev/null 2>&1 || packages+=(cargo)
 
 missing=()
 for p in "${packages[@]}"; do

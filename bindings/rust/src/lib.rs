@@ -1,0 +1,700 @@
+//! kvpage from Rust: a paged key/value cache for transformer serving engines.
+//!
+//! A [`Cache`] keeps, for every sequence and layer, the keys and values of
+//! the tokens seen so far in fixed-size blocks of one pool; [`Cache::update`]
+//! writes only what is new, [`Cache::view`] hands attention the blocks
+//! without a copy. Errors are [`Error`]s carrying kvpage's status code and
+//! message; a call that fails changes nothing.
+//!
+//! ```
+//! use kvpage::{Cache, Config};
+//! let mut cache = Cache::new(&Config { num_layers: 1, num_kv_heads: 2, head_dim: 4,
+//!                                      num_blocks: 16, max_seq_len: 64,
+//!                                      ..Config::default() })?;
+//! let seq = cache.add_sequence()?;
+//! let k = vec![0.5f32; 3 * 2 * 4]; // 3 tokens, [tokens][kv_heads][head_dim]
+//! cache.update(seq, 0, &k, &k, 3)?;
+//! assert_eq!(cache.length(seq, 0)?, 3);
+//! let view = cache.view(seq, 0)?;       // borrows the cache
+//! assert_eq!(view.tokens(), 3);
+//! # Ok::<(), kvpage::Error>(())
+//! ```
+//!
+//! A view borrows the cache, so no call that changes the cache compiles
+//! while a view is alive (C++'s "addresses stay valid until the next
+//! non-const call", checked by the compiler):
+//!
+//! ```compile_fail
+//! # use kvpage::{Cache, Config};
+//! # let mut cache = Cache::new(&Config::default()).unwrap();
+//! # let seq = cache.add_sequence().unwrap();
+//! let view = cache.view(seq, 0).unwrap();
+//! cache.truncate(seq, 0).unwrap(); // error: `cache` is borrowed by `view`
+//! drop(view);
+//! ```
+//!
+//! [`Cache`] is `Send` (it may move to another thread) but not `Sync`
+//! (kvpage's cache is thread-compatible: one thread at a time):
+//!
+//! ```compile_fail
+//! fn shared<T: Sync>() {}
+//! shared::<kvpage::Cache>(); // error: `Cache` cannot be shared between threads
+//! ```
+//!
+//! [`compat::KVCache`] is the interface of the report that started kvpage.
+
+pub mod compat;
+pub mod ffi;
+
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// kvpage's status codes (absl::StatusCode's numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    fn from_raw(raw: i32) -> Code {
+        use Code::*;
+        match raw {
+            1 => Cancelled,
+            3 => InvalidArgument,
+            4 => DeadlineExceeded,
+            5 => NotFound,
+            6 => AlreadyExists,
+            7 => PermissionDenied,
+            8 => ResourceExhausted,
+            9 => FailedPrecondition,
+            10 => Aborted,
+            11 => OutOfRange,
+            12 => Unimplemented,
+            13 => Internal,
+            14 => Unavailable,
+            15 => DataLoss,
+            16 => Unauthenticated,
+            _ => Unknown,
+        }
+    }
+}
+
+/// A failed call: kvpage's status code and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Error {
+    pub(crate) fn invalid(message: String) -> Error {
+        Error { code: Code::InvalidArgument, message }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The Result of a C call: Ok, or the thread's last error.
+fn check(status: ffi::kvpage_status) -> Result<()> {
+    if status == ffi::KVPAGE_OK {
+        return Ok(());
+    }
+    // SAFETY: kvpage_last_error returns a valid NUL-terminated string owned by
+    // this thread, unchanged until the next failing call.
+    let message = unsafe { CStr::from_ptr(ffi::kvpage_last_error()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(Error { code: Code::from_raw(status), message })
+}
+
+/// The library's version, "major.minor.patch".
+pub fn version() -> String {
+    // SAFETY: a static string.
+    unsafe { CStr::from_ptr(ffi::kvpage_version_string()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What the hot pool stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+/// What a layer does when it would pass `max_seq_len` visible tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Error,
+    Truncate,
+    SlidingWindow,
+    CircularBuffer,
+}
+
+/// The format of a block in a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    Hot,
+    Int8,
+    Int4,
+}
+
+/// Compressing cold blocks (kvpage/config.h's CompressionConfig).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compression {
+    pub bits: u8, // 8 or 4
+    pub group_size: usize,
+    pub hot_tokens: usize,
+    pub quant_cells: usize,
+    pub auto_compress: bool,
+    pub max_rel_error: f64,
+    pub measure_error: bool,
+}
+
+/// A cache's shape and budget (kvpage/config.h's CacheConfig).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub num_layers: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+    pub block_tokens: usize,
+    pub num_blocks: usize,
+    pub max_seq_len: usize,
+    pub policy: Policy,
+    pub sink_tokens: usize,
+    pub truncate_to: usize,
+    pub compression: Option<Compression>,
+}
+
+impl Default for Config {
+    /// kvpage's defaults (f16, blocks of 16 tokens, no compression) with a
+    /// small shape: 1 layer, 1 kv-head of 8, 64 blocks, 1024 tokens.
+    fn default() -> Config {
+        Config {
+            num_layers: 1,
+            num_kv_heads: 1,
+            head_dim: 8,
+            dtype: DType::F16,
+            block_tokens: 16,
+            num_blocks: 64,
+            max_seq_len: 1024,
+            policy: Policy::Error,
+            sink_tokens: 0,
+            truncate_to: 0,
+            compression: None,
+        }
+    }
+}
+
+fn to_i32(value: usize, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::invalid(format!("{} is {}, too large", what, value)))
+}
+fn to_i64(value: usize, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::invalid(format!("{} is {}, too large", what, value)))
+}
+
+impl Config {
+    fn to_raw(&self) -> Result<ffi::kvpage_config> {
+        // SAFETY: kvpage_config_init fills every field of a kvpage_config.
+        let mut c: ffi::kvpage_config = unsafe {
+            let mut c = std::mem::MaybeUninit::<ffi::kvpage_config>::zeroed();
+            ffi::kvpage_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        c.num_layers = to_i32(self.num_layers, "num_layers")?;
+        c.num_kv_heads = to_i32(self.num_kv_heads, "num_kv_heads")?;
+        c.head_dim = to_i32(self.head_dim, "head_dim")?;
+        c.dtype = match self.dtype {
+            DType::F32 => ffi::KVPAGE_F32,
+            DType::F16 => ffi::KVPAGE_F16,
+            DType::BF16 => ffi::KVPAGE_BF16,
+        };
+        c.block_tokens = to_i32(self.block_tokens, "block_tokens")?;
+        c.num_blocks = to_i64(self.num_blocks, "num_blocks")?;
+        c.max_seq_len = to_i64(self.max_seq_len, "max_seq_len")?;
+        c.overflow = match self.policy {
+            Policy::Error => ffi::KVPAGE_POLICY_ERROR,
+            Policy::Truncate => ffi::KVPAGE_POLICY_TRUNCATE,
+            Policy::SlidingWindow => ffi::KVPAGE_POLICY_SLIDING_WINDOW,
+            Policy::CircularBuffer => ffi::KVPAGE_POLICY_CIRCULAR_BUFFER,
+        };
+        c.sink_tokens = to_i64(self.sink_tokens, "sink_tokens")?;
+        c.truncate_to = to_i64(self.truncate_to, "truncate_to")?;
+        if let Some(q) = &self.compression {
+            c.compression_enabled = 1;
+            c.compression_bits = i32::from(q.bits);
+            c.compression_group_size = to_i32(q.group_size, "group_size")?;
+            c.compression_hot_tokens = to_i64(q.hot_tokens, "hot_tokens")?;
+            c.compression_quant_cells = to_i64(q.quant_cells, "quant_cells")?;
+            c.compression_auto_compress = i32::from(q.auto_compress);
+            c.compression_max_rel_error = q.max_rel_error;
+            c.compression_measure_error = i32::from(q.measure_error);
+        }
+        Ok(c)
+    }
+}
+
+/// A sequence's id (never reused by its cache).
+pub type SeqId = u64;
+
+/// Cache-wide figures (docs/statistics.md has every field).
+pub type Stats = ffi::kvpage_cache_stats;
+/// One sequence's figures over its layers.
+pub type SequenceStats = ffi::kvpage_sequence_stats;
+
+/// A layer's visible tokens as f32, oldest first: `k` and `v` are
+/// [positions.len()][num_kv_heads][head_dim].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Gathered {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub positions: Vec<i64>,
+}
+
+/// A key/value cache. Dropping it releases every sequence's blocks.
+pub struct Cache {
+    raw: NonNull<ffi::kvpage_cache>,
+    elems: usize, // num_kv_heads * head_dim
+    dtype: DType,
+    // A raw pointer is neither Send nor Sync; Send is granted below.
+    _not_sync: PhantomData<*mut ()>,
+}
+
+// SAFETY: a kvpage cache may be used from any thread, one at a time
+// (thread-compatible); `&mut self` methods and the absence of Sync ensure one
+// at a time.
+unsafe impl Send for Cache {}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // SAFETY: raw came from kvpage_cache_create and is destroyed once.
+        unsafe { ffi::kvpage_cache_destroy(self.raw.as_ptr()) }
+    }
+}
+
+impl Cache {
+    /// Builds a cache and reserves its pool. InvalidArgument for a bad
+    /// config (naming the field), ResourceExhausted when the pool cannot be
+    /// reserved.
+    pub fn new(config: &Config) -> Result<Cache> {
+        let raw_config = config.to_raw()?;
+        let mut raw: *mut ffi::kvpage_cache = std::ptr::null_mut();
+        // SAFETY: both pointers are valid for the call.
+        check(unsafe { ffi::kvpage_cache_create(&raw_config, &mut raw) })?;
+        Ok(Cache {
+            raw: NonNull::new(raw).expect("kvpage_cache_create returned OK and NULL"),
+            elems: config.num_kv_heads * config.head_dim,
+            dtype: config.dtype,
+            _not_sync: PhantomData,
+        })
+    }
+
+    fn ptr(&self) -> *const ffi::kvpage_cache {
+        self.raw.as_ptr()
+    }
+    fn mut_ptr(&mut self) -> *mut ffi::kvpage_cache {
+        self.raw.as_ptr()
+    }
+
+    /// A new, empty sequence.
+    pub fn add_sequence(&mut self) -> Result<SeqId> {
+        self.add_sequence_with_salt(0)
+    }
+
+    /// A new sequence whose prefix-cache hashes mix in `salt` (a LoRA
+    /// adapter, a tenant): it shares cached blocks only with equal salts.
+    pub fn add_sequence_with_salt(&mut self, salt: u64) -> Result<SeqId> {
+        let mut id = 0;
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_add_sequence(self.mut_ptr(), salt, &mut id) })?;
+        Ok(id)
+    }
+
+    /// A sequence sharing every block of `parent` (copy-on-write).
+    pub fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
+        let mut id = 0;
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_fork(self.mut_ptr(), parent, &mut id) })?;
+        Ok(id)
+    }
+
+    pub fn remove_sequence(&mut self, seq: SeqId) -> Result<()> {
+        // SAFETY: valid handle.
+        check(unsafe { ffi::kvpage_remove_sequence(self.mut_ptr(), seq) })
+    }
+
+    /// Live sequence ids, ascending.
+    pub fn sequences(&self) -> Vec<SeqId> {
+        let mut count = 0usize;
+        // SAFETY: capacity 0 with a null array only asks for the count.
+        let _ = unsafe { ffi::kvpage_sequences(self.ptr(), std::ptr::null_mut(), 0, &mut count) };
+        let mut ids = vec![0u64; count];
+        // SAFETY: ids holds `count` elements.
+        let status =
+            unsafe { ffi::kvpage_sequences(self.ptr(), ids.as_mut_ptr(), ids.len(), &mut count) };
+        if status != ffi::KVPAGE_OK {
+            return Vec::new();
+        }
+        ids.truncate(count);
+        ids
+    }
+
+    fn tokens_of(&self, k: usize, v: usize) -> Result<i64> {
+        if k != v {
+            return Err(Error::invalid(format!(
+                "k has {} values and v {}: they must hold the same tokens",
+                k, v
+            )));
+        }
+        if self.elems == 0 || k % self.elems != 0 {
+            return Err(Error::invalid(format!(
+                "{} values are not whole tokens of num_kv_heads * head_dim = {}",
+                k, self.elems
+            )));
+        }
+        to_i64(k / self.elems, "tokens")
+    }
+
+    fn update_raw(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        k: *const f32,
+        v: *const f32,
+        dtype: i32,
+        tokens: i64,
+        seq_len: usize,
+    ) -> Result<()> {
+        let ks = ffi::kvpage_token_span { data: k.cast(), dtype, tokens };
+        let vs = ffi::kvpage_token_span { data: v.cast(), dtype, tokens };
+        let layer = to_i32(layer, "layer")?;
+        let seq_len = to_i64(seq_len, "seq_len")?;
+        // SAFETY: k and v hold `tokens` tokens of `dtype`; kvpage reads them
+        // during the call only.
+        check(unsafe { ffi::kvpage_update(self.mut_ptr(), seq, layer, &ks, &vs, seq_len) })
+    }
+
+    /// The update rule: `k` and `v` ([tokens][num_kv_heads][head_dim], f32)
+    /// hold the tokens at positions [seq_len - tokens, seq_len).
+    pub fn update(&mut self, seq: SeqId, layer: usize, k: &[f32], v: &[f32], seq_len: usize) -> Result<()> {
+        let tokens = self.tokens_of(k.len(), v.len())?;
+        self.update_raw(seq, layer, k.as_ptr(), v.as_ptr(), ffi::KVPAGE_F32, tokens, seq_len)
+    }
+
+    /// The update rule with keys and values already in the cache's 16-bit
+    /// dtype (f16 or bf16 bits).
+    pub fn update_bits(&mut self, seq: SeqId, layer: usize, k: &[u16], v: &[u16], seq_len: usize) -> Result<()> {
+        let dtype = match self.dtype {
+            DType::F16 => ffi::KVPAGE_F16,
+            DType::BF16 => ffi::KVPAGE_BF16,
+            DType::F32 => {
+                return Err(Error::invalid("the cache stores f32: pass f32 values to update".into()))
+            }
+        };
+        let tokens = self.tokens_of(k.len(), v.len())?;
+        self.update_raw(seq, layer, k.as_ptr().cast(), v.as_ptr().cast(), dtype, tokens, seq_len)
+    }
+
+    /// Rolls every layer of `seq` back to at most `seq_len` tokens.
+    pub fn truncate(&mut self, seq: SeqId, seq_len: usize) -> Result<()> {
+        let seq_len = to_i64(seq_len, "seq_len")?;
+        // SAFETY: valid handle.
+        check(unsafe { ffi::kvpage_truncate(self.mut_ptr(), seq, seq_len) })
+    }
+
+    /// The seq_len of the layer's last update.
+    pub fn length(&self, seq: SeqId, layer: usize) -> Result<usize> {
+        let mut n = 0i64;
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_length(self.ptr(), seq, to_i32(layer, "layer")?, &mut n) })?;
+        Ok(n as usize)
+    }
+
+    /// Compresses the whole blocks in the oldest `1 - keep_recent_fraction`
+    /// of the layer's visible tokens (FailedPrecondition without
+    /// compression).
+    pub fn compress_old_entries(&mut self, seq: SeqId, layer: usize, keep_recent_fraction: f64) -> Result<()> {
+        let layer = to_i32(layer, "layer")?;
+        // SAFETY: valid handle.
+        check(unsafe { ffi::kvpage_compress_old_entries(self.mut_ptr(), seq, layer, keep_recent_fraction) })
+    }
+
+    /// Prefix caching: the token ids of `seq`, appended.
+    pub fn append_tokens(&mut self, seq: SeqId, ids: &[i32]) -> Result<()> {
+        // SAFETY: ids is valid for its length.
+        check(unsafe { ffi::kvpage_append_tokens(self.mut_ptr(), seq, ids.as_ptr(), ids.len()) })
+    }
+
+    /// Attaches the longest cached prefix of `ids` to the empty `seq`;
+    /// returns the tokens it holds.
+    pub fn match_prefix(&mut self, seq: SeqId, ids: &[i32]) -> Result<usize> {
+        let mut matched = 0i64;
+        // SAFETY: ids is valid for its length; matched is an output.
+        check(unsafe {
+            ffi::kvpage_match_prefix(self.mut_ptr(), seq, ids.as_ptr(), ids.len(), &mut matched)
+        })?;
+        Ok(matched as usize)
+    }
+
+    /// The layer's visible tokens, block by block, without a copy. The view
+    /// borrows the cache: nothing can change it while the view lives.
+    pub fn view(&self, seq: SeqId, layer: usize) -> Result<View<'_>> {
+        let layer = to_i32(layer, "layer")?;
+        let mut info = ffi::kvpage_view_info {
+            struct_size: std::mem::size_of::<ffi::kvpage_view_info>(),
+            ..Default::default()
+        };
+        let mut blocks: Vec<ffi::kvpage_block_view> = Vec::new();
+        loop {
+            // SAFETY: blocks holds `len` elements.
+            let status = unsafe {
+                ffi::kvpage_view(self.ptr(), seq, layer, &mut info, blocks.as_mut_ptr(), blocks.len())
+            };
+            if status == ffi::KVPAGE_OK {
+                break;
+            }
+            let wanted = info.num_blocks.max(0) as usize;
+            if status == Code::ResourceExhausted as i32 && wanted > blocks.len() {
+                blocks.resize(wanted, ffi::kvpage_block_view::default());
+                continue;
+            }
+            check(status)?;
+        }
+        blocks.truncate(info.num_blocks as usize);
+        Ok(View { info, blocks, _cache: PhantomData })
+    }
+
+    /// A copy of the layer's visible tokens as f32, with their positions.
+    pub fn gather(&self, seq: SeqId, layer: usize) -> Result<Gathered> {
+        let layer = to_i32(layer, "layer")?;
+        let mut tokens = 0usize;
+        // SAFETY: capacity 0 asks for the count; nothing is written.
+        let status = unsafe {
+            ffi::kvpage_gather(
+                self.ptr(),
+                seq,
+                layer,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+                &mut tokens,
+            )
+        };
+        if status != ffi::KVPAGE_OK && status != Code::ResourceExhausted as i32 {
+            check(status)?;
+        }
+        let mut g = Gathered {
+            k: vec![0.0; tokens * self.elems],
+            v: vec![0.0; tokens * self.elems],
+            positions: vec![0; tokens],
+        };
+        // SAFETY: the buffers hold `tokens` tokens.
+        check(unsafe {
+            ffi::kvpage_gather(
+                self.ptr(),
+                seq,
+                layer,
+                g.k.as_mut_ptr(),
+                g.v.as_mut_ptr(),
+                g.positions.as_mut_ptr(),
+                tokens,
+                &mut tokens,
+            )
+        })?;
+        Ok(g)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats { struct_size: std::mem::size_of::<Stats>(), ..Default::default() };
+        // SAFETY: valid handle and output; cannot fail on a live cache.
+        let _ = unsafe { ffi::kvpage_stats(self.ptr(), &mut s) };
+        s
+    }
+
+    pub fn sequence_stats(&self, seq: SeqId) -> Result<SequenceStats> {
+        let mut s = SequenceStats { struct_size: std::mem::size_of::<SequenceStats>(), ..Default::default() };
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_seq_stats(self.ptr(), seq, &mut s) })?;
+        Ok(s)
+    }
+
+    /// Walks every invariant: Internal naming the first broken one.
+    pub fn validate(&self) -> Result<()> {
+        // SAFETY: valid handle.
+        check(unsafe { ffi::kvpage_validate(self.ptr()) })
+    }
+
+    /// Writes a snapshot file (kvpage-dump reads it).
+    pub fn write_snapshot(&self, path: &Path, include_token_data: bool) -> Result<()> {
+        let c_path = path_to_c(path)?;
+        // SAFETY: c_path is NUL-terminated.
+        check(unsafe {
+            ffi::kvpage_write_snapshot(self.ptr(), c_path.as_ptr(), i32::from(include_token_data))
+        })
+    }
+}
+
+fn path_to_c(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("path {} holds a NUL byte", path.display())))
+}
+
+/// One block of a view.
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'a> {
+    raw: ffi::kvpage_block_view,
+    info: &'a ffi::kvpage_view_info,
+}
+
+impl<'a> Block<'a> {
+    pub fn first_position(&self) -> i64 {
+        self.raw.first_position
+    }
+    pub fn tokens(&self) -> usize {
+        self.raw.tokens as usize
+    }
+    pub fn block_id(&self) -> u32 {
+        self.raw.block_id
+    }
+    pub fn format(&self) -> BlockFormat {
+        match self.raw.format {
+            ffi::KVPAGE_BLOCK_INT8 => BlockFormat::Int8,
+            ffi::KVPAGE_BLOCK_INT4 => BlockFormat::Int4,
+            _ => BlockFormat::Hot,
+        }
+    }
+
+    /// The keys and values of a hot f32 block where they lie in the pool:
+    /// token t's [num_kv_heads][head_dim] start at t * token_stride. None
+    /// for other blocks (use [`Block::dequantize`]).
+    pub fn f32_slices(&self) -> Option<(&'a [f32], &'a [f32], usize)> {
+        if self.format() != BlockFormat::Hot || self.info.dtype != ffi::KVPAGE_F32 || self.raw.tokens == 0 {
+            return None;
+        }
+        let stride = self.info.token_stride as usize;
+        let elems = (self.info.num_kv_heads * self.info.head_dim) as usize;
+        let len = (self.raw.tokens as usize - 1) * stride + elems;
+        let first = self.raw.begin_slot as usize * stride;
+        // SAFETY: the view's block holds `tokens` slots from begin_slot, each
+        // token_stride elements apart, alive while the cache is borrowed
+        // (lifetime 'a).
+        unsafe {
+            let k = std::slice::from_raw_parts((self.raw.k as *const f32).add(first), len);
+            let v = std::slice::from_raw_parts((self.raw.v as *const f32).add(first), len);
+            Some((k, v, stride))
+        }
+    }
+
+    /// The block's keys and values as f32, [tokens][num_kv_heads][head_dim].
+    pub fn dequantize(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = self.tokens() * (self.info.num_kv_heads * self.info.head_dim) as usize;
+        let mut k = vec![0.0f32; n];
+        let mut v = vec![0.0f32; n];
+        // SAFETY: info and raw came from kvpage_view; the buffers hold n.
+        check(unsafe { ffi::kvpage_dequantize(self.info, &self.raw, k.as_mut_ptr(), n, v.as_mut_ptr(), n) })?;
+        Ok((k, v))
+    }
+}
+
+/// The visible tokens of one sequence and layer, block by block, oldest
+/// first. Borrows its cache.
+#[derive(Debug)]
+pub struct View<'a> {
+    info: ffi::kvpage_view_info,
+    blocks: Vec<ffi::kvpage_block_view>,
+    _cache: PhantomData<&'a Cache>,
+}
+
+impl<'a> View<'a> {
+    pub fn blocks(&self) -> impl Iterator<Item = Block<'_>> + '_ {
+        self.blocks.iter().map(move |b| Block { raw: *b, info: &self.info })
+    }
+    /// Visible tokens over all blocks.
+    pub fn tokens(&self) -> usize {
+        self.blocks.iter().map(|b| b.tokens as usize).sum()
+    }
+    /// The layer's length (seq_len of its last update).
+    pub fn length(&self) -> usize {
+        self.info.length as usize
+    }
+    pub fn token_stride(&self) -> usize {
+        self.info.token_stride as usize
+    }
+    /// Reference decode attention of one query token ([num_q_heads]
+    /// [head_dim]) over the view; returns [num_q_heads][head_dim].
+    pub fn attend(&self, query: &[f32]) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; query.len()];
+        // SAFETY: info and blocks came from kvpage_view and the cache is
+        // borrowed; query and out hold their lengths.
+        check(unsafe {
+            ffi::kvpage_attend(&self.info, self.blocks.as_ptr(), query.as_ptr(), query.len(), out.as_mut_ptr(), out.len())
+        })?;
+        Ok(out)
+    }
+}
+
+/// A snapshot file read back (what kvpage-dump inspects).
+#[derive(Debug)]
+pub struct Snapshot {
+    raw: NonNull<ffi::kvpage_snapshot>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // SAFETY: raw came from kvpage_snapshot_read, destroyed once.
+        unsafe { ffi::kvpage_snapshot_destroy(self.raw.as_ptr()) }
+    }
+}
+
+impl Snapshot {
+    pub fn read(path: &Path) -> Result<Snapshot> {
+        let c_path = path_to_c(path)?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: c_path is NUL-terminated; raw is an output.
+        check(unsafe { ffi::kvpage_snapshot_read(c_path.as_ptr(), &mut raw) })?;
+        Ok(Snapshot { raw: NonNull::new(raw).expect("kvpage_snapshot_read returned OK and NULL") })
+    }
+    /// Checks every invariant offline: DataLoss naming the first broken one.
+    pub fn verify(&self) -> Result<()> {
+        let mut violations = 0usize;
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_snapshot_verify(self.raw.as_ptr(), &mut violations) })
+    }
+    /// The statistics the cache had when the snapshot was taken.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats { struct_size: std::mem::size_of::<Stats>(), ..Default::default() };
+        // SAFETY: valid handle and output.
+        let _ = unsafe { ffi::kvpage_snapshot_stats(self.raw.as_ptr(), &mut s) };
+        s
+    }
+}
