@@ -10,6 +10,7 @@ packages=(
   libabsl-dev libmimalloc-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libexpat1-dev pkg-config
+  python3-dev python3-pybind11 python3-numpy python3-pytest
   "$@"
 )
 # The Rust crate's toolchain: Debian's cargo where no cargo is on PATH.

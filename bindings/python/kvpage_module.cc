@@ -1,0 +1,594 @@
+// The Python module `kvpage`: kvpage's C API (kvpage/kvpage_c.h) for
+// engines written in Python, with numpy arrays for keys and values.
+//
+//   import kvpage, numpy as np
+//   cache = kvpage.Cache(num_layers=2, num_kv_heads=8, head_dim=64,
+//                        dtype="f16", num_blocks=256, max_seq_len=4096)
+//   seq = cache.add_sequence()
+//   k = np.zeros((5, 8, 64), np.float32)       # [tokens, kv_heads, head_dim]
+//   cache.update(seq, 0, k, k, 5)
+//   for block in cache.view(seq, 0).blocks:    # arrays over the pool itself
+//       keys = block.k                         # [tokens, kv_heads, head_dim]
+//
+// Errors are exceptions whose class follows kvpage's status code:
+// NotFoundError (a KeyError), InvalidArgumentError (a ValueError),
+// ResourceExhaustedError (a MemoryError), OutOfRangeError (an IndexError),
+// FailedPreconditionError and the rest (RuntimeErrors), all kvpage.Error,
+// with kvpage's message unchanged; a call that raises changes nothing.
+//
+// Arrays handed to update() are read in place (no copy): C-contiguous
+// float32, float16 (an f16 cache) or uint16 (the bits of the cache's f16 or
+// bf16); anything else, a non-contiguous array included, is refused with
+// InvalidArgumentError (np.ascontiguousarray makes one). The GIL is released
+// while kvpage copies or compresses token data.
+//
+// Views: view() returns blocks whose .k and .v are read-only numpy arrays
+// over the pool (compressed blocks: .dequantize()). Every call that changes
+// the cache bumps its generation; a view, or a block of it, read after such
+// a call raises FailedPreconditionError. An array already taken from a block
+// keeps the cache alive and never points at freed memory, but after a
+// mutating call it may show other tokens: take arrays, read them, then
+// change the cache.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvpage/kvpage_c.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// The exception classes, by status code (made in PYBIND11_MODULE).
+py::handle g_error, g_not_found, g_invalid, g_exhausted, g_out_of_range,
+    g_precondition;
+
+[[noreturn]] void Raise(kvpage_status status, const std::string& message) {
+  py::handle cls = g_error;
+  switch (status) {
+    case KVPAGE_NOT_FOUND:
+      cls = g_not_found;
+      break;
+    case KVPAGE_INVALID_ARGUMENT:
+      cls = g_invalid;
+      break;
+    case KVPAGE_RESOURCE_EXHAUSTED:
+      cls = g_exhausted;
+      break;
+    case KVPAGE_OUT_OF_RANGE:
+      cls = g_out_of_range;
+      break;
+    case KVPAGE_FAILED_PRECONDITION:
+      cls = g_precondition;
+      break;
+    default:
+      break;
+  }
+  py::object error = cls(message);
+  error.attr("code") = kvpage_status_name(status);
+  PyErr_SetObject(cls.ptr(), error.ptr());
+  throw py::error_already_set();
+}
+
+void Check(kvpage_status status) {
+  if (status != KVPAGE_OK) Raise(status, kvpage_last_error());
+}
+
+// Checks a C call made without the GIL: the message is read before the GIL
+// comes back (it is thread-local, so nothing else could change it).
+struct Outcome {
+  kvpage_status status = KVPAGE_OK;
+  std::string message;
+};
+Outcome Capture(kvpage_status status) {
+  return {status, status == KVPAGE_OK ? "" : kvpage_last_error()};
+}
+void Check(const Outcome& o) {
+  if (o.status != KVPAGE_OK) Raise(o.status, o.message);
+}
+
+kvpage_dtype ParseDType(const std::string& name) {
+  if (name == "f32") return KVPAGE_F32;
+  if (name == "f16") return KVPAGE_F16;
+  if (name == "bf16") return KVPAGE_BF16;
+  Raise(KVPAGE_INVALID_ARGUMENT,
+        "dtype '" + name + "' is not one of 'f32', 'f16', 'bf16'");
+}
+
+kvpage_overflow_policy ParsePolicy(const std::string& name) {
+  if (name == "error") return KVPAGE_POLICY_ERROR;
+  if (name == "truncate") return KVPAGE_POLICY_TRUNCATE;
+  if (name == "sliding_window") return KVPAGE_POLICY_SLIDING_WINDOW;
+  if (name == "circular_buffer") return KVPAGE_POLICY_CIRCULAR_BUFFER;
+  Raise(KVPAGE_INVALID_ARGUMENT,
+        "policy '" + name +
+            "' is not one of 'error', 'truncate', 'sliding_window', "
+            "'circular_buffer'");
+}
+
+py::dict StatsDict(const kvpage_cache_stats& s) {
+  py::dict d;
+#define KVPAGE_FIELD(name) d[#name] = s.name
+  KVPAGE_FIELD(blocks_total);
+  KVPAGE_FIELD(blocks_used);
+  KVPAGE_FIELD(blocks_cached);
+  KVPAGE_FIELD(blocks_free);
+  KVPAGE_FIELD(utilization);
+  KVPAGE_FIELD(block_bytes);
+  KVPAGE_FIELD(memory_usage_bytes);
+  KVPAGE_FIELD(arena_bytes);
+  KVPAGE_FIELD(sequences);
+  KVPAGE_FIELD(tokens_stored);
+  KVPAGE_FIELD(slots_allocated);
+  KVPAGE_FIELD(hits);
+  KVPAGE_FIELD(misses);
+  KVPAGE_FIELD(prefix_entries);
+  KVPAGE_FIELD(quant_cells_total);
+  KVPAGE_FIELD(quant_cells_used);
+  KVPAGE_FIELD(quant_cell_bytes);
+  KVPAGE_FIELD(quant_blocks_int8);
+  KVPAGE_FIELD(quant_blocks_int4);
+  KVPAGE_FIELD(bytes_per_token_hot);
+  KVPAGE_FIELD(bytes_per_token_cold);
+  KVPAGE_FIELD(bytes_saved);
+  KVPAGE_FIELD(compressions_applied);
+  KVPAGE_FIELD(compressions_skipped);
+  KVPAGE_FIELD(decompressions);
+  KVPAGE_FIELD(max_quant_error);
+  KVPAGE_FIELD(mean_quant_error);
+  KVPAGE_FIELD(evictions);
+  KVPAGE_FIELD(blocks_released_by_policy);
+  KVPAGE_FIELD(blocks_reused_by_ring);
+  KVPAGE_FIELD(blocks_allocated);
+  KVPAGE_FIELD(blocks_released);
+  KVPAGE_FIELD(bytes_written);
+  KVPAGE_FIELD(bytes_copied);
+#undef KVPAGE_FIELD
+  return d;
+}
+
+// A kvpage_cache owned by Python. generation counts the calls that may
+// change the cache; views remember the one they were taken at.
+class Cache {
+ public:
+  explicit Cache(const kvpage_config& config) {
+    Check(kvpage_cache_create(&config, &raw_));
+    kvpage_config c;
+    kvpage_config_init(&c);
+    Check(kvpage_cache_config(raw_, &c));
+    heads_ = c.num_kv_heads;
+    head_dim_ = c.head_dim;
+    dtype_ = c.dtype;
+  }
+  ~Cache() { kvpage_cache_destroy(raw_); }
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  kvpage_cache* raw() { return raw_; }
+  uint64_t generation() const { return generation_; }
+  // Called first by every method that may change the cache.
+  kvpage_cache* Mutable() {
+    ++generation_;
+    return raw_;
+  }
+  int heads() const { return heads_; }
+  int head_dim() const { return head_dim_; }
+  kvpage_dtype dtype() const { return dtype_; }
+
+ private:
+  kvpage_cache* raw_ = nullptr;
+  uint64_t generation_ = 0;
+  int heads_ = 0, head_dim_ = 0;
+  kvpage_dtype dtype_ = KVPAGE_F16;
+};
+
+// The dtype an update array carries, or InvalidArgumentError.
+kvpage_dtype ArrayDType(const Cache& c, const py::array& a, const char* what) {
+  if (a.dtype().is(py::dtype::of<float>())) return KVPAGE_F32;
+  const bool f16 = a.dtype().kind() == 'f' && a.dtype().itemsize() == 2;
+  const bool bits = a.dtype().kind() == 'u' && a.dtype().itemsize() == 2;
+  if (f16 && c.dtype() == KVPAGE_F16) return KVPAGE_F16;
+  if (bits && c.dtype() != KVPAGE_F32) return c.dtype();
+  Raise(KVPAGE_INVALID_ARGUMENT,
+        std::string(what) + " has dtype " + std::string(py::str(a.dtype())) +
+            ": pass float32, float16 (an f16 cache) or uint16 (the bits of "
+            "an f16 or bf16 cache)");
+}
+
+kvpage_token_span SpanOf(const Cache& c, const py::array& a, const char* what) {
+  if (a.ndim() != 3 || a.shape(1) != c.heads() || a.shape(2) != c.head_dim()) {
+    std::string shape = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+      shape += (i ? ", " : "") + std::to_string(a.shape(i));
+    }
+    Raise(KVPAGE_INVALID_ARGUMENT, std::string(what) + " has shape " + shape +
+                                       "), not (tokens, " +
+                                       std::to_string(c.heads()) + ", " +
+                                       std::to_string(c.head_dim()) + ")");
+  }
+  if (!(a.flags() & py::array::c_style)) {
+    Raise(KVPAGE_INVALID_ARGUMENT,
+          std::string(what) +
+              " is not C-contiguous: pass np.ascontiguousarray(" + what + ")");
+  }
+  return {a.data(), ArrayDType(c, a, what), static_cast<int64_t>(a.shape(0))};
+}
+
+// A view: its shape and blocks, valid while its cache's generation holds.
+struct View {
+  std::shared_ptr<Cache> owner;  // (the Python object keeps it alive)
+  py::object cache;              // the Python Cache, base of the arrays
+  uint64_t generation = 0;
+  kvpage_view_info info{};
+  std::vector<kvpage_block_view> blocks;
+
+  void CheckFresh() const {
+    if (owner->generation() != generation) {
+      Raise(KVPAGE_FAILED_PRECONDITION,
+            "this view was taken before a call that changed the cache: take "
+            "a new view");
+    }
+  }
+};
+
+// One block of a view, by index.
+struct Block {
+  std::shared_ptr<View> view;
+  size_t index = 0;
+
+  const kvpage_block_view& raw() const {
+    view->CheckFresh();
+    return view->blocks[index];
+  }
+  // A read-only array over the pool: [tokens, kv_heads, head_dim].
+  py::object Array(bool keys) const {
+    const kvpage_block_view& b = raw();
+    if (b.format != KVPAGE_BLOCK_HOT) return py::none();
+    const kvpage_view_info& i = view->info;
+    const py::ssize_t elem = i.dtype == KVPAGE_F32 ? 4 : 2;
+    py::dtype dt = i.dtype == KVPAGE_F32   ? py::dtype::of<float>()
+                   : i.dtype == KVPAGE_F16 ? py::dtype("float16")
+                                           : py::dtype::of<uint16_t>();
+    const char* base = static_cast<const char*>(keys ? b.k : b.v) +
+                       b.begin_slot * i.token_stride * elem;
+    py::array a(dt,
+                {py::ssize_t{b.tokens}, py::ssize_t{i.num_kv_heads},
+                 py::ssize_t{i.head_dim}},
+                {i.token_stride * elem, i.head_dim * elem, elem}, base,
+                view->cache);
+    a.attr("setflags")(py::arg("write") = false);
+    return std::move(a);
+  }
+  py::tuple Dequantize() const {
+    const kvpage_block_view b = raw();
+    const size_t n = static_cast<size_t>(b.tokens) * view->info.num_kv_heads *
+                     view->info.head_dim;
+    py::array_t<float> k({py::ssize_t{b.tokens},
+                          py::ssize_t{view->info.num_kv_heads},
+                          py::ssize_t{view->info.head_dim}});
+    py::array_t<float> v(k.request().shape);
+    float* kp = k.mutable_data();
+    float* vp = v.mutable_data();
+    Outcome o;
+    {
+      py::gil_scoped_release release;
+      o = Capture(kvpage_dequantize(&view->info, &b, kp, n, vp, n));
+    }
+    Check(o);
+    return py::make_tuple(k, v);
+  }
+};
+
+kvpage_config MakeConfig(int num_layers, int num_kv_heads, int head_dim,
+                         const std::string& dtype, int block_tokens,
+                         int64_t num_blocks, int64_t max_seq_len,
+                         const std::string& policy, int64_t sink_tokens,
+                         int64_t truncate_to, const py::object& compression) {
+  kvpage_config c;
+  kvpage_config_init(&c);
+  c.num_layers = num_layers;
+  c.num_kv_heads = num_kv_heads;
+  c.head_dim = head_dim;
+  c.dtype = ParseDType(dtype);
+  c.block_tokens = block_tokens;
+  c.num_blocks = num_blocks;
+  c.max_seq_len = max_seq_len;
+  c.overflow = ParsePolicy(policy);
+  c.sink_tokens = sink_tokens;
+  c.truncate_to = truncate_to;
+  if (!compression.is_none()) {
+    py::dict q = compression.cast<py::dict>();
+    for (auto item : q) {
+      const std::string key = py::str(item.first);
+      if (key != "bits" && key != "group_size" && key != "hot_tokens" &&
+          key != "quant_cells" && key != "auto_compress" &&
+          key != "max_rel_error" && key != "measure_error") {
+        Raise(KVPAGE_INVALID_ARGUMENT,
+              "compression has no field '" + key + "'");
+      }
+    }
+    c.compression_enabled = 1;
+    if (q.contains("bits")) c.compression_bits = q["bits"].cast<int>();
+    if (q.contains("group_size")) {
+      c.compression_group_size = q["group_size"].cast<int>();
+    }
+    if (q.contains("hot_tokens")) {
+      c.compression_hot_tokens = q["hot_tokens"].cast<int64_t>();
+    }
+    if (q.contains("quant_cells")) {
+      c.compression_quant_cells = q["quant_cells"].cast<int64_t>();
+    }
+    if (q.contains("auto_compress")) {
+      c.compression_auto_compress = q["auto_compress"].cast<bool>();
+    }
+    if (q.contains("max_rel_error")) {
+      c.compression_max_rel_error = q["max_rel_error"].cast<double>();
+    }
+    if (q.contains("measure_error")) {
+      c.compression_measure_error = q["measure_error"].cast<bool>();
+    }
+  }
+  return c;
+}
+
+std::shared_ptr<View> TakeView(py::object self, uint64_t seq, int layer) {
+  auto owner = self.cast<std::shared_ptr<Cache>>();
+  auto view = std::make_shared<View>();
+  view->owner = owner;
+  view->cache = self;
+  view->generation = owner->generation();
+  view->info.struct_size = sizeof view->info;
+  kvpage_status s =
+      kvpage_view(owner->raw(), seq, layer, &view->info, nullptr, 0);
+  if (s == KVPAGE_RESOURCE_EXHAUSTED) {
+    view->blocks.resize(static_cast<size_t>(view->info.num_blocks));
+    s = kvpage_view(owner->raw(), seq, layer, &view->info, view->blocks.data(),
+                    view->blocks.size());
+  }
+  Check(s);
+  return view;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(kvpage, m) {
+  m.doc() =
+      "kvpage: a paged key/value cache for transformer serving engines "
+      "(bindings/python; docs in the module's source and README).";
+  py::object base = py::module_::import("builtins");
+  auto make = [&](const char* name, py::object bases) {
+    py::handle cls = PyErr_NewException((std::string("kvpage.") + name).c_str(),
+                                        bases.ptr(), nullptr);
+    m.add_object(name, cls);
+    return cls;
+  };
+  g_error = make("Error", base.attr("RuntimeError"));
+  auto with = [&](const char* builtin) {
+    return py::make_tuple(g_error, base.attr(builtin));
+  };
+  g_not_found = make("NotFoundError", with("KeyError"));
+  g_invalid = make("InvalidArgumentError", with("ValueError"));
+  g_exhausted = make("ResourceExhaustedError", with("MemoryError"));
+  g_out_of_range = make("OutOfRangeError", with("IndexError"));
+  g_precondition = make("FailedPreconditionError", with("RuntimeError"));
+  m.attr("__version__") = kvpage_version_string();
+
+  py::class_<Block>(m, "Block")
+      .def_property_readonly(
+          "first_position",
+          [](const Block& b) { return b.raw().first_position; })
+      .def_property_readonly("tokens",
+                             [](const Block& b) { return b.raw().tokens; })
+      .def_property_readonly("block_id",
+                             [](const Block& b) { return b.raw().block_id; })
+      .def_property_readonly(
+          "format",
+          [](const Block& b) {
+            const int f = b.raw().format;
+            return std::string(f == KVPAGE_BLOCK_INT8   ? "int8"
+                               : f == KVPAGE_BLOCK_INT4 ? "int4"
+                                                        : "hot");
+          })
+      .def_property_readonly(
+          "k", [](const Block& b) { return b.Array(true); },
+          "keys over the pool (hot blocks), else None")
+      .def_property_readonly(
+          "v", [](const Block& b) { return b.Array(false); },
+          "values over the pool (hot blocks), else None")
+      .def("dequantize", &Block::Dequantize,
+           "(k, v) as new float32 arrays, any format");
+
+  py::class_<View, std::shared_ptr<View>>(m, "View")
+      .def_property_readonly("blocks",
+                             [](const std::shared_ptr<View>& v) {
+                               v->CheckFresh();
+                               py::list out;
+                               for (size_t i = 0; i < v->blocks.size(); ++i) {
+                                 out.append(Block{v, i});
+                               }
+                               return out;
+                             })
+      .def_property_readonly("length",
+                             [](const View& v) {
+                               v.CheckFresh();
+                               return v.info.length;
+                             })
+      .def_property_readonly("tokens", [](const View& v) {
+        v.CheckFresh();
+        int64_t n = 0;
+        for (const kvpage_block_view& b : v.blocks) n += b.tokens;
+        return n;
+      });
+
+  py::class_<Cache, std::shared_ptr<Cache>>(m, "Cache")
+      .def(py::init([](int num_layers, int num_kv_heads, int head_dim,
+                       const std::string& dtype, int block_tokens,
+                       int64_t num_blocks, int64_t max_seq_len,
+                       const std::string& policy, int64_t sink_tokens,
+                       int64_t truncate_to, py::object compression) {
+             return std::make_shared<Cache>(
+                 MakeConfig(num_layers, num_kv_heads, head_dim, dtype,
+                            block_tokens, num_blocks, max_seq_len, policy,
+                            sink_tokens, truncate_to, compression));
+           }),
+           py::kw_only(), py::arg("num_layers"), py::arg("num_kv_heads"),
+           py::arg("head_dim"), py::arg("dtype") = "f16",
+           py::arg("block_tokens") = 16, py::arg("num_blocks"),
+           py::arg("max_seq_len"), py::arg("policy") = "error",
+           py::arg("sink_tokens") = 0, py::arg("truncate_to") = 0,
+           py::arg("compression") = py::none())
+      .def(
+          "add_sequence",
+          [](Cache& c, uint64_t salt) {
+            kvpage_seq_id id = 0;
+            Check(kvpage_add_sequence(c.Mutable(), salt, &id));
+            return id;
+          },
+          py::arg("salt") = 0)
+      .def("fork",
+           [](Cache& c, uint64_t parent) {
+             kvpage_seq_id id = 0;
+             Check(kvpage_fork(c.Mutable(), parent, &id));
+             return id;
+           })
+      .def("remove_sequence",
+           [](Cache& c, uint64_t seq) {
+             Check(kvpage_remove_sequence(c.Mutable(), seq));
+           })
+      .def("sequences",
+           [](Cache& c) {
+             size_t n = 0;
+             (void)kvpage_sequences(c.raw(), nullptr, 0, &n);
+             std::vector<kvpage_seq_id> ids(n);
+             Check(kvpage_sequences(c.raw(), ids.data(), ids.size(), &n));
+             return ids;
+           })
+      .def(
+          "update",
+          [](Cache& c, uint64_t seq, int layer, const py::array& k,
+             const py::array& v, int64_t seq_len) {
+            const kvpage_token_span ks = SpanOf(c, k, "k");
+            const kvpage_token_span vs = SpanOf(c, v, "v");
+            kvpage_cache* raw = c.Mutable();
+            Outcome o;
+            {
+              py::gil_scoped_release release;
+              o = Capture(kvpage_update(raw, seq, layer, &ks, &vs, seq_len));
+            }
+            Check(o);
+          },
+          py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"),
+          py::arg("seq_len"))
+      .def("truncate",
+           [](Cache& c, uint64_t seq, int64_t seq_len) {
+             Check(kvpage_truncate(c.Mutable(), seq, seq_len));
+           })
+      .def("length",
+           [](Cache& c, uint64_t seq, int layer) {
+             int64_t n = 0;
+             Check(kvpage_length(c.raw(), seq, layer, &n));
+             return n;
+           })
+      .def("compress_old_entries",
+           [](Cache& c, uint64_t seq, int layer, double keep_recent_fraction) {
+             kvpage_cache* raw = c.Mutable();
+             Outcome o;
+             {
+               py::gil_scoped_release release;
+               o = Capture(kvpage_compress_old_entries(raw, seq, layer,
+                                                       keep_recent_fraction));
+             }
+             Check(o);
+           })
+      .def("append_tokens",
+           [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids) {
+             Check(kvpage_append_tokens(c.Mutable(), seq, ids.data(),
+                                        ids.size()));
+           })
+      .def("match_prefix",
+           [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids) {
+             int64_t matched = 0;
+             Check(kvpage_match_prefix(c.Mutable(), seq, ids.data(), ids.size(),
+                                       &matched));
+             return matched;
+           })
+      .def("view", &TakeView, py::arg("seq"), py::arg("layer"))
+      .def("gather",
+           [](Cache& c, uint64_t seq, int layer) {
+             size_t tokens = 0;
+             kvpage_status s = kvpage_gather(c.raw(), seq, layer, nullptr,
+                                             nullptr, nullptr, 0, &tokens);
+             if (s != KVPAGE_RESOURCE_EXHAUSTED) Check(s);
+             const py::ssize_t n = static_cast<py::ssize_t>(tokens);
+             py::array_t<float> k(
+                 {n, py::ssize_t{c.heads()}, py::ssize_t{c.head_dim()}});
+             py::array_t<float> v(k.request().shape);
+             py::array_t<int64_t> positions(n);
+             float* kp = k.mutable_data();
+             float* vp = v.mutable_data();
+             int64_t* pp = positions.mutable_data();
+             Outcome o;
+             {
+               py::gil_scoped_release release;
+               o = Capture(kvpage_gather(c.raw(), seq, layer, kp, vp, pp,
+                                         tokens, &tokens));
+             }
+             Check(o);
+             return py::make_tuple(k, v, positions);
+           })
+      .def("stats",
+           [](Cache& c) {
+             kvpage_cache_stats s{};
+             s.struct_size = sizeof s;
+             Check(kvpage_stats(c.raw(), &s));
+             return StatsDict(s);
+           })
+      .def("sequence_stats",
+           [](Cache& c, uint64_t seq) {
+             kvpage_sequence_stats s{};
+             s.struct_size = sizeof s;
+             Check(kvpage_seq_stats(c.raw(), seq, &s));
+             py::dict d;
+             d["current_length"] = s.current_length;
+             d["max_length"] = s.max_length;
+             d["tokens_stored"] = s.tokens_stored;
+             d["blocks"] = s.blocks;
+             d["utilization"] = s.utilization;
+             d["memory_usage_bytes"] = s.memory_usage_bytes;
+             d["evictions"] = s.evictions;
+             return d;
+           })
+      .def("validate", [](Cache& c) { Check(kvpage_validate(c.raw())); })
+      .def(
+          "write_snapshot",
+          [](Cache& c, const std::string& path, bool include_token_data) {
+            Check(kvpage_write_snapshot(c.raw(), path.c_str(),
+                                        include_token_data ? 1 : 0));
+          },
+          py::arg("path"), py::arg("include_token_data") = false);
+
+  m.def(
+      "verify_snapshot",
+      [](const std::string& path) {
+        kvpage_snapshot* snap = nullptr;
+        Check(kvpage_snapshot_read(path.c_str(), &snap));
+        size_t violations = 0;
+        const kvpage_status s = kvpage_snapshot_verify(snap, &violations);
+        const std::string message = s == KVPAGE_OK ? "" : kvpage_last_error();
+        kvpage_cache_stats stats{};
+        stats.struct_size = sizeof stats;
+        (void)kvpage_snapshot_stats(snap, &stats);
+        kvpage_snapshot_destroy(snap);
+        if (s != KVPAGE_OK) Raise(s, message);
+        return StatsDict(stats);
+      },
+      py::arg("path"),
+      "Reads a snapshot file and checks every invariant; returns the "
+      "statistics it recorded (kvpage.Error naming the first broken "
+      "invariant).");
+}

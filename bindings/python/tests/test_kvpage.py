@@ -1,0 +1,165 @@
+"""The Python module against the C API: reads, writes, zero-copy views and
+their generation check, errors as Python exceptions, and that a refused call
+changes nothing."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import kvpage
+
+HEADS, DIM = 2, 4
+
+
+def tokens(first, n, dtype=np.float32):
+    """Token t's keys are t + e / 100, its values the negation."""
+    t = np.arange(first, first + n, dtype=np.float64)[:, None, None]
+    e = np.arange(HEADS * DIM, dtype=np.float64).reshape(1, HEADS, DIM) / 100
+    k = (t + e).astype(dtype)
+    return k, (-k).astype(dtype)
+
+
+def small(**kw):
+    args = dict(num_layers=2, num_kv_heads=HEADS, head_dim=DIM, dtype="f32",
+                block_tokens=4, num_blocks=64, max_seq_len=64)
+    args.update(kw)
+    return kvpage.Cache(**args)
+
+
+def test_update_gather_and_lengths():
+    c = small()
+    seq = c.add_sequence()
+    k, v = tokens(0, 10)
+    c.update(seq, 0, k, v, 10)
+    assert c.length(seq, 0) == 10 and c.length(seq, 1) == 0
+    gk, gv, pos = c.gather(seq, 0)
+    assert gk.shape == (10, HEADS, DIM) and gk.dtype == np.float32
+    np.testing.assert_array_equal(gk, k)
+    np.testing.assert_array_equal(gv, v)
+    assert list(pos) == list(range(10))
+    assert c.sequences() == [seq]
+    st = c.stats()
+    assert st["tokens_stored"] == 10 and st["sequences"] == 1
+    assert c.sequence_stats(seq)["current_length"] == 10
+    c.validate()
+
+
+def test_view_aliases_the_pool_and_refuses_to_be_read_after_a_change():
+    c = small()
+    seq = c.add_sequence()
+    k, v = tokens(0, 10)
+    c.update(seq, 0, k, v, 10)
+    view = c.view(seq, 0)
+    assert view.tokens == 10 and view.length == 10
+    blocks = view.blocks
+    assert [b.first_position for b in blocks] == [0, 4, 8]
+    keys = blocks[1].k
+    assert keys.shape == (4, HEADS, DIM)
+    np.testing.assert_array_equal(keys, k[4:8])
+    assert not keys.flags.writeable
+    assert not keys.flags.owndata          # zero-copy: over the pool
+    dk, dv = blocks[2].dequantize()
+    np.testing.assert_array_equal(dk, k[8:10])
+    c.update(seq, 0, *tokens(10, 1), 11)    # a change
+    with pytest.raises(kvpage.FailedPreconditionError, match="take a new view"):
+        view.blocks
+    with pytest.raises(kvpage.FailedPreconditionError):
+        blocks[0].k
+    assert c.view(seq, 0).tokens == 11
+
+
+def test_float16_and_bfloat16_bits_are_written_in_place():
+    c = small(dtype="f16")
+    seq = c.add_sequence()
+    k, v = tokens(0, 3, np.float16)
+    c.update(seq, 0, k, v, 3)
+    block = c.view(seq, 0).blocks[0]
+    assert block.k.dtype == np.float16
+    np.testing.assert_array_equal(block.k, k)
+    b = small(dtype="bf16")
+    seq = b.add_sequence()
+    bits = np.full((2, HEADS, DIM), 0x3F80, np.uint16)  # bf16 1.0
+    b.update(seq, 0, bits, bits, 2)
+    gk, _, _ = b.gather(seq, 0)
+    assert (gk == 1.0).all()
+    with pytest.raises(kvpage.InvalidArgumentError, match="dtype"):
+        b.update(seq, 0, bits.astype(np.float16), bits.astype(np.float16), 4)
+
+
+def test_errors_follow_the_status_code_and_change_nothing():
+    c = small()
+    seq = c.add_sequence()
+    c.update(seq, 0, *tokens(0, 6), 6)
+    before = (c.stats(), c.gather(seq, 0)[0].tobytes(), c.sequence_stats(seq))
+    k, v = tokens(6, 2)
+    with pytest.raises(kvpage.NotFoundError) as e:
+        c.update(999, 0, k, v, 8)
+    assert isinstance(e.value, KeyError) and e.value.code == "NOT_FOUND"
+    with pytest.raises(ValueError, match="shape"):
+        c.update(seq, 0, k.reshape(2, DIM, HEADS), v, 8)
+    with pytest.raises(ValueError, match="shape"):
+        c.update(seq, 0, k[0], v[0], 8)
+    with pytest.raises(ValueError, match="dtype"):
+        c.update(seq, 0, k.astype(np.float64), v, 8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        c.update(seq, 0, np.asfortranarray(k), v, 8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        c.update(seq, 0, tokens(0, 4)[0][::2], v, 8)
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.update(seq, 0, k, v, 9)                       # a gap
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.update(seq, 0, k, v, -1)
+    with pytest.raises(kvpage.ResourceExhaustedError) as e:
+        c.update(seq, 0, *tokens(6, 100), 106)          # past max_seq_len
+    assert isinstance(e.value, MemoryError)
+    with pytest.raises((OverflowError, TypeError)):
+        c.update(seq, 0, k, v, 1 << 70)                 # not an int64
+    with pytest.raises(kvpage.FailedPreconditionError):
+        c.compress_old_entries(seq, 0, 0.5)             # no compression
+    with pytest.raises(KeyError):
+        c.truncate(999, 0)
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.view(seq, 7)
+    after = (c.stats(), c.gather(seq, 0)[0].tobytes(), c.sequence_stats(seq))
+    assert before[1:] == after[1:]
+    assert before[0] == after[0]
+    with pytest.raises(ValueError, match="head_dim"):
+        kvpage.Cache(num_layers=1, num_kv_heads=1, head_dim=0,
+                     num_blocks=4, max_seq_len=8)
+    with pytest.raises(ValueError, match="policy"):
+        small(policy="lru")
+    with pytest.raises(ValueError, match="no field"):
+        small(compression={"bitz": 8})
+
+
+def test_forks_prefixes_compression_and_snapshots():
+    c = small(compression={"bits": 8, "group_size": DIM, "hot_tokens": 4,
+                           "quant_cells": 32, "measure_error": True})
+    a = c.add_sequence()
+    for layer in range(2):
+        c.update(a, layer, *tokens(0, 8), 8)
+    ids = list(range(100, 108))
+    c.append_tokens(a, ids)
+    b = c.add_sequence()
+    assert c.match_prefix(b, ids) == 8
+    child = c.fork(a)
+    c.truncate(child, 3)
+    assert c.length(child, 1) == 3 and c.length(a, 1) == 8
+    c.remove_sequence(child)
+    d = c.add_sequence(salt=5)
+    assert c.match_prefix(d, ids) == 0
+    c.update(d, 0, *tokens(0, 8), 8)
+    c.compress_old_entries(d, 0, 0.0)
+    first = c.view(d, 0).blocks[0]
+    assert first.format == "int8" and first.k is None
+    dk, _ = first.dequantize()
+    np.testing.assert_allclose(dk, tokens(0, 4)[0], atol=0.02)
+    st = c.stats()
+    assert st["hits"] == 2 and st["quant_blocks_int8"] == 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kv.snap")
+        c.write_snapshot(path, include_token_data=True)
+        assert kvpage.verify_snapshot(path)["sequences"] == 3
+    with pytest.raises(kvpage.NotFoundError):
+        kvpage.verify_snapshot("/nonexistent.snap")
