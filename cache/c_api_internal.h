@@ -33,8 +33,8 @@ namespace kvpage::c_api {
 // The message kvpage_last_error() returns on this thread.
 std::string& LastError();
 
-// The handles kvpage_cache_create made and kvpage_cache_destroy has not
-// destroyed.
+// The handles kvpage_cache_create and kvpage_snapshot_read made that have
+// not been destroyed.
 struct Handles {
   absl::Mutex mu;
   absl::flat_hash_set<const void*> live ABSL_GUARDED_BY(mu);
@@ -61,11 +61,17 @@ kvpage_status Guard(Body&& body) noexcept {
   }
 }
 
-inline bool IsLive(const void* handle) {
-  Handles& h = Registry();
-  absl::MutexLock lock(&h.mu);
-  return h.live.contains(handle);
-}
+// Whether `handle` is live. Fast path: the handle this thread last found
+// live, while no handle has been destroyed since (an atomic load); else the
+// registry, under its mutex.
+bool IsLive(const void* handle);
+
+// Registers a new handle.
+void Remember(const void* handle);
+
+// Unregisters `handle`; false when it was not live (then the caller must not
+// free it).
+bool Forget(const void* handle);
 
 inline absl::Status CheckHandle(const void* handle, const char* what) {
   if (handle == nullptr) {

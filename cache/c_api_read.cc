@@ -288,9 +288,7 @@ kvpage_status kvpage_snapshot_read(const char* path, kvpage_snapshot** out) {
     if (!snap.ok()) return Fail(snap.status());
     auto handle = std::make_unique<kvpage_snapshot>();
     handle->snapshot = std::move(*snap);
-    kvpage::c_api::Handles& h = kvpage::c_api::Registry();
-    absl::MutexLock lock(&h.mu);
-    h.live.insert(handle.get());
+    kvpage::c_api::Remember(handle.get());
     *out = handle.release();
     return KVPAGE_OK;
   });
@@ -335,11 +333,7 @@ kvpage_status kvpage_snapshot_stats(const kvpage_snapshot* snapshot,
 
 void kvpage_snapshot_destroy(kvpage_snapshot* snapshot) {
   if (snapshot == nullptr) return;
-  {
-    kvpage::c_api::Handles& h = kvpage::c_api::Registry();
-    absl::MutexLock lock(&h.mu);
-    if (h.live.erase(snapshot) == 0) return;  // not ours, or destroyed
-  }
+  if (!kvpage::c_api::Forget(snapshot)) return;  // not ours, or destroyed
   delete snapshot;
 }
 

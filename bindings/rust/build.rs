@@ -1,7 +1,9 @@
 // Finds an installed kvpage (its C API, libkvpage.so) for the crate:
 //   KVPAGE_PREFIX=/opt/kvpage   the prefix `cmake --install` was given, or
-//   PKG_CONFIG_PATH=...         a folder holding kvpage.pc (pkg-config).
-// KVPAGE_PREFIX wins when both are set. The library's folder is also put in
+//   PKG_CONFIG_PATH=...         a folder holding kvpage.pc (pkg-config), or
+//   KVPAGE_LIB_DIR=build/dev    the folder of libkvpage.so itself (a build
+//                               tree, for kvpage's own benchmarks).
+// KVPAGE_LIB_DIR wins, then KVPAGE_PREFIX, then pkg-config. The library's folder is also put in
 // the binaries' run path, so that tests and examples run without
 // LD_LIBRARY_PATH.
 use std::env;
@@ -35,9 +37,21 @@ fn from_pkg_config() -> Option<PathBuf> {
 }
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=KVPAGE_LIB_DIR");
     println!("cargo:rerun-if-env-changed=KVPAGE_PREFIX");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
-    let libdir = match env::var_os("KVPAGE_PREFIX") {
+    let libdir = match env::var_os("KVPAGE_LIB_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => find_installed(),
+    };
+    println!("cargo:rustc-link-search=native={}", libdir.display());
+    println!("cargo:rustc-link-lib=dylib=kvpage");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libdir.display());
+    println!("cargo:libdir={}", libdir.display());
+}
+
+fn find_installed() -> PathBuf {
+    match env::var_os("KVPAGE_PREFIX") {
         Some(prefix) => from_prefix(Path::new(&prefix)).unwrap_or_else(|| {
             panic!(
                 "kvpage: KVPAGE_PREFIX={} holds no lib/libkvpage.so: run \
@@ -52,9 +66,5 @@ fn main() {
                  folder holding its kvpage.pc"
             )
         }),
-    };
-    println!("cargo:rustc-link-search=native={}", libdir.display());
-    println!("cargo:rustc-link-lib=dylib=kvpage");
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libdir.display());
-    println!("cargo:libdir={}", libdir.display());
+    }
 }
