@@ -51,3 +51,12 @@ if(_tools)
     endif()
   endforeach()
 endif()
+
+# With the bindings built, the Python module imports from the prefix alone
+# (its run path finds libkvpage.so in <prefix>/lib).
+file(GLOB _module ${WORK_DIR}/prefix/lib/python3/dist-packages/kvpage*.so)
+if(_module)
+  set(ENV{PYTHONPATH} ${WORK_DIR}/prefix/lib/python3/dist-packages)
+  unset(ENV{LD_LIBRARY_PATH})
+  run(/usr/bin/python3 -c "import kvpage; kvpage.Cache(num_layers=1, num_kv_heads=1, head_dim=8, num_blocks=4, max_seq_len=16)")
+endif()
