@@ -23,6 +23,7 @@
 #include "kvpage/attention.h"
 #include "kvpage/kv_cache.h"
 #include "kvpage/kvpage_c.h"
+#include "kvpage/prefix.h"
 #include "kvpage/snapshot.h"
 
 namespace kvpage::c_api {
@@ -453,6 +454,12 @@ kvpage_status kvpage_compress_old_entries(kvpage_cache* cache,
     return Return(
         cache->cache->CompressOldEntries(seq, layer, keep_recent_fraction));
   });
+}
+
+uint64_t kvpage_prefix_block_hash(uint64_t parent, uint64_t salt,
+                                  const int32_t* ids, size_t count) {
+  if (ids == nullptr) count = 0;
+  return kvpage::PrefixBlockHash(parent, salt, {ids, count});
 }
 
 kvpage_status kvpage_append_tokens(kvpage_cache* cache, kvpage_seq_id seq,

@@ -315,6 +315,23 @@ static void TestReads(void) {
   kvpage_cache_destroy(cache);
 }
 
+/* The test vectors of docs/sharing.md. */
+static void TestPrefixHash(void) {
+  int32_t ids[32];
+  const int32_t extremes[4] = {-1, 0, 2147483647, -2147483647 - 1};
+  uint64_t first;
+  int i;
+  for (i = 0; i < 32; ++i) ids[i] = i + 1;
+  first = kvpage_prefix_block_hash(0, 0, ids, 16);
+  CHECK(first == 0xa53ea810e69adcedULL);
+  CHECK(kvpage_prefix_block_hash(first, 0, ids + 16, 16) ==
+        0xacc0109a8f0165a4ULL);
+  CHECK(kvpage_prefix_block_hash(0, 42, ids, 16) == 0x2f2907c3e36cd564ULL);
+  CHECK(kvpage_prefix_block_hash(0, 0, extremes, 4) == 0xfd0a72b744ecf7f6ULL);
+  CHECK(kvpage_prefix_block_hash(0, 0, NULL, 0) ==
+        kvpage_prefix_block_hash(0, 0, ids, 0));
+}
+
 static void TestPrefixAndCompression(void) {
   kvpage_config c = SmallConfig();
   kvpage_cache* cache = NULL;
@@ -409,6 +426,7 @@ int main(void) {
   TestHandles();
   TestSequencesAndUpdates();
   TestReads();
+  TestPrefixHash();
   TestPrefixAndCompression();
   TestSnapshots();
   if (failures > 0) {

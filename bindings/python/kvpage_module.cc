@@ -573,6 +573,13 @@ PYBIND11_MODULE(kvpage, m) {
           py::arg("path"), py::arg("include_token_data") = false);
 
   m.def(
+      "prefix_block_hash",
+      [](uint64_t parent, uint64_t salt, const std::vector<int32_t>& ids) {
+        return kvpage_prefix_block_hash(parent, salt, ids.data(), ids.size());
+      },
+      py::arg("parent"), py::arg("salt"), py::arg("ids"),
+      "The chain hash naming one block of token ids (docs/sharing.md).");
+  m.def(
       "verify_snapshot",
       [](const std::string& path) {
         kvpage_snapshot* snap = nullptr;

@@ -268,6 +268,14 @@ KVPAGE_C_EXPORT kvpage_status
 kvpage_compress_old_entries(kvpage_cache* cache, kvpage_seq_id seq,
                             int32_t layer, double keep_recent_fraction);
 
+/* PrefixBlockHash (kvpage/prefix.h): the chain hash naming one block of
+ * token ids given its parent's hash (0 for the first block) and the salt.
+ * `ids` may be NULL only when count is 0. Pure: no cache, thread-safe. */
+KVPAGE_C_EXPORT uint64_t kvpage_prefix_block_hash(uint64_t parent,
+                                                  uint64_t salt,
+                                                  const int32_t* ids,
+                                                  size_t count);
+
 /* Prefix caching: AppendTokens; MatchPrefix (*matched: tokens attached). */
 KVPAGE_C_EXPORT kvpage_status kvpage_append_tokens(kvpage_cache* cache,
                                                    kvpage_seq_id seq,

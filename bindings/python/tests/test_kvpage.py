@@ -163,3 +163,10 @@ def test_forks_prefixes_compression_and_snapshots():
         assert kvpage.verify_snapshot(path)["sequences"] == 3
     with pytest.raises(kvpage.NotFoundError):
         kvpage.verify_snapshot("/nonexistent.snap")
+
+
+def test_prefix_hash_matches_the_documented_vectors():
+    first = kvpage.prefix_block_hash(0, 0, list(range(1, 17)))
+    assert first == 0xa53ea810e69adced
+    assert kvpage.prefix_block_hash(first, 0, list(range(17, 33))) == 0xacc0109a8f0165a4
+    assert kvpage.prefix_block_hash(0, 42, list(range(1, 17))) == 0x2f2907c3e36cd564

@@ -241,6 +241,7 @@ extern "C" {
         layer: i32,
         keep_recent_fraction: f64,
     ) -> kvpage_status;
+    pub fn kvpage_prefix_block_hash(parent: u64, salt: u64, ids: *const i32, count: usize) -> u64;
     pub fn kvpage_append_tokens(
         cache: *mut kvpage_cache,
         seq: kvpage_seq_id,

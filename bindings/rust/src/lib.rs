@@ -142,6 +142,13 @@ pub fn version() -> String {
         .into_owned()
 }
 
+/// The chain hash naming one block of token ids (kvpage/prefix.h): `parent`
+/// is the previous block's hash, 0 for the first.
+pub fn prefix_block_hash(parent: u64, salt: u64, ids: &[i32]) -> u64 {
+    // SAFETY: ids is valid for its length.
+    unsafe { ffi::kvpage_prefix_block_hash(parent, salt, ids.as_ptr(), ids.len()) }
+}
+
 /// What the hot pool stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {

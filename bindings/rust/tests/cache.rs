@@ -233,3 +233,12 @@ fn the_cache_may_move_to_another_thread() {
     assert_eq!(cache.view(seq, 0).unwrap().tokens(), 8);
     assert!(kvpage::version().starts_with("0."));
 }
+
+#[test]
+fn prefix_hash_matches_the_documented_vectors() {
+    let ids: Vec<i32> = (1..=32).collect();
+    let first = kvpage::prefix_block_hash(0, 0, &ids[..16]);
+    assert_eq!(first, 0xa53e_a810_e69a_dced);
+    assert_eq!(kvpage::prefix_block_hash(first, 0, &ids[16..]), 0xacc0_109a_8f01_65a4);
+    assert_eq!(kvpage::prefix_block_hash(0, 42, &ids[..16]), 0x2f29_07c3_e36c_d564);
+}
