@@ -46,6 +46,7 @@ std::atomic<uint64_t> destroy_epoch{0};
 
 struct Validated {
   const void* handle = nullptr;
+  HandleKind kind = HandleKind::kCache;
   uint64_t epoch = ~uint64_t{0};
 };
 thread_local Validated last_validated;
@@ -56,33 +57,44 @@ thread_local Validated last_validated;
 // 1-token update through C 30 ns slower than through C++; with this
 // thread's last validation remembered the fast path is a TLS compare and an
 // atomic load.
-bool IsLive(const void* handle) {
+bool IsLive(const void* handle, HandleKind kind) {
   const uint64_t epoch = destroy_epoch.load(std::memory_order_acquire);
-  if (last_validated.handle == handle && last_validated.epoch == epoch) {
+  if (last_validated.handle == handle && last_validated.kind == kind &&
+      last_validated.epoch == epoch) {
     return true;
   }
   Handles& h = Registry();
   bool live = false;
   {
     absl::MutexLock lock(&h.mu);
-    live = h.live.contains(handle);
+    auto it = h.live.find(handle);
+    live = it != h.live.end() && it->second == kind;
   }
-  if (live) last_validated = {handle, epoch};
+  if (live) last_validated = {handle, kind, epoch};
   return live;
 }
 
-void Remember(const void* handle) {
+void Remember(const void* handle, HandleKind kind) {
   Handles& h = Registry();
   absl::MutexLock lock(&h.mu);
-  h.live.insert(handle);
+  h.live[handle] = kind;
 }
 
-bool Forget(const void* handle) {
+bool Forget(const void* handle, HandleKind kind) {
   Handles& h = Registry();
   absl::MutexLock lock(&h.mu);
-  if (h.live.erase(handle) == 0) return false;
+  auto it = h.live.find(handle);
+  if (it == h.live.end() || it->second != kind) return false;
+  h.live.erase(it);
   destroy_epoch.fetch_add(1, std::memory_order_acq_rel);
   return true;
+}
+
+void SetError(const char* message) noexcept {
+  try {
+    LastError() = message;
+  } catch (...) {
+  }
 }
 
 namespace {
@@ -147,7 +159,8 @@ absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
       .huge_pages = c.huge_pages != 0};
   for (size_t i = 0; i < c.num_layer_policies; ++i) {
     const kvpage_layer_policy& p = c.layer_policies[i];
-    if (absl::Status s = CheckEnum(p.overflow, 4, "layer_policies[].overflow");
+    if (absl::Status s =
+            CheckEnum(AsInt(p.overflow), 4, "layer_policies[].overflow");
         !s.ok()) {
       return s;
     }
@@ -239,7 +252,9 @@ absl::StatusOr<TokenSpan> ToSpan(const kvpage_token_span* s, const char* what) {
   if (s == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("%s is NULL", what));
   }
-  if (absl::Status st = CheckEnum(s->dtype, 3, what); !st.ok()) return st;
+  if (absl::Status st = CheckEnum(AsInt(s->dtype), 3, what); !st.ok()) {
+    return st;
+  }
   return TokenSpan{.data = s->data,
                    .dtype = static_cast<DType>(s->dtype),
                    .tokens = s->tokens};
@@ -293,18 +308,27 @@ const char* kvpage_status_name(kvpage_status status) {
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN_CODE";
 }
 
-void kvpage_config_init(kvpage_config* config) {
-  if (config == nullptr) return;
-  const kvpage::CacheConfig d;
-  *config = kvpage_config{};
-  config->struct_size = sizeof(kvpage_config);
-  config->dtype = static_cast<kvpage_dtype>(d.dtype);
-  config->block_tokens = d.block_tokens;
-  config->overflow = KVPAGE_POLICY_ERROR;
-  config->compression_bits = static_cast<int32_t>(d.compression.bits);
-  config->compression_group_size = d.compression.group_size;
-  config->compression_hot_tokens = d.compression.hot_tokens;
-  config->compression_max_rel_error = d.compression.max_rel_error;
+kvpage_status kvpage_config_defaults(kvpage_config* config) {
+  return Guard([&] {
+    if (absl::Status s = CheckOut(config, "config"); !s.ok()) return Fail(s);
+    if (absl::Status s = kvpage::c_api::CheckSize(
+            config->struct_size, sizeof(kvpage_config), "kvpage_config");
+        !s.ok()) {
+      return Fail(s);
+    }
+    const kvpage::CacheConfig d;
+    kvpage_config c{};
+    c.struct_size = sizeof c;
+    c.dtype = static_cast<kvpage_dtype>(d.dtype);
+    c.block_tokens = d.block_tokens;
+    c.overflow = KVPAGE_POLICY_ERROR;
+    c.compression_bits = static_cast<int32_t>(d.compression.bits);
+    c.compression_group_size = d.compression.group_size;
+    c.compression_hot_tokens = d.compression.hot_tokens;
+    c.compression_max_rel_error = d.compression.max_rel_error;
+    kvpage::c_api::CopyOut(c, config);
+    return KVPAGE_OK;
+  });
 }
 
 kvpage_status kvpage_validate_config(const kvpage_config* config) {
@@ -331,7 +355,7 @@ kvpage_status kvpage_cache_create(const kvpage_config* config,
            .sink_tokens = p.sink_tokens,
            .truncate_to = p.truncate_to});
     }
-    kvpage::c_api::Remember(handle.get());
+    kvpage::c_api::Remember(handle.get(), kvpage::c_api::HandleKind::kCache);
     *out = handle.release();
     return KVPAGE_OK;
   });
@@ -341,7 +365,7 @@ void kvpage_cache_destroy(kvpage_cache* cache) {
   if (cache == nullptr) return;
   // A pointer kvpage did not hand out (or one already destroyed) is left
   // alone: freeing it would corrupt the caller's heap.
-  if (!kvpage::c_api::Forget(cache)) return;
+  if (!kvpage::c_api::Forget(cache, kvpage::c_api::HandleKind::kCache)) return;
   delete cache;
 }
 
@@ -400,13 +424,13 @@ kvpage_status kvpage_sequences(const kvpage_cache* cache, kvpage_seq_id* ids,
     if (absl::Status s = CheckHandle(cache, "cache"); !s.ok()) return Fail(s);
     if (absl::Status s = CheckOut(count, "count"); !s.ok()) return Fail(s);
     const std::vector<kvpage::SeqId> all = cache->cache->Sequences();
+    if (capacity > 0 && ids == nullptr) {
+      return Fail(absl::InvalidArgumentError("ids is NULL with capacity > 0"));
+    }
     *count = all.size();
     if (capacity < all.size()) {
       return Fail(absl::ResourceExhaustedError(absl::StrFormat(
           "%d sequences do not fit an array of %d", all.size(), capacity)));
-    }
-    if (!all.empty() && ids == nullptr) {
-      return Fail(absl::InvalidArgumentError("ids is NULL"));
     }
     std::copy(all.begin(), all.end(), ids);
     return KVPAGE_OK;
@@ -459,7 +483,11 @@ kvpage_status kvpage_compress_old_entries(kvpage_cache* cache,
 uint64_t kvpage_prefix_block_hash(uint64_t parent, uint64_t salt,
                                   const int32_t* ids, size_t count) {
   if (ids == nullptr) count = 0;
-  return kvpage::PrefixBlockHash(parent, salt, {ids, count});
+  try {
+    return kvpage::PrefixBlockHash(parent, salt, {ids, count});
+  } catch (...) {  // the bytes of a block past 64 ids are allocated
+    return 0;
+  }
 }
 
 kvpage_status kvpage_append_tokens(kvpage_cache* cache, kvpage_seq_id seq,

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -33,13 +33,21 @@ namespace kvpage::c_api {
 // The message kvpage_last_error() returns on this thread.
 std::string& LastError();
 
+// What a live handle is: a kvpage_cache* passed for a kvpage_snapshot* (or
+// the reverse) is refused like any pointer kvpage never made.
+enum class HandleKind : uint8_t { kCache, kSnapshot };
+
 // The handles kvpage_cache_create and kvpage_snapshot_read made that have
-// not been destroyed.
+// not been destroyed, with their kinds.
 struct Handles {
   absl::Mutex mu;
-  absl::flat_hash_set<const void*> live ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<const void*, HandleKind> live ABSL_GUARDED_BY(mu);
 };
 Handles& Registry();
+
+// Sets this thread's last error from a fixed message without throwing (the
+// message is dropped if even that cannot be stored).
+void SetError(const char* message) noexcept;
 
 inline kvpage_status Fail(const absl::Status& s) {
   LastError() = std::string(s.message());
@@ -50,39 +58,61 @@ inline kvpage_status Return(const absl::Status& s) {
   return s.ok() ? KVPAGE_OK : Fail(s);
 }
 
+// Runs `body`; an exception becomes a status (building no Status, which
+// could throw again).
 template <typename Body>
 kvpage_status Guard(Body&& body) noexcept {
   try {
     return body();
   } catch (const std::bad_alloc&) {
-    return Fail(absl::ResourceExhaustedError("out of memory"));
+    SetError("out of memory");
+    return KVPAGE_RESOURCE_EXHAUSTED;
   } catch (...) {
-    return Fail(absl::InternalError("unexpected exception in kvpage"));
+    SetError("unexpected exception");
+    return KVPAGE_INTERNAL;
   }
 }
 
-// Whether `handle` is live. Fast path: the handle this thread last found
-// live, while no handle has been destroyed since (an atomic load); else the
-// registry, under its mutex.
-bool IsLive(const void* handle);
+// Whether `handle` is a live handle of `kind`. Fast path: the handle this
+// thread last found live, while no handle has been destroyed since (an
+// atomic load); else the registry, under its mutex.
+bool IsLive(const void* handle, HandleKind kind);
 
 // Registers a new handle.
-void Remember(const void* handle);
+void Remember(const void* handle, HandleKind kind);
 
-// Unregisters `handle`; false when it was not live (then the caller must not
-// free it).
-bool Forget(const void* handle);
+// Unregisters `handle`; false when it was not a live handle of `kind` (then
+// the caller must not free it).
+bool Forget(const void* handle, HandleKind kind);
 
-inline absl::Status CheckHandle(const void* handle, const char* what) {
+// The int a caller stored in a C enum field, read as the int it is (a C++
+// enum without a fixed type need not hold values outside its enumerators).
+template <typename E>
+int AsInt(const E& field) {
+  static_assert(sizeof(E) == sizeof(int));
+  int value = 0;
+  std::memcpy(&value, &field, sizeof value);
+  return value;
+}
+
+inline absl::Status CheckLive(const void* handle, HandleKind kind,
+                              const char* what) {
   if (handle == nullptr) {
     return absl::InvalidArgumentError(absl::StrFormat("%s is NULL", what));
   }
-  if (!IsLive(handle)) {
+  if (!IsLive(handle, kind)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s %p is not a live handle (destroyed, or not made by kvpage)", what,
         handle));
   }
   return absl::OkStatus();
+}
+inline absl::Status CheckHandle(const kvpage_cache* cache, const char* what) {
+  return CheckLive(cache, HandleKind::kCache, what);
+}
+inline absl::Status CheckHandle(const kvpage_snapshot* snapshot,
+                                const char* what) {
+  return CheckLive(snapshot, HandleKind::kSnapshot, what);
 }
 
 inline absl::Status CheckOut(const void* out, const char* what) {
@@ -113,12 +143,14 @@ inline void CopyIn(const T& from, T& to) {
               std::min(from.struct_size, sizeof(T)));
   to.struct_size = sizeof(T);
 }
+// Copies the common prefix of ours into a caller's struct and sets its
+// struct_size to the bytes written: a caller with a newer, longer struct
+// sees which of its fields this library filled.
 template <typename T>
 inline void CopyOut(const T& from, T* to) {
   const size_t n = std::min(to->struct_size, sizeof(T));
-  const size_t size = to->struct_size;
   std::memcpy(static_cast<void*>(to), &from, n);
-  to->struct_size = size;
+  to->struct_size = n;
 }
 
 // An enum value a caller passed: in [0, count), or InvalidArgument.

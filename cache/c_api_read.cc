@@ -34,7 +34,7 @@ kvpage_block_view FromBlock(const BlockView& b) {
 }
 
 absl::StatusOr<BlockView> ToBlock(const kvpage_block_view& b) {
-  if (absl::Status s = CheckEnum(b.format, 3, "block.format"); !s.ok()) {
+  if (absl::Status s = CheckEnum(AsInt(b.format), 3, "block.format"); !s.ok()) {
     return s;
   }
   return BlockView{.k = b.k,
@@ -54,15 +54,25 @@ absl::StatusOr<BlockView> ToBlock(const kvpage_block_view& b) {
 }
 
 // A LayerView from what kvpage_view handed out, with `blocks` of them.
-absl::StatusOr<LayerView> ToView(const kvpage_view_info* info,
-                                 const kvpage_block_view* blocks, size_t n) {
-  if (info == nullptr) return absl::InvalidArgumentError("info is NULL");
-  if (absl::Status s = CheckSize(info->struct_size, sizeof(kvpage_view_info),
+// A caller's view info, read only as far as its struct_size goes.
+absl::StatusOr<kvpage_view_info> InfoOf(const kvpage_view_info* in) {
+  if (in == nullptr) return absl::InvalidArgumentError("info is NULL");
+  if (absl::Status s = CheckSize(in->struct_size, sizeof(kvpage_view_info),
                                  "kvpage_view_info");
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckEnum(info->dtype, 3, "info.dtype"); !s.ok()) {
+  kvpage_view_info info{};
+  CopyIn(*in, info);
+  return info;
+}
+
+// A LayerView from what kvpage_view handed out (`info` as InfoOf read it),
+// with `n` of its blocks.
+absl::StatusOr<LayerView> ToView(const kvpage_view_info* info,
+                                 const kvpage_block_view* blocks, size_t n) {
+  if (absl::Status s = CheckEnum(AsInt(info->dtype), 3, "info.dtype");
+      !s.ok()) {
     return s;
   }
   if (info->num_kv_heads <= 0 || info->head_dim <= 0 ||
@@ -151,6 +161,10 @@ kvpage_status kvpage_gather(const kvpage_cache* cache, kvpage_seq_id seq,
   return Guard([&] {
     if (absl::Status s = CheckHandle(cache, "cache"); !s.ok()) return Fail(s);
     if (absl::Status s = CheckOut(tokens, "tokens"); !s.ok()) return Fail(s);
+    if (capacity_tokens > 0 && (k == nullptr || v == nullptr)) {
+      return Fail(
+          absl::InvalidArgumentError("k or v is NULL with capacity > 0"));
+    }
     absl::StatusOr<kvpage::GatheredLayer> g = cache->cache->Gather(seq, layer);
     if (!g.ok()) return Fail(g.status());
     *tokens = g->positions.size();
@@ -158,9 +172,6 @@ kvpage_status kvpage_gather(const kvpage_cache* cache, kvpage_seq_id seq,
       return Fail(absl::ResourceExhaustedError(absl::StrFormat(
           "the layer holds %d visible tokens; the buffers hold %d",
           g->positions.size(), capacity_tokens)));
-    }
-    if (!g->positions.empty() && (k == nullptr || v == nullptr)) {
-      return Fail(absl::InvalidArgumentError("k or v is NULL"));
     }
     std::copy(g->k.begin(), g->k.end(), k);
     std::copy(g->v.begin(), g->v.end(), v);
@@ -179,8 +190,10 @@ kvpage_status kvpage_dequantize(const kvpage_view_info* info,
     if (block == nullptr) {
       return Fail(absl::InvalidArgumentError("block is NULL"));
     }
+    absl::StatusOr<kvpage_view_info> in = kvpage::c_api::InfoOf(info);
+    if (!in.ok()) return Fail(in.status());
     absl::StatusOr<kvpage::LayerView> view =
-        kvpage::c_api::ToView(info, block, 1);
+        kvpage::c_api::ToView(&*in, block, 1);
     if (!view.ok()) return Fail(view.status());
     if ((k_capacity > 0 && k_out == nullptr) ||
         (v_capacity > 0 && v_out == nullptr)) {
@@ -288,7 +301,7 @@ kvpage_status kvpage_snapshot_read(const char* path, kvpage_snapshot** out) {
     if (!snap.ok()) return Fail(snap.status());
     auto handle = std::make_unique<kvpage_snapshot>();
     handle->snapshot = std::move(*snap);
-    kvpage::c_api::Remember(handle.get());
+    kvpage::c_api::Remember(handle.get(), kvpage::c_api::HandleKind::kSnapshot);
     *out = handle.release();
     return KVPAGE_OK;
   });
@@ -333,7 +346,9 @@ kvpage_status kvpage_snapshot_stats(const kvpage_snapshot* snapshot,
 
 void kvpage_snapshot_destroy(kvpage_snapshot* snapshot) {
   if (snapshot == nullptr) return;
-  if (!kvpage::c_api::Forget(snapshot)) return;  // not ours, or destroyed
+  if (!kvpage::c_api::Forget(snapshot, kvpage::c_api::HandleKind::kSnapshot)) {
+    return;  // not ours, or destroyed
+  }
   delete snapshot;
 }
 

@@ -146,6 +146,17 @@ static void TestConfig(void) {
   CHECK_STATUS(kvpage_validate_config(&c), KVPAGE_INVALID_ARGUMENT);
   c = SmallConfig();
   CHECK_STATUS(kvpage_cache_create(&c, NULL), KVPAGE_INVALID_ARGUMENT);
+  {
+    /* Defaults for an older, shorter struct write only its bytes. */
+    kvpage_config short_one;
+    memset(&short_one, 0x5a, sizeof short_one);
+    short_one.struct_size = offsetof(kvpage_config, max_seq_len);
+    OK(kvpage_config_defaults(&short_one));
+    CHECK(short_one.struct_size == offsetof(kvpage_config, max_seq_len));
+    CHECK(short_one.block_tokens == 16 && short_one.dtype == KVPAGE_F16);
+    CHECK(short_one.max_seq_len == 0x5a5a5a5a5a5a5a5aLL); /* untouched */
+    CHECK_STATUS(kvpage_config_defaults(NULL), KVPAGE_INVALID_ARGUMENT);
+  }
   /* A caller built against an older, shorter kvpage_config: the fields it
    * lacks take their defaults (no compression). */
   c = SmallConfig();
@@ -170,6 +181,8 @@ static void TestHandles(void) {
   int64_t len;
   kvpage_cache_stats stats;
   int foreign = 42;
+  kvpage_seq_id seq_unused;
+  (void)seq_unused;
   OK(kvpage_cache_create(&c, &cache));
   kvpage_cache_destroy(cache);
   /* A destroyed handle and a pointer kvpage never made are refused. */
@@ -180,7 +193,29 @@ static void TestHandles(void) {
   CHECK_STATUS(kvpage_length(NULL, 1, 0, &len), KVPAGE_INVALID_ARGUMENT);
   stats.struct_size = sizeof stats;
   CHECK_STATUS(kvpage_stats(cache, &stats), KVPAGE_INVALID_ARGUMENT);
-  kvpage_cache_destroy(cache);                   /* twice: ignored */
+  kvpage_cache_destroy(cache); /* twice: ignored */
+  {
+    /* A snapshot handle is no cache, and the reverse. */
+    kvpage_cache* live = NULL;
+    kvpage_snapshot* snap = NULL;
+    char path[128];
+    size_t violations = 0;
+    snprintf(path, sizeof path, "/tmp/kvpage_c_handles_%d.snap", (int)getpid());
+    OK(kvpage_cache_create(&c, &live));
+    OK(kvpage_write_snapshot(live, path, 0));
+    OK(kvpage_snapshot_read(path, &snap));
+    CHECK_STATUS(kvpage_add_sequence((kvpage_cache*)snap, 0, &seq),
+                 KVPAGE_INVALID_ARGUMENT);
+    CHECK_STATUS(kvpage_snapshot_verify((kvpage_snapshot*)live, &violations),
+                 KVPAGE_INVALID_ARGUMENT);
+    kvpage_cache_destroy((kvpage_cache*)snap);       /* not a cache: ignored */
+    kvpage_snapshot_destroy((kvpage_snapshot*)live); /* not a snapshot */
+    OK(kvpage_snapshot_verify(snap, &violations));
+    OK(kvpage_add_sequence(live, 0, &seq));
+    kvpage_snapshot_destroy(snap);
+    kvpage_cache_destroy(live);
+    unlink(path);
+  }
   kvpage_cache_destroy((kvpage_cache*)&foreign); /* not ours: ignored */
   kvpage_cache_destroy(NULL);
   CHECK(foreign == 42);

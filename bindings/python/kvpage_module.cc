@@ -19,12 +19,15 @@
 // Arrays handed to update() are read in place (no copy): C-contiguous
 // float32, float16 (an f16 cache) or uint16 (the bits of the cache's f16 or
 // bf16); anything else, a non-contiguous array included, is refused with
-// InvalidArgumentError (np.ascontiguousarray makes one). The GIL is released
-// while kvpage copies or compresses token data.
+// InvalidArgumentError (np.ascontiguousarray makes one), as is an array in
+// the other byte order. The GIL is released while kvpage copies or
+// compresses token data; each cache has a lock, so Python threads may share
+// one (their calls take turns; arrays taken from a view are not locked).
 //
 // Views: view() returns blocks whose .k and .v are read-only numpy arrays
 // over the pool (compressed blocks: .dequantize()). Every call that changes
-// the cache bumps its generation; a view, or a block of it, read after such
+// the cache (and succeeds: a refused call changes nothing) bumps its
+// generation; a view, or a block of it, read after such
 // a call raises FailedPreconditionError. An array already taken from a block
 // keeps the cache alive and never points at freed memory, but after a
 // mutating call it may show other tokens: take arrays, read them, then
@@ -35,6 +38,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -169,35 +173,61 @@ class Cache {
   Cache(const Cache&) = delete;
   Cache& operator=(const Cache&) = delete;
 
-  kvpage_cache* raw() { return raw_; }
   uint64_t generation() const { return generation_; }
-  // Called first by every method that may change the cache.
-  kvpage_cache* Mutable() {
-    ++generation_;
-    return raw_;
+  // After every call that changed the cache: its views are stale.
+  void Bump() { ++generation_; }
+
+  // Runs `call` on the handle under the cache's lock. The GIL does not
+  // serialize the calls that release it, and a kvpage cache is
+  // thread-compatible: one call at a time. The lock is taken after the GIL
+  // is released, never the other way round, so the two cannot deadlock.
+  template <typename Call>
+  kvpage_status Locked(Call&& call) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return call(raw_);
+  }
+  // The same with the GIL released (calls that copy token data).
+  template <typename Call>
+  Outcome Unlocked(Call&& call) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    return Capture(call(raw_));
   }
   int heads() const { return heads_; }
   int head_dim() const { return head_dim_; }
   kvpage_dtype dtype() const { return dtype_; }
 
  private:
+  std::mutex mu_;
   kvpage_cache* raw_ = nullptr;
-  uint64_t generation_ = 0;
+  uint64_t generation_ = 0;  // read and written with the GIL held
   int heads_ = 0, head_dim_ = 0;
   kvpage_dtype dtype_ = KVPAGE_F16;
 };
 
 // The dtype an update array carries, or InvalidArgumentError.
 kvpage_dtype ArrayDType(const Cache& c, const py::array& a, const char* what) {
-  if (a.dtype().is(py::dtype::of<float>())) return KVPAGE_F32;
-  const bool f16 = a.dtype().kind() == 'f' && a.dtype().itemsize() == 2;
-  const bool bits = a.dtype().kind() == 'u' && a.dtype().itemsize() == 2;
+  // Native byte order only: '=' native, '|' not applicable, '<' little
+  // endian written out (this machine's).
+  const std::string order = py::str(a.dtype().attr("byteorder"));
+  const bool native =
+      order == "=" || order == "|" ||
+      order ==
+          (py::module_::import("sys").attr("byteorder").cast<std::string>() ==
+                   "little"
+               ? "<"
+               : ">");
+  const char kind = a.dtype().kind();
+  const py::ssize_t size = a.dtype().itemsize();
+  if (native && kind == 'f' && size == 4) return KVPAGE_F32;
+  const bool f16 = native && kind == 'f' && size == 2;
+  const bool bits = native && kind == 'u' && size == 2;
   if (f16 && c.dtype() == KVPAGE_F16) return KVPAGE_F16;
   if (bits && c.dtype() != KVPAGE_F32) return c.dtype();
   Raise(KVPAGE_INVALID_ARGUMENT,
         std::string(what) + " has dtype " + std::string(py::str(a.dtype())) +
             ": pass float32, float16 (an f16 cache) or uint16 (the bits of "
-            "an f16 or bf16 cache)");
+            "an f16 or bf16 cache), in native byte order");
 }
 
 kvpage_token_span SpanOf(const Cache& c, const py::array& a, const char* what) {
@@ -248,8 +278,8 @@ struct Block {
   // A read-only array over the pool: [tokens, kv_heads, head_dim].
   py::object Array(bool keys) const {
     const kvpage_block_view& b = raw();
-    if (b.format != KVPAGE_BLOCK_HOT) return py::none();
     const kvpage_view_info& i = view->info;
+    if (b.format != KVPAGE_BLOCK_HOT || !i.host_accessible) return py::none();
     const py::ssize_t elem = i.dtype == KVPAGE_F32 ? 4 : 2;
     py::dtype dt = i.dtype == KVPAGE_F32   ? py::dtype::of<float>()
                    : i.dtype == KVPAGE_F16 ? py::dtype("float16")
@@ -274,12 +304,10 @@ struct Block {
     py::array_t<float> v(k.request().shape);
     float* kp = k.mutable_data();
     float* vp = v.mutable_data();
-    Outcome o;
-    {
-      py::gil_scoped_release release;
-      o = Capture(kvpage_dequantize(&view->info, &b, kp, n, vp, n));
-    }
-    Check(o);
+    // Under the cache's lock: the block's bytes are the pool's.
+    Check(view->owner->Unlocked([&](kvpage_cache*) {
+      return kvpage_dequantize(&view->info, &b, kp, n, vp, n);
+    }));
     return py::make_tuple(k, v);
   }
 };
@@ -343,12 +371,15 @@ std::shared_ptr<View> TakeView(py::object self, uint64_t seq, int layer) {
   view->cache = self;
   view->generation = owner->generation();
   view->info.struct_size = sizeof view->info;
-  kvpage_status s =
-      kvpage_view(owner->raw(), seq, layer, &view->info, nullptr, 0);
+  kvpage_status s = owner->Locked([&](kvpage_cache* h) {
+    return kvpage_view(h, seq, layer, &view->info, nullptr, 0);
+  });
   if (s == KVPAGE_RESOURCE_EXHAUSTED) {
     view->blocks.resize(static_cast<size_t>(view->info.num_blocks));
-    s = kvpage_view(owner->raw(), seq, layer, &view->info, view->blocks.data(),
-                    view->blocks.size());
+    s = owner->Locked([&](kvpage_cache* h) {
+      return kvpage_view(h, seq, layer, &view->info, view->blocks.data(),
+                         view->blocks.size());
+    });
   }
   Check(s);
   return view;
@@ -446,26 +477,38 @@ PYBIND11_MODULE(kvpage, m) {
           "add_sequence",
           [](Cache& c, uint64_t salt) {
             kvpage_seq_id id = 0;
-            Check(kvpage_add_sequence(c.Mutable(), salt, &id));
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_add_sequence(h, salt, &id);
+            }));
+            c.Bump();
             return id;
           },
           py::arg("salt") = 0)
       .def("fork",
            [](Cache& c, uint64_t parent) {
              kvpage_seq_id id = 0;
-             Check(kvpage_fork(c.Mutable(), parent, &id));
+             Check(c.Locked(
+                 [&](kvpage_cache* h) { return kvpage_fork(h, parent, &id); }));
+             c.Bump();
              return id;
            })
       .def("remove_sequence",
            [](Cache& c, uint64_t seq) {
-             Check(kvpage_remove_sequence(c.Mutable(), seq));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_remove_sequence(h, seq);
+             }));
+             c.Bump();
            })
       .def("sequences",
            [](Cache& c) {
              size_t n = 0;
-             (void)kvpage_sequences(c.raw(), nullptr, 0, &n);
+             (void)c.Locked([&](kvpage_cache* h) {
+               return kvpage_sequences(h, nullptr, 0, &n);
+             });
              std::vector<kvpage_seq_id> ids(n);
-             Check(kvpage_sequences(c.raw(), ids.data(), ids.size(), &n));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_sequences(h, ids.data(), ids.size(), &n);
+             }));
              return ids;
            })
       .def(
@@ -474,55 +517,61 @@ PYBIND11_MODULE(kvpage, m) {
              const py::array& v, int64_t seq_len) {
             const kvpage_token_span ks = SpanOf(c, k, "k");
             const kvpage_token_span vs = SpanOf(c, v, "v");
-            kvpage_cache* raw = c.Mutable();
-            Outcome o;
-            {
-              py::gil_scoped_release release;
-              o = Capture(kvpage_update(raw, seq, layer, &ks, &vs, seq_len));
-            }
-            Check(o);
+            Check(c.Unlocked([&](kvpage_cache* h) {
+              return kvpage_update(h, seq, layer, &ks, &vs, seq_len);
+            }));
+            c.Bump();
           },
           py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"),
           py::arg("seq_len"))
       .def("truncate",
            [](Cache& c, uint64_t seq, int64_t seq_len) {
-             Check(kvpage_truncate(c.Mutable(), seq, seq_len));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_truncate(h, seq, seq_len);
+             }));
+             c.Bump();
            })
       .def("length",
            [](Cache& c, uint64_t seq, int layer) {
              int64_t n = 0;
-             Check(kvpage_length(c.raw(), seq, layer, &n));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_length(h, seq, layer, &n);
+             }));
              return n;
            })
       .def("compress_old_entries",
            [](Cache& c, uint64_t seq, int layer, double keep_recent_fraction) {
-             kvpage_cache* raw = c.Mutable();
-             Outcome o;
-             {
-               py::gil_scoped_release release;
-               o = Capture(kvpage_compress_old_entries(raw, seq, layer,
-                                                       keep_recent_fraction));
-             }
-             Check(o);
+             Check(c.Unlocked([&](kvpage_cache* h) {
+               return kvpage_compress_old_entries(h, seq, layer,
+                                                  keep_recent_fraction);
+             }));
+             c.Bump();
            })
       .def("append_tokens",
            [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids) {
-             Check(kvpage_append_tokens(c.Mutable(), seq, ids.data(),
-                                        ids.size()));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_append_tokens(h, seq, ids.data(), ids.size());
+             }));
+             c.Bump();
            })
       .def("match_prefix",
            [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids) {
              int64_t matched = 0;
-             Check(kvpage_match_prefix(c.Mutable(), seq, ids.data(), ids.size(),
-                                       &matched));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_match_prefix(h, seq, ids.data(), ids.size(),
+                                          &matched);
+             }));
+             c.Bump();
              return matched;
            })
       .def("view", &TakeView, py::arg("seq"), py::arg("layer"))
       .def("gather",
            [](Cache& c, uint64_t seq, int layer) {
              size_t tokens = 0;
-             kvpage_status s = kvpage_gather(c.raw(), seq, layer, nullptr,
-                                             nullptr, nullptr, 0, &tokens);
+             kvpage_status s = c.Locked([&](kvpage_cache* h) {
+               return kvpage_gather(h, seq, layer, nullptr, nullptr, nullptr, 0,
+                                    &tokens);
+             });
              if (s != KVPAGE_RESOURCE_EXHAUSTED) Check(s);
              const py::ssize_t n = static_cast<py::ssize_t>(tokens);
              py::array_t<float> k(
@@ -532,27 +581,26 @@ PYBIND11_MODULE(kvpage, m) {
              float* kp = k.mutable_data();
              float* vp = v.mutable_data();
              int64_t* pp = positions.mutable_data();
-             Outcome o;
-             {
-               py::gil_scoped_release release;
-               o = Capture(kvpage_gather(c.raw(), seq, layer, kp, vp, pp,
-                                         tokens, &tokens));
-             }
-             Check(o);
+             Check(c.Unlocked([&](kvpage_cache* h) {
+               return kvpage_gather(h, seq, layer, kp, vp, pp, tokens, &tokens);
+             }));
              return py::make_tuple(k, v, positions);
            })
       .def("stats",
            [](Cache& c) {
              kvpage_cache_stats s{};
              s.struct_size = sizeof s;
-             Check(kvpage_stats(c.raw(), &s));
+             Check(c.Locked(
+                 [&](kvpage_cache* h) { return kvpage_stats(h, &s); }));
              return StatsDict(s);
            })
       .def("sequence_stats",
            [](Cache& c, uint64_t seq) {
              kvpage_sequence_stats s{};
              s.struct_size = sizeof s;
-             Check(kvpage_seq_stats(c.raw(), seq, &s));
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_seq_stats(h, seq, &s);
+             }));
              py::dict d;
              d["current_length"] = s.current_length;
              d["max_length"] = s.max_length;
@@ -563,12 +611,18 @@ PYBIND11_MODULE(kvpage, m) {
              d["evictions"] = s.evictions;
              return d;
            })
-      .def("validate", [](Cache& c) { Check(kvpage_validate(c.raw())); })
+      .def("validate",
+           [](Cache& c) {
+             Check(
+                 c.Locked([&](kvpage_cache* h) { return kvpage_validate(h); }));
+           })
       .def(
           "write_snapshot",
           [](Cache& c, const std::string& path, bool include_token_data) {
-            Check(kvpage_write_snapshot(c.raw(), path.c_str(),
-                                        include_token_data ? 1 : 0));
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_write_snapshot(h, path.c_str(),
+                                           include_token_data ? 1 : 0);
+            }));
           },
           py::arg("path"), py::arg("include_token_data") = false);
 

@@ -216,10 +216,22 @@ KVPAGE_C_EXPORT const char* kvpage_last_error(void);
 /* A status code's name ("NOT_FOUND"); "UNKNOWN_CODE" for other numbers. */
 KVPAGE_C_EXPORT const char* kvpage_status_name(kvpage_status status);
 
-/* The defaults of kvpage::CacheConfig (f16, blocks of 16, no compression,
- * compression_bits 8, compression_group_size 32, hot_tokens 256), every
- * dimension 0, struct_size = sizeof(kvpage_config). */
-KVPAGE_C_EXPORT void kvpage_config_init(kvpage_config* config);
+/* Fills the fields of *config that its struct_size covers with the defaults
+ * of kvpage::CacheConfig (f16, blocks of 16, no compression,
+ * compression_bits 8, compression_group_size 32, hot_tokens 256; every
+ * dimension 0) and sets struct_size to the bytes written. INVALID_ARGUMENT
+ * for NULL or a struct_size that is not a struct's. */
+KVPAGE_C_EXPORT kvpage_status kvpage_config_defaults(kvpage_config* config);
+
+/* kvpage_config_defaults for this header's kvpage_config: compiled into the
+ * caller, so that it never writes past the struct the caller has. */
+static inline void kvpage_config_init(kvpage_config* config) {
+  kvpage_config zero = {0};
+  if (config == NULL) return;
+  *config = zero;
+  config->struct_size = sizeof *config;
+  (void)kvpage_config_defaults(config);
+}
 
 /* ValidateConfig: KVPAGE_INVALID_ARGUMENT naming the field. */
 KVPAGE_C_EXPORT kvpage_status

@@ -170,3 +170,42 @@ def test_prefix_hash_matches_the_documented_vectors():
     assert first == 0xa53ea810e69adced
     assert kvpage.prefix_block_hash(first, 0, list(range(17, 33))) == 0xacc0109a8f0165a4
     assert kvpage.prefix_block_hash(0, 42, list(range(1, 17))) == 0x2f2907c3e36cd564
+
+
+def test_a_refused_call_leaves_views_valid_and_byte_order_is_checked():
+    c = small()
+    seq = c.add_sequence()
+    c.update(seq, 0, *tokens(0, 4), 4)
+    view = c.view(seq, 0)
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.update(seq, 0, *tokens(9, 1), 10)      # a gap: refused
+    assert view.tokens == 4                      # still valid
+    k, v = tokens(4, 1)
+    with pytest.raises(ValueError, match="byte order"):
+        c.update(seq, 0, k.astype(">f4"), v.astype(">f4"), 5)
+    c.update(seq, 0, k.astype("<f4"), v.astype("<f4"), 5)
+
+
+def test_threads_may_share_a_cache():
+    import threading
+    c = small(num_blocks=256, max_seq_len=4096)
+    seqs = [c.add_sequence() for _ in range(4)]
+    errors = []
+
+    def work(seq):
+        try:
+            for n in range(1, 200):
+                c.update(seq, 0, *tokens(n - 1, 1), n)
+                c.gather(seq, 0)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in seqs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for s in seqs:
+        assert c.length(s, 0) == 199
+    c.validate()

@@ -192,7 +192,7 @@ extern "C" {
     pub fn kvpage_version() -> c_int;
     pub fn kvpage_version_string() -> *const c_char;
     pub fn kvpage_last_error() -> *const c_char;
-    pub fn kvpage_config_init(config: *mut kvpage_config);
+    pub fn kvpage_config_defaults(config: *mut kvpage_config) -> kvpage_status;
     pub fn kvpage_validate_config(config: *const kvpage_config) -> kvpage_status;
     pub fn kvpage_cache_create(
         config: *const kvpage_config,

@@ -231,12 +231,13 @@ fn to_i64(value: usize, what: &str) -> Result<i64> {
 
 impl Config {
     fn to_raw(&self) -> Result<ffi::kvpage_config> {
-        // SAFETY: kvpage_config_init fills every field of a kvpage_config.
-        let mut c: ffi::kvpage_config = unsafe {
-            let mut c = std::mem::MaybeUninit::<ffi::kvpage_config>::zeroed();
-            ffi::kvpage_config_init(c.as_mut_ptr());
-            c.assume_init()
-        };
+        // SAFETY: all-zero bytes are a valid kvpage_config (null pointer,
+        // zero numbers); kvpage_config_defaults then fills in the defaults
+        // for the struct_size given.
+        let mut c: ffi::kvpage_config = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+        c.struct_size = std::mem::size_of::<ffi::kvpage_config>();
+        // SAFETY: c is a whole kvpage_config.
+        check(unsafe { ffi::kvpage_config_defaults(&mut c) })?;
         c.num_layers = to_i32(self.num_layers, "num_layers")?;
         c.num_kv_heads = to_i32(self.num_kv_heads, "num_kv_heads")?;
         c.head_dim = to_i32(self.head_dim, "head_dim")?;
@@ -603,9 +604,14 @@ impl<'a> Block<'a> {
 
     /// The keys and values of a hot f32 block where they lie in the pool:
     /// token t's [num_kv_heads][head_dim] start at t * token_stride. None
-    /// for other blocks (use [`Block::dequantize`]).
+    /// for other blocks (use [`Block::dequantize`]) and for storage that is
+    /// not host memory.
     pub fn f32_slices(&self) -> Option<(&'a [f32], &'a [f32], usize)> {
-        if self.format() != BlockFormat::Hot || self.info.dtype != ffi::KVPAGE_F32 || self.raw.tokens == 0 {
+        if self.format() != BlockFormat::Hot
+            || self.info.dtype != ffi::KVPAGE_F32
+            || self.info.host_accessible == 0
+            || self.raw.tokens == 0
+        {
             return None;
         }
         let stride = self.info.token_stride as usize;
