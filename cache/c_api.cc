@@ -114,7 +114,8 @@ absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
     const char* name;
   };
   for (const Enum& e :
-       {Enum{c.dtype, 3, "dtype"}, Enum{c.overflow, 4, "overflow"},
+       {Enum{AsInt(c.dtype), 3, "dtype"},
+        Enum{AsInt(c.overflow), 4, "overflow"},
         Enum{c.compression_enabled, 2, "compression_enabled"},
         Enum{c.compression_auto_compress, 2, "compression_auto_compress"},
         Enum{c.compression_measure_error, 2, "compression_measure_error"},
@@ -304,7 +305,9 @@ const char* kvpage_status_name(kvpage_status status) {
                                        "UNAVAILABLE",
                                        "DATA_LOSS",
                                        "UNAUTHENTICATED"};
-  const int i = static_cast<int>(status);
+  // Read as the int a C caller passed: a C++ enum need not hold 99.
+  int i = 0;
+  std::memcpy(&i, &status, sizeof i);
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN_CODE";
 }
 
