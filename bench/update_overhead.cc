@@ -25,9 +25,13 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 }
 
 kvpage::CacheConfig Config() {
-  return {.num_layers = 1, .num_kv_heads = kHeads, .head_dim = kDim,
-          .dtype = kvpage::DType::kF16, .block_tokens = 16,
-          .num_blocks = kWindow / 16 + 2, .max_seq_len = kWindow};
+  return {.num_layers = 1,
+          .num_kv_heads = kHeads,
+          .head_dim = kDim,
+          .dtype = kvpage::DType::kF16,
+          .block_tokens = 16,
+          .num_blocks = kWindow / 16 + 2,
+          .max_seq_len = kWindow};
 }
 
 // ns per update through the C++ API.
