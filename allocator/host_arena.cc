@@ -34,9 +34,9 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(
   memory = static_cast<std::byte*>(
       mi_malloc_aligned(static_cast<size_t>(bytes), 4096));
 #else
-  void* mapped = mmap(nullptr, static_cast<size_t>(bytes),
-                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+  void* mapped =
+      mmap(nullptr, static_cast<size_t>(bytes), PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped != MAP_FAILED) {
     memory = static_cast<std::byte*>(mapped);
     mmapped = true;
@@ -50,7 +50,8 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(
   if (options.huge_pages && bytes >= kHugePage) {
     // Advice only: the kernel may decline, which costs TLB misses, not data.
     const auto start = reinterpret_cast<uintptr_t>(memory);
-    const uintptr_t aligned = (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+    const uintptr_t aligned =
+        (start + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
     const uintptr_t end = (start + bytes) & ~uintptr_t(kHugePage - 1);
     if (end > aligned) {
       (void)madvise(reinterpret_cast<void*>(aligned), end - aligned,
@@ -62,33 +63,33 @@ absl::StatusOr<std::unique_ptr<HostArena>> HostArena::Create(
       new HostArena(num_blocks, block_bytes, memory, mmapped));
 }
 
-HostArena::HostArena(int64_t num_blocks, int64_t block_bytes,
-                     std::byte* memory, bool mmapped)
+HostArena::HostArena(int64_t num_blocks, int64_t block_bytes, std::byte* memory,
+                     bool mmapped)
     : BlockStorage(num_blocks, block_bytes), mmapped_(mmapped) {
-  host_base_ = memory;
+  set_host_base(memory);
 }
 
 HostArena::~HostArena() {
-  KVPAGE_UNPOISON(host_base_, total_bytes());
+  KVPAGE_UNPOISON(host_base(), total_bytes());
   if (mmapped_) {
-    munmap(host_base_, static_cast<size_t>(total_bytes()));
+    munmap(host_base(), static_cast<size_t>(total_bytes()));
   } else {
 #if KVPAGE_WITH_MIMALLOC
-    mi_free(host_base_);
+    mi_free(host_base());
 #endif
   }
 }
 
 const void* HostArena::Address(BlockId id) const {
   KVPAGE_DCHECK(id < num_blocks());
-  return host_base_ + static_cast<int64_t>(id) * block_bytes();
+  return host_base() + static_cast<int64_t>(id) * block_bytes();
 }
 
 void HostArena::Write(BlockId id, int64_t offset, const void* src,
                       int64_t bytes) {
   KVPAGE_DCHECK(id < num_blocks() && offset >= 0 &&
                 offset + bytes <= block_bytes());
-  std::memcpy(host_base_ + static_cast<int64_t>(id) * block_bytes() + offset,
+  std::memcpy(host_base() + static_cast<int64_t>(id) * block_bytes() + offset,
               src, static_cast<size_t>(bytes));
 }
 
@@ -97,24 +98,24 @@ void HostArena::Read(BlockId id, int64_t offset, void* dst,
   KVPAGE_DCHECK(id < num_blocks() && offset >= 0 &&
                 offset + bytes <= block_bytes());
   std::memcpy(dst,
-              host_base_ + static_cast<int64_t>(id) * block_bytes() + offset,
+              host_base() + static_cast<int64_t>(id) * block_bytes() + offset,
               static_cast<size_t>(bytes));
 }
 
 void HostArena::Copy(BlockId from, BlockId to) {
   KVPAGE_DCHECK(from < num_blocks() && to < num_blocks() && from != to);
-  std::memcpy(host_base_ + static_cast<int64_t>(to) * block_bytes(),
-              host_base_ + static_cast<int64_t>(from) * block_bytes(),
+  std::memcpy(host_base() + static_cast<int64_t>(to) * block_bytes(),
+              host_base() + static_cast<int64_t>(from) * block_bytes(),
               static_cast<size_t>(block_bytes()));
 }
 
 void HostArena::PoisonFree(BlockId id) {
-  KVPAGE_POISON(host_base_ + static_cast<int64_t>(id) * block_bytes(),
+  KVPAGE_POISON(host_base() + static_cast<int64_t>(id) * block_bytes(),
                 block_bytes());
 }
 
 void HostArena::UnpoisonUsed(BlockId id) {
-  KVPAGE_UNPOISON(host_base_ + static_cast<int64_t>(id) * block_bytes(),
+  KVPAGE_UNPOISON(host_base() + static_cast<int64_t>(id) * block_bytes(),
                   block_bytes());
 }
 

@@ -38,4 +38,16 @@ void AttachPrefix(const LayerRules& rules, absl::Span<const BlockId> blocks,
   table.published = static_cast<int64_t>(blocks.size());
 }
 
+bool WriteRowEntries(const BlockTable& t, int32_t* out) {
+  for (const BlockRef ref : t.sink_blocks) {
+    if (IsQuant(ref)) return false;
+    *out++ = static_cast<int32_t>(ref);
+  }
+  for (size_t i = t.head; i < t.window.size(); ++i) {
+    if (IsQuant(t.window[i])) return false;
+    *out++ = static_cast<int32_t>(t.window[i]);
+  }
+  return true;
+}
+
 }  // namespace kvpage::internal

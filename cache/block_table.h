@@ -205,6 +205,22 @@ BlockTable ForkTable(const BlockTable& from);
 void AttachPrefix(const LayerRules& rules, absl::Span<const BlockId> blocks,
                   int64_t length, BlockTable& table);
 
+// Engine mode's rows (kvpage/engine.h): the held blocks, sink blocks then
+// window blocks; window entry j holds logical block j + RowBlockOffset.
+inline int64_t RowEntries(const BlockTable& t) {
+  return static_cast<int64_t>(t.sink_blocks.size()) + t.window_blocks();
+}
+inline int64_t RowBlockOffset(const BlockTable& t) {
+  return t.window_first - static_cast<int64_t>(t.sink_blocks.size());
+}
+// The first visible position at or past the sinks (the length when none).
+inline int64_t RowWindowStart(const LayerRules& r, const BlockTable& t) {
+  return std::min(std::max(t.window_start, r.sinks), t.length);
+}
+// Writes the row's RowEntries(t) block ids to `out`; false (with `out`
+// partly written) at a compressed block, which a kernel cannot read. O(row).
+bool WriteRowEntries(const BlockTable& t, int32_t* out);
+
 // Calls fn(block_ref, slot, count, position) for each run of visible
 // positions in [lo, hi), oldest first, one run per block and range (a block
 // holding sinks and window positions with evicted slots between gives two

@@ -97,8 +97,6 @@ void SetError(const char* message) noexcept {
   }
 }
 
-namespace {
-
 absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
   if (in == nullptr) return absl::InvalidArgumentError("config is NULL");
   if (absl::Status s =
@@ -174,6 +172,8 @@ absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
   if (absl::Status s = ValidateConfig(out); !s.ok()) return s;
   return out;
 }
+
+namespace {
 
 kvpage_config FromConfig(const CacheConfig& c,
                          const std::vector<kvpage_layer_policy>& policies) {
@@ -262,6 +262,24 @@ absl::StatusOr<TokenSpan> ToSpan(const kvpage_token_span* s, const char* what) {
 }
 
 }  // namespace
+kvpage_status Adopt(absl::StatusOr<std::unique_ptr<KVCache>> cache,
+                    Release release, kvpage_cache** out) {
+  if (!cache.ok()) return Fail(cache.status());
+  auto handle = std::make_unique<kvpage_cache>();
+  handle->cache = *std::move(cache);
+  for (const LayerPolicy& p : handle->cache->config().layer_policies) {
+    handle->layer_policies.push_back({.layer = p.layer,
+                                      .overflow = PolicyOf(p.overflow),
+                                      .max_seq_len = p.max_seq_len,
+                                      .sink_tokens = p.sink_tokens,
+                                      .truncate_to = p.truncate_to});
+  }
+  handle->release = release;
+  Remember(handle.get(), HandleKind::kCache);
+  *out = handle.release();
+  return KVPAGE_OK;
+}
+
 }  // namespace kvpage::c_api
 
 using kvpage::c_api::CheckHandle;
@@ -345,22 +363,7 @@ kvpage_status kvpage_cache_create(const kvpage_config* config,
     if (absl::Status s = CheckOut(out, "out"); !s.ok()) return Fail(s);
     absl::StatusOr<kvpage::CacheConfig> c = kvpage::c_api::ToConfig(config);
     if (!c.ok()) return Fail(c.status());
-    absl::StatusOr<std::unique_ptr<kvpage::KVCache>> cache =
-        kvpage::KVCache::Create(*c);
-    if (!cache.ok()) return Fail(cache.status());
-    auto handle = std::make_unique<kvpage_cache>();
-    handle->cache = std::move(*cache);
-    for (const kvpage::LayerPolicy& p : c->layer_policies) {
-      handle->layer_policies.push_back(
-          {.layer = p.layer,
-           .overflow = kvpage::c_api::PolicyOf(p.overflow),
-           .max_seq_len = p.max_seq_len,
-           .sink_tokens = p.sink_tokens,
-           .truncate_to = p.truncate_to});
-    }
-    kvpage::c_api::Remember(handle.get(), kvpage::c_api::HandleKind::kCache);
-    *out = handle.release();
-    return KVPAGE_OK;
+    return kvpage::c_api::Adopt(kvpage::KVCache::Create(*c), {}, out);
   });
 }
 
@@ -369,7 +372,9 @@ void kvpage_cache_destroy(kvpage_cache* cache) {
   // A pointer kvpage did not hand out (or one already destroyed) is left
   // alone: freeing it would corrupt the caller's heap.
   if (!kvpage::c_api::Forget(cache, kvpage::c_api::HandleKind::kCache)) return;
+  const kvpage::c_api::Release release = cache->release;
   delete cache;
+  if (release.fn != nullptr) release.fn(release.context);
 }
 
 kvpage_status kvpage_cache_config(const kvpage_cache* cache,

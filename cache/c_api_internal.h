@@ -19,9 +19,18 @@
 #include "kvpage/kvpage_c.h"
 #include "kvpage/snapshot.h"
 
+namespace kvpage::c_api {
+// A storage's release callback, called after its cache is gone.
+struct Release {
+  void (*fn)(void* context) = nullptr;
+  void* context = nullptr;
+};
+}  // namespace kvpage::c_api
+
 struct kvpage_cache {
   std::unique_ptr<kvpage::KVCache> cache;
   std::vector<kvpage_layer_policy> layer_policies;  // kvpage_cache_config's
+  kvpage::c_api::Release release;  // kvpage_cache_create_with_storage's
 };
 
 struct kvpage_snapshot {
@@ -29,6 +38,14 @@ struct kvpage_snapshot {
 };
 
 namespace kvpage::c_api {
+
+// A caller's config, checked and converted (c_api.cc).
+absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in);
+
+// Makes a handle of a cache Create returned (or fails with its status);
+// `release` runs after the cache is destroyed. (c_api.cc)
+kvpage_status Adopt(absl::StatusOr<std::unique_ptr<KVCache>> cache,
+                    Release release, kvpage_cache** out);
 
 // The message kvpage_last_error() returns on this thread.
 std::string& LastError();

@@ -83,6 +83,7 @@ std::vector<KVCache::Impl::Candidate> KVCache::Impl::CompressCandidates(
   std::sort(ids.begin(), ids.end());
   for (SeqId id : ids) {
     internal::Sequence& sequence = sequences.find(id)->second;
+    if (sequence.batch_mark == batch_serial) continue;
     for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
       BlockTable& table = sequence.layers[layer];
       if (&table == skip) continue;

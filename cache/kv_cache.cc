@@ -39,20 +39,31 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
           config.num_blocks, BlockBytes(config),
           {.prefault = config.prefault, .huge_pages = config.huge_pages});
   if (!arena.ok()) return arena.status();
-  return internal::KVCacheAccess::CreateWithStorage(config, *std::move(arena));
+  return Create(config, *std::move(arena));
 }
 
 absl::StatusOr<std::unique_ptr<KVCache>>
 internal::KVCacheAccess::CreateWithStorage(
     const CacheConfig& config, std::unique_ptr<BlockStorage> storage) {
+  return KVCache::Create(config, std::move(storage));
+}
+
+absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
+    const CacheConfig& config, std::unique_ptr<BlockStorage> storage) {
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
-  if (storage == nullptr || storage->num_blocks() != config.num_blocks ||
+  if (storage == nullptr || storage->num_blocks() != StorageBlocks(config) ||
       storage->block_bytes() != BlockBytes(config)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "KVCache storage: %d blocks of %d bytes; the config needs %d of %d",
         storage == nullptr ? 0 : storage->num_blocks(),
-        storage == nullptr ? 0 : storage->block_bytes(), config.num_blocks,
+        storage == nullptr ? 0 : storage->block_bytes(), StorageBlocks(config),
         BlockBytes(config)));
+  }
+  if (config.compression.enabled && !storage->host_io()) {
+    return absl::InvalidArgumentError(
+        "KVCache storage: compression reads and writes blocks on the host; "
+        "this storage has no host reads and writes (StorageCallbacks read "
+        "and write)");
   }
   auto impl = std::make_unique<KVCache::Impl>();
   impl->config = config;
@@ -62,12 +73,12 @@ internal::KVCacheAccess::CreateWithStorage(
   if (!pool.ok()) return pool.status();
   impl->pool = *std::move(pool);
   impl->local = std::make_unique<BlockPool::LocalCache>(*impl->pool);
-  impl->io = std::make_unique<BlockIO>(config, impl->pool->storage());
-  impl->prefix =
-      std::make_unique<PrefixCache>(config.num_layers, config.num_blocks);
+  impl->io = std::make_unique<internal::BlockIO>(config, impl->pool->storage());
+  impl->prefix = std::make_unique<internal::PrefixCache>(config.num_layers,
+                                                         config.num_blocks);
   if (config.compression.enabled) {
-    absl::StatusOr<std::unique_ptr<QuantStore>> quant =
-        QuantStore::Create(config);
+    absl::StatusOr<std::unique_ptr<internal::QuantStore>> quant =
+        internal::QuantStore::Create(config);
     if (!quant.ok()) return quant.status();
     impl->quant = *std::move(quant);
   }
@@ -212,13 +223,10 @@ absl::Status KVCache::RemoveSequence(SeqId seq) {
 
 namespace {
 
-// Everything Update refuses before it changes anything: InvalidArgument for
-// the caller's mistakes, OutOfRange for evicted positions, ResourceExhausted
-// past max_seq_len under kError.
-absl::Status CheckUpdate(const LayerRules& layer_rules, DType dtype,
-                         int64_t token_elems, SeqId seq, int layer,
-                         const BlockTable& table, TokenSpan k, TokenSpan v,
-                         int64_t seq_len) {
+// Update's own refusals, about its data: InvalidArgument for the caller's
+// mistakes. The positions are checked by Impl::CheckPositions.
+absl::Status CheckSpans(DType dtype, int64_t token_elems, SeqId seq, int layer,
+                        TokenSpan k, TokenSpan v, int64_t seq_len) {
   const int64_t n = k.tokens;
   auto invalid = [&](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -248,27 +256,6 @@ absl::Status CheckUpdate(const LayerRules& layer_rules, DType dtype,
     return invalid(absl::StrFormat(
         "%d tokens end at seq_len %d: they would start below position 0", n,
         seq_len));
-  }
-  const int64_t start = seq_len - n;
-  if (ABSL_PREDICT_FALSE(start > table.length)) {
-    return invalid(absl::StrFormat(
-        "gap: %d tokens start at position %d but the layer holds %d", n, start,
-        table.length));
-  }
-  if (ABSL_PREDICT_FALSE(layer_rules.evicts() &&
-                         table.window_start > layer_rules.sinks)) {
-    if (absl::Status s = internal::CheckEvicted(
-            "Update", seq, layer, layer_rules, table, start, seq_len);
-        !s.ok()) {
-      return s;
-    }
-  }
-  if (ABSL_PREDICT_FALSE(!layer_rules.evicts() &&
-                         seq_len > layer_rules.max_seq_len)) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "Update(seq %d, layer %d, seq_len %d): exceeds max_seq_len %d "
-        "(overflow policy error)",
-        seq, layer, seq_len, layer_rules.max_seq_len));
   }
   return absl::OkStatus();
 }
@@ -307,34 +294,35 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   Sequence& sequence = it->second;
   BlockTable& table = sequence.layers[static_cast<size_t>(layer)];
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
-  if (absl::Status s =
-          CheckUpdate(layer_rules, impl.config.dtype, impl.io->token_elems(),
-                      seq, layer, table, k, v, seq_len);
+  if (absl::Status s = CheckSpans(impl.config.dtype, impl.io->token_elems(),
+                                  seq, layer, k, v, seq_len);
       ABSL_PREDICT_FALSE(!s.ok())) {
     return s;
   }
-  const int64_t start = seq_len - k.tokens;
-  // The one step that can fail for lack of memory comes first.
-  const Plan plan =
-      internal::MakePlan(layer_rules, table, *impl.pool, start, seq_len);
-  impl.fresh_ids.clear();
-  if (ABSL_PREDICT_FALSE(plan.fresh > 0)) {
-    if (absl::Status s = impl.TakeFresh(plan.fresh, &table); !s.ok()) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("Update(seq %d, layer %d, seq_len %d): %s", seq,
-                          layer, seq_len, s.message()));
-    }
+  if (ABSL_PREDICT_FALSE(!impl.pool->storage().host_io())) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "Update(seq %d, layer %d, seq_len %d): the storage has no host "
+        "writes; an engine that writes with its own kernels calls Reserve",
+        seq, layer, seq_len));
   }
-  impl.counters.blocks_allocated += plan.fresh;
-  impl.ApplyPlan(layer_rules, table, plan, impl.fresh_ids);
+  const int64_t start = seq_len - k.tokens;
+  if (absl::Status s = impl.CheckPositions("Update", seq, layer, layer_rules,
+                                           table, start, seq_len);
+      ABSL_PREDICT_FALSE(!s.ok())) {
+    return s;
+  }
+  if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) !=
+      internal::kNoBlock) {
+    impl.AppendInPlace(table, start, seq_len);
+  } else if (absl::Status s = impl.PlaceGeneral(
+                 "Update", seq, layer, layer_rules, table, start, seq_len);
+             !s.ok()) {
+    return s;
+  }
   const int64_t written =
       WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();
-  table.published = std::min(table.published, start / layer_rules.block_tokens);
-  if (!sequence.block_hashes.empty()) {
-    impl.PublishLayer(sequence, static_cast<size_t>(layer));
-  }
-  if (impl.auto_compress()) impl.CompressNewlyCold(layer_rules, table);
+  impl.Settle(sequence, static_cast<size_t>(layer), start);
   return absl::OkStatus();
 }
 

@@ -27,6 +27,7 @@
 #ifndef KVPAGE_CACHE_KV_CACHE_IMPL_H_
 #define KVPAGE_CACHE_KV_CACHE_IMPL_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -70,11 +71,18 @@ struct KVCache::Impl {
   absl::flat_hash_map<SeqId, internal::Sequence> sequences;
   SeqId next_seq = 1;
   CacheCounters counters;
+  // ReserveBatch marks the sequences of the step being reserved with this
+  // serial (Sequence::batch_mark): a sequence named twice is refused, and
+  // compressing to make room never touches one of them. Bumped at the
+  // start and the end of every batch.
+  uint64_t batch_serial = 1;
 
   // Scratch space reused across calls (never part of the cache's state).
   absl::InlinedVector<internal::BlockId, 16> fresh_ids;
   absl::InlinedVector<internal::BlockRef, 16> recycled;
   std::vector<std::byte> decompressed;
+  std::vector<internal::Plan> batch_plans;
+  std::vector<internal::BlockTable*> batch_tables;
 
   ~Impl();
 
@@ -109,6 +117,48 @@ struct KVCache::Impl {
   // offered to the prefix cache. O(blocks published).
   void PublishLayer(internal::Sequence& sequence, size_t layer);
 
+  // ---- The update rule's steps, shared by Update and Reserve
+  // (update_steps.cc).
+  // Refuses positions [start, seq_len) of `table` as Update documents: a
+  // gap (InvalidArgument), evicted positions (OutOfRange), max_seq_len
+  // under kError (ResourceExhausted), each message naming `op`. O(1).
+  [[nodiscard]] absl::Status CheckPositions(std::string_view op, SeqId seq,
+                                            int layer,
+                                            const internal::LayerRules& rules,
+                                            const internal::BlockTable& table,
+                                            int64_t start,
+                                            int64_t seq_len) const;
+  // The fast path: positions [start, seq_len) appended into the table's
+  // private, hot, non-full last block with no policy action due. Returns
+  // that block, or kNoBlock when the general path must plan. O(1), no
+  // division.
+  internal::BlockId InPlaceAppendBlock(const internal::LayerRules& rules,
+                                       const internal::BlockTable& table,
+                                       int64_t start, int64_t seq_len) const;
+  // Takes the fast path InPlaceAppendBlock allowed: sets the lengths.
+  void AppendInPlace(internal::BlockTable& table, int64_t start,
+                     int64_t seq_len) {
+    counters.tokens_stored += seq_len - start;
+    table.length = seq_len;
+    table.max_length = std::max(table.max_length, seq_len);
+  }
+  // The general path: plans, takes the plan's fresh blocks (ResourceExhausted
+  // naming `op`, nothing changed) and moves the table to the plan.
+  [[nodiscard]] absl::Status PlaceGeneral(std::string_view op, SeqId seq,
+                                          int layer,
+                                          const internal::LayerRules& rules,
+                                          internal::BlockTable& table,
+                                          int64_t start, int64_t seq_len);
+  // What follows a change of `layer`'s table whose positions from `start`
+  // are (to be) written: publishing full hashed blocks, compressing blocks
+  // made cold.
+  void Settle(internal::Sequence& sequence, size_t layer, int64_t start);
+
+  // The prefix-cache entries MatchPrefix would attach for `tokens` of a
+  // sequence with `salt`, in order (admission.cc). O(tokens + matched).
+  std::vector<int32_t> MatchedEntries(absl::Span<const int32_t> tokens,
+                                      uint64_t salt) const;
+
   // ---- Applying an update plan (apply_plan.cc).
   // Fills fresh_ids with n blocks of the hot pool; when it is short, evicts
   // idle prefix entries and then, with auto_compress, compresses cold
@@ -137,7 +187,8 @@ struct KVCache::Impl {
   // Compresses the blocks older than position `cutoff`. O(blocks).
   void CompressBefore(const internal::LayerRules& rules,
                       internal::BlockTable& table, int64_t cutoff);
-  // Hot blocks compressing could free now, outside `skip`, oldest first per
+  // Hot blocks compressing could free now, outside `skip` and the sequences
+  // of the batch being reserved, oldest first per
   // layer, sequences in id order, at most `want`.
   struct Candidate {
     internal::BlockTable* table;

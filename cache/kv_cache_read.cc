@@ -2,6 +2,7 @@
 // describes its blocks for an attention kernel.
 #include <optional>
 
+#include "absl/strings/str_format.h"
 #include "cache/kv_cache_impl.h"
 
 namespace kvpage {
@@ -100,6 +101,10 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
   absl::StatusOr<const BlockTable*> found =
       impl.FindTable("Gather", seq, layer);
   if (!found.ok()) return found.status();
+  if (!impl.pool->storage().host_io()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "Gather(seq %d, layer %d): the storage has no host reads", seq, layer));
+  }
   const BlockTable& table = **found;
   const internal::LayerRules& layer_rules =
       impl.rules[static_cast<size_t>(layer)];

@@ -65,6 +65,13 @@ class PrefixCache {
     }
   }
 
+  // The blocks of `entry` that evicting could free now: all it lists when
+  // it is idle, else none. O(1).
+  int64_t idle_blocks(int32_t entry) const {
+    const Entry& e = entries_[static_cast<size_t>(entry)];
+    return e.in_lru ? e.layers_present : 0;
+  }
+
   bool has_idle() const { return lru_head_ >= 0; }
   // Removes the least recently used idle entry; returns its blocks, whose
   // cache reference (their last) the caller drops. O(layers).

@@ -19,6 +19,7 @@ struct Sequence {
   uint64_t salt = 0;                   // prefix-cache salt
   std::vector<int32_t> token_ids;      // AppendTokens / MatchPrefix
   std::vector<uint64_t> block_hashes;  // chain hash of each full block
+  uint64_t batch_mark = 0;  // == Impl::batch_serial: in the batch reserving
 };
 
 // Hashes the full blocks of `sequence.token_ids` not hashed yet, until

@@ -122,6 +122,11 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     const SnapshotOptions& options) const {
   const Impl& impl = *impl_;
   const internal::QuantStore* quant = impl.quant.get();
+  if (options.include_token_data && !impl.pool->storage().host_io()) {
+    return absl::FailedPreconditionError(
+        "TakeSnapshot: token data needs host reads; the storage has none "
+        "(take the snapshot without include_token_data)");
+  }
   Snapshot snap;
   snap.has_token_data = options.include_token_data;
   snap.config = impl.config;

@@ -455,6 +455,154 @@ static void TestSnapshots(void) {
   kvpage_cache_destroy(cache);
 }
 
+/* Engine mode: reserve, the engine's "kernel" writes through the slot
+ * mapping into memory it owns, block tables read the tokens back. */
+static void TestEngineMode(void) {
+  kvpage_config config = SmallConfig();
+  int64_t bytes = 0;
+  OK(kvpage_storage_bytes(&config, &bytes));
+  CHECK(bytes == 64 * 2 * 4 * kElems * (int64_t)sizeof(float));
+  void* allocated = NULL;
+  CHECK(posix_memalign(&allocated, 64, (size_t)bytes) == 0);
+  unsigned char* memory = allocated;
+  kvpage_cache* cache = NULL;
+  CHECK_STATUS(
+      kvpage_cache_create_in_memory(&config, memory + 4, bytes, &cache),
+      KVPAGE_INVALID_ARGUMENT); /* misaligned */
+  OK(kvpage_cache_create_in_memory(&config, memory, bytes, &cache));
+  void* base = NULL;
+  OK(kvpage_layer_base(cache, 1, &base));
+  CHECK(base == memory);
+  kvpage_seq_id a, b;
+  OK(kvpage_add_sequence(cache, 0, &a));
+  OK(kvpage_add_sequence(cache, 0, &b));
+  int64_t slots[8];
+  kvpage_reserve_request step[2] = {{a, 5, 5}, {b, 3, 3}};
+  int32_t table[2 * 4], lens[2];
+  kvpage_padded_tables tables = {sizeof tables, table, 4, -1, lens, NULL, NULL};
+  OK(kvpage_export_block_tables(cache, 0, (kvpage_seq_id[]){a, b}, 2, &tables));
+  CHECK(lens[0] == 0 && table[0] == -1);
+  OK(kvpage_reserve_batch(cache, 0, step, 2, slots, 8, &tables));
+  CHECK(lens[0] == 5 && lens[1] == 3 && table[2] == -1 && table[4] >= 0);
+  const int64_t block_bytes = 2 * 4 * kElems * (int64_t)sizeof(float);
+  for (int i = 0; i < 8; ++i) { /* keys of token i: 100 * i */
+    const int64_t block = slots[i] / 4, slot = slots[i] % 4;
+    const float key = 100.0f * (float)i;
+    memcpy(memory + block * block_bytes + slot * kElems * sizeof(float), &key,
+           sizeof key);
+  }
+  /* Token 6 (b's position 1) through the table: row 1, entry 0, slot 1. */
+  float read;
+  memcpy(&read, memory + table[4] * block_bytes + 1 * kElems * sizeof(float),
+         sizeof read);
+  CHECK(read == 600.0f);
+  /* CSR. */
+  int32_t indptr[3], indices[4], last[2];
+  kvpage_csr_tables csr = {sizeof csr, indptr, indices, 4,
+                           last,       NULL,   NULL,    NULL};
+  OK(kvpage_export_block_tables_csr(cache, 0, (kvpage_seq_id[]){a, b}, 2,
+                                    &csr));
+  CHECK(indptr[0] == 0 && indptr[1] == 2 && indptr[2] == 3);
+  CHECK(last[0] == 1 && last[1] == 3 && indices[2] == table[4]);
+  csr.indices_capacity = 2;
+  CHECK_STATUS(kvpage_export_block_tables_csr(cache, 0, (kvpage_seq_id[]){a, b},
+                                              2, &csr),
+               KVPAGE_INVALID_ARGUMENT);
+  /* A single reserve, refusals, a rollback. */
+  int64_t one;
+  OK(kvpage_reserve(cache, a, 0, 6, 1, &one));
+  CHECK(one == slots[4] + 1);
+  CHECK_STATUS(kvpage_reserve(cache, a, 0, 9, 1, &one),
+               KVPAGE_INVALID_ARGUMENT); /* gap */
+  CHECK_STATUS(kvpage_reserve(cache, a, 0, 7, 1, NULL),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK_STATUS(kvpage_reserve_batch(cache, 0, step, 2, slots, 7, NULL),
+               KVPAGE_INVALID_ARGUMENT); /* 8 tokens, 7 slots */
+  OK(kvpage_reserve(cache, a, 0, 4, 0, NULL));
+  int64_t length = 0;
+  OK(kvpage_length(cache, a, 0, &length));
+  CHECK(length == 4);
+  /* What a scheduler asks. */
+  int64_t needed = -1;
+  kvpage_seq_id c;
+  OK(kvpage_add_sequence(cache, 0, &c));
+  OK(kvpage_blocks_needed(cache, c, 9, 9, &needed));
+  CHECK(needed == 2 * 3); /* 3 blocks of 4 in each layer */
+  CHECK_STATUS(kvpage_blocks_needed(cache, a, 9, 5, &needed),
+               KVPAGE_INVALID_ARGUMENT); /* a gap in layer 1 */
+  kvpage_cache_stats stats;
+  stats.struct_size = sizeof stats;
+  OK(kvpage_stats(cache, &stats));
+  const int32_t prompt[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  kvpage_admission admission = {sizeof admission, 0, 0, 0, 0};
+  OK(kvpage_plan_admission(cache, prompt, 8, 0, 8, &admission));
+  CHECK(admission.cached_tokens == 0 && admission.blocks_needed == 8);
+  CHECK(admission.fits == 1 &&
+        admission.blocks_available == stats.blocks_free + stats.blocks_cached);
+  int64_t cached = -1;
+  OK(kvpage_cached_prefix_tokens(cache, prompt, 8, 0, &cached));
+  CHECK(cached == 0);
+  CHECK_STATUS(kvpage_plan_admission(cache, prompt, 8, 0, -1, &admission),
+               KVPAGE_INVALID_ARGUMENT);
+  kvpage_cache_destroy(cache);
+  free(memory);
+}
+
+/* Storage behind callbacks: addresses that are not host pointers. */
+static unsigned char device_bytes[64 * 2 * 4 * kElems * sizeof(float)];
+static int releases = 0, copies = 0;
+static const void* DeviceAddress(void* context, uint32_t block) {
+  (void)context;
+  return (const void*)(uintptr_t)(0xd000000000u +
+                                  block * 2u * 4u * kElems * sizeof(float));
+}
+static void DeviceCopy(void* context, uint32_t from, uint32_t to) {
+  (void)context;
+  const size_t n = 2 * 4 * kElems * sizeof(float);
+  memcpy(device_bytes + to * n, device_bytes + from * n, n);
+  ++copies;
+}
+static void DeviceRelease(void* context) {
+  CHECK(context == device_bytes);
+  ++releases;
+}
+
+static void TestCallbackStorage(void) {
+  kvpage_config config = SmallConfig();
+  kvpage_storage_callbacks callbacks = {
+      sizeof callbacks, device_bytes, DeviceAddress, DeviceCopy, NULL, NULL,
+      DeviceRelease};
+  kvpage_cache* cache = NULL;
+  OK(kvpage_cache_create_with_storage(&config, &callbacks, &cache));
+  kvpage_seq_id seq, child;
+  OK(kvpage_add_sequence(cache, 0, &seq));
+  int64_t slots[3];
+  OK(kvpage_reserve(cache, seq, 0, 3, 3, slots));
+  OK(kvpage_fork(cache, seq, &child));
+  OK(kvpage_reserve(cache, child, 0, 4, 1, slots));
+  CHECK(copies == 1);
+  CHECK_STATUS(Write(cache, seq, 0, 3, 1), KVPAGE_FAILED_PRECONDITION);
+  void* base = NULL;
+  OK(kvpage_layer_base(cache, 0, &base));
+  CHECK((uintptr_t)base == 0xd000000000u);
+  CHECK(releases == 0);
+  kvpage_cache_destroy(cache);
+  CHECK(releases == 1);
+  /* Missing callbacks, or compression without host reads: refused, and
+   * release is not called. */
+  callbacks.copy = NULL;
+  CHECK_STATUS(kvpage_cache_create_with_storage(&config, &callbacks, &cache),
+               KVPAGE_INVALID_ARGUMENT);
+  callbacks.copy = DeviceCopy;
+  config.compression_enabled = 1;
+  config.compression_quant_cells = 8;
+  config.compression_group_size = 4;
+  CHECK_STATUS(kvpage_cache_create_with_storage(&config, &callbacks, &cache),
+               KVPAGE_INVALID_ARGUMENT);
+  CHECK(strstr(kvpage_last_error(), "compression") != NULL);
+  CHECK(releases == 1);
+}
+
 int main(void) {
   TestVersionAndNames();
   TestConfig();
@@ -464,6 +612,8 @@ int main(void) {
   TestPrefixHash();
   TestPrefixAndCompression();
   TestSnapshots();
+  TestEngineMode();
+  TestCallbackStorage();
   if (failures > 0) {
     fprintf(stderr, "c_api_test: %d checks failed\n", failures);
     return 1;

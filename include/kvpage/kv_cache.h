@@ -35,6 +35,8 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kvpage/config.h"
+#include "kvpage/engine.h"
+#include "kvpage/storage.h"
 
 namespace kvpage {
 
@@ -193,6 +195,12 @@ class KVCache {
   // ResourceExhausted when the arena cannot be reserved. O(num_blocks).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<KVCache>> Create(
       const CacheConfig& config);
+  // As Create(config), over storage the engine provides (kvpage/storage.h),
+  // which must hold StorageBlocks(config) blocks of BlockBytes(config) bytes.
+  // InvalidArgument also for a storage of another shape, and for
+  // compression over a storage without host reads and writes. O(num_blocks).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<KVCache>> Create(
+      const CacheConfig& config, std::unique_ptr<BlockStorage> storage);
 
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;
@@ -269,6 +277,7 @@ class KVCache {
   //                     already evicted, or roll back to a length whose last
   //                     position was evicted (a rollback must keep a visible
   //                     window token, or go back into the sinks)
+  //   FailedPrecondition the storage has no host writes (kvpage/storage.h)
   //   ResourceExhausted seq_len > max_seq_len (policy kError), or fewer free
   //                     blocks than the update needs (with auto_compress,
   //                     after compressing cold blocks could not free enough)
@@ -284,6 +293,93 @@ class KVCache {
   // when a layer's position seq_len - 1 was evicted (see Update); then no
   // layer changes. O(layers + blocks released).
   [[nodiscard]] absl::Status Truncate(SeqId seq, int64_t seq_len);
+
+  // ---- Engine mode (kvpage/engine.h): the engine's kernels write and read.
+  // Output arrays are the caller's so that a step allocates nothing.
+
+  // The update rule without data: the table of `layer` (its blocks and
+  // lengths, evictions, copy-on-write of shared blocks, decompression)
+  // changes exactly as Update(seq, layer, k, v, seq_len) with k and v of
+  // `tokens` tokens would change it, and `slot_mapping[i]` receives the slot
+  // of position seq_len - tokens + i: block_id * block_tokens + slot, or
+  // kNoSlot for a position the policy evicts in this very call. The engine's
+  // kernel writes those slots before the next call that reads or moves
+  // them (a reserved block counts as written: prefix caching may publish
+  // it, compression may repack it once cold). tokens == 0 with seq_len
+  // below the length is a rollback (lookahead slots of a speculative step:
+  // reserve k draft positions, then keep the accepted ones by reserving 0
+  // tokens at the accepted length). Errors and costs as Update (nothing
+  // written: bytes_written does not grow), and InvalidArgument when
+  // slot_mapping does not hold exactly `tokens` entries. A decode step that
+  // appends into the private, hot, non-full last block of a layer with no
+  // policy action due is O(1) without planning.
+  [[nodiscard]] absl::Status Reserve(SeqId seq, int layer, int64_t seq_len,
+                                     int64_t tokens,
+                                     absl::Span<int64_t> slot_mapping);
+
+  // Reserve for every request of one scheduler step, all or nothing: the
+  // first refusal (in request order) is returned and no table changes;
+  // otherwise `slot_mapping` receives the requests' slot mappings one after
+  // the other. InvalidArgument also for a sequence named twice and for a
+  // slot_mapping whose size is not the sum of the requests' tokens.
+  // ResourceExhausted when the step as a whole needs more blocks than the
+  // pool can supply. With `tables` (padded rows, row i = request i's
+  // sequence, current from an earlier ExportBlockTables or ReserveBatch),
+  // keeps them current: a row whose blocks changed is written again, every
+  // row's seq_len (and offset and window start) updated. O(requests +
+  // tokens + blocks changed).
+  [[nodiscard]] absl::Status ReserveBatch(
+      int layer, absl::Span<const ReserveRequest> requests,
+      absl::Span<int64_t> slot_mapping, const PaddedBlockTables* tables);
+  [[nodiscard]] absl::Status ReserveBatch(
+      int layer, absl::Span<const ReserveRequest> requests,
+      absl::Span<int64_t> slot_mapping) {
+    return ReserveBatch(layer, requests, slot_mapping, nullptr);
+  }
+
+  // Writes the block tables of `seqs` for `layer` in the padded form
+  // (kvpage/engine.h says what a row holds). NotFound for an unknown id;
+  // InvalidArgument for a layer out of range or arrays too small (naming
+  // the row and what it needs: a row longer than max_blocks);
+  // FailedPrecondition for a table holding a compressed block (read those
+  // through View and Dequantize); OutOfRange for a length beyond int32. On
+  // error the arrays may be partly written. O(rows * max_blocks).
+  [[nodiscard]] absl::Status ExportBlockTables(
+      int layer, absl::Span<const SeqId> seqs,
+      const PaddedBlockTables& out) const;
+  // The same rows in the CSR form. O(rows + entries).
+  [[nodiscard]] absl::Status ExportBlockTables(int layer,
+                                               absl::Span<const SeqId> seqs,
+                                               const CsrBlockTables& out) const;
+
+  // Where `layer`'s blocks live, in the storage's own address space: block b
+  // at LayerBase(layer) + b * BlockBytes(config()), laid out as
+  // kvpage/engine.h says (host memory for the default host arena; see
+  // LayerView::host_accessible). What a slot mapping and an exported block
+  // table index. InvalidArgument for a layer out of range. O(1).
+  [[nodiscard]] absl::StatusOr<void*> LayerBase(int layer) const;
+
+  // What a scheduler asks before it admits a request; both change nothing
+  // (no statistics, no eviction order).
+  // The tokens MatchPrefix(seq with `salt`, tokens) would attach now.
+  // O(tokens + matched blocks).
+  [[nodiscard]] int64_t CachedPrefixTokens(absl::Span<const int32_t> tokens,
+                                           uint64_t salt) const;
+  // For a new sequence with `salt` whose prompt is `prompt` and which will
+  // grow to prompt.size() + extra_tokens tokens: the cached tokens, the
+  // blocks the pool must supply for the rest in every layer (each layer's
+  // policy applied as one update to that length would), and what the pool
+  // can supply. InvalidArgument for extra_tokens < 0. O(tokens + layers).
+  [[nodiscard]] absl::StatusOr<Admission> PlanAdmission(
+      absl::Span<const int32_t> prompt, uint64_t salt,
+      int64_t extra_tokens) const;
+  // The blocks the pool would supply for Update (or Reserve) of positions
+  // [seq_len - tokens, seq_len) of `seq` in every layer, now: new blocks,
+  // copies of shared blocks and decompressions, less what the layers
+  // reuse. Errors as Update would return for the first layer that refuses.
+  // O(layers + blocks changed).
+  [[nodiscard]] absl::StatusOr<int64_t> BlocksNeeded(SeqId seq, int64_t seq_len,
+                                                     int64_t tokens) const;
 
   // Compresses the whole blocks that lie entirely in the oldest
   // 1 - keep_recent_fraction of the layer's visible tokens into the quantized
@@ -303,7 +399,8 @@ class KVCache {
   [[nodiscard]] absl::StatusOr<int64_t> Length(SeqId seq, int layer) const;
 
   // Copies the layer's visible tokens as f32, oldest first, with their
-  // positions. O(tokens * num_kv_heads * head_dim).
+  // positions. FailedPrecondition when the storage has no host reads
+  // (kvpage/storage.h). O(tokens * num_kv_heads * head_dim).
   [[nodiscard]] absl::StatusOr<GatheredLayer> Gather(SeqId seq,
                                                      int layer) const;
 
@@ -326,7 +423,8 @@ class KVCache {
 
   // Snapshots (kvpage/snapshot.h). The cache's state as plain structs:
   // config, both pools, every table, the prefix-cache index, the stats, and
-  // with options.include_token_data the bytes of every block in use. Changes
+  // with options.include_token_data the bytes of every block in use
+  // (FailedPrecondition over a storage without host reads). Changes
   // nothing. O(blocks + sequences * layers * blocks), plus the bytes copied.
   [[nodiscard]] absl::StatusOr<Snapshot> TakeSnapshot(
       const SnapshotOptions& options) const;

@@ -14,8 +14,10 @@
 
 #include "kvpage/attention.h"  // IWYU pragma: export
 #include "kvpage/config.h"     // IWYU pragma: export
+#include "kvpage/engine.h"     // IWYU pragma: export
 #include "kvpage/kv_cache.h"   // IWYU pragma: export
 #include "kvpage/prefix.h"     // IWYU pragma: export
 #include "kvpage/snapshot.h"   // IWYU pragma: export
+#include "kvpage/storage.h"    // IWYU pragma: export
 
 #endif  // KVPAGE_KVPAGE_H_

@@ -358,6 +358,130 @@ KVPAGE_C_EXPORT kvpage_status
 kvpage_snapshot_stats(const kvpage_snapshot* snapshot, kvpage_cache_stats* out);
 KVPAGE_C_EXPORT void kvpage_snapshot_destroy(kvpage_snapshot* snapshot);
 
+/* ---- Storage the engine owns (kvpage/storage.h). */
+
+/* Bytes of storage a cache of `config` needs (*out). */
+KVPAGE_C_EXPORT kvpage_status kvpage_storage_bytes(const kvpage_config* config,
+                                                   int64_t* out);
+/* A cache over host memory the engine owns: `bytes` from `memory`, 64-byte
+ * aligned, at least kvpage_storage_bytes; never freed by kvpage, and it must
+ * outlive the cache. */
+KVPAGE_C_EXPORT kvpage_status
+kvpage_cache_create_in_memory(const kvpage_config* config, void* memory,
+                              int64_t bytes, kvpage_cache** out);
+
+/* Storage reached through the engine's functions (device memory: an
+ * address is the engine's, never dereferenced by kvpage). `address` and
+ * `copy` are required; `write` and `read` come together or not at all
+ * (without them kvpage_update, kvpage_gather, snapshots with token data and
+ * compression are refused: engine mode only). `release` (optional) is
+ * called once, when the cache is destroyed; a creation that fails calls
+ * nothing. */
+typedef struct kvpage_storage_callbacks {
+  size_t struct_size;
+  void* context;
+  const void* (*address)(void* context, uint32_t block);
+  void (*copy)(void* context, uint32_t from, uint32_t to);
+  void (*write)(void* context, uint32_t block, int64_t offset, const void* src,
+                int64_t bytes);
+  void (*read)(void* context, uint32_t block, int64_t offset, void* dst,
+               int64_t bytes);
+  void (*release)(void* context);
+} kvpage_storage_callbacks;
+
+KVPAGE_C_EXPORT kvpage_status kvpage_cache_create_with_storage(
+    const kvpage_config* config, const kvpage_storage_callbacks* callbacks,
+    kvpage_cache** out);
+
+/* ---- Engine mode (kvpage/engine.h): the engine's kernels write and read
+ * the blocks. Block b of `layer` lies at kvpage_layer_base + b *
+ * block_bytes, laid out [2][block_tokens][num_kv_heads][head_dim]. */
+
+#define KVPAGE_NO_SLOT (-1)
+
+KVPAGE_C_EXPORT kvpage_status kvpage_layer_base(const kvpage_cache* cache,
+                                                int32_t layer, void** out);
+
+/* The update rule without data: slot_mapping[i] (`tokens` entries) gets
+ * block_id * block_tokens + slot of position seq_len - tokens + i, or
+ * KVPAGE_NO_SLOT for a position evicted in this very call. tokens == 0 below
+ * the length rolls back (speculative drafts). */
+KVPAGE_C_EXPORT kvpage_status kvpage_reserve(kvpage_cache* cache,
+                                             kvpage_seq_id seq, int32_t layer,
+                                             int64_t seq_len, int64_t tokens,
+                                             int64_t* slot_mapping);
+
+typedef struct kvpage_reserve_request {
+  kvpage_seq_id seq;
+  int64_t seq_len;
+  int64_t tokens;
+} kvpage_reserve_request;
+
+/* Block tables for `rows` sequences. Padded: row i at block_table[i *
+ * max_blocks] (rows * max_blocks entries), entries past the row's blocks
+ * set to `pad`; seq_lens[rows]; block_offsets and window_starts are
+ * optional (NULL), as kvpage/engine.h defines them. */
+typedef struct kvpage_padded_tables {
+  size_t struct_size;
+  int32_t* block_table;
+  int64_t max_blocks;
+  int32_t pad;
+  int32_t* seq_lens;
+  int32_t* block_offsets;
+  int32_t* window_starts;
+} kvpage_padded_tables;
+
+/* CSR (FlashInfer): indptr[rows + 1], indices (indices_capacity entries),
+ * last_page_len[rows]; seq_lens, block_offsets and window_starts optional. */
+typedef struct kvpage_csr_tables {
+  size_t struct_size;
+  int32_t* indptr;
+  int32_t* indices;
+  size_t indices_capacity;
+  int32_t* last_page_len;
+  int32_t* seq_lens;
+  int32_t* block_offsets;
+  int32_t* window_starts;
+} kvpage_csr_tables;
+
+/* One scheduler step, all or nothing: `slots` is the sum of the requests'
+ * tokens; with `tables` (NULL for none) the padded rows of the requests'
+ * sequences are kept current. */
+KVPAGE_C_EXPORT kvpage_status kvpage_reserve_batch(
+    kvpage_cache* cache, int32_t layer, const kvpage_reserve_request* requests,
+    size_t count, int64_t* slot_mapping, size_t slots,
+    const kvpage_padded_tables* tables);
+
+KVPAGE_C_EXPORT kvpage_status kvpage_export_block_tables(
+    const kvpage_cache* cache, int32_t layer, const kvpage_seq_id* seqs,
+    size_t rows, const kvpage_padded_tables* out);
+KVPAGE_C_EXPORT kvpage_status kvpage_export_block_tables_csr(
+    const kvpage_cache* cache, int32_t layer, const kvpage_seq_id* seqs,
+    size_t rows, const kvpage_csr_tables* out);
+
+/* What a scheduler asks; nothing changes. */
+typedef struct kvpage_admission {
+  size_t struct_size;
+  int64_t cached_tokens;
+  int64_t blocks_needed;
+  int64_t blocks_available;
+  int32_t fits;
+} kvpage_admission;
+
+KVPAGE_C_EXPORT kvpage_status
+kvpage_cached_prefix_tokens(const kvpage_cache* cache, const int32_t* tokens,
+                            size_t count, uint64_t salt, int64_t* out);
+KVPAGE_C_EXPORT kvpage_status kvpage_plan_admission(const kvpage_cache* cache,
+                                                    const int32_t* prompt,
+                                                    size_t count, uint64_t salt,
+                                                    int64_t extra_tokens,
+                                                    kvpage_admission* out);
+KVPAGE_C_EXPORT kvpage_status kvpage_blocks_needed(const kvpage_cache* cache,
+                                                   kvpage_seq_id seq,
+                                                   int64_t seq_len,
+                                                   int64_t tokens,
+                                                   int64_t* out);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

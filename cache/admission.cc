@@ -1,0 +1,130 @@
+// What a scheduler asks before it admits a request: the tokens a prompt
+// finds cached, and the blocks a request would need. Nothing here changes
+// the cache.
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_format.h"
+#include "cache/kv_cache_impl.h"
+#include "kvpage/prefix.h"
+
+namespace kvpage {
+
+using internal::BlockRange;
+using internal::BlockTable;
+using internal::LayerRules;
+
+namespace {
+
+// The blocks the pool supplies for a new table of one layer that attaches
+// `matched` cached blocks and then grows to `length` in one update.
+int64_t BlocksToGrow(const LayerRules& r, int64_t matched, int64_t length) {
+  if (length <= matched * r.block_tokens) return 0;
+  int64_t window_start = 0;
+  if (internal::VisibleTokens(r, length, 0) > r.max_seq_len) {
+    window_start = r.overflow == OverflowPolicy::kTruncate
+                       ? length - (r.truncate_to - r.sinks)
+                       : length - (r.max_seq_len - r.sinks);
+  }
+  const int64_t sinks = internal::SinkBlocks(r, length);
+  const BlockRange window = internal::WindowRange(r, length, window_start);
+  const int64_t matched_held =
+      std::min(matched, sinks) +
+      std::max<int64_t>(0, std::min(matched, window.last) - window.first);
+  return sinks + window.size() - matched_held;
+}
+
+}  // namespace
+
+std::vector<int32_t> KVCache::Impl::MatchedEntries(
+    absl::Span<const int32_t> tokens, uint64_t salt) const {
+  const int64_t tokens_per_block = block_tokens();
+  int64_t limit = static_cast<int64_t>(tokens.size()) / tokens_per_block;
+  for (const LayerRules& layer_rules : rules) {
+    limit = std::min(limit, layer_rules.max_seq_len / tokens_per_block);
+  }
+  std::vector<int32_t> entries;
+  uint64_t parent = 0;
+  for (int64_t b = 0; b < limit; ++b) {
+    parent = PrefixBlockHash(
+        parent, salt,
+        tokens.subspan(static_cast<size_t>(b * tokens_per_block),
+                       static_cast<size_t>(tokens_per_block)));
+    const int32_t entry = prefix->FindComplete(parent);
+    if (entry < 0) break;
+    entries.push_back(entry);
+  }
+  return entries;
+}
+
+int64_t KVCache::CachedPrefixTokens(absl::Span<const int32_t> tokens,
+                                    uint64_t salt) const {
+  return static_cast<int64_t>(impl_->MatchedEntries(tokens, salt).size()) *
+         impl_->block_tokens();
+}
+
+absl::StatusOr<Admission> KVCache::PlanAdmission(
+    absl::Span<const int32_t> prompt, uint64_t salt,
+    int64_t extra_tokens) const {
+  const Impl& impl = *impl_;
+  const auto prompt_tokens = static_cast<int64_t>(prompt.size());
+  if (extra_tokens < 0 ||
+      extra_tokens > std::numeric_limits<int64_t>::max() / 2 - prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "PlanAdmission(%d prompt tokens, %d extra tokens): extra_tokens must "
+        "be >= 0 and the total below 2^62",
+        prompt_tokens, extra_tokens));
+  }
+  const std::vector<int32_t> entries = impl.MatchedEntries(prompt, salt);
+  const auto matched = static_cast<int64_t>(entries.size());
+  Admission admission;
+  admission.cached_tokens = matched * impl.block_tokens();
+  for (const LayerRules& layer_rules : impl.rules) {
+    admission.blocks_needed +=
+        BlocksToGrow(layer_rules, matched, prompt_tokens + extra_tokens);
+  }
+  int64_t attached_idle = 0;
+  for (int32_t entry : entries)
+    attached_idle += impl.prefix->idle_blocks(entry);
+  admission.blocks_available = impl.pool->capacity() -
+                               impl.pool->used_blocks() +
+                               impl.prefix->evictable_blocks() - attached_idle;
+  return admission;
+}
+
+absl::StatusOr<int64_t> KVCache::BlocksNeeded(SeqId seq, int64_t seq_len,
+                                              int64_t tokens) const {
+  const Impl& impl = *impl_;
+  auto it = impl.sequences.find(seq);
+  if (it == impl.sequences.end()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "BlocksNeeded(seq %d, seq_len %d): no such sequence", seq, seq_len));
+  }
+  if (tokens < 0 || seq_len < tokens) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "BlocksNeeded(seq %d, seq_len %d): %d tokens must be >= 0 and at most "
+        "seq_len",
+        seq, seq_len, tokens));
+  }
+  const int64_t start = seq_len - tokens;
+  int64_t needed = 0;
+  for (size_t layer = 0; layer < impl.rules.size(); ++layer) {
+    const LayerRules& layer_rules = impl.rules[layer];
+    const BlockTable& table = it->second.layers[layer];
+    if (absl::Status s =
+            impl.CheckPositions("BlocksNeeded", seq, static_cast<int>(layer),
+                                layer_rules, table, start, seq_len);
+        !s.ok()) {
+      return s;
+    }
+    if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) !=
+        internal::kNoBlock) {
+      continue;
+    }
+    needed += internal::MakePlan(layer_rules, table, *impl.pool, start, seq_len)
+                  .fresh;
+  }
+  return needed;
+}
+
+}  // namespace kvpage

@@ -1,0 +1,433 @@
+// Reserving positions for the engine's kernels: the update rule without
+// data, one sequence (Reserve) or a scheduler step (ReserveBatch), and the
+// slot mapping that tells the kernels where each token goes.
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_format.h"
+#include "allocator/check.h"
+#include "cache/kv_cache_impl.h"
+
+namespace kvpage {
+
+using internal::BlockId;
+using internal::BlockRef;
+using internal::BlockTable;
+using internal::LayerRules;
+using internal::Plan;
+using internal::RefId;
+using internal::Sequence;
+
+namespace {
+
+// The slots of positions [start, seq_len) once the table holds them:
+// kNoSlot for those the policy evicted. O(tokens).
+void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
+                int64_t seq_len, int64_t* slots) {
+  const int64_t tokens_per_block = rules.block_tokens;
+  std::fill(slots, slots + (seq_len - start), kNoSlot);
+  internal::ForEachVisibleRun(
+      rules, table, start, seq_len,
+      [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+        const int64_t first = int64_t{RefId(ref)} * tokens_per_block + slot;
+        int64_t* out = slots + (position - start);
+        for (int64_t i = 0; i < count; ++i) out[i] = first + i;
+      });
+}
+
+// The fast path's slots: consecutive in `block` from start's slot.
+void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t start,
+                       int64_t seq_len, int64_t* slots) {
+  const int64_t first = int64_t{block} * block_tokens + start % block_tokens;
+  for (int64_t i = 0; i < seq_len - start; ++i) slots[i] = first + i;
+}
+
+absl::Status CheckCounts(std::string_view op, SeqId seq, int layer,
+                         int64_t seq_len, int64_t tokens) {
+  if (ABSL_PREDICT_FALSE(tokens < 0 || seq_len < tokens)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s(seq %d, layer %d, seq_len %d): %d tokens %s", op, seq, layer,
+        seq_len, tokens,
+        tokens < 0 ? "is negative"
+                   : "would start below position 0 (tokens > seq_len)"));
+  }
+  return absl::OkStatus();
+}
+
+// One padded row: the table's entries, then `pad`.
+absl::Status WriteRow(const LayerRules& rules, const BlockTable& table,
+                      SeqId seq, size_t row, const PaddedBlockTables& out) {
+  const int64_t entries = internal::RowEntries(table);
+  int32_t* dst = out.block_table.data() + row * out.max_blocks;
+  if (!internal::WriteRowEntries(table, dst)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "block table of seq %d: holds a compressed block, which a kernel "
+        "cannot read (View and Dequantize read it)",
+        seq));
+  }
+  std::fill(dst + entries, dst + out.max_blocks, out.pad);
+  out.seq_lens[row] = static_cast<int32_t>(table.length);
+  if (!out.block_offsets.empty()) {
+    out.block_offsets[row] =
+        static_cast<int32_t>(internal::RowBlockOffset(table));
+  }
+  if (!out.window_starts.empty()) {
+    out.window_starts[row] =
+        static_cast<int32_t>(internal::RowWindowStart(rules, table));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
+                              int64_t tokens,
+                              absl::Span<int64_t> slot_mapping) {
+  Impl& impl = *impl_;
+  absl::StatusOr<BlockTable*> found = impl.FindTable("Reserve", seq, layer);
+  if (ABSL_PREDICT_FALSE(!found.ok())) return found.status();
+  BlockTable& table = **found;
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  if (absl::Status s = CheckCounts("Reserve", seq, layer, seq_len, tokens);
+      !s.ok()) {
+    return s;
+  }
+  if (ABSL_PREDICT_FALSE(static_cast<int64_t>(slot_mapping.size()) != tokens)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Reserve(seq %d, layer %d, seq_len %d): slot_mapping holds %d "
+        "entries for %d tokens",
+        seq, layer, seq_len, slot_mapping.size(), tokens));
+  }
+  const int64_t start = seq_len - tokens;
+  if (absl::Status s = impl.CheckPositions("Reserve", seq, layer, layer_rules,
+                                           table, start, seq_len);
+      ABSL_PREDICT_FALSE(!s.ok())) {
+    return s;
+  }
+  if (const BlockId block =
+          impl.InPlaceAppendBlock(layer_rules, table, start, seq_len);
+      block != internal::kNoBlock) {
+    impl.AppendInPlace(table, start, seq_len);
+    WriteInPlaceSlots(block, impl.block_tokens(), start, seq_len,
+                      slot_mapping.data());
+  } else {
+    if (absl::Status s = impl.PlaceGeneral("Reserve", seq, layer, layer_rules,
+                                           table, start, seq_len);
+        !s.ok()) {
+      return s;
+    }
+    WriteSlots(layer_rules, table, start, seq_len, slot_mapping.data());
+  }
+  Sequence& sequence = impl.sequences.find(seq)->second;
+  impl.Settle(sequence, static_cast<size_t>(layer), start);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Bumps the batch serial when it goes out of scope, so that no sequence
+// stays marked after the batch, whatever it returned.
+struct EndBatch {
+  uint64_t& serial;
+  ~EndBatch() { ++serial; }
+};
+
+}  // namespace
+
+absl::Status KVCache::ReserveBatch(int layer,
+                                   absl::Span<const ReserveRequest> requests,
+                                   absl::Span<int64_t> slot_mapping,
+                                   const PaddedBlockTables* tables) {
+  Impl& impl = *impl_;
+  const size_t rows = requests.size();
+  auto invalid = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ReserveBatch(layer %d, %d requests): %s", layer, rows, why));
+  };
+  if (layer < 0 || layer >= impl.config.num_layers) {
+    return invalid(
+        absl::StrFormat("layer out of range [0, %d)", impl.config.num_layers));
+  }
+  if (tables != nullptr) {
+    if (impl.quant != nullptr) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "ReserveBatch(layer %d): block tables are kept current only "
+          "without compression (a kernel cannot read compressed blocks)",
+          layer));
+    }
+    if (tables->max_blocks <= 0 || tables->seq_lens.size() < rows ||
+        tables->block_table.size() / static_cast<size_t>(tables->max_blocks) <
+            rows ||
+        (!tables->block_offsets.empty() &&
+         tables->block_offsets.size() < rows) ||
+        (!tables->window_starts.empty() &&
+         tables->window_starts.size() < rows)) {
+      return invalid(absl::StrFormat(
+          "tables hold %d entries of rows of %d blocks and %d seq_lens; "
+          "%d rows are needed",
+          tables->block_table.size(), tables->max_blocks,
+          tables->seq_lens.size(), rows));
+    }
+  }
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  const uint64_t serial = ++impl.batch_serial;
+  EndBatch end_batch{impl.batch_serial};
+  // 1. Every refusal first: unknown or repeated sequences, bad counts,
+  // positions the update rule refuses.
+  std::vector<BlockTable*>& batch_tables = impl.batch_tables;
+  batch_tables.clear();
+  int64_t total_tokens = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    const ReserveRequest& r = requests[i];
+    auto it = impl.sequences.find(r.seq);
+    if (it == impl.sequences.end()) {
+      return absl::NotFoundError(absl::StrFormat(
+          "ReserveBatch(layer %d, request %d, seq %d): no such sequence", layer,
+          i, r.seq));
+    }
+    if (it->second.batch_mark == serial) {
+      return invalid(
+          absl::StrFormat("seq %d is named twice (request %d)", r.seq, i));
+    }
+    it->second.batch_mark = serial;
+    if (absl::Status s =
+            CheckCounts("ReserveBatch", r.seq, layer, r.seq_len, r.tokens);
+        !s.ok()) {
+      return s;
+    }
+    BlockTable& table = it->second.layers[static_cast<size_t>(layer)];
+    if (absl::Status s =
+            impl.CheckPositions("ReserveBatch", r.seq, layer, layer_rules,
+                                table, r.seq_len - r.tokens, r.seq_len);
+        !s.ok()) {
+      return s;
+    }
+    if (r.tokens > std::numeric_limits<int64_t>::max() - total_tokens) {
+      return invalid("the tokens of the requests overflow int64");
+    }
+    total_tokens += r.tokens;
+    batch_tables.push_back(&table);
+  }
+  if (static_cast<int64_t>(slot_mapping.size()) != total_tokens) {
+    return invalid(
+        absl::StrFormat("slot_mapping holds %d entries for %d tokens",
+                        slot_mapping.size(), total_tokens));
+  }
+  // 2. Plans, and the blocks the step takes from the pool in one go.
+  std::vector<Plan>& plans = impl.batch_plans;
+  plans.resize(rows);
+  int64_t total_fresh = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    const ReserveRequest& r = requests[i];
+    const BlockTable& table = *batch_tables[i];
+    const int64_t start = r.seq_len - r.tokens;
+    int64_t entries_after = internal::RowEntries(table);
+    if (impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len) !=
+        internal::kNoBlock) {
+      plans[i].fresh = -1;  // the fast path: no plan
+    } else {
+      plans[i] =
+          internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+      total_fresh += plans[i].fresh;
+      entries_after = plans[i].sink_blocks + plans[i].window.size();
+    }
+    if (tables != nullptr && entries_after > tables->max_blocks) {
+      return invalid(absl::StrFormat(
+          "seq %d (request %d) would hold %d blocks; table rows hold %d", r.seq,
+          i, entries_after, tables->max_blocks));
+    }
+    if (tables != nullptr && r.seq_len > std::numeric_limits<int32_t>::max()) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "ReserveBatch(layer %d, request %d, seq %d): seq_len %d does not "
+          "fit the tables' int32",
+          layer, i, r.seq, r.seq_len));
+    }
+  }
+  impl.fresh_ids.clear();
+  if (total_fresh > 0) {
+    if (absl::Status s = impl.TakeFresh(total_fresh, nullptr); !s.ok()) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "ReserveBatch(layer %d, %d requests): %s", layer, rows, s.message()));
+    }
+  }
+  // 3. Nothing fails from here on. A plan is made again just before it is
+  // applied: an earlier request may have let go of a block this one shares
+  // (then it copies or keeps fewer blocks: never more than planned).
+  const absl::InlinedVector<BlockId, 16>& taken = impl.fresh_ids;
+  size_t next_fresh = 0;
+  int64_t* slots = slot_mapping.data();
+  for (size_t i = 0; i < rows; ++i) {
+    const ReserveRequest& r = requests[i];
+    BlockTable& table = *batch_tables[i];
+    const int64_t start = r.seq_len - r.tokens;
+    const BlockId block =
+        plans[i].fresh < 0
+            ? impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len)
+            : internal::kNoBlock;
+    if (block != internal::kNoBlock) {
+      impl.AppendInPlace(table, start, r.seq_len);
+      WriteInPlaceSlots(block, impl.block_tokens(), start, r.seq_len, slots);
+    } else {
+      const Plan plan =
+          internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+      KVPAGE_DCHECK(next_fresh + static_cast<size_t>(plan.fresh) <=
+                    taken.size());
+      impl.ApplyPlan(layer_rules, table, plan,
+                     absl::MakeConstSpan(taken).subspan(
+                         next_fresh, static_cast<size_t>(plan.fresh)));
+      next_fresh += static_cast<size_t>(plan.fresh);
+      WriteSlots(layer_rules, table, start, r.seq_len, slots);
+    }
+    slots += r.tokens;
+  }
+  impl.counters.blocks_allocated += static_cast<int64_t>(next_fresh);
+  for (size_t i = next_fresh; i < taken.size(); ++i) {
+    impl.local->Release(taken[i]);  // planned, not needed after all
+  }
+  for (size_t i = 0; i < rows; ++i) {
+    const ReserveRequest& r = requests[i];
+    Sequence& sequence = impl.sequences.find(r.seq)->second;
+    impl.Settle(sequence, static_cast<size_t>(layer), r.seq_len - r.tokens);
+    if (tables == nullptr) continue;
+    const BlockTable& table = *batch_tables[i];
+    if (plans[i].fresh < 0) {  // blocks unchanged: the lengths only
+      tables->seq_lens[i] = static_cast<int32_t>(table.length);
+      if (!tables->window_starts.empty()) {
+        tables->window_starts[i] =
+            static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
+      }
+    } else {
+      const absl::Status s = WriteRow(layer_rules, table, r.seq, i, *tables);
+      KVPAGE_DCHECK(s.ok());  // no compression: every entry is hot
+      (void)s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<void*> KVCache::LayerBase(int layer) const {
+  const Impl& impl = *impl_;
+  if (layer < 0 || layer >= impl.config.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("LayerBase(layer %d): layer out of range [0, %d)",
+                        layer, impl.config.num_layers));
+  }
+  // Every layer's table takes its blocks from the one pool.
+  return const_cast<void*>(impl.pool->storage().Address(0));
+}
+
+absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
+                                        const PaddedBlockTables& out) const {
+  const Impl& impl = *impl_;
+  const size_t rows = seqs.size();
+  if (layer < 0 || layer >= impl.config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ExportBlockTables(layer %d): layer out of range [0, %d)", layer,
+        impl.config.num_layers));
+  }
+  if (out.max_blocks <= 0 || out.seq_lens.size() < rows ||
+      out.block_table.size() / static_cast<size_t>(out.max_blocks) < rows ||
+      (!out.block_offsets.empty() && out.block_offsets.size() < rows) ||
+      (!out.window_starts.empty() && out.window_starts.size() < rows)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ExportBlockTables(layer %d, %d rows): the arrays hold %d entries of "
+        "rows of %d blocks and %d seq_lens",
+        layer, rows, out.block_table.size(), out.max_blocks,
+        out.seq_lens.size()));
+  }
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  for (size_t i = 0; i < rows; ++i) {
+    absl::StatusOr<const BlockTable*> found =
+        impl.FindTable("ExportBlockTables", seqs[i], layer);
+    if (!found.ok()) return found.status();
+    const BlockTable& table = **found;
+    if (internal::RowEntries(table) > out.max_blocks) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "ExportBlockTables(layer %d): seq %d (row %d) holds %d blocks; rows "
+          "hold %d",
+          layer, seqs[i], i, internal::RowEntries(table), out.max_blocks));
+    }
+    if (table.length > std::numeric_limits<int32_t>::max()) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
+          layer, seqs[i], table.length));
+    }
+    if (absl::Status s = WriteRow(layer_rules, table, seqs[i], i, out);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
+                                        const CsrBlockTables& out) const {
+  const Impl& impl = *impl_;
+  const size_t rows = seqs.size();
+  auto invalid = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ExportBlockTables(layer %d, %d rows, CSR): %s", layer, rows, why));
+  };
+  if (layer < 0 || layer >= impl.config.num_layers) {
+    return invalid(
+        absl::StrFormat("layer out of range [0, %d)", impl.config.num_layers));
+  }
+  if (out.indptr.size() < rows + 1 || out.last_page_len.size() < rows ||
+      (!out.seq_lens.empty() && out.seq_lens.size() < rows) ||
+      (!out.block_offsets.empty() && out.block_offsets.size() < rows) ||
+      (!out.window_starts.empty() && out.window_starts.size() < rows)) {
+    return invalid(absl::StrFormat(
+        "indptr holds %d entries and last_page_len %d; %d and %d are needed",
+        out.indptr.size(), out.last_page_len.size(), rows + 1, rows));
+  }
+  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  const int64_t tokens_per_block = impl.block_tokens();
+  int64_t next = 0;
+  out.indptr[0] = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    absl::StatusOr<const BlockTable*> found =
+        impl.FindTable("ExportBlockTables", seqs[i], layer);
+    if (!found.ok()) return found.status();
+    const BlockTable& table = **found;
+    const int64_t entries = internal::RowEntries(table);
+    if (next + entries > static_cast<int64_t>(out.indices.size()) ||
+        next + entries > std::numeric_limits<int32_t>::max()) {
+      return invalid(absl::StrFormat(
+          "indices hold %d entries; row %d (seq %d) needs up to %d",
+          out.indices.size(), i, seqs[i], next + entries));
+    }
+    if (table.length > std::numeric_limits<int32_t>::max()) {
+      return absl::OutOfRangeError(absl::StrFormat(
+          "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
+          layer, seqs[i], table.length));
+    }
+    if (!internal::WriteRowEntries(table, out.indices.data() + next)) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "block table of seq %d: holds a compressed block, which a kernel "
+          "cannot read (View and Dequantize read it)",
+          seqs[i]));
+    }
+    next += entries;
+    out.indptr[i + 1] = static_cast<int32_t>(next);
+    out.last_page_len[i] =
+        entries == 0
+            ? 0
+            : static_cast<int32_t>(table.length - (table.length - 1) /
+                                                      tokens_per_block *
+                                                      tokens_per_block);
+    if (!out.seq_lens.empty()) {
+      out.seq_lens[i] = static_cast<int32_t>(table.length);
+    }
+    if (!out.block_offsets.empty()) {
+      out.block_offsets[i] =
+          static_cast<int32_t>(internal::RowBlockOffset(table));
+    }
+    if (!out.window_starts.empty()) {
+      out.window_starts[i] =
+          static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kvpage
