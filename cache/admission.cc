@@ -16,22 +16,23 @@ using internal::LayerRules;
 
 namespace {
 
-// The blocks the pool supplies for a new table of one layer that attaches
-// `matched` cached blocks and then grows to `length` in one update.
+// The most blocks the pool supplies at once for a new table of one layer
+// that attaches `matched` cached blocks and then grows to `length` tokens
+// one update at a time. Without eviction that is every block up to
+// `length`. Past max_seq_len a window of W - S tokens touches at most
+// ring_blocks blocks besides the sink blocks, and does touch that many
+// once it has slid a block further (sliding window, ring); for a context
+// shift it is a bound. Attached blocks are the cache's: they count only
+// while held, which past the window is certain for sink blocks only.
 int64_t BlocksToGrow(const LayerRules& r, int64_t matched, int64_t length) {
   if (length <= matched * r.block_tokens) return 0;
-  int64_t window_start = 0;
-  if (internal::VisibleTokens(r, length, 0) > r.max_seq_len) {
-    window_start = r.overflow == OverflowPolicy::kTruncate
-                       ? length - (r.truncate_to - r.sinks)
-                       : length - (r.max_seq_len - r.sinks);
-  }
-  const int64_t sinks = internal::SinkBlocks(r, length);
-  const BlockRange window = internal::WindowRange(r, length, window_start);
-  const int64_t matched_held =
-      std::min(matched, sinks) +
-      std::max<int64_t>(0, std::min(matched, window.last) - window.first);
-  return sinks + window.size() - matched_held;
+  const int64_t all = internal::CeilDiv(length, r.block_tokens) - matched;
+  if (!r.evicts() || length <= r.max_seq_len) return all;
+  const int64_t at_limit =
+      internal::CeilDiv(r.max_seq_len, r.block_tokens) - matched;
+  const int64_t sliding =
+      r.sink_blocks + r.ring_blocks - std::min(matched, r.sink_blocks);
+  return std::min(all, std::max(at_limit, sliding));
 }
 
 }  // namespace
@@ -75,13 +76,23 @@ absl::StatusOr<Admission> KVCache::PlanAdmission(
         "be >= 0 and the total below 2^62",
         prompt_tokens, extra_tokens));
   }
+  const int64_t total = prompt_tokens + extra_tokens;
+  for (size_t layer = 0; layer < impl.rules.size(); ++layer) {
+    const LayerRules& layer_rules = impl.rules[layer];
+    if (!layer_rules.evicts() && total > layer_rules.max_seq_len) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "PlanAdmission(%d prompt tokens, %d extra tokens): layer %d keeps "
+          "at most max_seq_len %d tokens (overflow policy error): the request "
+          "can never fit",
+          prompt_tokens, extra_tokens, layer, layer_rules.max_seq_len));
+    }
+  }
   const std::vector<int32_t> entries = impl.MatchedEntries(prompt, salt);
   const auto matched = static_cast<int64_t>(entries.size());
   Admission admission;
   admission.cached_tokens = matched * impl.block_tokens();
   for (const LayerRules& layer_rules : impl.rules) {
-    admission.blocks_needed +=
-        BlocksToGrow(layer_rules, matched, prompt_tokens + extra_tokens);
+    admission.blocks_needed += BlocksToGrow(layer_rules, matched, total);
   }
   int64_t attached_idle = 0;
   for (int32_t entry : entries)

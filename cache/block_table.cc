@@ -19,6 +19,7 @@ BlockTable ForkTable(const BlockTable& from) {
   to.max_length = from.max_length;
   to.cold_done = from.cold_done;
   to.published = from.published;
+  to.reserved_from = from.reserved_from;
   return to;
 }
 

@@ -132,6 +132,11 @@ struct BlockTable {
                                  // were considered for compressing
   int64_t published = 0;  // logical blocks below this were offered to the
                           // prefix cache
+  // Positions from here on were reserved by the last Reserve and may not
+  // be written yet: no block holding one is compressed. The table's next
+  // Reserve or Update counts them written.
+  int64_t reserved_from = kNothingReserved;
+  static constexpr int64_t kNothingReserved = INT64_MAX;
 
   int64_t window_blocks() const {
     return static_cast<int64_t>(window.size() - head);

@@ -38,7 +38,8 @@ bool KVCache::Impl::Compressible(const LayerRules& rules,
          !IsQuant(table.Block(logical)) &&
          pool->ref_count(table.Block(logical)) == 1 &&  // shared stays hot
          (logical + 1) * tokens_per_block <=
-             table.length - config.compression.hot_tokens;
+             table.length - config.compression.hot_tokens &&
+         (logical + 1) * tokens_per_block <= table.reserved_from;
 }
 
 bool KVCache::Impl::CompressBlock(const LayerRules& rules, BlockTable& table,
@@ -55,9 +56,10 @@ bool KVCache::Impl::CompressBlock(const LayerRules& rules, BlockTable& table,
 
 void KVCache::Impl::CompressNewlyCold(const LayerRules& rules,
                                       BlockTable& table) {
-  const int64_t limit =
-      std::max<int64_t>(0, table.length - config.compression.hot_tokens) /
-      rules.block_tokens;
+  // Blocks reserved and perhaps not written yet wait for a later call.
+  const int64_t limit = std::min(table.length - config.compression.hot_tokens,
+                                 table.reserved_from) /
+                        rules.block_tokens;
   for (int64_t b = std::max(table.cold_done, table.window_first); b < limit;
        ++b) {
     if (Compressible(rules, table, b)) CompressBlock(rules, table, b);

@@ -319,6 +319,7 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
              !s.ok()) {
     return s;
   }
+  table.reserved_from = BlockTable::kNothingReserved;  // all written now
   const int64_t written =
       WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();

@@ -82,7 +82,9 @@ struct KVCache::Impl {
   absl::InlinedVector<internal::BlockRef, 16> recycled;
   std::vector<std::byte> decompressed;
   std::vector<internal::Plan> batch_plans;
-  std::vector<internal::BlockTable*> batch_tables;
+  std::vector<internal::Sequence*> batch_sequences;
+  std::vector<internal::BlockId> batch_fast;
+  absl::flat_hash_map<internal::BlockRef, uint32_t> batch_dropped;
 
   ~Impl();
 

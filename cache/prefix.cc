@@ -1,9 +1,10 @@
 #include "kvpage/prefix.h"
 
+#include <bit>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
-#include "absl/container/inlined_vector.h"
 #include "cache/sequence.h"
 
 #define XXH_INLINE_ALL
@@ -12,23 +13,48 @@
 namespace kvpage {
 
 namespace {
+
 void PutLittleEndian(uint64_t value, int bytes, std::byte* out) {
   for (int i = 0; i < bytes; ++i) {
     out[i] = static_cast<std::byte>((value >> (8 * i)) & 0xff);
   }
 }
+
+// Blocks up to this many tokens are hashed from one stack buffer; longer
+// ones through XXH3's streaming state (the same hash of the same bytes).
+constexpr size_t kStackTokens = 64;
+
 }  // namespace
 
 uint64_t PrefixBlockHash(uint64_t parent, uint64_t salt,
                          absl::Span<const int32_t> tokens) {
-  absl::InlinedVector<std::byte, 16 + 4 * 64> bytes(16 + 4 * tokens.size());
-  PutLittleEndian(parent, 8, bytes.data());
-  PutLittleEndian(salt, 8, bytes.data() + 8);
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    PutLittleEndian(static_cast<uint32_t>(tokens[i]), 4,
-                    bytes.data() + 16 + 4 * i);
+  std::byte head[16];
+  PutLittleEndian(parent, 8, head);
+  PutLittleEndian(salt, 8, head + 8);
+  const size_t token_bytes = 4 * tokens.size();
+  if constexpr (std::endian::native == std::endian::little) {
+    // The ids' own bytes are the documented little-endian int32s: hashed
+    // in place, without a conversion loop.
+    if (tokens.size() <= kStackTokens) {
+      std::byte bytes[16 + 4 * kStackTokens];
+      std::memcpy(bytes, head, 16);
+      if (token_bytes > 0) std::memcpy(bytes + 16, tokens.data(), token_bytes);
+      return XXH3_64bits(bytes, 16 + token_bytes);
+    }
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, head, 16);
+    XXH3_64bits_update(&state, tokens.data(), token_bytes);
+    return XXH3_64bits_digest(&state);
+  } else {
+    std::vector<std::byte> bytes(16 + token_bytes);
+    std::memcpy(bytes.data(), head, 16);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      PutLittleEndian(static_cast<uint32_t>(tokens[i]), 4,
+                      bytes.data() + 16 + 4 * i);
+    }
+    return XXH3_64bits(bytes.data(), bytes.size());
   }
-  return XXH3_64bits(bytes.data(), bytes.size());
 }
 
 namespace internal {

@@ -118,6 +118,8 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
     }
     WriteSlots(layer_rules, table, start, seq_len, slot_mapping.data());
   }
+  // Earlier reservations are written by now; this one is not yet.
+  table.reserved_from = start;
   Sequence& sequence = impl.sequences.find(seq)->second;
   impl.Settle(sequence, static_cast<size_t>(layer), start);
   return absl::OkStatus();
@@ -172,11 +174,28 @@ absl::Status KVCache::ReserveBatch(int layer,
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   const uint64_t serial = ++impl.batch_serial;
   EndBatch end_batch{impl.batch_serial};
-  // 1. Every refusal first: unknown or repeated sequences, bad counts,
-  // positions the update rule refuses.
-  std::vector<BlockTable*>& batch_tables = impl.batch_tables;
-  batch_tables.clear();
-  int64_t total_tokens = 0;
+  // 1. Request by request, in order: every refusal (unknown or repeated
+  // sequences, bad counts, positions the update rule refuses, rows the
+  // tables cannot hold), and the plan. A plan sees the holds that the
+  // requests before it drop (a fork and its parent in one step: the first
+  // to write a shared block copies it, the second then holds it alone), so
+  // that the step takes from the pool what the requests one after the
+  // other would.
+  std::vector<Sequence*>& batch = impl.batch_sequences;
+  std::vector<Plan>& plans = impl.batch_plans;
+  std::vector<BlockId>& fast = impl.batch_fast;  // kNoBlock: planned
+  absl::flat_hash_map<BlockRef, uint32_t>& dropped = impl.batch_dropped;
+  batch.clear();
+  plans.resize(rows);
+  fast.resize(rows);
+  dropped.clear();
+  auto refs = [&](BlockRef ref) -> uint32_t {
+    const uint32_t count = impl.pool->ref_count(ref);
+    if (ABSL_PREDICT_TRUE(dropped.empty())) return count;
+    auto it = dropped.find(ref);
+    return it == dropped.end() ? count : count - it->second;
+  };
+  int64_t total_tokens = 0, total_fresh = 0;
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
     auto it = impl.sequences.find(r.seq);
@@ -195,10 +214,10 @@ absl::Status KVCache::ReserveBatch(int layer,
         !s.ok()) {
       return s;
     }
-    BlockTable& table = it->second.layers[static_cast<size_t>(layer)];
-    if (absl::Status s =
-            impl.CheckPositions("ReserveBatch", r.seq, layer, layer_rules,
-                                table, r.seq_len - r.tokens, r.seq_len);
+    const BlockTable& table = it->second.layers[static_cast<size_t>(layer)];
+    const int64_t start = r.seq_len - r.tokens;
+    if (absl::Status s = impl.CheckPositions(
+            "ReserveBatch", r.seq, layer, layer_rules, table, start, r.seq_len);
         !s.ok()) {
       return s;
     }
@@ -206,30 +225,16 @@ absl::Status KVCache::ReserveBatch(int layer,
       return invalid("the tokens of the requests overflow int64");
     }
     total_tokens += r.tokens;
-    batch_tables.push_back(&table);
-  }
-  if (static_cast<int64_t>(slot_mapping.size()) != total_tokens) {
-    return invalid(
-        absl::StrFormat("slot_mapping holds %d entries for %d tokens",
-                        slot_mapping.size(), total_tokens));
-  }
-  // 2. Plans, and the blocks the step takes from the pool in one go.
-  std::vector<Plan>& plans = impl.batch_plans;
-  plans.resize(rows);
-  int64_t total_fresh = 0;
-  for (size_t i = 0; i < rows; ++i) {
-    const ReserveRequest& r = requests[i];
-    const BlockTable& table = *batch_tables[i];
-    const int64_t start = r.seq_len - r.tokens;
+    batch.push_back(&it->second);
     int64_t entries_after = internal::RowEntries(table);
-    if (impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len) !=
-        internal::kNoBlock) {
-      plans[i].fresh = -1;  // the fast path: no plan
-    } else {
-      plans[i] =
-          internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+    fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len);
+    if (fast[i] == internal::kNoBlock) {
+      plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
       total_fresh += plans[i].fresh;
       entries_after = plans[i].sink_blocks + plans[i].window.size();
+      internal::ForEachHoldDropped(table, plans[i], [&](BlockRef ref) {
+        if (!internal::IsQuant(ref) && refs(ref) > 1) ++dropped[ref];
+      });
     }
     if (tables != nullptr && entries_after > tables->max_blocks) {
       return invalid(absl::StrFormat(
@@ -243,6 +248,12 @@ absl::Status KVCache::ReserveBatch(int layer,
           layer, i, r.seq, r.seq_len));
     }
   }
+  if (static_cast<int64_t>(slot_mapping.size()) != total_tokens) {
+    return invalid(
+        absl::StrFormat("slot_mapping holds %d entries for %d tokens",
+                        slot_mapping.size(), total_tokens));
+  }
+  // 2. The blocks the step takes from the pool, in one go.
   impl.fresh_ids.clear();
   if (total_fresh > 0) {
     if (absl::Status s = impl.TakeFresh(total_fresh, nullptr); !s.ok()) {
@@ -251,22 +262,19 @@ absl::Status KVCache::ReserveBatch(int layer,
     }
   }
   // 3. Nothing fails from here on. A plan is made again just before it is
-  // applied: an earlier request may have let go of a block this one shares
-  // (then it copies or keeps fewer blocks: never more than planned).
+  // applied, on the holds as they are then: what step 1 foresaw. A
+  // fast-path request stays one: no other request can take a hold on its
+  // private last block.
   const absl::InlinedVector<BlockId, 16>& taken = impl.fresh_ids;
   size_t next_fresh = 0;
   int64_t* slots = slot_mapping.data();
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    BlockTable& table = *batch_tables[i];
+    BlockTable& table = batch[i]->layers[static_cast<size_t>(layer)];
     const int64_t start = r.seq_len - r.tokens;
-    const BlockId block =
-        plans[i].fresh < 0
-            ? impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len)
-            : internal::kNoBlock;
-    if (block != internal::kNoBlock) {
+    if (fast[i] != internal::kNoBlock) {
       impl.AppendInPlace(table, start, r.seq_len);
-      WriteInPlaceSlots(block, impl.block_tokens(), start, r.seq_len, slots);
+      WriteInPlaceSlots(fast[i], impl.block_tokens(), start, r.seq_len, slots);
     } else {
       const Plan plan =
           internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
@@ -278,6 +286,7 @@ absl::Status KVCache::ReserveBatch(int layer,
       next_fresh += static_cast<size_t>(plan.fresh);
       WriteSlots(layer_rules, table, start, r.seq_len, slots);
     }
+    table.reserved_from = start;  // as Reserve
     slots += r.tokens;
   }
   impl.counters.blocks_allocated += static_cast<int64_t>(next_fresh);
@@ -286,11 +295,10 @@ absl::Status KVCache::ReserveBatch(int layer,
   }
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    Sequence& sequence = impl.sequences.find(r.seq)->second;
-    impl.Settle(sequence, static_cast<size_t>(layer), r.seq_len - r.tokens);
+    impl.Settle(*batch[i], static_cast<size_t>(layer), r.seq_len - r.tokens);
     if (tables == nullptr) continue;
-    const BlockTable& table = *batch_tables[i];
-    if (plans[i].fresh < 0) {  // blocks unchanged: the lengths only
+    const BlockTable& table = batch[i]->layers[static_cast<size_t>(layer)];
+    if (fast[i] != internal::kNoBlock) {  // blocks unchanged: lengths only
       tables->seq_lens[i] = static_cast<int32_t>(table.length);
       if (!tables->window_starts.empty()) {
         tables->window_starts[i] =

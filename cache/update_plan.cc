@@ -55,10 +55,8 @@ void PlanWindow(const LayerRules& rules, const BlockTable& table,
 // one goes back to the quantized pool, a shared one stays with its other
 // holders), and a ring's spares.
 void PlanNewBlocks(const LayerRules& rules, const BlockTable& table,
-                   const BlockPool& pool, const BlockRange& kept, Plan& plan) {
-  auto reusable = [&](BlockRef ref) {
-    return !IsQuant(ref) && pool.ref_count(ref) == 1;
-  };
+                   RefCounts refs, const BlockRange& kept, Plan& plan) {
+  auto reusable = [&](BlockRef ref) { return !IsQuant(ref) && refs(ref) == 1; };
   const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
   int64_t reused = 0;
   for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
@@ -81,7 +79,7 @@ void PlanNewBlocks(const LayerRules& rules, const BlockTable& table,
 // must be rewritten first: a compressed one is decompressed, a shared one
 // copied (copy-on-write). Each takes a fresh block.
 void PlanRewrites(const LayerRules& rules, const BlockTable& table,
-                  const BlockPool& pool, const BlockRange& kept, int64_t start,
+                  RefCounts refs, const BlockRange& kept, int64_t start,
                   int64_t seq_len, Plan& plan) {
   const int64_t tokens_per_block = rules.block_tokens;
   const int64_t sinks_kept = std::min(
@@ -92,7 +90,7 @@ void PlanRewrites(const LayerRules& rules, const BlockTable& table,
     if (!kept_block) return;
     if (!plan.rewrite.empty() && plan.rewrite.back().first == b) return;
     const BlockRef ref = table.Block(b);
-    if (IsQuant(ref) || pool.ref_count(ref) > 1) {
+    if (IsQuant(ref) || refs(ref) > 1) {
       plan.rewrite.push_back({b, IsQuant(ref)});
     }
   };
@@ -111,14 +109,41 @@ void PlanRewrites(const LayerRules& rules, const BlockTable& table,
 
 }  // namespace
 
-Plan MakePlan(const LayerRules& rules, const BlockTable& table,
-              const BlockPool& pool, int64_t start, int64_t seq_len) {
+Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
+              int64_t start, int64_t seq_len) {
   Plan plan;
   PlanWindow(rules, table, seq_len, plan);
   const BlockRange kept = KeptWindow(table, plan);
-  PlanNewBlocks(rules, table, pool, kept, plan);
-  PlanRewrites(rules, table, pool, kept, start, seq_len, plan);
+  PlanNewBlocks(rules, table, refs, kept, plan);
+  PlanRewrites(rules, table, refs, kept, start, seq_len, plan);
   return plan;
+}
+
+Plan MakePlan(const LayerRules& rules, const BlockTable& table,
+              const BlockPool& pool, int64_t start, int64_t seq_len) {
+  return MakePlan(
+      rules, table, [&pool](BlockRef ref) { return pool.ref_count(ref); },
+      start, seq_len);
+}
+
+template <typename Fn>
+void ForEachLetGo(const BlockTable& table, const Plan& plan, Fn&& fn) {
+  const BlockRange kept = KeptWindow(table, plan);
+  const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
+  for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
+    fn(table.sink_blocks[static_cast<size_t>(b)]);
+  }
+  const int64_t now_last = table.window_first + table.window_blocks();
+  for (int64_t b = table.window_first; b < kept.first; ++b) fn(table.Block(b));
+  for (int64_t b = kept.last; b < now_last; ++b) fn(table.Block(b));
+  for (const auto& [logical, compressed] : plan.rewrite) {
+    if (!compressed) fn(table.Block(logical));
+  }
+}
+
+void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
+                        absl::FunctionRef<void(BlockRef)> fn) {
+  ForEachLetGo(table, plan, fn);
 }
 
 absl::Status CheckEvicted(std::string_view op, SeqId seq, int layer,

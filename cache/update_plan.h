@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "allocator/block_pool.h"
 #include "cache/block_table.h"
@@ -37,12 +38,23 @@ struct Plan {
   absl::InlinedVector<std::pair<int64_t, bool>, 4> rewrite;
 };
 
+// A block's reference count as a plan sees it.
+using RefCounts = absl::FunctionRef<uint32_t(BlockRef)>;
+
 // The plan for writing positions [start, seq_len) of layer `table` (start
 // == seq_len for a rollback), which the caller has checked against the
-// policy (CheckEvicted, max_seq_len under kError). `pool` tells which blocks
-// are shared. O(blocks changed).
+// policy (CheckEvicted, max_seq_len under kError). `pool` (or `refs`) tells
+// which blocks are shared. O(blocks changed).
 Plan MakePlan(const LayerRules& rules, const BlockTable& table,
               const BlockPool& pool, int64_t start, int64_t seq_len);
+Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
+              int64_t start, int64_t seq_len);
+
+// Calls fn(ref) for each hot or compressed block whose hold by `table`
+// applying `plan` drops: blocks let go, and shared blocks copied before
+// they are written. O(blocks changed).
+void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
+                        absl::FunctionRef<void(BlockRef)> fn);
 
 // Refuses a write of [start, seq_len) or a rollback to seq_len that would
 // reach positions the policy already evicted: OutOfRange naming `op`, the

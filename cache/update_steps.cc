@@ -88,7 +88,9 @@ void KVCache::Impl::Settle(internal::Sequence& sequence, size_t layer,
                            int64_t start) {
   BlockTable& table = sequence.layers[layer];
   const LayerRules& layer_rules = rules[layer];
-  table.published = std::min(table.published, start / layer_rules.block_tokens);
+  if (start < table.published * layer_rules.block_tokens) {  // rewritten
+    table.published = start / layer_rules.block_tokens;
+  }
   if (!sequence.block_hashes.empty()) PublishLayer(sequence, layer);
   if (auto_compress()) CompressNewlyCold(layer_rules, table);
 }

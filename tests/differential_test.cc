@@ -4,6 +4,7 @@
 // the model: same status code, same tokens, same block usage; a failed call
 // must leave the cache exactly as it was; Validate() must pass.
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -86,6 +87,8 @@ class ReferenceModel {
   }
   int64_t evictions() const { return evictions_; }
   int64_t bytes_written() const { return bytes_written_; }
+  // Engine mode writes through the slot mapping, not through Update.
+  void set_bytes_written(int64_t bytes) { bytes_written_ = bytes; }
 
   // The status the update rule gives (PredictUpdate, then the pool); on kOk
   // the update is applied.
@@ -342,10 +345,44 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
         default:
           break;
       }
-      want = model.Update(seq, layer, k, v, seq_len, kf, vf);
-      status = cache.Update(seq, layer, k, v, seq_len);
-      what = "update layer " + std::to_string(layer) + " n " +
-             std::to_string(k.tokens) + " seq_len " + std::to_string(seq_len);
+      // One update in four goes through engine mode instead: Reserve, then
+      // the test writes the tokens (in the cache's dtype) at their slots,
+      // as an engine's kernel would. The same rule, no bytes_written.
+      const bool reserve =
+          mistake != 1 && mistake != 2 && mistake != 3 && uniform(0, 3) == 0;
+      if (reserve) {
+        const std::vector<std::byte> kc = Encode(kf, c.dtype);
+        const std::vector<std::byte> vc = Encode(vf, c.dtype);
+        const int64_t bytes_before = model.bytes_written();
+        want = model.Update(seq, layer,
+                            {.data = kc.data(), .dtype = c.dtype, .tokens = n},
+                            {.data = vc.data(), .dtype = c.dtype, .tokens = n},
+                            seq_len, kf, vf);
+        model.set_bytes_written(bytes_before);
+        std::vector<int64_t> slots(static_cast<size_t>(n));
+        status = cache.Reserve(seq, layer, seq_len, n, absl::MakeSpan(slots));
+        if (status.ok()) {
+          auto* base = static_cast<std::byte*>(*cache.LayerBase(layer));
+          const int64_t token_bytes = elems * DTypeSize(c.dtype);
+          const int64_t bt = c.block_tokens;
+          for (int64_t i = 0; i < n; ++i) {
+            if (slots[static_cast<size_t>(i)] == kNoSlot) continue;
+            const int64_t slot = slots[static_cast<size_t>(i)];
+            std::byte* block = base + slot / bt * BlockBytes(c);
+            std::memcpy(block + slot % bt * token_bytes,
+                        kc.data() + i * token_bytes, token_bytes);
+            std::memcpy(block + BlockBytes(c) / 2 + slot % bt * token_bytes,
+                        vc.data() + i * token_bytes, token_bytes);
+          }
+        }
+        what = "reserve layer " + std::to_string(layer) + " n " +
+               std::to_string(n) + " seq_len " + std::to_string(seq_len);
+      } else {
+        want = model.Update(seq, layer, k, v, seq_len, kf, vf);
+        status = cache.Update(seq, layer, k, v, seq_len);
+        what = "update layer " + std::to_string(layer) + " n " +
+               std::to_string(k.tokens) + " seq_len " + std::to_string(seq_len);
+      }
     }
 
     ++outcomes[status.code()];

@@ -35,6 +35,19 @@ TEST(PrefixHashTest, KnownValues) {
   EXPECT_EQ(PrefixBlockHash(0, 0, extremes), 0xfd0a72b744ecf7f6ull);
 }
 
+// Blocks longer than 64 tokens take the streaming path: the same hash of the
+// same bytes (xxhsum -H3 of files written by Python's struct.pack('<QQ', ...)
+// and '<i' per id).
+TEST(PrefixHashTest, KnownValuesOfLongBlocks) {
+  std::vector<int32_t> ids(512);
+  for (int32_t i = 0; i < 512; ++i) ids[i] = (i * 7919) % 100003 - 50000;
+  EXPECT_EQ(PrefixBlockHash(0, 7, ids), 0x74089e4cdd1ba60bull);
+  std::vector<int32_t> ramp(65);
+  std::iota(ramp.begin(), ramp.end(), 0);
+  EXPECT_EQ(PrefixBlockHash(0x0123456789abcdefull, 0, ramp),
+            0x4fbb0ce888491667ull);
+}
+
 CacheConfig Config(int64_t blocks = 64) {
   return {.num_layers = 2,
           .num_kv_heads = 1,

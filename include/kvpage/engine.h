@@ -8,11 +8,14 @@
 // writes the keys and values there, and its attention kernel reads them
 // through block tables that kvpage exports in the kernels' formats
 // (KVCache::ExportBlockTables, padded or CSR). A block id b of layer l
-// starts at the layer's base address + b * BlockBytes(config), laid out
-// [2][block_tokens][num_kv_heads][head_dim] (keys, then values): the
-// per-layer paged KV tensor (FlashInfer's NHD page layout, vLLM's per-layer
-// KV tensors). A scheduler asks first what a request would cost
-// (KVCache::CachedPrefixTokens, KVCache::PlanAdmission, BlocksNeeded).
+// starts at KVCache::LayerBase(l) + b * BlockBytes(config): its keys
+// [block_tokens][num_kv_heads][head_dim], then from BlockBytes(config) / 2
+// its values alike. Each half is rounded up to 64 bytes, which real shapes
+// never need (16 tokens x 128 dims x 2 bytes is 4096): then a block is
+// [2][block_tokens][num_kv_heads][head_dim], the per-layer paged KV tensor
+// (FlashInfer's NHD page layout, vLLM's per-layer KV tensors). A scheduler
+// asks first what a request would cost (KVCache::CachedPrefixTokens,
+// KVCache::PlanAdmission, BlocksNeeded).
 //
 // An engine step, one layer's table (every layer the same way):
 //   std::vector<kvpage::ReserveRequest> step;      // one per running request
@@ -89,9 +92,13 @@ struct CsrBlockTables {
 // What admitting a new request would take (KVCache::PlanAdmission).
 struct Admission {
   int64_t cached_tokens = 0;  // what MatchPrefix would attach now
-  // Blocks the pool must supply over every layer for the rest of the
-  // request's tokens (the policy's evictions counted: a window holds at
-  // most its blocks).
+  // The most blocks the pool must supply at once, over every layer, while
+  // the request grows to its length (the prompt's cached blocks are the
+  // cache's). Exact without eviction, and for a sliding window or ring once
+  // the request decodes a block past its window and its prompt (a window of
+  // W - S tokens touches at most ceil((W - S - 1) / block_tokens) + 1
+  // blocks besides the sink blocks); otherwise, and for a context shift, an
+  // upper bound.
   int64_t blocks_needed = 0;
   // Blocks the pool can supply now for it: free blocks, plus idle prefix
   // cache blocks except those the match itself would attach.

@@ -303,9 +303,12 @@ class KVCache {
   // `tokens` tokens would change it, and `slot_mapping[i]` receives the slot
   // of position seq_len - tokens + i: block_id * block_tokens + slot, or
   // kNoSlot for a position the policy evicts in this very call. The engine's
-  // kernel writes those slots before the next call that reads or moves
-  // them (a reserved block counts as written: prefix caching may publish
-  // it, compression may repack it once cold). tokens == 0 with seq_len
+  // kernel writes those slots before the next call that reads them (View,
+  // Gather, a snapshot, a fork's copy) and before this layer's next Reserve
+  // or Update, which counts them written: compression repacks a cold block
+  // only then, never one whose reserved slots may still be empty. Prefix
+  // caching publishes a reserved full block at once (vLLM does the same): a
+  // sequence that matches it reads it in a later step. tokens == 0 with seq_len
   // below the length is a rollback (lookahead slots of a speculative step:
   // reserve k draft positions, then keep the accepted ones by reserving 0
   // tokens at the accepted length). Errors and costs as Update (nothing
@@ -367,9 +370,11 @@ class KVCache {
                                            uint64_t salt) const;
   // For a new sequence with `salt` whose prompt is `prompt` and which will
   // grow to prompt.size() + extra_tokens tokens: the cached tokens, the
-  // blocks the pool must supply for the rest in every layer (each layer's
-  // policy applied as one update to that length would), and what the pool
-  // can supply. InvalidArgument for extra_tokens < 0. O(tokens + layers).
+  // most blocks the pool must supply at once in all layers as it grows
+  // (kvpage/engine.h, Admission), and what the pool can supply.
+  // InvalidArgument for extra_tokens < 0; ResourceExhausted when a layer
+  // under kError cannot hold that many tokens (the request can never fit).
+  // O(tokens + layers).
   [[nodiscard]] absl::StatusOr<Admission> PlanAdmission(
       absl::Span<const int32_t> prompt, uint64_t salt,
       int64_t extra_tokens) const;

@@ -395,7 +395,8 @@ KVPAGE_C_EXPORT kvpage_status kvpage_cache_create_with_storage(
 
 /* ---- Engine mode (kvpage/engine.h): the engine's kernels write and read
  * the blocks. Block b of `layer` lies at kvpage_layer_base + b *
- * block_bytes, laid out [2][block_tokens][num_kv_heads][head_dim]. */
+ * block_bytes: its keys [block_tokens][num_kv_heads][head_dim], its values
+ * alike from block_bytes / 2 (each half rounded up to 64 bytes). */
 
 #define KVPAGE_NO_SLOT (-1)
 

@@ -1,0 +1,238 @@
+// Engine mode's bookkeeping per scheduler step, in the figures that
+// bench/peers/vllm_v1_blocks.py measures for vLLM v1's block manager (the
+// same workload, the same JSON keys), and the floor: a loop that does only
+// the bookkeeping (a free list, an int32 table, the slot mapping).
+// tools/engine_bench.sh runs both and prints the ratios.
+//
+//   request_step_ns       ReserveBatch of 256 decoding requests (block 16,
+//                         from 1000 tokens on), tables kept current, per
+//                         request; one table (one layer, or one group)
+//   request_step_no_table_ns  the same without the tables
+//   allocate_ns_per_block a 2048-token Reserve of a new sequence, per block
+//   release_ns_per_block  RemoveSequence of it, per block
+//   admit_2k_with_1k_cached_us  a new request whose 2048-token prompt has
+//                         1024 tokens cached: AddSequence, MatchPrefix,
+//                         Reserve of the rest, AppendTokens (hashing and
+//                         publishing)
+//   floor_request_step_ns the bookkeeping alone
+//
+// Each figure is the median of --reps runs, with min and max. Wall-clock
+// time of one thread: pin it (taskset -c 1) on a shared machine.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvpage/kvpage.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kBlock = 16, kRequests = 256, kContext = 1000, kSteps = 64;
+
+double Ns(Clock::duration d) {
+  return static_cast<double>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
+void Die(const absl::Status& s) {
+  if (s.ok()) return;
+  std::fprintf(stderr, "kvpage_engine_bench: %s\n", s.ToString().c_str());
+  std::exit(1);
+}
+
+std::unique_ptr<kvpage::KVCache> MakeCache(int64_t num_blocks) {
+  // The block bytes do not matter to bookkeeping; small blocks keep the
+  // arena small (nothing is written: no page is touched).
+  auto cache = kvpage::KVCache::Create({.num_layers = 1,
+                                        .num_kv_heads = 1,
+                                        .head_dim = 32,
+                                        .dtype = kvpage::DType::kF16,
+                                        .block_tokens = kBlock,
+                                        .num_blocks = num_blocks,
+                                        .max_seq_len = 1 << 20});
+  Die(cache.status());
+  return *std::move(cache);
+}
+
+struct Figure {
+  std::string name;
+  std::vector<double> runs;
+};
+
+// One run of 256 requests decoding kSteps steps; ns per request-step.
+double RequestStep(bool tables) {
+  std::unique_ptr<kvpage::KVCache> cache =
+      MakeCache(kRequests * ((kContext + kSteps) / kBlock + 2));
+  std::vector<kvpage::SeqId> seqs;
+  std::vector<int64_t> prefill(kContext);
+  for (int i = 0; i < kRequests; ++i) {
+    seqs.push_back(*cache->AddSequence());
+    Die(cache->Reserve(seqs.back(), 0, kContext, kContext,
+                       absl::MakeSpan(prefill)));
+  }
+  constexpr int64_t kMax = (kContext + kSteps) / kBlock + 1;
+  std::vector<int32_t> table(kRequests * kMax), lens(kRequests);
+  const kvpage::PaddedBlockTables out{.block_table = absl::MakeSpan(table),
+                                      .max_blocks = kMax,
+                                      .seq_lens = absl::MakeSpan(lens)};
+  Die(cache->ExportBlockTables(0, seqs, out));
+  std::vector<kvpage::ReserveRequest> step(kRequests);
+  std::vector<int64_t> slots(kRequests);
+  const Clock::time_point start = Clock::now();
+  for (int64_t s = 1; s <= kSteps; ++s) {
+    for (int i = 0; i < kRequests; ++i) {
+      step[i] = {.seq = seqs[i], .seq_len = kContext + s, .tokens = 1};
+    }
+    Die(cache->ReserveBatch(0, step, absl::MakeSpan(slots),
+                            tables ? &out : nullptr));
+  }
+  const double ns = Ns(Clock::now() - start) / (kSteps * kRequests);
+  if (lens[0] != (tables ? kContext + kSteps : kContext)) {
+    Die(absl::InternalError("the tables were not kept current"));
+  }
+  return ns;
+}
+
+// Allocation and release of 2048-token sequences, per block.
+std::pair<double, double> AllocateRelease() {
+  constexpr int kSeqs = 64, kTokens = 2048;
+  std::unique_ptr<kvpage::KVCache> cache =
+      MakeCache(kSeqs * kTokens / kBlock + 16);
+  std::vector<int64_t> slots(kTokens);
+  std::vector<kvpage::SeqId> seqs;
+  for (int i = 0; i < kSeqs; ++i) seqs.push_back(*cache->AddSequence());
+  const Clock::time_point start = Clock::now();
+  for (kvpage::SeqId seq : seqs) {
+    Die(cache->Reserve(seq, 0, kTokens, kTokens, absl::MakeSpan(slots)));
+  }
+  const Clock::time_point middle = Clock::now();
+  for (kvpage::SeqId seq : seqs) Die(cache->RemoveSequence(seq));
+  const Clock::time_point end = Clock::now();
+  const double blocks = static_cast<double>(kSeqs) * kTokens / kBlock;
+  return {Ns(middle - start) / blocks, Ns(end - middle) / blocks};
+}
+
+// Admission of 2048-token prompts whose first 1024 tokens a finished
+// request left cached; µs per admission.
+double Admit() {
+  constexpr int kAdmissions = 64, kTokens = 2048, kShared = 1024;
+  std::unique_ptr<kvpage::KVCache> cache =
+      MakeCache((kAdmissions + 2) * kTokens / kBlock);
+  std::vector<int32_t> prompt(kTokens);
+  for (int t = 0; t < kTokens; ++t) prompt[t] = t;
+  std::vector<int64_t> slots(kTokens);
+  {
+    const kvpage::SeqId first = *cache->AddSequence();
+    Die(cache->Reserve(first, 0, kShared, kShared,
+                       absl::MakeSpan(slots).subspan(0, kShared)));
+    Die(cache->AppendTokens(first, absl::MakeSpan(prompt).subspan(0, kShared)));
+    Die(cache->RemoveSequence(first));
+  }
+  std::vector<kvpage::SeqId> admitted;
+  double total = 0;
+  for (int a = 0; a < kAdmissions; ++a) {
+    for (int t = kShared; t < kTokens; ++t) prompt[t] = (a + 1) * 100000 + t;
+    const Clock::time_point start = Clock::now();
+    const kvpage::SeqId seq = *cache->AddSequence();
+    absl::StatusOr<int64_t> cached = cache->MatchPrefix(seq, prompt);
+    Die(cached.status());
+    const int64_t rest = kTokens - *cached;
+    Die(cache->Reserve(seq, 0, kTokens, rest,
+                       absl::MakeSpan(slots).subspan(0, rest)));
+    Die(cache->AppendTokens(seq, absl::MakeSpan(prompt).subspan(*cached)));
+    total += Ns(Clock::now() - start);
+    if (*cached != kShared) Die(absl::InternalError("the prefix was missed"));
+    admitted.push_back(seq);
+  }
+  return total / kAdmissions / 1000.0;
+}
+
+// The bookkeeping alone: a free list, an int32 table per request, the slot
+// mapping; what any block manager must do at least.
+double Floor() {
+  constexpr int64_t kMax = (kContext + kSteps) / kBlock + 1;
+  std::vector<int32_t> free_list;
+  for (int32_t b = kRequests * kMax - 1; b >= 0; --b) free_list.push_back(b);
+  std::vector<int32_t> table(kRequests * kMax);
+  std::vector<int32_t> blocks(kRequests, 0), lens(kRequests, 0);
+  for (int i = 0; i < kRequests; ++i) {
+    for (int64_t p = 0; p < kContext; p += kBlock) {
+      table[i * kMax + blocks[i]++] = free_list.back();
+      free_list.pop_back();
+    }
+    lens[i] = kContext;
+  }
+  std::vector<int64_t> slots(kRequests);
+  const Clock::time_point start = Clock::now();
+  for (int s = 0; s < kSteps; ++s) {
+    for (int i = 0; i < kRequests; ++i) {
+      const int32_t len = lens[i];
+      if (len % kBlock == 0) {
+        table[i * kMax + blocks[i]++] = free_list.back();
+        free_list.pop_back();
+      }
+      slots[i] =
+          int64_t{table[i * kMax + blocks[i] - 1]} * kBlock + len % kBlock;
+      lens[i] = len + 1;
+    }
+    asm volatile("" : : "r"(slots.data()) : "memory");
+  }
+  return Ns(Clock::now() - start) / (kSteps * kRequests);
+}
+
+void Print(const std::vector<Figure>& figures) {
+  std::printf("{\n  \"peer\": \"kvpage\",\n  \"block_size\": %d,\n", kBlock);
+  for (size_t f = 0; f < figures.size(); ++f) {
+    std::vector<double> runs = figures[f].runs;
+    std::sort(runs.begin(), runs.end());
+    std::printf(
+        "  \"%s\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}%s\n",
+        figures[f].name.c_str(), runs[runs.size() / 2], runs.front(),
+        runs.back(), f + 1 < figures.size() ? "," : "");
+  }
+  std::printf("}\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 5;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      reps = 1;
+    } else if (std::strncmp(argv[i], "--reps=", 7) == 0) {
+      reps = std::atoi(argv[i] + 7);
+    } else {
+      std::fprintf(stderr, "usage: kvpage_engine_bench [--quick] [--reps=N]\n");
+      return 2;
+    }
+  }
+  if (reps < 1) {
+    std::fprintf(stderr, "kvpage_engine_bench: --reps must be >= 1\n");
+    return 2;
+  }
+  std::vector<Figure> figures = {{"request_step_ns", {}},
+                                 {"request_step_no_table_ns", {}},
+                                 {"allocate_ns_per_block", {}},
+                                 {"release_ns_per_block", {}},
+                                 {"admit_2k_with_1k_cached_us", {}},
+                                 {"floor_request_step_ns", {}}};
+  for (int r = 0; r < reps; ++r) {
+    figures[0].runs.push_back(RequestStep(true));
+    figures[1].runs.push_back(RequestStep(false));
+    const auto [allocate, release] = AllocateRelease();
+    figures[2].runs.push_back(allocate);
+    figures[3].runs.push_back(release);
+    figures[4].runs.push_back(Admit());
+    figures[5].runs.push_back(Floor());
+  }
+  Print(figures);
+  return 0;
+}
