@@ -204,15 +204,24 @@ void Print(const std::vector<Figure>& figures) {
 
 int main(int argc, char** argv) {
   int reps = 5;
+  std::string only;  // --figure=admit: that one alone (for a profiler)
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       reps = 1;
     } else if (std::strncmp(argv[i], "--reps=", 7) == 0) {
       reps = std::atoi(argv[i] + 7);
+    } else if (std::strncmp(argv[i], "--figure=", 9) == 0) {
+      only = argv[i] + 9;
     } else {
-      std::fprintf(stderr, "usage: kvpage_engine_bench [--quick] [--reps=N]\n");
+      std::fprintf(stderr,
+                   "usage: kvpage_engine_bench [--quick] [--reps=N] "
+                   "[--figure=step|alloc|admit|floor]\n");
       return 2;
     }
+  }
+  if (only == "admit") {
+    for (int r = 0; r < reps; ++r) std::printf("%.3f us\n", Admit());
+    return 0;
   }
   if (reps < 1) {
     std::fprintf(stderr, "kvpage_engine_bench: --reps must be >= 1\n");
