@@ -168,6 +168,7 @@ class Cache {
     heads_ = c.num_kv_heads;
     head_dim_ = c.head_dim;
     dtype_ = c.dtype;
+    block_tokens_ = c.block_tokens;
   }
   ~Cache() { kvpage_cache_destroy(raw_); }
   Cache(const Cache&) = delete;
@@ -195,15 +196,81 @@ class Cache {
   }
   int heads() const { return heads_; }
   int head_dim() const { return head_dim_; }
+  int block_tokens() const { return block_tokens_; }
   kvpage_dtype dtype() const { return dtype_; }
 
  private:
   std::mutex mu_;
   kvpage_cache* raw_ = nullptr;
   uint64_t generation_ = 0;  // read and written with the GIL held
-  int heads_ = 0, head_dim_ = 0;
+  int heads_ = 0, head_dim_ = 0, block_tokens_ = 0;
   kvpage_dtype dtype_ = KVPAGE_F16;
 };
+
+// An int32 array kvpage writes into in place: C-contiguous, writable, of
+// at least `n` elements (and `ndim` dimensions), or InvalidArgumentError.
+int32_t* Int32Out(py::array a, py::ssize_t n, int ndim, const char* what) {
+  if (!a.dtype().is(py::dtype::of<int32_t>()) || a.ndim() != ndim ||
+      !(a.flags() & py::array::c_style) || !a.writeable() || a.size() < n) {
+    Raise(KVPAGE_INVALID_ARGUMENT,
+          std::string(what) +
+              " must be a writable, C-contiguous int32 array "
+              "of " +
+              std::to_string(ndim) + " dimensions and at least " +
+              std::to_string(n) + " elements");
+  }
+  return static_cast<int32_t*>(a.mutable_data());
+}
+
+// Engine mode (docs/engine.md): the requests of one step, as numpy arrays.
+py::array_t<int64_t> ReserveBatch(Cache& c, int layer,
+                                  const std::vector<uint64_t>& seqs,
+                                  const std::vector<int64_t>& seq_lens,
+                                  const std::vector<int64_t>& tokens,
+                                  const py::object& block_table,
+                                  const py::object& table_lens, int32_t pad) {
+  if (seqs.size() != seq_lens.size() || seqs.size() != tokens.size()) {
+    Raise(KVPAGE_INVALID_ARGUMENT,
+          "reserve_batch: seqs, seq_lens and tokens differ in length");
+  }
+  std::vector<kvpage_reserve_request> step(seqs.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    step[i] = {seqs[i], seq_lens[i], tokens[i]};
+    if (tokens[i] < 0) {
+      Raise(KVPAGE_INVALID_ARGUMENT, "reserve_batch: tokens must be >= 0");
+    }
+    total += tokens[i];
+  }
+  py::array_t<int64_t> slots(total);
+  kvpage_padded_tables tables{};
+  const bool keep = !block_table.is_none();
+  if (keep != !table_lens.is_none()) {
+    Raise(KVPAGE_INVALID_ARGUMENT,
+          "reserve_batch: block_table and table_lens come together");
+  }
+  if (keep) {
+    const auto table = py::cast<py::array>(block_table);
+    const auto lens = py::cast<py::array>(table_lens);
+    const auto rows = static_cast<py::ssize_t>(seqs.size());
+    if (table.ndim() != 2 || table.shape(0) < rows) {
+      Raise(KVPAGE_INVALID_ARGUMENT,
+            "reserve_batch: block_table must be [rows, max_blocks]");
+    }
+    tables = {
+        sizeof tables, Int32Out(table, 0, 2, "block_table"),  table.shape(1),
+        pad,           Int32Out(lens, rows, 1, "table_lens"), nullptr,
+        nullptr};
+  }
+  int64_t* out = slots.mutable_data();
+  Check(c.Locked([&](kvpage_cache* h) {
+    return kvpage_reserve_batch(h, layer, step.data(), step.size(), out,
+                                static_cast<size_t>(total),
+                                keep ? &tables : nullptr);
+  }));
+  c.Bump();
+  return slots;
+}
 
 // The dtype an update array carries, or InvalidArgumentError.
 kvpage_dtype ArrayDType(const Cache& c, const py::array& a, const char* what) {
@@ -565,6 +632,128 @@ PYBIND11_MODULE(kvpage, m) {
              return matched;
            })
       .def("view", &TakeView, py::arg("seq"), py::arg("layer"))
+      .def(
+          "reserve",
+          [](Cache& c, uint64_t seq, int layer, int64_t seq_len,
+             int64_t tokens) {
+            if (tokens < 0) {
+              Raise(KVPAGE_INVALID_ARGUMENT, "reserve: tokens must be >= 0");
+            }
+            py::array_t<int64_t> slots(tokens);
+            int64_t* out = slots.mutable_data();
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_reserve(h, seq, layer, seq_len, tokens, out);
+            }));
+            c.Bump();
+            return slots;
+          },
+          py::arg("seq"), py::arg("layer"), py::arg("seq_len"),
+          py::arg("tokens"))
+      .def("reserve_batch", &ReserveBatch, py::arg("layer"), py::arg("seqs"),
+           py::arg("seq_lens"), py::arg("tokens"),
+           py::arg("block_table") = py::none(),
+           py::arg("table_lens") = py::none(), py::arg("pad") = 0)
+      .def(
+          "export_block_tables",
+          [](Cache& c, int layer, const std::vector<uint64_t>& seqs,
+             int64_t max_blocks, int32_t pad) {
+            const auto rows = static_cast<py::ssize_t>(seqs.size());
+            py::array_t<int32_t> table({rows, py::ssize_t{max_blocks}});
+            py::array_t<int32_t> lens(rows), offsets(rows), starts(rows);
+            const kvpage_padded_tables out{
+                sizeof out,           table.mutable_data(),
+                max_blocks,           pad,
+                lens.mutable_data(),  offsets.mutable_data(),
+                starts.mutable_data()};
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_export_block_tables(h, layer, seqs.data(),
+                                                seqs.size(), &out);
+            }));
+            return py::make_tuple(table, lens, offsets, starts);
+          },
+          py::arg("layer"), py::arg("seqs"), py::arg("max_blocks"),
+          py::arg("pad") = 0)
+      .def(
+          "export_block_tables_csr",
+          [](Cache& c, int layer, const std::vector<uint64_t>& seqs) {
+            // Room for every row: a row holds at most ceil(length / bt).
+            size_t capacity = 0;
+            for (uint64_t seq : seqs) {
+              int64_t length = 0;
+              Check(c.Locked([&](kvpage_cache* h) {
+                return kvpage_length(h, seq, layer, &length);
+              }));
+              capacity += static_cast<size_t>((length + c.block_tokens() - 1) /
+                                              c.block_tokens());
+            }
+            const auto rows = static_cast<py::ssize_t>(seqs.size());
+            py::array_t<int32_t> indptr(rows + 1), indices(capacity),
+                last(rows), lens(rows), offsets(rows), starts(rows);
+            const kvpage_csr_tables out{sizeof out,
+                                        indptr.mutable_data(),
+                                        indices.mutable_data(),
+                                        capacity,
+                                        last.mutable_data(),
+                                        lens.mutable_data(),
+                                        offsets.mutable_data(),
+                                        starts.mutable_data()};
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_export_block_tables_csr(h, layer, seqs.data(),
+                                                    seqs.size(), &out);
+            }));
+            const int32_t used = indptr.at(rows);
+            return py::make_tuple(
+                indptr, indices.attr("__getitem__")(py::slice(0, used, 1)),
+                last, lens, offsets, starts);
+          },
+          py::arg("layer"), py::arg("seqs"))
+      .def("layer_base",
+           [](Cache& c, int layer) {
+             void* base = nullptr;
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_layer_base(h, layer, &base);
+             }));
+             return reinterpret_cast<uintptr_t>(base);
+           })
+      .def(
+          "cached_prefix_tokens",
+          [](Cache& c, const std::vector<int32_t>& ids, uint64_t salt) {
+            int64_t n = 0;
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_cached_prefix_tokens(h, ids.data(), ids.size(),
+                                                 salt, &n);
+            }));
+            return n;
+          },
+          py::arg("ids"), py::arg("salt") = 0)
+      .def(
+          "plan_admission",
+          [](Cache& c, const std::vector<int32_t>& prompt, uint64_t salt,
+             int64_t extra_tokens) {
+            kvpage_admission a{};
+            a.struct_size = sizeof a;
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_plan_admission(h, prompt.data(), prompt.size(),
+                                           salt, extra_tokens, &a);
+            }));
+            py::dict d;
+            d["cached_tokens"] = a.cached_tokens;
+            d["blocks_needed"] = a.blocks_needed;
+            d["blocks_available"] = a.blocks_available;
+            d["fits"] = a.fits != 0;
+            return d;
+          },
+          py::arg("prompt"), py::arg("salt") = 0, py::arg("extra_tokens") = 0)
+      .def(
+          "blocks_needed",
+          [](Cache& c, uint64_t seq, int64_t seq_len, int64_t tokens) {
+            int64_t n = 0;
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_blocks_needed(h, seq, seq_len, tokens, &n);
+            }));
+            return n;
+          },
+          py::arg("seq"), py::arg("seq_len"), py::arg("tokens"))
       .def("gather",
            [](Cache& c, uint64_t seq, int layer) {
              size_t tokens = 0;

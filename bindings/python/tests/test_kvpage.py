@@ -209,3 +209,60 @@ def test_threads_may_share_a_cache():
     for s in seqs:
         assert c.length(s, 0) == 199
     c.validate()
+
+
+def test_engine_mode_reserve_write_read_through_tables():
+    """The engine's "kernel" writes at the slots kvpage hands out, into the
+    pool at layer_base; the exported tables read every token back."""
+    import ctypes
+    c = small(num_layers=1)
+    seqs = [c.add_sequence() for _ in range(3)]
+    table = np.full((3, 8), -1, np.int32)
+    lens = np.zeros(3, np.int32)
+    pool = np.ctypeslib.as_array(
+        (ctypes.c_float * (64 * 2 * 4 * HEADS * DIM)).from_address(
+            c.layer_base(0))).reshape(64, 2, 4, HEADS, DIM)
+    length = 0
+    for step in range(10):
+        n = 5 if step == 0 else 1
+        slots = c.reserve_batch(0, seqs, [length + n] * 3, [n] * 3,
+                                block_table=table, table_lens=lens, pad=-1)
+        assert slots.dtype == np.int64 and slots.shape == (3 * n,)
+        for i in range(3):
+            k, v = tokens(length + 100 * i, n)
+            for t in range(n):
+                slot = slots[i * n + t]
+                pool[slot // 4, 0, slot % 4] = k[t]
+                pool[slot // 4, 1, slot % 4] = v[t]
+        length += n
+    assert list(lens) == [length] * 3
+    for i, seq in enumerate(seqs):
+        gk, gv, pos = c.gather(seq, 0)
+        k, v = tokens(100 * i, length)
+        np.testing.assert_array_equal(gk, k)
+        row = [b for b in table[i] if b >= 0]
+        read = np.concatenate([pool[b, 0] for b in row])[:length]
+        np.testing.assert_array_equal(read, k)
+    padded, plens, offsets, starts = c.export_block_tables(0, seqs, 8, pad=-1)
+    np.testing.assert_array_equal(padded, table)
+    indptr, indices, last, clens, _, _ = c.export_block_tables_csr(0, seqs)
+    assert list(indptr) == [0, 4, 8, 12] and list(last) == [2, 2, 2]  # 14
+    np.testing.assert_array_equal(indices[4:8], table[1, :4])
+    # Lookahead: 3 drafts, 1 accepted.
+    c.reserve(seqs[0], 0, length + 3, 3)
+    c.reserve(seqs[0], 0, length + 1, 0)
+    assert c.length(seqs[0], 0) == length + 1
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.reserve(seqs[0], 0, length + 9, 1)  # a gap
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.reserve_batch(0, seqs, [1], [1])
+    with pytest.raises(kvpage.InvalidArgumentError):  # not int32
+        c.reserve_batch(0, seqs[:1], [length + 2], [1],
+                        block_table=np.zeros((1, 8)), table_lens=lens)
+    # What a scheduler asks.
+    assert c.blocks_needed(seqs[1], length + 16, 16) == 4
+    plan = c.plan_admission(list(range(12)), extra_tokens=4)
+    assert plan["cached_tokens"] == 0 and plan["blocks_needed"] == 4
+    assert plan["fits"] is True
+    assert c.cached_prefix_tokens(list(range(12))) == 0
+    c.validate()

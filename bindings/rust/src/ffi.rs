@@ -311,4 +311,104 @@ extern "C" {
         out: *mut kvpage_cache_stats,
     ) -> kvpage_status;
     pub fn kvpage_snapshot_destroy(snapshot: *mut kvpage_snapshot);
+
+    // Engine mode (kvpage/engine.h).
+    pub fn kvpage_layer_base(cache: *const kvpage_cache, layer: i32, out: *mut *mut c_void)
+        -> kvpage_status;
+    pub fn kvpage_reserve(
+        cache: *mut kvpage_cache,
+        seq: kvpage_seq_id,
+        layer: i32,
+        seq_len: i64,
+        tokens: i64,
+        slot_mapping: *mut i64,
+    ) -> kvpage_status;
+    pub fn kvpage_reserve_batch(
+        cache: *mut kvpage_cache,
+        layer: i32,
+        requests: *const kvpage_reserve_request,
+        count: usize,
+        slot_mapping: *mut i64,
+        slots: usize,
+        tables: *const kvpage_padded_tables,
+    ) -> kvpage_status;
+    pub fn kvpage_export_block_tables(
+        cache: *const kvpage_cache,
+        layer: i32,
+        seqs: *const kvpage_seq_id,
+        rows: usize,
+        out: *const kvpage_padded_tables,
+    ) -> kvpage_status;
+    pub fn kvpage_export_block_tables_csr(
+        cache: *const kvpage_cache,
+        layer: i32,
+        seqs: *const kvpage_seq_id,
+        rows: usize,
+        out: *const kvpage_csr_tables,
+    ) -> kvpage_status;
+    pub fn kvpage_cached_prefix_tokens(
+        cache: *const kvpage_cache,
+        tokens: *const i32,
+        count: usize,
+        salt: u64,
+        out: *mut i64,
+    ) -> kvpage_status;
+    pub fn kvpage_plan_admission(
+        cache: *const kvpage_cache,
+        prompt: *const i32,
+        count: usize,
+        salt: u64,
+        extra_tokens: i64,
+        out: *mut kvpage_admission,
+    ) -> kvpage_status;
+    pub fn kvpage_blocks_needed(
+        cache: *const kvpage_cache,
+        seq: kvpage_seq_id,
+        seq_len: i64,
+        tokens: i64,
+        out: *mut i64,
+    ) -> kvpage_status;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvpage_reserve_request {
+    pub seq: kvpage_seq_id,
+    pub seq_len: i64,
+    pub tokens: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvpage_padded_tables {
+    pub struct_size: usize,
+    pub block_table: *mut i32,
+    pub max_blocks: i64,
+    pub pad: i32,
+    pub seq_lens: *mut i32,
+    pub block_offsets: *mut i32,
+    pub window_starts: *mut i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvpage_csr_tables {
+    pub struct_size: usize,
+    pub indptr: *mut i32,
+    pub indices: *mut i32,
+    pub indices_capacity: usize,
+    pub last_page_len: *mut i32,
+    pub seq_lens: *mut i32,
+    pub block_offsets: *mut i32,
+    pub window_starts: *mut i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvpage_admission {
+    pub struct_size: usize,
+    pub cached_tokens: i64,
+    pub blocks_needed: i64,
+    pub blocks_available: i64,
+    pub fits: i32,
 }

@@ -473,6 +473,131 @@ impl Cache {
         Ok(matched as usize)
     }
 
+    /// Engine mode: the update rule without data. Returns the slot of each
+    /// of the `tokens` positions ending at `seq_len` (`block_id *
+    /// block_tokens + slot`, or -1 for one evicted in this very call); the
+    /// engine's kernel writes them at `layer_base(layer)`. `tokens == 0`
+    /// below the length rolls back (speculative drafts).
+    pub fn reserve(&mut self, seq: SeqId, layer: usize, seq_len: usize, tokens: usize) -> Result<Vec<i64>> {
+        let mut slots = vec![0i64; tokens];
+        let layer = to_i32(layer, "layer")?;
+        let seq_len = to_i64(seq_len, "seq_len")?;
+        let n = to_i64(tokens, "tokens")?;
+        // SAFETY: slots holds `tokens` entries.
+        check(unsafe { ffi::kvpage_reserve(self.mut_ptr(), seq, layer, seq_len, n, slots.as_mut_ptr()) })?;
+        Ok(slots)
+    }
+
+    /// One scheduler step, all or nothing: `(seq, seq_len, tokens)` per
+    /// request; returns the slot mappings one after the other. With
+    /// `tables`, its padded rows (row i: request i) are kept current.
+    pub fn reserve_batch(
+        &mut self,
+        layer: usize,
+        requests: &[(SeqId, usize, usize)],
+        tables: Option<&mut BlockTables>,
+    ) -> Result<Vec<i64>> {
+        let mut step = Vec::with_capacity(requests.len());
+        let mut total = 0usize;
+        for &(seq, seq_len, tokens) in requests {
+            step.push(ffi::kvpage_reserve_request {
+                seq,
+                seq_len: to_i64(seq_len, "seq_len")?,
+                tokens: to_i64(tokens, "tokens")?,
+            });
+            total += tokens;
+        }
+        let mut slots = vec![0i64; total];
+        let raw = match tables {
+            Some(t) => {
+                if t.rows() < requests.len() {
+                    return Err(Error::invalid(format!(
+                        "tables hold {} rows; {} requests",
+                        t.rows(),
+                        requests.len()
+                    )));
+                }
+                Some(t.raw())
+            }
+            None => None,
+        };
+        let layer = to_i32(layer, "layer")?;
+        // SAFETY: step, slots and the tables' arrays are valid for their
+        // lengths (BlockTables holds rows * max_blocks entries).
+        check(unsafe {
+            ffi::kvpage_reserve_batch(
+                self.mut_ptr(),
+                layer,
+                step.as_ptr(),
+                step.len(),
+                slots.as_mut_ptr(),
+                slots.len(),
+                raw.as_ref().map_or(std::ptr::null(), |r| r as *const _),
+            )
+        })?;
+        Ok(slots)
+    }
+
+    /// The padded block tables of `seqs` (docs/engine.md), into `tables`.
+    pub fn export_block_tables(&self, layer: usize, seqs: &[SeqId], tables: &mut BlockTables) -> Result<()> {
+        if tables.rows() < seqs.len() {
+            return Err(Error::invalid(format!("tables hold {} rows; {} sequences", tables.rows(), seqs.len())));
+        }
+        let raw = tables.raw();
+        let layer = to_i32(layer, "layer")?;
+        // SAFETY: the arrays hold rows * max_blocks and rows entries.
+        check(unsafe { ffi::kvpage_export_block_tables(self.ptr(), layer, seqs.as_ptr(), seqs.len(), &raw) })
+    }
+
+    /// Where `layer`'s blocks live: block b at this address + b *
+    /// block_bytes (in the storage's address space).
+    pub fn layer_base(&self, layer: usize) -> Result<*mut std::ffi::c_void> {
+        let mut base = std::ptr::null_mut();
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_layer_base(self.ptr(), to_i32(layer, "layer")?, &mut base) })?;
+        Ok(base)
+    }
+
+    /// The tokens `match_prefix` would attach now; changes nothing.
+    pub fn cached_prefix_tokens(&self, ids: &[i32], salt: u64) -> Result<usize> {
+        let mut n = 0i64;
+        // SAFETY: ids is valid for its length.
+        check(unsafe { ffi::kvpage_cached_prefix_tokens(self.ptr(), ids.as_ptr(), ids.len(), salt, &mut n) })?;
+        Ok(n as usize)
+    }
+
+    /// What admitting a request of `prompt` growing by `extra_tokens` takes
+    /// (cached tokens, the most blocks it needs at once, what the pool can
+    /// give); changes nothing.
+    pub fn plan_admission(&self, prompt: &[i32], salt: u64, extra_tokens: usize) -> Result<Admission> {
+        let mut a = ffi::kvpage_admission {
+            struct_size: std::mem::size_of::<ffi::kvpage_admission>(),
+            ..Default::default()
+        };
+        let extra = to_i64(extra_tokens, "extra_tokens")?;
+        // SAFETY: prompt is valid for its length; a is an output.
+        check(unsafe {
+            ffi::kvpage_plan_admission(self.ptr(), prompt.as_ptr(), prompt.len(), salt, extra, &mut a)
+        })?;
+        Ok(Admission {
+            cached_tokens: a.cached_tokens as usize,
+            blocks_needed: a.blocks_needed as usize,
+            blocks_available: a.blocks_available as usize,
+            fits: a.fits != 0,
+        })
+    }
+
+    /// The blocks the pool would supply for an update of every layer of
+    /// `seq` now; changes nothing.
+    pub fn blocks_needed(&self, seq: SeqId, seq_len: usize, tokens: usize) -> Result<usize> {
+        let mut n = 0i64;
+        let seq_len = to_i64(seq_len, "seq_len")?;
+        let tokens = to_i64(tokens, "tokens")?;
+        // SAFETY: valid handle and output.
+        check(unsafe { ffi::kvpage_blocks_needed(self.ptr(), seq, seq_len, tokens, &mut n) })?;
+        Ok(n as usize)
+    }
+
     /// The layer's visible tokens, block by block, without a copy. The view
     /// borrows the cache: nothing can change it while the view lives.
     pub fn view(&self, seq: SeqId, layer: usize) -> Result<View<'_>> {
@@ -575,6 +700,60 @@ impl Cache {
 fn path_to_c(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::invalid(format!("path {} holds a NUL byte", path.display())))
+}
+
+/// Padded block tables an attention kernel reads (docs/engine.md): row i
+/// at `block_table[i * max_blocks..]`, entries past its blocks set to `pad`.
+pub struct BlockTables {
+    pub block_table: Vec<i32>,
+    pub max_blocks: usize,
+    pub pad: i32,
+    pub seq_lens: Vec<i32>,
+    pub block_offsets: Vec<i32>,
+    pub window_starts: Vec<i32>,
+}
+
+impl BlockTables {
+    /// `rows` rows of `max_blocks` entries, all `pad`.
+    pub fn new(rows: usize, max_blocks: usize, pad: i32) -> BlockTables {
+        BlockTables {
+            block_table: vec![pad; rows * max_blocks],
+            max_blocks,
+            pad,
+            seq_lens: vec![0; rows],
+            block_offsets: vec![0; rows],
+            window_starts: vec![0; rows],
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.seq_lens.len().min(self.block_offsets.len()).min(self.window_starts.len()).min(
+            if self.max_blocks == 0 { 0 } else { self.block_table.len() / self.max_blocks },
+        )
+    }
+    /// Row i's block ids, padding included.
+    pub fn row(&self, i: usize) -> &[i32] {
+        &self.block_table[i * self.max_blocks..(i + 1) * self.max_blocks]
+    }
+    fn raw(&mut self) -> ffi::kvpage_padded_tables {
+        ffi::kvpage_padded_tables {
+            struct_size: std::mem::size_of::<ffi::kvpage_padded_tables>(),
+            block_table: self.block_table.as_mut_ptr(),
+            max_blocks: self.max_blocks as i64,
+            pad: self.pad,
+            seq_lens: self.seq_lens.as_mut_ptr(),
+            block_offsets: self.block_offsets.as_mut_ptr(),
+            window_starts: self.window_starts.as_mut_ptr(),
+        }
+    }
+}
+
+/// What admitting a request would take (`Cache::plan_admission`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub cached_tokens: usize,
+    pub blocks_needed: usize,
+    pub blocks_available: usize,
+    pub fits: bool,
 }
 
 /// One block of a view.

@@ -242,3 +242,54 @@ fn prefix_hash_matches_the_documented_vectors() {
     assert_eq!(kvpage::prefix_block_hash(first, 0, &ids[16..]), 0xacc0_109a_8f01_65a4);
     assert_eq!(kvpage::prefix_block_hash(0, 42, &ids[..16]), 0x2f29_07c3_e36c_d564);
 }
+
+#[test]
+fn engine_mode_reserve_write_and_read_through_tables() {
+    let mut cache = small(Policy::Error, 64);
+    let seqs = [cache.add_sequence().unwrap(), cache.add_sequence().unwrap()];
+    let mut tables = kvpage::BlockTables::new(2, 8, -1);
+    let base = cache.layer_base(0).unwrap() as *mut f32;
+    let block_floats = 2 * 4 * ELEMS;
+    let mut len = 0usize;
+    for step in 0..9 {
+        let n = if step == 0 { 3 } else { 1 };
+        let requests: Vec<_> = seqs.iter().map(|&s| (s, len + n, n)).collect();
+        let slots = cache.reserve_batch(0, &requests, Some(&mut tables)).unwrap();
+        assert_eq!(slots.len(), 2 * n);
+        for (i, &slot) in slots.iter().enumerate() {
+            let (k, v) = tokens(len + i % n + 100 * (i / n), 1);
+            let block = slot as usize / 4;
+            let s = slot as usize % 4;
+            // SAFETY: the slot lies in the pool at layer_base (host arena).
+            unsafe {
+                let at = base.add(block * block_floats);
+                std::ptr::copy_nonoverlapping(k.as_ptr(), at.add(s * ELEMS), ELEMS);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), at.add((4 + s) * ELEMS), ELEMS);
+            }
+        }
+        len += n;
+    }
+    assert_eq!(tables.seq_lens, vec![len as i32; 2]);
+    for (i, &seq) in seqs.iter().enumerate() {
+        let g = cache.gather(seq, 0).unwrap();
+        let (k, _) = tokens(100 * i, len);
+        assert_eq!(g.k, k);
+        let row: Vec<i32> = tables.row(i).iter().copied().filter(|&b| b >= 0).collect();
+        assert_eq!(row.len(), (len + 3) / 4);
+    }
+    let mut fresh = kvpage::BlockTables::new(2, 8, -1);
+    cache.export_block_tables(0, &seqs, &mut fresh).unwrap();
+    assert_eq!(fresh.block_table, tables.block_table);
+    // Lookahead: 2 drafts, none accepted.
+    cache.reserve(seqs[0], 0, len + 2, 2).unwrap();
+    cache.reserve(seqs[0], 0, len, 0).unwrap();
+    assert_eq!(cache.length(seqs[0], 0).unwrap(), len);
+    assert_eq!(cache.reserve(seqs[0], 0, len + 5, 1).unwrap_err().code, Code::InvalidArgument);
+    let plan = cache.plan_admission(&[1, 2, 3, 4, 5, 6, 7, 8], 0, 8).unwrap();
+    assert_eq!((plan.cached_tokens, plan.blocks_needed, plan.fits), (0, 8, true));
+    assert_eq!(cache.cached_prefix_tokens(&[1, 2, 3, 4], 0).unwrap(), 0);
+    let fresh_seq = cache.add_sequence().unwrap();
+    assert_eq!(cache.blocks_needed(fresh_seq, 8, 8).unwrap(), 4); // 2 per layer
+    assert_eq!(cache.blocks_needed(seqs[1], len, 0).unwrap_err().code, Code::InvalidArgument); // layer 1: a gap
+    cache.validate().unwrap();
+}
