@@ -311,17 +311,25 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
       ABSL_PREDICT_FALSE(!s.ok())) {
     return s;
   }
-  if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) !=
-      internal::kNoBlock) {
+  int64_t slot = 0;
+  const BlockId block =
+      impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &slot);
+  int64_t written = k.tokens;
+  if (block != internal::kNoBlock) {  // the fast path: one run, one block
     impl.AppendInPlace(table, start, seq_len);
-  } else if (absl::Status s = impl.PlaceGeneral(
-                 "Update", seq, layer, layer_rules, table, start, seq_len);
-             !s.ok()) {
-    return s;
+    impl.io->WriteRun(block, false, slot, static_cast<const std::byte*>(k.data),
+                      k.dtype, k.tokens);
+    impl.io->WriteRun(block, true, slot, static_cast<const std::byte*>(v.data),
+                      v.dtype, v.tokens);
+  } else {
+    if (absl::Status s = impl.PlaceGeneral("Update", seq, layer, layer_rules,
+                                           table, start, seq_len);
+        !s.ok()) {
+      return s;
+    }
+    written = WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
   }
   table.reserved_from = BlockTable::kNothingReserved;  // all written now
-  const int64_t written =
-      WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();
   impl.Settle(sequence, static_cast<size_t>(layer), start);
   return absl::OkStatus();

@@ -124,19 +124,36 @@ struct KVCache::Impl {
   // Refuses positions [start, seq_len) of `table` as Update documents: a
   // gap (InvalidArgument), evicted positions (OutOfRange), max_seq_len
   // under kError (ResourceExhausted), each message naming `op`. O(1).
+  // Inline: the checks that pass go by without a call.
   [[nodiscard]] absl::Status CheckPositions(std::string_view op, SeqId seq,
                                             int layer,
                                             const internal::LayerRules& rules,
                                             const internal::BlockTable& table,
                                             int64_t start,
-                                            int64_t seq_len) const;
+                                            int64_t seq_len) const {
+    if (ABSL_PREDICT_TRUE(
+            start <= table.length &&
+            !(rules.evicts() && table.window_start > rules.sinks) &&
+            (rules.evicts() || seq_len <= rules.max_seq_len))) {
+      return absl::OkStatus();
+    }
+    return RefusePositions(op, seq, layer, rules, table, start, seq_len);
+  }
+  [[nodiscard]] absl::Status RefusePositions(std::string_view op, SeqId seq,
+                                             int layer,
+                                             const internal::LayerRules& rules,
+                                             const internal::BlockTable& table,
+                                             int64_t start,
+                                             int64_t seq_len) const;
   // The fast path: positions [start, seq_len) appended into the table's
   // private, hot, non-full last block with no policy action due. Returns
   // that block, or kNoBlock when the general path must plan. O(1), no
   // division.
+  // `slot`, when given, receives start's slot in it.
   internal::BlockId InPlaceAppendBlock(const internal::LayerRules& rules,
                                        const internal::BlockTable& table,
-                                       int64_t start, int64_t seq_len) const;
+                                       int64_t start, int64_t seq_len,
+                                       int64_t* slot = nullptr) const;
   // Takes the fast path InPlaceAppendBlock allowed: sets the lengths.
   void AppendInPlace(internal::BlockTable& table, int64_t start,
                      int64_t seq_len) {
@@ -154,7 +171,15 @@ struct KVCache::Impl {
   // What follows a change of `layer`'s table whose positions from `start`
   // are (to be) written: publishing full hashed blocks, compressing blocks
   // made cold.
-  void Settle(internal::Sequence& sequence, size_t layer, int64_t start);
+  // Inline: with nothing to publish or compress it costs two tests.
+  void Settle(internal::Sequence& sequence, size_t layer, int64_t start) {
+    internal::BlockTable& table = sequence.layers[layer];
+    if (ABSL_PREDICT_FALSE(start < table.published * config.block_tokens)) {
+      table.published = start / config.block_tokens;  // rewritten
+    }
+    if (!sequence.block_hashes.empty()) PublishLayer(sequence, layer);
+    if (auto_compress()) CompressNewlyCold(rules[layer], table);
+  }
 
   // The prefix-cache entries MatchPrefix would attach for `tokens` of a
   // sequence with `salt`, in order (admission.cc). O(tokens + matched).

@@ -15,11 +15,11 @@ using internal::IsQuant;
 using internal::LayerRules;
 using internal::Plan;
 
-absl::Status KVCache::Impl::CheckPositions(std::string_view op, SeqId seq,
-                                           int layer, const LayerRules& rules,
-                                           const BlockTable& table,
-                                           int64_t start,
-                                           int64_t seq_len) const {
+absl::Status KVCache::Impl::RefusePositions(std::string_view op, SeqId seq,
+                                            int layer, const LayerRules& rules,
+                                            const BlockTable& table,
+                                            int64_t start,
+                                            int64_t seq_len) const {
   if (ABSL_PREDICT_FALSE(start > table.length)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s(seq %d, layer %d, seq_len %d): gap: %d tokens start at position "
@@ -44,8 +44,8 @@ absl::Status KVCache::Impl::CheckPositions(std::string_view op, SeqId seq,
 
 BlockId KVCache::Impl::InPlaceAppendBlock(const LayerRules& rules,
                                           const BlockTable& table,
-                                          int64_t start,
-                                          int64_t seq_len) const {
+                                          int64_t start, int64_t seq_len,
+                                          int64_t* slot) const {
   // The last held logical block, without a division: sink blocks are
   // logical [0, sink_blocks.size()), the window's end follows them.
   const int64_t last = table.window_blocks() > 0
@@ -62,6 +62,7 @@ BlockId KVCache::Impl::InPlaceAppendBlock(const LayerRules& rules,
   }
   const BlockRef ref = table.Block(last);
   if (IsQuant(ref) || pool->ref_count(ref) != 1) return internal::kNoBlock;
+  if (slot != nullptr) *slot = start - last * rules.block_tokens;
   return ref;
 }
 
@@ -82,17 +83,6 @@ absl::Status KVCache::Impl::PlaceGeneral(std::string_view op, SeqId seq,
   counters.blocks_allocated += plan.fresh;
   ApplyPlan(rules, table, plan, fresh_ids);
   return absl::OkStatus();
-}
-
-void KVCache::Impl::Settle(internal::Sequence& sequence, size_t layer,
-                           int64_t start) {
-  BlockTable& table = sequence.layers[layer];
-  const LayerRules& layer_rules = rules[layer];
-  if (start < table.published * layer_rules.block_tokens) {  // rewritten
-    table.published = start / layer_rules.block_tokens;
-  }
-  if (!sequence.block_hashes.empty()) PublishLayer(sequence, layer);
-  if (auto_compress()) CompressNewlyCold(layer_rules, table);
 }
 
 }  // namespace kvpage

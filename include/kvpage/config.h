@@ -107,11 +107,21 @@ struct CacheConfig {
   // Per-layer overrides of the four fields above; at most one per layer.
   std::vector<LayerPolicy> layer_policies;
   CompressionConfig compression;
-  // Touch every page of the arena at creation so that the first appends do
-  // not pay page faults. Costs the arena's size in resident memory up front.
-  bool prefault = false;
-  // Ask the kernel for transparent huge pages for the arena (madvise).
-  bool huge_pages = false;
+  // The arena's pages, both pools. A page of the arena touched for the
+  // first time costs a page fault (on virtual machines ~10-20 µs): without
+  // these options a decode Update that lands in a fresh page pays it, and
+  // with 2 KiB tokens every other step does. Both on (the default), Create
+  // touches every page: the arena is resident from the start (its whole
+  // size) and creation takes ~0.12 s per GiB; decode Updates then pay
+  // nothing. prefault alone takes ~0.43 s per GiB (4 KiB faults);
+  // huge_pages alone makes faults rare but each costs up to milliseconds
+  // (a 2 MiB page is zeroed on the hot path). Measured by
+  // bench/first_touch_bench.cc (docs/benchmarks.md). Turn both off for a
+  // cache much larger than what it will hold, to keep it out of memory.
+  bool prefault = true;
+  // Transparent huge pages for the arena (madvise), where the kernel
+  // allows them.
+  bool huge_pages = true;
   bool operator==(const CacheConfig&) const = default;
 };
 
