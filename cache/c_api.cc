@@ -347,6 +347,8 @@ kvpage_status kvpage_config_defaults(kvpage_config* config) {
     c.compression_group_size = d.compression.group_size;
     c.compression_hot_tokens = d.compression.hot_tokens;
     c.compression_max_rel_error = d.compression.max_rel_error;
+    c.prefault = d.prefault ? 1 : 0;
+    c.huge_pages = d.huge_pages ? 1 : 0;
     kvpage::c_api::CopyOut(c, config);
     return KVPAGE_OK;
   });

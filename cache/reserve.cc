@@ -195,7 +195,10 @@ absl::Status KVCache::ReserveBatch(int layer,
     auto it = dropped.find(ref);
     return it == dropped.end() ? count : count - it->second;
   };
-  int64_t total_tokens = 0, total_fresh = 0;
+  // The pool supplies the most the step is short at any request: blocks an
+  // earlier request gives back (a rollback, a window sliding by more than
+  // it grows) serve the later ones, as they would one Reserve at a time.
+  int64_t total_tokens = 0, running = 0, total_fresh = 0;
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
     auto it = impl.sequences.find(r.seq);
@@ -230,7 +233,9 @@ absl::Status KVCache::ReserveBatch(int layer,
     fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len);
     if (fast[i] == internal::kNoBlock) {
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
-      total_fresh += plans[i].fresh;
+      running += plans[i].fresh;
+      total_fresh = std::max(total_fresh, running);
+      running -= internal::BlocksFreed(layer_rules, table, plans[i], refs);
       entries_after = plans[i].sink_blocks + plans[i].window.size();
       internal::ForEachHoldDropped(table, plans[i], [&](BlockRef ref) {
         if (!internal::IsQuant(ref) && refs(ref) > 1) ++dropped[ref];
@@ -267,6 +272,8 @@ absl::Status KVCache::ReserveBatch(int layer,
   // private last block.
   const absl::InlinedVector<BlockId, 16>& taken = impl.fresh_ids;
   size_t next_fresh = 0;
+  int64_t given_back_used = 0;
+  absl::InlinedVector<BlockId, 16> step_ids;
   int64_t* slots = slot_mapping.data();
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
@@ -278,18 +285,27 @@ absl::Status KVCache::ReserveBatch(int layer,
     } else {
       const Plan plan =
           internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
-      KVPAGE_DCHECK(next_fresh + static_cast<size_t>(plan.fresh) <=
-                    taken.size());
-      impl.ApplyPlan(layer_rules, table, plan,
-                     absl::MakeConstSpan(taken).subspan(
-                         next_fresh, static_cast<size_t>(plan.fresh)));
-      next_fresh += static_cast<size_t>(plan.fresh);
+      // This request's fresh blocks: what step 2 took, then what earlier
+      // requests gave back (step 1 counted on no more).
+      const auto want = static_cast<size_t>(plan.fresh);
+      const size_t from_taken = std::min(want, taken.size() - next_fresh);
+      step_ids.assign(taken.begin() + next_fresh,
+                      taken.begin() + next_fresh + from_taken);
+      next_fresh += from_taken;
+      while (step_ids.size() < want) {
+        const BlockId id = impl.local->AllocateOne();
+        KVPAGE_DCHECK(id != internal::kNoBlock);
+        step_ids.push_back(id);
+        ++given_back_used;
+      }
+      impl.ApplyPlan(layer_rules, table, plan, step_ids);
       WriteSlots(layer_rules, table, start, r.seq_len, slots);
     }
     table.reserved_from = start;  // as Reserve
     slots += r.tokens;
   }
-  impl.counters.blocks_allocated += static_cast<int64_t>(next_fresh);
+  impl.counters.blocks_allocated +=
+      static_cast<int64_t>(next_fresh) + given_back_used;
   for (size_t i = next_fresh; i < taken.size(); ++i) {
     impl.local->Release(taken[i]);  // planned, not needed after all
   }

@@ -141,6 +141,24 @@ void ForEachLetGo(const BlockTable& table, const Plan& plan, Fn&& fn) {
   }
 }
 
+int64_t BlocksFreed(const LayerRules& rules, const BlockTable& table,
+                    const Plan& plan, RefCounts refs) {
+  if (rules.ring()) return 0;
+  const BlockRange kept = KeptWindow(table, plan);
+  int64_t alone = 0;
+  auto count = [&](BlockRef ref) { alone += !IsQuant(ref) && refs(ref) == 1; };
+  const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
+  for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
+    count(table.sink_blocks[static_cast<size_t>(b)]);
+  }
+  const int64_t now_last = table.window_first + table.window_blocks();
+  for (int64_t b = table.window_first; b < kept.first; ++b) {
+    count(table.Block(b));
+  }
+  for (int64_t b = kept.last; b < now_last; ++b) count(table.Block(b));
+  return std::max<int64_t>(0, alone - plan.new_blocks);
+}
+
 void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
                         absl::FunctionRef<void(BlockRef)> fn) {
   ForEachLetGo(table, plan, fn);

@@ -50,6 +50,13 @@ Plan MakePlan(const LayerRules& rules, const BlockTable& table,
 Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
               int64_t start, int64_t seq_len);
 
+// The hot blocks applying `plan` gives back to the pool: those the table
+// lets go of, holds alone (refs 1) and does not reuse. 0 for a ring, which
+// keeps them as spares (a lower bound: the caller may count on them).
+// O(blocks changed).
+int64_t BlocksFreed(const LayerRules& rules, const BlockTable& table,
+                    const Plan& plan, RefCounts refs);
+
 // Calls fn(ref) for each hot or compressed block whose hold by `table`
 // applying `plan` drops: blocks let go, and shared blocks copied before
 // they are written. O(blocks changed).

@@ -170,6 +170,7 @@ static void TestConfig(void) {
     CHECK(back.num_layers == kLayers && back.head_dim == kDim);
     CHECK(back.compression_enabled == 0);
     CHECK(back.dtype == KVPAGE_F32 && back.block_tokens == 4);
+    CHECK(back.prefault == 1 && back.huge_pages == 1); /* the defaults */
   }
   kvpage_cache_destroy(cache);
 }

@@ -817,5 +817,40 @@ TEST(ReserveTest, CompressionWaitsForTheKernel) {
   }
 }
 
+// Blocks an earlier request of the step gives back serve the later ones,
+// as Reserves in order would: a rollback's block feeds a decode.
+TEST(ReserveBatchTest, BlocksGivenBackServeLaterRequests) {
+  CacheConfig config = Config(0, 3);
+  config.num_layers = 1;
+  config.layer_policies.clear();
+  std::unique_ptr<KVCache> cache = Make(config);
+  const SeqId a = *cache->AddSequence(), b = *cache->AddSequence();
+  std::vector<int64_t> eight(8), four(4), one(1);
+  ASSERT_TRUE(cache->Reserve(a, 0, 8, 8, absl::MakeSpan(eight)).ok());
+  ASSERT_TRUE(cache->Reserve(b, 0, 4, 4, absl::MakeSpan(four)).ok());
+  ASSERT_EQ(cache->Stats().blocks_free, 0);
+  const absl::Status s =
+      cache->ReserveBatch(0,
+                          {{.seq = a, .seq_len = 4, .tokens = 0},
+                           {.seq = b, .seq_len = 5, .tokens = 1}},
+                          absl::MakeSpan(one));
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(one[0] / kBlock, eight[4] / kBlock);  // a's block, given back
+  EXPECT_EQ(cache->Stats().blocks_allocated, 4);
+  EXPECT_EQ(cache->Stats().blocks_released, 1);
+  EXPECT_TRUE(cache->Validate().ok());
+  // In the other order the decode comes first and the pool is empty then.
+  const CacheFingerprint before = Fingerprint(*cache);
+  std::vector<int64_t> two(2);
+  EXPECT_EQ(cache
+                ->ReserveBatch(0,
+                               {{.seq = b, .seq_len = 9, .tokens = 4},
+                                {.seq = a, .seq_len = 0, .tokens = 0}},
+                               absl::MakeSpan(eight).subspan(0, 4))
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_UNCHANGED(*cache, before);
+}
+
 }  // namespace
 }  // namespace kvpage

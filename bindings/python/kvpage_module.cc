@@ -223,12 +223,11 @@ int32_t* Int32Out(py::array a, py::ssize_t n, int ndim, const char* what) {
 }
 
 // Engine mode (docs/engine.md): the requests of one step, as numpy arrays.
-py::array_t<int64_t> ReserveBatch(Cache& c, int layer,
-                                  const std::vector<uint64_t>& seqs,
-                                  const std::vector<int64_t>& seq_lens,
-                                  const std::vector<int64_t>& tokens,
-                                  const py::object& block_table,
-                                  const py::object& table_lens, int32_t pad) {
+py::array_t<int64_t> ReserveBatch(
+    Cache& c, int layer, const std::vector<uint64_t>& seqs,
+    const std::vector<int64_t>& seq_lens, const std::vector<int64_t>& tokens,
+    const py::object& block_table, const py::object& table_lens, int32_t pad,
+    const py::object& table_offsets, const py::object& table_window_starts) {
   if (seqs.size() != seq_lens.size() || seqs.size() != tokens.size()) {
     Raise(KVPAGE_INVALID_ARGUMENT,
           "reserve_batch: seqs, seq_lens and tokens differ in length");
@@ -257,10 +256,19 @@ py::array_t<int64_t> ReserveBatch(Cache& c, int layer,
       Raise(KVPAGE_INVALID_ARGUMENT,
             "reserve_batch: block_table must be [rows, max_blocks]");
     }
-    tables = {
-        sizeof tables, Int32Out(table, 0, 2, "block_table"),  table.shape(1),
-        pad,           Int32Out(lens, rows, 1, "table_lens"), nullptr,
-        nullptr};
+    tables = {sizeof tables,
+              Int32Out(table, 0, 2, "block_table"),
+              table.shape(1),
+              pad,
+              Int32Out(lens, rows, 1, "table_lens"),
+              table_offsets.is_none()
+                  ? nullptr
+                  : Int32Out(py::cast<py::array>(table_offsets), rows, 1,
+                             "table_offsets"),
+              table_window_starts.is_none()
+                  ? nullptr
+                  : Int32Out(py::cast<py::array>(table_window_starts), rows, 1,
+                             "table_window_starts")};
   }
   int64_t* out = slots.mutable_data();
   Check(c.Locked([&](kvpage_cache* h) {
@@ -652,7 +660,9 @@ PYBIND11_MODULE(kvpage, m) {
       .def("reserve_batch", &ReserveBatch, py::arg("layer"), py::arg("seqs"),
            py::arg("seq_lens"), py::arg("tokens"),
            py::arg("block_table") = py::none(),
-           py::arg("table_lens") = py::none(), py::arg("pad") = 0)
+           py::arg("table_lens") = py::none(), py::arg("pad") = 0,
+           py::arg("table_offsets") = py::none(),
+           py::arg("table_window_starts") = py::none())
       .def(
           "export_block_tables",
           [](Cache& c, int layer, const std::vector<uint64_t>& seqs,

@@ -266,3 +266,19 @@ def test_engine_mode_reserve_write_read_through_tables():
     assert plan["fits"] is True
     assert c.cached_prefix_tokens(list(range(12))) == 0
     c.validate()
+
+
+def test_engine_mode_tables_of_a_window_keep_their_offsets():
+    c = kvpage.Cache(num_layers=1, num_kv_heads=HEADS, head_dim=DIM,
+                     dtype="f32", block_tokens=4, num_blocks=16,
+                     max_seq_len=8, policy="sliding_window")
+    seq = c.add_sequence()
+    table = np.full((1, 4), -1, np.int32)
+    lens, offsets, starts = (np.zeros(1, np.int32) for _ in range(3))
+    for length in range(1, 21):
+        c.reserve_batch(0, [seq], [length], [1], block_table=table,
+                        table_lens=lens, table_offsets=offsets,
+                        table_window_starts=starts)
+    _, _, want_offsets, want_starts = c.export_block_tables(0, [seq], 4)
+    assert lens[0] == 20 and starts[0] == 12 and offsets[0] == 3
+    assert offsets[0] == want_offsets[0] and starts[0] == want_starts[0]

@@ -479,7 +479,7 @@ impl Cache {
     /// engine's kernel writes them at `layer_base(layer)`. `tokens == 0`
     /// below the length rolls back (speculative drafts).
     pub fn reserve(&mut self, seq: SeqId, layer: usize, seq_len: usize, tokens: usize) -> Result<Vec<i64>> {
-        let mut slots = vec![0i64; tokens];
+        let mut slots = slot_vec(tokens)?;
         let layer = to_i32(layer, "layer")?;
         let seq_len = to_i64(seq_len, "seq_len")?;
         let n = to_i64(tokens, "tokens")?;
@@ -505,9 +505,11 @@ impl Cache {
                 seq_len: to_i64(seq_len, "seq_len")?,
                 tokens: to_i64(tokens, "tokens")?,
             });
-            total += tokens;
+            total = total
+                .checked_add(tokens)
+                .ok_or_else(|| Error::invalid("the requests' tokens overflow".into()))?;
         }
-        let mut slots = vec![0i64; total];
+        let mut slots = slot_vec(total)?;
         let raw = match tables {
             Some(t) => {
                 if t.rows() < requests.len() {
@@ -700,6 +702,17 @@ impl Cache {
 fn path_to_c(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::invalid(format!("path {} holds a NUL byte", path.display())))
+}
+
+/// A slot mapping of `n` entries, or InvalidArgument when it cannot be
+/// allocated (kvpage would refuse that many tokens anyway).
+fn slot_vec(n: usize) -> Result<Vec<i64>> {
+    let mut slots = Vec::new();
+    slots
+        .try_reserve_exact(n)
+        .map_err(|_| Error::invalid(format!("{} tokens: no room for their slot mapping", n)))?;
+    slots.resize(n, 0);
+    Ok(slots)
 }
 
 /// Padded block tables an attention kernel reads (docs/engine.md): row i

@@ -285,6 +285,7 @@ fn engine_mode_reserve_write_and_read_through_tables() {
     cache.reserve(seqs[0], 0, len, 0).unwrap();
     assert_eq!(cache.length(seqs[0], 0).unwrap(), len);
     assert_eq!(cache.reserve(seqs[0], 0, len + 5, 1).unwrap_err().code, Code::InvalidArgument);
+    assert_eq!(cache.reserve(seqs[0], 0, usize::MAX / 2, usize::MAX / 2).unwrap_err().code, Code::InvalidArgument);
     let plan = cache.plan_admission(&[1, 2, 3, 4, 5, 6, 7, 8], 0, 8).unwrap();
     assert_eq!((plan.cached_tokens, plan.blocks_needed, plan.fits), (0, 8, true));
     assert_eq!(cache.cached_prefix_tokens(&[1, 2, 3, 4], 0).unwrap(), 0);
