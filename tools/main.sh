@@ -2,8 +2,9 @@
 # kvpage's main job: set up, build the release preset and run kvpage-stress
 # on its default workload — a ShareGPT-like serving run on a Llama-3-8B-like
 # KV shape, on the paged cache, a contiguous per-sequence buffer and the
-# naive cache, every token verified — then print the report. The run takes
-# about 30 s on 2 cores; the first build, packages included, 10-15 minutes,
+# naive cache, every token verified, then the paged cache again at the
+# contiguous buffer's concurrency — then print the report. The run takes
+# about 45 s on 2 cores; the first build, packages included, 10-15 minutes,
 # its progress shown on stderr. Extra arguments go to kvpage-stress (e.g.
 # --json, --help).
 # The Google Benchmark micro-benchmarks are tools/bench.sh.

@@ -179,6 +179,8 @@ void MergeResults(const Workers& workers, const Backends& backends,
       latencies[call].Merge(worker->latencies[call]);
     }
     cache_ns += worker->cache_ns;
+    result.max_requests_in_flight_by_shard.push_back(
+        worker->counts.max_requests_in_flight);
   }
   for (const auto& backend : backends) {
     static_cast<BackendCounters&>(result) += backend->Counters();
@@ -191,6 +193,17 @@ void MergeResults(const Workers& workers, const Backends& backends,
   result.cache_s = static_cast<double>(cache_ns) * 1e-9;
   if (result.cache_s > 0) {
     result.tokens_per_s_cache = result.tokens_appended / result.cache_s;
+  }
+  if (result.tokens_appended > 0) {
+    result.cache_ns_per_token =
+        static_cast<double>(cache_ns) / result.tokens_appended;
+  }
+  if (result.decode_steps > 0) {
+    const LatencyRecorder& decode =
+        latencies[static_cast<size_t>(TimedCall::kUpdateDecode)];
+    result.decode_update_ns_per_step = decode.mean() *
+                                       static_cast<double>(decode.count()) /
+                                       result.decode_steps;
   }
   if (wall_s > 0) {
     result.tokens_per_s_wall = result.tokens_appended / wall_s;

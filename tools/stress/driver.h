@@ -19,6 +19,10 @@ struct RunContext {
   ModelShape shape;
   std::vector<Request> requests;
   int64_t longest = 0;  // LongestRequest(): the contiguous buffers' size
+  // Requests each shard keeps in flight at most: empty, --concurrency split
+  // evenly between the shards; else one per shard (the equal-concurrency
+  // pass, main.cc).
+  std::vector<int64_t> shard_concurrency;
 };
 
 // Runs the whole workload (the naive backend: until --naive-budget) on

@@ -183,6 +183,18 @@ void DefineRunFlags(CLI::App& app, Options& o, NamedFlags& names) {
                  "sequence read back)")
       ->transform(Ints(kEveryRange))
       ->capture_default_str();
+  // As --huge-pages: two flags, the last one given wins.
+  app.add_flag_callback(
+         "--equal-concurrency", [&o] { o.equal_concurrency = true; },
+         "when paged and contiguous both run, run them at equal concurrency "
+         "too: the backend that had more requests in flight runs again, held "
+         "to the other's count, and the report gives the CPU per token of "
+         "both passes (the default)")
+      ->trigger_on_parse();
+  app.add_flag_callback(
+         "--no-equal-concurrency", [&o] { o.equal_concurrency = false; },
+         "no equal-concurrency pass (saves the extra run)")
+      ->trigger_on_parse();
   app.add_flag("--json", o.json, "print the report as JSON");
   app.add_flag("--quiet", o.quiet, "no progress bar");
   app.add_option("--snapshot", o.snapshot,

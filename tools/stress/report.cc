@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace kvpage::stress {
 
@@ -75,6 +76,19 @@ LatencySummary Summarize(std::string name, const LatencyRecorder& r) {
           .max_ns = r.Percentile(1.0)};
 }
 
+CpuCost CpuCostOf(const BackendResult& result, bool rerun) {
+  return {.backend = result.backend,
+          .rerun = rerun,
+          .max_requests_in_flight = result.max_requests_in_flight,
+          .scheduler_steps = result.scheduler_steps,
+          .tokens_appended = result.tokens_appended,
+          .decode_steps = result.decode_steps,
+          .wall_s = result.wall_s,
+          .cache_s = result.cache_s,
+          .cache_ns_per_token = result.cache_ns_per_token,
+          .decode_update_ns_per_step = result.decode_update_ns_per_step};
+}
+
 namespace {
 
 std::string Bytes(double b) {
@@ -108,15 +122,25 @@ std::string Ns(double ns) {
 
 std::string Pct(double x) { return absl::StrFormat("%.1f%%", 100 * x); }
 
+// Rows of right-aligned cells under column headers: one column per backend
+// (Row), or any columns (Cells).
 class Table {
  public:
   explicit Table(const std::vector<BackendResult>& backends)
-      : backends_(backends) {}
+      : backends_(&backends) {
+    for (const BackendResult& b : backends) headers_.push_back(b.backend);
+  }
+  explicit Table(std::vector<std::string> headers)
+      : headers_(std::move(headers)) {}
 
+  // A cell per backend: cell(result).
   template <typename F>
   void Row(std::string label, F cell) {
     std::vector<std::string> cells;
-    for (const BackendResult& b : backends_) cells.push_back(cell(b));
+    for (const BackendResult& b : *backends_) cells.push_back(cell(b));
+    Cells(std::move(label), std::move(cells));
+  }
+  void Cells(std::string label, std::vector<std::string> cells) {
     rows_.emplace_back(std::move(label), std::move(cells));
   }
   void Section(std::string title) {
@@ -125,10 +149,8 @@ class Table {
 
   std::string Render() const {
     size_t label_w = 0;
-    std::vector<size_t> w(backends_.size(), 0);
-    for (size_t i = 0; i < backends_.size(); ++i) {
-      w[i] = backends_[i].backend.size();
-    }
+    std::vector<size_t> w(headers_.size(), 0);
+    for (size_t i = 0; i < headers_.size(); ++i) w[i] = headers_[i].size();
     for (const auto& [label, cells] : rows_) {
       label_w = std::max(label_w, label.size());
       for (size_t i = 0; i < cells.size(); ++i) {
@@ -136,10 +158,9 @@ class Table {
       }
     }
     std::string out = std::string(label_w, ' ');
-    for (size_t i = 0; i < backends_.size(); ++i) {
-      absl::StrAppend(&out, "  ",
-                      std::string(w[i] - backends_[i].backend.size(), ' '),
-                      backends_[i].backend);
+    for (size_t i = 0; i < headers_.size(); ++i) {
+      absl::StrAppend(&out, "  ", std::string(w[i] - headers_[i].size(), ' '),
+                      headers_[i]);
     }
     out += "\n";
     for (const auto& [label, cells] : rows_) {
@@ -152,13 +173,16 @@ class Table {
         absl::StrAppend(&out, "  ", std::string(w[i] - cells[i].size(), ' '),
                         cells[i]);
       }
+      // An empty last cell leaves no trailing blanks.
+      out.erase(out.find_last_not_of(' ') + 1);
       out += "\n";
     }
     return out;
   }
 
  private:
-  const std::vector<BackendResult>& backends_;
+  const std::vector<BackendResult>* backends_ = nullptr;  // Row's columns
+  std::vector<std::string> headers_;
   std::vector<std::pair<std::string, std::vector<std::string>>> rows_;
 };
 
@@ -375,6 +399,109 @@ std::string MemoryOverTimeAndNotes(const std::vector<BackendResult>& bs) {
   return out;
 }
 
+// The first result of `name`, or null.
+const BackendResult* FindBackend(const std::vector<BackendResult>& bs,
+                                 std::string_view name) {
+  for (const BackendResult& b : bs) {
+    if (b.backend == name) return &b;
+  }
+  return nullptr;
+}
+
+const CpuCost* FindCost(const EqualConcurrency& e, std::string_view name) {
+  for (const CpuCost& c : e.backends) {
+    if (c.backend == name) return &c;
+  }
+  return nullptr;
+}
+
+// "2.06x", or "-" when either side is missing.
+std::string Ratio(double paged, double contiguous) {
+  if (paged <= 0 || contiguous <= 0) return "-";
+  return absl::StrFormat("%.2fx", paged / contiguous);
+}
+
+// The three rows of one pass: its most requests in flight, and the time
+// inside cache calls per token appended (all calls) and per decode step
+// (the step's updates, every layer), paged against contiguous.
+void AddCpuRows(const std::vector<const CpuCost*>& costs,
+                const std::string& pass, Table& t) {
+  const bool pair = costs.size() == 2;
+  std::vector<std::string> in_flight;
+  for (const CpuCost* c : costs) {
+    in_flight.push_back(absl::StrCat(c->max_requests_in_flight));
+  }
+  if (pair) in_flight.emplace_back();
+  t.Cells(absl::StrCat("most requests in flight, ", pass),
+          std::move(in_flight));
+  const std::pair<const char*, double CpuCost::*> kTimes[] = {
+      {"per token appended (all layers, all calls)",
+       &CpuCost::cache_ns_per_token},
+      {"per decode step (all layers, its updates)",
+       &CpuCost::decode_update_ns_per_step}};
+  for (const auto& [what, field] : kTimes) {
+    std::vector<std::string> cells;
+    for (const CpuCost* c : costs) cells.push_back(Ns(c->*field));
+    if (pair) cells.push_back(Ratio(costs[0]->*field, costs[1]->*field));
+    t.Cells(absl::StrCat(what, ", ", pass), std::move(cells));
+  }
+}
+
+// The CPU per unit of work of the paged and contiguous backends, at the
+// concurrency each one's budget allows and at equal concurrency, with the
+// paged / contiguous ratio when both ran; what the equal pass ran. The
+// naive backend is left out: it ran the first seconds only, on short
+// contexts, and has no budget that holds its batch.
+std::string CpuPerToken(const Report& report) {
+  std::vector<std::string> headers;
+  std::vector<CpuCost> budget;
+  for (const char* name : {"paged", "contiguous"}) {
+    if (const BackendResult* b = FindBackend(report.backends, name)) {
+      headers.emplace_back(name);
+      budget.push_back(CpuCostOf(*b, false));
+    }
+  }
+  if (budget.empty()) return "";
+  if (budget.size() == 2) headers.emplace_back("paged / contiguous");
+  Table t(headers);
+  std::vector<const CpuCost*> costs;
+  for (const CpuCost& c : budget) costs.push_back(&c);
+  AddCpuRows(costs, "at the budget's concurrency", t);
+  const EqualConcurrency& equal = report.equal_concurrency;
+  std::string note;
+  const CpuCost* paged = FindCost(equal, "paged");
+  const CpuCost* contiguous = FindCost(equal, "contiguous");
+  if (equal.requests_in_flight > 0 && paged != nullptr &&
+      contiguous != nullptr && budget.size() == 2) {
+    AddCpuRows({paged, contiguous},
+               absl::StrFormat("at equal concurrency (%d in flight)",
+                               equal.requests_in_flight),
+               t);
+    std::string shards;
+    if (equal.requests_in_flight_by_shard.size() > 1) {
+      shards = absl::StrCat(
+          " (", absl::StrJoin(equal.requests_in_flight_by_shard, " + "),
+          " over the shards)");
+    }
+    for (const CpuCost* c : {paged, contiguous}) {
+      absl::StrAppend(
+          &note, "\n", c->backend,
+          c->rerun ? absl::StrFormat(
+                         " ran the workload again, held to %d requests in "
+                         "flight%s.",
+                         equal.requests_in_flight, shards)
+                   : absl::StrFormat(
+                         ": its run at the budget's concurrency, which never "
+                         "had more than %d in flight.",
+                         c->max_requests_in_flight));
+    }
+  }
+  return absl::StrCat(
+      "\nCPU time inside cache calls (all threads), per unit of work\n",
+      t.Render(), note.empty() ? "" : "At equal concurrency:", note,
+      note.empty() ? "" : "\n");
+}
+
 }  // namespace
 
 std::string RenderTable(const Report& report) {
@@ -385,7 +512,8 @@ std::string RenderTable(const Report& report) {
   AddLatencyRows(bs, t);
   AddMemoryRows(bs, t);
   AddVerificationRows(bs, t);
-  return RunHeader(report.run) + t.Render() + MemoryOverTimeAndNotes(bs);
+  return RunHeader(report.run) + t.Render() + CpuPerToken(report) +
+         MemoryOverTimeAndNotes(bs);
 }
 
 }  // namespace kvpage::stress

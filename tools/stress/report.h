@@ -15,7 +15,9 @@
 
 namespace kvpage::stress {
 
-inline constexpr int kSchemaVersion = 1;
+// 2: the CPU per token (cache_ns_per_token, decode_update_ns_per_step,
+// max_requests_in_flight_by_shard) and the equal-concurrency pass.
+inline constexpr int kSchemaVersion = 2;
 
 // Exact latency percentiles: one counter per nanosecond below kExactNs, the
 // rarer longer samples kept individually. Memory: 1 MiB per recorder.
@@ -69,8 +71,8 @@ struct MemoryPoint {
 struct WorkloadCounts {
   bool complete = true;  // false: stopped at --naive-budget
   int64_t requests_completed = 0, requests_cut = 0;
-  int64_t max_requests_in_flight = 0;
-  int64_t tokens_appended = 0;  // token x every layer written (prefill,
+  int64_t max_requests_in_flight = 0;  // summed over shards: each shard's most
+  int64_t tokens_appended = 0;         // token x every layer written (prefill,
                                 // decode, drafts), counted once per token
   int64_t prompt_tokens_computed = 0, prefix_tokens_reused = 0;
   int64_t decode_tokens = 0, draft_tokens_rejected = 0;
@@ -107,6 +109,10 @@ struct BackendResult : WorkloadCounts, BackendCounters {
   double cache_s = 0;  // time inside the backend's calls
   double tokens_per_s_cache = 0, tokens_per_s_wall = 0;
   double decode_steps_per_s = 0;  // wall
+  // CPU per unit of work: cache_s over tokens_appended; the decode updates'
+  // time (1 token, every layer) over decode_steps.
+  double cache_ns_per_token = 0, decode_update_ns_per_step = 0;
+  std::vector<int64_t> max_requests_in_flight_by_shard;
   std::vector<LatencySummary> latencies;
   std::vector<MemoryPoint> memory_over_time;
   double utilization_mean = 0, utilization_peak = 0;
@@ -141,10 +147,34 @@ struct RunInfo {
   int64_t workload_tokens = 0;  // prompt + samples x output, summed
 };
 
+// One backend's CPU inside cache calls in a run, per unit of work.
+struct CpuCost {
+  std::string backend;
+  // true: run again, held to the equal count; false: the figures of its
+  // run at the budget's concurrency, where it never had more in flight
+  // (a cap it never reached changes nothing in a run, step for step).
+  bool rerun = false;
+  int64_t max_requests_in_flight = 0;
+  int64_t scheduler_steps = 0, tokens_appended = 0, decode_steps = 0;
+  double wall_s = 0, cache_s = 0;
+  double cache_ns_per_token = 0, decode_update_ns_per_step = 0;
+};
+[[nodiscard]] CpuCost CpuCostOf(const BackendResult& result, bool rerun);
+
+// The paged and contiguous backends at the same number of requests in
+// flight: each shard held to the smaller of the two backends' most in
+// flight on that shard (main.cc says why).
+struct EqualConcurrency {
+  int64_t requests_in_flight = 0;  // the shards' caps summed; 0: not run
+  std::vector<int64_t> requests_in_flight_by_shard;
+  std::vector<CpuCost> backends;  // in the run's order
+};
+
 struct Report {
   int schema_version = kSchemaVersion;
   RunInfo run;
   std::vector<BackendResult> backends;
+  EqualConcurrency equal_concurrency;
 };
 
 // JSON: the field names are the keys (BackendResult's inherited ones
@@ -158,12 +188,14 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     requests_cut, max_requests_in_flight, tokens_appended,
     prompt_tokens_computed, prefix_tokens_reused, decode_tokens,
     draft_tokens_rejected, decode_steps, scheduler_steps, wall_s, cache_s,
-    tokens_per_s_cache, tokens_per_s_wall, decode_steps_per_s, latencies,
-    memory_over_time, utilization_mean, utilization_peak, internal_waste_mean,
-    internal_waste_max, kv_budget_bytes, kv_bytes_held_peak, bytes_written,
-    bytes_copied, evictions, prefix_hits, prefix_misses, compressions,
-    compressions_skipped, decompressions, bytes_saved_peak, max_quant_error,
-    peak_rss_bytes, tokens_verified, quantized_blocks_verified, validations)
+    tokens_per_s_cache, tokens_per_s_wall, decode_steps_per_s,
+    cache_ns_per_token, decode_update_ns_per_step,
+    max_requests_in_flight_by_shard, latencies, memory_over_time,
+    utilization_mean, utilization_peak, internal_waste_mean, internal_waste_max,
+    kv_budget_bytes, kv_bytes_held_peak, bytes_written, bytes_copied, evictions,
+    prefix_hits, prefix_misses, compressions, compressions_skipped,
+    decompressions, bytes_saved_peak, max_quant_error, peak_rss_bytes,
+    tokens_verified, quantized_blocks_verified, validations)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     RunInfo, preset, model, layers, kv_heads, head_dim, dtype, block_tokens,
     bytes_per_token, requests, concurrency, arrival_rate, samples,
@@ -171,7 +203,15 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     policy, max_seq_len, sink_tokens, compress, threads, seed, kv_budget_bytes,
     mean_prompt_tokens, mean_output_tokens, longest_request_tokens,
     workload_tokens)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Report, schema_version, run, backends)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CpuCost, backend, rerun,
+                                   max_requests_in_flight, scheduler_steps,
+                                   tokens_appended, decode_steps, wall_s,
+                                   cache_s, cache_ns_per_token,
+                                   decode_update_ns_per_step)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(EqualConcurrency, requests_in_flight,
+                                   requests_in_flight_by_shard, backends)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Report, schema_version, run, backends,
+                                   equal_concurrency)
 
 // The human table.
 [[nodiscard]] std::string RenderTable(const Report& report);

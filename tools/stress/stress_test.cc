@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "allocator/convert.h"
 #include "gtest/gtest.h"
@@ -201,6 +202,13 @@ TEST(StressToolTest, JsonHasTheDocumentedKeys) {
     EXPECT_LE(l["p99_ns"], l["p999_ns"]);
     EXPECT_LE(l["p999_ns"], l["max_ns"]);
   }
+  for (const char* key : {"cache_ns_per_token", "decode_update_ns_per_step",
+                          "max_requests_in_flight_by_shard"}) {
+    EXPECT_TRUE(b.contains(key)) << key;
+  }
+  // One backend: no equal-concurrency pass, and its keys all the same.
+  EXPECT_EQ(r.json["equal_concurrency"]["requests_in_flight"], 0);
+  EXPECT_TRUE(r.json["equal_concurrency"]["backends"].empty());
   EXPECT_FALSE(b["memory_over_time"].empty());
   EXPECT_GT(b["peak_rss_bytes"].get<int64_t>(), 0);
   EXPECT_GT(b["bytes_written"].get<int64_t>(), 0);
@@ -212,8 +220,109 @@ TEST(StressToolTest, TableIsTheDefaultOutput) {
       "--backend paged,contiguous");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("tokens appended / s of cache time"), std::string::npos);
+  EXPECT_NE(
+      r.out.find("per token appended (all layers, all calls), at the budget's "
+                 "concurrency"),
+      std::string::npos)
+      << r.out;
+  EXPECT_NE(
+      r.out.find(
+          "per decode step (all layers, its updates), at equal concurrency ("),
+      std::string::npos)
+      << r.out;
   EXPECT_NE(r.out.find("contiguous"), std::string::npos);
   EXPECT_EQ(r.err, "");  // not a terminal: no progress bar
+}
+
+// A budget that holds 2 contiguous requests per shard (the longest request
+// is 512 tokens, 256 KiB) and 3 paged ones.
+constexpr char kTight[] =
+    "--model tiny --requests 24 --concurrency 8 --max-len 512 --pool-gib "
+    "0.0012 --check-every 8 --quiet --seed 3 --backend paged,contiguous";
+
+// The equal-concurrency pass holds the paged backend to the contiguous
+// backend's count on every shard; then both run the same schedule (the same
+// scheduler steps), which the paged backend's run at its budget's
+// concurrency did not. The contiguous backend is not run again: its figures
+// are those of its run.
+TEST(StressToolTest, EqualConcurrencyHoldsBothToTheSameCount) {
+  const RunResult r = RunStress(std::string(kTight) + " --json");
+  ExpectAllVerified(r, 2);
+  const nlohmann::json& paged = Backend(r, 0);
+  const nlohmann::json& contiguous = Backend(r, 1);
+  for (const nlohmann::json* b : {&paged, &contiguous}) {
+    EXPECT_GT((*b)["cache_ns_per_token"].get<double>(), 0);
+    EXPECT_GT((*b)["decode_update_ns_per_step"].get<double>(), 0);
+    const auto by_shard =
+        (*b)["max_requests_in_flight_by_shard"].get<std::vector<int64_t>>();
+    ASSERT_EQ(by_shard.size(), 2u);
+    EXPECT_EQ(by_shard[0] + by_shard[1], (*b)["max_requests_in_flight"]);
+  }
+  ASSERT_GT(paged["max_requests_in_flight"],
+            contiguous["max_requests_in_flight"])
+      << "the budget no longer holds fewer contiguous requests";
+
+  const nlohmann::json& equal = r.json["equal_concurrency"];
+  EXPECT_EQ(equal["requests_in_flight"], contiguous["max_requests_in_flight"]);
+  EXPECT_EQ(equal["requests_in_flight_by_shard"],
+            contiguous["max_requests_in_flight_by_shard"]);
+  ASSERT_EQ(equal["backends"].size(), 2u);
+  const nlohmann::json& held = equal["backends"][0];
+  const nlohmann::json& same = equal["backends"][1];
+  EXPECT_EQ(held["backend"], "paged");
+  EXPECT_EQ(held["rerun"], true);
+  EXPECT_EQ(same["backend"], "contiguous");
+  EXPECT_EQ(same["rerun"], false);
+  for (const nlohmann::json* c : {&held, &same}) {
+    for (const char* key :
+         {"max_requests_in_flight", "scheduler_steps", "tokens_appended",
+          "decode_steps", "wall_s", "cache_s", "cache_ns_per_token",
+          "decode_update_ns_per_step"}) {
+      EXPECT_TRUE(c->contains(key)) << key;
+    }
+    EXPECT_EQ((*c)["max_requests_in_flight"], equal["requests_in_flight"]);
+    EXPECT_EQ((*c)["tokens_appended"], paged["tokens_appended"]);
+    EXPECT_GT((*c)["cache_ns_per_token"].get<double>(), 0);
+  }
+  EXPECT_EQ(held["scheduler_steps"], same["scheduler_steps"]);
+  EXPECT_NE(held["scheduler_steps"], paged["scheduler_steps"]);
+  EXPECT_EQ(same["cache_ns_per_token"], contiguous["cache_ns_per_token"]);
+
+  // The table says which pass is which, and what ran again.
+  const RunResult table = RunStress(
+      std::string(kTight) + " --no-equal-concurrency --equal-concurrency");
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  const std::string n = std::to_string(equal["requests_in_flight"].get<int>());
+  for (const std::string& line :
+       {std::string(
+            "per token appended (all layers, all calls), at the budget's "
+            "concurrency"),
+        "per token appended (all layers, all calls), at equal concurrency (" +
+            n + " in flight)",
+        "paged ran the workload again, held to " + n + " requests in flight",
+        std::string("contiguous: its run at the budget's concurrency")}) {
+    EXPECT_NE(table.out.find(line), std::string::npos) << line << "\n"
+                                                       << table.out;
+  }
+}
+
+// Both backends reach the same count: nothing runs again.
+TEST(StressToolTest, EqualConcurrencyRerunsNothingWhenTheCountsMatch) {
+  const RunResult r =
+      RunStress(std::string(kSmall) + " --backend contiguous,paged");
+  ExpectAllVerified(r, 2);
+  const nlohmann::json& equal = r.json["equal_concurrency"];
+  EXPECT_EQ(equal["requests_in_flight"], 8);
+  ASSERT_EQ(equal["backends"].size(), 2u);
+  EXPECT_EQ(equal["backends"][0]["backend"], "paged");  // whatever the order
+  EXPECT_EQ(equal["backends"][1]["backend"], "contiguous");
+  for (const auto& c : equal["backends"]) EXPECT_EQ(c["rerun"], false);
+  // --no-equal-concurrency: no pass.
+  const RunResult off =
+      RunStress(std::string(kTight) + " --json --no-equal-concurrency");
+  ExpectAllVerified(off, 2);
+  EXPECT_EQ(off.json["equal_concurrency"]["requests_in_flight"], 0);
+  EXPECT_TRUE(off.json["equal_concurrency"]["backends"].empty());
 }
 
 TEST(StressToolTest, EveryPolicyKeepsItsWindow) {

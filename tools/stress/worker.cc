@@ -52,7 +52,9 @@ Worker::Worker(const RunContext& ctx, int shard, Backend& backend,
     if (request.shard == shard) pending_.push_back(&request);
   }
   max_in_flight_ =
-      (options_.concurrency + options_.threads - 1) / options_.threads;
+      ctx.shard_concurrency.empty()
+          ? (options_.concurrency + options_.threads - 1) / options_.threads
+          : ctx.shard_concurrency[static_cast<size_t>(shard)];
 }
 
 template <typename F>

@@ -59,6 +59,8 @@ struct Options {
   double naive_budget_s = 3;  // the naive backend stops after this long
   int64_t check_every = 64;   // steps between spot checks (Validate + views)
   bool huge_pages = true;     // madvise the pool (and contiguous buffers)
+  // Paged and contiguous both run: run them at equal concurrency too.
+  bool equal_concurrency = true;
   uint64_t seed = 1;
   bool json = false;
   bool quiet = false;
