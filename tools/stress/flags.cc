@@ -162,6 +162,16 @@ void DefineCacheFlags(CLI::App& app, Options& o, NamedFlags& names) {
          "--no-huge-pages", [&o] { o.huge_pages = false; },
          "do not ask for transparent huge pages")
       ->trigger_on_parse();
+  app.add_flag_callback(
+         "--prefault", [&o] { o.prefault = true; },
+         "touch the paged pool when it is created, as the library does by "
+         "default (no page faults on the decode path; the default)")
+      ->trigger_on_parse();
+  app.add_flag_callback(
+         "--no-prefault", [&o] { o.prefault = false; },
+         "touch the paged pool as it fills, as the baselines' buffers are "
+         "(first touches then cost page faults inside Update)")
+      ->trigger_on_parse();
 }
 
 void DefineRunFlags(CLI::App& app, Options& o, NamedFlags& names) {

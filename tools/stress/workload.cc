@@ -109,10 +109,7 @@ CacheConfig PagedConfig(const Options& options, const ModelShape& shape) {
                      .max_seq_len = EffectiveMaxSeqLen(options),
                      .overflow = options.policy,
                      .sink_tokens = options.sink_tokens,
-                     // Memory is a figure of the report, compared with the
-                     // baselines': the arena is touched as it fills, as
-                     // theirs are (not pre-faulted, the library default).
-                     .prefault = false,
+                     .prefault = options.prefault,
                      .huge_pages = options.huge_pages};
   const int64_t block_bytes = BlockBytes(config);
   const double shard_bytes =

@@ -59,6 +59,9 @@ struct Options {
   double naive_budget_s = 3;  // the naive backend stops after this long
   int64_t check_every = 64;   // steps between spot checks (Validate + views)
   bool huge_pages = true;     // madvise the pool (and contiguous buffers)
+  // Touch the paged pool at creation (the library's default): no page
+  // faults on the decode path, the pool resident from the start.
+  bool prefault = true;
   // Paged and contiguous both run: run them at equal concurrency too.
   bool equal_concurrency = true;
   uint64_t seed = 1;
