@@ -235,7 +235,7 @@ absl::Status KVCache::ReserveBatch(int layer,
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
       running += plans[i].fresh;
       total_fresh = std::max(total_fresh, running);
-      running -= internal::BlocksFreed(layer_rules, table, plans[i], refs);
+      running -= plans[i].freed;
       entries_after = plans[i].sink_blocks + plans[i].window.size();
       internal::ForEachHoldDropped(table, plans[i], [&](BlockRef ref) {
         if (!internal::IsQuant(ref) && refs(ref) > 1) ++dropped[ref];

@@ -50,29 +50,37 @@ void PlanWindow(const LayerRules& rules, const BlockTable& table,
   plan.window = WindowRange(rules, seq_len, window_start);
 }
 
-// Sets new_blocks and the fresh blocks they need: those the layer lets go
-// of are reused only when hot and held by this layer alone (a compressed
-// one goes back to the quantized pool, a shared one stays with its other
-// holders), and a ring's spares.
-void PlanNewBlocks(const LayerRules& rules, const BlockTable& table,
-                   RefCounts refs, const BlockRange& kept, Plan& plan) {
-  auto reusable = [&](BlockRef ref) { return !IsQuant(ref) && refs(ref) == 1; };
+// Calls fn(ref) for each block the layer lets go of: sink blocks past the
+// plan's, window blocks outside the kept range.
+template <typename Fn>
+void ForEachLetGo(const BlockTable& table, const Plan& plan,
+                  const BlockRange& kept, Fn&& fn) {
   const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
-  int64_t reused = 0;
   for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
-    reused += reusable(table.sink_blocks[static_cast<size_t>(b)]);
+    fn(table.sink_blocks[static_cast<size_t>(b)]);
   }
   const int64_t now_last = table.window_first + table.window_blocks();
-  for (int64_t b = table.window_first; b < kept.first; ++b) {
-    reused += reusable(table.Block(b));
-  }
-  for (int64_t b = kept.last; b < now_last; ++b) {
-    reused += reusable(table.Block(b));
-  }
-  if (rules.ring()) reused += static_cast<int64_t>(table.spares.size());
+  for (int64_t b = table.window_first; b < kept.first; ++b) fn(table.Block(b));
+  for (int64_t b = kept.last; b < now_last; ++b) fn(table.Block(b));
+}
+
+// Sets new_blocks, the fresh blocks they need and the blocks freed: those
+// the layer lets go of are reused only when hot and held by this layer
+// alone (a compressed one goes back to the quantized pool, a shared one
+// stays with its other holders), and a ring's spares.
+void PlanNewBlocks(const LayerRules& rules, const BlockTable& table,
+                   RefCounts refs, const BlockRange& kept, Plan& plan) {
+  int64_t alone = 0;
+  ForEachLetGo(table, plan, kept,
+               [&](BlockRef ref) { alone += !IsQuant(ref) && refs(ref) == 1; });
+  const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
   plan.new_blocks = (plan.window.size() - kept.size()) +
                     std::max<int64_t>(0, plan.sink_blocks - sinks_now);
-  plan.fresh = std::max<int64_t>(0, plan.new_blocks - reused);
+  const int64_t spares =
+      rules.ring() ? static_cast<int64_t>(table.spares.size()) : 0;
+  plan.fresh = std::max<int64_t>(0, plan.new_blocks - alone - spares);
+  // A ring keeps what it lets go of as spares: it frees none here.
+  plan.freed = rules.ring() ? 0 : std::max<int64_t>(0, alone - plan.new_blocks);
 }
 
 // Lists the kept blocks that positions [start, seq_len) write into and that
@@ -126,42 +134,12 @@ Plan MakePlan(const LayerRules& rules, const BlockTable& table,
       start, seq_len);
 }
 
-template <typename Fn>
-void ForEachLetGo(const BlockTable& table, const Plan& plan, Fn&& fn) {
-  const BlockRange kept = KeptWindow(table, plan);
-  const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
-  for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
-    fn(table.sink_blocks[static_cast<size_t>(b)]);
-  }
-  const int64_t now_last = table.window_first + table.window_blocks();
-  for (int64_t b = table.window_first; b < kept.first; ++b) fn(table.Block(b));
-  for (int64_t b = kept.last; b < now_last; ++b) fn(table.Block(b));
+void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
+                        absl::FunctionRef<void(BlockRef)> fn) {
+  ForEachLetGo(table, plan, KeptWindow(table, plan), fn);
   for (const auto& [logical, compressed] : plan.rewrite) {
     if (!compressed) fn(table.Block(logical));
   }
-}
-
-int64_t BlocksFreed(const LayerRules& rules, const BlockTable& table,
-                    const Plan& plan, RefCounts refs) {
-  if (rules.ring()) return 0;
-  const BlockRange kept = KeptWindow(table, plan);
-  int64_t alone = 0;
-  auto count = [&](BlockRef ref) { alone += !IsQuant(ref) && refs(ref) == 1; };
-  const auto sinks_now = static_cast<int64_t>(table.sink_blocks.size());
-  for (int64_t b = plan.sink_blocks; b < sinks_now; ++b) {
-    count(table.sink_blocks[static_cast<size_t>(b)]);
-  }
-  const int64_t now_last = table.window_first + table.window_blocks();
-  for (int64_t b = table.window_first; b < kept.first; ++b) {
-    count(table.Block(b));
-  }
-  for (int64_t b = kept.last; b < now_last; ++b) count(table.Block(b));
-  return std::max<int64_t>(0, alone - plan.new_blocks);
-}
-
-void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
-                        absl::FunctionRef<void(BlockRef)> fn) {
-  ForEachLetGo(table, plan, fn);
 }
 
 absl::Status CheckEvicted(std::string_view op, SeqId seq, int layer,

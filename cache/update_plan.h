@@ -30,7 +30,10 @@ struct Plan {
   BlockRange window;         // window blocks held afterwards
   int64_t new_blocks = 0;    // logical blocks that need a block
   int64_t fresh = 0;         // of those, and of rewrites, from the pool
-  int64_t evicted = 0;       // tokens the policy evicts
+  // Hot blocks let go of, held by this layer alone and not reused: given
+  // back to the pool (0 for a ring, which keeps them as spares).
+  int64_t freed = 0;
+  int64_t evicted = 0;  // tokens the policy evicts
   int64_t visible_before = 0, visible_after = 0;
   // Kept logical blocks to rewrite before writing: (block, compressed?). A
   // compressed one is decompressed into a new block, a shared hot one
@@ -49,13 +52,6 @@ Plan MakePlan(const LayerRules& rules, const BlockTable& table,
               const BlockPool& pool, int64_t start, int64_t seq_len);
 Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
               int64_t start, int64_t seq_len);
-
-// The hot blocks applying `plan` gives back to the pool: those the table
-// lets go of, holds alone (refs 1) and does not reuse. 0 for a ring, which
-// keeps them as spares (a lower bound: the caller may count on them).
-// O(blocks changed).
-int64_t BlocksFreed(const LayerRules& rules, const BlockTable& table,
-                    const Plan& plan, RefCounts refs);
 
 // Calls fn(ref) for each hot or compressed block whose hold by `table`
 // applying `plan` drops: blocks let go, and shared blocks copied before
