@@ -8,19 +8,24 @@
 namespace kvpage::internal {
 
 absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(
-    std::unique_ptr<BlockStorage> storage) {
-  if (storage == nullptr || storage->num_blocks() <= 0 ||
+    std::unique_ptr<BlockStorage> storage, int width) {
+  const int64_t blocks =
+      storage == nullptr || width < 1 ? 0 : storage->num_blocks() / width;
+  if (blocks <= 0 || blocks >= static_cast<int64_t>(kNoBlock) ||
+      storage->num_blocks() % width != 0 ||
       storage->num_blocks() >= static_cast<int64_t>(kNoBlock)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "block pool: %d blocks; need 1 to %d",
-        storage == nullptr ? 0 : storage->num_blocks(), kNoBlock - 1));
+        "block pool: %d storage blocks of %d slots each; need 1 to %d "
+        "storage blocks, a multiple of the slots",
+        storage == nullptr ? 0 : storage->num_blocks(), width, kNoBlock - 1));
   }
-  return std::unique_ptr<BlockPool>(new BlockPool(std::move(storage)));
+  return std::unique_ptr<BlockPool>(new BlockPool(std::move(storage), width));
 }
 
-BlockPool::BlockPool(std::unique_ptr<BlockStorage> storage)
+BlockPool::BlockPool(std::unique_ptr<BlockStorage> storage, int width)
     : storage_(std::move(storage)),
-      capacity_(storage_->num_blocks()),
+      width_(width),
+      capacity_(storage_->num_blocks() / width),
       refs_(new std::atomic<uint32_t>[static_cast<size_t>(capacity_)]) {
   MutexLock lock(&mu_);
   free_.resize(static_cast<size_t>(capacity_));
@@ -28,8 +33,7 @@ BlockPool::BlockPool(std::unique_ptr<BlockStorage> storage)
     refs_[i].store(0, std::memory_order_relaxed);
     // Popping from the back hands out id 0 first.
     free_[static_cast<size_t>(i)] = static_cast<BlockId>(capacity_ - 1 - i);
-    if constexpr (KVPAGE_HAS_ASAN)
-      storage_->PoisonFree(static_cast<BlockId>(i));
+    if constexpr (KVPAGE_HAS_ASAN) PoisonFree(static_cast<BlockId>(i));
   }
 }
 
@@ -56,7 +60,7 @@ absl::Status BlockPool::Allocate(absl::Span<BlockId> out) {
     for (BlockId id : out) refs_[id].store(1, std::memory_order_relaxed);
   }
   if constexpr (KVPAGE_HAS_ASAN) {
-    for (BlockId id : out) storage_->UnpoisonUsed(id);
+    for (BlockId id : out) UnpoisonUsed(id);
   }
   return absl::OkStatus();
 }
@@ -78,7 +82,7 @@ void BlockPool::Release(absl::Span<const BlockId> ids) {
   for (BlockId id : ids) {
     KVPAGE_DCHECK(id < capacity_ && ref_count(id) > 0);
     if (refs_[id].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
-    if constexpr (KVPAGE_HAS_ASAN) storage_->PoisonFree(id);
+    if constexpr (KVPAGE_HAS_ASAN) PoisonFree(id);
     freed[count++] = id;
     if (count == kBatch) flush();
   }

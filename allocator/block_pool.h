@@ -57,11 +57,13 @@ class BlockPool {
  public:
   class LocalCache;
 
-  // Takes ownership of `storage`; every block starts free. InvalidArgument
-  // when the storage has no blocks or 2^32 - 1 or more (ids are 32-bit and
-  // kNoBlock is reserved). O(capacity).
+  // Takes ownership of `storage`; every block starts free. Block b spans
+  // `width` storage blocks, slot j's at j * capacity + b (a group of
+  // layers, CacheConfig::group_layers): capacity() is num_blocks / width.
+  // InvalidArgument when the pool has no blocks or 2^32 - 1 or more (ids are
+  // 32-bit and kNoBlock is reserved). O(capacity).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<BlockPool>> Create(
-      std::unique_ptr<BlockStorage> storage);
+      std::unique_ptr<BlockStorage> storage, int width = 1);
 
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
@@ -69,6 +71,11 @@ class BlockPool {
   ~BlockPool();
 
   int64_t capacity() const { return capacity_; }
+  int width() const { return width_; }
+  // The storage block of slot `slot` of block `id`.
+  uint32_t StorageId(BlockId id, int slot) const {
+    return static_cast<uint32_t>(slot * capacity_ + id);
+  }
   BlockStorage& storage() const { return *storage_; }
 
   // Fills `out` with distinct free blocks, each with ref_count 1, or returns
@@ -104,7 +111,14 @@ class BlockPool {
   [[nodiscard]] std::vector<BlockId> FreeIds() const;
 
  private:
-  explicit BlockPool(std::unique_ptr<BlockStorage> storage);
+  BlockPool(std::unique_ptr<BlockStorage> storage, int width);
+  // The AddressSanitizer hooks of every slot of block `id`.
+  void PoisonFree(BlockId id) const {
+    for (int j = 0; j < width_; ++j) storage_->PoisonFree(StorageId(id, j));
+  }
+  void UnpoisonUsed(BlockId id) const {
+    for (int j = 0; j < width_; ++j) storage_->UnpoisonUsed(StorageId(id, j));
+  }
 
   // Moves between `min` and `max` ids from the free list onto `out` (each
   // stays ref_count 0), or none and returns false when fewer than `min` are
@@ -116,6 +130,7 @@ class BlockPool {
   void Unregister(LocalCache* cache);
 
   const std::unique_ptr<BlockStorage> storage_;
+  const int width_;
   const int64_t capacity_;
   const std::unique_ptr<std::atomic<uint32_t>[]> refs_;
   mutable Mutex mu_;
@@ -143,7 +158,7 @@ class BlockPool::LocalCache {
       ids_.pop_back();
       Publish();
       pool_.refs_[id].store(1, std::memory_order_relaxed);
-      if constexpr (KVPAGE_HAS_ASAN) pool_.storage_->UnpoisonUsed(id);
+      if constexpr (KVPAGE_HAS_ASAN) pool_.UnpoisonUsed(id);
       return id;
     }
     return AllocateSlow();
@@ -165,7 +180,7 @@ class BlockPool::LocalCache {
     } else if (ref.fetch_sub(1, std::memory_order_acq_rel) != 1) {
       return;  // others still hold it
     }
-    if constexpr (KVPAGE_HAS_ASAN) pool_.storage_->PoisonFree(id);
+    if constexpr (KVPAGE_HAS_ASAN) pool_.PoisonFree(id);
     if (ABSL_PREDICT_FALSE(ids_.size() >= static_cast<size_t>(capacity_))) {
       FlushHalf();
     }

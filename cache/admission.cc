@@ -91,7 +91,7 @@ absl::StatusOr<Admission> KVCache::PlanAdmission(
   const auto matched = static_cast<int64_t>(entries.size());
   Admission admission;
   admission.cached_tokens = matched * impl.block_tokens();
-  for (const LayerRules& layer_rules : impl.rules) {
+  for (const LayerRules& layer_rules : impl.group_rules) {  // per table
     admission.blocks_needed += BlocksToGrow(layer_rules, matched, total);
   }
   int64_t attached_idle = 0;
@@ -119,15 +119,18 @@ absl::StatusOr<int64_t> KVCache::BlocksNeeded(SeqId seq, int64_t seq_len,
   }
   const int64_t start = seq_len - tokens;
   int64_t needed = 0;
-  for (size_t layer = 0; layer < impl.rules.size(); ++layer) {
-    const LayerRules& layer_rules = impl.rules[layer];
-    const BlockTable& table = it->second.layers[layer];
-    if (absl::Status s =
-            impl.CheckPositions("BlocksNeeded", seq, static_cast<int>(layer),
-                                layer_rules, table, start, seq_len);
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    if (absl::Status s = impl.CheckPositions(
+            "BlocksNeeded", seq, layer, impl.rules[static_cast<size_t>(layer)],
+            impl.StateOf(it->second, layer), start, seq_len);
         !s.ok()) {
       return s;
     }
+  }
+  // A split table (its layers mid-step) is counted from its union.
+  for (size_t group = 0; group < impl.group_rules.size(); ++group) {
+    const LayerRules& layer_rules = impl.group_rules[group];
+    const BlockTable& table = it->second.tables[group];
     if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) !=
         internal::kNoBlock) {
       continue;

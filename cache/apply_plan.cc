@@ -60,13 +60,13 @@ absl::Status KVCache::Impl::TakeFresh(int64_t n, const BlockTable* updating) {
 }
 
 void KVCache::Impl::ApplyPlan(const LayerRules& rules, BlockTable& table,
-                              const Plan& plan,
-                              absl::Span<const BlockId> fresh) {
+                              const Plan& plan, absl::Span<const BlockId> fresh,
+                              internal::LayerState* state, int64_t layers) {
   int64_t evicted_blocks = 0;  // window blocks the policy pushed out
   LetGoOfBlocks(plan, table, evicted_blocks);
   if (!rules.ring()) counters.blocks_released_by_policy += evicted_blocks;
   FillBlocks(rules, table, plan, fresh);
-  SetLengths(rules, table, plan);
+  SetLengths(rules, table, state != nullptr ? *state : table, plan, layers);
 }
 
 // Pops the blocks the plan does not keep. A hot block this table alone
@@ -149,13 +149,14 @@ void KVCache::Impl::FillBlocks(const LayerRules& rules, BlockTable& table,
 }
 
 void KVCache::Impl::SetLengths(const LayerRules& rules, BlockTable& table,
-                               const Plan& plan) {
-  counters.tokens_stored += plan.visible_after - plan.visible_before;
-  counters.evictions += plan.evicted;
-  table.evicted += plan.evicted;
-  table.length = plan.length;
-  table.window_start = plan.window_start;
-  table.max_length = std::max(table.max_length, plan.length);
+                               internal::LayerState& state, const Plan& plan,
+                               int64_t layers) {
+  counters.tokens_stored += (plan.visible_after - plan.visible_before) * layers;
+  counters.evictions += plan.evicted * layers;
+  state.evicted += plan.evicted;
+  state.length = plan.length;
+  state.window_start = plan.window_start;
+  state.max_length = std::max(state.max_length, plan.length);
   if (quant != nullptr) {
     const int64_t limit =
         std::max<int64_t>(0, table.length - config.compression.hot_tokens) /
@@ -169,7 +170,7 @@ void KVCache::Impl::CopyOnWrite(BlockTable& table, int64_t logical,
                                 BlockId id) {
   const BlockId shared = table.Block(logical);
   io->Copy(shared, id);
-  counters.bytes_copied += block_bytes();
+  counters.bytes_copied += block_bytes() * groups.width;
   table.MutableBlock(logical) = id;
   Release(shared);
 }

@@ -18,7 +18,7 @@ using internal::RefId;
 
 KVCache::Impl::~Impl() {
   for (auto& [id, sequence] : sequences) {
-    for (BlockTable& table : sequence.layers) ReleaseAll(table);
+    for (BlockTable& table : sequence.tables) ReleaseAll(table);
   }
   while (prefix->has_idle()) EvictOldest();  // every entry is idle now
 }
@@ -75,9 +75,10 @@ void KVCache::Impl::EvictOldest() {
   for (BlockId id : prefix->EvictOldest()) Release(id);
 }
 
-void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
-  BlockTable& table = sequence.layers[layer];
-  const LayerRules& layer_rules = rules[layer];
+void KVCache::Impl::PublishTable(internal::Sequence& sequence, size_t group) {
+  BlockTable& table = sequence.tables[group];
+  if (table.split) return;  // published once its layers agree again
+  const LayerRules& layer_rules = group_rules[group];
   const int64_t tokens_per_block = layer_rules.block_tokens;
   const int64_t limit =
       std::min(static_cast<int64_t>(sequence.block_hashes.size()),
@@ -89,7 +90,7 @@ void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
                          table.window_start <= layer_rules.sinks;
     if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
     const BlockId id = table.Block(b);
-    if (prefix->Publish(sequence.block_hashes[static_cast<size_t>(b)], layer,
+    if (prefix->Publish(sequence.block_hashes[static_cast<size_t>(b)], group,
                         id)) {
       pool->Retain(id);  // the cache's reference
     }
@@ -97,9 +98,8 @@ void KVCache::Impl::PublishLayer(internal::Sequence& sequence, size_t layer) {
   table.published = std::max(table.published, limit);
 }
 
-absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(std::string_view op,
-                                                           SeqId seq,
-                                                           int layer) const {
+absl::StatusOr<const internal::Sequence*> KVCache::Impl::FindSequence(
+    std::string_view op, SeqId seq, int layer) const {
   auto it = sequences.find(seq);
   if (ABSL_PREDICT_FALSE(it == sequences.end())) {
     return absl::NotFoundError(absl::StrFormat(
@@ -110,7 +110,16 @@ absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(std::string_view op,
         absl::StrFormat("%s(seq %d, layer %d): layer out of range [0, %d)", op,
                         seq, layer, config.num_layers));
   }
-  return &it->second.layers[static_cast<size_t>(layer)];
+  return &it->second;
+}
+
+absl::StatusOr<const BlockTable*> KVCache::Impl::FindTable(std::string_view op,
+                                                           SeqId seq,
+                                                           int layer) const {
+  absl::StatusOr<const internal::Sequence*> sequence =
+      FindSequence(op, seq, layer);
+  if (!sequence.ok()) return sequence.status();
+  return &(*sequence)->tables[group_of(layer)];
 }
 
 absl::StatusOr<BlockTable*> KVCache::Impl::FindTable(std::string_view op,

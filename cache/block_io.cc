@@ -4,14 +4,17 @@
 
 namespace kvpage::internal {
 
-BlockIO::BlockIO(const CacheConfig& config, BlockStorage& storage)
+BlockIO::BlockIO(const CacheConfig& config, BlockStorage& storage,
+                 int64_t pool_blocks, int width)
     : storage_(storage),
       dtype_(config.dtype),
       host_base_(storage.host_base()),
       block_bytes_(BlockBytes(config)),
       token_elems_(int64_t{config.num_kv_heads} * config.head_dim),
       token_bytes_(token_elems_ * DTypeSize(config.dtype)),
-      v_offset_(block_bytes_ / 2) {}
+      v_offset_(block_bytes_ / 2),
+      pool_blocks_(pool_blocks),
+      width_(width) {}
 
 void BlockIO::WriteRun(BlockId id, bool values, int64_t slot,
                        const std::byte* src, DType from, int64_t count) {

@@ -3,6 +3,8 @@
 // A hot block holds block_tokens slots of keys, then as many of values, each
 // slot token_elems elements of the cache's dtype. Storage that is host
 // memory is read and written in place; other storage through a buffer.
+// The reads and writes name storage blocks: with layer groups, the pool's
+// block b of layer slot j is storage block BlockPool::StorageId(b, j).
 //
 // Thread safety: thread-compatible; the const reads allocate their own
 // buffer and may run concurrently with each other.
@@ -21,7 +23,9 @@ namespace kvpage::internal {
 
 class BlockIO {
  public:
-  BlockIO(const CacheConfig& config, BlockStorage& storage);
+  // `pool_blocks` blocks of `width` slots each (BlockPool).
+  BlockIO(const CacheConfig& config, BlockStorage& storage, int64_t pool_blocks,
+          int width);
 
   // Converts `count` tokens of one half (keys, or values when `values`)
   // from `from` into slots [slot, slot + count) of block `id`. O(count).
@@ -37,8 +41,14 @@ class BlockIO {
   // host memory is read into a buffer first, valid until the next call.
   std::pair<const std::byte*, const std::byte*> Source(BlockId id);
 
-  // Copies block `from` into block `to`. O(block size).
-  void Copy(BlockId from, BlockId to) { storage_.Copy(from, to); }
+  // Copies every slot of the pool's block `from` into block `to`.
+  // O(block size * width).
+  void Copy(BlockId from, BlockId to) {
+    for (int64_t j = 0; j < width_; ++j) {
+      storage_.Copy(static_cast<BlockId>(j * pool_blocks_ + from),
+                    static_cast<BlockId>(j * pool_blocks_ + to));
+    }
+  }
 
   const std::byte* host_base() const { return host_base_; }
   int64_t block_bytes() const { return block_bytes_; }
@@ -54,6 +64,8 @@ class BlockIO {
   int64_t token_elems_;  // num_kv_heads * head_dim
   int64_t token_bytes_;  // token_elems * DTypeSize(dtype)
   int64_t v_offset_;     // bytes from a block's start to its V region
+  int64_t pool_blocks_;
+  int64_t width_;
   std::vector<std::byte> staging_;  // never part of the cache's state
 };
 

@@ -2,6 +2,30 @@
 
 namespace kvpage::internal {
 
+LayerGroups ResolveGroups(const CacheConfig& config,
+                          const std::vector<LayerRules>& rules) {
+  LayerGroups g;
+  g.group_of.resize(rules.size());
+  g.slot_of.resize(rules.size());
+  for (size_t layer = 0; layer < rules.size(); ++layer) {
+    size_t group = g.members.size();
+    if (config.group_layers) {
+      for (size_t i = 0; i < g.members.size(); ++i) {
+        if (rules[static_cast<size_t>(g.members[i][0])] == rules[layer]) {
+          group = i;
+          break;
+        }
+      }
+    }
+    if (group == g.members.size()) g.members.emplace_back();
+    g.group_of[layer] = static_cast<int>(group);
+    g.slot_of[layer] = static_cast<int>(g.members[group].size());
+    g.members[group].push_back(static_cast<int>(layer));
+    g.width = std::max(g.width, static_cast<int>(g.members[group].size()));
+  }
+  return g;
+}
+
 BlockTable NewTable(const LayerRules& rules) {
   BlockTable table;
   table.window_first = rules.sink_blocks;
@@ -14,12 +38,12 @@ BlockTable ForkTable(const BlockTable& from) {
   to.window.assign(from.window.begin() + static_cast<ptrdiff_t>(from.head),
                    from.window.end());
   to.window_first = from.window_first;
-  to.length = from.length;
-  to.window_start = from.window_start;
-  to.max_length = from.max_length;
+  static_cast<LayerState&>(to) = from;
+  to.split = from.split;
   to.cold_done = from.cold_done;
   to.published = from.published;
   to.reserved_from = from.reserved_from;
+  to.evicted = 0;  // the child evicted nothing yet
   return to;
 }
 

@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -50,6 +51,7 @@ struct LayerRules {
   int64_t ring_blocks = 0;
 
   static LayerRules Resolve(const LayerPolicy& policy, int block_tokens);
+  bool operator==(const LayerRules&) const = default;
   bool evicts() const { return overflow != OverflowPolicy::kError; }
   bool ring() const { return overflow == OverflowPolicy::kCircularBuffer; }
 };
@@ -86,6 +88,20 @@ inline std::vector<LayerRules> ResolveLayers(const CacheConfig& config) {
   return rules;
 }
 
+// Which table each layer's blocks are in (CacheConfig::group_layers).
+// Without grouping every layer is a group of its own; with it, layers with
+// the same resolved rules form one group, in the order of their first
+// layer. A layer's slot is its index in its group: block b of the group is
+// storage block slot * num_blocks + b for that layer.
+struct LayerGroups {
+  std::vector<int> group_of, slot_of;     // per layer
+  std::vector<std::vector<int>> members;  // per group, ascending layers
+  int width = 1;                          // the most layers of one group
+  size_t size() const { return members.size(); }
+};
+LayerGroups ResolveGroups(const CacheConfig& config,
+                          const std::vector<LayerRules>& rules);
+
 // Visible tokens of a layer of length `length` and window start `ws`.
 inline int64_t VisibleTokens(const LayerRules& r, int64_t length, int64_t ws) {
   const int64_t lo = std::max(ws, r.sinks);
@@ -110,6 +126,25 @@ inline int64_t SinkBlocks(const LayerRules& r, int64_t length) {
   return CeilDiv(std::min(r.sinks, length), r.block_tokens);
 }
 
+// What the layers of a group need their table to hold: the most sink
+// blocks and the union of their window ranges (empty: none).
+struct GroupNeeds {
+  int64_t sink_blocks = 0;
+  BlockRange window;
+};
+// Adds what a layer of `length` and window start `window_start` shows.
+// O(1).
+inline void AddNeeds(const LayerRules& r, int64_t length, int64_t window_start,
+                     GroupNeeds& needs) {
+  needs.sink_blocks = std::max(needs.sink_blocks, SinkBlocks(r, length));
+  const BlockRange w = WindowRange(r, length, window_start);
+  if (w.size() <= 0) return;
+  needs.window = needs.window.size() <= 0
+                     ? w
+                     : BlockRange{std::min(needs.window.first, w.first),
+                                  std::max(needs.window.last, w.last)};
+}
+
 // A table entry: a block of the hot pool, or (top bit set) the first cell of
 // a block of the quantized pool. Hot pools hold fewer than 2^31 blocks.
 using BlockRef = uint32_t;
@@ -118,18 +153,30 @@ inline bool IsQuant(BlockRef ref) { return (ref & kQuantTag) != 0; }
 inline BlockId RefId(BlockRef ref) { return ref & ~kQuantTag; }
 inline BlockRef QuantRef(BlockId cell) { return cell | kQuantTag; }
 
-struct BlockTable {
+// What one layer holds, as the update rule sees it. A table of one layer
+// (the default) holds its own; the layers of a group (CacheConfig::
+// group_layers) share one table, which holds the state while they agree and
+// holds their union while they differ (BlockTable::split).
+struct LayerState {
+  int64_t length = 0;        // seq_len of the last update
+  int64_t window_start = 0;  // ws; <= S means nothing is evicted
+  int64_t max_length = 0;    // the largest length this layer has had
+  int64_t evicted = 0;       // tokens evicted by the overflow policy
+  bool operator==(const LayerState&) const = default;
+};
+
+struct BlockTable : LayerState {
   std::vector<BlockRef> sink_blocks;  // always hot: sinks are not compressed
   std::vector<BlockRef> window;  // live from `head` on; a deque without nodes
   size_t head = 0;
   int64_t window_first = 0;      // logical block of window[head]
   std::vector<BlockRef> spares;  // kCircularBuffer: held, hot, no visible token
-  int64_t length = 0;            // seq_len of the last update
-  int64_t window_start = 0;      // ws; <= S means nothing is evicted
-  int64_t max_length = 0;        // the largest length this layer has had
-  int64_t evicted = 0;           // tokens evicted by the overflow policy
-  int64_t cold_done = 0;         // auto_compress: logical blocks below this
-                                 // were considered for compressing
+  // A group's layers differ: each holds its own LayerState
+  // (Sequence::layer_states), and this table's state is their union: the
+  // longest length, and blocks for every layer's visible positions.
+  bool split = false;
+  int64_t cold_done = 0;  // auto_compress: logical blocks below this
+                          // were considered for compressing
   int64_t published = 0;  // logical blocks below this were offered to the
                           // prefix cache
   // Positions from here on were reserved by the last Reserve and may not
@@ -219,7 +266,7 @@ inline int64_t RowBlockOffset(const BlockTable& t) {
   return t.window_first - static_cast<int64_t>(t.sink_blocks.size());
 }
 // The first visible position at or past the sinks (the length when none).
-inline int64_t RowWindowStart(const LayerRules& r, const BlockTable& t) {
+inline int64_t RowWindowStart(const LayerRules& r, const LayerState& t) {
   return std::min(std::max(t.window_start, r.sinks), t.length);
 }
 // Writes the row's RowEntries(t) block ids to `out`; false (with `out`
@@ -230,9 +277,10 @@ bool WriteRowEntries(const BlockTable& t, int32_t* out);
 // positions in [lo, hi), oldest first, one run per block and range (a block
 // holding sinks and window positions with evicted slots between gives two
 // runs). O(runs).
+// `s` is the layer's state, `t` the table holding its blocks.
 template <typename Fn>
-void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
-                       int64_t hi, Fn&& fn) {
+void ForEachVisibleRun(const LayerRules& r, const LayerState& s,
+                       const BlockTable& t, int64_t lo, int64_t hi, Fn&& fn) {
   const int64_t bt = r.block_tokens;
   auto range = [&](int64_t from, int64_t to) {
     for (int64_t p = std::max(from, lo); p < std::min(to, hi);) {
@@ -242,14 +290,19 @@ void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
       p += count;
     }
   };
-  const int64_t sink_end = std::min(r.sinks, t.length);
-  const int64_t window_begin = std::max(t.window_start, r.sinks);
+  const int64_t sink_end = std::min(r.sinks, s.length);
+  const int64_t window_begin = std::max(s.window_start, r.sinks);
   if (window_begin <= sink_end) {  // nothing evicted: one contiguous range
-    range(0, t.length);
+    range(0, s.length);
     return;
   }
   range(0, sink_end);
-  range(window_begin, t.length);
+  range(window_begin, s.length);
+}
+template <typename Fn>
+void ForEachVisibleRun(const LayerRules& r, const BlockTable& t, int64_t lo,
+                       int64_t hi, Fn&& fn) {
+  ForEachVisibleRun(r, t, t, lo, hi, std::forward<Fn>(fn));
 }
 
 }  // namespace kvpage::internal

@@ -86,8 +86,9 @@ std::vector<KVCache::Impl::Candidate> KVCache::Impl::CompressCandidates(
   for (SeqId id : ids) {
     internal::Sequence& sequence = sequences.find(id)->second;
     if (sequence.batch_mark == batch_serial) continue;
-    for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
-      BlockTable& table = sequence.layers[layer];
+    // Compression runs without layer groups: table i is layer i's.
+    for (size_t layer = 0; layer < sequence.tables.size(); ++layer) {
+      BlockTable& table = sequence.tables[layer];
       if (&table == skip) continue;
       const LayerRules& layer_rules = rules[layer];
       for (int64_t b = table.window_first;

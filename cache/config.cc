@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "cache/block_table.h"
 
 namespace kvpage {
 
@@ -141,13 +142,25 @@ absl::Status ValidateConfig(const CacheConfig& c) {
       return bad("compression.hot_tokens", q.hot_tokens, ">= 0");
     }
   }
+  if (c.group_layers && q.enabled) {
+    return absl::InvalidArgumentError(
+        "CacheConfig.group_layers: compression repacks blocks of one layer; "
+        "it is not available with layer groups");
+  }
   const int64_t block_bytes = BlockBytes(c);
-  if (block_bytes > kMaxArenaBytes / c.num_blocks) {
+  const int width = LayerGroupWidth(c);
+  if (block_bytes * width > kMaxArenaBytes / c.num_blocks) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "CacheConfig: %d blocks of %d bytes exceed the %d-byte arena limit",
-        c.num_blocks, block_bytes, kMaxArenaBytes));
+        "CacheConfig: %d blocks of %d layers of %d bytes exceed the %d-byte "
+        "arena limit",
+        c.num_blocks, width, block_bytes, kMaxArenaBytes));
   }
   return absl::OkStatus();
+}
+
+int LayerGroupWidth(const CacheConfig& c) {
+  if (!c.group_layers) return 1;
+  return internal::ResolveGroups(c, internal::ResolveLayers(c)).width;
 }
 
 int64_t BlockBytes(const CacheConfig& c) {

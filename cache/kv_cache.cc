@@ -36,7 +36,7 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<internal::HostArena>> arena =
       internal::HostArena::Create(
-          config.num_blocks, BlockBytes(config),
+          StorageBlocks(config), BlockBytes(config),
           {.prefault = config.prefault, .huge_pages = config.huge_pages});
   if (!arena.ok()) return arena.status();
   return Create(config, *std::move(arena));
@@ -68,14 +68,20 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
   auto impl = std::make_unique<KVCache::Impl>();
   impl->config = config;
   impl->rules = internal::ResolveLayers(config);
+  impl->groups = internal::ResolveGroups(config, impl->rules);
+  for (const std::vector<int>& members : impl->groups.members) {
+    impl->group_rules.push_back(impl->rules[static_cast<size_t>(members[0])]);
+  }
   absl::StatusOr<std::unique_ptr<BlockPool>> pool =
-      BlockPool::Create(std::move(storage));
+      BlockPool::Create(std::move(storage), impl->groups.width);
   if (!pool.ok()) return pool.status();
   impl->pool = *std::move(pool);
   impl->local = std::make_unique<BlockPool::LocalCache>(*impl->pool);
-  impl->io = std::make_unique<internal::BlockIO>(config, impl->pool->storage());
-  impl->prefix = std::make_unique<internal::PrefixCache>(config.num_layers,
-                                                         config.num_blocks);
+  impl->io = std::make_unique<internal::BlockIO>(config, impl->pool->storage(),
+                                                 impl->pool->capacity(),
+                                                 impl->groups.width);
+  impl->prefix = std::make_unique<internal::PrefixCache>(
+      static_cast<int>(impl->groups.size()), config.num_blocks);
   if (config.compression.enabled) {
     absl::StatusOr<std::unique_ptr<internal::QuantStore>> quant =
         internal::QuantStore::Create(config);
@@ -94,8 +100,8 @@ absl::StatusOr<SeqId> KVCache::AddSequence(const SequenceOptions& options) {
   const SeqId id = impl.next_seq++;
   Sequence sequence;
   sequence.salt = options.salt;
-  for (const LayerRules& rules : impl.rules) {
-    sequence.layers.push_back(internal::NewTable(rules));
+  for (const LayerRules& rules : impl.group_rules) {
+    sequence.tables.push_back(internal::NewTable(rules));
   }
   impl.sequences.emplace(id, std::move(sequence));
   return id;
@@ -113,13 +119,19 @@ absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
   child.salt = from.salt;
   child.token_ids = from.token_ids;
   child.block_hashes = from.block_hashes;
-  for (size_t layer = 0; layer < from.layers.size(); ++layer) {
+  child.layer_states = from.layer_states;
+  for (internal::LayerState& state : child.layer_states) state.evicted = 0;
+  for (const BlockTable& from_table : from.tables) {
     BlockTable& table =
-        child.layers.emplace_back(internal::ForkTable(from.layers[layer]));
+        child.tables.emplace_back(internal::ForkTable(from_table));
     for (BlockRef ref : table.sink_blocks) impl.RetainRef(ref);
     for (BlockRef ref : table.window) impl.RetainRef(ref);
-    impl.counters.tokens_stored += internal::VisibleTokens(
-        impl.rules[layer], table.length, table.window_start);
+  }
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    const internal::LayerState& state = impl.StateOf(child, layer);
+    impl.counters.tokens_stored +=
+        internal::VisibleTokens(impl.rules[static_cast<size_t>(layer)],
+                                state.length, state.window_start);
   }
   const SeqId id = impl.next_seq++;
   impl.sequences.emplace(id, std::move(child));
@@ -139,8 +151,8 @@ absl::Status KVCache::AppendTokens(SeqId seq,
   sequence.token_ids.insert(sequence.token_ids.end(), token_ids.begin(),
                             token_ids.end());
   internal::ExtendBlockHashes(sequence, impl.block_tokens());
-  for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
-    impl.PublishLayer(sequence, layer);
+  for (size_t group = 0; group < sequence.tables.size(); ++group) {
+    impl.PublishTable(sequence, group);
   }
   return absl::OkStatus();
 }
@@ -155,13 +167,14 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
                         tokens.size()));
   }
   Sequence& sequence = it->second;
-  for (const BlockTable& table : sequence.layers) {
-    if (table.length != 0 || !sequence.token_ids.empty()) {
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    const int64_t length = impl.StateOf(sequence, layer).length;
+    if (length != 0 || !sequence.token_ids.empty()) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "MatchPrefix(seq %d, %d tokens): the sequence already holds %d "
           "tokens; a prefix attaches to an empty sequence",
           seq, tokens.size(),
-          std::max<int64_t>(table.length, sequence.token_ids.size())));
+          std::max<int64_t>(length, sequence.token_ids.size())));
     }
   }
   const int64_t tokens_per_block = impl.block_tokens();
@@ -188,18 +201,28 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
       static_cast<int64_t>(matched.size()) * tokens_per_block;
   sequence.token_ids.resize(static_cast<size_t>(length));
   sequence.block_hashes.resize(matched.size());
-  std::vector<BlockId> blocks_of_layer(matched.size());
-  for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
+  std::vector<BlockId> blocks_of_table(matched.size());
+  for (size_t group = 0; group < sequence.tables.size(); ++group) {
     for (size_t b = 0; b < matched.size(); ++b) {
-      blocks_of_layer[b] = impl.prefix->block(matched[b], layer);
-      impl.Retain(blocks_of_layer[b]);
+      blocks_of_table[b] = impl.prefix->block(matched[b], group);
+      impl.Retain(blocks_of_table[b]);
     }
-    BlockTable& table = sequence.layers[layer];
-    internal::AttachPrefix(impl.rules[layer], blocks_of_layer, length, table);
+    BlockTable& table = sequence.tables[group];
+    internal::AttachPrefix(impl.group_rules[group], blocks_of_table, length,
+                           table);
+    if (table.split) {  // every layer was empty: each now holds the prefix
+      for (const int layer : impl.groups.members[group]) {
+        internal::LayerState& state =
+            sequence.layer_states[static_cast<size_t>(layer)];
+        state.length = length;
+        state.max_length = std::max(state.max_length, length);
+      }
+      impl.Rejoin(sequence, group);
+    }
     // A ring emptied by Truncate kept its blocks as spares: the attached
     // blocks take their place, the surplus goes back.
-    impl.DropSurplusSpares(impl.rules[layer], table);
-    impl.counters.tokens_stored += length;
+    impl.DropSurplusSpares(impl.group_rules[group], table);
+    impl.counters.tokens_stored += length * impl.group_layers(group);
   }
   return length;
 }
@@ -211,12 +234,13 @@ absl::Status KVCache::RemoveSequence(SeqId seq) {
     return absl::NotFoundError(
         absl::StrFormat("RemoveSequence(seq %d): no such sequence", seq));
   }
-  for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
-    BlockTable& table = it->second.layers[layer];
-    impl.counters.tokens_stored -= internal::VisibleTokens(
-        impl.rules[layer], table.length, table.window_start);
-    impl.ReleaseAll(table);
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    const internal::LayerState& state = impl.StateOf(it->second, layer);
+    impl.counters.tokens_stored -=
+        internal::VisibleTokens(impl.rules[static_cast<size_t>(layer)],
+                                state.length, state.window_start);
   }
+  for (BlockTable& table : it->second.tables) impl.ReleaseAll(table);
   impl.sequences.erase(it);
   return absl::OkStatus();
 }
@@ -263,7 +287,8 @@ absl::Status CheckSpans(DType dtype, int64_t token_elems, SeqId seq, int layer,
 // Writes the positions of [start, seq_len) that are visible now; those
 // evicted by this very update are skipped. Returns the tokens written.
 int64_t WriteTokens(internal::BlockIO& io, const LayerRules& rules,
-                    const BlockTable& table, TokenSpan k, TokenSpan v,
+                    const internal::LayerState& state, const BlockTable& table,
+                    const BlockPool& pool, int slot, TokenSpan k, TokenSpan v,
                     int64_t start, int64_t seq_len) {
   const auto* k_src = static_cast<const std::byte*>(k.data);
   const auto* v_src = static_cast<const std::byte*>(v.data);
@@ -271,11 +296,14 @@ int64_t WriteTokens(internal::BlockIO& io, const LayerRules& rules,
   const int64_t v_stride = io.token_elems() * DTypeSize(v.dtype);
   int64_t written = 0;
   internal::ForEachVisibleRun(
-      rules, table, start, seq_len,
-      [&](BlockId id, int64_t slot, int64_t count, int64_t position) {
+      rules, state, table, start, seq_len,
+      [&](BlockId id, int64_t at, int64_t count, int64_t position) {
         const int64_t done = position - start;
-        io.WriteRun(id, false, slot, k_src + done * k_stride, k.dtype, count);
-        io.WriteRun(id, true, slot, v_src + done * v_stride, v.dtype, count);
+        const BlockId storage_id = pool.StorageId(id, slot);
+        io.WriteRun(storage_id, false, at, k_src + done * k_stride, k.dtype,
+                    count);
+        io.WriteRun(storage_id, true, at, v_src + done * v_stride, v.dtype,
+                    count);
         written += count;
       });
   return written;
@@ -292,7 +320,8 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
     return impl.FindTable("Update", seq, layer).status();
   }
   Sequence& sequence = it->second;
-  BlockTable& table = sequence.layers[static_cast<size_t>(layer)];
+  const size_t group = impl.group_of(layer);
+  BlockTable& table = sequence.tables[group];
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   if (absl::Status s = CheckSpans(impl.config.dtype, impl.io->token_elems(),
                                   seq, layer, k, v, seq_len);
@@ -306,32 +335,45 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         seq, layer, seq_len));
   }
   const int64_t start = seq_len - k.tokens;
-  if (absl::Status s = impl.CheckPositions("Update", seq, layer, layer_rules,
-                                           table, start, seq_len);
-      ABSL_PREDICT_FALSE(!s.ok())) {
-    return s;
-  }
-  int64_t slot = 0;
-  const BlockId block =
-      impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &slot);
+  const int slot = impl.groups.slot_of[static_cast<size_t>(layer)];
   int64_t written = k.tokens;
-  if (block != internal::kNoBlock) {  // the fast path: one run, one block
-    impl.AppendInPlace(table, start, seq_len);
-    impl.io->WriteRun(block, false, slot, static_cast<const std::byte*>(k.data),
-                      k.dtype, k.tokens);
-    impl.io->WriteRun(block, true, slot, static_cast<const std::byte*>(v.data),
-                      v.dtype, v.tokens);
-  } else {
-    if (absl::Status s = impl.PlaceGeneral("Update", seq, layer, layer_rules,
-                                           table, start, seq_len);
+  if (ABSL_PREDICT_FALSE(impl.group_layers(group) > 1)) {
+    // One layer of a group: the table moves with the union of its layers.
+    if (absl::Status s = impl.PlaceLayerOfGroup("Update", seq, layer, sequence,
+                                                start, seq_len);
         !s.ok()) {
       return s;
     }
-    written = WriteTokens(*impl.io, layer_rules, table, k, v, start, seq_len);
+    written = WriteTokens(*impl.io, layer_rules, impl.StateOf(sequence, layer),
+                          table, *impl.pool, slot, k, v, start, seq_len);
+  } else {
+    if (absl::Status s = impl.CheckPositions("Update", seq, layer, layer_rules,
+                                             table, start, seq_len);
+        ABSL_PREDICT_FALSE(!s.ok())) {
+      return s;
+    }
+    int64_t at = 0;
+    const BlockId block =
+        impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &at);
+    if (block != internal::kNoBlock) {  // the fast path: one run, one block
+      impl.AppendInPlace(table, start, seq_len);
+      impl.io->WriteRun(block, false, at, static_cast<const std::byte*>(k.data),
+                        k.dtype, k.tokens);
+      impl.io->WriteRun(block, true, at, static_cast<const std::byte*>(v.data),
+                        v.dtype, v.tokens);
+    } else {
+      if (absl::Status s = impl.PlaceGeneral("Update", seq, layer, layer_rules,
+                                             table, start, seq_len);
+          !s.ok()) {
+        return s;
+      }
+      written = WriteTokens(*impl.io, layer_rules, table, table, *impl.pool, 0,
+                            k, v, start, seq_len);
+    }
   }
   table.reserved_from = BlockTable::kNothingReserved;  // all written now
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();
-  impl.Settle(sequence, static_cast<size_t>(layer), start);
+  impl.Settle(sequence, group, start);
   return absl::OkStatus();
 }
 
@@ -347,12 +389,12 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
         "Truncate(seq %d, seq_len %d): seq_len must be >= 0", seq, seq_len));
   }
   Sequence& sequence = it->second;
-  std::vector<BlockTable>& layers = sequence.layers;
-  for (size_t layer = 0; layer < layers.size(); ++layer) {
-    if (layers[layer].length <= seq_len) continue;
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    const internal::LayerState& state = impl.StateOf(sequence, layer);
+    if (state.length <= seq_len) continue;
     if (absl::Status s = internal::CheckEvicted(
-            "Truncate", seq, static_cast<int>(layer), impl.rules[layer],
-            layers[layer], seq_len, seq_len);
+            "Truncate", seq, layer, impl.rules[static_cast<size_t>(layer)],
+            state, seq_len, seq_len);
         !s.ok()) {
       return s;
     }
@@ -362,14 +404,20 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
     sequence.block_hashes.resize(
         static_cast<size_t>(seq_len / impl.block_tokens()));
   }
-  for (size_t layer = 0; layer < layers.size(); ++layer) {
-    BlockTable& table = layers[layer];
+  for (size_t group = 0; group < sequence.tables.size(); ++group) {
+    BlockTable& table = sequence.tables[group];
     table.published = std::min(table.published, seq_len / impl.block_tokens());
-    if (table.length <= seq_len) continue;
-    const Plan plan = internal::MakePlan(impl.rules[layer], table, *impl.pool,
+    if (table.length <= seq_len) continue;  // the longest of its layers
+    if (table.split) {
+      impl.TruncateSplit(sequence, group, seq_len);
+      continue;
+    }
+    const LayerRules& group_layer_rules = impl.group_rules[group];
+    const Plan plan = internal::MakePlan(group_layer_rules, table, *impl.pool,
                                          seq_len, seq_len);
     KVPAGE_DCHECK(plan.fresh == 0);
-    impl.ApplyPlan(impl.rules[layer], table, plan, {});
+    impl.ApplyPlan(group_layer_rules, table, plan, {}, nullptr,
+                   impl.group_layers(group));
   }
   return absl::OkStatus();
 }
@@ -392,7 +440,7 @@ absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
         "outside [0, 1]",
         seq, layer, keep_recent_fraction));
   }
-  BlockTable& table = **found;
+  BlockTable& table = **found;  // a table of its own: compression
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   // The oldest floor((1 - f) * visible) visible tokens end before `cutoff`.
   const int64_t visible =
@@ -419,7 +467,7 @@ absl::StatusOr<int64_t> KVCache::Length(SeqId seq, int layer) const {
       layer >= impl.config.num_layers) {
     return impl.FindTable("Length", seq, layer).status();
   }
-  return it->second.layers[static_cast<size_t>(layer)].length;
+  return impl.StateOf(it->second, layer).length;
 }
 
 std::vector<SeqId> KVCache::Sequences() const {

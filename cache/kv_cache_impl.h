@@ -7,11 +7,13 @@
 //   prefix          the prefix cache (prefix_cache.h)
 //   quant           the quantized pool, null without compression
 //                   (quant_store.h)
-//   sequences       a block table per layer (sequence.h, block_table.h)
+//   sequences       a block table per layer, or per group of layers
+//                   (sequence.h, block_table.h)
 //
 // The steps live in files named for their job: holding blocks
 // (block_holds.cc), applying an update plan (apply_plan.cc), compressing
-// cold blocks (cold_blocks.cc).
+// cold blocks (cold_blocks.cc), the layers of a group that differ
+// (layer_groups.cc).
 //
 // Invariants (Validate() walks them, cache/validate.cc):
 //   ref_count(b) == holdings of b over all tables (sink, window, spare) and
@@ -60,6 +62,8 @@ struct CacheCounters {
 struct KVCache::Impl {
   CacheConfig config;
   std::vector<internal::LayerRules> rules;  // per layer
+  internal::LayerGroups groups;  // one group per layer without group_layers
+  std::vector<internal::LayerRules> group_rules;  // per group
   // Declared before `local` so that the cache is flushed before the pool
   // goes away.
   std::unique_ptr<internal::BlockPool> pool;
@@ -94,8 +98,30 @@ struct KVCache::Impl {
     return quant != nullptr && config.compression.auto_compress;
   }
 
-  // The table of (seq, layer) for `op`: NotFound for an unknown sequence,
-  // InvalidArgument for a layer out of range.
+  // The group of `layer` (its table's index in Sequence::tables) and the
+  // layers it holds.
+  size_t group_of(int layer) const {
+    return static_cast<size_t>(groups.group_of[static_cast<size_t>(layer)]);
+  }
+  int64_t group_layers(size_t group) const {
+    return static_cast<int64_t>(groups.members[group].size());
+  }
+  // What `layer` of `sequence` holds: its table's state, or its own while
+  // the table is split.
+  const internal::LayerState& StateOf(const internal::Sequence& sequence,
+                                      int layer) const {
+    const internal::BlockTable& t = sequence.tables[group_of(layer)];
+    return ABSL_PREDICT_TRUE(!t.split)
+               ? t
+               : sequence.layer_states[static_cast<size_t>(layer)];
+  }
+
+  // The sequence `seq` for `op` on `layer`: NotFound for an unknown
+  // sequence, InvalidArgument for a layer out of range.
+  absl::StatusOr<const internal::Sequence*> FindSequence(std::string_view op,
+                                                         SeqId seq,
+                                                         int layer) const;
+  // The table holding (seq, layer) for `op`, with FindSequence's errors.
   absl::StatusOr<internal::BlockTable*> FindTable(std::string_view op,
                                                   SeqId seq, int layer);
   absl::StatusOr<const internal::BlockTable*> FindTable(std::string_view op,
@@ -115,9 +141,10 @@ struct KVCache::Impl {
                          internal::BlockTable& table);
   // Evicts the least recently used idle prefix entry. O(layers).
   void EvictOldest();
-  // Offers the full, hashed, fully visible hot blocks of `layer` not yet
-  // offered to the prefix cache. O(blocks published).
-  void PublishLayer(internal::Sequence& sequence, size_t layer);
+  // Offers the full, hashed, fully visible hot blocks of table `group` not
+  // yet offered to the prefix cache (none while it is split). O(blocks
+  // published).
+  void PublishTable(internal::Sequence& sequence, size_t group);
 
   // ---- The update rule's steps, shared by Update and Reserve
   // (update_steps.cc).
@@ -128,7 +155,7 @@ struct KVCache::Impl {
   [[nodiscard]] absl::Status CheckPositions(std::string_view op, SeqId seq,
                                             int layer,
                                             const internal::LayerRules& rules,
-                                            const internal::BlockTable& table,
+                                            const internal::LayerState& table,
                                             int64_t start,
                                             int64_t seq_len) const {
     if (ABSL_PREDICT_TRUE(
@@ -142,7 +169,7 @@ struct KVCache::Impl {
   [[nodiscard]] absl::Status RefusePositions(std::string_view op, SeqId seq,
                                              int layer,
                                              const internal::LayerRules& rules,
-                                             const internal::BlockTable& table,
+                                             const internal::LayerState& table,
                                              int64_t start,
                                              int64_t seq_len) const;
   // The fast path: positions [start, seq_len) appended into the table's
@@ -154,32 +181,55 @@ struct KVCache::Impl {
                                        const internal::BlockTable& table,
                                        int64_t start, int64_t seq_len,
                                        int64_t* slot = nullptr) const;
-  // Takes the fast path InPlaceAppendBlock allowed: sets the lengths.
+  // Takes the fast path InPlaceAppendBlock allowed: sets the lengths of the
+  // table's `layers` layers.
   void AppendInPlace(internal::BlockTable& table, int64_t start,
-                     int64_t seq_len) {
-    counters.tokens_stored += seq_len - start;
+                     int64_t seq_len, int64_t layers = 1) {
+    counters.tokens_stored += (seq_len - start) * layers;
     table.length = seq_len;
     table.max_length = std::max(table.max_length, seq_len);
   }
   // The general path: plans, takes the plan's fresh blocks (ResourceExhausted
-  // naming `op`, nothing changed) and moves the table to the plan.
+  // naming `op`, nothing changed) and moves the table, not split, of
+  // `layers` layers to the plan.
   [[nodiscard]] absl::Status PlaceGeneral(std::string_view op, SeqId seq,
                                           int layer,
                                           const internal::LayerRules& rules,
                                           internal::BlockTable& table,
-                                          int64_t start, int64_t seq_len);
-  // What follows a change of `layer`'s table whose positions from `start`
+                                          int64_t start, int64_t seq_len,
+                                          int64_t layers = 1);
+  // What follows a change of table `group` whose positions from `start`
   // are (to be) written: publishing full hashed blocks, compressing blocks
   // made cold.
   // Inline: with nothing to publish or compress it costs two tests.
-  void Settle(internal::Sequence& sequence, size_t layer, int64_t start) {
-    internal::BlockTable& table = sequence.layers[layer];
+  void Settle(internal::Sequence& sequence, size_t group, int64_t start) {
+    internal::BlockTable& table = sequence.tables[group];
     if (ABSL_PREDICT_FALSE(start < table.published * config.block_tokens)) {
       table.published = start / config.block_tokens;  // rewritten
     }
-    if (!sequence.block_hashes.empty()) PublishLayer(sequence, layer);
-    if (auto_compress()) CompressNewlyCold(rules[layer], table);
+    if (!sequence.block_hashes.empty()) PublishTable(sequence, group);
+    if (auto_compress()) CompressNewlyCold(group_rules[group], table);
   }
+
+  // ---- The layers of a group that differ (layer_groups.cc).
+  // Update's path for one layer of a group of several: refuses as
+  // CheckPositions does, and a write into blocks the group let go of
+  // (OutOfRange); plans the layer's step and the group's blocks for the
+  // union of its layers; takes fresh blocks; applies. Splits the table
+  // first and rejoins it when its layers agree again. O(layers of the
+  // group + blocks changed).
+  [[nodiscard]] absl::Status PlaceLayerOfGroup(std::string_view op, SeqId seq,
+                                               int layer,
+                                               internal::Sequence& sequence,
+                                               int64_t start, int64_t seq_len);
+  // Ends the split of table `group` when its layers hold the same state
+  // again; else sets the table's state to their union (the longest
+  // length). O(layers of the group).
+  void Rejoin(internal::Sequence& sequence, size_t group);
+  // Truncate's rollback of a split table: every layer longer than seq_len
+  // goes back to it. Cannot fail (the caller checked the positions).
+  void TruncateSplit(internal::Sequence& sequence, size_t group,
+                     int64_t seq_len);
 
   // The prefix-cache entries MatchPrefix would attach for `tokens` of a
   // sequence with `salt`, in order (admission.cc). O(tokens + matched).
@@ -195,10 +245,13 @@ struct KVCache::Impl {
                                        const internal::BlockTable* updating);
   // Moves `table` to the plan's blocks, taking new blocks from those it
   // lets go of, the ring's spares and then `fresh` (plan.fresh ids, the
-  // rewrites' last), and sets its lengths. Cannot fail. O(blocks changed).
+  // rewrites' last), and sets the lengths of `state` (the table itself when
+  // null), which stands for `layers` layers. Cannot fail. O(blocks
+  // changed).
   void ApplyPlan(const internal::LayerRules& rules, internal::BlockTable& table,
                  const internal::Plan& plan,
-                 absl::Span<const internal::BlockId> fresh);
+                 absl::Span<const internal::BlockId> fresh,
+                 internal::LayerState* state = nullptr, int64_t layers = 1);
 
   // ---- Compressing cold blocks (cold_blocks.cc).
   // Whether logical block `logical` of `table` may be compressed now.
@@ -232,7 +285,8 @@ struct KVCache::Impl {
                   internal::BlockTable& table, const internal::Plan& plan,
                   absl::Span<const internal::BlockId> fresh);
   void SetLengths(const internal::LayerRules& rules,
-                  internal::BlockTable& table, const internal::Plan& plan);
+                  internal::BlockTable& table, internal::LayerState& state,
+                  const internal::Plan& plan, int64_t layers);
   void CopyOnWrite(internal::BlockTable& table, int64_t logical,
                    internal::BlockId id);
   void Decompress(internal::BlockTable& table, int64_t logical,

@@ -21,9 +21,10 @@ namespace {
 // next compressed one streaming in (NextBlock).
 class Gatherer {
  public:
-  Gatherer(const internal::BlockIO& io, const internal::QuantStore* quant,
-           GatheredLayer& out)
-      : io_(io), quant_(quant), out_(out) {}
+  // Hot blocks are read from layer slot `slot` of `pool`'s blocks.
+  Gatherer(const internal::BlockIO& io, const internal::BlockPool& pool,
+           int slot, const internal::QuantStore* quant, GatheredLayer& out)
+      : io_(io), pool_(pool), slot_(slot), quant_(quant), out_(out) {}
 
   void Add(BlockRef ref, int64_t slot, int64_t count, int64_t position) {
     const Run run{ref, slot, count, position};
@@ -59,8 +60,9 @@ class Gatherer {
           quant.v_part(cell), static_cast<int>(run.slot),
           static_cast<int>(run.count), k_out, v_out, hint);
     } else {
-      io_.ReadRun(run.ref, false, run.slot, run.count, k_out);
-      io_.ReadRun(run.ref, true, run.slot, run.count, v_out);
+      const BlockId id = pool_.StorageId(run.ref, slot_);
+      io_.ReadRun(id, false, run.slot, run.count, k_out);
+      io_.ReadRun(id, true, run.slot, run.count, v_out);
     }
     for (int64_t i = 0; i < run.count; ++i) {
       out_.positions.push_back(run.position + i);
@@ -69,6 +71,8 @@ class Gatherer {
   }
 
   const internal::BlockIO& io_;
+  const internal::BlockPool& pool_;
+  int slot_;
   const internal::QuantStore* quant_;  // null: compression off
   GatheredLayer& out_;
   std::optional<Run> pending_;
@@ -98,25 +102,28 @@ void DescribeCompressed(const internal::QuantStore& quant, BlockId cell,
 
 absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
   const Impl& impl = *impl_;
-  absl::StatusOr<const BlockTable*> found =
-      impl.FindTable("Gather", seq, layer);
+  absl::StatusOr<const internal::Sequence*> found =
+      impl.FindSequence("Gather", seq, layer);
   if (!found.ok()) return found.status();
   if (!impl.pool->storage().host_io()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "Gather(seq %d, layer %d): the storage has no host reads", seq, layer));
   }
-  const BlockTable& table = **found;
+  const BlockTable& table = (*found)->tables[impl.group_of(layer)];
+  const internal::LayerState& state = impl.StateOf(**found, layer);
   const internal::LayerRules& layer_rules =
       impl.rules[static_cast<size_t>(layer)];
   const int64_t tokens =
-      internal::VisibleTokens(layer_rules, table.length, table.window_start);
+      internal::VisibleTokens(layer_rules, state.length, state.window_start);
   GatheredLayer out;
   out.k.resize(static_cast<size_t>(tokens * impl.io->token_elems()));
   out.v.resize(static_cast<size_t>(tokens * impl.io->token_elems()));
   out.positions.reserve(static_cast<size_t>(tokens));
-  Gatherer gatherer(*impl.io, impl.quant.get(), out);
+  Gatherer gatherer(*impl.io, *impl.pool,
+                    impl.groups.slot_of[static_cast<size_t>(layer)],
+                    impl.quant.get(), out);
   internal::ForEachVisibleRun(
-      layer_rules, table, 0, table.length,
+      layer_rules, state, table, 0, state.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         gatherer.Add(ref, slot, count, position);
       });
@@ -126,9 +133,12 @@ absl::StatusOr<GatheredLayer> KVCache::Gather(SeqId seq, int layer) const {
 
 absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
   const Impl& impl = *impl_;
-  absl::StatusOr<const BlockTable*> found = impl.FindTable("View", seq, layer);
+  absl::StatusOr<const internal::Sequence*> found =
+      impl.FindSequence("View", seq, layer);
   if (!found.ok()) return found.status();
-  const BlockTable& table = **found;
+  const BlockTable& table = (*found)->tables[impl.group_of(layer)];
+  const internal::LayerState& state = impl.StateOf(**found, layer);
+  const int layer_slot = impl.groups.slot_of[static_cast<size_t>(layer)];
   LayerView view;
   view.dtype = impl.config.dtype;
   view.num_kv_heads = impl.config.num_kv_heads;
@@ -136,11 +146,11 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
   view.block_tokens = impl.config.block_tokens;
   view.token_stride = impl.io->token_elems();
   view.host_accessible = impl.io->host_base() != nullptr;
-  view.length = table.length;
+  view.length = state.length;
   view.quant_group_size =
       impl.quant != nullptr ? impl.quant->shape().group_size : 0;
   internal::ForEachVisibleRun(
-      impl.rules[static_cast<size_t>(layer)], table, 0, table.length,
+      impl.rules[static_cast<size_t>(layer)], state, table, 0, state.length,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
         BlockView b{.block_id = RefId(ref),
                     .begin_slot = static_cast<int>(slot),
@@ -150,7 +160,8 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
           DescribeCompressed(*impl.quant, RefId(ref), b);
         } else {
           const auto* k =
-              static_cast<const std::byte*>(impl.pool->storage().Address(ref));
+              static_cast<const std::byte*>(impl.pool->storage().Address(
+                  impl.pool->StorageId(ref, layer_slot)));
           b.k = k;
           b.v = k + impl.io->v_offset();
         }

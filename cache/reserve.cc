@@ -35,6 +35,12 @@ void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
       });
 }
 
+// One past the last logical block a row lists.
+int64_t RowBlockEnd(const BlockTable& t) {
+  return t.window_blocks() > 0 ? t.window_first + t.window_blocks()
+                               : static_cast<int64_t>(t.sink_blocks.size());
+}
+
 // The fast path's slots: consecutive in `block` from start's slot.
 void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t start,
                        int64_t seq_len, int64_t* slots) {
@@ -54,9 +60,11 @@ absl::Status CheckCounts(std::string_view op, SeqId seq, int layer,
   return absl::OkStatus();
 }
 
-// One padded row: the table's entries, then `pad`.
-absl::Status WriteRow(const LayerRules& rules, const BlockTable& table,
-                      SeqId seq, size_t row, const PaddedBlockTables& out) {
+// One padded row: the table's entries, then `pad`; `state` is the layer's.
+absl::Status WriteRow(const LayerRules& rules,
+                      const internal::LayerState& state,
+                      const BlockTable& table, SeqId seq, size_t row,
+                      const PaddedBlockTables& out) {
   const int64_t entries = internal::RowEntries(table);
   int32_t* dst = out.block_table.data() + row * out.max_blocks;
   if (!internal::WriteRowEntries(table, dst)) {
@@ -66,16 +74,26 @@ absl::Status WriteRow(const LayerRules& rules, const BlockTable& table,
         seq));
   }
   std::fill(dst + entries, dst + out.max_blocks, out.pad);
-  out.seq_lens[row] = static_cast<int32_t>(table.length);
+  out.seq_lens[row] = static_cast<int32_t>(state.length);
   if (!out.block_offsets.empty()) {
     out.block_offsets[row] =
         static_cast<int32_t>(internal::RowBlockOffset(table));
   }
   if (!out.window_starts.empty()) {
     out.window_starts[row] =
-        static_cast<int32_t>(internal::RowWindowStart(rules, table));
+        static_cast<int32_t>(internal::RowWindowStart(rules, state));
   }
   return absl::OkStatus();
+}
+
+// Reserve's refusal of a table whose layers differ.
+absl::Status SplitRefusal(std::string_view op, SeqId seq, int layer,
+                          const BlockTable& table) {
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "%s(seq %d, layer %d): the layers of its group hold different lengths "
+      "(Update moved some of them; the longest holds %d): a reservation is "
+      "for every layer of a group, which must agree",
+      op, seq, layer, table.length));
 }
 
 }  // namespace
@@ -88,6 +106,11 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   if (ABSL_PREDICT_FALSE(!found.ok())) return found.status();
   BlockTable& table = **found;
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  const size_t group = impl.group_of(layer);
+  const int64_t layers = impl.group_layers(group);
+  if (ABSL_PREDICT_FALSE(table.split)) {
+    return SplitRefusal("Reserve", seq, layer, table);
+  }
   if (absl::Status s = CheckCounts("Reserve", seq, layer, seq_len, tokens);
       !s.ok()) {
     return s;
@@ -107,12 +130,12 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   if (const BlockId block =
           impl.InPlaceAppendBlock(layer_rules, table, start, seq_len);
       block != internal::kNoBlock) {
-    impl.AppendInPlace(table, start, seq_len);
+    impl.AppendInPlace(table, start, seq_len, layers);
     WriteInPlaceSlots(block, impl.block_tokens(), start, seq_len,
                       slot_mapping.data());
   } else {
     if (absl::Status s = impl.PlaceGeneral("Reserve", seq, layer, layer_rules,
-                                           table, start, seq_len);
+                                           table, start, seq_len, layers);
         !s.ok()) {
       return s;
     }
@@ -121,7 +144,7 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   // Earlier reservations are written by now; this one is not yet.
   table.reserved_from = start;
   Sequence& sequence = impl.sequences.find(seq)->second;
-  impl.Settle(sequence, static_cast<size_t>(layer), start);
+  impl.Settle(sequence, group, start);
   return absl::OkStatus();
 }
 
@@ -172,6 +195,8 @@ absl::Status KVCache::ReserveBatch(int layer,
     }
   }
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  const size_t group = impl.group_of(layer);
+  const int64_t layers = impl.group_layers(group);
   const uint64_t serial = ++impl.batch_serial;
   EndBatch end_batch{impl.batch_serial};
   // 1. Request by request, in order: every refusal (unknown or repeated
@@ -217,7 +242,8 @@ absl::Status KVCache::ReserveBatch(int layer,
         !s.ok()) {
       return s;
     }
-    const BlockTable& table = it->second.layers[static_cast<size_t>(layer)];
+    const BlockTable& table = it->second.tables[group];
+    if (table.split) return SplitRefusal("ReserveBatch", r.seq, layer, table);
     const int64_t start = r.seq_len - r.tokens;
     if (absl::Status s = impl.CheckPositions(
             "ReserveBatch", r.seq, layer, layer_rules, table, start, r.seq_len);
@@ -277,10 +303,10 @@ absl::Status KVCache::ReserveBatch(int layer,
   int64_t* slots = slot_mapping.data();
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    BlockTable& table = batch[i]->layers[static_cast<size_t>(layer)];
+    BlockTable& table = batch[i]->tables[group];
     const int64_t start = r.seq_len - r.tokens;
     if (fast[i] != internal::kNoBlock) {
-      impl.AppendInPlace(table, start, r.seq_len);
+      impl.AppendInPlace(table, start, r.seq_len, layers);
       WriteInPlaceSlots(fast[i], impl.block_tokens(), start, r.seq_len, slots);
     } else {
       const Plan plan =
@@ -298,7 +324,7 @@ absl::Status KVCache::ReserveBatch(int layer,
         step_ids.push_back(id);
         ++given_back_used;
       }
-      impl.ApplyPlan(layer_rules, table, plan, step_ids);
+      impl.ApplyPlan(layer_rules, table, plan, step_ids, nullptr, layers);
       WriteSlots(layer_rules, table, start, r.seq_len, slots);
     }
     table.reserved_from = start;  // as Reserve
@@ -311,9 +337,9 @@ absl::Status KVCache::ReserveBatch(int layer,
   }
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    impl.Settle(*batch[i], static_cast<size_t>(layer), r.seq_len - r.tokens);
+    impl.Settle(*batch[i], group, r.seq_len - r.tokens);
     if (tables == nullptr) continue;
-    const BlockTable& table = batch[i]->layers[static_cast<size_t>(layer)];
+    const BlockTable& table = batch[i]->tables[group];
     if (fast[i] != internal::kNoBlock) {  // blocks unchanged: lengths only
       tables->seq_lens[i] = static_cast<int32_t>(table.length);
       if (!tables->window_starts.empty()) {
@@ -321,7 +347,8 @@ absl::Status KVCache::ReserveBatch(int layer,
             static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
       }
     } else {
-      const absl::Status s = WriteRow(layer_rules, table, r.seq, i, *tables);
+      const absl::Status s =
+          WriteRow(layer_rules, table, table, r.seq, i, *tables);
       KVPAGE_DCHECK(s.ok());  // no compression: every entry is hot
       (void)s;
     }
@@ -336,8 +363,10 @@ absl::StatusOr<void*> KVCache::LayerBase(int layer) const {
         absl::StrFormat("LayerBase(layer %d): layer out of range [0, %d)",
                         layer, impl.config.num_layers));
   }
-  // Every layer's table takes its blocks from the one pool.
-  return const_cast<void*>(impl.pool->storage().Address(0));
+  // Every table takes its blocks from the one pool; a layer of a group
+  // reads its own slot of each.
+  return const_cast<void*>(impl.pool->storage().Address(impl.pool->StorageId(
+      0, impl.groups.slot_of[static_cast<size_t>(layer)])));
 }
 
 absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
@@ -361,22 +390,23 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
   }
   const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   for (size_t i = 0; i < rows; ++i) {
-    absl::StatusOr<const BlockTable*> found =
-        impl.FindTable("ExportBlockTables", seqs[i], layer);
+    absl::StatusOr<const Sequence*> found =
+        impl.FindSequence("ExportBlockTables", seqs[i], layer);
     if (!found.ok()) return found.status();
-    const BlockTable& table = **found;
+    const BlockTable& table = (*found)->tables[impl.group_of(layer)];
+    const internal::LayerState& state = impl.StateOf(**found, layer);
     if (internal::RowEntries(table) > out.max_blocks) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "ExportBlockTables(layer %d): seq %d (row %d) holds %d blocks; rows "
           "hold %d",
           layer, seqs[i], i, internal::RowEntries(table), out.max_blocks));
     }
-    if (table.length > std::numeric_limits<int32_t>::max()) {
+    if (state.length > std::numeric_limits<int32_t>::max()) {
       return absl::OutOfRangeError(absl::StrFormat(
           "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
-          layer, seqs[i], table.length));
+          layer, seqs[i], state.length));
     }
-    if (absl::Status s = WriteRow(layer_rules, table, seqs[i], i, out);
+    if (absl::Status s = WriteRow(layer_rules, state, table, seqs[i], i, out);
         !s.ok()) {
       return s;
     }
@@ -409,10 +439,11 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
   int64_t next = 0;
   out.indptr[0] = 0;
   for (size_t i = 0; i < rows; ++i) {
-    absl::StatusOr<const BlockTable*> found =
-        impl.FindTable("ExportBlockTables", seqs[i], layer);
+    absl::StatusOr<const Sequence*> found =
+        impl.FindSequence("ExportBlockTables", seqs[i], layer);
     if (!found.ok()) return found.status();
-    const BlockTable& table = **found;
+    const BlockTable& table = (*found)->tables[impl.group_of(layer)];
+    const internal::LayerState& state = impl.StateOf(**found, layer);
     const int64_t entries = internal::RowEntries(table);
     if (next + entries > static_cast<int64_t>(out.indices.size()) ||
         next + entries > std::numeric_limits<int32_t>::max()) {
@@ -420,10 +451,10 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
           "indices hold %d entries; row %d (seq %d) needs up to %d",
           out.indices.size(), i, seqs[i], next + entries));
     }
-    if (table.length > std::numeric_limits<int32_t>::max()) {
+    if (state.length > std::numeric_limits<int32_t>::max()) {
       return absl::OutOfRangeError(absl::StrFormat(
           "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
-          layer, seqs[i], table.length));
+          layer, seqs[i], state.length));
     }
     if (!internal::WriteRowEntries(table, out.indices.data() + next)) {
       return absl::FailedPreconditionError(absl::StrFormat(
@@ -433,14 +464,16 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
     }
     next += entries;
     out.indptr[i + 1] = static_cast<int32_t>(next);
+    // The last page is the row's last block, which a layer of a split
+    // table may not reach yet: its length counts from there.
+    const int64_t last_page_start = (RowBlockEnd(table) - 1) * tokens_per_block;
     out.last_page_len[i] =
         entries == 0
             ? 0
-            : static_cast<int32_t>(table.length - (table.length - 1) /
-                                                      tokens_per_block *
-                                                      tokens_per_block);
+            : static_cast<int32_t>(std::clamp<int64_t>(
+                  state.length - last_page_start, 0, tokens_per_block));
     if (!out.seq_lens.empty()) {
-      out.seq_lens[i] = static_cast<int32_t>(table.length);
+      out.seq_lens[i] = static_cast<int32_t>(state.length);
     }
     if (!out.block_offsets.empty()) {
       out.block_offsets[i] =
@@ -448,7 +481,7 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
     }
     if (!out.window_starts.empty()) {
       out.window_starts[i] =
-          static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
+          static_cast<int32_t>(internal::RowWindowStart(layer_rules, state));
     }
   }
   return absl::OkStatus();

@@ -1,5 +1,6 @@
-// cache/sequence.h — one sequence of a KVCache: a block table per layer and
-// the token ids the prefix cache knows it by.
+// cache/sequence.h — one sequence of a KVCache: a block table per layer
+// (per group of layers with CacheConfig::group_layers) and the token ids the
+// prefix cache knows it by.
 //
 // Invariant: block_hashes[b] is the chain hash (PrefixBlockHash, salted) of
 // the token ids of full block b, for b < token_ids.size() / block_tokens.
@@ -15,7 +16,10 @@
 namespace kvpage::internal {
 
 struct Sequence {
-  std::vector<BlockTable> layers;
+  std::vector<BlockTable> tables;  // per group (LayerGroups)
+  // Per layer: what each layer of a split table holds (BlockTable::split);
+  // meaningless for the layers of a table that is not split.
+  std::vector<LayerState> layer_states;
   uint64_t salt = 0;                   // prefix-cache salt
   std::vector<int32_t> token_ids;      // AppendTokens / MatchPrefix
   std::vector<uint64_t> block_hashes;  // chain hash of each full block

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "allocator/quantize.h"
+#include "cache/block_table.h"
 #include "cache/quant_pool_config.h"
 #include "cache/snapshot_internal.h"
 #include "kvpage/stats_fields.h"
@@ -167,7 +168,8 @@ constexpr std::initializer_list<OverflowPolicy> kPolicies = {
     OverflowPolicy::kError, OverflowPolicy::kTruncate,
     OverflowPolicy::kSlidingWindow, OverflowPolicy::kCircularBuffer};
 
-void PutConfig(const CacheConfig& c, Encoder& e) {
+// `version`: the format written (version 1 has no group_layers).
+void PutConfig(const CacheConfig& c, uint32_t version, Encoder& e) {
   e.Put<int32_t>(c.num_layers);
   e.Put<int32_t>(c.num_kv_heads);
   e.Put<int32_t>(c.head_dim);
@@ -197,9 +199,10 @@ void PutConfig(const CacheConfig& c, Encoder& e) {
   e.Put<uint8_t>(q.measure_error);
   e.Put<uint8_t>(c.prefault);
   e.Put<uint8_t>(c.huge_pages);
+  if (version >= 2) e.Put<uint8_t>(c.group_layers);
 }
 
-CacheConfig GetConfig(Decoder& d) {
+CacheConfig GetConfig(Decoder& d, uint32_t version) {
   CacheConfig c;
   c.num_layers = d.Get<int32_t>("config.num_layers");
   c.num_kv_heads = d.Get<int32_t>("config.num_kv_heads");
@@ -231,6 +234,7 @@ CacheConfig GetConfig(Decoder& d) {
   q.measure_error = d.GetBool("compression.measure_error");
   c.prefault = d.GetBool("config.prefault");
   c.huge_pages = d.GetBool("config.huge_pages");
+  if (version >= 2) c.group_layers = d.GetBool("config.group_layers");
   return c;
 }
 
@@ -304,7 +308,7 @@ void GetData(Decoder& d, SnapshotPool& p) {
 
 std::string EncodeSnapshot(const Snapshot& snap) {
   Encoder e;
-  PutConfig(snap.config, e);
+  PutConfig(snap.config, snap.version, e);
   ForEachStatsField(snap.stats,
                     [&e](const char*, auto field) { e.Put(field); });
   PutPool(snap.hot, false, e);
@@ -371,10 +375,10 @@ absl::StatusOr<SnapshotHeader> ParseSnapshotHeader(std::string_view bytes) {
   header.flags = h.Get<uint32_t>("flags");
   header.payload_bytes = h.Get<uint64_t>("payload size");
   header.checksum = h.Get<uint64_t>("checksum");
-  if (header.version != kSnapshotVersion) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("snapshot: version %d; this reader knows version %d",
-                        header.version, kSnapshotVersion));
+  if (header.version < 1 || header.version > kSnapshotVersion) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "snapshot: version %d; this reader knows versions 1 to %d",
+        header.version, kSnapshotVersion));
   }
   if ((header.flags & ~kFlagTokenData) != 0) {
     return absl::InvalidArgumentError(
@@ -450,7 +454,7 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
   snap.has_token_data = (header->flags & kFlagTokenData) != 0;
 
   Decoder d(payload);
-  snap.config = GetConfig(d);
+  snap.config = GetConfig(d, snap.version);
   if (!d.ok()) return d.status();
   if (absl::Status s = ValidateConfig(snap.config); !s.ok()) {
     return absl::InvalidArgumentError(
@@ -460,11 +464,14 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
   ForEachStatsField(snap.stats, [&d](const char* name, auto& field) {
     field = d.Get<std::remove_reference_t<decltype(field)>>(name);
   });
-  snap.hot = GetPool(d, false, c.num_blocks, BlockBytes(c));
+  snap.hot =
+      GetPool(d, false, c.num_blocks, BlockBytes(c) * LayerGroupWidth(c));
   snap.quant =
       GetPool(d, true, c.compression.enabled ? c.compression.quant_cells : 0,
               internal::QuantCellBytes(c));
   const size_t layers = static_cast<size_t>(c.num_layers);
+  const size_t tables =
+      internal::ResolveGroups(c, internal::ResolveLayers(c)).size();
   // The smallest encodings: a sequence with its layer count, a prefix
   // entry.
   constexpr size_t kSeqBytes = 32, kPrefixBytes = 24;
@@ -476,7 +483,7 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
   for (SnapshotPrefixEntry& p : snap.prefix) {
     p.hash = d.Get<uint64_t>("prefix hash");
     p.lru_rank = d.Get<int64_t>("prefix lru_rank");
-    d.GetVector("prefix blocks", d.GetCountEq("prefix blocks", 4, layers),
+    d.GetVector("prefix blocks", d.GetCountEq("prefix blocks", 4, tables),
                 p.blocks);
     if (!d.ok()) return d.status();
   }

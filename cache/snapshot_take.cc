@@ -31,11 +31,12 @@ void DescribePool(const BlockPool& pool, int64_t unit_bytes,
 }
 
 // Sets each entry's visible slots, run by run (both in logical order).
-void MarkVisible(const internal::LayerRules& rules, const BlockTable& table,
+void MarkVisible(const internal::LayerRules& rules,
+                 const internal::LayerState& state, const BlockTable& table,
                  SnapshotLayer& out) {
   size_t next = 0;
   internal::ForEachVisibleRun(
-      rules, table, 0, table.length,
+      rules, state, table, 0, state.length,
       [&](BlockRef, int64_t slot, int64_t count, int64_t position) {
         const int64_t logical = position / rules.block_tokens;
         while (next < out.entries.size() &&
@@ -50,16 +51,18 @@ void MarkVisible(const internal::LayerRules& rules, const BlockTable& table,
       });
 }
 
-// One layer's table; records what each compressed block it holds is.
+// One layer: its state and the table holding its blocks; records what each
+// compressed block it holds is.
 SnapshotLayer DescribeLayer(const internal::LayerRules& rules,
+                            const internal::LayerState& state,
                             const BlockTable& table,
                             const internal::QuantStore* quant,
                             SnapshotPool& quant_out) {
   SnapshotLayer out;
-  out.length = table.length;
-  out.window_start = table.window_start;
-  out.max_length = table.max_length;
-  out.evicted = table.evicted;
+  out.length = state.length;
+  out.window_start = state.window_start;
+  out.max_length = state.max_length;
+  out.evicted = state.evicted;
   auto entry = [&](TableRole role, int64_t logical, BlockRef ref) {
     SnapshotEntry e{.role = role, .logical = logical, .id = RefId(ref)};
     if (IsQuant(ref)) {
@@ -80,7 +83,7 @@ SnapshotLayer DescribeLayer(const internal::LayerRules& rules,
     entry(TableRole::kWindow, b, table.Block(b));
   }
   for (BlockRef ref : table.spares) entry(TableRole::kSpare, -1, ref);
-  MarkVisible(rules, table, out);
+  MarkVisible(rules, state, table, out);
   return out;
 }
 
@@ -131,7 +134,9 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
   snap.has_token_data = options.include_token_data;
   snap.config = impl.config;
   snap.stats = Stats();
-  DescribePool(*impl.pool, impl.block_bytes(), snap.hot);
+  const int64_t block_bytes = impl.block_bytes();  // one storage slot
+  const int width = impl.groups.width;
+  DescribePool(*impl.pool, block_bytes * width, snap.hot);
   if (quant != nullptr) {
     DescribePool(quant->pool(), quant->cell_bytes(), snap.quant);
     const auto cells = static_cast<size_t>(quant->pool().capacity());
@@ -145,15 +150,19 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     out.id = id;
     out.salt = sequence.salt;
     out.token_ids = static_cast<int64_t>(sequence.token_ids.size());
-    for (size_t layer = 0; layer < sequence.layers.size(); ++layer) {
+    for (int layer = 0; layer < impl.config.num_layers; ++layer) {
       out.layers.push_back(DescribeLayer(
-          impl.rules[layer], sequence.layers[layer], quant, snap.quant));
+          impl.rules[static_cast<size_t>(layer)], impl.StateOf(sequence, layer),
+          sequence.tables[impl.group_of(layer)], quant, snap.quant));
     }
   }
   snap.prefix = DescribePrefix(*impl.prefix);
   if (options.include_token_data) {
     CopyUsed(snap.hot, [&](uint32_t id, uint8_t* dst) {
-      impl.pool->storage().Read(id, 0, dst, impl.block_bytes());
+      for (int j = 0; j < width; ++j) {
+        impl.pool->storage().Read(impl.pool->StorageId(id, j), 0,
+                                  dst + j * block_bytes, block_bytes);
+      }
     });
     if (quant != nullptr) {
       CopyUsed(snap.quant, [&](uint32_t id, uint8_t* dst) {

@@ -79,6 +79,7 @@ class Verifier {
              c.num_blocks, slots);
       return false;
     }
+    groups_ = internal::ResolveGroups(c, rules_);
     bool ok = true;
     for (const SnapshotSequence& s : snap_.sequences) {
       if (s.layers.size() != layers) {
@@ -88,9 +89,9 @@ class Verifier {
       }
     }
     for (const SnapshotPrefixEntry& p : snap_.prefix) {
-      if (p.blocks.size() != layers) {
-        Report("config", "prefix entry %016x has %d layers, the config %d",
-               p.hash, p.blocks.size(), layers);
+      if (p.blocks.size() != groups_.size()) {
+        Report("config", "prefix entry %016x has %d tables, the config %d",
+               p.hash, p.blocks.size(), groups_.size());
         ok = false;
       }
     }
@@ -104,8 +105,45 @@ class Verifier {
     }
     seen_ids_.push_back(s.id);
     for (size_t layer = 0; layer < s.layers.size(); ++layer) {
-      Layer(s.id, static_cast<int>(layer), rules_[layer], s.layers[layer]);
+      const LayerRules& layer_rules = rules_[layer];
+      const std::vector<int>& members =
+          groups_.members[static_cast<size_t>(groups_.group_of[layer])];
+      const auto first = static_cast<size_t>(members[0]);
+      // A group's table holds the blocks of the union of its layers; each
+      // layer lists it, and the first counts its holds.
+      internal::GroupNeeds needs;
+      for (const int m : members) {
+        const SnapshotLayer& l = s.layers[static_cast<size_t>(m)];
+        if (l.length < 0 || l.window_start < 0) continue;  // Layer says so
+        internal::AddNeeds(layer_rules, l.length, l.window_start, needs);
+      }
+      if (needs.window.size() <= 0) {
+        const SnapshotLayer& l = s.layers[layer];
+        needs.window =
+            internal::WindowRange(layer_rules, l.length, l.window_start);
+      }
+      Layer(s.id, static_cast<int>(layer), layer_rules, s.layers[layer],
+            members.size() > 1 ? &needs : nullptr, layer == first);
+      if (layer != first && !SameBlocks(s.layers[layer], s.layers[first])) {
+        Report("group",
+               "seq %d, layer %d: lists other blocks than layer %d of its "
+               "group",
+               s.id, layer, first);
+      }
     }
+  }
+
+  static bool SameBlocks(const SnapshotLayer& a, const SnapshotLayer& b) {
+    if (a.entries.size() != b.entries.size()) return false;
+    for (size_t i = 0; i < a.entries.size(); ++i) {
+      const SnapshotEntry& x = a.entries[i];
+      const SnapshotEntry& y = b.entries[i];
+      if (x.role != y.role || x.logical != y.logical || x.id != y.id ||
+          x.format != y.format) {
+        return false;
+      }
+    }
+    return true;
   }
 
   // Visible slots of logical block b in a layer of length L, window start
@@ -137,8 +175,11 @@ class Verifier {
     return s;
   }
 
+  // `group`: what the layers of a group of several need held (else the
+  // layer's own); `holds`: whether its entries count as holds.
   void Layer(SeqId seq, int layer, const LayerRules& layer_rules,
-             const SnapshotLayer& l) {
+             const SnapshotLayer& l, const internal::GroupNeeds* group,
+             bool holds) {
     constexpr int64_t kMaxLength = int64_t{1} << 62;  // as ValidateConfig
     if (l.length < 0 || l.window_start < 0 || l.max_length < l.length ||
         l.evicted < 0 || l.max_length > kMaxLength ||
@@ -162,10 +203,15 @@ class Verifier {
              seq, layer, OverflowPolicyName(layer_rules.overflow),
              l.window_start);
     }
-    const int64_t want_sinks = internal::SinkBlocks(layer_rules, l.length);
+    const int64_t want_sinks =
+        group != nullptr ? group->sink_blocks
+                         : internal::SinkBlocks(layer_rules, l.length);
     const internal::BlockRange want_window =
-        internal::WindowRange(layer_rules, l.length, l.window_start);
-    const EntryCounts counts = Entries(seq, layer, layer_rules, l, want_window);
+        group != nullptr
+            ? group->window
+            : internal::WindowRange(layer_rules, l.length, l.window_start);
+    const EntryCounts counts =
+        Entries(seq, layer, layer_rules, l, want_window, holds);
     const int64_t sinks = counts.sinks, window = counts.window,
                   spares = counts.spares;
     if (sinks != want_sinks || window != want_window.size()) {
@@ -179,7 +225,10 @@ class Verifier {
       Report("policy", "seq %d, layer %d: %d spare blocks outside a ring", seq,
              layer, spares);
     }
-    if (layer_rules.ring() && window + spares > layer_rules.ring_blocks) {
+    // A group's window may hold more while its layers differ, never a
+    // spare beyond the ring's size.
+    if (layer_rules.ring() && window + spares > layer_rules.ring_blocks &&
+        (group == nullptr || spares > 0)) {
       Report("policy", "seq %d, layer %d: ring holds %d blocks, at most %d",
              seq, layer, window + spares, layer_rules.ring_blocks);
     }
@@ -194,7 +243,7 @@ class Verifier {
   // visible slots. Returns how many of each role it has.
   EntryCounts Entries(SeqId seq, int layer, const LayerRules& layer_rules,
                       const SnapshotLayer& l,
-                      const internal::BlockRange& want_window) {
+                      const internal::BlockRange& want_window, bool holds) {
     EntryCounts counts;
     int64_t& sinks = counts.sinks;
     int64_t& window = counts.window;
@@ -209,7 +258,7 @@ class Verifier {
                seq, layer, e.logical);
       }
       last_role = e.role;
-      Hold(seq, layer, layer_rules, e);
+      if (holds) Hold(seq, layer, layer_rules, e);
       if (e.role == TableRole::kSpare) {
         ++spares;
         if (e.visible != 0) {
@@ -431,6 +480,7 @@ class Verifier {
 
   const Snapshot& snap_;
   const std::vector<LayerRules> rules_;
+  internal::LayerGroups groups_;
   std::vector<uint32_t> hot_holds_, quant_holds_;
   std::vector<uint8_t> quant_primary_;
   std::vector<SeqId> seen_ids_;

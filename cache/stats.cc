@@ -42,7 +42,8 @@ void AddCompressionStats(const internal::QuantStore& quant, int64_t block_bytes,
 CacheStats KVCache::Stats() const {
   const Impl& impl = *impl_;
   const CacheCounters& c = impl.counters;
-  const int64_t block_bytes = impl.block_bytes();
+  // With layer groups a block id takes a slot of every layer of a group.
+  const int64_t block_bytes = impl.block_bytes() * impl.groups.width;
   CacheStats s;
   s.blocks_total = impl.pool->capacity();
   const int64_t held = impl.pool->used_blocks();
@@ -62,7 +63,7 @@ CacheStats KVCache::Stats() const {
   s.arena_bytes = s.blocks_total * block_bytes;
   s.sequences = static_cast<int64_t>(impl.sequences.size());
   s.tokens_stored = c.tokens_stored;
-  s.slots_allocated = s.blocks_used * impl.block_tokens();
+  s.slots_allocated = s.blocks_used * impl.block_tokens() * impl.groups.width;
   s.hits = c.hits;
   s.misses = c.misses;
   s.evictions = c.evictions;
@@ -84,14 +85,18 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
   }
   SequenceStats s;
   int64_t compressed = 0, compressed_bytes = 0;
-  for (size_t layer = 0; layer < it->second.layers.size(); ++layer) {
-    const BlockTable& table = it->second.layers[layer];
-    s.current_length = std::max(s.current_length, table.length);
-    s.max_length = std::max(s.max_length, table.max_length);
-    s.tokens_stored += internal::VisibleTokens(impl.rules[layer], table.length,
-                                               table.window_start);
+  const internal::Sequence& sequence = it->second;
+  for (int layer = 0; layer < impl.config.num_layers; ++layer) {
+    const internal::LayerState& state = impl.StateOf(sequence, layer);
+    s.current_length = std::max(s.current_length, state.length);
+    s.max_length = std::max(s.max_length, state.max_length);
+    s.tokens_stored +=
+        internal::VisibleTokens(impl.rules[static_cast<size_t>(layer)],
+                                state.length, state.window_start);
+    s.evictions += state.evicted;
+  }
+  for (const BlockTable& table : sequence.tables) {
     s.blocks += table.held_blocks();
-    s.evictions += table.evicted;
     for (int64_t b = table.window_first;
          b < table.window_first + table.window_blocks(); ++b) {
       const BlockRef ref = table.Block(b);
@@ -101,12 +106,14 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
           impl.quant->cell_bytes() * impl.quant->cells(RefId(ref));
     }
   }
-  const int64_t slots = s.blocks * impl.block_tokens();
+  // A block id holds a token slot per storage slot (layers, with groups).
+  const int64_t slots = s.blocks * impl.block_tokens() * impl.groups.width;
   s.utilization = slots == 0 ? 0.0
                              : static_cast<double>(s.tokens_stored) /
                                    static_cast<double>(slots);
   s.memory_usage_bytes =
-      (s.blocks - compressed) * impl.block_bytes() + compressed_bytes;
+      (s.blocks - compressed) * impl.block_bytes() * impl.groups.width +
+      compressed_bytes;
   return s;
 }
 

@@ -10,7 +10,9 @@
 
 namespace kvpage {
 
-int64_t StorageBlocks(const CacheConfig& config) { return config.num_blocks; }
+int64_t StorageBlocks(const CacheConfig& config) {
+  return config.num_blocks * LayerGroupWidth(config);
+}
 
 int64_t StorageBytes(const CacheConfig& config) {
   return StorageBlocks(config) * BlockBytes(config);

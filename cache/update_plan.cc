@@ -19,7 +19,7 @@ BlockRange KeptWindow(const BlockTable& table, const Plan& plan) {
 }
 
 // Sets the plan's length, window start, evictions and visible counts.
-void PlanWindow(const LayerRules& rules, const BlockTable& table,
+void PlanWindow(const LayerRules& rules, const LayerState& table,
                 int64_t seq_len, Plan& plan) {
   plan.length = seq_len;
   // A rollback below the window start can only reach into the sinks (the
@@ -127,6 +127,21 @@ Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
   return plan;
 }
 
+Plan MakeLayerPlan(const LayerRules& rules, const BlockTable& table,
+                   const LayerState& state, const GroupNeeds& others,
+                   RefCounts refs, int64_t start, int64_t seq_len) {
+  Plan plan;
+  PlanWindow(rules, state, seq_len, plan);
+  GroupNeeds needs = others;
+  AddNeeds(rules, plan.length, plan.window_start, needs);
+  plan.sink_blocks = needs.sink_blocks;
+  if (needs.window.size() > 0) plan.window = needs.window;
+  const BlockRange kept = KeptWindow(table, plan);
+  PlanNewBlocks(rules, table, refs, kept, plan);
+  PlanRewrites(rules, table, refs, kept, start, seq_len, plan);
+  return plan;
+}
+
 Plan MakePlan(const LayerRules& rules, const BlockTable& table,
               const BlockPool& pool, int64_t start, int64_t seq_len) {
   return MakePlan(
@@ -143,7 +158,7 @@ void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
 }
 
 absl::Status CheckEvicted(std::string_view op, SeqId seq, int layer,
-                          const LayerRules& rules, const BlockTable& table,
+                          const LayerRules& rules, const LayerState& table,
                           int64_t start, int64_t seq_len) {
   if (table.window_start <= rules.sinks) return absl::OkStatus();  // none
   const int64_t evicted_lo = rules.sinks, evicted_hi = table.window_start;

@@ -53,6 +53,22 @@ Plan MakePlan(const LayerRules& rules, const BlockTable& table,
 Plan MakePlan(const LayerRules& rules, const BlockTable& table, RefCounts refs,
               int64_t start, int64_t seq_len);
 
+// The plan for writing positions [start, seq_len) of one layer, `state`,
+// of a group whose table is `table` and whose other layers need `others`:
+// its length, window start, evictions and visible counts are the layer's;
+// its blocks are the group's, for the union. O(blocks changed).
+Plan MakeLayerPlan(const LayerRules& rules, const BlockTable& table,
+                   const LayerState& state, const GroupNeeds& others,
+                   RefCounts refs, int64_t start, int64_t seq_len);
+
+// Whether `plan` needs window blocks before those `table` holds: a layer
+// of a group reaching back into blocks its group let go of when its other
+// layers passed them. A table of one layer never does. O(1).
+inline bool ExtendsFront(const BlockTable& table, const Plan& plan) {
+  return table.window_blocks() > 0 && plan.window.size() > 0 &&
+         plan.window.first < table.window_first;
+}
+
 // Calls fn(ref) for each hot or compressed block whose hold by `table`
 // applying `plan` drops: blocks let go, and shared blocks copied before
 // they are written. O(blocks changed).
@@ -64,7 +80,7 @@ void ForEachHoldDropped(const BlockTable& table, const Plan& plan,
 // sequence and the layer, else OK. O(1).
 [[nodiscard]] absl::Status CheckEvicted(std::string_view op, SeqId seq,
                                         int layer, const LayerRules& rules,
-                                        const BlockTable& table, int64_t start,
+                                        const LayerState& table, int64_t start,
                                         int64_t seq_len);
 
 }  // namespace kvpage::internal

@@ -17,7 +17,7 @@ using internal::Plan;
 
 absl::Status KVCache::Impl::RefusePositions(std::string_view op, SeqId seq,
                                             int layer, const LayerRules& rules,
-                                            const BlockTable& table,
+                                            const internal::LayerState& table,
                                             int64_t start,
                                             int64_t seq_len) const {
   if (ABSL_PREDICT_FALSE(start > table.length)) {
@@ -69,7 +69,7 @@ BlockId KVCache::Impl::InPlaceAppendBlock(const LayerRules& rules,
 absl::Status KVCache::Impl::PlaceGeneral(std::string_view op, SeqId seq,
                                          int layer, const LayerRules& rules,
                                          BlockTable& table, int64_t start,
-                                         int64_t seq_len) {
+                                         int64_t seq_len, int64_t layers) {
   // The one step that can fail for lack of memory comes first.
   const Plan plan = internal::MakePlan(rules, table, *pool, start, seq_len);
   fresh_ids.clear();
@@ -81,7 +81,7 @@ absl::Status KVCache::Impl::PlaceGeneral(std::string_view op, SeqId seq,
     }
   }
   counters.blocks_allocated += plan.fresh;
-  ApplyPlan(rules, table, plan, fresh_ids);
+  ApplyPlan(rules, table, plan, fresh_ids, nullptr, layers);
   return absl::OkStatus();
 }
 

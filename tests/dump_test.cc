@@ -98,6 +98,39 @@ TEST(DumpSummary, WasteCountsSharedBlocksOnce) {
   EXPECT_EQ(after["waste"], before["waste"]);
 }
 
+// A cache of layer groups: the showcase's shape with layers 0 and 1 in one
+// group and 2 and 3 in another. Each layer lists its group's blocks; the
+// dump says it is grouped, counts no dangling reference and verifies clean.
+TEST(DumpSummary, LayerGroups) {
+  CacheConfig c = testing::ShowcaseConfig();
+  c.compression = {};
+  c.group_layers = true;
+  c.layer_policies = {{.layer = 2,
+                       .overflow = OverflowPolicy::kSlidingWindow,
+                       .max_seq_len = 36,
+                       .sink_tokens = 4},
+                      {.layer = 3,
+                       .overflow = OverflowPolicy::kSlidingWindow,
+                       .max_seq_len = 36,
+                       .sink_tokens = 4}};
+  auto cache = KVCache::Create(c);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::mt19937_64 rng(7);
+  const SeqId a = *(*cache)->AddSequence();
+  ASSERT_TRUE(testing::Grow(**cache, a, 50, 10, 1000, rng).ok());
+  const SeqId b = *(*cache)->Fork(a);
+  ASSERT_TRUE((*cache)->Truncate(b, 45).ok());
+  ASSERT_TRUE(testing::Grow(**cache, b, 3, 1, 5000, rng).ok());
+  const Snapshot snap = *(*cache)->TakeSnapshot({});
+  EXPECT_EQ(snap.sequences[0].layers[0].entries,
+            snap.sequences[0].layers[1].entries);
+  const dump::Json m = dump::Summary(snap);
+  EXPECT_EQ(m["dangling_references"].get<int64_t>(), 0);
+  EXPECT_TRUE(m["config"]["group_layers"].get<bool>());
+  EXPECT_THAT(dump::SummaryText(m), HasSubstr("one table per group of layers"));
+  EXPECT_EQ(dump::VerifyText(dump::Verify(snap)), "");
+}
+
 std::string TablesText(const Snapshot& snap, const dump::TableFilter& f) {
   std::ostringstream out;
   dump::TablesText(snap, f, out);

@@ -122,6 +122,28 @@ struct CacheConfig {
   // Transparent huge pages for the arena (madvise), where the kernel
   // allows them.
   bool huge_pages = true;
+  // One block table per group of layers instead of one per layer. Layers
+  // whose resolved policies are equal (overflow, max_seq_len, sinks,
+  // truncate_to) form a group; a sequence then has one table per group, and
+  // one block id names the same slot in every layer of the group: layer l's
+  // part of block b is its own block_bytes at slot(l) * num_blocks + b of
+  // the storage (KVCache::LayerBase(l) + b * BlockBytes), the per-layer
+  // paged tensors that paged-attention kernels read. One allocation per
+  // block_tokens tokens serves a whole group, and Reserve and ReserveBatch
+  // reserve for every layer of the group at once.
+  //   - Per-layer tables (false, the default): every layer has its own
+  //     blocks, lengths and evictions; a block is block_bytes. Choose them
+  //     for host-side caches fed by Update layer by layer, with
+  //     compression.
+  //   - Groups (true): an engine whose kernels write all layers of a step
+  //     (engine mode, kvpage/engine.h): 1/num_layers the allocations, the
+  //     tables and the bookkeeping. The storage holds LayerGroupWidth()
+  //     slots per block (a smaller group leaves its other slots unused),
+  //     num_blocks counts group blocks, and compression is not available.
+  //     Update still takes one layer at a time: a group's layers may differ
+  //     in length during a step, and the group holds the blocks of the
+  //     union of what they show until they agree again.
+  bool group_layers = false;
   bool operator==(const CacheConfig&) const = default;
 };
 
@@ -135,6 +157,10 @@ struct CacheConfig {
 // group_size dividing head_dim, an even head_dim for int4, hot_tokens >= 0.
 // Returns InvalidArgument naming the offending field (and layer).
 [[nodiscard]] absl::Status ValidateConfig(const CacheConfig& config);
+
+// The layers of the largest group: the storage slots per block (1 without
+// group_layers). Assumes a config that passed ValidateConfig(). O(layers^2).
+[[nodiscard]] int LayerGroupWidth(const CacheConfig& config);
 
 // truncate_to as kTruncate applies it: 0 means max_seq_len / 2.
 [[nodiscard]] int64_t EffectiveTruncateTo(int64_t max_seq_len,

@@ -119,19 +119,25 @@ struct LayerView {
 };
 
 // Cache-wide figures. Counters (hits .. bytes_copied) only grow; the rest
-// describe the present state.
+// describe the present state. With layer groups (CacheConfig::group_layers)
+// a block is a block id: it takes one slot of every layer of a group,
+// LayerGroupWidth() slots in the storage, and the block figures count ids
+// (a 32-layer group allocates one block per block_tokens tokens); token
+// figures still count per layer.
 struct CacheStats {
   int64_t blocks_total = 0;        // hot pool capacity
   int64_t blocks_used = 0;         // held by at least one sequence
   int64_t blocks_cached = 0;       // held only by the prefix cache: evictable
   int64_t blocks_free = 0;         // blocks_total - used - cached
   double utilization = 0;          // blocks_used / blocks_total
-  int64_t block_bytes = 0;         // bytes of one block (K and V)
+  int64_t block_bytes = 0;         // bytes of one block (K and V; with
+                                   // groups, of all its storage slots)
   int64_t memory_usage_bytes = 0;  // bytes of the blocks in use or cached
   int64_t arena_bytes = 0;         // bytes reserved for the pool, used or not
   int64_t sequences = 0;           // live sequences
   int64_t tokens_stored = 0;    // visible tokens summed over sequences, layers
-  int64_t slots_allocated = 0;  // token slots of the blocks in use; minus
+  int64_t slots_allocated = 0;  // token slots of the blocks in use (with
+                                // groups, times LayerGroupWidth); minus
                                 // tokens_stored, the internal waste
   int64_t hits = 0;             // prefix-cache block lookups that matched
   int64_t misses = 0;           // MatchPrefix calls stopped by a lookup
@@ -144,7 +150,8 @@ struct CacheStats {
   int64_t quant_cell_bytes = 0;
   int64_t quant_blocks_int8 = 0;  // compressed blocks held now, by format
   int64_t quant_blocks_int4 = 0;
-  double bytes_per_token_hot = 0;    // one layer's K and V of one token
+  double bytes_per_token_hot = 0;    // block_bytes / block_tokens: one
+                                     // layer's K and V of one token
   double bytes_per_token_cold = 0;   // the same in compressed blocks held now
   int64_t bytes_saved = 0;           // hot bytes the compressed blocks replace,
                                      // minus the slots they take
@@ -176,8 +183,8 @@ struct SequenceStats {
   int64_t max_length = 0;          // the longest any layer has been
   int64_t tokens_stored = 0;       // visible tokens over its layers
   int64_t blocks = 0;              // blocks referenced by its tables
-  double utilization = 0;          // tokens_stored / (blocks * block_tokens)
-  int64_t memory_usage_bytes = 0;  // blocks * block_bytes
+  double utilization = 0;          // tokens_stored / its token slots
+  int64_t memory_usage_bytes = 0;  // blocks * CacheStats::block_bytes
   int64_t evictions = 0;           // tokens evicted from it by policies
 };
 

@@ -13,7 +13,13 @@
 //   for (const kvpage::SnapshotViolation& v : kvpage::VerifySnapshot(*snap))
 //     std::cerr << v.check << ": " << v.message << "\n";
 //
-// File format (version 1; docs/snapshot-format.md has every field):
+// With layer groups (CacheConfig::group_layers) every layer still lists its
+// table: the layers of a group list the same blocks (the group's), each
+// with the slots it shows; a hot block's bytes are those of all its
+// storage slots, and a prefix entry names a block per group.
+//
+// File format (version 2, which reads version 1 too;
+// docs/snapshot-format.md has every field):
 //   header   "KVPGSNAP", u32 version, u32 flags (bit 0: token data),
 //            u64 payload bytes, u64 XXH3-64 (seed 0) of the payload
 //   payload  little-endian fields in a fixed order: config, stats, hot pool,
@@ -42,7 +48,7 @@
 
 namespace kvpage {
 
-inline constexpr uint32_t kSnapshotVersion = 1;
+inline constexpr uint32_t kSnapshotVersion = 2;
 inline constexpr uint32_t kSnapshotNoBlock = 0xffffffffu;
 // The largest snapshot file ReadSnapshot reads and WriteSnapshotFile writes,
 // header included: 1 TiB. Reading one allocates its size, and writing one
@@ -95,7 +101,8 @@ struct SnapshotSequence {
 // A pool: the hot pool (blocks) or the quantized pool (cells).
 struct SnapshotPool {
   int64_t capacity = 0;
-  int64_t unit_bytes = 0;            // bytes of one block or cell
+  int64_t unit_bytes = 0;            // bytes of one block or cell (a
+                                     // block: of all its storage slots)
   std::vector<uint32_t> ref_counts;  // per block or cell
   std::vector<uint32_t> free_ids;    // the free list, next handed out first
   // Quantized pool only, per cell: 8 or 4 where a compressed block starts, 0
@@ -115,7 +122,8 @@ struct SnapshotPool {
 struct SnapshotPrefixEntry {
   uint64_t hash = 0;
   int64_t lru_rank = -1;  // 0 is evicted first; -1: in use, not evictable
-  std::vector<uint32_t> blocks;  // per layer; kSnapshotNoBlock where absent
+  std::vector<uint32_t> blocks;  // per table (layer, or group of layers);
+                                 // kSnapshotNoBlock where absent
   bool operator==(const SnapshotPrefixEntry&) const = default;
 };
 

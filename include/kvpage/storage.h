@@ -41,8 +41,10 @@
 namespace kvpage {
 
 // The blocks of BlockBytes(config) bytes a storage for `config` holds, and
-// their total bytes; block b is the pool's block id b. Assumes a config that
-// passed ValidateConfig(). O(1).
+// their total bytes: num_blocks * LayerGroupWidth(config). Storage block
+// j * num_blocks + b is layer slot j of the pool's block id b (slot 0 only
+// without group_layers: storage block b is block id b). Assumes a config
+// that passed ValidateConfig(). O(layers^2).
 [[nodiscard]] int64_t StorageBlocks(const CacheConfig& config);
 [[nodiscard]] int64_t StorageBytes(const CacheConfig& config);
 

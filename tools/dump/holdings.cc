@@ -159,6 +159,7 @@ Json ConfigJson(const CacheConfig& c) {
                       {"measure_error", q.measure_error}};
   j["prefault"] = c.prefault;
   j["huge_pages"] = c.huge_pages;
+  j["group_layers"] = c.group_layers;
   return j;
 }
 

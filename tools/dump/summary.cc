@@ -188,8 +188,11 @@ std::string ConfigText(const Json& m) {
       {"shape", absl::StrFormat("%s layers x %s kv-heads x %s head_dim, %s",
                                 Num(c["num_layers"]), Num(c["num_kv_heads"]),
                                 Num(c["head_dim"]), Num(c["dtype"]))},
-      {"blocks", absl::StrFormat("%s of %s tokens", Num(c["num_blocks"]),
-                                 Num(c["block_tokens"]))},
+      {"blocks", absl::StrFormat("%s of %s tokens%s", Num(c["num_blocks"]),
+                                 Num(c["block_tokens"]),
+                                 c.value("group_layers", false)
+                                     ? ", one table per group of layers"
+                                     : "")},
       {"policy", absl::StrFormat("%s, max_seq_len %s, sinks %s, truncate_to %s",
                                  Num(c["overflow"]), Num(c["max_seq_len"]),
                                  Num(c["sink_tokens"]), Num(c["truncate_to"]))},

@@ -1,0 +1,129 @@
+// The layers of a group that differ: a group's layers share one block
+// table (CacheConfig::group_layers), and Update moves one layer at a time.
+// While they differ the table is split: each layer keeps its own state and
+// the table holds blocks for the union of what they show, so that a block
+// leaves a window only when every layer of the group has passed it.
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "allocator/check.h"
+#include "cache/kv_cache_impl.h"
+
+namespace kvpage {
+
+using internal::BlockTable;
+using internal::GroupNeeds;
+using internal::LayerRules;
+using internal::LayerState;
+using internal::Plan;
+using internal::Sequence;
+
+namespace {
+
+// Gives each layer of table `group` its own copy of the table's state.
+void Split(const internal::LayerGroups& groups, Sequence& sequence,
+           size_t group) {
+  BlockTable& table = sequence.tables[group];
+  if (table.split) return;
+  sequence.layer_states.resize(groups.group_of.size());
+  for (const int layer : groups.members[group]) {
+    sequence.layer_states[static_cast<size_t>(layer)] = table;
+  }
+  table.split = true;
+}
+
+}  // namespace
+
+void KVCache::Impl::Rejoin(Sequence& sequence, size_t group) {
+  BlockTable& table = sequence.tables[group];
+  const std::vector<int>& members = groups.members[group];
+  const LayerState& first =
+      sequence.layer_states[static_cast<size_t>(members[0])];
+  bool agree = true;
+  LayerState all = first;
+  for (const int layer : members) {
+    const LayerState& s = sequence.layer_states[static_cast<size_t>(layer)];
+    agree = agree && s == first;
+    all.length = std::max(all.length, s.length);
+    all.max_length = std::max(all.max_length, s.max_length);
+    all.window_start = std::min(all.window_start, s.window_start);
+    all.evicted = std::max(all.evicted, s.evicted);
+  }
+  static_cast<LayerState&>(table) = agree ? first : all;
+  table.split = !agree;
+}
+
+absl::Status KVCache::Impl::PlaceLayerOfGroup(std::string_view op, SeqId seq,
+                                              int layer, Sequence& sequence,
+                                              int64_t start, int64_t seq_len) {
+  const size_t group = group_of(layer);
+  BlockTable& table = sequence.tables[group];
+  const LayerRules& layer_rules = rules[static_cast<size_t>(layer)];
+  const LayerState& now = StateOf(sequence, layer);
+  if (absl::Status s =
+          CheckPositions(op, seq, layer, layer_rules, now, start, seq_len);
+      !s.ok()) {
+    return s;
+  }
+  GroupNeeds others;
+  for (const int m : groups.members[group]) {
+    if (m == layer) continue;
+    const LayerState& s = StateOf(sequence, m);
+    internal::AddNeeds(layer_rules, s.length, s.window_start, others);
+  }
+  const Plan plan = internal::MakeLayerPlan(
+      layer_rules, table, now, others,
+      [this](internal::BlockRef ref) { return pool->ref_count(ref); }, start,
+      seq_len);
+  if (ABSL_PREDICT_FALSE(internal::ExtendsFront(table, plan))) {
+    return absl::OutOfRangeError(absl::StrFormat(
+        "%s(seq %d, layer %d, seq_len %d): layer group %d let go of the "
+        "blocks before position %d when its other layers passed them; this "
+        "layer would show positions from %d (a layer of a group writes where "
+        "its group still holds blocks, or past them)",
+        op, seq, layer, seq_len, group,
+        table.window_first * layer_rules.block_tokens,
+        plan.window.first * layer_rules.block_tokens));
+  }
+  fresh_ids.clear();
+  if (plan.fresh > 0) {
+    if (absl::Status s = TakeFresh(plan.fresh, &table); !s.ok()) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("%s(seq %d, layer %d, seq_len %d): %s", op, seq,
+                          layer, seq_len, s.message()));
+    }
+  }
+  counters.blocks_allocated += plan.fresh;
+  Split(groups, sequence, group);
+  ApplyPlan(layer_rules, table, plan, fresh_ids,
+            &sequence.layer_states[static_cast<size_t>(layer)], 1);
+  Rejoin(sequence, group);
+  return absl::OkStatus();
+}
+
+void KVCache::Impl::TruncateSplit(Sequence& sequence, size_t group,
+                                  int64_t seq_len) {
+  BlockTable& table = sequence.tables[group];
+  KVPAGE_DCHECK(table.split);
+  const std::vector<int>& members = groups.members[group];
+  const LayerRules& group_layer_rules = group_rules[group];
+  for (const int layer : members) {
+    LayerState& state = sequence.layer_states[static_cast<size_t>(layer)];
+    if (state.length <= seq_len) continue;
+    GroupNeeds others;
+    for (const int m : members) {
+      if (m == layer) continue;
+      const LayerState& s = sequence.layer_states[static_cast<size_t>(m)];
+      internal::AddNeeds(group_layer_rules, s.length, s.window_start, others);
+    }
+    const Plan plan = internal::MakeLayerPlan(
+        group_layer_rules, table, state, others,
+        [this](internal::BlockRef ref) { return pool->ref_count(ref); },
+        seq_len, seq_len);
+    KVPAGE_DCHECK(plan.fresh == 0 && !internal::ExtendsFront(table, plan));
+    ApplyPlan(group_layer_rules, table, plan, {}, &state, 1);
+  }
+  Rejoin(sequence, group);
+}
+
+}  // namespace kvpage
