@@ -40,6 +40,7 @@ BlockTable ForkTable(const BlockTable& from) {
   to.window_first = from.window_first;
   static_cast<LayerState&>(to) = from;
   to.split = from.split;
+  to.agree = from.agree;
   to.cold_done = from.cold_done;
   to.published = from.published;
   to.reserved_from = from.reserved_from;

@@ -175,6 +175,9 @@ struct BlockTable : LayerState {
   // (Sequence::layer_states), and this table's state is their union: the
   // longest length, and blocks for every layer's visible positions.
   bool split = false;
+  // While split: the layers whose state equals the table's (the union); the
+  // table rejoins when all do.
+  int32_t agree = 0;
   int64_t cold_done = 0;  // auto_compress: logical blocks below this
                           // were considered for compressing
   int64_t published = 0;  // logical blocks below this were offered to the

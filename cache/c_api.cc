@@ -117,7 +117,8 @@ absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
         Enum{c.compression_enabled, 2, "compression_enabled"},
         Enum{c.compression_auto_compress, 2, "compression_auto_compress"},
         Enum{c.compression_measure_error, 2, "compression_measure_error"},
-        Enum{c.prefault, 2, "prefault"}, Enum{c.huge_pages, 2, "huge_pages"}}) {
+        Enum{c.prefault, 2, "prefault"}, Enum{c.huge_pages, 2, "huge_pages"},
+        Enum{c.group_layers, 2, "group_layers"}}) {
     if (absl::Status s = CheckEnum(e.value, e.count, e.name); !s.ok()) {
       return s;
     }
@@ -155,7 +156,8 @@ absl::StatusOr<CacheConfig> ToConfig(const kvpage_config* in) {
                       .max_rel_error = c.compression_max_rel_error,
                       .measure_error = c.compression_measure_error != 0},
       .prefault = c.prefault != 0,
-      .huge_pages = c.huge_pages != 0};
+      .huge_pages = c.huge_pages != 0,
+      .group_layers = c.group_layers != 0};
   for (size_t i = 0; i < c.num_layer_policies; ++i) {
     const kvpage_layer_policy& p = c.layer_policies[i];
     if (absl::Status s =
@@ -201,6 +203,7 @@ kvpage_config FromConfig(const CacheConfig& c,
   out.compression_auto_compress = c.compression.auto_compress;
   out.compression_measure_error = c.compression.measure_error;
   out.compression_max_rel_error = c.compression.max_rel_error;
+  out.group_layers = c.group_layers ? 1 : 0;
   return out;
 }
 

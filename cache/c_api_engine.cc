@@ -135,6 +135,20 @@ kvpage_status kvpage_layer_base(const kvpage_cache* cache, int32_t layer,
   });
 }
 
+kvpage_status kvpage_layer_group(const kvpage_cache* cache, int32_t layer,
+                                 int32_t* group, int32_t* slot,
+                                 int32_t* layers) {
+  return Guard([&] {
+    if (absl::Status s = CheckHandle(cache, "cache"); !s.ok()) return Fail(s);
+    absl::StatusOr<kvpage::LayerGroup> found = cache->cache->GroupOf(layer);
+    if (!found.ok()) return Fail(found.status());
+    if (group != nullptr) *group = found->group;
+    if (slot != nullptr) *slot = found->slot;
+    if (layers != nullptr) *layers = found->layers;
+    return KVPAGE_OK;
+  });
+}
+
 kvpage_status kvpage_reserve(kvpage_cache* cache, kvpage_seq_id seq,
                              int32_t layer, int64_t seq_len, int64_t tokens,
                              int64_t* slot_mapping) {

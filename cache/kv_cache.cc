@@ -127,6 +127,9 @@ absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
     for (BlockRef ref : table.sink_blocks) impl.RetainRef(ref);
     for (BlockRef ref : table.window) impl.RetainRef(ref);
   }
+  for (size_t group = 0; group < child.tables.size(); ++group) {
+    if (child.tables[group].split) impl.Rejoin(child, group);
+  }
   for (int layer = 0; layer < impl.config.num_layers; ++layer) {
     const internal::LayerState& state = impl.StateOf(child, layer);
     impl.counters.tokens_stored +=
@@ -339,13 +342,34 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   int64_t written = k.tokens;
   if (ABSL_PREDICT_FALSE(impl.group_layers(group) > 1)) {
     // One layer of a group: the table moves with the union of its layers.
-    if (absl::Status s = impl.PlaceLayerOfGroup("Update", seq, layer, sequence,
-                                                start, seq_len);
-        !s.ok()) {
+    if (absl::Status s =
+            impl.CheckPositions("Update", seq, layer, layer_rules,
+                                impl.StateOf(sequence, layer), start, seq_len);
+        ABSL_PREDICT_FALSE(!s.ok())) {
       return s;
     }
-    written = WriteTokens(*impl.io, layer_rules, impl.StateOf(sequence, layer),
-                          table, *impl.pool, slot, k, v, start, seq_len);
+    int64_t at = 0;
+    const BlockId block =
+        impl.GroupAppendBlock(sequence, layer, start, seq_len, &at);
+    if (block != internal::kNoBlock) {
+      impl.GroupAppendInPlace(sequence, layer, start, seq_len);
+      const BlockId storage_id = impl.pool->StorageId(block, slot);
+      impl.io->WriteRun(storage_id, false, at,
+                        static_cast<const std::byte*>(k.data), k.dtype,
+                        k.tokens);
+      impl.io->WriteRun(storage_id, true, at,
+                        static_cast<const std::byte*>(v.data), v.dtype,
+                        v.tokens);
+    } else {
+      if (absl::Status s = impl.PlaceLayerOfGroup("Update", seq, layer,
+                                                  sequence, start, seq_len);
+          !s.ok()) {
+        return s;
+      }
+      written =
+          WriteTokens(*impl.io, layer_rules, impl.StateOf(sequence, layer),
+                      table, *impl.pool, slot, k, v, start, seq_len);
+    }
   } else {
     if (absl::Status s = impl.CheckPositions("Update", seq, layer, layer_rules,
                                              table, start, seq_len);

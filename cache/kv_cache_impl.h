@@ -226,6 +226,19 @@ struct KVCache::Impl {
   // again; else sets the table's state to their union (the longest
   // length). O(layers of the group).
   void Rejoin(internal::Sequence& sequence, size_t group);
+  // Update's fast path for one layer of a group of several: positions
+  // [start, seq_len) appended into one held, private, hot block, with no
+  // policy action due and nothing the layer shows outside what the table
+  // holds (its group's union does not change). Returns that block, start's
+  // slot in `*slot`; else kNoBlock. O(1).
+  internal::BlockId GroupAppendBlock(const internal::Sequence& sequence,
+                                     int layer, int64_t start, int64_t seq_len,
+                                     int64_t* slot) const;
+  // Takes that path: the layer's lengths, the table's union, and the split
+  // ends when every layer agrees. O(1), O(layers of the group) when the
+  // table splits.
+  void GroupAppendInPlace(internal::Sequence& sequence, int layer,
+                          int64_t start, int64_t seq_len);
   // Truncate's rollback of a split table: every layer longer than seq_len
   // goes back to it. Cannot fail (the caller checked the positions).
   void TruncateSplit(internal::Sequence& sequence, size_t group,

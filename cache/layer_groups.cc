@@ -11,6 +11,8 @@
 
 namespace kvpage {
 
+using internal::BlockId;
+using internal::BlockRange;
 using internal::BlockTable;
 using internal::GroupNeeds;
 using internal::LayerRules;
@@ -30,6 +32,7 @@ void Split(const internal::LayerGroups& groups, Sequence& sequence,
     sequence.layer_states[static_cast<size_t>(layer)] = table;
   }
   table.split = true;
+  table.agree = static_cast<int32_t>(groups.members[group].size());
 }
 
 }  // namespace
@@ -39,18 +42,79 @@ void KVCache::Impl::Rejoin(Sequence& sequence, size_t group) {
   const std::vector<int>& members = groups.members[group];
   const LayerState& first =
       sequence.layer_states[static_cast<size_t>(members[0])];
-  bool agree = true;
   LayerState all = first;
   for (const int layer : members) {
     const LayerState& s = sequence.layer_states[static_cast<size_t>(layer)];
-    agree = agree && s == first;
     all.length = std::max(all.length, s.length);
     all.max_length = std::max(all.max_length, s.max_length);
     all.window_start = std::min(all.window_start, s.window_start);
     all.evicted = std::max(all.evicted, s.evicted);
   }
-  static_cast<LayerState&>(table) = agree ? first : all;
-  table.split = !agree;
+  int32_t agree = 0;
+  for (const int layer : members) {
+    agree += sequence.layer_states[static_cast<size_t>(layer)] == all;
+  }
+  static_cast<LayerState&>(table) = all;
+  table.agree = agree;
+  table.split = agree != static_cast<int32_t>(members.size());
+}
+
+BlockId KVCache::Impl::GroupAppendBlock(const Sequence& sequence, int layer,
+                                        int64_t start, int64_t seq_len,
+                                        int64_t* slot) const {
+  const BlockTable& table = sequence.tables[group_of(layer)];
+  const LayerState& state = StateOf(sequence, layer);
+  const LayerRules& r = rules[static_cast<size_t>(layer)];
+  const int64_t bt = r.block_tokens;
+  const int64_t b = start / bt;
+  if (start != state.length || seq_len <= start || (seq_len - 1) / bt != b ||
+      !table.Holds(b)) {
+    return internal::kNoBlock;  // not an append into one held block
+  }
+  if (internal::VisibleTokens(r, seq_len, state.window_start) > r.max_seq_len) {
+    return internal::kNoBlock;  // the policy acts
+  }
+  // What the layer shows afterwards must be held already: then the union
+  // does not change.
+  if (internal::SinkBlocks(r, seq_len) >
+      static_cast<int64_t>(table.sink_blocks.size())) {
+    return internal::kNoBlock;
+  }
+  const BlockRange w = internal::WindowRange(r, seq_len, state.window_start);
+  if (w.size() > 0 && (w.first < table.window_first ||
+                       w.last > table.window_first + table.window_blocks())) {
+    return internal::kNoBlock;
+  }
+  const internal::BlockRef ref = table.Block(b);
+  if (internal::IsQuant(ref) || pool->ref_count(ref) != 1) {
+    return internal::kNoBlock;
+  }
+  *slot = start - b * bt;
+  return ref;
+}
+
+void KVCache::Impl::GroupAppendInPlace(Sequence& sequence, int layer,
+                                       int64_t start, int64_t seq_len) {
+  const size_t group = group_of(layer);
+  BlockTable& table = sequence.tables[group];
+  Split(groups, sequence, group);
+  LayerState& state = sequence.layer_states[static_cast<size_t>(layer)];
+  counters.tokens_stored += seq_len - start;
+  // The table's state is the union: the layer agrees with it before, after,
+  // or both; a new longest length leaves it alone in agreeing.
+  const bool agreed = state == static_cast<const LayerState&>(table);
+  state.length = seq_len;
+  state.max_length = std::max(state.max_length, seq_len);
+  if (seq_len > table.length) {
+    table.length = seq_len;
+    table.max_length = std::max(table.max_length, seq_len);
+    table.agree = state == static_cast<const LayerState&>(table) ? 1 : 0;
+  } else {
+    table.agree += (state == static_cast<const LayerState&>(table)) - agreed;
+  }
+  if (table.agree == static_cast<int32_t>(group_layers(group))) {
+    table.split = false;  // every layer holds the table's state again
+  }
 }
 
 absl::Status KVCache::Impl::PlaceLayerOfGroup(std::string_view op, SeqId seq,

@@ -369,6 +369,23 @@ absl::StatusOr<void*> KVCache::LayerBase(int layer) const {
       0, impl.groups.slot_of[static_cast<size_t>(layer)])));
 }
 
+absl::StatusOr<LayerGroup> KVCache::GroupOf(int layer) const {
+  const Impl& impl = *impl_;
+  if (layer < 0 || layer >= impl.config.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("GroupOf(layer %d): layer out of range [0, %d)", layer,
+                        impl.config.num_layers));
+  }
+  const size_t group = impl.group_of(layer);
+  return LayerGroup{.group = static_cast<int>(group),
+                    .slot = impl.groups.slot_of[static_cast<size_t>(layer)],
+                    .layers = static_cast<int>(impl.group_layers(group))};
+}
+
+int KVCache::num_groups() const {
+  return static_cast<int>(impl_->groups.size());
+}
+
 absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
                                         const PaddedBlockTables& out) const {
   const Impl& impl = *impl_;

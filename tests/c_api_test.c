@@ -604,6 +604,49 @@ static void TestCallbackStorage(void) {
   CHECK(releases == 1);
 }
 
+/* Layer groups: every layer of the cache shares one table, each its own
+ * slot of the storage; one reservation serves them all. */
+static void TestLayerGroups(void) {
+  kvpage_config config = SmallConfig();
+  config.group_layers = 2; /* booleans are 0 or 1 */
+  kvpage_cache* cache = NULL;
+  CHECK_STATUS(kvpage_cache_create(&config, &cache), KVPAGE_INVALID_ARGUMENT);
+  config.group_layers = 1;
+  int64_t bytes = 0;
+  OK(kvpage_storage_bytes(&config, &bytes));
+  const int64_t block_bytes = 2 * 4 * kElems * (int64_t)sizeof(float);
+  CHECK(bytes == kLayers * 64 * block_bytes);
+  OK(kvpage_cache_create(&config, &cache));
+  kvpage_config back;
+  kvpage_config_init(&back);
+  OK(kvpage_cache_config(cache, &back));
+  CHECK(back.group_layers == 1);
+  int32_t group = -1, slot = -1, layers = -1;
+  OK(kvpage_layer_group(cache, kLayers - 1, &group, &slot, &layers));
+  CHECK(group == 0 && slot == kLayers - 1 && layers == kLayers);
+  OK(kvpage_layer_group(cache, 0, NULL, NULL, NULL));
+  CHECK_STATUS(kvpage_layer_group(cache, kLayers, &group, &slot, &layers),
+               KVPAGE_INVALID_ARGUMENT);
+  void *base0 = NULL, *base1 = NULL;
+  OK(kvpage_layer_base(cache, 0, &base0));
+  OK(kvpage_layer_base(cache, 1, &base1));
+  CHECK((char*)base1 - (char*)base0 == 64 * block_bytes);
+  kvpage_seq_id a;
+  OK(kvpage_add_sequence(cache, 0, &a));
+  int64_t slots[5];
+  OK(kvpage_reserve(cache, a, 0, 5, 5, slots));
+  for (int layer = 0; layer < kLayers; ++layer) {
+    int64_t length = 0;
+    OK(kvpage_length(cache, a, layer, &length));
+    CHECK(length == 5);
+  }
+  kvpage_cache_stats stats;
+  stats.struct_size = sizeof stats;
+  OK(kvpage_stats(cache, &stats));
+  CHECK(stats.blocks_used == 2 && stats.tokens_stored == 5 * kLayers);
+  kvpage_cache_destroy(cache);
+}
+
 int main(void) {
   TestVersionAndNames();
   TestConfig();
@@ -615,6 +658,7 @@ int main(void) {
   TestSnapshots();
   TestEngineMode();
   TestCallbackStorage();
+  TestLayerGroups();
   if (failures > 0) {
     fprintf(stderr, "c_api_test: %d checks failed\n", failures);
     return 1;

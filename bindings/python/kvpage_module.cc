@@ -391,9 +391,11 @@ kvpage_config MakeConfig(int num_layers, int num_kv_heads, int head_dim,
                          const std::string& dtype, int block_tokens,
                          int64_t num_blocks, int64_t max_seq_len,
                          const std::string& policy, int64_t sink_tokens,
-                         int64_t truncate_to, const py::object& compression) {
+                         int64_t truncate_to, const py::object& compression,
+                         bool group_layers) {
   kvpage_config c;
   kvpage_config_init(&c);
+  c.group_layers = group_layers ? 1 : 0;
   c.num_layers = num_layers;
   c.num_kv_heads = num_kv_heads;
   c.head_dim = head_dim;
@@ -536,18 +538,19 @@ PYBIND11_MODULE(kvpage, m) {
                        const std::string& dtype, int block_tokens,
                        int64_t num_blocks, int64_t max_seq_len,
                        const std::string& policy, int64_t sink_tokens,
-                       int64_t truncate_to, py::object compression) {
-             return std::make_shared<Cache>(
-                 MakeConfig(num_layers, num_kv_heads, head_dim, dtype,
-                            block_tokens, num_blocks, max_seq_len, policy,
-                            sink_tokens, truncate_to, compression));
+                       int64_t truncate_to, py::object compression,
+                       bool group_layers) {
+             return std::make_shared<Cache>(MakeConfig(
+                 num_layers, num_kv_heads, head_dim, dtype, block_tokens,
+                 num_blocks, max_seq_len, policy, sink_tokens, truncate_to,
+                 compression, group_layers));
            }),
            py::kw_only(), py::arg("num_layers"), py::arg("num_kv_heads"),
            py::arg("head_dim"), py::arg("dtype") = "f16",
            py::arg("block_tokens") = 16, py::arg("num_blocks"),
            py::arg("max_seq_len"), py::arg("policy") = "error",
            py::arg("sink_tokens") = 0, py::arg("truncate_to") = 0,
-           py::arg("compression") = py::none())
+           py::arg("compression") = py::none(), py::arg("group_layers") = false)
       .def(
           "add_sequence",
           [](Cache& c, uint64_t salt) {
@@ -717,6 +720,14 @@ PYBIND11_MODULE(kvpage, m) {
                 last, lens, offsets, starts);
           },
           py::arg("layer"), py::arg("seqs"))
+      .def("layer_group",
+           [](Cache& c, int layer) {
+             int32_t group = 0, slot = 0, layers = 0;
+             Check(c.Locked([&](kvpage_cache* h) {
+               return kvpage_layer_group(h, layer, &group, &slot, &layers);
+             }));
+             return py::make_tuple(group, slot, layers);
+           })
       .def("layer_base",
            [](Cache& c, int layer) {
              void* base = nullptr;

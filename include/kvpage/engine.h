@@ -89,6 +89,16 @@ struct CsrBlockTables {
   absl::Span<int32_t> window_starts;  // [rows] or empty
 };
 
+// Where a layer's blocks are (KVCache::GroupOf): the layers of a group
+// share one block table, and block b of layer l lies in the storage's slot
+// `slot` of block b, at LayerBase(l) + b * BlockBytes(config).
+struct LayerGroup {
+  int group = 0;   // the table it reads: the same for every layer of a group
+  int slot = 0;    // its index in its group
+  int layers = 1;  // the layers of its group
+  bool operator==(const LayerGroup&) const = default;
+};
+
 // What admitting a new request would take (KVCache::PlanAdmission).
 struct Admission {
   int64_t cached_tokens = 0;  // what MatchPrefix would attach now

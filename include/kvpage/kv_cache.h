@@ -307,7 +307,11 @@ class KVCache {
   // The update rule without data: the table of `layer` (its blocks and
   // lengths, evictions, copy-on-write of shared blocks, decompression)
   // changes exactly as Update(seq, layer, k, v, seq_len) with k and v of
-  // `tokens` tokens would change it, and `slot_mapping[i]` receives the slot
+  // `tokens` tokens would change it (with CacheConfig::group_layers, as it
+  // would for every layer of `layer`'s group: one reservation serves the
+  // group, whose kernels all write the same slots, each layer at its own
+  // LayerBase; FailedPrecondition while Update has moved the group's layers
+  // apart), and `slot_mapping[i]` receives the slot
   // of position seq_len - tokens + i: block_id * block_tokens + slot, or
   // kNoSlot for a position the policy evicts in this very call. The engine's
   // kernel writes those slots before the next call that reads them (View,
@@ -368,6 +372,14 @@ class KVCache {
   // LayerView::host_accessible). What a slot mapping and an exported block
   // table index. InvalidArgument for a layer out of range. O(1).
   [[nodiscard]] absl::StatusOr<void*> LayerBase(int layer) const;
+
+  // The layer group of `layer` (CacheConfig::group_layers; without it every
+  // layer is a group of its own): which table it reads, its storage slot,
+  // and how many layers share the table. InvalidArgument for a layer out of
+  // range. O(1).
+  [[nodiscard]] absl::StatusOr<LayerGroup> GroupOf(int layer) const;
+  // The number of groups: tables per sequence. O(1).
+  [[nodiscard]] int num_groups() const;
 
   // What a scheduler asks before it admits a request; both change nothing
   // (no statistics, no eviction order).

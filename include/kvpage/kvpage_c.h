@@ -139,6 +139,7 @@ typedef struct kvpage_config {
   int32_t compression_auto_compress;
   int32_t compression_measure_error;
   double compression_max_rel_error;
+  int32_t group_layers; /* one block table per group of layers */
 } kvpage_config;
 
 /* A run of tokens' keys or values, [tokens][num_kv_heads][head_dim]. */
@@ -402,6 +403,15 @@ KVPAGE_C_EXPORT kvpage_status kvpage_cache_create_with_storage(
 
 KVPAGE_C_EXPORT kvpage_status kvpage_layer_base(const kvpage_cache* cache,
                                                 int32_t layer, void** out);
+
+/* The layer group of `layer` (config.group_layers): the table it reads
+ * (*group), its storage slot (*slot), the layers sharing its table
+ * (*layers). Without group_layers every layer is a group of one. Any out
+ * pointer may be NULL. */
+KVPAGE_C_EXPORT kvpage_status kvpage_layer_group(const kvpage_cache* cache,
+                                                 int32_t layer, int32_t* group,
+                                                 int32_t* slot,
+                                                 int32_t* layers);
 
 /* The update rule without data: slot_mapping[i] (`tokens` entries) gets
  * block_id * block_tokens + slot of position seq_len - tokens + i, or

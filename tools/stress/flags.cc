@@ -167,6 +167,10 @@ void DefineCacheFlags(CLI::App& app, Options& o, NamedFlags& names) {
          "touch the paged pool when it is created, as the library does by "
          "default (no page faults on the decode path; the default)")
       ->trigger_on_parse();
+  app.add_flag("--group-layers", o.group_layers,
+               "one block table per group of layers (every layer here): one "
+               "block per block_tokens tokens serves all layers "
+               "(CacheConfig::group_layers; paged only)");
   app.add_flag_callback(
          "--no-prefault", [&o] { o.prefault = false; },
          "touch the paged pool as it fills, as the baselines' buffers are "

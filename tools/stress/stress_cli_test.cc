@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/snapshot.h"
 #include "tools/stress/stress_run.h"
@@ -137,6 +138,23 @@ TEST(StressToolTest, HugePagesDefaultOnAndTheLastFlagWins) {
     ASSERT_TRUE(snap.ok()) << snap.status();
     EXPECT_EQ(snap->config.huge_pages, huge_pages);
   }
+  std::remove(path.c_str());
+}
+
+// --group-layers runs the paged backend on layer groups: its spot checks
+// (Validate, every layer's view against the reference) pass, and the
+// snapshot says so.
+TEST(StressToolTest, GroupLayersRunsAndVerifies) {
+  const std::string path = ::testing::TempDir() + "/stress_groups.snap";
+  const RunResult r = RunStress(std::string(kQuick) +
+                                " --requests 16 --concurrency 4 --max-len 48 "
+                                "--group-layers --snapshot " +
+                                path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<Snapshot> snap = ReadSnapshot(path);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_TRUE(snap->config.group_layers);
+  EXPECT_THAT(VerifySnapshot(*snap), ::testing::IsEmpty());
   std::remove(path.c_str());
 }
 

@@ -110,8 +110,10 @@ CacheConfig PagedConfig(const Options& options, const ModelShape& shape) {
                      .overflow = options.policy,
                      .sink_tokens = options.sink_tokens,
                      .prefault = options.prefault,
-                     .huge_pages = options.huge_pages};
-  const int64_t block_bytes = BlockBytes(config);
+                     .huge_pages = options.huge_pages,
+                     .group_layers = options.group_layers};
+  // A block of a group takes a slot of each of its layers.
+  const int64_t block_bytes = BlockBytes(config) * LayerGroupWidth(config);
   const double shard_bytes =
       options.pool_gib * 1024.0 * 1024.0 * 1024.0 / options.threads;
   config.num_blocks =

@@ -62,6 +62,10 @@ struct Options {
   // Touch the paged pool at creation (the library's default): no page
   // faults on the decode path, the pool resident from the start.
   bool prefault = true;
+  // One block table per group of layers (CacheConfig::group_layers): every
+  // layer shares one table, so a step allocates one block per block_tokens
+  // tokens for all layers. The budget buys the same bytes.
+  bool group_layers = false;
   // Paged and contiguous both run: run them at equal concurrency too.
   bool equal_concurrency = true;
   uint64_t seed = 1;

@@ -282,3 +282,30 @@ def test_engine_mode_tables_of_a_window_keep_their_offsets():
     _, _, want_offsets, want_starts = c.export_block_tables(0, [seq], 4)
     assert lens[0] == 20 and starts[0] == 12 and offsets[0] == 3
     assert offsets[0] == want_offsets[0] and starts[0] == want_starts[0]
+
+
+def test_layer_groups_reserve_once_for_every_layer():
+    """With group_layers every layer shares one table: one reservation, and
+    each layer's kernel writes its own slot of the storage."""
+    import ctypes
+    c = small(num_layers=3, num_blocks=16, group_layers=True)
+    assert c.layer_group(2) == (0, 2, 3)
+    with pytest.raises(kvpage.InvalidArgumentError):
+        c.layer_group(3)
+    pool = np.ctypeslib.as_array(
+        (ctypes.c_float * (3 * 16 * 2 * 4 * HEADS * DIM)).from_address(
+            c.layer_base(0))).reshape(3, 16, 2, 4, HEADS, DIM)
+    assert c.layer_base(1) - c.layer_base(0) == 16 * 2 * 4 * HEADS * DIM * 4
+    seq = c.add_sequence()
+    slots = c.reserve(seq, 0, 6, 6)
+    for layer in range(3):
+        k, v = tokens(100 * layer, 6)
+        for t, slot in enumerate(slots):
+            pool[layer, slot // 4, 0, slot % 4] = k[t]
+            pool[layer, slot // 4, 1, slot % 4] = v[t]
+    for layer in range(3):
+        assert c.length(seq, layer) == 6
+        gk, _, _ = c.gather(seq, layer)
+        np.testing.assert_array_equal(gk, tokens(100 * layer, 6)[0])
+    assert c.stats()["blocks_used"] == 2
+    c.validate()

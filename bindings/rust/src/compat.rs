@@ -112,6 +112,7 @@ impl KVCache {
                 max_rel_error: 0.0,
                 measure_error: false,
             }),
+            group_layers: false,
         })?;
         let seq = cache.add_sequence()?;
         Ok(KVCache { cache, seq, num_layers, max_seq_len })

@@ -69,6 +69,7 @@ pub struct kvpage_config {
     pub compression_auto_compress: i32,
     pub compression_measure_error: i32,
     pub compression_max_rel_error: f64,
+    pub group_layers: i32,
 }
 
 #[repr(C)]
@@ -313,6 +314,13 @@ extern "C" {
     pub fn kvpage_snapshot_destroy(snapshot: *mut kvpage_snapshot);
 
     // Engine mode (kvpage/engine.h).
+    pub fn kvpage_layer_group(
+        cache: *const kvpage_cache,
+        layer: i32,
+        group: *mut i32,
+        slot: *mut i32,
+        layers: *mut i32,
+    ) -> c_int;
     pub fn kvpage_layer_base(cache: *const kvpage_cache, layer: i32, out: *mut *mut c_void)
         -> kvpage_status;
     pub fn kvpage_reserve(

@@ -200,6 +200,10 @@ pub struct Config {
     pub sink_tokens: usize,
     pub truncate_to: usize,
     pub compression: Option<Compression>,
+    /// One block table per group of layers with the same policy (here all
+    /// layers): a reservation serves every layer, each at its own
+    /// `layer_base` (kvpage/config.h says when to choose it).
+    pub group_layers: bool,
 }
 
 impl Default for Config {
@@ -218,6 +222,7 @@ impl Default for Config {
             sink_tokens: 0,
             truncate_to: 0,
             compression: None,
+            group_layers: false,
         }
     }
 }
@@ -257,6 +262,7 @@ impl Config {
         };
         c.sink_tokens = to_i64(self.sink_tokens, "sink_tokens")?;
         c.truncate_to = to_i64(self.truncate_to, "truncate_to")?;
+        c.group_layers = i32::from(self.group_layers);
         if let Some(q) = &self.compression {
             c.compression_enabled = 1;
             c.compression_bits = i32::from(q.bits);
@@ -269,6 +275,14 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// Where a layer's blocks are (`Cache::layer_group`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerGroup {
+    pub group: usize,
+    pub slot: usize,
+    pub layers: usize,
 }
 
 /// A sequence's id (never reused by its cache).
@@ -549,6 +563,18 @@ impl Cache {
         let layer = to_i32(layer, "layer")?;
         // SAFETY: the arrays hold rows * max_blocks and rows entries.
         check(unsafe { ffi::kvpage_export_block_tables(self.ptr(), layer, seqs.as_ptr(), seqs.len(), &raw) })
+    }
+
+    /// The layer group of `layer`: the table it reads, its storage slot and
+    /// the layers sharing the table (each layer is a group of one without
+    /// `Config::group_layers`).
+    pub fn layer_group(&self, layer: usize) -> Result<LayerGroup> {
+        let (mut group, mut slot, mut layers) = (0i32, 0i32, 0i32);
+        // SAFETY: valid handle and outputs.
+        check(unsafe {
+            ffi::kvpage_layer_group(self.ptr(), to_i32(layer, "layer")?, &mut group, &mut slot, &mut layers)
+        })?;
+        Ok(LayerGroup { group: group as usize, slot: slot as usize, layers: layers as usize })
     }
 
     /// Where `layer`'s blocks live: block b at this address + b *

@@ -294,3 +294,48 @@ fn engine_mode_reserve_write_and_read_through_tables() {
     assert_eq!(cache.blocks_needed(seqs[1], len, 0).unwrap_err().code, Code::InvalidArgument); // layer 1: a gap
     cache.validate().unwrap();
 }
+
+#[test]
+fn layer_groups_reserve_once_for_every_layer() {
+    let mut cache = Cache::new(&Config {
+        num_layers: 3,
+        num_kv_heads: HEADS,
+        head_dim: DIM,
+        dtype: DType::F32,
+        block_tokens: 4,
+        num_blocks: 16,
+        max_seq_len: 64,
+        group_layers: true,
+        ..Config::default()
+    })
+    .unwrap();
+    assert_eq!(cache.layer_group(2).unwrap(), kvpage::LayerGroup { group: 0, slot: 2, layers: 3 });
+    assert_eq!(cache.layer_group(3).unwrap_err().code, Code::InvalidArgument);
+    let block_floats = 2 * 4 * ELEMS;
+    let base0 = cache.layer_base(0).unwrap() as *mut f32;
+    let base2 = cache.layer_base(2).unwrap() as *mut f32;
+    // SAFETY: both lie in one arena of 3 slots of 16 blocks.
+    assert_eq!(unsafe { base2.offset_from(base0) }, (2 * 16 * block_floats) as isize);
+    let seq = cache.add_sequence().unwrap();
+    let slots = cache.reserve(seq, 1, 6, 6).unwrap();
+    for layer in 0..3 {
+        assert_eq!(cache.length(seq, layer).unwrap(), 6);
+        let base = cache.layer_base(layer).unwrap() as *mut f32;
+        for (i, &slot) in slots.iter().enumerate() {
+            let (k, v) = tokens(100 * layer + i, 1);
+            let (block, s) = (slot as usize / 4, slot as usize % 4);
+            // SAFETY: the slot lies in this layer's part of the arena.
+            unsafe {
+                let at = base.add(block * block_floats);
+                std::ptr::copy_nonoverlapping(k.as_ptr(), at.add(s * ELEMS), ELEMS);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), at.add((4 + s) * ELEMS), ELEMS);
+            }
+        }
+    }
+    for layer in 0..3 {
+        let (k, _) = tokens(100 * layer, 6);
+        assert_eq!(cache.gather(seq, layer).unwrap().k, k);
+    }
+    assert_eq!(cache.stats().blocks_used, 2); // one per 4 tokens, not per layer
+    cache.validate().unwrap();
+}
