@@ -38,7 +38,30 @@ class ReferenceModel {
   explicit ReferenceModel(const CacheConfig& c)
       : c_(c),
         elems_(int64_t{c.num_kv_heads} * c.head_dim),
-        policies_(kvpage::testing::LayerPolicies(c)) {}
+        policies_(kvpage::testing::LayerPolicies(c)) {
+    // Layer groups: layers whose policies act alike share a table. The
+    // walk moves a group's layers together, so that they agree between
+    // operations and a group's blocks are any of its layers'.
+    for (int layer = 0; layer < c.num_layers; ++layer) {
+      int group = static_cast<int>(members_.size());
+      for (size_t g = 0; c.group_layers && g < members_.size(); ++g) {
+        if (SameRules(policies_[static_cast<size_t>(members_[g][0])],
+                      policies_[static_cast<size_t>(layer)])) {
+          group = static_cast<int>(g);
+          break;
+        }
+      }
+      if (group == static_cast<int>(members_.size())) members_.emplace_back();
+      members_[static_cast<size_t>(group)].push_back(layer);
+    }
+  }
+  // The layers of `layer`'s group, ascending.
+  const std::vector<int>& Members(int layer) const {
+    for (const std::vector<int>& m : members_) {
+      if (std::find(m.begin(), m.end(), layer) != m.end()) return m;
+    }
+    return members_.front();
+  }
 
   struct Token {
     std::vector<float> k, v;
@@ -71,10 +94,14 @@ class ReferenceModel {
     return ids;
   }
 
+  // A group's layers agree: its table holds what its first layer holds.
   int64_t BlocksUsed() const {
     int64_t blocks = 0;
     for (const auto& [seq, layers] : seqs_) {
-      for (const Layer& l : layers) blocks += Held(l).size() + l.spares;
+      for (const std::vector<int>& m : members_) {
+        const Layer& l = layers[static_cast<size_t>(m[0])];
+        blocks += static_cast<int64_t>(Held(l).size()) + l.spares;
+      }
     }
     return blocks;
   }
@@ -137,6 +164,85 @@ class ReferenceModel {
     return absl::StatusCode::kOk;
   }
 
+  // A forward pass over the group of `call.layer`: every layer of it gets
+  // `call` with its own data (data[i] for member i), in order. The status
+  // of the first layer's call (PredictUpdate, then the pool); on kOk all of
+  // them are applied. With `reserve` the group moves in one step, as one
+  // table does (the per-layer rule, Update); else layer by layer: while the
+  // first layer has moved and the others not, the table holds the blocks
+  // of both, its window the hull of theirs (kvpage/config.h), so the pass
+  // takes the blocks the first layer gains and gives back at the end what
+  // none shows any more. `bytes` reports written bytes as Update does.
+  absl::StatusCode GroupPass(const kvpage::testing::UpdateCall& call,
+                             const std::vector<std::vector<float>>& k_data,
+                             const std::vector<std::vector<float>>& v_data,
+                             bool reserve) {
+    const absl::StatusCode refused =
+        kvpage::testing::PredictUpdate(c_, policies_, Has(call.seq), call,
+                                       [&](int l) -> const std::vector<Token>& {
+                                         return At(call.seq, l).tokens;
+                                       });
+    if (refused != absl::StatusCode::kOk) return refused;
+    const std::vector<int>& members = Members(call.layer);
+    const LayerPolicy& policy = policies_[static_cast<size_t>(members[0])];
+    std::vector<Layer> next;
+    int64_t evicted = 0;
+    for (size_t i = 0; i < members.size(); ++i) {
+      const Layer& old = At(call.seq, members[i]);
+      Layer n = old;
+      n.tokens.resize(static_cast<size_t>(call.seq_len));
+      const int64_t start = call.seq_len - call.n;
+      for (int64_t p = start; p < call.seq_len; ++p) {
+        Token& t = n.tokens[static_cast<size_t>(p)];
+        const size_t from = static_cast<size_t>((p - start) * elems_);
+        t.k.assign(k_data[i].begin() + from, k_data[i].begin() + from + elems_);
+        t.v.assign(v_data[i].begin() + from, v_data[i].begin() + from + elems_);
+        t.visible = true;
+      }
+      evicted += Evict(policy, n);
+      next.push_back(std::move(n));
+    }
+    const Layer& old = At(call.seq, members[0]);
+    int64_t fresh = 0, spares = 0;
+    if (reserve) {
+      fresh = Rebalance(policy, old, next[0]);
+      spares = next[0].spares;
+    } else {
+      const std::set<int64_t> before = Held(old), after = Held(next[0]);
+      const std::set<int64_t> during = Hull(policy, before, after);
+      int64_t gained = 0, released = 0;
+      for (int64_t b : during) gained += before.count(b) == 0;
+      for (int64_t b : during) released += after.count(b) == 0;
+      const bool ring = policy.overflow == OverflowPolicy::kCircularBuffer;
+      const int64_t reused = ring ? std::min(gained, old.spares) : 0;
+      fresh = gained - reused;
+      if (ring) {
+        const int64_t bt = c_.block_tokens;
+        const int64_t sink_blocks = (Sinks(policy) + bt - 1) / bt;
+        const int64_t ring_blocks =
+            (policy.max_seq_len - Sinks(policy) - 1 + bt - 1) / bt + 1;
+        int64_t window_blocks = 0;
+        for (int64_t b : after) window_blocks += b >= sink_blocks;
+        spares = std::min(old.spares - reused + released,
+                          std::max<int64_t>(0, ring_blocks - window_blocks));
+      }
+    }
+    if (fresh > c_.num_blocks - BlocksUsed()) {
+      return absl::StatusCode::kResourceExhausted;
+    }
+    for (size_t i = 0; i < members.size(); ++i) {
+      for (int64_t p = call.seq_len - call.n; p < call.seq_len; ++p) {
+        bytes_written_ += next[i].tokens[static_cast<size_t>(p)].visible
+                              ? 2 * elems_ * DTypeSize(c_.dtype)
+                              : 0;
+      }
+      next[i].spares = spares;
+      seqs_.at(call.seq)[static_cast<size_t>(members[i])] = std::move(next[i]);
+    }
+    evictions_ += evicted;
+    return absl::StatusCode::kOk;
+  }
+
   absl::StatusCode Truncate(SeqId seq, int64_t seq_len) {
     if (!Has(seq)) return absl::StatusCode::kNotFound;
     if (seq_len < 0) return absl::StatusCode::kInvalidArgument;
@@ -169,6 +275,36 @@ class ReferenceModel {
   // how many.
   int64_t Evict(const LayerPolicy& p, Layer& l) const {
     return kvpage::testing::EvictOldest(p, l.tokens);
+  }
+
+  static bool SameRules(const LayerPolicy& a, const LayerPolicy& b) {
+    return a.overflow == b.overflow && a.max_seq_len == b.max_seq_len &&
+           kvpage::testing::ModelSinks(a) == kvpage::testing::ModelSinks(b) &&
+           EffectiveTruncateTo(a.max_seq_len, a.truncate_to) ==
+               EffectiveTruncateTo(b.max_seq_len, b.truncate_to);
+  }
+
+  // What a table holds for two states of its layers at once: the sink
+  // blocks of both, and one run of window blocks from the first of either
+  // to the last of either.
+  std::set<int64_t> Hull(const LayerPolicy& p, const std::set<int64_t>& a,
+                         const std::set<int64_t>& b) const {
+    const int64_t bt = c_.block_tokens;
+    const int64_t sink_blocks = (Sinks(p) + bt - 1) / bt;
+    std::set<int64_t> out;
+    int64_t lo = INT64_MAX, hi = -1;
+    for (const std::set<int64_t>* s : {&a, &b}) {
+      for (int64_t block : *s) {
+        if (block < sink_blocks) {
+          out.insert(block);
+        } else {
+          lo = std::min(lo, block);
+          hi = std::max(hi, block);
+        }
+      }
+    }
+    for (int64_t block = lo; block <= hi; ++block) out.insert(block);
+    return out;
   }
 
   // Logical blocks with a visible position.
@@ -208,6 +344,7 @@ class ReferenceModel {
   const int64_t elems_;
   std::vector<LayerPolicy> policies_;
   std::map<SeqId, std::vector<Layer>> seqs_;
+  std::vector<std::vector<int>> members_;  // per group, ascending layers
   int64_t evictions_ = 0;
   int64_t bytes_written_ = 0;
 };
@@ -245,7 +382,7 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       scenario.opaque_storage
           ? internal::KVCacheAccess::CreateWithStorage(
                 c, std::make_unique<kvpage::testing::OpaqueStorage>(
-                       c.num_blocks, BlockBytes(c)))
+                       StorageBlocks(c), BlockBytes(c)))
           : KVCache::Create(c);
   ASSERT_TRUE(created.ok()) << created.status();
   KVCache& cache = **created;
@@ -350,7 +487,73 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
       // as an engine's kernel would. The same rule, no bytes_written.
       const bool reserve =
           mistake != 1 && mistake != 2 && mistake != 3 && uniform(0, 3) == 0;
-      if (reserve) {
+      if (c.group_layers) {
+        // A forward pass over a group: each of its layers in turn, or one
+        // reservation for all of them. Every layer gets its own data.
+        std::vector<int> members = {layer};
+        if (layer >= 0 && layer < c.num_layers) members = model.Members(layer);
+        std::vector<std::vector<float>> ks = {kf}, vs = {vf};
+        for (size_t i = 1; i < members.size(); ++i) {
+          ks.push_back(ExactValues(rng, n * elems));
+          vs.push_back(ExactValues(rng, n * elems));
+        }
+        const int64_t bytes_before = model.bytes_written();
+        want = model.GroupPass({.seq = seq,
+                                .layer = members[0],
+                                .seq_len = seq_len,
+                                .n = k.tokens,
+                                .v_tokens = v.tokens,
+                                .k_dtype = k.dtype,
+                                .v_dtype = v.dtype,
+                                .k_null = k.data == nullptr,
+                                .v_null = v.data == nullptr},
+                               ks, vs, reserve);
+        if (reserve) {
+          model.set_bytes_written(bytes_before);
+          std::vector<int64_t> slots(static_cast<size_t>(n));
+          status =
+              cache.Reserve(seq, members[0], seq_len, n, absl::MakeSpan(slots));
+          for (size_t m = 0; status.ok() && m < members.size(); ++m) {
+            const std::vector<std::byte> kc = Encode(ks[m], c.dtype);
+            const std::vector<std::byte> vc = Encode(vs[m], c.dtype);
+            auto* base = static_cast<std::byte*>(*cache.LayerBase(members[m]));
+            const int64_t token_bytes = elems * DTypeSize(c.dtype);
+            const int64_t bt = c.block_tokens;
+            for (int64_t i = 0; i < n; ++i) {
+              const int64_t slot = slots[static_cast<size_t>(i)];
+              if (slot == kNoSlot) continue;
+              std::byte* block = base + slot / bt * BlockBytes(c);
+              std::memcpy(block + slot % bt * token_bytes,
+                          kc.data() + i * token_bytes, token_bytes);
+              std::memcpy(block + BlockBytes(c) / 2 + slot % bt * token_bytes,
+                          vc.data() + i * token_bytes, token_bytes);
+            }
+          }
+          what = "reserve group of layer " + std::to_string(members[0]);
+        } else {
+          for (size_t m = 0; m < members.size(); ++m) {
+            const std::vector<std::byte> km = Encode(ks[m], in_dtype);
+            const std::vector<std::byte> vm = Encode(vs[m], in_dtype);
+            TokenSpan k_m = k, v_m = v;
+            if (m > 0) {
+              k_m.data = km.data();
+              v_m.data = vm.data();
+            }
+            const absl::Status s =
+                cache.Update(seq, members[m], k_m, v_m, seq_len);
+            if (m == 0) {
+              status = s;
+              if (!s.ok()) break;
+            } else {
+              ASSERT_TRUE(s.ok()) << "op " << op << " layer " << members[m]
+                                  << " of a pass: " << s;
+            }
+          }
+          what = "pass over the group of layer " + std::to_string(members[0]) +
+                 " n " + std::to_string(n) + " seq_len " +
+                 std::to_string(seq_len);
+        }
+      } else if (reserve) {
         const std::vector<std::byte> kc = Encode(kf, c.dtype);
         const std::vector<std::byte> vc = Encode(vf, c.dtype);
         const int64_t bytes_before = model.bytes_written();
@@ -498,6 +701,25 @@ CacheConfig EveryPolicy(int64_t num_blocks, int64_t ring_sinks) {
            .truncate_to = 6}}};
 }
 
+// `c` with one table per group of layers.
+CacheConfig Grouped(CacheConfig c) {
+  c.group_layers = true;
+  return c;
+}
+
+// EveryPolicy's four layers twice over, grouped: four groups of two.
+CacheConfig EveryPolicyTwice(int64_t num_blocks, int64_t ring_sinks) {
+  CacheConfig c = Grouped(EveryPolicy(num_blocks, ring_sinks));
+  c.num_layers = 8;
+  const size_t n = c.layer_policies.size();
+  for (size_t i = 0; i < n; ++i) {
+    LayerPolicy p = c.layer_policies[i];
+    p.layer += 4;
+    c.layer_policies.push_back(p);
+  }
+  return c;
+}
+
 // Two layers of 2 x 8 f16 whose blocks are compressed to int8 as they turn
 // cold.
 CacheConfig AutoInt8(int64_t num_blocks, int64_t quant_cells) {
@@ -641,6 +863,34 @@ std::vector<Scenario> Scenarios() {
                                   .max_rel_error = 5e-3}},
        .opaque_storage = true,
        .tolerance = 6.0f},
+      // Layer groups: a forward pass moves a group's layers one at a time
+      // (the table holds the blocks of both states meanwhile) or reserves
+      // once for all of them.
+      {.name = "groups_every_policy",
+       .config = EveryPolicyTwice(/*num_blocks=*/28, /*ring_sinks=*/1),
+       .opaque_storage = true},
+      {.name = "groups_windows_and_rings",
+       .config = Grouped(
+           {.num_layers = 4,
+            .num_kv_heads = 1,
+            .head_dim = 4,
+            .dtype = DType::kBF16,
+            .block_tokens = 3,
+            .num_blocks = 16,
+            .max_seq_len = 11,
+            .overflow = OverflowPolicy::kSlidingWindow,
+            .sink_tokens = 2,
+            .layer_policies = {{.layer = 1,
+                                .overflow = OverflowPolicy::kCircularBuffer,
+                                .max_seq_len = 8,
+                                .sink_tokens = 1},
+                               {.layer = 3,
+                                .overflow = OverflowPolicy::kCircularBuffer,
+                                .max_seq_len = 8,
+                                .sink_tokens = 1}}})},
+      {.name = "groups_forks",
+       .config = EveryPolicyTwice(/*num_blocks=*/1000, /*ring_sinks=*/1),
+       .forks = true},
       {.name = "forks_every_policy",
        .config = EveryPolicy(/*num_blocks=*/1000, /*ring_sinks=*/1),
        .forks = true},

@@ -399,6 +399,30 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// The model on layer groups (one table for its 5 layers): a batch with
+// forks, speculation and a sliding window with sinks gives the logits of
+// per-layer tables, with a fifth of the blocks.
+TEST(Exactness, LayerGroupsGiveThePerLayerLogits) {
+  GenerateOptions o = Greedy(120);
+  o.prompts = {SomePrompt(21, 1), SomePrompt(40, 2)};
+  o.requests = 2;
+  o.samples = 2;
+  o.temperature = 0.9;
+  o.seed = 3;
+  o.speculate = 3;
+  o.prefill_chunk = 16;
+  CacheSettings window{
+      .policy = OverflowPolicy::kSlidingWindow, .window = 48, .sinks = 4};
+  const Outcome per_layer = OnKvpage(o, window);
+  window.group_layers = true;
+  const Outcome grouped = OnKvpage(o, window);
+  ExpectSameRuns(grouped, per_layer);
+  EXPECT_GT(grouped.stats.evictions, 0);
+  EXPECT_EQ(grouped.stats.tokens_stored, per_layer.stats.tokens_stored);
+  EXPECT_EQ(5 * grouped.stats.blocks_allocated,
+            per_layer.stats.blocks_allocated);
+}
+
 TEST(Exactness, ABatchGivesTheIdsOfEachRunAlone) {
   GenerateOptions o = Greedy(80);
   o.prompts = {SomePrompt(5, 1), SomePrompt(33, 2), SomePrompt(17, 3),

@@ -101,6 +101,9 @@ void DefineCacheFlags(CLI::App& app, Flags& f) {
                  "quantized pool capacity (0: as many as hot blocks)")
       ->transform(tools::IntRange(0, (int64_t{1} << 31) - 1))
       ->capture_default_str();
+  app.add_flag("--group-layers", f.cache.group_layers,
+               "one block table for all layers: a block per block_tokens "
+               "tokens serves every layer (CacheConfig::group_layers)");
   app.add_option("--rope-positions", f.rope,
                  "rotate keys by absolute position (stored rotated) or by "
                  "index among the visible tokens (stored unrotated, rotated "

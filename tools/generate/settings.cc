@@ -30,14 +30,16 @@ absl::StatusOr<CacheConfig> MakeCacheConfig(const ModelShape& shape,
                 .max_seq_len = s.window > 0 ? s.window : max_length,
                 .overflow = s.policy,
                 .sink_tokens = s.sinks,
-                .truncate_to = s.truncate_to};
+                .truncate_to = s.truncate_to,
+                .group_layers = s.group_layers};
   if (s.blocks > 0) {
     c.num_blocks = s.blocks;
   } else if (s.block_tokens > 0) {
     // Every sequence holding its own blocks at its longest, plus a ring's
-    // spare and a rollback's partial block.
+    // spare and a rollback's partial block, per table (one for every layer
+    // with group_layers: the model's layers share one policy).
     const int64_t visible = std::min(c.max_seq_len, max_length);
-    c.num_blocks = sequences * shape.n_layers *
+    c.num_blocks = sequences * (s.group_layers ? 1 : shape.n_layers) *
                    ((visible + s.block_tokens - 1) / s.block_tokens + 2);
   }
   if (s.compression != Compression::kNone) {

@@ -36,6 +36,9 @@ struct CacheSettings {
   double max_rel_error = 0.02;  // kMixed
   int64_t quant_cells = 0;      // 0: as many as the hot pool has blocks (x2
                                 // for kMixed)
+  // One block table for all layers (CacheConfig::group_layers; not with
+  // compression).
+  bool group_layers = false;
 };
 
 // The CacheConfig of `settings` for a model of `shape` running `sequences`
