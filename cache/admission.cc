@@ -127,16 +127,40 @@ absl::StatusOr<int64_t> KVCache::BlocksNeeded(SeqId seq, int64_t seq_len,
       return s;
     }
   }
-  // A split table (its layers mid-step) is counted from its union.
+  const internal::Sequence& sequence = it->second;
+  auto refs = [&impl](internal::BlockRef ref) {
+    return impl.pool->ref_count(ref);
+  };
   for (size_t group = 0; group < impl.group_rules.size(); ++group) {
     const LayerRules& layer_rules = impl.group_rules[group];
-    const BlockTable& table = it->second.tables[group];
-    if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) !=
-        internal::kNoBlock) {
+    const BlockTable& table = sequence.tables[group];
+    const std::vector<int>& members = impl.groups.members[group];
+    if (members.size() == 1) {
+      if (impl.InPlaceAppendBlock(layer_rules, table, start, seq_len) ==
+          internal::kNoBlock) {
+        needed +=
+            internal::MakePlan(layer_rules, table, refs, start, seq_len).fresh;
+      }
       continue;
     }
-    needed += internal::MakePlan(layer_rules, table, *impl.pool, start, seq_len)
-                  .fresh;
+    // A group's layers, one Update after the other: the first takes what
+    // the step needs while the others still show what they showed (its
+    // table holds both); the rest take nothing more. A table whose layers
+    // differ already (mid-step) is counted layer by layer against what the
+    // others show now: a bound.
+    const size_t first_only = table.split ? members.size() : 1;
+    for (size_t i = 0; i < first_only; ++i) {
+      internal::GroupNeeds others;
+      for (const int m : members) {
+        if (m == members[i]) continue;
+        const internal::LayerState& s = impl.StateOf(sequence, m);
+        internal::AddNeeds(layer_rules, s.length, s.window_start, others);
+      }
+      needed += internal::MakeLayerPlan(layer_rules, table,
+                                        impl.StateOf(sequence, members[i]),
+                                        others, refs, start, seq_len)
+                    .fresh;
+    }
   }
   return needed;
 }

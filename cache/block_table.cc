@@ -64,14 +64,18 @@ void AttachPrefix(const LayerRules& rules, absl::Span<const BlockId> blocks,
   table.published = static_cast<int64_t>(blocks.size());
 }
 
-bool WriteRowEntries(const BlockTable& t, int32_t* out) {
-  for (const BlockRef ref : t.sink_blocks) {
-    if (IsQuant(ref)) return false;
+bool WriteRowEntries(const BlockTable& t, const RowShape& row, int32_t* out) {
+  auto put = [&](int64_t logical) {
+    const BlockRef ref = t.Block(logical);
     *out++ = static_cast<int32_t>(ref);
+    return !IsQuant(ref);
+  };
+  for (int64_t b = 0; b < row.sink_entries; ++b) {
+    if (!put(b)) return false;
   }
-  for (size_t i = t.head; i < t.window.size(); ++i) {
-    if (IsQuant(t.window[i])) return false;
-    *out++ = static_cast<int32_t>(t.window[i]);
+  for (int64_t b = row.window_first; b < row.window_first + row.window_entries;
+       ++b) {
+    if (!put(b)) return false;
   }
   return true;
 }

@@ -88,6 +88,18 @@ inline std::vector<LayerRules> ResolveLayers(const CacheConfig& config) {
   return rules;
 }
 
+// The rules of a table shared by `layers` layers with rules `r`: theirs,
+// except that a ring keeps room for its layers a token apart (one ahead
+// shows a block the others have not left yet): ceil((W - S) / bt) + 1
+// window blocks. O(1).
+inline LayerRules TableRules(const LayerRules& r, size_t layers) {
+  LayerRules t = r;
+  if (layers > 1) {
+    t.ring_blocks = CeilDiv(r.max_seq_len - r.sinks, r.block_tokens) + 1;
+  }
+  return t;
+}
+
 // Which table each layer's blocks are in (CacheConfig::group_layers).
 // Without grouping every layer is a group of its own; with it, layers with
 // the same resolved rules form one group, in the order of their first
@@ -260,21 +272,42 @@ BlockTable ForkTable(const BlockTable& from);
 void AttachPrefix(const LayerRules& rules, absl::Span<const BlockId> blocks,
                   int64_t length, BlockTable& table);
 
-// Engine mode's rows (kvpage/engine.h): the held blocks, sink blocks then
-// window blocks; window entry j holds logical block j + RowBlockOffset.
-inline int64_t RowEntries(const BlockTable& t) {
-  return static_cast<int64_t>(t.sink_blocks.size()) + t.window_blocks();
+// Engine mode's rows (kvpage/engine.h): a layer's blocks, sink blocks then
+// window blocks; window entry j holds logical block j + block_offset().
+struct RowShape {
+  int64_t sink_entries = 0;
+  int64_t window_first = 0;  // logical block of the first window entry
+  int64_t window_entries = 0;
+  int64_t entries() const { return sink_entries + window_entries; }
+  int64_t block_offset() const { return window_first - sink_entries; }
+  // One past the last logical block listed.
+  int64_t end() const {
+    return window_entries > 0 ? window_first + window_entries : sink_entries;
+  }
+};
+// The row of a table's own layer: what it holds.
+inline RowShape RowOf(const BlockTable& t) {
+  return {static_cast<int64_t>(t.sink_blocks.size()), t.window_first,
+          t.window_blocks()};
 }
-inline int64_t RowBlockOffset(const BlockTable& t) {
-  return t.window_first - static_cast<int64_t>(t.sink_blocks.size());
+// The row of layer `s` of a split table: what the layer shows (the table
+// holds that and more for its other layers). O(1).
+inline RowShape RowOf(const LayerRules& r, const LayerState& s) {
+  const BlockRange w = WindowRange(r, s.length, s.window_start);
+  return {SinkBlocks(r, s.length), w.first, w.size()};
+}
+// The row of `s`, a layer whose blocks `t` holds.
+inline RowShape RowOf(const LayerRules& r, const LayerState& s,
+                      const BlockTable& t) {
+  return t.split ? RowOf(r, s) : RowOf(t);
 }
 // The first visible position at or past the sinks (the length when none).
 inline int64_t RowWindowStart(const LayerRules& r, const LayerState& t) {
   return std::min(std::max(t.window_start, r.sinks), t.length);
 }
-// Writes the row's RowEntries(t) block ids to `out`; false (with `out`
+// Writes the row's row.entries() block ids to `out`; false (with `out`
 // partly written) at a compressed block, which a kernel cannot read. O(row).
-bool WriteRowEntries(const BlockTable& t, int32_t* out);
+bool WriteRowEntries(const BlockTable& t, const RowShape& row, int32_t* out);
 
 // Calls fn(block_ref, slot, count, position) for each run of visible
 // positions in [lo, hi), oldest first, one run per block and range (a block

@@ -70,7 +70,8 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
   impl->rules = internal::ResolveLayers(config);
   impl->groups = internal::ResolveGroups(config, impl->rules);
   for (const std::vector<int>& members : impl->groups.members) {
-    impl->group_rules.push_back(impl->rules[static_cast<size_t>(members[0])]);
+    impl->group_rules.push_back(internal::TableRules(
+        impl->rules[static_cast<size_t>(members[0])], members.size()));
   }
   absl::StatusOr<std::unique_ptr<BlockPool>> pool =
       BlockPool::Create(std::move(storage), impl->groups.width);

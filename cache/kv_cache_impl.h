@@ -222,10 +222,23 @@ struct KVCache::Impl {
                                                int layer,
                                                internal::Sequence& sequence,
                                                int64_t start, int64_t seq_len);
-  // Ends the split of table `group` when its layers hold the same state
-  // again; else sets the table's state to their union (the longest
-  // length). O(layers of the group).
+  // A layer's whole state, statistics included (max_length, evicted):
+  // while a group's table is not split, it holds the shared length and
+  // window start and counts from its last rejoin, each layer's
+  // layer_states what it had by then. O(1).
+  internal::LayerState LayerOf(const internal::Sequence& sequence,
+                               int layer) const;
+  // Gives each layer of table `group` its own state. O(layers of the
+  // group).
+  void Split(internal::Sequence& sequence, size_t group);
+  // Ends the split of table `group` when its layers show the same
+  // positions again (the same length and window start); else sets the
+  // table's state to their union (the longest length). O(layers of the
+  // group).
   void Rejoin(internal::Sequence& sequence, size_t group);
+  // Marks a table whose layers agree as not split; its statistics count
+  // anew. O(1).
+  static void Unsplit(internal::BlockTable& table);
   // Update's fast path for one layer of a group of several: positions
   // [start, seq_len) appended into one held, private, hot block, with no
   // policy action due and nothing the layer shows outside what the table

@@ -22,41 +22,71 @@ using internal::Sequence;
 
 namespace {
 
-// Gives each layer of table `group` its own copy of the table's state.
-void Split(const internal::LayerGroups& groups, Sequence& sequence,
-           size_t group) {
+// Whether two states of layers of one group show the same positions: the
+// same length and window start (every start at or below the sinks means
+// nothing evicted). Their statistics (max_length, evicted) may differ.
+bool Agree(const LayerState& a, const LayerState& b, int64_t sinks) {
+  return a.length == b.length &&
+         std::max(a.window_start, sinks) == std::max(b.window_start, sinks);
+}
+
+}  // namespace
+
+LayerState KVCache::Impl::LayerOf(const Sequence& sequence, int layer) const {
+  const size_t group = group_of(layer);
+  const BlockTable& table = sequence.tables[group];
+  if (group_layers(group) == 1) return table;
+  const auto l = static_cast<size_t>(layer);
+  const LayerState base = l < sequence.layer_states.size()
+                              ? sequence.layer_states[l]
+                              : LayerState{};
+  if (table.split) return base;
+  // The table counts from its last rejoin; each layer keeps what it had.
+  return {.length = table.length,
+          .window_start = table.window_start,
+          .max_length = std::max(base.max_length, table.max_length),
+          .evicted = base.evicted + table.evicted};
+}
+
+void KVCache::Impl::Split(Sequence& sequence, size_t group) {
   BlockTable& table = sequence.tables[group];
   if (table.split) return;
   sequence.layer_states.resize(groups.group_of.size());
   for (const int layer : groups.members[group]) {
-    sequence.layer_states[static_cast<size_t>(layer)] = table;
+    sequence.layer_states[static_cast<size_t>(layer)] =
+        LayerOf(sequence, layer);
   }
   table.split = true;
   table.agree = static_cast<int32_t>(groups.members[group].size());
 }
 
-}  // namespace
-
 void KVCache::Impl::Rejoin(Sequence& sequence, size_t group) {
   BlockTable& table = sequence.tables[group];
   const std::vector<int>& members = groups.members[group];
-  const LayerState& first =
-      sequence.layer_states[static_cast<size_t>(members[0])];
-  LayerState all = first;
+  const int64_t sinks = group_rules[group].sinks;
+  LayerState all = sequence.layer_states[static_cast<size_t>(members[0])];
   for (const int layer : members) {
     const LayerState& s = sequence.layer_states[static_cast<size_t>(layer)];
     all.length = std::max(all.length, s.length);
     all.max_length = std::max(all.max_length, s.max_length);
     all.window_start = std::min(all.window_start, s.window_start);
-    all.evicted = std::max(all.evicted, s.evicted);
   }
   int32_t agree = 0;
   for (const int layer : members) {
-    agree += sequence.layer_states[static_cast<size_t>(layer)] == all;
+    agree +=
+        Agree(sequence.layer_states[static_cast<size_t>(layer)], all, sinks);
   }
-  static_cast<LayerState&>(table) = all;
   table.agree = agree;
   table.split = agree != static_cast<int32_t>(members.size());
+  static_cast<LayerState&>(table) = all;
+  if (!table.split) Unsplit(table);
+}
+
+void KVCache::Impl::Unsplit(BlockTable& table) {
+  // The layers' own statistics stay in layer_states; the table counts anew.
+  table.split = false;
+  table.max_length = table.length;
+  table.evicted = 0;
 }
 
 BlockId KVCache::Impl::GroupAppendBlock(const Sequence& sequence, int layer,
@@ -97,23 +127,25 @@ void KVCache::Impl::GroupAppendInPlace(Sequence& sequence, int layer,
                                        int64_t start, int64_t seq_len) {
   const size_t group = group_of(layer);
   BlockTable& table = sequence.tables[group];
-  Split(groups, sequence, group);
+  Split(sequence, group);
   LayerState& state = sequence.layer_states[static_cast<size_t>(layer)];
+  const int64_t sinks = group_rules[group].sinks;
   counters.tokens_stored += seq_len - start;
   // The table's state is the union: the layer agrees with it before, after,
   // or both; a new longest length leaves it alone in agreeing.
-  const bool agreed = state == static_cast<const LayerState&>(table);
+  const bool agreed = Agree(state, table, sinks);
   state.length = seq_len;
   state.max_length = std::max(state.max_length, seq_len);
   if (seq_len > table.length) {
     table.length = seq_len;
     table.max_length = std::max(table.max_length, seq_len);
-    table.agree = state == static_cast<const LayerState&>(table) ? 1 : 0;
+    table.agree = Agree(state, table, sinks) ? 1 : 0;
   } else {
-    table.agree += (state == static_cast<const LayerState&>(table)) - agreed;
+    table.agree += static_cast<int32_t>(Agree(state, table, sinks)) -
+                   static_cast<int32_t>(agreed);
   }
   if (table.agree == static_cast<int32_t>(group_layers(group))) {
-    table.split = false;  // every layer holds the table's state again
+    Unsplit(table);  // every layer shows what the table holds again
   }
 }
 
@@ -122,7 +154,9 @@ absl::Status KVCache::Impl::PlaceLayerOfGroup(std::string_view op, SeqId seq,
                                               int64_t start, int64_t seq_len) {
   const size_t group = group_of(layer);
   BlockTable& table = sequence.tables[group];
-  const LayerRules& layer_rules = rules[static_cast<size_t>(layer)];
+  // The table's rules: those of each of its layers, and a ring's room for
+  // layers a step apart.
+  const LayerRules& layer_rules = group_rules[group];
   const LayerState& now = StateOf(sequence, layer);
   if (absl::Status s =
           CheckPositions(op, seq, layer, layer_rules, now, start, seq_len);
@@ -158,7 +192,7 @@ absl::Status KVCache::Impl::PlaceLayerOfGroup(std::string_view op, SeqId seq,
     }
   }
   counters.blocks_allocated += plan.fresh;
-  Split(groups, sequence, group);
+  Split(sequence, group);
   ApplyPlan(layer_rules, table, plan, fresh_ids,
             &sequence.layer_states[static_cast<size_t>(layer)], 1);
   Rejoin(sequence, group);

@@ -35,12 +35,6 @@ void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
       });
 }
 
-// One past the last logical block a row lists.
-int64_t RowBlockEnd(const BlockTable& t) {
-  return t.window_blocks() > 0 ? t.window_first + t.window_blocks()
-                               : static_cast<int64_t>(t.sink_blocks.size());
-}
-
 // The fast path's slots: consecutive in `block` from start's slot.
 void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t start,
                        int64_t seq_len, int64_t* slots) {
@@ -60,27 +54,26 @@ absl::Status CheckCounts(std::string_view op, SeqId seq, int layer,
   return absl::OkStatus();
 }
 
-// One padded row: the table's entries, then `pad`; `state` is the layer's.
+// One padded row: the layer's entries, then `pad`; `state` is the layer's,
+// `row` its shape.
 absl::Status WriteRow(const LayerRules& rules,
                       const internal::LayerState& state,
-                      const BlockTable& table, SeqId seq, size_t row,
-                      const PaddedBlockTables& out) {
-  const int64_t entries = internal::RowEntries(table);
-  int32_t* dst = out.block_table.data() + row * out.max_blocks;
-  if (!internal::WriteRowEntries(table, dst)) {
+                      const BlockTable& table, const internal::RowShape& row,
+                      SeqId seq, size_t index, const PaddedBlockTables& out) {
+  int32_t* dst = out.block_table.data() + index * out.max_blocks;
+  if (!internal::WriteRowEntries(table, row, dst)) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "block table of seq %d: holds a compressed block, which a kernel "
         "cannot read (View and Dequantize read it)",
         seq));
   }
-  std::fill(dst + entries, dst + out.max_blocks, out.pad);
-  out.seq_lens[row] = static_cast<int32_t>(state.length);
+  std::fill(dst + row.entries(), dst + out.max_blocks, out.pad);
+  out.seq_lens[index] = static_cast<int32_t>(state.length);
   if (!out.block_offsets.empty()) {
-    out.block_offsets[row] =
-        static_cast<int32_t>(internal::RowBlockOffset(table));
+    out.block_offsets[index] = static_cast<int32_t>(row.block_offset());
   }
   if (!out.window_starts.empty()) {
-    out.window_starts[row] =
+    out.window_starts[index] =
         static_cast<int32_t>(internal::RowWindowStart(rules, state));
   }
   return absl::OkStatus();
@@ -105,8 +98,9 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   absl::StatusOr<BlockTable*> found = impl.FindTable("Reserve", seq, layer);
   if (ABSL_PREDICT_FALSE(!found.ok())) return found.status();
   BlockTable& table = **found;
-  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   const size_t group = impl.group_of(layer);
+  // The table's rules: a group's ring keeps room for layers a step apart.
+  const LayerRules& layer_rules = impl.group_rules[group];
   const int64_t layers = impl.group_layers(group);
   if (ABSL_PREDICT_FALSE(table.split)) {
     return SplitRefusal("Reserve", seq, layer, table);
@@ -194,8 +188,8 @@ absl::Status KVCache::ReserveBatch(int layer,
           tables->seq_lens.size(), rows));
     }
   }
-  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
   const size_t group = impl.group_of(layer);
+  const LayerRules& layer_rules = impl.group_rules[group];  // the table's
   const int64_t layers = impl.group_layers(group);
   const uint64_t serial = ++impl.batch_serial;
   EndBatch end_batch{impl.batch_serial};
@@ -255,7 +249,7 @@ absl::Status KVCache::ReserveBatch(int layer,
     }
     total_tokens += r.tokens;
     batch.push_back(&it->second);
-    int64_t entries_after = internal::RowEntries(table);
+    int64_t entries_after = internal::RowOf(table).entries();
     fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len);
     if (fast[i] == internal::kNoBlock) {
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
@@ -347,8 +341,8 @@ absl::Status KVCache::ReserveBatch(int layer,
             static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
       }
     } else {
-      const absl::Status s =
-          WriteRow(layer_rules, table, table, r.seq, i, *tables);
+      const absl::Status s = WriteRow(
+          layer_rules, table, table, internal::RowOf(table), r.seq, i, *tables);
       KVPAGE_DCHECK(s.ok());  // no compression: every entry is hot
       (void)s;
     }
@@ -412,18 +406,20 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
     if (!found.ok()) return found.status();
     const BlockTable& table = (*found)->tables[impl.group_of(layer)];
     const internal::LayerState& state = impl.StateOf(**found, layer);
-    if (internal::RowEntries(table) > out.max_blocks) {
+    const internal::RowShape row = internal::RowOf(layer_rules, state, table);
+    if (row.entries() > out.max_blocks) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "ExportBlockTables(layer %d): seq %d (row %d) holds %d blocks; rows "
           "hold %d",
-          layer, seqs[i], i, internal::RowEntries(table), out.max_blocks));
+          layer, seqs[i], i, row.entries(), out.max_blocks));
     }
     if (state.length > std::numeric_limits<int32_t>::max()) {
       return absl::OutOfRangeError(absl::StrFormat(
           "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
           layer, seqs[i], state.length));
     }
-    if (absl::Status s = WriteRow(layer_rules, state, table, seqs[i], i, out);
+    if (absl::Status s =
+            WriteRow(layer_rules, state, table, row, seqs[i], i, out);
         !s.ok()) {
       return s;
     }
@@ -461,7 +457,8 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
     if (!found.ok()) return found.status();
     const BlockTable& table = (*found)->tables[impl.group_of(layer)];
     const internal::LayerState& state = impl.StateOf(**found, layer);
-    const int64_t entries = internal::RowEntries(table);
+    const internal::RowShape row = internal::RowOf(layer_rules, state, table);
+    const int64_t entries = row.entries();
     if (next + entries > static_cast<int64_t>(out.indices.size()) ||
         next + entries > std::numeric_limits<int32_t>::max()) {
       return invalid(absl::StrFormat(
@@ -473,7 +470,7 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
           "ExportBlockTables(layer %d): seq %d has length %d, beyond int32",
           layer, seqs[i], state.length));
     }
-    if (!internal::WriteRowEntries(table, out.indices.data() + next)) {
+    if (!internal::WriteRowEntries(table, row, out.indices.data() + next)) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "block table of seq %d: holds a compressed block, which a kernel "
           "cannot read (View and Dequantize read it)",
@@ -481,20 +478,15 @@ absl::Status KVCache::ExportBlockTables(int layer, absl::Span<const SeqId> seqs,
     }
     next += entries;
     out.indptr[i + 1] = static_cast<int32_t>(next);
-    // The last page is the row's last block, which a layer of a split
-    // table may not reach yet: its length counts from there.
-    const int64_t last_page_start = (RowBlockEnd(table) - 1) * tokens_per_block;
     out.last_page_len[i] =
-        entries == 0
-            ? 0
-            : static_cast<int32_t>(std::clamp<int64_t>(
-                  state.length - last_page_start, 0, tokens_per_block));
+        entries == 0 ? 0
+                     : static_cast<int32_t>(state.length -
+                                            (row.end() - 1) * tokens_per_block);
     if (!out.seq_lens.empty()) {
       out.seq_lens[i] = static_cast<int32_t>(state.length);
     }
     if (!out.block_offsets.empty()) {
-      out.block_offsets[i] =
-          static_cast<int32_t>(internal::RowBlockOffset(table));
+      out.block_offsets[i] = static_cast<int32_t>(row.block_offset());
     }
     if (!out.window_starts.empty()) {
       out.window_starts[i] =

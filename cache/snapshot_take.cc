@@ -152,7 +152,7 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     out.token_ids = static_cast<int64_t>(sequence.token_ids.size());
     for (int layer = 0; layer < impl.config.num_layers; ++layer) {
       out.layers.push_back(DescribeLayer(
-          impl.rules[static_cast<size_t>(layer)], impl.StateOf(sequence, layer),
+          impl.rules[static_cast<size_t>(layer)], impl.LayerOf(sequence, layer),
           sequence.tables[impl.group_of(layer)], quant, snap.quant));
     }
   }

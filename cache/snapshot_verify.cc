@@ -105,9 +105,10 @@ class Verifier {
     }
     seen_ids_.push_back(s.id);
     for (size_t layer = 0; layer < s.layers.size(); ++layer) {
-      const LayerRules& layer_rules = rules_[layer];
       const std::vector<int>& members =
           groups_.members[static_cast<size_t>(groups_.group_of[layer])];
+      const LayerRules layer_rules =
+          internal::TableRules(rules_[layer], members.size());
       const auto first = static_cast<size_t>(members[0]);
       // A group's table holds the blocks of the union of its layers; each
       // layer lists it, and the first counts its holds.

@@ -87,7 +87,7 @@ absl::StatusOr<SequenceStats> KVCache::Stats(SeqId seq) const {
   int64_t compressed = 0, compressed_bytes = 0;
   const internal::Sequence& sequence = it->second;
   for (int layer = 0; layer < impl.config.num_layers; ++layer) {
-    const internal::LayerState& state = impl.StateOf(sequence, layer);
+    const internal::LayerState state = impl.LayerOf(sequence, layer);
     s.current_length = std::max(s.current_length, state.length);
     s.max_length = std::max(s.max_length, state.max_length);
     s.tokens_stored +=

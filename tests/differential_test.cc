@@ -205,7 +205,7 @@ class ReferenceModel {
     const Layer& old = At(call.seq, members[0]);
     int64_t fresh = 0, spares = 0;
     if (reserve) {
-      fresh = Rebalance(policy, old, next[0]);
+      fresh = Rebalance(policy, old, next[0], members.size());
       spares = next[0].spares;
     } else {
       const std::set<int64_t> before = Held(old), after = Held(next[0]);
@@ -219,8 +219,7 @@ class ReferenceModel {
       if (ring) {
         const int64_t bt = c_.block_tokens;
         const int64_t sink_blocks = (Sinks(policy) + bt - 1) / bt;
-        const int64_t ring_blocks =
-            (policy.max_seq_len - Sinks(policy) - 1 + bt - 1) / bt + 1;
+        const int64_t ring_blocks = RingBlocks(policy, members.size());
         int64_t window_blocks = 0;
         for (int64_t b : after) window_blocks += b >= sink_blocks;
         spares = std::min(old.spares - reused + released,
@@ -256,7 +255,8 @@ class ReferenceModel {
       if (static_cast<int64_t>(layers[i].tokens.size()) <= seq_len) continue;
       Layer next = layers[i];
       next.tokens.resize(static_cast<size_t>(seq_len));
-      Rebalance(policies_[i], layers[i], next);
+      Rebalance(policies_[i], layers[i], next,
+                Members(static_cast<int>(i)).size());
       layers[i] = std::move(next);
     }
     return absl::StatusCode::kOk;
@@ -319,7 +319,16 @@ class ReferenceModel {
 
   // Moves `next`'s spares after the change from `old`; returns the blocks
   // the change takes from the pool.
-  int64_t Rebalance(const LayerPolicy& p, const Layer& old, Layer& next) const {
+  // A ring's blocks: those its window touches, and in a table of several
+  // layers one more, for layers a token apart.
+  int64_t RingBlocks(const LayerPolicy& p, size_t layers = 1) const {
+    const int64_t bt = c_.block_tokens;
+    const int64_t span = p.max_seq_len - Sinks(p) - (layers > 1 ? 0 : 1);
+    return (span + bt - 1) / bt + 1;
+  }
+
+  int64_t Rebalance(const LayerPolicy& p, const Layer& old, Layer& next,
+                    size_t layers = 1) const {
     const std::set<int64_t> before = Held(old), after = Held(next);
     int64_t released = 0, needed = 0;
     for (int64_t b : before) released += after.count(b) == 0;
@@ -330,7 +339,7 @@ class ReferenceModel {
     }
     const int64_t bt = c_.block_tokens;
     const int64_t sink_blocks = (Sinks(p) + bt - 1) / bt;
-    const int64_t ring = (p.max_seq_len - Sinks(p) - 1 + bt - 1) / bt + 1;
+    const int64_t ring = RingBlocks(p, layers);
     int64_t window_blocks = 0;
     for (int64_t b : after) window_blocks += b >= sink_blocks;
     const int64_t available = old.spares + released;

@@ -407,5 +407,146 @@ TEST(LayerGroups, ReserveRefusesAGroupWhoseLayersDiffer) {
   EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
 }
 
+// ---- Cases a review found (each in both forms of tables).
+
+CacheConfig Plain(int layers, OverflowPolicy p, int64_t max_seq_len,
+                  bool grouped, int64_t num_blocks) {
+  return {.num_layers = layers,
+          .num_kv_heads = kHeads,
+          .head_dim = kDim,
+          .dtype = DType::kF32,
+          .block_tokens = kBlock,
+          .num_blocks = num_blocks,
+          .max_seq_len = max_seq_len,
+          .overflow = p,
+          .group_layers = grouped};
+}
+
+absl::Status Up(KVCache& c, SeqId seq, int layer, int64_t from, int64_t to) {
+  const std::vector<float> k = Keys(1, layer, from, to - from);
+  return c.Update(seq, layer, {k.data(), DType::kF32, to - from},
+                  {k.data(), DType::kF32, to - from}, to);
+}
+
+// A pass cut short by Truncate leaves the layers with different statistics
+// (one evicted a token the others never held): they still show the same
+// positions, so the group agrees again: it reserves and publishes.
+TEST(LayerGroups, APassCutShortAgreesAgain) {
+  for (bool grouped : {false, true}) {
+    SCOPED_TRACE(grouped ? "grouped" : "per-layer");
+    auto cache = Make(Plain(2, OverflowPolicy::kSlidingWindow, 8, grouped, 64));
+    const SeqId seq = *cache->AddSequence();
+    ASSERT_TRUE(Up(*cache, seq, 0, 0, 8).ok());
+    ASSERT_TRUE(Up(*cache, seq, 1, 0, 8).ok());
+    ASSERT_TRUE(Up(*cache, seq, 0, 8, 9).ok());  // layer 0 evicts position 0
+    ASSERT_TRUE(cache->Truncate(seq, 0).ok());
+    std::vector<int32_t> ids = {7, 8, 9, 10, 11, 12, 13, 14};
+    ASSERT_TRUE(cache->AppendTokens(seq, ids).ok());
+    for (int layer = 0; layer < 2; ++layer) {
+      ASSERT_TRUE(Up(*cache, seq, layer, 0, 8).ok());
+    }
+    const SeqId other = *cache->AddSequence();
+    EXPECT_EQ(*cache->MatchPrefix(other, ids), 8);
+    std::vector<int64_t> slots(1);
+    EXPECT_TRUE(cache->Reserve(seq, 0, 9, 1, absl::MakeSpan(slots)).ok());
+    // Each layer keeps its own statistics; the reservation moved layer 0,
+    // or with groups both.
+    absl::StatusOr<Snapshot> snap = cache->TakeSnapshot({});
+    ASSERT_TRUE(snap.ok());
+    EXPECT_EQ(snap->sequences[0].layers[0].evicted, 1 + 1);
+    EXPECT_EQ(snap->sequences[0].layers[1].evicted, grouped ? 1 : 0);
+    EXPECT_EQ(cache->Stats(seq)->evictions, grouped ? 3 : 2);
+    EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+  }
+}
+
+// BlocksNeeded says what a pass of Updates takes. A group's table holds the
+// blocks of both its states until its last layer moves: a chunk longer
+// than the window takes the blocks between (Reserve for the group, or
+// chunks no longer than the window, do not).
+TEST(LayerGroups, BlocksNeededCountsTheStepLayerByLayer) {
+  auto cache = Make(Plain(3, OverflowPolicy::kSlidingWindow, 8, true, 64));
+  const SeqId seq = *cache->AddSequence();
+  for (int layer = 0; layer < 3; ++layer) {
+    ASSERT_TRUE(Up(*cache, seq, layer, 0, 40).ok());
+  }
+  for (const int64_t chunk : {1, 4, 8, 40}) {
+    const int64_t len = *cache->Length(seq, 0);
+    const int64_t needed = *cache->BlocksNeeded(seq, len + chunk, chunk);
+    const int64_t before = cache->Stats().blocks_allocated;
+    ASSERT_TRUE(Up(*cache, seq, 0, len, len + chunk).ok());
+    EXPECT_EQ(cache->Stats().blocks_allocated - before, needed)
+        << "chunk " << chunk;
+    for (int layer = 1; layer < 3; ++layer) {
+      ASSERT_TRUE(Up(*cache, seq, layer, len, len + chunk).ok());
+    }
+    EXPECT_EQ(cache->Stats().blocks_allocated - before, needed);
+  }
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+// A ring whose window is one token past a block boundary: layers a token
+// apart touch one block more than one layer does. The group's ring keeps it
+// (no allocation after warm-up), and PlanAdmission counts it: a pool of
+// exactly what it says serves the request.
+TEST(LayerGroups, ARingKeepsRoomForItsLayersAStepApart) {
+  auto probe = Make(Plain(2, OverflowPolicy::kCircularBuffer, 9, true, 64));
+  absl::StatusOr<Admission> admission = probe->PlanAdmission({}, 0, 60);
+  ASSERT_TRUE(admission.ok());
+  EXPECT_EQ(admission->blocks_needed, 4);  // ceil(9 / 4) + 1
+  auto cache = Make(Plain(2, OverflowPolicy::kCircularBuffer, 9, true,
+                          admission->blocks_needed));
+  const SeqId seq = *cache->AddSequence();
+  int64_t allocated_at_20 = -1;
+  for (int64_t len = 1; len <= 60; ++len) {
+    if (len == 20) allocated_at_20 = cache->Stats().blocks_allocated;
+    for (int layer = 0; layer < 2; ++layer) {
+      ASSERT_TRUE(Up(*cache, seq, layer, len - 1, len).ok())
+          << "len " << len << " layer " << layer;
+    }
+  }
+  EXPECT_EQ(cache->Stats().blocks_allocated, allocated_at_20);
+  EXPECT_TRUE(cache->Validate().ok()) << cache->Validate();
+}
+
+// A layer that lags its group exports its own blocks: a kernel computes
+// its length from the row, (pages - 1) * block_tokens + last_page_len.
+TEST(LayerGroups, ALaggingLayerExportsItsOwnRow) {
+  auto cache = Make(Plain(3, OverflowPolicy::kError, 64, true, 64));
+  const SeqId seq = *cache->AddSequence();
+  ASSERT_TRUE(Up(*cache, seq, 0, 0, 16).ok());
+  ASSERT_TRUE(Up(*cache, seq, 1, 0, 7).ok());
+  for (int layer : {0, 1, 2}) {
+    std::vector<int32_t> indptr(2), indices(16), last(1), lens(1);
+    std::vector<int32_t> padded(8), plens(1);
+    const SeqId seqs[] = {seq};
+    ASSERT_TRUE(cache
+                    ->ExportBlockTables(
+                        layer, seqs,
+                        CsrBlockTables{.indptr = absl::MakeSpan(indptr),
+                                       .indices = absl::MakeSpan(indices),
+                                       .last_page_len = absl::MakeSpan(last),
+                                       .seq_lens = absl::MakeSpan(lens)})
+                    .ok());
+    const int pages = indptr[1] - indptr[0];
+    EXPECT_EQ(pages == 0 ? 0 : (pages - 1) * kBlock + last[0], lens[0])
+        << "layer " << layer;
+    EXPECT_EQ(lens[0], *cache->Length(seq, layer));
+    ASSERT_TRUE(cache
+                    ->ExportBlockTables(
+                        layer, seqs,
+                        PaddedBlockTables{.block_table = absl::MakeSpan(padded),
+                                          .max_blocks = 8,
+                                          .pad = -1,
+                                          .seq_lens = absl::MakeSpan(plens)})
+                    .ok());
+    EXPECT_EQ(std::count_if(padded.begin(), padded.end(),
+                            [](int32_t b) { return b >= 0; }),
+              pages);
+    EXPECT_TRUE(
+        std::equal(indices.begin(), indices.begin() + pages, padded.begin()));
+  }
+}
+
 }  // namespace
 }  // namespace kvpage

@@ -400,8 +400,12 @@ class KVCache {
   // The blocks the pool would supply for Update (or Reserve) of positions
   // [seq_len - tokens, seq_len) of `seq` in every layer, now: new blocks,
   // copies of shared blocks and decompressions, less what the layers
-  // reuse. Errors as Update would return for the first layer that refuses.
-  // O(layers + blocks changed).
+  // reuse. With layer groups, what a group takes while Update moves its
+  // layers one after the other (its table holds the blocks the first layer
+  // gains before the last one lets go of the old ones; one Reserve for the
+  // group takes at most that); a bound while its layers differ. Errors as
+  // Update would return for the first layer that refuses. O(layers +
+  // blocks changed).
   [[nodiscard]] absl::StatusOr<int64_t> BlocksNeeded(SeqId seq, int64_t seq_len,
                                                      int64_t tokens) const;
 
