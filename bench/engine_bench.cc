@@ -15,6 +15,12 @@
 //                         Reserve of the rest, AppendTokens (hashing and
 //                         publishing)
 //   floor_request_step_ns the bookkeeping alone
+//   request_step_group32_ns  request_step_ns for a model of 32 layers in
+//                         one group (CacheConfig::group_layers): one
+//                         reservation serves every layer
+//   release_32_layers_us, release_32_layers_group_us  RemoveSequence of a
+//                         finished 512-token request of 32 layers: per-layer
+//                         tables (32 x 32 blocks), one group (32 blocks)
 //
 // Each figure is the median of --reps runs, with min and max. Wall-clock
 // time of one thread: pin it (taskset -c 1) on a shared machine.
@@ -47,16 +53,19 @@ void Die(const absl::Status& s) {
   std::exit(1);
 }
 
-std::unique_ptr<kvpage::KVCache> MakeCache(int64_t num_blocks) {
+// `layers` layers, in one group when `grouped`.
+std::unique_ptr<kvpage::KVCache> MakeCache(int64_t num_blocks, int layers = 1,
+                                           bool grouped = false) {
   // The block bytes do not matter to bookkeeping; small blocks keep the
   // arena small (nothing is written: no page is touched).
-  auto cache = kvpage::KVCache::Create({.num_layers = 1,
+  auto cache = kvpage::KVCache::Create({.num_layers = layers,
                                         .num_kv_heads = 1,
-                                        .head_dim = 32,
+                                        .head_dim = layers > 1 ? 8 : 32,
                                         .dtype = kvpage::DType::kF16,
                                         .block_tokens = kBlock,
                                         .num_blocks = num_blocks,
-                                        .max_seq_len = 1 << 20});
+                                        .max_seq_len = 1 << 20,
+                                        .group_layers = grouped});
   Die(cache.status());
   return *std::move(cache);
 }
@@ -66,10 +75,11 @@ struct Figure {
   std::vector<double> runs;
 };
 
-// One run of 256 requests decoding kSteps steps; ns per request-step.
-double RequestStep(bool tables) {
-  std::unique_ptr<kvpage::KVCache> cache =
-      MakeCache(kRequests * ((kContext + kSteps) / kBlock + 2));
+// One run of 256 requests decoding kSteps steps; ns per request-step. With
+// `layers` > 1 the layers form one group.
+double RequestStep(bool tables, int layers = 1) {
+  std::unique_ptr<kvpage::KVCache> cache = MakeCache(
+      kRequests * ((kContext + kSteps) / kBlock + 2), layers, layers > 1);
   std::vector<kvpage::SeqId> seqs;
   std::vector<int64_t> prefill(kContext);
   for (int i = 0; i < kRequests; ++i) {
@@ -127,6 +137,32 @@ std::pair<double, double> AllocateRelease() {
   const Clock::time_point end = Clock::now();
   const double blocks = static_cast<double>(kSeqs) * kTokens / kBlock;
   return {Ns(middle - start) / blocks, Ns(end - middle) / blocks};
+}
+
+// RemoveSequence of finished 512-token requests of 32 layers, µs per
+// request: per-layer tables, or one group. A first round warms up, as in
+// AllocateRelease.
+double Release32(bool grouped) {
+  constexpr int kLayers = 32, kSeqs = 64, kTokens = 512;
+  std::unique_ptr<kvpage::KVCache> cache = MakeCache(
+      (grouped ? 1 : kLayers) * (kSeqs * kTokens / kBlock + 16), kLayers,
+      grouped);
+  std::vector<int64_t> slots(kTokens);
+  Clock::duration spent{};
+  for (int round = 0; round < 2; ++round) {
+    std::vector<kvpage::SeqId> seqs;
+    for (int i = 0; i < kSeqs; ++i) seqs.push_back(*cache->AddSequence());
+    for (kvpage::SeqId seq : seqs) {
+      for (int layer = 0; layer < (grouped ? 1 : kLayers); ++layer) {
+        Die(cache->Reserve(seq, layer, kTokens, kTokens,
+                           absl::MakeSpan(slots)));
+      }
+    }
+    const Clock::time_point start = Clock::now();
+    for (kvpage::SeqId seq : seqs) Die(cache->RemoveSequence(seq));
+    spent = Clock::now() - start;
+  }
+  return Ns(spent) / kSeqs / 1000.0;
 }
 
 // Admission of 2048-token prompts whose first 1024 tokens a finished
@@ -244,7 +280,10 @@ int main(int argc, char** argv) {
                                  {"allocate_ns_per_block", {}},
                                  {"release_ns_per_block", {}},
                                  {"admit_2k_with_1k_cached_us", {}},
-                                 {"floor_request_step_ns", {}}};
+                                 {"floor_request_step_ns", {}},
+                                 {"request_step_group32_ns", {}},
+                                 {"release_32_layers_us", {}},
+                                 {"release_32_layers_group_us", {}}};
   for (int r = 0; r < reps; ++r) {
     figures[0].runs.push_back(RequestStep(true));
     figures[1].runs.push_back(RequestStep(false));
@@ -253,6 +292,9 @@ int main(int argc, char** argv) {
     figures[3].runs.push_back(release);
     figures[4].runs.push_back(Admit());
     figures[5].runs.push_back(Floor());
+    figures[6].runs.push_back(RequestStep(true, 32));
+    figures[7].runs.push_back(Release32(false));
+    figures[8].runs.push_back(Release32(true));
   }
   Print(figures);
   return 0;

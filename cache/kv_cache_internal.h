@@ -13,8 +13,9 @@
 namespace kvpage::internal {
 
 struct KVCacheAccess {
-  // As KVCache::Create, over `storage`, which must hold config.num_blocks
-  // blocks of BlockBytes(config) bytes (InvalidArgument otherwise).
+  // As KVCache::Create, over `storage`, which must hold
+  // StorageBlocks(config) blocks of BlockBytes(config) bytes
+  // (InvalidArgument otherwise).
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<KVCache>>
   CreateWithStorage(const CacheConfig& config,
                     std::unique_ptr<BlockStorage> storage);

@@ -2,6 +2,7 @@
 // (the file I/O is in snapshot_file.cc).
 #include "kvpage/snapshot.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -307,8 +308,13 @@ void GetData(Decoder& d, SnapshotPool& p) {
 }  // namespace
 
 std::string EncodeSnapshot(const Snapshot& snap) {
+  // Version 1 has no group_layers: a grouped cache's snapshot is version 2
+  // whatever it says.
+  const uint32_t version =
+      snap.config.group_layers ? std::max<uint32_t>(snap.version, 2)
+                               : snap.version;
   Encoder e;
-  PutConfig(snap.config, snap.version, e);
+  PutConfig(snap.config, version, e);
   ForEachStatsField(snap.stats,
                     [&e](const char*, auto field) { e.Put(field); });
   PutPool(snap.hot, false, e);
@@ -349,7 +355,7 @@ std::string EncodeSnapshot(const Snapshot& snap) {
   const std::string& payload = e.out();
   Encoder header;
   header.out().append(kMagic, sizeof(kMagic));
-  header.Put<uint32_t>(snap.version);
+  header.Put<uint32_t>(version);
   header.Put<uint32_t>(snap.has_token_data ? kFlagTokenData : 0);
   header.Put<uint64_t>(payload.size());
   header.Put<uint64_t>(XXH3_64bits(payload.data(), payload.size()));

@@ -46,4 +46,13 @@ for what, k, v, unit in rows:
           f"{b['median'] / a['median']:>7.0f}x")
 f = ours["floor_request_step_ns"]
 print(f"{'floor: the bookkeeping alone, per request-step (ns)':54} {show(f):>22}")
+g = ours["request_step_group32_ns"]
+print(f"{'request-step, 32 layers in one group (ns)':54} {show(g):>22} "
+      f"{show(peer['request_step_ns']):>24} "
+      f"{peer['request_step_ns']['median'] / g['median']:>7.0f}x")
+a, b = ours["release_32_layers_us"], ours["release_32_layers_group_us"]
+print(f"{'release a 512-token request of 32 layers (us)':54}")
+print(f"{'  per-layer tables':54} {show(a):>22}")
+print(f"{'  one group':54} {show(b):>22} "
+      f"{a['median'] / b['median']:>7.0f}x faster")
 PY
