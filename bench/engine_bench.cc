@@ -144,9 +144,9 @@ std::pair<double, double> AllocateRelease() {
 // AllocateRelease.
 double Release32(bool grouped) {
   constexpr int kLayers = 32, kSeqs = 64, kTokens = 512;
-  std::unique_ptr<kvpage::KVCache> cache = MakeCache(
-      (grouped ? 1 : kLayers) * (kSeqs * kTokens / kBlock + 16), kLayers,
-      grouped);
+  std::unique_ptr<kvpage::KVCache> cache =
+      MakeCache((grouped ? 1 : kLayers) * (kSeqs * kTokens / kBlock + 16),
+                kLayers, grouped);
   std::vector<int64_t> slots(kTokens);
   Clock::duration spent{};
   for (int round = 0; round < 2; ++round) {
