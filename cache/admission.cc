@@ -38,12 +38,10 @@ int64_t BlocksToGrow(const LayerRules& r, int64_t matched, int64_t length) {
 }  // namespace
 
 std::vector<int32_t> KVCache::Impl::MatchedEntries(
-    absl::Span<const int32_t> tokens, uint64_t salt) const {
+    absl::Span<const int32_t> tokens, uint64_t salt,
+    const MatchOptions& options) const {
   const int64_t tokens_per_block = block_tokens();
-  int64_t limit = static_cast<int64_t>(tokens.size()) / tokens_per_block;
-  for (const LayerRules& layer_rules : rules) {
-    limit = std::min(limit, layer_rules.max_seq_len / tokens_per_block);
-  }
+  const int64_t limit = MatchLimit(tokens.size(), options);
   std::vector<int32_t> entries;
   uint64_t parent = 0;
   for (int64_t b = 0; b < limit; ++b) {
@@ -59,8 +57,10 @@ std::vector<int32_t> KVCache::Impl::MatchedEntries(
 }
 
 int64_t KVCache::CachedPrefixTokens(absl::Span<const int32_t> tokens,
-                                    uint64_t salt) const {
-  return static_cast<int64_t>(impl_->MatchedEntries(tokens, salt).size()) *
+                                    uint64_t salt,
+                                    const MatchOptions& options) const {
+  return static_cast<int64_t>(
+             impl_->MatchedEntries(tokens, salt, options).size()) *
          impl_->block_tokens();
 }
 

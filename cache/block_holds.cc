@@ -52,11 +52,16 @@ void KVCache::Impl::ReleaseRef(BlockRef ref) {
 }
 
 void KVCache::Impl::ReleaseAll(BlockTable& table) {
-  for (BlockRef ref : table.sink_blocks) ReleaseRef(ref);
-  for (size_t i = table.head; i < table.window.size(); ++i) {
-    ReleaseRef(table.window[i]);
-  }
+  // The last block first: the prefix cache's entries go idle in this order,
+  // so that a chain's deepest block is evicted before the blocks that lead
+  // to it (a match must start at block 0; kvpage/prefix.h).
   for (BlockRef ref : table.spares) ReleaseRef(ref);
+  for (size_t i = table.window.size(); i > table.head; --i) {
+    ReleaseRef(table.window[i - 1]);
+  }
+  for (size_t i = table.sink_blocks.size(); i > 0; --i) {
+    ReleaseRef(table.sink_blocks[i - 1]);
+  }
   table.sink_blocks.clear();
   table.ResetWindow(0);
   table.spares.clear();

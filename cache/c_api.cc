@@ -247,6 +247,10 @@ kvpage_cache_stats FromStats(const CacheStats& s) {
   o.blocks_released = s.blocks_released;
   o.bytes_written = s.bytes_written;
   o.bytes_copied = s.bytes_copied;
+  o.prefix_queries = s.prefix_queries;
+  o.prefix_blocks_queried = s.prefix_blocks_queried;
+  o.prefix_tokens_queried = s.prefix_tokens_queried;
+  o.prefix_tokens_matched = s.prefix_tokens_matched;
   return o;
 }
 

@@ -162,7 +162,8 @@ absl::Status KVCache::AppendTokens(SeqId seq,
 }
 
 absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
-                                             absl::Span<const int32_t> tokens) {
+                                             absl::Span<const int32_t> tokens,
+                                             const MatchOptions& options) {
   Impl& impl = *impl_;
   auto it = impl.sequences.find(seq);
   if (it == impl.sequences.end()) {
@@ -183,11 +184,9 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
   }
   const int64_t tokens_per_block = impl.block_tokens();
   const int64_t blocks = static_cast<int64_t>(tokens.size()) / tokens_per_block;
-  // No layer may be asked to keep more than it shows.
-  int64_t limit = blocks;
-  for (const LayerRules& layer_rules : impl.rules) {
-    limit = std::min(limit, layer_rules.max_seq_len / tokens_per_block);
-  }
+  // No layer may be asked to keep more than it shows, and with
+  // leave_last_token the last token stays to compute.
+  const int64_t limit = impl.MatchLimit(tokens.size(), options);
   // The hash chain AppendTokens keeps, grown one block at a time until a
   // block is not cached in every layer.
   sequence.token_ids.assign(tokens.begin(), tokens.end());
@@ -199,10 +198,15 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
     if (entry < 0) break;
     matched.push_back(entry);
   }
-  impl.counters.hits += static_cast<int64_t>(matched.size());
-  if (static_cast<int64_t>(matched.size()) < blocks) ++impl.counters.misses;
   const int64_t length =
       static_cast<int64_t>(matched.size()) * tokens_per_block;
+  CacheCounters& c = impl.counters;
+  c.hits += static_cast<int64_t>(matched.size());
+  if (static_cast<int64_t>(matched.size()) < limit) ++c.misses;
+  ++c.prefix_queries;
+  c.prefix_blocks_queried += blocks;
+  c.prefix_tokens_queried += static_cast<int64_t>(tokens.size());
+  c.prefix_tokens_matched += length;
   sequence.token_ids.resize(static_cast<size_t>(length));
   sequence.block_hashes.resize(matched.size());
   std::vector<BlockId> blocks_of_table(matched.size());

@@ -57,6 +57,8 @@ struct CacheCounters {
   int64_t bytes_written = 0, bytes_copied = 0;
   int64_t blocks_released_by_policy = 0, blocks_reused_by_ring = 0;
   int64_t blocks_allocated = 0, blocks_released = 0;
+  int64_t prefix_queries = 0, prefix_blocks_queried = 0;
+  int64_t prefix_tokens_queried = 0, prefix_tokens_matched = 0;
 };
 
 struct KVCache::Impl {
@@ -88,6 +90,7 @@ struct KVCache::Impl {
   std::vector<internal::Plan> batch_plans;
   std::vector<internal::Sequence*> batch_sequences;
   std::vector<internal::BlockId> batch_fast;
+  std::vector<int64_t> batch_fast_slot;
   absl::flat_hash_map<internal::BlockRef, uint32_t> batch_dropped;
 
   ~Impl();
@@ -257,10 +260,24 @@ struct KVCache::Impl {
   void TruncateSplit(internal::Sequence& sequence, size_t group,
                      int64_t seq_len);
 
+  // The most blocks MatchPrefix may attach for `tokens` tokens: whole
+  // blocks, no more than any layer's max_seq_len, the last token left out
+  // with options.leave_last_token. O(layers).
+  int64_t MatchLimit(size_t tokens, const MatchOptions& options) const {
+    const int64_t bt = block_tokens();
+    int64_t n = static_cast<int64_t>(tokens);
+    if (options.leave_last_token && n > 0) --n;
+    int64_t limit = n / bt;
+    for (const internal::LayerRules& r : rules) {
+      limit = std::min(limit, r.max_seq_len / bt);
+    }
+    return limit;
+  }
   // The prefix-cache entries MatchPrefix would attach for `tokens` of a
   // sequence with `salt`, in order (admission.cc). O(tokens + matched).
   std::vector<int32_t> MatchedEntries(absl::Span<const int32_t> tokens,
-                                      uint64_t salt) const;
+                                      uint64_t salt,
+                                      const MatchOptions& options = {}) const;
 
   // ---- Applying an update plan (apply_plan.cc).
   // Fills fresh_ids with n blocks of the hot pool; when it is short, evicts

@@ -1,23 +1,33 @@
 #include "cache/prefix_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 #include "allocator/check.h"
 
 namespace kvpage::internal {
 
 PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
-    : num_layers_(num_layers), entry_of_(static_cast<size_t>(num_blocks), -1) {}
+    : num_layers_(num_layers),
+      tables_(static_cast<size_t>(num_layers)),
+      num_blocks_(num_blocks),
+      entry_of_(static_cast<size_t>(num_blocks), -1) {}
 
 int32_t PrefixCache::NewEntry(uint64_t hash) {
   if (free_entries_.empty()) {
+    // An entry holds at least one block of its own: never more entries than
+    // blocks. The index is sized for that many once, so that it never
+    // rehashes while the cache fills.
+    if (entries_.empty()) by_hash_.reserve(static_cast<size_t>(num_blocks_));
     entries_.emplace_back();
+    blocks_.resize(blocks_.size() + tables_, kNoBlock);
     free_entries_.push_back(static_cast<int32_t>(entries_.size() - 1));
   }
   const int32_t e = free_entries_.back();
   free_entries_.pop_back();
   Entry& entry = entries_[static_cast<size_t>(e)];
   entry.hash = hash;
-  entry.blocks.assign(static_cast<size_t>(num_layers_), kNoBlock);
+  std::fill_n(MutableBlocks(e), tables_, kNoBlock);
   by_hash_.emplace(hash, e);
   return e;
 }
@@ -27,9 +37,7 @@ bool PrefixCache::Publish(uint64_t hash, size_t layer, BlockId id) {
   int32_t e;
   if (auto it = by_hash_.find(hash); it != by_hash_.end()) {
     e = it->second;
-    if (entries_[static_cast<size_t>(e)].blocks[layer] != kNoBlock) {
-      return false;
-    }
+    if (block(e, layer) != kNoBlock) return false;
   } else {
     e = NewEntry(hash);
   }
@@ -37,7 +45,7 @@ bool PrefixCache::Publish(uint64_t hash, size_t layer, BlockId id) {
   // Idle in its other layers: no longer. Off the list before the count
   // changes, so that the list's block count loses what it had added.
   if (entry.in_lru) LruRemove(e);
-  entry.blocks[layer] = id;
+  MutableBlocks(e)[layer] = id;
   ++entry.layers_present;
   ++entry.layers_in_use;  // the publishing table holds it
   entry_of_[id] = e;
@@ -58,16 +66,16 @@ PrefixCache::Evicted PrefixCache::EvictOldest() {
   KVPAGE_DCHECK(e >= 0);
   LruRemove(e);
   Entry& entry = entries_[static_cast<size_t>(e)];
-  Evicted blocks;
-  for (BlockId id : entry.blocks) {
+  Evicted evicted;
+  for (BlockId id : blocks(e)) {
     if (id == kNoBlock) continue;
     entry_of_[id] = -1;
-    blocks.push_back(id);
+    evicted.push_back(id);
   }
   by_hash_.erase(entry.hash);
   entry = Entry{};
   free_entries_.push_back(e);
-  return blocks;
+  return evicted;
 }
 
 void PrefixCache::LruPush(int32_t e) {
@@ -127,7 +135,7 @@ absl::Status PrefixCache::Validate(const BlockPool& pool) const {
   for (const auto& [hash, e] : by_hash_) {
     const Entry& entry = entries_[static_cast<size_t>(e)];
     int present = 0, in_use = 0;
-    for (BlockId id : entry.blocks) {
+    for (BlockId id : blocks(e)) {
       if (id == kNoBlock) continue;
       if (id >= pool.capacity() || entry_of_[id] != e) {
         return absl::InternalError(absl::StrFormat(

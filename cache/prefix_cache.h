@@ -1,6 +1,9 @@
 // cache/prefix_cache.h — the prefix cache: for each chain hash of a full
-// block of token ids, the hot block of each layer that holds those tokens,
-// and the order in which idle entries are evicted.
+// block of token ids, the hot block of each table (layer, or group of
+// layers) that holds those tokens, and the order in which idle entries are
+// evicted. Entries and their blocks live in arrays that grow and are never
+// freed; the index is reserved for the pool's capacity at the first
+// publication, so publishing allocates nothing in the steady state.
 //
 // The cache holds one reference on each block it lists. It never touches
 // the pool's counts itself: Publish says when its caller must add the
@@ -26,6 +29,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "allocator/block_pool.h"
 
 namespace kvpage::internal {
@@ -48,7 +52,7 @@ class PrefixCache {
   // -1. O(1).
   int32_t FindComplete(uint64_t hash) const;
   BlockId block(int32_t entry, size_t layer) const {
-    return entries_[static_cast<size_t>(entry)].blocks[layer];
+    return blocks_[static_cast<size_t>(entry) * tables_ + layer];
   }
 
   // A listed block's only reader besides the cache left (ref_count 2 -> 1)
@@ -86,6 +90,12 @@ class PrefixCache {
   template <typename Fn>
   void ForEachEntry(Fn&& fn) const;
 
+  // The blocks of `entry`, one per table (kNoBlock where absent).
+  absl::Span<const BlockId> blocks(int32_t entry) const {
+    return absl::MakeConstSpan(blocks_).subspan(
+        static_cast<size_t>(entry) * tables_, tables_);
+  }
+
   // What a snapshot does not show: the LRU list's links and count, each
   // listed block pointing back at its entry, the entries' counts against
   // `pool`'s reference counts. Internal naming the entry. O(entries *
@@ -95,7 +105,6 @@ class PrefixCache {
  private:
   struct Entry {
     uint64_t hash = 0;
-    std::vector<BlockId> blocks;  // per layer
     int layers_present = 0;
     int layers_in_use = 0;
     int32_t lru_prev = -1, lru_next = -1;
@@ -107,8 +116,15 @@ class PrefixCache {
   void LruRemove(int32_t e);
   [[nodiscard]] absl::Status ValidateList() const;
 
+  BlockId* MutableBlocks(int32_t e) {
+    return blocks_.data() + static_cast<size_t>(e) * tables_;
+  }
+
   int num_layers_;
+  size_t tables_;  // num_layers_
+  int64_t num_blocks_;
   std::vector<Entry> entries_;
+  std::vector<BlockId> blocks_;  // entry e's at [e * tables_, + tables_)
   std::vector<int32_t> free_entries_;
   absl::flat_hash_map<uint64_t, int32_t> by_hash_;
   std::vector<int32_t> entry_of_;          // per hot block: its entry, or -1
@@ -126,8 +142,7 @@ void PrefixCache::ForEachEntry(Fn&& fn) const {
   }
   for (const auto& [hash, e] : by_hash_) {
     auto it = rank.find(e);
-    fn(hash, it == rank.end() ? int64_t{-1} : it->second,
-       entries_[static_cast<size_t>(e)].blocks);
+    fn(hash, it == rank.end() ? int64_t{-1} : it->second, blocks(e));
   }
 }
 

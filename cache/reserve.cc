@@ -35,11 +35,12 @@ void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
       });
 }
 
-// The fast path's slots: consecutive in `block` from start's slot.
-void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t start,
-                       int64_t seq_len, int64_t* slots) {
-  const int64_t first = int64_t{block} * block_tokens + start % block_tokens;
-  for (int64_t i = 0; i < seq_len - start; ++i) slots[i] = first + i;
+// The fast path's `count` slots: consecutive in `block` from `slot` (no
+// division: InPlaceAppendBlock found the slot).
+void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t slot,
+                       int64_t count, int64_t* slots) {
+  const int64_t first = int64_t{block} * block_tokens + slot;
+  for (int64_t i = 0; i < count; ++i) slots[i] = first + i;
 }
 
 absl::Status CheckCounts(std::string_view op, SeqId seq, int layer,
@@ -121,11 +122,12 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
       ABSL_PREDICT_FALSE(!s.ok())) {
     return s;
   }
+  int64_t at = 0;
   if (const BlockId block =
-          impl.InPlaceAppendBlock(layer_rules, table, start, seq_len);
+          impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &at);
       block != internal::kNoBlock) {
     impl.AppendInPlace(table, start, seq_len, layers);
-    WriteInPlaceSlots(block, impl.block_tokens(), start, seq_len,
+    WriteInPlaceSlots(block, impl.block_tokens(), at, seq_len - start,
                       slot_mapping.data());
   } else {
     if (absl::Status s = impl.PlaceGeneral("Reserve", seq, layer, layer_rules,
@@ -203,10 +205,12 @@ absl::Status KVCache::ReserveBatch(int layer,
   std::vector<Sequence*>& batch = impl.batch_sequences;
   std::vector<Plan>& plans = impl.batch_plans;
   std::vector<BlockId>& fast = impl.batch_fast;  // kNoBlock: planned
+  std::vector<int64_t>& fast_slot = impl.batch_fast_slot;
   absl::flat_hash_map<BlockRef, uint32_t>& dropped = impl.batch_dropped;
   batch.clear();
   plans.resize(rows);
   fast.resize(rows);
+  fast_slot.resize(rows);
   dropped.clear();
   auto refs = [&](BlockRef ref) -> uint32_t {
     const uint32_t count = impl.pool->ref_count(ref);
@@ -250,7 +254,8 @@ absl::Status KVCache::ReserveBatch(int layer,
     total_tokens += r.tokens;
     batch.push_back(&it->second);
     int64_t entries_after = internal::RowOf(table).entries();
-    fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len);
+    fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len,
+                                      &fast_slot[i]);
     if (fast[i] == internal::kNoBlock) {
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
       running += plans[i].fresh;
@@ -301,7 +306,8 @@ absl::Status KVCache::ReserveBatch(int layer,
     const int64_t start = r.seq_len - r.tokens;
     if (fast[i] != internal::kNoBlock) {
       impl.AppendInPlace(table, start, r.seq_len, layers);
-      WriteInPlaceSlots(fast[i], impl.block_tokens(), start, r.seq_len, slots);
+      WriteInPlaceSlots(fast[i], impl.block_tokens(), fast_slot[i], r.tokens,
+                        slots);
     } else {
       const Plan plan =
           internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);

@@ -310,13 +310,18 @@ void GetData(Decoder& d, SnapshotPool& p) {
 std::string EncodeSnapshot(const Snapshot& snap) {
   // Version 1 has no group_layers: a grouped cache's snapshot is version 2
   // whatever it says.
-  const uint32_t version =
-      snap.config.group_layers ? std::max<uint32_t>(snap.version, 2)
+  const uint32_t version = snap.config.group_layers
+                               ? std::max<uint32_t>(snap.version, 2)
                                : snap.version;
   Encoder e;
   PutConfig(snap.config, version, e);
-  ForEachStatsField(snap.stats,
-                    [&e](const char*, auto field) { e.Put(field); });
+  // Versions 1 and 2 store the first kCacheStatsFieldsVersion2 fields.
+  const int stats_fields =
+      version >= 3 ? kCacheStatsFieldCount : kCacheStatsFieldsVersion2;
+  int field_index = 0;
+  ForEachStatsField(snap.stats, [&](const char*, auto field) {
+    if (field_index++ < stats_fields) e.Put(field);
+  });
   PutPool(snap.hot, false, e);
   PutPool(snap.quant, true, e);
   e.Put<uint64_t>(snap.sequences.size());
@@ -467,7 +472,11 @@ absl::StatusOr<Snapshot> ParseSnapshot(std::string_view bytes) {
         absl::StrCat("snapshot: invalid config: ", s.message()));
   }
   const CacheConfig& c = snap.config;
-  ForEachStatsField(snap.stats, [&d](const char* name, auto& field) {
+  const int stats_fields =
+      snap.version >= 3 ? kCacheStatsFieldCount : kCacheStatsFieldsVersion2;
+  int field_index = 0;
+  ForEachStatsField(snap.stats, [&](const char* name, auto& field) {
+    if (field_index++ >= stats_fields) return;  // 0: not in this version
     field = d.Get<std::remove_reference_t<decltype(field)>>(name);
   });
   snap.hot =

@@ -93,7 +93,7 @@ std::vector<SnapshotPrefixEntry> DescribePrefix(
     const internal::PrefixCache& prefix) {
   std::vector<SnapshotPrefixEntry> out;
   prefix.ForEachEntry(
-      [&](uint64_t hash, int64_t rank, const std::vector<BlockId>& blocks) {
+      [&](uint64_t hash, int64_t rank, absl::Span<const BlockId> blocks) {
         out.push_back(
             {.hash = hash,
              .lru_rank = rank,

@@ -73,6 +73,10 @@ CacheStats KVCache::Stats() const {
   s.blocks_released = c.blocks_released;
   s.bytes_written = c.bytes_written;
   s.bytes_copied = c.bytes_copied;
+  s.prefix_queries = c.prefix_queries;
+  s.prefix_blocks_queried = c.prefix_blocks_queried;
+  s.prefix_tokens_queried = c.prefix_tokens_queried;
+  s.prefix_tokens_matched = c.prefix_tokens_matched;
   return s;
 }
 

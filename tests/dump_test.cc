@@ -75,7 +75,7 @@ TEST(StatsFields, EveryFieldOnceByItsName) {
   EXPECT_EQ(count, kCacheStatsFieldCount);
   EXPECT_EQ(stats.blocks_total, 1);
   EXPECT_EQ(stats.utilization, 5.0);
-  EXPECT_EQ(stats.bytes_copied, kCacheStatsFieldCount);
+  EXPECT_EQ(stats.prefix_tokens_matched, kCacheStatsFieldCount);
   std::set<std::string> names;
   ForEachStatsField(stats, [&names](const char* name, auto) {
     EXPECT_TRUE(names.insert(name).second) << name;

@@ -290,6 +290,55 @@ TEST(PrefixCacheTest, AllocationsEvictLeastRecentlyUsedFirst) {
   EXPECT_UNCHANGED(*cache, before);
 }
 
+// A match never swallows a whole prompt when asked not to: the engine needs
+// the last token's logits. And the counters say what was asked.
+TEST(PrefixCacheTest, AMatchCanLeaveTheLastTokenAndCountsWhatWasAsked) {
+  auto cache = *KVCache::Create(Config());
+  ASSERT_TRUE(cache->RemoveSequence(Written(*cache, 16, 1)).ok());
+  const MatchOptions leave{.leave_last_token = true};
+  const std::vector<int32_t> whole = Ids(16, 1), longer = Ids(18, 1);
+  EXPECT_EQ(cache->CachedPrefixTokens(whole, 0), 16);
+  EXPECT_EQ(cache->CachedPrefixTokens(whole, 0, leave), 12);
+  EXPECT_EQ(cache->CachedPrefixTokens(longer, 0, leave), 16);
+  const CacheStats before = cache->Stats();
+  const SeqId a = *cache->AddSequence(), b = *cache->AddSequence(),
+              c = *cache->AddSequence(), d = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(a, whole), 16);
+  EXPECT_EQ(*cache->MatchPrefix(b, whole, leave), 12);
+  EXPECT_EQ(*cache->MatchPrefix(c, longer, leave), 16);
+  EXPECT_EQ(*cache->MatchPrefix(d, Ids(10, 2)), 0);  // another family
+  const CacheStats s = cache->Stats();
+  EXPECT_EQ(s.prefix_queries - before.prefix_queries, 4);
+  EXPECT_EQ(s.prefix_blocks_queried - before.prefix_blocks_queried,
+            4 + 4 + 4 + 2);
+  EXPECT_EQ(s.prefix_tokens_queried - before.prefix_tokens_queried,
+            16 + 16 + 18 + 10);
+  EXPECT_EQ(s.prefix_tokens_matched - before.prefix_tokens_matched,
+            16 + 12 + 16);
+  EXPECT_EQ(s.hits - before.hits, 4 + 3 + 4);
+  // Only d's match stopped at a block not cached.
+  EXPECT_EQ(s.misses - before.misses, 1);
+  ASSERT_VALID(cache);
+}
+
+// A released chain loses its deepest blocks first: a match starts at block
+// 0, so evicting block 0 first would strand every later block of it.
+TEST(PrefixCacheTest, AReleasedChainIsEvictedFromItsTail) {
+  // 2 layers: a 32-token sequence holds 8 blocks per layer, 16 in all.
+  auto cache = *KVCache::Create(Config(20));
+  ASSERT_TRUE(cache->RemoveSequence(Written(*cache, 32, 1)).ok());
+  EXPECT_EQ(cache->Stats().blocks_cached, 16);
+  // 16 tokens of another family: 4 blocks per layer; 4 free, 2 evicted
+  // entries (2 layers each) make the rest.
+  const SeqId other = *cache->AddSequence();
+  ASSERT_TRUE(Put(*cache, other, 0, 16, 9).ok());
+  EXPECT_EQ(cache->Stats().blocks_cached, 12);
+  // Blocks 6 and 7 went: the first 6 still match.
+  const SeqId probe = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(probe, Ids(32, 1)), 6 * kBt);
+  ASSERT_VALID(cache);
+}
+
 // Refused calls leave the prefix cache as it was: no idle entry evicted for
 // an update that cannot fit anyway, none taken off the LRU list or moved on
 // it by a match or ids refused.

@@ -280,9 +280,10 @@ TEST(SnapshotData, OpaqueStorageIsReadThroughTheStorage) {
   EXPECT_TRUE(*parsed == *snap);
 }
 
-// Version 2 added CacheConfig::group_layers; a version-1 file (written
-// here by encoding a snapshot marked version 1, which leaves the field out)
-// still reads, as a cache of per-layer tables.
+// Version 2 added CacheConfig::group_layers, version 3 four statistics; a
+// version-1 file (written here by encoding a snapshot marked version 1,
+// which leaves them out) still reads, as a cache of per-layer tables whose
+// new statistics are 0.
 TEST(SnapshotFile, ReadsVersionOne) {
   auto cache = testing::BuildShowcase();
   ASSERT_TRUE(cache.ok()) << cache.status();
@@ -290,8 +291,11 @@ TEST(SnapshotFile, ReadsVersionOne) {
   ASSERT_TRUE(snap.ok());
   Snapshot v1 = *snap;
   v1.version = 1;
+  v1.stats.prefix_queries = v1.stats.prefix_blocks_queried = 0;
+  v1.stats.prefix_tokens_queried = v1.stats.prefix_tokens_matched = 0;
+  EXPECT_GT(snap->stats.prefix_queries, 0);
   const std::string v1_bytes = EncodeSnapshot(v1);
-  EXPECT_EQ(v1_bytes.size() + 1, EncodeSnapshot(*snap).size());
+  EXPECT_EQ(v1_bytes.size() + 1 + 4 * 8, EncodeSnapshot(*snap).size());
   absl::StatusOr<Snapshot> parsed = ParseSnapshot(v1_bytes);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(parsed->version, 1u);

@@ -152,6 +152,10 @@ py::dict StatsDict(const kvpage_cache_stats& s) {
   KVPAGE_FIELD(blocks_released);
   KVPAGE_FIELD(bytes_written);
   KVPAGE_FIELD(bytes_copied);
+  KVPAGE_FIELD(prefix_queries);
+  KVPAGE_FIELD(prefix_blocks_queried);
+  KVPAGE_FIELD(prefix_tokens_queried);
+  KVPAGE_FIELD(prefix_tokens_matched);
 #undef KVPAGE_FIELD
   return d;
 }

@@ -17,7 +17,12 @@
 // asks first what a request would cost (KVCache::CachedPrefixTokens,
 // KVCache::PlanAdmission, BlocksNeeded).
 //
-// An engine step, one layer's table (every layer the same way):
+// With CacheConfig::group_layers the layers of a group share one table: a
+// reservation for any of them serves the group (every layer's kernel writes
+// the same slots at its own LayerBase), and KVCache::GroupOf says which
+// group a layer is in.
+//
+// An engine step, one table (a group of layers, or one layer):
 //   std::vector<kvpage::ReserveRequest> step;      // one per running request
 //   for (auto& r : running) step.push_back({.seq = r.seq,
 //                                           .seq_len = r.len + r.new_tokens,

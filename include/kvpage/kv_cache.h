@@ -139,9 +139,15 @@ struct CacheStats {
   int64_t slots_allocated = 0;  // token slots of the blocks in use (with
                                 // groups, times LayerGroupWidth); minus
                                 // tokens_stored, the internal waste
-  int64_t hits = 0;             // prefix-cache block lookups that matched
-  int64_t misses = 0;           // MatchPrefix calls stopped by a lookup
-  int64_t prefix_entries = 0;   // hashes in the prefix cache
+  // Prefix caching. hits: blocks MatchPrefix attached, summed over calls;
+  // misses: MatchPrefix calls whose match stopped at a block not cached (a
+  // call that matched every full block offered, or stopped at a layer's
+  // max_seq_len, counts none). Not a hit rate: that is
+  // prefix_tokens_matched / prefix_tokens_queried (by tokens) or hits /
+  // prefix_blocks_queried (by blocks), below.
+  int64_t hits = 0;
+  int64_t misses = 0;
+  int64_t prefix_entries = 0;  // hashes in the prefix cache
   // Compression. The quantized pool counts cells; an int8 block takes two
   // when max_rel_error mixes formats. memory_usage_bytes above includes the
   // cells in use.
@@ -174,6 +180,12 @@ struct CacheStats {
   int64_t blocks_released = 0;        // blocks given back to the pool, ever
   int64_t bytes_written = 0;          // token data written from Update() inputs
   int64_t bytes_copied = 0;           // token data moved inside the pools
+  // What MatchPrefix was asked: calls, the full blocks of ids offered, the
+  // tokens offered and the tokens it attached.
+  int64_t prefix_queries = 0;
+  int64_t prefix_blocks_queried = 0;
+  int64_t prefix_tokens_queried = 0;
+  int64_t prefix_tokens_matched = 0;
   bool operator==(const CacheStats&) const = default;
 };
 
@@ -186,6 +198,15 @@ struct SequenceStats {
   double utilization = 0;          // tokens_stored / its token slots
   int64_t memory_usage_bytes = 0;  // blocks * CacheStats::block_bytes
   int64_t evictions = 0;           // tokens evicted from it by policies
+};
+
+// How MatchPrefix matches.
+struct MatchOptions {
+  // Stop the match so that at least the prompt's last token is left to
+  // compute: an engine needs its logits to sample the next token (vLLM
+  // stops there too). Without it a prompt whose every block is cached is
+  // matched whole.
+  bool leave_last_token = false;
 };
 
 // Options of one sequence.
@@ -236,22 +257,32 @@ class KVCache {
   // A layer's block whose ids are hashed and whose keys and values are all
   // written (and visible, and hot) is published in the prefix cache, which
   // then holds a reference on it: when the sequence is released, the block
-  // stays cached with no user until an allocation needs it (free blocks go
-  // first, then cached blocks, least recently used first). Truncate() drops
-  // ids past its length. NotFound for an unknown id. O(ids + blocks).
+  // stays cached with no user until an allocation needs it. The order:
+  // free blocks go first, then idle cached entries, least recently used
+  // first; the entries one release leaves idle count as used from its last
+  // block to its first, so that a chain loses its deepest block first (a
+  // match starts at block 0: its first blocks stay matchable longest).
+  // Truncate() drops ids past its length. NotFound for an unknown id.
+  // O(ids + blocks).
   [[nodiscard]] absl::Status AppendTokens(SeqId seq,
                                           absl::Span<const int32_t> token_ids);
 
   // Attaches to the empty sequence `seq`, in every layer, the longest run of
   // cached blocks whose ids match the beginning of `tokens` (whole blocks,
-  // every layer present, no more than any layer's max_seq_len), as
-  // AppendTokens of those ids would; returns the tokens matched: what the
-  // engine need not compute (then it continues with Update at seq_len
-  // matched + ...). Counts a hit per block found and a miss for the first
-  // block not found. NotFound for an unknown id; FailedPrecondition when
-  // `seq` already holds tokens or ids. O(tokens + layers * blocks matched).
+  // every layer present, no more than any layer's max_seq_len, and with
+  // options.leave_last_token not the last token), as AppendTokens of those
+  // ids would; returns the tokens matched: what the engine need not compute
+  // (then it continues with Update at seq_len matched + ...). Counts a hit
+  // per block found, a miss when a block not found stops the match, and
+  // what was asked (CacheStats::prefix_queries and the rest). NotFound for
+  // an unknown id; FailedPrecondition when `seq` already holds tokens or
+  // ids. O(tokens + layers * blocks matched).
   [[nodiscard]] absl::StatusOr<int64_t> MatchPrefix(
-      SeqId seq, absl::Span<const int32_t> tokens);
+      SeqId seq, absl::Span<const int32_t> tokens) {
+    return MatchPrefix(seq, tokens, MatchOptions{});
+  }
+  [[nodiscard]] absl::StatusOr<int64_t> MatchPrefix(
+      SeqId seq, absl::Span<const int32_t> tokens, const MatchOptions& options);
 
   // Drops a sequence and releases its blocks. NotFound for an unknown id.
   // O(blocks of the sequence).
@@ -386,7 +417,12 @@ class KVCache {
   // The tokens MatchPrefix(seq with `salt`, tokens) would attach now.
   // O(tokens + matched blocks).
   [[nodiscard]] int64_t CachedPrefixTokens(absl::Span<const int32_t> tokens,
-                                           uint64_t salt) const;
+                                           uint64_t salt) const {
+    return CachedPrefixTokens(tokens, salt, MatchOptions{});
+  }
+  [[nodiscard]] int64_t CachedPrefixTokens(absl::Span<const int32_t> tokens,
+                                           uint64_t salt,
+                                           const MatchOptions& options) const;
   // For a new sequence with `salt` whose prompt is `prompt` and which will
   // grow to prompt.size() + extra_tokens tokens: the cached tokens, the
   // most blocks the pool must supply at once in all layers as it grows

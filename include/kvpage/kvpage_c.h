@@ -164,6 +164,8 @@ typedef struct kvpage_cache_stats {
   double max_quant_error, mean_quant_error;
   int64_t evictions, blocks_released_by_policy, blocks_reused_by_ring;
   int64_t blocks_allocated, blocks_released, bytes_written, bytes_copied;
+  int64_t prefix_queries, prefix_blocks_queried, prefix_tokens_queried,
+      prefix_tokens_matched;
 } kvpage_cache_stats;
 
 /* kvpage::SequenceStats. */

@@ -18,7 +18,7 @@
 // with the slots it shows; a hot block's bytes are those of all its
 // storage slots, and a prefix entry names a block per group.
 //
-// File format (version 2, which reads version 1 too;
+// File format (version 3, which reads versions 1 and 2 too;
 // docs/snapshot-format.md has every field):
 //   header   "KVPGSNAP", u32 version, u32 flags (bit 0: token data),
 //            u64 payload bytes, u64 XXH3-64 (seed 0) of the payload
@@ -48,7 +48,7 @@
 
 namespace kvpage {
 
-inline constexpr uint32_t kSnapshotVersion = 2;
+inline constexpr uint32_t kSnapshotVersion = 3;
 inline constexpr uint32_t kSnapshotNoBlock = 0xffffffffu;
 // The largest snapshot file ReadSnapshot reads and WriteSnapshotFile writes,
 // header included: 1 TiB. Reading one allocates its size, and writing one

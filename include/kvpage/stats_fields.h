@@ -20,8 +20,9 @@ namespace kvpage {
 // Calls visit(name, field) for each field of `stats` in declaration order:
 // `name` is the field's name as CacheStats spells it (a string literal),
 // `field` the member itself (int64_t or double; const when `stats` is, so
-// that a visitor may also assign). Append only: snapshot format version 1
-// stores the fields in this order. O(fields); allocates nothing.
+// that a visitor may also assign). Append only: snapshot files store the
+// fields in this order (versions 1 and 2 the first
+// kCacheStatsFieldsVersion2 of them). O(fields); allocates nothing.
 template <typename Stats, typename Visit>
 requires std::is_same_v<std::remove_cvref_t<Stats>, CacheStats>
 constexpr void ForEachStatsField(Stats&& stats, Visit&& visit) {
@@ -59,7 +60,14 @@ constexpr void ForEachStatsField(Stats&& stats, Visit&& visit) {
   visit("blocks_released", stats.blocks_released);
   visit("bytes_written", stats.bytes_written);
   visit("bytes_copied", stats.bytes_copied);
+  visit("prefix_queries", stats.prefix_queries);
+  visit("prefix_blocks_queried", stats.prefix_blocks_queried);
+  visit("prefix_tokens_queried", stats.prefix_tokens_queried);
+  visit("prefix_tokens_matched", stats.prefix_tokens_matched);
 }
+
+// The fields snapshot format versions 1 and 2 store.
+inline constexpr int kCacheStatsFieldsVersion2 = 34;
 
 // How many fields ForEachStatsField visits.
 inline constexpr int kCacheStatsFieldCount = [] {

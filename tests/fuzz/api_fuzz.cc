@@ -479,7 +479,7 @@ void Harness::MatchPrefix() {
          count, ", at most ", limit, " blocks of ", bt);
   trace_.back() += absl::StrCat(" -> ", m);
   hits_ += m / bt;
-  misses_ += m / bt < count / bt;
+  misses_ += m / bt < limit;  // stopped by a block not cached
   s->Rescript(script);
   s->told = m;
   for (int layer = 0; layer < c_.num_layers; ++layer) {

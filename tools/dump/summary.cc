@@ -145,7 +145,16 @@ Json PrefixCacheJson(const Snapshot& snap, const PoolTally& pools) {
           {"idle_entries", idle},
           {"cached_blocks", pools.hot_states.at("cached")},
           {"hits", snap.stats.hits},
-          {"misses", snap.stats.misses}};
+          {"misses", snap.stats.misses},
+          {"queries", snap.stats.prefix_queries},
+          {"tokens_queried", snap.stats.prefix_tokens_queried},
+          {"tokens_matched", snap.stats.prefix_tokens_matched},
+          {"blocks_queried", snap.stats.prefix_blocks_queried},
+          // The hit rates, of what MatchPrefix was asked (0 when nothing).
+          {"token_hit_rate", Fraction(snap.stats.prefix_tokens_matched,
+                                      snap.stats.prefix_tokens_queried)},
+          {"block_hit_rate",
+           Fraction(snap.stats.hits, snap.stats.prefix_blocks_queried)}};
 }
 
 }  // namespace
@@ -291,6 +300,13 @@ std::string PrefixCacheAndStatsText(const Json& m) {
       {"cached blocks", Num(pc["cached_blocks"])},
       {"lookups", absl::StrFormat("%s hits, %s misses", Num(pc["hits"]),
                                   Num(pc["misses"]))},
+      {"hit rate",
+       absl::StrFormat("%.1f%% of %s tokens queried, %.1f%% of %s blocks "
+                       "(%s queries)",
+                       100 * pc["token_hit_rate"].get<double>(),
+                       Num(pc["tokens_queried"]),
+                       100 * pc["block_hit_rate"].get<double>(),
+                       Num(pc["blocks_queried"]), Num(pc["queries"]))},
   });
   if (m["dangling_references"].get<int64_t>() > 0) {
     out += absl::StrFormat(

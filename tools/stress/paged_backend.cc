@@ -115,6 +115,8 @@ class PagedBackend final : public Backend {
     c.evictions = s.evictions;
     c.prefix_hits = s.hits;
     c.prefix_misses = s.misses;
+    c.prefix_tokens_queried = s.prefix_tokens_queried;
+    c.prefix_tokens_matched = s.prefix_tokens_matched;
     c.compressions = s.compressions_applied;
     c.compressions_skipped = s.compressions_skipped;
     c.decompressions = s.decompressions;

@@ -56,6 +56,8 @@ BackendCounters& BackendCounters::operator+=(const BackendCounters& shard) {
   evictions += shard.evictions;
   prefix_hits += shard.prefix_hits;
   prefix_misses += shard.prefix_misses;
+  prefix_tokens_queried += shard.prefix_tokens_queried;
+  prefix_tokens_matched += shard.prefix_tokens_matched;
   compressions += shard.compressions;
   compressions_skipped += shard.compressions_skipped;
   decompressions += shard.decompressions;
@@ -339,6 +341,14 @@ void AddMemoryRows(const std::vector<BackendResult>& bs, Table& t) {
       })) {
     t.Row("prefix cache hits / misses (blocks)", [](const BackendResult& b) {
       return absl::StrCat(Si(b.prefix_hits), " / ", Si(b.prefix_misses));
+    });
+    t.Row("prefix cache hit rate (tokens)", [](const BackendResult& b) {
+      return b.prefix_tokens_queried == 0
+                 ? std::string("-")
+                 : absl::StrFormat(
+                       "%.1f%%",
+                       100.0 * static_cast<double>(b.prefix_tokens_matched) /
+                           static_cast<double>(b.prefix_tokens_queried));
     });
   }
   if (Any(bs, [](const BackendResult& b) { return b.compressions > 0; })) {

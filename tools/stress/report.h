@@ -89,6 +89,9 @@ struct BackendCounters {
   int64_t bytes_written = 0, bytes_copied = 0;
   int64_t evictions = 0;  // tokens evicted by the policy
   int64_t prefix_hits = 0, prefix_misses = 0;
+  // What MatchPrefix was asked and attached, in tokens: the hit rate is
+  // prefix_tokens_matched / prefix_tokens_queried.
+  int64_t prefix_tokens_queried = 0, prefix_tokens_matched = 0;
   int64_t compressions = 0, compressions_skipped = 0, decompressions = 0;
   double max_quant_error = 0;
   int64_t tokens_verified = 0;  // token x layer compared
@@ -193,9 +196,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     max_requests_in_flight_by_shard, latencies, memory_over_time,
     utilization_mean, utilization_peak, internal_waste_mean, internal_waste_max,
     kv_budget_bytes, kv_bytes_held_peak, bytes_written, bytes_copied, evictions,
-    prefix_hits, prefix_misses, compressions, compressions_skipped,
-    decompressions, bytes_saved_peak, max_quant_error, peak_rss_bytes,
-    tokens_verified, quantized_blocks_verified, validations)
+    prefix_hits, prefix_misses, prefix_tokens_queried, prefix_tokens_matched,
+    compressions, compressions_skipped, decompressions, bytes_saved_peak,
+    max_quant_error, peak_rss_bytes, tokens_verified, quantized_blocks_verified,
+    validations)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     RunInfo, preset, model, layers, kv_heads, head_dim, dtype, block_tokens,
     bytes_per_token, requests, concurrency, arrival_rate, samples,

@@ -377,6 +377,12 @@ TEST(StressToolTest, SharedSystemPromptHitsThePrefixCache) {
   ExpectAllVerified(r, 2);
   EXPECT_GT(Backend(r, 0)["prefix_hits"].get<int64_t>(), 0);
   EXPECT_GT(Backend(r, 0)["prefix_tokens_reused"].get<int64_t>(), 0);
+  // The token hit rate's parts: what was matched is what was reused, out of
+  // what was asked.
+  EXPECT_EQ(Backend(r, 0)["prefix_tokens_matched"],
+            Backend(r, 0)["prefix_tokens_reused"]);
+  EXPECT_GT(Backend(r, 0)["prefix_tokens_queried"].get<int64_t>(),
+            Backend(r, 0)["prefix_tokens_matched"].get<int64_t>());
   EXPECT_EQ(Backend(r, 1)["prefix_tokens_reused"], 0);
   EXPECT_LT(Backend(r, 0)["tokens_appended"], Backend(r, 1)["tokens_appended"]);
 }

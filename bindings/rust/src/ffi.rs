@@ -118,6 +118,10 @@ pub struct kvpage_cache_stats {
     pub blocks_released: i64,
     pub bytes_written: i64,
     pub bytes_copied: i64,
+    pub prefix_queries: i64,
+    pub prefix_blocks_queried: i64,
+    pub prefix_tokens_queried: i64,
+    pub prefix_tokens_matched: i64,
 }
 
 #[repr(C)]
