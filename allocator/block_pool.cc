@@ -65,11 +65,6 @@ absl::Status BlockPool::Allocate(absl::Span<BlockId> out) {
   return absl::OkStatus();
 }
 
-void BlockPool::Retain(BlockId id) {
-  KVPAGE_DCHECK(id < capacity_ && ref_count(id) > 0);
-  refs_[id].fetch_add(1, std::memory_order_relaxed);
-}
-
 void BlockPool::Release(absl::Span<const BlockId> ids) {
   // Most releases drop the last reference: gather those, then one lock.
   constexpr size_t kBatch = 64;

@@ -83,7 +83,11 @@ class BlockPool {
   [[nodiscard]] absl::Status Allocate(absl::Span<BlockId> out);
 
   // One more reference to a used block. The caller must hold a reference.
-  void Retain(BlockId id);
+  // Inline: every fork, match and publication takes one per block.
+  void Retain(BlockId id) {
+    KVPAGE_DCHECK(id < capacity_ && ref_count(id) > 0);
+    refs_[id].fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Drops one reference to each block; those that reach 0 become free.
   void Release(absl::Span<const BlockId> ids);

@@ -2,6 +2,7 @@
 // compressed block, the prefix cache's own holds, and publishing blocks to
 // it.
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -101,6 +102,46 @@ void KVCache::Impl::PublishTable(internal::Sequence& sequence, size_t group) {
     }
   }
   table.published = std::max(table.published, limit);
+}
+
+void KVCache::Impl::PublishAll(internal::Sequence& sequence) {
+  const size_t tables = sequence.tables.size();
+  if (tables == 1) {
+    PublishTable(sequence, 0);
+    return;
+  }
+  // Blocks outer, tables inner: the index is asked once per block for all
+  // tables (PublishTable asks once per block and table).
+  absl::InlinedVector<int64_t, 8> limits(tables, 0);
+  int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0;
+  const auto hashed = static_cast<int64_t>(sequence.block_hashes.size());
+  for (size_t g = 0; g < tables; ++g) {
+    const BlockTable& table = sequence.tables[g];
+    if (table.split) continue;  // published once its layers agree again
+    limits[g] = std::min(hashed, table.length / group_rules[g].block_tokens);
+    lo = std::min(lo, table.published);
+    hi = std::max(hi, limits[g]);
+  }
+  for (int64_t b = lo; b < hi; ++b) {
+    const uint64_t hash = sequence.block_hashes[static_cast<size_t>(b)];
+    int32_t entry = -1;
+    for (size_t g = 0; g < tables; ++g) {
+      const BlockTable& table = sequence.tables[g];
+      if (b < table.published || b >= limits[g]) continue;
+      const LayerRules& r = group_rules[g];
+      const int64_t bt = r.block_tokens;
+      const bool visible = b * bt >= std::max(table.window_start, r.sinks) ||
+                           (b + 1) * bt <= r.sinks ||
+                           table.window_start <= r.sinks;
+      if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
+      const BlockId id = table.Block(b);
+      if (prefix->Publish(hash, g, id, &entry)) pool->Retain(id);
+    }
+  }
+  for (size_t g = 0; g < tables; ++g) {
+    BlockTable& table = sequence.tables[g];
+    table.published = std::max(table.published, limits[g]);
+  }
 }
 
 absl::StatusOr<const internal::Sequence*> KVCache::Impl::FindSequence(

@@ -155,9 +155,7 @@ absl::Status KVCache::AppendTokens(SeqId seq,
   sequence.token_ids.insert(sequence.token_ids.end(), token_ids.begin(),
                             token_ids.end());
   internal::ExtendBlockHashes(sequence, impl.block_tokens());
-  for (size_t group = 0; group < sequence.tables.size(); ++group) {
-    impl.PublishTable(sequence, group);
-  }
+  impl.PublishAll(sequence);
   return absl::OkStatus();
 }
 

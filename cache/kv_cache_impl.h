@@ -148,6 +148,9 @@ struct KVCache::Impl {
   // yet offered to the prefix cache (none while it is split). O(blocks
   // published).
   void PublishTable(internal::Sequence& sequence, size_t group);
+  // PublishTable for every table, block by block (one index lookup per
+  // block). O(blocks published).
+  void PublishAll(internal::Sequence& sequence);
 
   // ---- The update rule's steps, shared by Update and Reserve
   // (update_steps.cc).

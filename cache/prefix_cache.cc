@@ -32,15 +32,16 @@ int32_t PrefixCache::NewEntry(uint64_t hash) {
   return e;
 }
 
-bool PrefixCache::Publish(uint64_t hash, size_t layer, BlockId id) {
+bool PrefixCache::Publish(uint64_t hash, size_t layer, BlockId id,
+                          int32_t* known_entry) {
   if (entry_of_[id] >= 0) return false;
-  int32_t e;
-  if (auto it = by_hash_.find(hash); it != by_hash_.end()) {
-    e = it->second;
-    if (block(e, layer) != kNoBlock) return false;
-  } else {
-    e = NewEntry(hash);
+  int32_t e = known_entry != nullptr ? *known_entry : -1;
+  if (e < 0) {
+    auto it = by_hash_.find(hash);
+    e = it != by_hash_.end() ? it->second : NewEntry(hash);
+    if (known_entry != nullptr) *known_entry = e;
   }
+  if (block(e, layer) != kNoBlock) return false;
   Entry& entry = entries_[static_cast<size_t>(e)];
   // Idle in its other layers: no longer. Off the list before the count
   // changes, so that the list's block count loses what it had added.

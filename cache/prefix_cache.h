@@ -46,7 +46,10 @@ class PrefixCache {
   // (under this hash or another: a fork told other ids than its parent) or
   // the entry has a block for that layer. True: the caller adds the cache's
   // reference on `id`. O(1).
-  [[nodiscard]] bool Publish(uint64_t hash, size_t layer, BlockId id);
+  // `known_entry`, when given, is the entry of `hash` once known (-1
+  // before): a caller publishing one block of every table looks it up once.
+  [[nodiscard]] bool Publish(uint64_t hash, size_t layer, BlockId id,
+                             int32_t* known_entry = nullptr);
 
   // The entry listed under `hash` when it has a block in every layer, else
   // -1. O(1).
