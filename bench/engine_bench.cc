@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/figures.h"
 #include "kvpage/kvpage.h"
 
 namespace {
@@ -69,11 +70,6 @@ std::unique_ptr<kvpage::KVCache> MakeCache(int64_t num_blocks, int layers = 1,
   Die(cache.status());
   return *std::move(cache);
 }
-
-struct Figure {
-  std::string name;
-  std::vector<double> runs;
-};
 
 // One run of 256 requests decoding kSteps steps; ns per request-step. With
 // `layers` > 1 the layers form one group.
@@ -235,19 +231,6 @@ double Floor() {
   return Ns(Clock::now() - start) / (kSteps * kRequests);
 }
 
-void Print(const std::vector<Figure>& figures) {
-  std::printf("{\n  \"peer\": \"kvpage\",\n  \"block_size\": %d,\n", kBlock);
-  for (size_t f = 0; f < figures.size(); ++f) {
-    std::vector<double> runs = figures[f].runs;
-    std::sort(runs.begin(), runs.end());
-    std::printf(
-        "  \"%s\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}%s\n",
-        figures[f].name.c_str(), runs[runs.size() / 2], runs.front(),
-        runs.back(), f + 1 < figures.size() ? "," : "");
-  }
-  std::printf("}\n");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,15 +258,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvpage_engine_bench: --reps must be >= 1\n");
     return 2;
   }
-  std::vector<Figure> figures = {{"request_step_ns", {}},
-                                 {"request_step_no_table_ns", {}},
-                                 {"allocate_ns_per_block", {}},
-                                 {"release_ns_per_block", {}},
-                                 {"admit_2k_with_1k_cached_us", {}},
-                                 {"floor_request_step_ns", {}},
-                                 {"request_step_group32_ns", {}},
-                                 {"release_32_layers_us", {}},
-                                 {"release_32_layers_group_us", {}}};
+  std::vector<kvpage::bench::Figure> figures = {
+      {"request_step_ns", {}},
+      {"request_step_no_table_ns", {}},
+      {"allocate_ns_per_block", {}},
+      {"release_ns_per_block", {}},
+      {"admit_2k_with_1k_cached_us", {}},
+      {"floor_request_step_ns", {}},
+      {"request_step_group32_ns", {}},
+      {"release_32_layers_us", {}},
+      {"release_32_layers_group_us", {}}};
   for (int r = 0; r < reps; ++r) {
     figures[0].runs.push_back(RequestStep(true));
     figures[1].runs.push_back(RequestStep(false));
@@ -296,6 +280,8 @@ int main(int argc, char** argv) {
     figures[7].runs.push_back(Release32(false));
     figures[8].runs.push_back(Release32(true));
   }
-  Print(figures);
+  kvpage::bench::PrintFigures(figures,
+                              "  \"peer\": \"kvpage\",\n  \"block_size\": " +
+                                  std::to_string(kBlock) + ",\n");
   return 0;
 }

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/figures.h"
 #include "kvpage/kvpage.h"
 
 #define XXH_INLINE_ALL
@@ -153,11 +154,6 @@ double EvictNs() {
   return (Ns(evicting) - Ns(from_free)) / static_cast<double>(cached_blocks);
 }
 
-struct Figure {
-  std::string name;
-  std::vector<double> runs;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -176,11 +172,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvpage_prefix_bench: --reps must be >= 1\n");
     return 2;
   }
-  std::vector<Figure> figures = {{"hash_512_ns", {}},
-                                 {"hash_512_bytewise_ns", {}},
-                                 {"hash_16_ns", {}},
-                                 {"publish_ns_per_block_layer", {}},
-                                 {"evict_ns_per_entry", {}}};
+  std::vector<kvpage::bench::Figure> figures = {
+      {"hash_512_ns", {}},
+      {"hash_512_bytewise_ns", {}},
+      {"hash_16_ns", {}},
+      {"publish_ns_per_block_layer", {}},
+      {"evict_ns_per_entry", {}}};
   for (int r = 0; r < reps; ++r) {
     figures[0].runs.push_back(HashNs(512, kvpage::PrefixBlockHash));
     figures[1].runs.push_back(HashNs(512, BytewiseHash));
@@ -188,15 +185,6 @@ int main(int argc, char** argv) {
     figures[3].runs.push_back(PublishNs());
     figures[4].runs.push_back(EvictNs());
   }
-  std::printf("{\n");
-  for (size_t f = 0; f < figures.size(); ++f) {
-    std::vector<double> runs = figures[f].runs;
-    std::sort(runs.begin(), runs.end());
-    std::printf(
-        "  \"%s\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}%s\n",
-        figures[f].name.c_str(), runs[runs.size() / 2], runs.front(),
-        runs.back(), f + 1 < figures.size() ? "," : "");
-  }
-  std::printf("}\n");
+  kvpage::bench::PrintFigures(figures);
   return 0;
 }

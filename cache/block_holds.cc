@@ -81,25 +81,38 @@ void KVCache::Impl::EvictOldest() {
   for (BlockId id : prefix->EvictOldest()) Release(id);
 }
 
+void KVCache::Impl::PublishBlock(const BlockTable& table, size_t group,
+                                 int64_t logical, uint64_t hash,
+                                 int32_t* entry) {
+  const LayerRules& r = group_rules[group];
+  const int64_t bt = r.block_tokens;
+  const bool visible = logical * bt >= std::max(table.window_start, r.sinks) ||
+                       (logical + 1) * bt <= r.sinks ||
+                       table.window_start <= r.sinks;
+  if (!visible || !table.Holds(logical) || IsQuant(table.Block(logical))) {
+    return;
+  }
+  const BlockId id = table.Block(logical);
+  if (prefix->Publish(hash, group, id, entry)) {
+    pool->Retain(id);  // the cache's reference
+  }
+}
+
+// The logical blocks below this are hashed and fully written in `table`.
+int64_t KVCache::Impl::PublishLimit(const internal::Sequence& sequence,
+                                    size_t group) const {
+  const BlockTable& table = sequence.tables[group];
+  if (table.split) return 0;  // published once its layers agree again
+  return std::min(static_cast<int64_t>(sequence.block_hashes.size()),
+                  table.length / group_rules[group].block_tokens);
+}
+
 void KVCache::Impl::PublishTable(internal::Sequence& sequence, size_t group) {
   BlockTable& table = sequence.tables[group];
-  if (table.split) return;  // published once its layers agree again
-  const LayerRules& layer_rules = group_rules[group];
-  const int64_t tokens_per_block = layer_rules.block_tokens;
-  const int64_t limit =
-      std::min(static_cast<int64_t>(sequence.block_hashes.size()),
-               table.length / tokens_per_block);
+  const int64_t limit = PublishLimit(sequence, group);
   for (int64_t b = table.published; b < limit; ++b) {
-    const bool visible = b * tokens_per_block >=
-                             std::max(table.window_start, layer_rules.sinks) ||
-                         (b + 1) * tokens_per_block <= layer_rules.sinks ||
-                         table.window_start <= layer_rules.sinks;
-    if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
-    const BlockId id = table.Block(b);
-    if (prefix->Publish(sequence.block_hashes[static_cast<size_t>(b)], group,
-                        id)) {
-      pool->Retain(id);  // the cache's reference
-    }
+    PublishBlock(table, group, b, sequence.block_hashes[static_cast<size_t>(b)],
+                 nullptr);
   }
   table.published = std::max(table.published, limit);
 }
@@ -114,12 +127,9 @@ void KVCache::Impl::PublishAll(internal::Sequence& sequence) {
   // tables (PublishTable asks once per block and table).
   absl::InlinedVector<int64_t, 8> limits(tables, 0);
   int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0;
-  const auto hashed = static_cast<int64_t>(sequence.block_hashes.size());
   for (size_t g = 0; g < tables; ++g) {
-    const BlockTable& table = sequence.tables[g];
-    if (table.split) continue;  // published once its layers agree again
-    limits[g] = std::min(hashed, table.length / group_rules[g].block_tokens);
-    lo = std::min(lo, table.published);
+    limits[g] = PublishLimit(sequence, g);
+    lo = std::min(lo, sequence.tables[g].published);
     hi = std::max(hi, limits[g]);
   }
   for (int64_t b = lo; b < hi; ++b) {
@@ -127,15 +137,9 @@ void KVCache::Impl::PublishAll(internal::Sequence& sequence) {
     int32_t entry = -1;
     for (size_t g = 0; g < tables; ++g) {
       const BlockTable& table = sequence.tables[g];
-      if (b < table.published || b >= limits[g]) continue;
-      const LayerRules& r = group_rules[g];
-      const int64_t bt = r.block_tokens;
-      const bool visible = b * bt >= std::max(table.window_start, r.sinks) ||
-                           (b + 1) * bt <= r.sinks ||
-                           table.window_start <= r.sinks;
-      if (!visible || !table.Holds(b) || IsQuant(table.Block(b))) continue;
-      const BlockId id = table.Block(b);
-      if (prefix->Publish(hash, g, id, &entry)) pool->Retain(id);
+      if (b >= table.published && b < limits[g]) {
+        PublishBlock(table, g, b, hash, &entry);
+      }
     }
   }
   for (size_t g = 0; g < tables; ++g) {

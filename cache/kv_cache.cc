@@ -341,62 +341,44 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
         seq, layer, seq_len));
   }
   const int64_t start = seq_len - k.tokens;
+  if (absl::Status s =
+          impl.CheckPositions("Update", seq, layer, layer_rules,
+                              impl.StateOf(sequence, layer), start, seq_len);
+      ABSL_PREDICT_FALSE(!s.ok())) {
+    return s;
+  }
+  // A layer of a group of several moves with the union of its group's
+  // layers (layer_groups.cc); a table of its own as before.
+  const bool in_group = impl.group_layers(group) > 1;
   const int slot = impl.groups.slot_of[static_cast<size_t>(layer)];
+  int64_t at = 0;
+  const BlockId block =
+      ABSL_PREDICT_FALSE(in_group)
+          ? impl.GroupAppendBlock(sequence, layer, start, seq_len, &at)
+          : impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &at);
   int64_t written = k.tokens;
-  if (ABSL_PREDICT_FALSE(impl.group_layers(group) > 1)) {
-    // One layer of a group: the table moves with the union of its layers.
-    if (absl::Status s =
-            impl.CheckPositions("Update", seq, layer, layer_rules,
-                                impl.StateOf(sequence, layer), start, seq_len);
-        ABSL_PREDICT_FALSE(!s.ok())) {
-      return s;
-    }
-    int64_t at = 0;
-    const BlockId block =
-        impl.GroupAppendBlock(sequence, layer, start, seq_len, &at);
-    if (block != internal::kNoBlock) {
+  if (block != internal::kNoBlock) {  // the fast path: one run, one block
+    if (ABSL_PREDICT_FALSE(in_group)) {
       impl.GroupAppendInPlace(sequence, layer, start, seq_len);
-      const BlockId storage_id = impl.pool->StorageId(block, slot);
-      impl.io->WriteRun(storage_id, false, at,
-                        static_cast<const std::byte*>(k.data), k.dtype,
-                        k.tokens);
-      impl.io->WriteRun(storage_id, true, at,
-                        static_cast<const std::byte*>(v.data), v.dtype,
-                        v.tokens);
     } else {
-      if (absl::Status s = impl.PlaceLayerOfGroup("Update", seq, layer,
-                                                  sequence, start, seq_len);
-          !s.ok()) {
-        return s;
-      }
-      written =
-          WriteTokens(*impl.io, layer_rules, impl.StateOf(sequence, layer),
-                      table, *impl.pool, slot, k, v, start, seq_len);
+      impl.AppendInPlace(table, start, seq_len);
     }
+    const BlockId storage_id = impl.pool->StorageId(block, slot);
+    impl.io->WriteRun(storage_id, false, at,
+                      static_cast<const std::byte*>(k.data), k.dtype, k.tokens);
+    impl.io->WriteRun(storage_id, true, at,
+                      static_cast<const std::byte*>(v.data), v.dtype, v.tokens);
   } else {
-    if (absl::Status s = impl.CheckPositions("Update", seq, layer, layer_rules,
-                                             table, start, seq_len);
-        ABSL_PREDICT_FALSE(!s.ok())) {
+    if (absl::Status s =
+            in_group ? impl.PlaceLayerOfGroup("Update", seq, layer, sequence,
+                                              start, seq_len)
+                     : impl.PlaceGeneral("Update", seq, layer, layer_rules,
+                                         table, start, seq_len);
+        !s.ok()) {
       return s;
     }
-    int64_t at = 0;
-    const BlockId block =
-        impl.InPlaceAppendBlock(layer_rules, table, start, seq_len, &at);
-    if (block != internal::kNoBlock) {  // the fast path: one run, one block
-      impl.AppendInPlace(table, start, seq_len);
-      impl.io->WriteRun(block, false, at, static_cast<const std::byte*>(k.data),
-                        k.dtype, k.tokens);
-      impl.io->WriteRun(block, true, at, static_cast<const std::byte*>(v.data),
-                        v.dtype, v.tokens);
-    } else {
-      if (absl::Status s = impl.PlaceGeneral("Update", seq, layer, layer_rules,
-                                             table, start, seq_len);
-          !s.ok()) {
-        return s;
-      }
-      written = WriteTokens(*impl.io, layer_rules, table, table, *impl.pool, 0,
-                            k, v, start, seq_len);
-    }
+    written = WriteTokens(*impl.io, layer_rules, impl.StateOf(sequence, layer),
+                          table, *impl.pool, slot, k, v, start, seq_len);
   }
   table.reserved_from = BlockTable::kNothingReserved;  // all written now
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();

@@ -151,6 +151,13 @@ struct KVCache::Impl {
   // PublishTable for every table, block by block (one index lookup per
   // block). O(blocks published).
   void PublishAll(internal::Sequence& sequence);
+  // Offers logical block `logical` (chain hash `hash`) of table `group` when
+  // it is fully visible and hot; `entry` as PrefixCache::Publish. O(1).
+  void PublishBlock(const internal::BlockTable& table, size_t group,
+                    int64_t logical, uint64_t hash, int32_t* entry);
+  // The logical blocks below this are hashed and fully written in table
+  // `group` (0 while it is split: its layers publish once they agree).
+  int64_t PublishLimit(const internal::Sequence& sequence, size_t group) const;
 
   // ---- The update rule's steps, shared by Update and Reserve
   // (update_steps.cc).
@@ -218,10 +225,10 @@ struct KVCache::Impl {
   }
 
   // ---- The layers of a group that differ (layer_groups.cc).
-  // Update's path for one layer of a group of several: refuses as
-  // CheckPositions does, and a write into blocks the group let go of
-  // (OutOfRange); plans the layer's step and the group's blocks for the
-  // union of its layers; takes fresh blocks; applies. Splits the table
+  // Update's path for one layer of a group of several, whose positions the
+  // caller checked (CheckPositions): refuses a write into blocks the group
+  // let go of (OutOfRange); plans the layer's step and the group's blocks for
+  // the union of its layers; takes fresh blocks; applies. Splits the table
   // first and rejoins it when its layers agree again. O(layers of the
   // group + blocks changed).
   [[nodiscard]] absl::Status PlaceLayerOfGroup(std::string_view op, SeqId seq,

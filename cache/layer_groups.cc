@@ -158,11 +158,6 @@ absl::Status KVCache::Impl::PlaceLayerOfGroup(std::string_view op, SeqId seq,
   // layers a step apart.
   const LayerRules& layer_rules = group_rules[group];
   const LayerState& now = StateOf(sequence, layer);
-  if (absl::Status s =
-          CheckPositions(op, seq, layer, layer_rules, now, start, seq_len);
-      !s.ok()) {
-    return s;
-  }
   GroupNeeds others;
   for (const int m : groups.members[group]) {
     if (m == layer) continue;

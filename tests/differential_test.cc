@@ -384,6 +384,28 @@ std::vector<std::byte> Encode(const std::vector<float>& values, DType dtype) {
   return out;
 }
 
+// An engine's write kernel: the keys and values `k` and `v` (the cache's
+// dtype, one token after the other) at the slots of `layer`, skipping
+// kNoSlot.
+void WriteKernel(KVCache& cache, int layer, const std::vector<int64_t>& slots,
+                 const std::vector<std::byte>& k,
+                 const std::vector<std::byte>& v) {
+  const CacheConfig& c = cache.config();
+  auto* base = static_cast<std::byte*>(*cache.LayerBase(layer));
+  const int64_t token_bytes =
+      int64_t{c.num_kv_heads} * c.head_dim * DTypeSize(c.dtype);
+  const int64_t bt = c.block_tokens;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int64_t slot = slots[i];
+    if (slot == kNoSlot) continue;
+    std::byte* block = base + slot / bt * BlockBytes(c);
+    const auto from = static_cast<int64_t>(i) * token_bytes;
+    std::memcpy(block + slot % bt * token_bytes, k.data() + from, token_bytes);
+    std::memcpy(block + BlockBytes(c) / 2 + slot % bt * token_bytes,
+                v.data() + from, token_bytes);
+  }
+}
+
 TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
   const auto& [scenario, seed] = GetParam();
   const CacheConfig& c = scenario.config;
@@ -523,20 +545,8 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
           status =
               cache.Reserve(seq, members[0], seq_len, n, absl::MakeSpan(slots));
           for (size_t m = 0; status.ok() && m < members.size(); ++m) {
-            const std::vector<std::byte> kc = Encode(ks[m], c.dtype);
-            const std::vector<std::byte> vc = Encode(vs[m], c.dtype);
-            auto* base = static_cast<std::byte*>(*cache.LayerBase(members[m]));
-            const int64_t token_bytes = elems * DTypeSize(c.dtype);
-            const int64_t bt = c.block_tokens;
-            for (int64_t i = 0; i < n; ++i) {
-              const int64_t slot = slots[static_cast<size_t>(i)];
-              if (slot == kNoSlot) continue;
-              std::byte* block = base + slot / bt * BlockBytes(c);
-              std::memcpy(block + slot % bt * token_bytes,
-                          kc.data() + i * token_bytes, token_bytes);
-              std::memcpy(block + BlockBytes(c) / 2 + slot % bt * token_bytes,
-                          vc.data() + i * token_bytes, token_bytes);
-            }
+            WriteKernel(cache, members[m], slots, Encode(ks[m], c.dtype),
+                        Encode(vs[m], c.dtype));
           }
           what = "reserve group of layer " + std::to_string(members[0]);
         } else {
@@ -573,20 +583,7 @@ TEST_P(DifferentialTest, CacheAgreesWithTheReferenceModel) {
         model.set_bytes_written(bytes_before);
         std::vector<int64_t> slots(static_cast<size_t>(n));
         status = cache.Reserve(seq, layer, seq_len, n, absl::MakeSpan(slots));
-        if (status.ok()) {
-          auto* base = static_cast<std::byte*>(*cache.LayerBase(layer));
-          const int64_t token_bytes = elems * DTypeSize(c.dtype);
-          const int64_t bt = c.block_tokens;
-          for (int64_t i = 0; i < n; ++i) {
-            if (slots[static_cast<size_t>(i)] == kNoSlot) continue;
-            const int64_t slot = slots[static_cast<size_t>(i)];
-            std::byte* block = base + slot / bt * BlockBytes(c);
-            std::memcpy(block + slot % bt * token_bytes,
-                        kc.data() + i * token_bytes, token_bytes);
-            std::memcpy(block + BlockBytes(c) / 2 + slot % bt * token_bytes,
-                        vc.data() + i * token_bytes, token_bytes);
-          }
-        }
+        if (status.ok()) WriteKernel(cache, layer, slots, kc, vc);
         what = "reserve layer " + std::to_string(layer) + " n " +
                std::to_string(n) + " seq_len " + std::to_string(seq_len);
       } else {

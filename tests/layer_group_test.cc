@@ -394,6 +394,16 @@ TEST(LayerGroups, ReserveRefusesAGroupWhoseLayersDiffer) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("group"));
   EXPECT_THAT(testing::Differences(before, Fingerprint(*cache)), IsEmpty());
+  // In a batch too, behind a request that would succeed.
+  const SeqId other = *cache->AddSequence();
+  const testing::CacheFingerprint before_batch = Fingerprint(*cache);
+  const ReserveRequest step[] = {{.seq = other, .seq_len = 1, .tokens = 1},
+                                 {.seq = seq, .seq_len = 6, .tokens = 1}};
+  std::vector<int64_t> step_slots(2);
+  s = cache->ReserveBatch(0, step, absl::MakeSpan(step_slots));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(testing::Differences(before_batch, Fingerprint(*cache)),
+              IsEmpty());
   // The odd group never moved: it reserves.
   EXPECT_TRUE(cache->Reserve(seq, 1, 1, 1, absl::MakeSpan(slots)).ok());
   for (int layer : {2, 4}) {
