@@ -13,22 +13,26 @@ PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
       num_blocks_(num_blocks),
       entry_of_(static_cast<size_t>(num_blocks), -1) {}
 
-int32_t PrefixCache::NewEntry(uint64_t hash) {
-  if (free_entries_.empty()) {
+int32_t PrefixCache::EntryOf(uint64_t hash) {
+  if (entries_.empty()) {
     // An entry holds at least one block of its own: never more entries than
     // blocks. The index is sized for that many once, so that it never
     // rehashes while the cache fills.
-    if (entries_.empty()) by_hash_.reserve(static_cast<size_t>(num_blocks_));
+    by_hash_.reserve(static_cast<size_t>(num_blocks_));
+  }
+  // One lookup whether the hash is listed or not.
+  auto [it, inserted] = by_hash_.try_emplace(hash, 0);
+  if (!inserted) return it->second;
+  if (free_entries_.empty()) {
     entries_.emplace_back();
     blocks_.resize(blocks_.size() + tables_, kNoBlock);
     free_entries_.push_back(static_cast<int32_t>(entries_.size() - 1));
   }
   const int32_t e = free_entries_.back();
   free_entries_.pop_back();
-  Entry& entry = entries_[static_cast<size_t>(e)];
-  entry.hash = hash;
+  entries_[static_cast<size_t>(e)].hash = hash;
   std::fill_n(MutableBlocks(e), tables_, kNoBlock);
-  by_hash_.emplace(hash, e);
+  it->second = e;
   return e;
 }
 
@@ -37,8 +41,7 @@ bool PrefixCache::Publish(uint64_t hash, size_t layer, BlockId id,
   if (entry_of_[id] >= 0) return false;
   int32_t e = known_entry != nullptr ? *known_entry : -1;
   if (e < 0) {
-    auto it = by_hash_.find(hash);
-    e = it != by_hash_.end() ? it->second : NewEntry(hash);
+    e = EntryOf(hash);
     if (known_entry != nullptr) *known_entry = e;
   }
   if (block(e, layer) != kNoBlock) return false;

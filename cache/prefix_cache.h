@@ -114,7 +114,8 @@ class PrefixCache {
     bool in_lru = false;
   };
 
-  int32_t NewEntry(uint64_t hash);
+  // The entry listed under `hash`, a new one (no blocks) when none is.
+  int32_t EntryOf(uint64_t hash);
   void LruPush(int32_t e);  // as most recently used
   void LruRemove(int32_t e);
   [[nodiscard]] absl::Status ValidateList() const;

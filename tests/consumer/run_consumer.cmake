@@ -1,6 +1,6 @@
 # Installs kvpage from KVPAGE_BUILD_DIR into WORK_DIR/prefix, then builds and
 # runs the consumer project against that prefix alone. When the build has the
-# tools (KVPAGE_BUILD_TOOLS), both land in bin/ and run from there.
+# tools (KVPAGE_BUILD_TOOLS), they land in bin/ and run from there.
 file(REMOVE_RECURSE ${WORK_DIR})
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc)
@@ -40,7 +40,7 @@ run(${WORK_DIR}/consumer_c)
 file(STRINGS ${KVPAGE_BUILD_DIR}/CMakeCache.txt _tools
      REGEX "^KVPAGE_BUILD_TOOLS:BOOL=(ON|TRUE|1)$")
 if(_tools)
-  foreach(tool kvpage-dump kvpage-stress kvpage-generate)
+  foreach(tool kvpage-dump kvpage-stress kvpage-generate kvpage-replay)
     if(NOT EXISTS ${WORK_DIR}/prefix/bin/${tool})
       message(FATAL_ERROR "${tool} was not installed in ${WORK_DIR}/prefix/bin")
     endif()

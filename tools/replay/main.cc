@@ -1,0 +1,294 @@
+// kvpage-replay: replays a request trace (JSONL, the format public
+// production traces publish; tools/replay/trace.h) through kvpage's prefix
+// cache for a list of pool sizes in one run, and reports the token and
+// block hit rates, the cost per request (p50, p99) and the memory held. Its
+// `generate` verb writes a synthetic trace of shared system prompts and
+// multi-turn conversations.
+//
+// Exit codes: 0 ok, 1 the replay failed (a call kvpage refused that the
+// admission should have made safe, or --verify found a wrong token), 2 bad
+// usage or a trace line that is not a request (one line on stderr naming it).
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "tools/flag_ranges.h"
+#include "tools/replay/replay.h"
+#include "tools/replay/trace.h"
+
+namespace kvpage::replay {
+namespace {
+
+constexpr int kFailed = 1;
+constexpr int kBadInput = 2;
+
+struct Args {
+  // generate
+  SyntheticTraceOptions synthetic;
+  std::string out;
+  // run
+  std::string trace;
+  int64_t synthetic_requests = 0;
+  std::vector<int64_t> pool_blocks;
+  ReplayOptions replay;
+  bool no_leave_last_token = false;
+  bool json = false;
+};
+
+int Fail(int code, const std::string& message) {
+  std::cerr << "kvpage-replay: " << message << "\n";
+  return code;
+}
+
+// Blocks (ids) it takes to hold every distinct full trace block once (its
+// full kvpage blocks).
+int64_t Footprint(const std::vector<TraceRequest>& trace,
+                  const ReplayOptions& o, int64_t groups) {
+  std::unordered_set<int64_t> distinct;
+  for (const TraceRequest& r : trace) {
+    const size_t full = static_cast<size_t>(r.input_length / o.trace_block_tokens);
+    distinct.insert(r.hash_ids.begin(), r.hash_ids.begin() + static_cast<std::ptrdiff_t>(full));
+  }
+  return static_cast<int64_t>(distinct.size()) *
+         (o.trace_block_tokens / o.block_tokens) * groups;
+}
+
+std::string Text(const std::vector<TraceRequest>& trace, const Args& args,
+                 int64_t footprint, const std::vector<ReplayResult>& runs) {
+  int64_t prompt = 0, output = 0;
+  for (const TraceRequest& r : trace) {
+    prompt += r.input_length;
+    output += r.output_length;
+  }
+  const ReplayOptions& o = args.replay;
+  std::string s = absl::StrFormat(
+      "kvpage-replay: %d requests, %d prompt tokens, %d output tokens; %d "
+      "layers%s, blocks of %d tokens, %d in flight at most; every distinct "
+      "prompt block once: %d blocks\n",
+      trace.size(), prompt, output, o.num_layers,
+      o.group_layers ? " in groups" : "", o.block_tokens, o.concurrency,
+      footprint);
+  s += absl::StrFormat("%11s %10s %8s %8s %9s %9s %10s %10s %10s %12s\n",
+                       "pool_blocks", "held_MiB", "requests", "rejected",
+                       "token_hit", "block_hit", "p50_us", "p99_us", "mean_us",
+                       "cached_end");
+  for (const ReplayResult& r : runs) {
+    s += absl::StrFormat(
+        "%11d %10.1f %8d %8d %9.4f %9.4f %10.1f %10.1f %10.1f %12d\n",
+        r.pool_blocks,
+        static_cast<double>(r.peak_blocks_held * r.block_bytes) / (1 << 20),
+        r.requests, r.rejected, r.token_hit_rate, r.block_hit_rate,
+        r.cost_p50_us, r.cost_p99_us, r.cost_mean_us, r.blocks_cached_end);
+  }
+  return s;
+}
+
+nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
+                    int64_t footprint, const std::vector<ReplayResult>& runs) {
+  const ReplayOptions& o = args.replay;
+  nlohmann::json j = {
+      {"schema_version", 1},
+      {"requests", trace.size()},
+      {"num_layers", o.num_layers},
+      {"group_layers", o.group_layers},
+      {"block_tokens", o.block_tokens},
+      {"trace_block_tokens", o.trace_block_tokens},
+      {"concurrency", o.concurrency},
+      {"leave_last_token", o.leave_last_token},
+      {"footprint_blocks", footprint},
+      {"runs", nlohmann::json::array()}};
+  for (const ReplayResult& r : runs) {
+    j["runs"].push_back({{"pool_blocks", r.pool_blocks},
+                         {"block_bytes", r.block_bytes},
+                         {"requests", r.requests},
+                         {"rejected", r.rejected},
+                         {"tokens_queried", r.tokens_queried},
+                         {"tokens_matched", r.tokens_matched},
+                         {"blocks_queried", r.blocks_queried},
+                         {"blocks_hit", r.blocks_hit},
+                         {"token_hit_rate", r.token_hit_rate},
+                         {"block_hit_rate", r.block_hit_rate},
+                         {"cost_p50_us", r.cost_p50_us},
+                         {"cost_p99_us", r.cost_p99_us},
+                         {"cost_mean_us", r.cost_mean_us},
+                         {"peak_blocks_held", r.peak_blocks_held},
+                         {"peak_bytes_held", r.peak_blocks_held * r.block_bytes},
+                         {"blocks_cached_end", r.blocks_cached_end},
+                         {"prefix_entries_end", r.prefix_entries_end}});
+  }
+  return j;
+}
+
+int Generate(const Args& args) {
+  absl::StatusOr<std::vector<TraceRequest>> trace = GenerateTrace(args.synthetic);
+  if (!trace.ok()) return Fail(kBadInput, std::string(trace.status().message()));
+  if (args.out.empty()) {
+    WriteTrace(*trace, std::cout);
+    std::cout.flush();
+    return std::cout ? 0 : Fail(kBadInput, "stdout could not be written");
+  }
+  std::ofstream out(args.out);
+  WriteTrace(*trace, out);
+  out.close();
+  if (!out) return Fail(kBadInput, args.out + " could not be written");
+  return 0;
+}
+
+int Run(Args& args) {
+  args.replay.leave_last_token = !args.no_leave_last_token;
+  std::vector<TraceRequest> trace;
+  if (!args.trace.empty()) {
+    std::ifstream in(args.trace);
+    if (!in) return Fail(kBadInput, args.trace + " could not be opened");
+    absl::StatusOr<std::vector<TraceRequest>> parsed =
+        ParseTrace(in, args.replay.trace_block_tokens);
+    if (!parsed.ok()) {
+      return Fail(kBadInput, args.trace + ": " + std::string(parsed.status().message()));
+    }
+    trace = *std::move(parsed);
+    std::stable_sort(trace.begin(), trace.end(),
+                     [](const TraceRequest& a, const TraceRequest& b) {
+                       return a.timestamp < b.timestamp;
+                     });
+  } else {
+    SyntheticTraceOptions synthetic;
+    synthetic.requests = args.synthetic_requests;
+    synthetic.trace_block_tokens = args.replay.trace_block_tokens;
+    absl::StatusOr<std::vector<TraceRequest>> generated = GenerateTrace(synthetic);
+    if (!generated.ok()) {
+      return Fail(kBadInput, std::string(generated.status().message()));
+    }
+    trace = *std::move(generated);
+  }
+  const int64_t groups = args.replay.group_layers ? 1 : args.replay.num_layers;
+  const int64_t footprint = Footprint(trace, args.replay, groups);
+  std::vector<int64_t> pools = args.pool_blocks;
+  if (pools.empty()) {
+    for (int64_t d : {8, 4, 2, 1}) pools.push_back(std::max<int64_t>(1, footprint / d));
+  }
+  std::vector<ReplayResult> runs;
+  for (int64_t pool : pools) {
+    absl::StatusOr<ReplayResult> r = Replay(trace, pool, args.replay);
+    if (!r.ok()) {
+      const int code = r.status().code() == absl::StatusCode::kInvalidArgument
+                           ? kBadInput
+                           : kFailed;
+      return Fail(code, absl::StrFormat("pool of %d blocks: %s", pool,
+                                        r.status().message()));
+    }
+    runs.push_back(*std::move(r));
+  }
+  if (args.json) {
+    std::cout << Json(trace, args, footprint, runs).dump(2) << "\n";
+  } else {
+    std::cout << Text(trace, args, footprint, runs);
+  }
+  std::cout.flush();
+  return std::cout ? 0 : Fail(kBadInput, "stdout could not be written");
+}
+
+}  // namespace
+}  // namespace kvpage::replay
+
+int main(int argc, char** argv) {
+  namespace replay = kvpage::replay;
+  using kvpage::tools::FiniteRange;
+  using kvpage::tools::IntRange;
+  using kvpage::tools::UintRange;
+  CLI::App app{
+      "kvpage-replay: replay a request trace through kvpage's prefix cache for "
+      "a list of pool sizes, or write a synthetic trace.\n"
+      "Exit codes: 0 ok, 1 the replay failed, 2 bad usage or a bad trace."};
+  app.require_subcommand(1);
+  replay::Args args;
+
+  CLI::App* generate = app.add_subcommand(
+      "generate", "Write a synthetic trace (JSONL) to stdout or --out");
+  replay::SyntheticTraceOptions& s = args.synthetic;
+  generate->add_option("--requests", s.requests, "Requests")
+      ->transform(IntRange(1, 10000000));
+  generate->add_option("--trace-block-tokens", s.trace_block_tokens,
+                       "Tokens per hash id")
+      ->transform(IntRange(1, 1 << 20));
+  generate->add_option("--system-prompts", s.system_prompts,
+                       "Distinct shared system prompts")
+      ->transform(IntRange(1, 1000000));
+  generate->add_option("--system-prompt-tokens-max", s.system_prompt_tokens_max)
+      ->transform(IntRange(1, 1 << 22));
+  generate->add_option("--max-turns", s.max_turns, "Turns per conversation, at most")
+      ->transform(IntRange(1, 100000));
+  generate->add_option("--user-tokens-max", s.user_tokens_max)
+      ->transform(IntRange(1, 1 << 22));
+  generate->add_option("--output-tokens-max", s.output_tokens_max)
+      ->transform(IntRange(1, 1 << 22));
+  generate->add_option("--shared-system-prompt", s.shared_system_prompt,
+                       "Fraction of conversations that open with a shared system prompt")
+      ->transform(FiniteRange(0, 1));
+  generate->add_option("--seed", s.seed)->transform(UintRange(0, UINT64_MAX));
+  generate->add_option("--out", args.out, "File to write (default stdout)");
+
+  CLI::App* run = app.add_subcommand(
+      "run", "Replay a trace for each pool size and report hit rates, cost and memory");
+  auto* source = run->add_option_group("source", "The trace");
+  source->add_option("--trace", args.trace, "JSONL trace file");
+  source->add_option("--synthetic", args.synthetic_requests,
+                     "Replay the synthetic trace of this many requests (seed 1)")
+      ->transform(IntRange(1, 10000000));
+  source->require_option(1);
+  replay::ReplayOptions& o = args.replay;
+  run->add_option("--pool-blocks", args.pool_blocks,
+                  "Pool sizes in blocks, comma-separated (default: 1/8, 1/4, "
+                  "1/2 and all of the trace's distinct prompt blocks)")
+      ->delimiter(',')
+      ->transform(IntRange(1, int64_t{1} << 31));
+  run->add_option("--layers", o.num_layers)->transform(IntRange(1, 1024));
+  run->add_option("--kv-heads", o.num_kv_heads)->transform(IntRange(1, 1024));
+  run->add_option("--head-dim", o.head_dim)->transform(IntRange(1, 4096));
+  run->add_option("--block-tokens", o.block_tokens, "kvpage's block")
+      ->transform(IntRange(1, 65536));
+  run->add_option("--trace-block-tokens", o.trace_block_tokens,
+                  "Tokens per hash id of the trace")
+      ->transform(IntRange(1, 1 << 20));
+  run->add_option("--chunk", o.chunk_tokens, "Prefill tokens per Update")
+      ->transform(IntRange(1, 1 << 24));
+  run->add_option("--concurrency", o.concurrency, "Requests in flight, at most")
+      ->transform(IntRange(1, 100000));
+  run->add_flag("--group-layers", o.group_layers, "One block table per group of layers");
+  run->add_flag("--no-leave-last-token", args.no_leave_last_token,
+                "Let a match take the whole prompt");
+  run->add_flag("--verify", o.verify,
+                "Check every matched token of every layer against what was written");
+  run->add_flag("--json", args.json, "JSON instead of the table");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::string message = e.what();
+    if (app.get_subcommands().empty()) {  // CLI11 would say no more than that
+      message = "a verb is required: generate, run";
+      for (int i = 1; i < argc; ++i) {
+        if (argv[i][0] != '-') {
+          message = std::string("'") + argv[i] +
+                    "' is not a verb; the verbs are generate, run";
+          break;
+        }
+      }
+    }
+    std::cerr << "kvpage-replay: " << message << " (see --help)\n";
+    return replay::kBadInput;
+  }
+  try {
+    return generate->parsed() ? replay::Generate(args) : replay::Run(args);
+  } catch (const std::exception& e) {  // the standard library (bad_alloc)
+    std::cerr << "kvpage-replay: " << e.what() << "\n";
+    return replay::kFailed;
+  }
+}

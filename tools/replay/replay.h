@@ -1,0 +1,78 @@
+// tools/replay/replay.h — replays a request trace through kvpage's prefix
+// cache the way a serving engine drives it, for one pool size.
+//
+// Each request, in trace order: AddSequence; MatchPrefix of its prompt
+// (leaving the last token to compute); AppendTokens of the rest of the
+// prompt's ids; Update of every layer, chunk by chunk, for the prompt's
+// tokens not matched; then one token at a time for its output (AppendTokens,
+// Update of every layer); RemoveSequence. Up to `concurrency` requests are in
+// flight, admitted in trace order while the pool can hold what they will
+// take (each one's worst case: its blocks not matched); in flight, each
+// takes one step in turn (a prefill chunk or one output token). The trace's
+// timestamps order the requests; the replay does not wait for them.
+//
+// Usage:
+//   ReplayOptions options{.num_layers = 4, .concurrency = 8};
+//   absl::StatusOr<ReplayResult> r = Replay(trace, /*pool_blocks=*/20000, options);
+#ifndef KVPAGE_TOOLS_REPLAY_REPLAY_H_
+#define KVPAGE_TOOLS_REPLAY_REPLAY_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "tools/replay/trace.h"
+
+namespace kvpage::replay {
+
+struct ReplayOptions {
+  int num_layers = 4;
+  int num_kv_heads = 1;
+  int head_dim = 8;
+  int block_tokens = 16;           // kvpage's block
+  int64_t trace_block_tokens = 512;  // the trace's block (hash_ids)
+  int64_t chunk_tokens = 512;      // prefill tokens per Update
+  int concurrency = 1;             // requests in flight
+  bool group_layers = false;       // CacheConfig::group_layers
+  bool leave_last_token = true;    // MatchOptions::leave_last_token
+  bool verify = false;  // check every matched token of every layer (Gather)
+};
+
+// What one request saw.
+struct RequestOutcome {
+  bool rejected = false;     // larger than the empty pool: not replayed
+  int64_t matched_tokens = 0;  // what MatchPrefix attached
+  double cost_us = 0;        // time in kvpage's calls for it
+};
+
+struct ReplayResult {
+  int64_t pool_blocks = 0;
+  int64_t block_bytes = 0;  // CacheStats::block_bytes
+  int64_t requests = 0;     // replayed (not rejected)
+  int64_t rejected = 0;
+  // The cache's own counters (CacheStats): what MatchPrefix was asked and
+  // what it attached.
+  int64_t tokens_queried = 0;
+  int64_t tokens_matched = 0;
+  int64_t blocks_queried = 0;
+  int64_t blocks_hit = 0;
+  double token_hit_rate = 0;  // tokens_matched / tokens_queried
+  double block_hit_rate = 0;  // blocks_hit / blocks_queried
+  double cost_p50_us = 0, cost_p99_us = 0, cost_mean_us = 0;
+  int64_t peak_blocks_held = 0;  // in use or cached, after any step
+  int64_t blocks_cached_end = 0;  // what the cache holds for later requests
+  int64_t prefix_entries_end = 0;
+  std::vector<RequestOutcome> outcomes;  // one per trace request, in order
+};
+
+// Replays `trace` through a fresh cache of `pool_blocks` blocks.
+// InvalidArgument for options kvpage refuses (its message); Internal when a
+// call fails that the replay's admission should have made safe, or when
+// verification finds a matched token that differs from what was written.
+[[nodiscard]] absl::StatusOr<ReplayResult> Replay(
+    const std::vector<TraceRequest>& trace, int64_t pool_blocks,
+    const ReplayOptions& options);
+
+}  // namespace kvpage::replay
+
+#endif  // KVPAGE_TOOLS_REPLAY_REPLAY_H_
