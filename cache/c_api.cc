@@ -293,6 +293,7 @@ using kvpage::c_api::CheckHandle;
 using kvpage::c_api::CheckOut;
 using kvpage::c_api::Fail;
 using kvpage::c_api::Guard;
+using kvpage::c_api::MatchOptionsOf;
 using kvpage::c_api::Return;
 
 extern "C" {
@@ -521,13 +522,23 @@ kvpage_status kvpage_append_tokens(kvpage_cache* cache, kvpage_seq_id seq,
 kvpage_status kvpage_match_prefix(kvpage_cache* cache, kvpage_seq_id seq,
                                   const int32_t* ids, size_t count,
                                   int64_t* matched) {
+  return kvpage_match_prefix_ex(cache, seq, ids, count, nullptr, matched);
+}
+
+kvpage_status kvpage_match_prefix_ex(kvpage_cache* cache, kvpage_seq_id seq,
+                                     const int32_t* ids, size_t count,
+                                     const kvpage_match_options* options,
+                                     int64_t* matched) {
   return Guard([&] {
     if (absl::Status s = CheckHandle(cache, "cache"); !s.ok()) return Fail(s);
     if (absl::Status s = CheckOut(matched, "matched"); !s.ok()) return Fail(s);
     if (count > 0 && ids == nullptr) {
       return Fail(absl::InvalidArgumentError("ids is NULL with count > 0"));
     }
-    absl::StatusOr<int64_t> n = cache->cache->MatchPrefix(seq, {ids, count});
+    absl::StatusOr<kvpage::MatchOptions> opts = MatchOptionsOf(options);
+    if (!opts.ok()) return Fail(opts.status());
+    absl::StatusOr<int64_t> n =
+        cache->cache->MatchPrefix(seq, {ids, count}, *opts);
     if (!n.ok()) return Fail(n.status());
     *matched = *n;
     return KVPAGE_OK;

@@ -17,6 +17,7 @@ using kvpage::c_api::CheckOut;
 using kvpage::c_api::CheckSize;
 using kvpage::c_api::Fail;
 using kvpage::c_api::Guard;
+using kvpage::c_api::MatchOptionsOf;
 using kvpage::c_api::Return;
 
 namespace {
@@ -258,13 +259,22 @@ kvpage_status kvpage_export_block_tables_csr(const kvpage_cache* cache,
 kvpage_status kvpage_cached_prefix_tokens(const kvpage_cache* cache,
                                           const int32_t* tokens, size_t count,
                                           uint64_t salt, int64_t* out) {
+  return kvpage_cached_prefix_tokens_ex(cache, tokens, count, salt, nullptr,
+                                        out);
+}
+
+kvpage_status kvpage_cached_prefix_tokens_ex(
+    const kvpage_cache* cache, const int32_t* tokens, size_t count,
+    uint64_t salt, const kvpage_match_options* options, int64_t* out) {
   return Guard([&] {
     if (absl::Status s = CheckHandle(cache, "cache"); !s.ok()) return Fail(s);
     if (absl::Status s = CheckArray(tokens, count, "tokens"); !s.ok()) {
       return Fail(s);
     }
     if (absl::Status s = CheckOut(out, "tokens"); !s.ok()) return Fail(s);
-    *out = cache->cache->CachedPrefixTokens(SpanOf(tokens, count), salt);
+    absl::StatusOr<kvpage::MatchOptions> opts = MatchOptionsOf(options);
+    if (!opts.ok()) return Fail(opts.status());
+    *out = cache->cache->CachedPrefixTokens(SpanOf(tokens, count), salt, *opts);
     return KVPAGE_OK;
   });
 }

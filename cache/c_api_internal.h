@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "kvpage/kv_cache.h"
@@ -160,6 +161,28 @@ inline void CopyIn(const T& from, T& to) {
               std::min(from.struct_size, sizeof(T)));
   to.struct_size = sizeof(T);
 }
+
+// The options of kvpage_match_options (NULL: the defaults).
+inline absl::StatusOr<kvpage::MatchOptions> MatchOptionsOf(
+    const kvpage_match_options* options) {
+  kvpage::MatchOptions out;
+  if (options == nullptr) return out;
+  if (absl::Status s = CheckSize(options->struct_size, sizeof *options,
+                                 "kvpage_match_options");
+      !s.ok()) {
+    return s;
+  }
+  kvpage_match_options in{};
+  CopyIn(*options, in);
+  if (in.leave_last_token != 0 && in.leave_last_token != 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kvpage_match_options.leave_last_token is %d: 0 or 1",
+        in.leave_last_token));
+  }
+  out.leave_last_token = in.leave_last_token == 1;
+  return out;
+}
+
 // Copies the common prefix of ours into a caller's struct and sets its
 // struct_size to the bytes written: a caller with a newer, longer struct
 // sees which of its fields this library filled.

@@ -394,6 +394,31 @@ static void TestPrefixAndCompression(void) {
   CHECK(matched == 0);
   CHECK_STATUS(kvpage_match_prefix(cache, b, ids, 8, &matched),
                KVPAGE_FAILED_PRECONDITION); /* b holds tokens */
+  {
+    /* leave_last_token: the prompt cached whole leaves its last block. */
+    kvpage_match_options leave = {sizeof leave, 1};
+    kvpage_match_options bad = {sizeof bad, 2};
+    kvpage_seq_id e;
+    int64_t cached = -1;
+    OK(kvpage_cached_prefix_tokens_ex(cache, ids, 8, 0, &leave, &cached));
+    CHECK(cached == 4);
+    OK(kvpage_cached_prefix_tokens_ex(cache, ids, 8, 0, NULL, &cached));
+    CHECK(cached == 8);
+    CHECK_STATUS(kvpage_cached_prefix_tokens_ex(cache, ids, 8, 0, &bad,
+                                                &cached),
+                 KVPAGE_INVALID_ARGUMENT);
+    OK(kvpage_add_sequence(cache, 0, &e));
+    CHECK_STATUS(kvpage_match_prefix_ex(cache, e, ids, 8, &bad, &matched),
+                 KVPAGE_INVALID_ARGUMENT);
+    bad.leave_last_token = 1;
+    bad.struct_size = 0;
+    CHECK_STATUS(kvpage_match_prefix_ex(cache, e, ids, 8, &bad, &matched),
+                 KVPAGE_INVALID_ARGUMENT);
+    /* Nothing changed: e is still empty and matches. */
+    OK(kvpage_match_prefix_ex(cache, e, ids, 8, &leave, &matched));
+    CHECK(matched == 4);
+    OK(kvpage_remove_sequence(cache, e));
+  }
   /* d holds blocks of its own: its cold one (positions 0-3, older than
    * the 4 hot tokens) is compressed. */
   OK(Write(cache, d, 0, 0, 8));
@@ -402,7 +427,7 @@ static void TestPrefixAndCompression(void) {
                KVPAGE_INVALID_ARGUMENT);
   stats.struct_size = sizeof stats;
   OK(kvpage_stats(cache, &stats));
-  CHECK(stats.hits == 2 && stats.quant_blocks_int8 == 1); /* a hit a block */
+  CHECK(stats.hits == 3 && stats.quant_blocks_int8 == 1); /* a hit a block: b 2, e 1 */
   CHECK(stats.sequences == 3);
   {
     /* A compressed block reads back through dequantize within int8's

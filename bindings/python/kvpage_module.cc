@@ -636,16 +636,21 @@ PYBIND11_MODULE(kvpage, m) {
              }));
              c.Bump();
            })
-      .def("match_prefix",
-           [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids) {
-             int64_t matched = 0;
-             Check(c.Locked([&](kvpage_cache* h) {
-               return kvpage_match_prefix(h, seq, ids.data(), ids.size(),
-                                          &matched);
-             }));
-             c.Bump();
-             return matched;
-           })
+      .def(
+          "match_prefix",
+          [](Cache& c, uint64_t seq, const std::vector<int32_t>& ids,
+             bool leave_last_token) {
+            int64_t matched = 0;
+            const kvpage_match_options options = {sizeof options,
+                                                  leave_last_token ? 1 : 0};
+            Check(c.Locked([&](kvpage_cache* h) {
+              return kvpage_match_prefix_ex(h, seq, ids.data(), ids.size(),
+                                            &options, &matched);
+            }));
+            c.Bump();
+            return matched;
+          },
+          py::arg("seq"), py::arg("ids"), py::arg("leave_last_token") = false)
       .def("view", &TakeView, py::arg("seq"), py::arg("layer"))
       .def(
           "reserve",
@@ -742,15 +747,19 @@ PYBIND11_MODULE(kvpage, m) {
            })
       .def(
           "cached_prefix_tokens",
-          [](Cache& c, const std::vector<int32_t>& ids, uint64_t salt) {
+          [](Cache& c, const std::vector<int32_t>& ids, uint64_t salt,
+             bool leave_last_token) {
             int64_t n = 0;
+            const kvpage_match_options options = {sizeof options,
+                                                  leave_last_token ? 1 : 0};
             Check(c.Locked([&](kvpage_cache* h) {
-              return kvpage_cached_prefix_tokens(h, ids.data(), ids.size(),
-                                                 salt, &n);
+              return kvpage_cached_prefix_tokens_ex(h, ids.data(), ids.size(),
+                                                    salt, &options, &n);
             }));
             return n;
           },
-          py::arg("ids"), py::arg("salt") = 0)
+          py::arg("ids"), py::arg("salt") = 0,
+          py::arg("leave_last_token") = false)
       .def(
           "plan_admission",
           [](Cache& c, const std::vector<int32_t>& prompt, uint64_t salt,

@@ -302,6 +302,21 @@ KVPAGE_C_EXPORT kvpage_status kvpage_match_prefix(kvpage_cache* cache,
                                                   size_t count,
                                                   int64_t* matched);
 
+/* MatchOptions (struct_size = sizeof): leave_last_token 1 stops a match so
+ * that the prompt's last token is left to compute (0: a prompt cached whole
+ * is matched whole). kvpage_match_prefix_ex and
+ * kvpage_cached_prefix_tokens_ex take them; `options` NULL is all zero.
+ * INVALID_ARGUMENT for a bad struct_size or leave_last_token other than 0
+ * or 1, with nothing changed. */
+typedef struct kvpage_match_options {
+  size_t struct_size;
+  int32_t leave_last_token;
+} kvpage_match_options;
+
+KVPAGE_C_EXPORT kvpage_status kvpage_match_prefix_ex(
+    kvpage_cache* cache, kvpage_seq_id seq, const int32_t* ids, size_t count,
+    const kvpage_match_options* options, int64_t* matched);
+
 /* View: *info receives the view's shape and info->num_blocks; `blocks`
  * receives the blocks when capacity >= num_blocks (RESOURCE_EXHAUSTED, and
  * no block written, otherwise: call again with a larger array). */
@@ -484,6 +499,9 @@ typedef struct kvpage_admission {
 KVPAGE_C_EXPORT kvpage_status
 kvpage_cached_prefix_tokens(const kvpage_cache* cache, const int32_t* tokens,
                             size_t count, uint64_t salt, int64_t* out);
+KVPAGE_C_EXPORT kvpage_status kvpage_cached_prefix_tokens_ex(
+    const kvpage_cache* cache, const int32_t* tokens, size_t count,
+    uint64_t salt, const kvpage_match_options* options, int64_t* out);
 KVPAGE_C_EXPORT kvpage_status kvpage_plan_admission(const kvpage_cache* cache,
                                                     const int32_t* prompt,
                                                     size_t count, uint64_t salt,

@@ -141,6 +141,11 @@ def test_forks_prefixes_compression_and_snapshots():
         c.update(a, layer, *tokens(0, 8), 8)
     ids = list(range(100, 108))
     c.append_tokens(a, ids)
+    assert c.cached_prefix_tokens(ids, leave_last_token=True) == 4
+    assert c.cached_prefix_tokens(ids) == 8
+    e = c.add_sequence()
+    assert c.match_prefix(e, ids, leave_last_token=True) == 4
+    c.remove_sequence(e)
     b = c.add_sequence()
     assert c.match_prefix(b, ids) == 8
     child = c.fork(a)
@@ -156,7 +161,7 @@ def test_forks_prefixes_compression_and_snapshots():
     dk, _ = first.dequantize()
     np.testing.assert_allclose(dk, tokens(0, 4)[0], atol=0.02)
     st = c.stats()
-    assert st["hits"] == 2 and st["quant_blocks_int8"] == 1
+    assert st["hits"] == 3 and st["quant_blocks_int8"] == 1
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kv.snap")
         c.write_snapshot(path, include_token_data=True)

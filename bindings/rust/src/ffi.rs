@@ -34,6 +34,13 @@ pub struct kvpage_snapshot {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvpage_match_options {
+    pub struct_size: usize,
+    pub leave_last_token: i32,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct kvpage_layer_policy {
     pub layer: i32,
@@ -260,6 +267,14 @@ extern "C" {
         count: usize,
         matched: *mut i64,
     ) -> kvpage_status;
+    pub fn kvpage_match_prefix_ex(
+        cache: *mut kvpage_cache,
+        seq: kvpage_seq_id,
+        ids: *const i32,
+        count: usize,
+        options: *const kvpage_match_options,
+        matched: *mut i64,
+    ) -> kvpage_status;
     pub fn kvpage_view(
         cache: *const kvpage_cache,
         seq: kvpage_seq_id,
@@ -363,6 +378,14 @@ extern "C" {
         tokens: *const i32,
         count: usize,
         salt: u64,
+        out: *mut i64,
+    ) -> kvpage_status;
+    pub fn kvpage_cached_prefix_tokens_ex(
+        cache: *const kvpage_cache,
+        tokens: *const i32,
+        count: usize,
+        salt: u64,
+        options: *const kvpage_match_options,
         out: *mut i64,
     ) -> kvpage_status;
     pub fn kvpage_plan_admission(

@@ -277,6 +277,24 @@ impl Config {
     }
 }
 
+/// How `match_prefix_with` matches (kvpage::MatchOptions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchOptions {
+    /// Stop the match so that the prompt's last token is left to compute
+    /// (an engine needs its logits); without it a prompt cached whole is
+    /// matched whole.
+    pub leave_last_token: bool,
+}
+
+impl MatchOptions {
+    fn to_c(self) -> ffi::kvpage_match_options {
+        ffi::kvpage_match_options {
+            struct_size: std::mem::size_of::<ffi::kvpage_match_options>(),
+            leave_last_token: i32::from(self.leave_last_token),
+        }
+    }
+}
+
 /// Where a layer's blocks are (`Cache::layer_group`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerGroup {
@@ -479,10 +497,18 @@ impl Cache {
     /// Attaches the longest cached prefix of `ids` to the empty `seq`;
     /// returns the tokens it holds.
     pub fn match_prefix(&mut self, seq: SeqId, ids: &[i32]) -> Result<usize> {
+        self.match_prefix_with(seq, ids, MatchOptions::default())
+    }
+
+    /// `match_prefix` with options: `leave_last_token` stops the match so
+    /// that the prompt's last token is left to compute.
+    pub fn match_prefix_with(&mut self, seq: SeqId, ids: &[i32], options: MatchOptions) -> Result<usize> {
         let mut matched = 0i64;
-        // SAFETY: ids is valid for its length; matched is an output.
+        let options = options.to_c();
+        // SAFETY: ids is valid for its length; options lives across the
+        // call; matched is an output.
         check(unsafe {
-            ffi::kvpage_match_prefix(self.mut_ptr(), seq, ids.as_ptr(), ids.len(), &mut matched)
+            ffi::kvpage_match_prefix_ex(self.mut_ptr(), seq, ids.as_ptr(), ids.len(), &options, &mut matched)
         })?;
         Ok(matched as usize)
     }
@@ -588,9 +614,17 @@ impl Cache {
 
     /// The tokens `match_prefix` would attach now; changes nothing.
     pub fn cached_prefix_tokens(&self, ids: &[i32], salt: u64) -> Result<usize> {
+        self.cached_prefix_tokens_with(ids, salt, MatchOptions::default())
+    }
+
+    /// The tokens `match_prefix_with(.., options)` would attach now.
+    pub fn cached_prefix_tokens_with(&self, ids: &[i32], salt: u64, options: MatchOptions) -> Result<usize> {
         let mut n = 0i64;
-        // SAFETY: ids is valid for its length.
-        check(unsafe { ffi::kvpage_cached_prefix_tokens(self.ptr(), ids.as_ptr(), ids.len(), salt, &mut n) })?;
+        let options = options.to_c();
+        // SAFETY: ids is valid for its length; options lives across the call.
+        check(unsafe {
+            ffi::kvpage_cached_prefix_tokens_ex(self.ptr(), ids.as_ptr(), ids.len(), salt, &options, &mut n)
+        })?;
         Ok(n as usize)
     }
 

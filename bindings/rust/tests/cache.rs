@@ -1,7 +1,7 @@
 // The crate against an installed libkvpage: the report's own tests through
 // `compat`, then the safe API's reads, writes, errors and sharing.
 use kvpage::compat::{CacheStrategy, KVCache};
-use kvpage::{BlockFormat, Cache, Code, Compression, Config, DType, Policy, Snapshot};
+use kvpage::{BlockFormat, Cache, Code, Compression, Config, DType, MatchOptions, Policy, Snapshot};
 
 const HEADS: usize = 2;
 const DIM: usize = 4;
@@ -161,6 +161,11 @@ fn forks_truncation_prefixes_and_snapshots() {
     }
     let ids: Vec<i32> = (100..108).collect();
     cache.append_tokens(a, &ids).unwrap();
+    let leave = MatchOptions { leave_last_token: true };
+    assert_eq!(cache.cached_prefix_tokens_with(&ids, 0, leave).unwrap(), 4);
+    let e = cache.add_sequence().unwrap();
+    assert_eq!(cache.match_prefix_with(e, &ids, leave).unwrap(), 4);
+    cache.remove_sequence(e).unwrap();
     let b = cache.add_sequence().unwrap();
     assert_eq!(cache.match_prefix(b, &ids).unwrap(), 8);
     let salted = cache.add_sequence_with_salt(9).unwrap();
@@ -170,7 +175,7 @@ fn forks_truncation_prefixes_and_snapshots() {
     assert_eq!(cache.length(child, 1).unwrap(), 3);
     assert_eq!(cache.length(a, 1).unwrap(), 8);
     assert_eq!(cache.sequences(), vec![a, b, salted, child]);
-    assert_eq!(cache.stats().hits, 2);
+    assert_eq!(cache.stats().hits, 3);
     cache.remove_sequence(child).unwrap();
     cache.validate().unwrap();
 
