@@ -10,6 +10,8 @@
 //   publish_ns_per_block_layer  AppendTokens of a 2048-token prompt whose
 //                          blocks are written in 4 layers (blocks of 16):
 //                          hashing and publishing, per block and layer
+//   publish_group_ns_per_block_layer  the same with the 4 layers in one
+//                          group (CacheConfig::group_layers): one table
 //   evict_ns_per_entry     a Reserve that must evict idle prefix entries
 //                          (one block each, one layer), less the same
 //                          Reserve from free blocks, per entry evicted
@@ -80,32 +82,36 @@ double HashNs(int tokens, Hash&& hash) {
   return ns;
 }
 
-std::unique_ptr<kvpage::KVCache> MakeCache(int layers, int64_t num_blocks) {
+std::unique_ptr<kvpage::KVCache> MakeCache(int layers, int64_t num_blocks,
+                                           bool group_layers = false) {
   auto cache = kvpage::KVCache::Create({.num_layers = layers,
                                         .num_kv_heads = 1,
                                         .head_dim = 32,
                                         .dtype = kvpage::DType::kF16,
                                         .block_tokens = 16,
                                         .num_blocks = num_blocks,
-                                        .max_seq_len = 1 << 20});
+                                        .max_seq_len = 1 << 20,
+                                        .group_layers = group_layers});
   Die(cache.status());
   return *std::move(cache);
 }
 
 // AppendTokens of 2048-token prompts whose 4 layers are reserved (written,
 // as far as the cache knows): ns per block and layer published. A first
-// round, untimed, warms the pool and the index.
-double PublishNs() {
+// round, untimed, warms the pool and the index. With `grouped`, the layers
+// share one table: a block id (and one publication) serves all four.
+double PublishNs(bool grouped) {
   constexpr int kLayers = 4, kTokens = 2048, kSeqs = 32;
+  const int tables = grouped ? 1 : kLayers;
   std::unique_ptr<kvpage::KVCache> cache =
-      MakeCache(kLayers, kLayers * 2 * kSeqs * kTokens / 16 + 16);
+      MakeCache(kLayers, tables * 2 * kSeqs * kTokens / 16 + 16, grouped);
   std::vector<int64_t> slots(kTokens);
   std::vector<int32_t> ids(kTokens);
   Clock::duration spent{};
   for (int round = 0; round < 2; ++round) {
     for (int s = 0; s < kSeqs; ++s) {
       const kvpage::SeqId seq = *cache->AddSequence();
-      for (int layer = 0; layer < kLayers; ++layer) {
+      for (int layer = 0; layer < tables; ++layer) {  // a group: all
         Die(cache->Reserve(seq, layer, kTokens, kTokens,
                            absl::MakeSpan(slots)));
       }
@@ -177,13 +183,15 @@ int main(int argc, char** argv) {
       {"hash_512_bytewise_ns", {}},
       {"hash_16_ns", {}},
       {"publish_ns_per_block_layer", {}},
-      {"evict_ns_per_entry", {}}};
+      {"evict_ns_per_entry", {}},
+      {"publish_group_ns_per_block_layer", {}}};
   for (int r = 0; r < reps; ++r) {
     figures[0].runs.push_back(HashNs(512, kvpage::PrefixBlockHash));
     figures[1].runs.push_back(HashNs(512, BytewiseHash));
     figures[2].runs.push_back(HashNs(16, kvpage::PrefixBlockHash));
-    figures[3].runs.push_back(PublishNs());
+    figures[3].runs.push_back(PublishNs(false));
     figures[4].runs.push_back(EvictNs());
+    figures[5].runs.push_back(PublishNs(true));
   }
   kvpage::bench::PrintFigures(figures);
   return 0;

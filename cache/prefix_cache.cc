@@ -16,22 +16,26 @@ PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
 int32_t PrefixCache::EntryOf(uint64_t hash) {
   if (entries_.empty()) {
     // An entry holds at least one block of its own: never more entries than
-    // blocks. The index is sized for that many once, so that it never
-    // rehashes while the cache fills.
+    // blocks. The index and the entries' arrays are sized for that many
+    // once, so that nothing rehashes or moves while the cache fills.
     by_hash_.reserve(static_cast<size_t>(num_blocks_));
+    entries_.reserve(static_cast<size_t>(num_blocks_));
+    blocks_.reserve(static_cast<size_t>(num_blocks_) * tables_);
   }
   // One lookup whether the hash is listed or not.
   auto [it, inserted] = by_hash_.try_emplace(hash, 0);
   if (!inserted) return it->second;
+  int32_t e;
   if (free_entries_.empty()) {
+    e = static_cast<int32_t>(entries_.size());
     entries_.emplace_back();
-    blocks_.resize(blocks_.size() + tables_, kNoBlock);
-    free_entries_.push_back(static_cast<int32_t>(entries_.size() - 1));
+    blocks_.insert(blocks_.end(), tables_, kNoBlock);
+  } else {
+    e = free_entries_.back();
+    free_entries_.pop_back();
+    std::fill_n(MutableBlocks(e), tables_, kNoBlock);
   }
-  const int32_t e = free_entries_.back();
-  free_entries_.pop_back();
   entries_[static_cast<size_t>(e)].hash = hash;
-  std::fill_n(MutableBlocks(e), tables_, kNoBlock);
   it->second = e;
   return e;
 }
