@@ -129,6 +129,35 @@ TEST(DumpSummary, LayerGroups) {
   EXPECT_TRUE(m["config"]["group_layers"].get<bool>());
   EXPECT_THAT(dump::SummaryText(m), HasSubstr("one table per group of layers"));
   EXPECT_EQ(dump::VerifyText(dump::Verify(snap)), "");
+  // A prefix entry's blocks are one per table: named by group.
+  ASSERT_FALSE(snap.prefix.empty());
+  std::ostringstream blocks;
+  dump::BlocksText(snap, blocks);
+  EXPECT_THAT(blocks.str(), ::testing::Not(::testing::ContainsRegex(
+                                "prefix [0-9a-f]+ layer")));
+  EXPECT_THAT(blocks.str(), ::testing::ContainsRegex("prefix [0-9a-f]+ group 0"));
+}
+
+// With layer groups a block id holds a slot of every layer of its group:
+// internal waste counts them all, each layer's slots showing what that layer
+// shows (a layer behind the others leaves more of them empty).
+TEST(DumpSummary, WasteCountsEveryLayerOfAGroup) {
+  CacheConfig c = testing::ShowcaseConfig();
+  c.compression = {};
+  c.layer_policies = {};
+  c.group_layers = true;  // 4 layers, one group, blocks of 8
+  auto cache = KVCache::Create(c);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::mt19937_64 rng(3);
+  const SeqId a = *(*cache)->AddSequence();
+  ASSERT_TRUE(testing::Grow(**cache, a, 20, 20, -1, rng).ok());
+  std::vector<float> kv(2 * 8 * 2, 0.5f);  // layer 0 one token ahead
+  const TokenSpan one{.data = kv.data(), .tokens = 1};
+  ASSERT_TRUE((*cache)->Update(a, 0, one, one, 21).ok());
+  const dump::Json m = dump::Summary(*(*cache)->TakeSnapshot({}));
+  // 3 blocks of 8 slots in 4 layers; 21 + 3 x 20 tokens visible.
+  EXPECT_EQ(m["waste"]["slots_held"].get<int64_t>(), 3 * 8 * 4);
+  EXPECT_EQ(m["waste"]["slots_visible"].get<int64_t>(), 21 + 3 * 20);
 }
 
 std::string TablesText(const Snapshot& snap, const dump::TableFilter& f) {

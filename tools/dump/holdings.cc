@@ -1,7 +1,9 @@
 #include "tools/dump/holdings.h"
 
 #include <algorithm>
+#include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "kvpage/stats_fields.h"
 
@@ -33,8 +35,10 @@ void AddTableEntry(const Snapshot& snap, const SnapshotSequence& seq, int layer,
   }
 }
 
-// The hot blocks of one prefix-cache entry, a layer each.
-void AddPrefixEntry(const SnapshotPrefixEntry& prefix, Holdings& holdings) {
+// The hot blocks of one prefix-cache entry, a table (layer, or group of
+// layers) each.
+void AddPrefixEntry(const SnapshotPrefixEntry& prefix, bool grouped,
+                    Holdings& holdings) {
   for (size_t layer = 0; layer < prefix.blocks.size(); ++layer) {
     const uint32_t id = prefix.blocks[layer];
     if (id == kSnapshotNoBlock) continue;
@@ -44,7 +48,8 @@ void AddPrefixEntry(const SnapshotPrefixEntry& prefix, Holdings& holdings) {
     }
     holdings.hot[id].push_back({.prefix = true,
                                 .layer = static_cast<int>(layer),
-                                .hash = prefix.hash});
+                                .hash = prefix.hash,
+                                .group = grouped});
   }
 }
 
@@ -52,7 +57,8 @@ void AddPrefixEntry(const SnapshotPrefixEntry& prefix, Holdings& holdings) {
 
 std::string HolderName(const Holder& holder) {
   if (holder.prefix) {
-    return absl::StrFormat("prefix %016x layer %d", holder.hash, holder.layer);
+    return absl::StrFormat("prefix %016x %s %d", holder.hash,
+                           holder.group ? "group" : "layer", holder.layer);
   }
   if (holder.logical < 0) {
     return absl::StrFormat("seq %d layer %d spare", holder.seq, holder.layer);
@@ -68,15 +74,29 @@ Holdings Walk(const Snapshot& snap) {
   holdings.quant_v_part.assign(snap.quant.ref_counts.size(), 0);
   holdings.hot_visible.assign(snap.hot.ref_counts.size(), 0);
   holdings.quant_visible.assign(snap.quant.ref_counts.size(), -1);
+  // With layer groups every layer of a group lists the block id: its slots
+  // are the group's layers', each showing what its own layer shows.
+  absl::flat_hash_map<std::pair<uint32_t, size_t>, int32_t> layer_visible;
   for (const SnapshotSequence& seq : snap.sequences) {
     for (size_t layer = 0; layer < seq.layers.size(); ++layer) {
       for (const SnapshotEntry& entry : seq.layers[layer].entries) {
         AddTableEntry(snap, seq, static_cast<int>(layer), entry, holdings);
+        if (snap.config.group_layers && entry.format == BlockFormat::kHot &&
+            entry.id < holdings.hot.size()) {
+          int32_t& v = layer_visible[{entry.id, layer}];
+          v = std::max(v, entry.visible);
+        }
       }
     }
   }
+  if (snap.config.group_layers) {
+    std::fill(holdings.hot_visible.begin(), holdings.hot_visible.end(), 0);
+    for (const auto& [key, visible] : layer_visible) {
+      holdings.hot_visible[key.first] += visible;
+    }
+  }
   for (const SnapshotPrefixEntry& prefix : snap.prefix) {
-    AddPrefixEntry(prefix, holdings);
+    AddPrefixEntry(prefix, snap.config.group_layers, holdings);
   }
   return holdings;
 }

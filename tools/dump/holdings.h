@@ -22,12 +22,14 @@ namespace kvpage::dump {
 struct Holder {
   bool prefix = false;
   SeqId seq = 0;
-  int layer = 0;
+  int layer = 0;  // a prefix entry's table: a group's with group_layers
   int64_t logical = 0;  // table entries (-1: a ring's spare)
   uint64_t hash = 0;    // prefix entries
+  bool group = false;   // a prefix entry's `layer` is a group
 };
 
-// "seq 3 layer 1 block 2", "seq 3 layer 1 spare", "prefix 00ab.. layer 0".
+// "seq 3 layer 1 block 2", "seq 3 layer 1 spare", "prefix 00ab.. layer 0"
+// ("prefix 00ab.. group 0" with layer groups).
 [[nodiscard]] std::string HolderName(const Holder& holder);
 
 // Invariant: hot.size() == snap.hot.ref_counts.size() and the per-slot
@@ -36,6 +38,8 @@ struct Holdings {
   std::vector<std::vector<Holder>> hot, quant;
   std::vector<uint8_t> quant_v_part;   // slot is the V part of an int8 block
   std::vector<int32_t> hot_visible;    // most visible slots any table shows
+                                       // (with layer groups, summed over
+                                       // the group's layers: its slots)
   std::vector<int32_t> quant_visible;  // the same per block's first slot;
                                        // -1 where no block starts
   int64_t dangling = 0;                // entries whose id is out of range

@@ -25,7 +25,10 @@ struct PoolTally {
 };
 
 PoolTally TallyPools(const Snapshot& snap, const Holdings& holdings) {
-  const int64_t block_tokens = snap.config.block_tokens;
+  // A block id's slots: one per layer of its group (kvpage/config.h).
+  const int64_t block_tokens =
+      snap.config.block_tokens *
+      (snap.config.group_layers ? LayerGroupWidth(snap.config) : 1);
   PoolTally tally;
   for (const char* state : {"free", "used", "shared", "cached"}) {
     tally.hot_states[state] = 0;
