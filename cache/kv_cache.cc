@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
                                                  impl->groups.width);
   impl->prefix = std::make_unique<internal::PrefixCache>(
       static_cast<int>(impl->groups.size()), config.num_blocks);
+  if (config.prefault) impl->prefix->Prefault();
   if (config.compression.enabled) {
     absl::StatusOr<std::unique_ptr<internal::QuantStore>> quant =
         internal::QuantStore::Create(config);

@@ -13,15 +13,30 @@ PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
       num_blocks_(num_blocks),
       entry_of_(static_cast<size_t>(num_blocks), -1) {}
 
-int32_t PrefixCache::EntryOf(uint64_t hash) {
+void PrefixCache::Reserve() {
+  if (reserved_) return;
+  reserved_ = true;
+  // An entry holds at least one block of its own: never more entries than
+  // blocks. The index and the entries' arrays are sized for that many once,
+  // so that nothing rehashes or moves while the cache fills.
+  by_hash_.reserve(static_cast<size_t>(num_blocks_));
+  entries_.reserve(static_cast<size_t>(num_blocks_));
+  blocks_.reserve(static_cast<size_t>(num_blocks_) * tables_);
+}
+
+void PrefixCache::Prefault() {
+  Reserve();  // the index's array is written as it is allocated
+  // The arrays' pages, written once: resize writes them, clear keeps them.
   if (entries_.empty()) {
-    // An entry holds at least one block of its own: never more entries than
-    // blocks. The index and the entries' arrays are sized for that many
-    // once, so that nothing rehashes or moves while the cache fills.
-    by_hash_.reserve(static_cast<size_t>(num_blocks_));
-    entries_.reserve(static_cast<size_t>(num_blocks_));
-    blocks_.reserve(static_cast<size_t>(num_blocks_) * tables_);
+    entries_.resize(entries_.capacity());
+    entries_.clear();
+    blocks_.resize(blocks_.capacity(), kNoBlock);
+    blocks_.clear();
   }
+}
+
+int32_t PrefixCache::EntryOf(uint64_t hash) {
+  Reserve();
   // One lookup whether the hash is listed or not.
   auto [it, inserted] = by_hash_.try_emplace(hash, 0);
   if (!inserted) return it->second;

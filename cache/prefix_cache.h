@@ -24,6 +24,10 @@
 #define KVPAGE_CACHE_PREFIX_CACHE_H_
 
 #include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -40,6 +44,12 @@ class PrefixCache {
   using Evicted = absl::InlinedVector<BlockId, 8>;
 
   PrefixCache(int num_layers, int64_t num_blocks);
+
+  // Sizes the index and the entries' arrays for the pool's capacity (what
+  // the first publication does otherwise) and touches their memory, so that
+  // no publication pays a first-touch page fault for them
+  // (CacheConfig::prefault). O(num_blocks * layers).
+  void Prefault();
 
   // Lists block `id` (held by the publishing table, so in use) for `layer`
   // under `hash`. False when nothing changed: the block is already listed
@@ -113,6 +123,26 @@ class PrefixCache {
     int32_t lru_prev = -1, lru_next = -1;
     bool in_lru = false;
   };
+  // An allocator that writes what it hands out: the index's array is
+  // resident from its allocation (at Prefault), not faulted in slot by slot
+  // by publications that land in fresh pages.
+  template <typename T>
+  struct TouchingAllocator : std::allocator<T> {
+    TouchingAllocator() = default;
+    template <typename U>
+    TouchingAllocator(const TouchingAllocator<U>&) {}  // NOLINT: rebinding
+    T* allocate(size_t n) {
+      T* p = std::allocator<T>::allocate(n);
+      std::memset(static_cast<void*>(p), 0, n * sizeof(T));
+      return p;
+    }
+  };
+  using Index = absl::flat_hash_map<
+      uint64_t, int32_t, absl::Hash<uint64_t>, std::equal_to<uint64_t>,
+      TouchingAllocator<std::pair<const uint64_t, int32_t>>>;
+
+  // Sizes the index and the arrays for num_blocks_ entries, once.
+  void Reserve();
 
   // The entry listed under `hash`, a new one (no blocks) when none is.
   int32_t EntryOf(uint64_t hash);
@@ -130,7 +160,8 @@ class PrefixCache {
   std::vector<Entry> entries_;
   std::vector<BlockId> blocks_;  // entry e's at [e * tables_, + tables_)
   std::vector<int32_t> free_entries_;
-  absl::flat_hash_map<uint64_t, int32_t> by_hash_;
+  Index by_hash_;
+  bool reserved_ = false;
   std::vector<int32_t> entry_of_;          // per hot block: its entry, or -1
   int32_t lru_head_ = -1, lru_tail_ = -1;  // head: least recently used
   int64_t evictable_blocks_ = 0;
