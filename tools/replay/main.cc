@@ -6,8 +6,9 @@
 // multi-turn conversations.
 //
 // Exit codes: 0 ok, 1 the replay failed (a call kvpage refused that the
-// admission should have made safe, or --verify found a wrong token), 2 bad
-// usage or a trace line that is not a request (one line on stderr naming it).
+// admission should have made safe, --verify found a wrong token, or memory
+// ran out), 2 bad usage, a trace line that is not a request, an empty
+// trace, or a cache kvpage cannot create (one line on stderr naming it).
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
+#include "kvpage/prefix.h"
 #include "tools/flag_ranges.h"
 #include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
@@ -35,6 +37,7 @@ struct Args {
   std::string out;
   // run
   std::string trace;
+  bool trace_given = false;
   int64_t synthetic_requests = 0;
   std::vector<int64_t> pool_blocks;
   ReplayOptions replay;
@@ -47,17 +50,21 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
-// Blocks (ids) it takes to hold every distinct full trace block once (its
-// full kvpage blocks).
+// Blocks (ids) it takes to hold every distinct full block of the prompts
+// once: kvpage's blocks, told apart by their chain hash.
 int64_t Footprint(const std::vector<TraceRequest>& trace,
                   const ReplayOptions& o, int64_t groups) {
-  std::unordered_set<int64_t> distinct;
+  std::unordered_set<uint64_t> distinct;
+  const size_t bt = static_cast<size_t>(o.block_tokens);
   for (const TraceRequest& r : trace) {
-    const size_t full = static_cast<size_t>(r.input_length / o.trace_block_tokens);
-    distinct.insert(r.hash_ids.begin(), r.hash_ids.begin() + static_cast<std::ptrdiff_t>(full));
+    const std::vector<int32_t> tokens = PromptTokens(r, o.trace_block_tokens);
+    uint64_t h = 0;
+    for (size_t b = 0; (b + 1) * bt <= tokens.size(); ++b) {
+      h = PrefixBlockHash(h, 0, absl::MakeConstSpan(tokens).subspan(b * bt, bt));
+      distinct.insert(h);
+    }
   }
-  return static_cast<int64_t>(distinct.size()) *
-         (o.trace_block_tokens / o.block_tokens) * groups;
+  return static_cast<int64_t>(distinct.size()) * groups;
 }
 
 std::string Text(const std::vector<TraceRequest>& trace, const Args& args,
@@ -144,7 +151,10 @@ int Generate(const Args& args) {
 int Run(Args& args) {
   args.replay.leave_last_token = !args.no_leave_last_token;
   std::vector<TraceRequest> trace;
-  if (!args.trace.empty()) {
+  if (args.trace_given && args.trace.empty()) {
+    return Fail(kBadInput, "--trace: the path is empty");
+  }
+  if (args.trace_given) {
     std::ifstream in(args.trace);
     if (!in) return Fail(kBadInput, args.trace + " could not be opened");
     absl::StatusOr<std::vector<TraceRequest>> parsed =
@@ -153,6 +163,7 @@ int Run(Args& args) {
       return Fail(kBadInput, args.trace + ": " + std::string(parsed.status().message()));
     }
     trace = *std::move(parsed);
+    if (trace.empty()) return Fail(kBadInput, args.trace + ": holds no request");
     std::stable_sort(trace.begin(), trace.end(),
                      [](const TraceRequest& a, const TraceRequest& b) {
                        return a.timestamp < b.timestamp;
@@ -171,7 +182,17 @@ int Run(Args& args) {
   const int64_t footprint = Footprint(trace, args.replay, groups);
   std::vector<int64_t> pools = args.pool_blocks;
   if (pools.empty()) {
-    for (int64_t d : {8, 4, 2, 1}) pools.push_back(std::max<int64_t>(1, footprint / d));
+    // Never below the largest request, so that the default rows replay it.
+    int64_t largest = 1;
+    for (const TraceRequest& r : trace) {
+      largest = std::max(largest, (r.input_length + r.output_length +
+                                   args.replay.block_tokens - 1) /
+                                      args.replay.block_tokens * groups);
+    }
+    for (int64_t d : {8, 4, 2, 1}) {
+      const int64_t pool = std::max(largest, footprint / d);
+      if (pools.empty() || pools.back() != pool) pools.push_back(pool);
+    }
   }
   std::vector<ReplayResult> runs;
   for (int64_t pool : pools) {
@@ -285,6 +306,7 @@ int main(int argc, char** argv) {
     std::cerr << "kvpage-replay: " << message << " (see --help)\n";
     return replay::kBadInput;
   }
+  args.trace_given = run->count("--trace") > 0;
   try {
     return generate->parsed() ? replay::Generate(args) : replay::Run(args);
   } catch (const std::exception& e) {  // the standard library (bad_alloc)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <deque>
 #include <memory>
 #include <string>
@@ -15,12 +16,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The value of channel `c` of the key (kv 0) or value (kv 1) of the token
-// at position `pos` in `layer`: an integer in [-1000, 1000], exact in f16,
-// so a matched block read back equals what its writer wrote.
-float Value(int layer, int64_t pos, int32_t token, int64_t c, int kv) {
-  const uint32_t x = static_cast<uint32_t>(token) * 7U +
-                     static_cast<uint32_t>(pos) * 3U +
+// The value of channel `c` of the key (kv 0) or value (kv 1) at position
+// `pos` of `layer` in a sequence whose ids up to `pos` hash to `prefix`: an
+// integer in [-1000, 1000], exact in f16. Like real keys and values it
+// depends on every id before it, so a matched block read back equals what
+// its writer wrote only when both saw the same prefix.
+float Value(int layer, int64_t pos, uint32_t prefix, int64_t c, int kv) {
+  const uint32_t x = prefix * 7U + static_cast<uint32_t>(pos) * 3U +
                      static_cast<uint32_t>(layer) * 5U +
                      static_cast<uint32_t>(c) * 11U + static_cast<uint32_t>(kv) * 1000U;
   return static_cast<float>(x % 2001U) - 1000.0f;
@@ -49,6 +51,7 @@ class Replayer {
     int64_t total = 0;    // prompt and output
     int64_t matched_blocks = 0;
     int64_t need = 0;  // blocks it takes beyond its match, at most
+    std::vector<uint32_t> prefix;  // per position: its ids' running hash
   };
 
   // Blocks the requests in flight may still take.
@@ -130,6 +133,12 @@ absl::StatusOr<bool> Replayer::Admit(size_t index) {
         r.seq, absl::MakeConstSpan(r.prompt).subspan(static_cast<size_t>(*matched)));
   });
   if (!s.ok()) return s;
+  r.prefix.resize(static_cast<size_t>(total));
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (int64_t p = 0; p < total; ++p) {
+    h = (h ^ static_cast<uint32_t>(TokenAt(r, p))) * 0x100000001b3ULL;
+    r.prefix[static_cast<size_t>(p)] = static_cast<uint32_t>(h >> 32);
+  }
   outcomes_[index].matched_tokens = *matched;
   r.written = *matched;
   r.matched_blocks = *matched / bt;
@@ -137,6 +146,11 @@ absl::StatusOr<bool> Replayer::Admit(size_t index) {
   if (o_.verify) {
     absl::Status v = Verify(r, *matched);
     if (!v.ok()) return v;
+  }
+  if (r.written >= r.total) {  // output_length 0 and the whole prompt matched
+    absl::Status rm = Timed(index, [&] { return cache_->RemoveSequence(r.seq); });
+    if (!rm.ok()) return rm;
+    return true;
   }
   in_flight_.push_back(std::move(r));
   return true;
@@ -155,8 +169,9 @@ absl::Status Replayer::Verify(const InFlight& r, int64_t matched) const {
       const int64_t pos = g->positions[static_cast<size_t>(t)];
       for (int64_t c = 0; c < width_; ++c) {
         const size_t at = static_cast<size_t>(t * width_ + c);
-        if (g->k[at] != Value(layer, pos, TokenAt(r, pos), c, 0) ||
-            g->v[at] != Value(layer, pos, TokenAt(r, pos), c, 1)) {
+        const uint32_t prefix = r.prefix[static_cast<size_t>(pos)];
+        if (g->k[at] != Value(layer, pos, prefix, c, 0) ||
+            g->v[at] != Value(layer, pos, prefix, c, 1)) {
           return absl::InternalError(absl::StrCat(
               "request ", r.index, ": matched position ", pos, " of layer ",
               layer, " holds another token's keys or values"));
@@ -183,10 +198,10 @@ absl::StatusOr<bool> Replayer::Step(InFlight& r) {
   for (int layer = 0; layer < o_.num_layers; ++layer) {
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = r.written + t;
-      const int32_t token = TokenAt(r, pos);
+      const uint32_t prefix = r.prefix[static_cast<size_t>(pos)];
       for (int64_t c = 0; c < width_; ++c) {
-        k_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, token, c, 0);
-        v_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, token, c, 1);
+        k_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, prefix, c, 0);
+        v_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, prefix, c, 1);
       }
     }
     const TokenSpan k{.data = k_.data(), .dtype = DType::kF32, .tokens = n};
@@ -212,18 +227,23 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
   cost_us_.assign(trace_.size(), 0);
   outcomes_.assign(trace_.size(), RequestOutcome{});
   size_t next = 0;
+  bool blocked = false;  // the next request was refused; retry after a completion
   while (next < trace_.size() || !in_flight_.empty()) {
-    while (next < trace_.size() &&
+    while (!blocked && next < trace_.size() &&
            in_flight_.size() < static_cast<size_t>(o_.concurrency)) {
       absl::StatusOr<bool> admitted = Admit(next);
       if (!admitted.ok()) return admitted.status();
-      if (!*admitted) break;  // waits for blocks to come back
+      if (!*admitted) {  // waits for blocks to come back
+        blocked = true;
+        break;
+      }
       ++next;
     }
     for (size_t i = 0; i < in_flight_.size();) {
       absl::StatusOr<bool> done = Step(in_flight_[i]);
       if (!done.ok()) return done.status();
       if (*done) {
+        blocked = false;
         in_flight_.erase(in_flight_.begin() + static_cast<std::ptrdiff_t>(i));
       } else {
         ++i;
@@ -263,8 +283,10 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
   if (!costs.empty()) {
     std::sort(costs.begin(), costs.end());
     const auto at = [&](double q) {
+      // Nearest rank: the ceil(q * n)-th smallest.
+      const double rank = std::ceil(q * static_cast<double>(costs.size()));
       return costs[std::min(costs.size() - 1,
-                            static_cast<size_t>(q * static_cast<double>(costs.size())))];
+                            static_cast<size_t>(std::max(rank, 1.0)) - 1)];
     };
     result.cost_p50_us = at(0.50);
     result.cost_p99_us = at(0.99);
@@ -306,7 +328,9 @@ absl::StatusOr<ReplayResult> Replay(const std::vector<TraceRequest>& trace,
   config.max_seq_len = longest;
   config.group_layers = options.group_layers;
   absl::StatusOr<std::unique_ptr<KVCache>> cache = KVCache::Create(config);
-  if (!cache.ok()) return cache.status();
+  if (!cache.ok()) {
+    return absl::InvalidArgumentError(cache.status().message());  // exit 2
+  }
   Replayer replayer(trace, options, *std::move(cache));
   return replayer.Run(pool_blocks);
 }

@@ -8,8 +8,9 @@
 // Update of every layer); RemoveSequence. Up to `concurrency` requests are in
 // flight, admitted in trace order while the pool can hold what they will
 // take (each one's worst case: its blocks not matched); in flight, each
-// takes one step in turn (a prefill chunk or one output token). The trace's
-// timestamps order the requests; the replay does not wait for them.
+// takes one step in turn (a prefill chunk or one output token). Requests
+// are replayed in the order given (kvpage-replay sorts a trace by its
+// timestamps); the replay does not wait for the timestamps.
 //
 // Usage:
 //   ReplayOptions options{.num_layers = 4, .concurrency = 8};
@@ -66,7 +67,8 @@ struct ReplayResult {
 };
 
 // Replays `trace` through a fresh cache of `pool_blocks` blocks.
-// InvalidArgument for options kvpage refuses (its message); Internal when a
+// InvalidArgument for options kvpage refuses or a cache it cannot create
+// (its message); Internal when a
 // call fails that the replay's admission should have made safe, or when
 // verification finds a matched token that differs from what was written.
 [[nodiscard]] absl::StatusOr<ReplayResult> Replay(

@@ -165,6 +165,10 @@ absl::StatusOr<std::vector<TraceRequest>> GenerateTrace(
     return absl::InvalidArgumentError(
         "synthetic trace: counts and lengths must be at least 1");
   }
+  if (o.system_prompt_tokens_max + o.user_tokens_max > kMaxTraceTokens) {
+    return absl::InvalidArgumentError(
+        "synthetic trace: a first prompt could pass 2^24 tokens");
+  }
   if (!(o.shared_system_prompt >= 0 && o.shared_system_prompt <= 1)) {
     return absl::InvalidArgumentError(
         "synthetic trace: the shared system prompt fraction must be in [0, 1]");
@@ -201,6 +205,7 @@ absl::StatusOr<std::vector<TraceRequest>> GenerateTrace(
     double at = arrival;
     for (int t = 0; t < turns && static_cast<int64_t>(trace.size()) < o.requests;
          ++t) {
+      if (context.length + o.user_tokens_max > kMaxTraceTokens) break;
       TraceRequest r;
       r.timestamp = std::round(at);
       r.input_length =
