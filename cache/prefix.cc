@@ -1,5 +1,6 @@
 #include "kvpage/prefix.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstring>
@@ -64,6 +65,13 @@ void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
   const auto tokens_per_block = static_cast<size_t>(block_tokens);
   const absl::Span<const int32_t> ids = sequence.token_ids;
   std::vector<uint64_t>& hashes = sequence.block_hashes;
+  // Room for every full block of ids at once (a prompt's 128 blocks take
+  // one allocation, not eight); doubling keeps appends amortized O(1).
+  const size_t full = std::min(ids.size() / tokens_per_block,
+                               static_cast<size_t>(std::max<int64_t>(max_blocks, 0)));
+  if (full > hashes.capacity()) {
+    hashes.reserve(std::max(full, 2 * hashes.capacity()));
+  }
   while ((hashes.size() + 1) * tokens_per_block <= ids.size() &&
          static_cast<int64_t>(hashes.size()) < max_blocks) {
     const size_t b = hashes.size();

@@ -25,14 +25,19 @@ namespace {
 void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
                 int64_t seq_len, int64_t* slots) {
   const int64_t tokens_per_block = rules.block_tokens;
-  std::fill(slots, slots + (seq_len - start), kNoSlot);
+  // The runs come in position order: what lies between them (evicted in
+  // this very call) is kNoSlot, written once.
+  int64_t next = start;
   internal::ForEachVisibleRun(
       rules, table, start, seq_len,
       [&](BlockRef ref, int64_t slot, int64_t count, int64_t position) {
+        std::fill(slots + (next - start), slots + (position - start), kNoSlot);
         const int64_t first = int64_t{RefId(ref)} * tokens_per_block + slot;
         int64_t* out = slots + (position - start);
         for (int64_t i = 0; i < count; ++i) out[i] = first + i;
+        next = position + count;
       });
+  std::fill(slots + (next - start), slots + (seq_len - start), kNoSlot);
 }
 
 // The fast path's `count` slots: consecutive in `block` from `slot` (no
