@@ -91,6 +91,9 @@ struct KVCache::Impl {
   std::vector<internal::Sequence*> batch_sequences;
   std::vector<internal::BlockId> batch_fast;
   std::vector<int64_t> batch_fast_slot;
+  // A planned request's row before its plan, when the plan only appends
+  // entries (window_entries -1 otherwise: the row is written whole).
+  std::vector<internal::RowShape> batch_rows;
   absl::flat_hash_map<internal::BlockRef, uint32_t> batch_dropped;
 
   ~Impl();

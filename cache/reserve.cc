@@ -211,11 +211,13 @@ absl::Status KVCache::ReserveBatch(int layer,
   std::vector<Plan>& plans = impl.batch_plans;
   std::vector<BlockId>& fast = impl.batch_fast;  // kNoBlock: planned
   std::vector<int64_t>& fast_slot = impl.batch_fast_slot;
+  std::vector<internal::RowShape>& rows_before = impl.batch_rows;
   absl::flat_hash_map<BlockRef, uint32_t>& dropped = impl.batch_dropped;
   batch.clear();
   plans.resize(rows);
   fast.resize(rows);
   fast_slot.resize(rows);
+  rows_before.resize(rows);
   dropped.clear();
   auto refs = [&](BlockRef ref) -> uint32_t {
     const uint32_t count = impl.pool->ref_count(ref);
@@ -258,10 +260,12 @@ absl::Status KVCache::ReserveBatch(int layer,
     }
     total_tokens += r.tokens;
     batch.push_back(&it->second);
-    int64_t entries_after = internal::RowOf(table).entries();
+    int64_t entries_after = 0;
     fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len,
                                       &fast_slot[i]);
-    if (fast[i] == internal::kNoBlock) {
+    if (fast[i] != internal::kNoBlock) {
+      if (tables != nullptr) entries_after = internal::RowOf(table).entries();
+    } else {
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
       running += plans[i].fresh;
       total_fresh = std::max(total_fresh, running);
@@ -297,9 +301,11 @@ absl::Status KVCache::ReserveBatch(int layer,
     }
   }
   // 3. Nothing fails from here on. A plan is made again just before it is
-  // applied, on the holds as they are then: what step 1 foresaw. A
-  // fast-path request stays one: no other request can take a hold on its
-  // private last block.
+  // applied, on the holds as they are then: what step 1 foresaw (the same
+  // plan when no request lets go of a block another table shares: then
+  // every count a plan reads is as step 1 read it). A fast-path request
+  // stays one: no other request can take a hold on its private last block.
+  const bool replan = !dropped.empty();
   const absl::InlinedVector<BlockId, 16>& taken = impl.fresh_ids;
   size_t next_fresh = 0;
   int64_t given_back_used = 0;
@@ -314,8 +320,22 @@ absl::Status KVCache::ReserveBatch(int layer,
       WriteInPlaceSlots(fast[i], impl.block_tokens(), fast_slot[i], r.tokens,
                         slots);
     } else {
-      const Plan plan =
-          internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+      if (replan) {
+        plans[i] =
+            internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+      }
+      const Plan& plan = plans[i];
+      // A plan that keeps every entry and adds window entries after them
+      // leaves the row's beginning as exported: only the new entries are
+      // written (step 4).
+      const internal::RowShape before = internal::RowOf(table);
+      const bool appends_only =
+          plan.rewrite.empty() &&
+          plan.sink_blocks == before.sink_entries &&
+          plan.window.first == before.window_first &&
+          plan.window.size() >= before.window_entries;
+      rows_before[i] = appends_only ? before
+                                    : internal::RowShape{.window_entries = -1};
       // This request's fresh blocks: what step 2 took, then what earlier
       // requests gave back (step 1 counted on no more).
       const auto want = static_cast<size_t>(plan.fresh);
@@ -347,6 +367,24 @@ absl::Status KVCache::ReserveBatch(int layer,
     const BlockTable& table = batch[i]->tables[group];
     if (fast[i] != internal::kNoBlock) {  // blocks unchanged: lengths only
       tables->seq_lens[i] = static_cast<int32_t>(table.length);
+      if (!tables->window_starts.empty()) {
+        tables->window_starts[i] =
+            static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
+      }
+    } else if (const internal::RowShape& before = rows_before[i];
+               before.window_entries >= 0) {
+      // Only window entries appended: the row's first entries stand.
+      const internal::RowShape row = internal::RowOf(table);
+      int32_t* dst = tables->block_table.data() + i * tables->max_blocks;
+      for (int64_t b = before.window_first + before.window_entries;
+           b < row.window_first + row.window_entries; ++b) {
+        dst[b - row.window_first + row.sink_entries] =
+            static_cast<int32_t>(table.Block(b));
+      }
+      tables->seq_lens[i] = static_cast<int32_t>(table.length);
+      if (!tables->block_offsets.empty()) {
+        tables->block_offsets[i] = static_cast<int32_t>(row.block_offset());
+      }
       if (!tables->window_starts.empty()) {
         tables->window_starts[i] =
             static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));

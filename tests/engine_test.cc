@@ -458,8 +458,42 @@ TEST(ReserveBatchTest, EqualsReservesInOrder) {
         total += n;
       }
       std::vector<int64_t> batch_slots(static_cast<size_t>(total));
-      const absl::Status batch =
-          b->ReserveBatch(layer, requests, absl::MakeSpan(batch_slots));
+      // The rows of the step's sequences, exported before and kept current
+      // by the batch: after it they equal a fresh export (forks' copies,
+      // rollbacks, windows and rings included).
+      constexpr int64_t kRow = 64;
+      std::vector<SeqId> order;
+      for (const ReserveRequest& r : requests) order.push_back(r.seq);
+      std::vector<int32_t> kept(order.size() * kRow), kept_lens(order.size());
+      std::vector<int32_t> kept_offsets(order.size()), kept_starts(order.size());
+      const PaddedBlockTables kept_tables{
+          .block_table = absl::MakeSpan(kept),
+          .max_blocks = kRow,
+          .pad = -1,
+          .seq_lens = absl::MakeSpan(kept_lens),
+          .block_offsets = absl::MakeSpan(kept_offsets),
+          .window_starts = absl::MakeSpan(kept_starts)};
+      ASSERT_TRUE(b->ExportBlockTables(layer, order, kept_tables).ok());
+      const absl::Status batch = b->ReserveBatch(
+          layer, requests, absl::MakeSpan(batch_slots), &kept_tables);
+      if (batch.ok()) {
+        std::vector<int32_t> fresh(kept.size()), fresh_lens(order.size());
+        std::vector<int32_t> fresh_offsets(order.size()),
+            fresh_starts(order.size());
+        ASSERT_TRUE(b->ExportBlockTables(
+                         layer, order,
+                         {.block_table = absl::MakeSpan(fresh),
+                          .max_blocks = kRow,
+                          .pad = -1,
+                          .seq_lens = absl::MakeSpan(fresh_lens),
+                          .block_offsets = absl::MakeSpan(fresh_offsets),
+                          .window_starts = absl::MakeSpan(fresh_starts)})
+                        .ok());
+        ASSERT_EQ(kept, fresh) << "op " << op;
+        ASSERT_EQ(kept_lens, fresh_lens);
+        ASSERT_EQ(kept_offsets, fresh_offsets);
+        ASSERT_EQ(kept_starts, fresh_starts);
+      }
       std::vector<int64_t> slots;
       bool all_ok = true;
       for (const ReserveRequest& r : requests) {
