@@ -1,7 +1,5 @@
 // Tests of kvpage-generate's command line: what it prints, its JSON, its
 // subcommands, and bad input: exit code 2 and one line naming what is wrong.
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -12,38 +10,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_run.h"
 
 namespace kvpage::generate {
 namespace {
 
 using ::testing::HasSubstr;
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using CliResult = testing::CliRun;
 
 CliResult RunGenerate(const std::string& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string name =
-      ::testing::UnitTest::GetInstance()->current_test_info()->name();
-  const std::string out = dir + "/generate_" + name + ".out";
-  const std::string err = dir + "/generate_" + name + ".err";
-  const std::string cmd = std::string(KVPAGE_GENERATE_BINARY) + " " + args +
-                          " >" + out + " 2>" + err;
-  CliResult r;
-  const int status = std::system(cmd.c_str());
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = Slurp(out);
-  r.err = Slurp(err);
-  return r;
+  return testing::RunCli(KVPAGE_GENERATE_BINARY, args);
 }
 
 void ExpectUsageError(const CliResult& r, const std::string& says) {

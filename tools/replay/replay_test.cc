@@ -1,8 +1,6 @@
 // kvpage-replay: the trace format, the synthetic generator, the replay
 // against a reference model of the prefix cache's eviction order written
 // here, and the command line.
-#include <sys/wait.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -16,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "kvpage/prefix.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_run.h"
 #include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
 
@@ -283,7 +282,7 @@ TEST(ReplayTest, MatchesTheReferenceModelRequestByRequest) {
     const ReplayOptions o = ModelOptions(grouped);
     // From a pool that holds a few requests to one that holds them all.
     for (int64_t pool : {64, 200, 600, 4000}) {
-      SCOPED_TRACE(testing::Message() << "grouped " << grouped << ", pool " << pool);
+      SCOPED_TRACE(::testing::Message() << "grouped " << grouped << ", pool " << pool);
       absl::StatusOr<ReplayResult> r = Replay(*trace, pool, o);
       ASSERT_TRUE(r.ok()) << r.status();
       std::vector<int64_t> want;
@@ -373,32 +372,10 @@ TEST(ReplayTest, QuantilesAreNearestRank) {
 }
 
 // The command line.
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using testing::CliRun;
 
 CliRun RunReplay(const std::string& args) {
-  const std::string dir = ::testing::TempDir();
-  const std::string name =
-      ::testing::UnitTest::GetInstance()->current_test_info()->name();
-  const std::string out = dir + "/replay_" + name + ".out";
-  const std::string err = dir + "/replay_" + name + ".err";
-  const std::string cmd =
-      std::string(KVPAGE_REPLAY_BINARY) + " " + args + " >" + out + " 2>" + err;
-  CliRun r;
-  const int status = std::system(cmd.c_str());
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = Slurp(out);
-  r.err = Slurp(err);
-  return r;
+  return testing::RunCli(KVPAGE_REPLAY_BINARY, args);
 }
 
 TEST(ReplayCliTest, GeneratesAndReplaysForEachPoolSize) {
