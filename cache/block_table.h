@@ -319,11 +319,17 @@ void ForEachVisibleRun(const LayerRules& r, const LayerState& s,
                        const BlockTable& t, int64_t lo, int64_t hi, Fn&& fn) {
   const int64_t bt = r.block_tokens;
   auto range = [&](int64_t from, int64_t to) {
-    for (int64_t p = std::max(from, lo); p < std::min(to, hi);) {
-      const int64_t slot = p % bt;
-      const int64_t count = std::min(bt - slot, std::min(to, hi) - p);
-      fn(t.Block(p / bt), slot, count, p);
+    int64_t p = std::max(from, lo);
+    const int64_t end = std::min(to, hi);
+    if (p >= end) return;
+    // One division for the first block; the next runs start at slot 0.
+    int64_t block = p / bt, slot = p - block * bt;
+    while (p < end) {
+      const int64_t count = std::min(bt - slot, end - p);
+      fn(t.Block(block), slot, count, p);
       p += count;
+      ++block;
+      slot = 0;
     }
   };
   const int64_t sink_end = std::min(r.sinks, s.length);

@@ -16,8 +16,12 @@ namespace kvpage {
 namespace {
 
 void PutLittleEndian(uint64_t value, int bytes, std::byte* out) {
-  for (int i = 0; i < bytes; ++i) {
-    out[i] = static_cast<std::byte>((value >> (8 * i)) & 0xff);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out, &value, static_cast<size_t>(bytes));  // one store
+  } else {
+    for (int i = 0; i < bytes; ++i) {
+      out[i] = static_cast<std::byte>((value >> (8 * i)) & 0xff);
+    }
   }
 }
 
@@ -65,19 +69,22 @@ void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
   const auto tokens_per_block = static_cast<size_t>(block_tokens);
   const absl::Span<const int32_t> ids = sequence.token_ids;
   std::vector<uint64_t>& hashes = sequence.block_hashes;
-  // Room for every full block of ids at once (a prompt's 128 blocks take
-  // one allocation, not eight); doubling keeps appends amortized O(1).
+  // The full blocks of ids not hashed yet, hashed into place: one
+  // allocation for a prompt's blocks (doubling keeps appends amortized O(1)).
   const size_t full = std::min(ids.size() / tokens_per_block,
                                static_cast<size_t>(std::max<int64_t>(max_blocks, 0)));
+  const size_t done = hashes.size();
+  if (full <= done) return;
   if (full > hashes.capacity()) {
     hashes.reserve(std::max(full, 2 * hashes.capacity()));
   }
-  while ((hashes.size() + 1) * tokens_per_block <= ids.size() &&
-         static_cast<int64_t>(hashes.size()) < max_blocks) {
-    const size_t b = hashes.size();
-    hashes.push_back(
-        PrefixBlockHash(b == 0 ? 0 : hashes[b - 1], sequence.salt,
-                        ids.subspan(b * tokens_per_block, tokens_per_block)));
+  hashes.resize(full);
+  uint64_t parent = done == 0 ? 0 : hashes[done - 1];
+  const int32_t* block = ids.data() + done * tokens_per_block;
+  for (size_t b = done; b < full; ++b, block += tokens_per_block) {
+    parent = PrefixBlockHash(parent, sequence.salt,
+                             absl::MakeConstSpan(block, tokens_per_block));
+    hashes[b] = parent;
   }
 }
 
