@@ -192,11 +192,34 @@ struct KVCache::Impl {
   // private, hot, non-full last block with no policy action due. Returns
   // that block, or kNoBlock when the general path must plan. O(1), no
   // division.
-  // `slot`, when given, receives start's slot in it.
+  // `slot`, when given, receives start's slot in it. Inline: every decode
+  // step of Update, Reserve and ReserveBatch asks it.
   internal::BlockId InPlaceAppendBlock(const internal::LayerRules& rules,
                                        const internal::BlockTable& table,
                                        int64_t start, int64_t seq_len,
-                                       int64_t* slot = nullptr) const;
+                                       int64_t* slot = nullptr) const {
+    // The last held logical block, without a division: sink blocks are
+    // logical [0, sink_blocks.size()), the window's end follows them.
+    const int64_t last =
+        table.window_blocks() > 0
+            ? table.window_first + table.window_blocks() - 1
+            : static_cast<int64_t>(table.sink_blocks.size()) - 1;
+    const int64_t block_end = (last + 1) * rules.block_tokens;
+    if (start != table.length || seq_len <= start || seq_len > block_end ||
+        last < 0 || table.length <= last * rules.block_tokens) {
+      return internal::kNoBlock;  // not an append into the last block
+    }
+    if (internal::VisibleTokens(rules, seq_len, table.window_start) >
+        rules.max_seq_len) {
+      return internal::kNoBlock;  // the policy acts
+    }
+    const internal::BlockRef ref = table.Block(last);
+    if (internal::IsQuant(ref) || pool->ref_count(ref) != 1) {
+      return internal::kNoBlock;
+    }
+    if (slot != nullptr) *slot = start - last * rules.block_tokens;
+    return ref;
+  }
   // Takes the fast path InPlaceAppendBlock allowed: sets the lengths of the
   // table's `layers` layers.
   void AppendInPlace(internal::BlockTable& table, int64_t start,

@@ -45,19 +45,29 @@ void WriteSlots(const LayerRules& rules, const BlockTable& table, int64_t start,
 void WriteInPlaceSlots(BlockId block, int64_t block_tokens, int64_t slot,
                        int64_t count, int64_t* slots) {
   const int64_t first = int64_t{block} * block_tokens + slot;
+  if (count == 1) {  // a decode step
+    *slots = first;
+    return;
+  }
   for (int64_t i = 0; i < count; ++i) slots[i] = first + i;
 }
 
-absl::Status CheckCounts(std::string_view op, SeqId seq, int layer,
-                         int64_t seq_len, int64_t tokens) {
-  if (ABSL_PREDICT_FALSE(tokens < 0 || seq_len < tokens)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s(seq %d, layer %d, seq_len %d): %d tokens %s", op, seq, layer,
-        seq_len, tokens,
-        tokens < 0 ? "is negative"
-                   : "would start below position 0 (tokens > seq_len)"));
-  }
-  return absl::OkStatus();
+// The refusal of counts that CountsOk refuses.
+ABSL_ATTRIBUTE_NOINLINE absl::Status RefuseCounts(std::string_view op,
+                                                  SeqId seq, int layer,
+                                                  int64_t seq_len,
+                                                  int64_t tokens) {
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "%s(seq %d, layer %d, seq_len %d): %d tokens %s", op, seq, layer,
+      seq_len, tokens,
+      tokens < 0 ? "is negative"
+                 : "would start below position 0 (tokens > seq_len)"));
+}
+
+// Whether `tokens` positions ending at `seq_len` can be reserved: inline, so
+// that counts that pass cost two compares.
+inline bool CountsOk(int64_t seq_len, int64_t tokens) {
+  return ABSL_PREDICT_TRUE(tokens >= 0 && seq_len >= tokens);
 }
 
 // One padded row: the layer's entries, then `pad`; `state` is the layer's,
@@ -111,9 +121,8 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   if (ABSL_PREDICT_FALSE(table.split)) {
     return SplitRefusal("Reserve", seq, layer, table);
   }
-  if (absl::Status s = CheckCounts("Reserve", seq, layer, seq_len, tokens);
-      !s.ok()) {
-    return s;
+  if (!CountsOk(seq_len, tokens)) {
+    return RefuseCounts("Reserve", seq, layer, seq_len, tokens);
   }
   if (ABSL_PREDICT_FALSE(static_cast<int64_t>(slot_mapping.size()) != tokens)) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -242,10 +251,8 @@ absl::Status KVCache::ReserveBatch(int layer,
           absl::StrFormat("seq %d is named twice (request %d)", r.seq, i));
     }
     it->second.batch_mark = serial;
-    if (absl::Status s =
-            CheckCounts("ReserveBatch", r.seq, layer, r.seq_len, r.tokens);
-        !s.ok()) {
-      return s;
+    if (!CountsOk(r.seq_len, r.tokens)) {
+      return RefuseCounts("ReserveBatch", r.seq, layer, r.seq_len, r.tokens);
     }
     const BlockTable& table = it->second.tables[group];
     if (table.split) return SplitRefusal("ReserveBatch", r.seq, layer, table);

@@ -42,30 +42,6 @@ absl::Status KVCache::Impl::RefusePositions(std::string_view op, SeqId seq,
   return absl::OkStatus();
 }
 
-BlockId KVCache::Impl::InPlaceAppendBlock(const LayerRules& rules,
-                                          const BlockTable& table,
-                                          int64_t start, int64_t seq_len,
-                                          int64_t* slot) const {
-  // The last held logical block, without a division: sink blocks are
-  // logical [0, sink_blocks.size()), the window's end follows them.
-  const int64_t last = table.window_blocks() > 0
-                           ? table.window_first + table.window_blocks() - 1
-                           : static_cast<int64_t>(table.sink_blocks.size()) - 1;
-  const int64_t block_end = (last + 1) * rules.block_tokens;
-  if (start != table.length || seq_len <= start || seq_len > block_end ||
-      last < 0 || table.length <= last * rules.block_tokens) {
-    return internal::kNoBlock;  // not an append into the last block
-  }
-  if (internal::VisibleTokens(rules, seq_len, table.window_start) >
-      rules.max_seq_len) {
-    return internal::kNoBlock;  // the policy acts
-  }
-  const BlockRef ref = table.Block(last);
-  if (IsQuant(ref) || pool->ref_count(ref) != 1) return internal::kNoBlock;
-  if (slot != nullptr) *slot = start - last * rules.block_tokens;
-  return ref;
-}
-
 absl::Status KVCache::Impl::PlaceGeneral(std::string_view op, SeqId seq,
                                          int layer, const LayerRules& rules,
                                          BlockTable& table, int64_t start,
