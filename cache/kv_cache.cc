@@ -82,8 +82,8 @@ absl::StatusOr<std::unique_ptr<KVCache>> KVCache::Create(
                                                  impl->pool->capacity(),
                                                  impl->groups.width);
   impl->prefix = std::make_unique<internal::PrefixCache>(
-      static_cast<int>(impl->groups.size()), config.num_blocks);
-  if (config.prefault) impl->prefix->Prefault();
+      static_cast<int>(impl->groups.size()), config.num_blocks,
+      config.prefault);
   if (config.compression.enabled) {
     absl::StatusOr<std::unique_ptr<internal::QuantStore>> quant =
         internal::QuantStore::Create(config);

@@ -7,25 +7,32 @@
 
 namespace kvpage::internal {
 
-PrefixCache::PrefixCache(int num_layers, int64_t num_blocks)
+PrefixCache::PrefixCache(int num_layers, int64_t num_blocks, bool prefault)
     : num_layers_(num_layers),
       tables_(static_cast<size_t>(num_layers)),
       num_blocks_(num_blocks),
-      entry_of_(static_cast<size_t>(num_blocks), -1) {}
+      by_hash_(0, absl::Hash<uint64_t>(), std::equal_to<uint64_t>(),
+               Index::allocator_type(prefault)),
+      entry_of_(static_cast<size_t>(num_blocks), -1) {
+  if (prefault) Prefault();
+}
 
 void PrefixCache::Reserve() {
   if (reserved_) return;
   reserved_ = true;
-  // An entry holds at least one block of its own: never more entries than
-  // blocks. The index and the entries' arrays are sized for that many once,
-  // so that nothing rehashes or moves while the cache fills.
-  by_hash_.reserve(static_cast<size_t>(num_blocks_));
-  entries_.reserve(static_cast<size_t>(num_blocks_));
-  blocks_.reserve(static_cast<size_t>(num_blocks_) * tables_);
+  // A full cache lists at most num_blocks / tables entries with a block in
+  // every table (each block is one entry's). The index and the entries'
+  // arrays are sized for that many once, so that nothing rehashes or moves
+  // while the cache fills; entries published in only some tables may grow
+  // them past it.
+  const size_t entries = static_cast<size_t>(num_blocks_) / tables_ + 1;
+  by_hash_.reserve(entries);
+  entries_.reserve(entries);
+  blocks_.reserve(entries * tables_);
 }
 
 void PrefixCache::Prefault() {
-  Reserve();  // the index's array is written as it is allocated
+  Reserve();  // the index's allocator writes what it allocates
   // The arrays' pages, written once: resize writes them, clear keeps them.
   if (entries_.empty()) {
     entries_.resize(entries_.capacity());

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -43,13 +44,11 @@ class PrefixCache {
   // Blocks whose cache reference an eviction gives back.
   using Evicted = absl::InlinedVector<BlockId, 8>;
 
-  PrefixCache(int num_layers, int64_t num_blocks);
-
-  // Sizes the index and the entries' arrays for the pool's capacity (what
-  // the first publication does otherwise) and touches their memory, so that
-  // no publication pays a first-touch page fault for them
-  // (CacheConfig::prefault). O(num_blocks * layers).
-  void Prefault();
+  // With `prefault` (CacheConfig::prefault) the index and the entries'
+  // arrays are sized for a full pool now (what the first publication does
+  // otherwise) and their memory touched, so that no publication pays a
+  // first-touch page fault for them. O(num_blocks).
+  PrefixCache(int num_layers, int64_t num_blocks, bool prefault = false);
 
   // Lists block `id` (held by the publishing table, so in use) for `layer`
   // under `hash`. False when nothing changed: the block is already listed
@@ -123,26 +122,39 @@ class PrefixCache {
     int32_t lru_prev = -1, lru_next = -1;
     bool in_lru = false;
   };
-  // An allocator that writes what it hands out: the index's array is
-  // resident from its allocation (at Prefault), not faulted in slot by slot
-  // by publications that land in fresh pages.
+  // An allocator that, with `touch`, writes what it hands out: with
+  // prefault the index's array is resident from its allocation, not faulted
+  // in slot by slot by publications that land in fresh pages; without, the
+  // first publication makes none of it resident.
   template <typename T>
   struct TouchingAllocator : std::allocator<T> {
+    bool touch = false;
+    using propagate_on_container_copy_assignment = std::true_type;
+    using propagate_on_container_move_assignment = std::true_type;
+    using propagate_on_container_swap = std::true_type;
     TouchingAllocator() = default;
+    explicit TouchingAllocator(bool t) : touch(t) {}
     template <typename U>
-    TouchingAllocator(const TouchingAllocator<U>&) {}  // NOLINT: rebinding
+    TouchingAllocator(const TouchingAllocator<U>& o)  // NOLINT: rebinding
+        : touch(o.touch) {}
     T* allocate(size_t n) {
       T* p = std::allocator<T>::allocate(n);
-      std::memset(static_cast<void*>(p), 0, n * sizeof(T));
+      if (touch) std::memset(static_cast<void*>(p), 0, n * sizeof(T));
       return p;
+    }
+    template <typename U>
+    bool operator==(const TouchingAllocator<U>&) const {
+      return true;  // either frees what the other allocated
     }
   };
   using Index = absl::flat_hash_map<
       uint64_t, int32_t, absl::Hash<uint64_t>, std::equal_to<uint64_t>,
       TouchingAllocator<std::pair<const uint64_t, int32_t>>>;
 
-  // Sizes the index and the arrays for num_blocks_ entries, once.
+  // Sizes the index and the arrays for a full pool's entries, once.
   void Reserve();
+  // Reserve, and the arrays' pages written.
+  void Prefault();
 
   // The entry listed under `hash`, a new one (no blocks) when none is.
   int32_t EntryOf(uint64_t hash);

@@ -1,6 +1,9 @@
 // Sharing: forks with copy-on-write, the prefix-cache block hash, prefix
 // matches and the eviction of cached blocks.
+#include <unistd.h>
+
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <numeric>
 #include <vector>
@@ -474,6 +477,39 @@ TEST(PrefixCacheTest, PublishingIntoAnIdleEntryKeepsTheIdleCount) {
 // Regression (issue 15, defect 2): a block already cached under one hash,
 // offered under another (a fork told other ids than its parent), left an
 // empty entry in the index that was never on the LRU list, never evicted.
+// Resident memory of this process, in MiB (/proc/self/statm).
+int64_t ResidentMiB() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE) / (1 << 20);
+}
+
+// Without prefault the prefix cache's index is sized at the first
+// publication but not written: that publication makes a few pages resident,
+// not the index of a full pool (32 MiB here).
+TEST(PrefixCacheTest, WithoutPrefaultTheFirstPublicationTouchesLittle) {
+  CacheConfig c{.num_layers = 1,
+                .num_kv_heads = 1,
+                .head_dim = 4,
+                .dtype = DType::kF32,
+                .block_tokens = 16,
+                .num_blocks = int64_t{1} << 20,
+                .max_seq_len = 64};
+  c.prefault = false;
+  c.huge_pages = false;
+  auto cache = KVCache::Create(c);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const int64_t created = ResidentMiB();
+  const SeqId s = *(*cache)->AddSequence();
+  ASSERT_TRUE((*cache)->AppendTokens(s, std::vector<int32_t>(16, 3)).ok());
+  std::vector<float> k(64, 1.0f);
+  const TokenSpan kv{.data = k.data(), .dtype = DType::kF32, .tokens = 16};
+  ASSERT_TRUE((*cache)->Update(s, 0, kv, kv, 16).ok());
+  EXPECT_EQ((*cache)->Stats().prefix_entries, 1);
+  EXPECT_LT(ResidentMiB() - created, 16);
+}
+
 TEST(PrefixCacheTest, ABlockCachedUnderOneHashAddsNoEmptyEntry) {
   auto cache = *KVCache::Create(Config());
   const SeqId parent = *cache->AddSequence();
