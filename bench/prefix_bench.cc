@@ -179,12 +179,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<kvpage::bench::Figure> figures = {
-      {"hash_512_ns", {}},
-      {"hash_512_bytewise_ns", {}},
-      {"hash_16_ns", {}},
-      {"publish_ns_per_block_layer", {}},
-      {"evict_ns_per_entry", {}},
-      {"publish_group_ns_per_block_layer", {}}};
+      {"hash_512_ns", {}},        {"hash_512_bytewise_ns", {}},
+      {"hash_16_ns", {}},         {"publish_ns_per_block_layer", {}},
+      {"evict_ns_per_entry", {}}, {"publish_group_ns_per_block_layer", {}}};
   for (int r = 0; r < reps; ++r) {
     figures[0].runs.push_back(HashNs(512, kvpage::PrefixBlockHash));
     figures[1].runs.push_back(HashNs(512, BytewiseHash));

@@ -175,9 +175,9 @@ inline absl::StatusOr<kvpage::MatchOptions> MatchOptionsOf(
   kvpage_match_options in{};
   CopyIn(*options, in);
   if (in.leave_last_token != 0 && in.leave_last_token != 1) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "kvpage_match_options.leave_last_token is %d: 0 or 1",
-        in.leave_last_token));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kvpage_match_options.leave_last_token is %d: 0 or 1",
+                        in.leave_last_token));
   }
   out.leave_last_token = in.leave_last_token == 1;
   return out;

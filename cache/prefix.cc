@@ -71,8 +71,9 @@ void ExtendBlockHashes(Sequence& sequence, int64_t block_tokens,
   std::vector<uint64_t>& hashes = sequence.block_hashes;
   // The full blocks of ids not hashed yet, hashed into place: one
   // allocation for a prompt's blocks (doubling keeps appends amortized O(1)).
-  const size_t full = std::min(ids.size() / tokens_per_block,
-                               static_cast<size_t>(std::max<int64_t>(max_blocks, 0)));
+  const size_t full =
+      std::min(ids.size() / tokens_per_block,
+               static_cast<size_t>(std::max<int64_t>(max_blocks, 0)));
   const size_t done = hashes.size();
   if (full <= done) return;
   if (full > hashes.capacity()) {

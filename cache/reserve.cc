@@ -58,8 +58,8 @@ ABSL_ATTRIBUTE_NOINLINE absl::Status RefuseCounts(std::string_view op,
                                                   int64_t seq_len,
                                                   int64_t tokens) {
   return absl::InvalidArgumentError(absl::StrFormat(
-      "%s(seq %d, layer %d, seq_len %d): %d tokens %s", op, seq, layer,
-      seq_len, tokens,
+      "%s(seq %d, layer %d, seq_len %d): %d tokens %s", op, seq, layer, seq_len,
+      tokens,
       tokens < 0 ? "is negative"
                  : "would start below position 0 (tokens > seq_len)"));
 }
@@ -328,21 +328,20 @@ absl::Status KVCache::ReserveBatch(int layer,
                         slots);
     } else {
       if (replan) {
-        plans[i] =
-            internal::MakePlan(layer_rules, table, *impl.pool, start, r.seq_len);
+        plans[i] = internal::MakePlan(layer_rules, table, *impl.pool, start,
+                                      r.seq_len);
       }
       const Plan& plan = plans[i];
       // A plan that keeps every entry and adds window entries after them
       // leaves the row's beginning as exported: only the new entries are
       // written (step 4).
       const internal::RowShape before = internal::RowOf(table);
-      const bool appends_only =
-          plan.rewrite.empty() &&
-          plan.sink_blocks == before.sink_entries &&
-          plan.window.first == before.window_first &&
-          plan.window.size() >= before.window_entries;
-      rows_before[i] = appends_only ? before
-                                    : internal::RowShape{.window_entries = -1};
+      const bool appends_only = plan.rewrite.empty() &&
+                                plan.sink_blocks == before.sink_entries &&
+                                plan.window.first == before.window_first &&
+                                plan.window.size() >= before.window_entries;
+      rows_before[i] =
+          appends_only ? before : internal::RowShape{.window_entries = -1};
       // This request's fresh blocks: what step 2 took, then what earlier
       // requests gave back (step 1 counted on no more).
       const auto want = static_cast<size_t>(plan.fresh);

@@ -133,9 +133,11 @@ TEST(DumpSummary, LayerGroups) {
   ASSERT_FALSE(snap.prefix.empty());
   std::ostringstream blocks;
   dump::BlocksText(snap, blocks);
-  EXPECT_THAT(blocks.str(), ::testing::Not(::testing::ContainsRegex(
-                                "prefix [0-9a-f]+ layer")));
-  EXPECT_THAT(blocks.str(), ::testing::ContainsRegex("prefix [0-9a-f]+ group 0"));
+  EXPECT_THAT(
+      blocks.str(),
+      ::testing::Not(::testing::ContainsRegex("prefix [0-9a-f]+ layer")));
+  EXPECT_THAT(blocks.str(),
+              ::testing::ContainsRegex("prefix [0-9a-f]+ group 0"));
 }
 
 // With layer groups a block id holds a slot of every layer of its group:

@@ -465,7 +465,8 @@ TEST(ReserveBatchTest, EqualsReservesInOrder) {
       std::vector<SeqId> order;
       for (const ReserveRequest& r : requests) order.push_back(r.seq);
       std::vector<int32_t> kept(order.size() * kRow), kept_lens(order.size());
-      std::vector<int32_t> kept_offsets(order.size()), kept_starts(order.size());
+      std::vector<int32_t> kept_offsets(order.size()),
+          kept_starts(order.size());
       const PaddedBlockTables kept_tables{
           .block_table = absl::MakeSpan(kept),
           .max_blocks = kRow,

@@ -119,8 +119,9 @@ struct CacheConfig {
   // bench/first_touch_bench.cc (docs/benchmarks.md). prefault also sizes
   // and touches the prefix cache's index for the entries a full pool can
   // list (num_blocks / tables; 50 to 70 bytes and 4 per table an entry), so
-  // that publishing into a fresh cache pays no page faults either. Turn both off for a cache much larger than
-  // what it will hold, to keep it out of memory.
+  // that publishing into a fresh cache pays no page faults either. Turn both
+  // off for a cache much larger than what it will hold, to keep it out of
+  // memory.
   bool prefault = true;
   // Transparent huge pages for the arena (madvise), where the kernel
   // allows them.

@@ -22,7 +22,7 @@ namespace kvpage::dump {
 struct Holder {
   bool prefix = false;
   SeqId seq = 0;
-  int layer = 0;  // a prefix entry's table: a group's with group_layers
+  int layer = 0;        // a prefix entry's table: a group's with group_layers
   int64_t logical = 0;  // table entries (-1: a ring's spare)
   uint64_t hash = 0;    // prefix entries
   bool group = false;   // a prefix entry's `layer` is a group

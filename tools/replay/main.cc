@@ -19,8 +19,8 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
-#include "nlohmann/json.hpp"
 #include "kvpage/prefix.h"
+#include "nlohmann/json.hpp"
 #include "tools/flag_ranges.h"
 #include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
@@ -60,7 +60,8 @@ int64_t Footprint(const std::vector<TraceRequest>& trace,
     const std::vector<int32_t> tokens = PromptTokens(r, o.trace_block_tokens);
     uint64_t h = 0;
     for (size_t b = 0; (b + 1) * bt <= tokens.size(); ++b) {
-      h = PrefixBlockHash(h, 0, absl::MakeConstSpan(tokens).subspan(b * bt, bt));
+      h = PrefixBlockHash(h, 0,
+                          absl::MakeConstSpan(tokens).subspan(b * bt, bt));
       distinct.insert(h);
     }
   }
@@ -100,42 +101,44 @@ std::string Text(const std::vector<TraceRequest>& trace, const Args& args,
 nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
                     int64_t footprint, const std::vector<ReplayResult>& runs) {
   const ReplayOptions& o = args.replay;
-  nlohmann::json j = {
-      {"schema_version", 1},
-      {"requests", trace.size()},
-      {"num_layers", o.num_layers},
-      {"group_layers", o.group_layers},
-      {"block_tokens", o.block_tokens},
-      {"trace_block_tokens", o.trace_block_tokens},
-      {"concurrency", o.concurrency},
-      {"leave_last_token", o.leave_last_token},
-      {"footprint_blocks", footprint},
-      {"runs", nlohmann::json::array()}};
+  nlohmann::json j = {{"schema_version", 1},
+                      {"requests", trace.size()},
+                      {"num_layers", o.num_layers},
+                      {"group_layers", o.group_layers},
+                      {"block_tokens", o.block_tokens},
+                      {"trace_block_tokens", o.trace_block_tokens},
+                      {"concurrency", o.concurrency},
+                      {"leave_last_token", o.leave_last_token},
+                      {"footprint_blocks", footprint},
+                      {"runs", nlohmann::json::array()}};
   for (const ReplayResult& r : runs) {
-    j["runs"].push_back({{"pool_blocks", r.pool_blocks},
-                         {"block_bytes", r.block_bytes},
-                         {"requests", r.requests},
-                         {"rejected", r.rejected},
-                         {"tokens_queried", r.tokens_queried},
-                         {"tokens_matched", r.tokens_matched},
-                         {"blocks_queried", r.blocks_queried},
-                         {"blocks_hit", r.blocks_hit},
-                         {"token_hit_rate", r.token_hit_rate},
-                         {"block_hit_rate", r.block_hit_rate},
-                         {"cost_p50_us", r.cost_p50_us},
-                         {"cost_p99_us", r.cost_p99_us},
-                         {"cost_mean_us", r.cost_mean_us},
-                         {"peak_blocks_held", r.peak_blocks_held},
-                         {"peak_bytes_held", r.peak_blocks_held * r.block_bytes},
-                         {"blocks_cached_end", r.blocks_cached_end},
-                         {"prefix_entries_end", r.prefix_entries_end}});
+    j["runs"].push_back(
+        {{"pool_blocks", r.pool_blocks},
+         {"block_bytes", r.block_bytes},
+         {"requests", r.requests},
+         {"rejected", r.rejected},
+         {"tokens_queried", r.tokens_queried},
+         {"tokens_matched", r.tokens_matched},
+         {"blocks_queried", r.blocks_queried},
+         {"blocks_hit", r.blocks_hit},
+         {"token_hit_rate", r.token_hit_rate},
+         {"block_hit_rate", r.block_hit_rate},
+         {"cost_p50_us", r.cost_p50_us},
+         {"cost_p99_us", r.cost_p99_us},
+         {"cost_mean_us", r.cost_mean_us},
+         {"peak_blocks_held", r.peak_blocks_held},
+         {"peak_bytes_held", r.peak_blocks_held * r.block_bytes},
+         {"blocks_cached_end", r.blocks_cached_end},
+         {"prefix_entries_end", r.prefix_entries_end}});
   }
   return j;
 }
 
 int Generate(const Args& args) {
-  absl::StatusOr<std::vector<TraceRequest>> trace = GenerateTrace(args.synthetic);
-  if (!trace.ok()) return Fail(kBadInput, std::string(trace.status().message()));
+  absl::StatusOr<std::vector<TraceRequest>> trace =
+      GenerateTrace(args.synthetic);
+  if (!trace.ok())
+    return Fail(kBadInput, std::string(trace.status().message()));
   if (args.out.empty()) {
     WriteTrace(*trace, std::cout);
     std::cout.flush();
@@ -160,10 +163,12 @@ int Run(Args& args) {
     absl::StatusOr<std::vector<TraceRequest>> parsed =
         ParseTrace(in, args.replay.trace_block_tokens);
     if (!parsed.ok()) {
-      return Fail(kBadInput, args.trace + ": " + std::string(parsed.status().message()));
+      return Fail(kBadInput,
+                  args.trace + ": " + std::string(parsed.status().message()));
     }
     trace = *std::move(parsed);
-    if (trace.empty()) return Fail(kBadInput, args.trace + ": holds no request");
+    if (trace.empty())
+      return Fail(kBadInput, args.trace + ": holds no request");
     std::stable_sort(trace.begin(), trace.end(),
                      [](const TraceRequest& a, const TraceRequest& b) {
                        return a.timestamp < b.timestamp;
@@ -172,7 +177,8 @@ int Run(Args& args) {
     SyntheticTraceOptions synthetic;
     synthetic.requests = args.synthetic_requests;
     synthetic.trace_block_tokens = args.replay.trace_block_tokens;
-    absl::StatusOr<std::vector<TraceRequest>> generated = GenerateTrace(synthetic);
+    absl::StatusOr<std::vector<TraceRequest>> generated =
+        GenerateTrace(synthetic);
     if (!generated.ok()) {
       return Fail(kBadInput, std::string(generated.status().message()));
     }
@@ -235,32 +241,40 @@ int main(int argc, char** argv) {
   replay::SyntheticTraceOptions& s = args.synthetic;
   generate->add_option("--requests", s.requests, "Requests")
       ->transform(IntRange(1, 10000000));
-  generate->add_option("--trace-block-tokens", s.trace_block_tokens,
-                       "Tokens per hash id")
+  generate
+      ->add_option("--trace-block-tokens", s.trace_block_tokens,
+                   "Tokens per hash id")
       ->transform(IntRange(1, 1 << 20));
-  generate->add_option("--system-prompts", s.system_prompts,
-                       "Distinct shared system prompts")
+  generate
+      ->add_option("--system-prompts", s.system_prompts,
+                   "Distinct shared system prompts")
       ->transform(IntRange(1, 1000000));
   generate->add_option("--system-prompt-tokens-max", s.system_prompt_tokens_max)
       ->transform(IntRange(1, 1 << 22));
-  generate->add_option("--max-turns", s.max_turns, "Turns per conversation, at most")
+  generate
+      ->add_option("--max-turns", s.max_turns,
+                   "Turns per conversation, at most")
       ->transform(IntRange(1, 100000));
   generate->add_option("--user-tokens-max", s.user_tokens_max)
       ->transform(IntRange(1, 1 << 22));
   generate->add_option("--output-tokens-max", s.output_tokens_max)
       ->transform(IntRange(1, 1 << 22));
-  generate->add_option("--shared-system-prompt", s.shared_system_prompt,
-                       "Fraction of conversations that open with a shared system prompt")
+  generate
+      ->add_option(
+          "--shared-system-prompt", s.shared_system_prompt,
+          "Fraction of conversations that open with a shared system prompt")
       ->transform(FiniteRange(0, 1));
   generate->add_option("--seed", s.seed)->transform(UintRange(0, UINT64_MAX));
   generate->add_option("--out", args.out, "File to write (default stdout)");
 
-  CLI::App* run = app.add_subcommand(
-      "run", "Replay a trace for each pool size and report hit rates, cost and memory");
+  CLI::App* run = app.add_subcommand("run",
+                                     "Replay a trace for each pool size and "
+                                     "report hit rates, cost and memory");
   auto* source = run->add_option_group("source", "The trace");
   source->add_option("--trace", args.trace, "JSONL trace file");
-  source->add_option("--synthetic", args.synthetic_requests,
-                     "Replay the synthetic trace of this many requests (seed 1)")
+  source
+      ->add_option("--synthetic", args.synthetic_requests,
+                   "Replay the synthetic trace of this many requests (seed 1)")
       ->transform(IntRange(1, 10000000));
   source->require_option(1);
   replay::ReplayOptions& o = args.replay;
@@ -281,11 +295,13 @@ int main(int argc, char** argv) {
       ->transform(IntRange(1, 1 << 24));
   run->add_option("--concurrency", o.concurrency, "Requests in flight, at most")
       ->transform(IntRange(1, 100000));
-  run->add_flag("--group-layers", o.group_layers, "One block table per group of layers");
+  run->add_flag("--group-layers", o.group_layers,
+                "One block table per group of layers");
   run->add_flag("--no-leave-last-token", args.no_leave_last_token,
                 "Let a match take the whole prompt");
-  run->add_flag("--verify", o.verify,
-                "Check every matched token of every layer against what was written");
+  run->add_flag(
+      "--verify", o.verify,
+      "Check every matched token of every layer against what was written");
   run->add_flag("--json", args.json, "JSON instead of the table");
 
   try {

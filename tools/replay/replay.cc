@@ -24,7 +24,8 @@ using Clock = std::chrono::steady_clock;
 float Value(int layer, int64_t pos, uint32_t prefix, int64_t c, int kv) {
   const uint32_t x = prefix * 7U + static_cast<uint32_t>(pos) * 3U +
                      static_cast<uint32_t>(layer) * 5U +
-                     static_cast<uint32_t>(c) * 11U + static_cast<uint32_t>(kv) * 1000U;
+                     static_cast<uint32_t>(c) * 11U +
+                     static_cast<uint32_t>(kv) * 1000U;
   return static_cast<float>(x % 2001U) - 1000.0f;
 }
 
@@ -50,7 +51,7 @@ class Replayer {
     int64_t written = 0;  // positions written in every layer
     int64_t total = 0;    // prompt and output
     int64_t matched_blocks = 0;
-    int64_t need = 0;  // blocks it takes beyond its match, at most
+    int64_t need = 0;              // blocks it takes beyond its match, at most
     std::vector<uint32_t> prefix;  // per position: its ids' running hash
   };
 
@@ -115,22 +116,24 @@ absl::StatusOr<bool> Replayer::Admit(size_t index) {
   const MatchOptions match{.leave_last_token = o_.leave_last_token};
   // The worst case: every block not matched taken from the pool, and the
   // matched blocks taken from what was idle.
-  const int64_t cached_blocks = cache_->CachedPrefixTokens(r.prompt, 0, match) / bt;
+  const int64_t cached_blocks =
+      cache_->CachedPrefixTokens(r.prompt, 0, match) / bt;
   const CacheStats stats = cache_->Stats();
   const int64_t available =
       stats.blocks_free + stats.blocks_cached - cached_blocks * groups_;
   if (Outstanding() + all_blocks - cached_blocks * groups_ > available) {
     return false;
   }
-  absl::StatusOr<SeqId> seq = Timed(index, [&] { return cache_->AddSequence(); });
+  absl::StatusOr<SeqId> seq =
+      Timed(index, [&] { return cache_->AddSequence(); });
   if (!seq.ok()) return seq.status();
   r.seq = *seq;
   absl::StatusOr<int64_t> matched =
       Timed(index, [&] { return cache_->MatchPrefix(r.seq, r.prompt, match); });
   if (!matched.ok()) return matched.status();
   absl::Status s = Timed(index, [&] {
-    return cache_->AppendTokens(
-        r.seq, absl::MakeConstSpan(r.prompt).subspan(static_cast<size_t>(*matched)));
+    return cache_->AppendTokens(r.seq, absl::MakeConstSpan(r.prompt).subspan(
+                                           static_cast<size_t>(*matched)));
   });
   if (!s.ok()) return s;
   r.prefix.resize(static_cast<size_t>(total));
@@ -148,7 +151,8 @@ absl::StatusOr<bool> Replayer::Admit(size_t index) {
     if (!v.ok()) return v;
   }
   if (r.written >= r.total) {  // output_length 0 and the whole prompt matched
-    absl::Status rm = Timed(index, [&] { return cache_->RemoveSequence(r.seq); });
+    absl::Status rm =
+        Timed(index, [&] { return cache_->RemoveSequence(r.seq); });
     if (!rm.ok()) return rm;
     return true;
   }
@@ -162,8 +166,8 @@ absl::Status Replayer::Verify(const InFlight& r, int64_t matched) const {
     if (!g.ok()) return g.status();
     if (static_cast<int64_t>(g->positions.size()) != matched) {
       return absl::InternalError(absl::StrCat(
-          "request ", r.index, ": layer ", layer, " shows ", g->positions.size(),
-          " tokens after a match of ", matched));
+          "request ", r.index, ": layer ", layer, " shows ",
+          g->positions.size(), " tokens after a match of ", matched));
     }
     for (int64_t t = 0; t < matched; ++t) {
       const int64_t pos = g->positions[static_cast<size_t>(t)];
@@ -200,8 +204,10 @@ absl::StatusOr<bool> Replayer::Step(InFlight& r) {
       const int64_t pos = r.written + t;
       const uint32_t prefix = r.prefix[static_cast<size_t>(pos)];
       for (int64_t c = 0; c < width_; ++c) {
-        k_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, prefix, c, 0);
-        v_[static_cast<size_t>(t * width_ + c)] = Value(layer, pos, prefix, c, 1);
+        k_[static_cast<size_t>(t * width_ + c)] =
+            Value(layer, pos, prefix, c, 0);
+        v_[static_cast<size_t>(t * width_ + c)] =
+            Value(layer, pos, prefix, c, 1);
       }
     }
     const TokenSpan k{.data = k_.data(), .dtype = DType::kF32, .tokens = n};
@@ -210,15 +216,16 @@ absl::StatusOr<bool> Replayer::Step(InFlight& r) {
       return cache_->Update(r.seq, layer, k, v, r.written + n);
     });
     if (!s.ok()) {
-      return absl::InternalError(absl::StrCat("request ", r.index, ": Update: ",
-                                              s.message()));
+      return absl::InternalError(
+          absl::StrCat("request ", r.index, ": Update: ", s.message()));
     }
   }
   r.written += n;
   const CacheStats stats = cache_->Stats();
   peak_held_ = std::max(peak_held_, stats.blocks_used + stats.blocks_cached);
   if (r.written < r.total) return false;
-  absl::Status s = Timed(r.index, [&] { return cache_->RemoveSequence(r.seq); });
+  absl::Status s =
+      Timed(r.index, [&] { return cache_->RemoveSequence(r.seq); });
   if (!s.ok()) return s;
   return true;
 }
@@ -227,7 +234,8 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
   cost_us_.assign(trace_.size(), 0);
   outcomes_.assign(trace_.size(), RequestOutcome{});
   size_t next = 0;
-  bool blocked = false;  // the next request was refused; retry after a completion
+  bool blocked =
+      false;  // the next request was refused; retry after a completion
   while (next < trace_.size() || !in_flight_.empty()) {
     while (!blocked && next < trace_.size() &&
            in_flight_.size() < static_cast<size_t>(o_.concurrency)) {
@@ -263,10 +271,11 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
           ? static_cast<double>(stats.prefix_tokens_matched) /
                 static_cast<double>(stats.prefix_tokens_queried)
           : 0;
-  result.block_hit_rate = stats.prefix_blocks_queried > 0
-                              ? static_cast<double>(stats.hits) /
-                                    static_cast<double>(stats.prefix_blocks_queried)
-                              : 0;
+  result.block_hit_rate =
+      stats.prefix_blocks_queried > 0
+          ? static_cast<double>(stats.hits) /
+                static_cast<double>(stats.prefix_blocks_queried)
+          : 0;
   result.peak_blocks_held = peak_held_;
   result.blocks_cached_end = stats.blocks_cached;
   result.prefix_entries_end = stats.prefix_entries;

@@ -14,7 +14,8 @@
 //
 // Usage:
 //   ReplayOptions options{.num_layers = 4, .concurrency = 8};
-//   absl::StatusOr<ReplayResult> r = Replay(trace, /*pool_blocks=*/20000, options);
+//   absl::StatusOr<ReplayResult> r = Replay(trace, /*pool_blocks=*/20000,
+//   options);
 #ifndef KVPAGE_TOOLS_REPLAY_REPLAY_H_
 #define KVPAGE_TOOLS_REPLAY_REPLAY_H_
 
@@ -30,20 +31,20 @@ struct ReplayOptions {
   int num_layers = 4;
   int num_kv_heads = 1;
   int head_dim = 8;
-  int block_tokens = 16;           // kvpage's block
+  int block_tokens = 16;             // kvpage's block
   int64_t trace_block_tokens = 512;  // the trace's block (hash_ids)
-  int64_t chunk_tokens = 512;      // prefill tokens per Update
-  int concurrency = 1;             // requests in flight
-  bool group_layers = false;       // CacheConfig::group_layers
-  bool leave_last_token = true;    // MatchOptions::leave_last_token
+  int64_t chunk_tokens = 512;        // prefill tokens per Update
+  int concurrency = 1;               // requests in flight
+  bool group_layers = false;         // CacheConfig::group_layers
+  bool leave_last_token = true;      // MatchOptions::leave_last_token
   bool verify = false;  // check every matched token of every layer (Gather)
 };
 
 // What one request saw.
 struct RequestOutcome {
-  bool rejected = false;     // larger than the empty pool: not replayed
+  bool rejected = false;       // larger than the empty pool: not replayed
   int64_t matched_tokens = 0;  // what MatchPrefix attached
-  double cost_us = 0;        // time in kvpage's calls for it
+  double cost_us = 0;          // time in kvpage's calls for it
 };
 
 struct ReplayResult {
@@ -60,7 +61,7 @@ struct ReplayResult {
   double token_hit_rate = 0;  // tokens_matched / tokens_queried
   double block_hit_rate = 0;  // blocks_hit / blocks_queried
   double cost_p50_us = 0, cost_p99_us = 0, cost_mean_us = 0;
-  int64_t peak_blocks_held = 0;  // in use or cached, after any step
+  int64_t peak_blocks_held = 0;   // in use or cached, after any step
   int64_t blocks_cached_end = 0;  // what the cache holds for later requests
   int64_t prefix_entries_end = 0;
   std::vector<RequestOutcome> outcomes;  // one per trace request, in order

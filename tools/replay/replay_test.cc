@@ -1,6 +1,8 @@
 // kvpage-replay: the trace format, the synthetic generator, the replay
 // against a reference model of the prefix cache's eviction order written
 // here, and the command line.
+#include "tools/replay/replay.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -15,7 +17,6 @@
 #include "kvpage/prefix.h"
 #include "nlohmann/json.hpp"
 #include "tests/cli_run.h"
-#include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
 
 namespace kvpage::replay {
@@ -23,8 +24,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-absl::StatusOr<std::vector<TraceRequest>> Parse(const std::string& text,
-                                                int64_t trace_block_tokens = 4) {
+absl::StatusOr<std::vector<TraceRequest>> Parse(
+    const std::string& text, int64_t trace_block_tokens = 4) {
   std::istringstream in(text);
   return ParseTrace(in, trace_block_tokens);
 }
@@ -119,16 +120,19 @@ TEST(TraceTest, TheSyntheticTraceSharesPromptsAndRoundTrips) {
   absl::flat_hash_map<int64_t, int> first_id_uses;
   for (size_t i = 0; i < t->size(); ++i) {
     const TraceRequest& r = (*t)[i];
-    EXPECT_EQ(static_cast<int64_t>(r.hash_ids.size()), (r.input_length + 63) / 64);
+    EXPECT_EQ(static_cast<int64_t>(r.hash_ids.size()),
+              (r.input_length + 63) / 64);
     if (i > 0) {
       EXPECT_LE((*t)[i - 1].timestamp, r.timestamp);
     }
-    if (!r.hash_ids.empty() && r.input_length >= 64) ++first_id_uses[r.hash_ids[0]];
+    if (!r.hash_ids.empty() && r.input_length >= 64)
+      ++first_id_uses[r.hash_ids[0]];
     for (size_t j = 0; j < i; ++j) {
       const TraceRequest& e = (*t)[j];
       const size_t full = static_cast<size_t>(e.input_length / 64);
       if (full > 0 && r.hash_ids.size() > full &&
-          std::equal(e.hash_ids.begin(), e.hash_ids.begin() + static_cast<std::ptrdiff_t>(full),
+          std::equal(e.hash_ids.begin(),
+                     e.hash_ids.begin() + static_cast<std::ptrdiff_t>(full),
                      r.hash_ids.begin()) &&
           r.input_length > e.input_length + e.output_length) {
         ++extends_an_earlier_prompt;
@@ -160,7 +164,8 @@ TEST(TraceTest, TheSyntheticTraceSharesPromptsAndRoundTrips) {
   }
   SyntheticTraceOptions bad = SmallTrace();
   bad.shared_system_prompt = 1.5;
-  EXPECT_EQ(GenerateTrace(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GenerateTrace(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // The prefix cache's policy, written from its contract (kv_cache.h,
@@ -195,7 +200,8 @@ class LruModel {
     const int64_t matchable = (o.leave_last_token ? input - 1 : input) / bt;
     std::vector<bool> owns;  // block b holds a cache entry
     int64_t matched = 0;
-    while (matched < matchable && idle_.contains(keys[static_cast<size_t>(matched)])) {
+    while (matched < matchable &&
+           idle_.contains(keys[static_cast<size_t>(matched)])) {
       auto it = idle_.find(keys[static_cast<size_t>(matched)]);
       lru_.erase(it->second);
       idle_.erase(it);
@@ -206,11 +212,13 @@ class LruModel {
     used_ = matched;
     int64_t written = matched * bt;
     while (written < total) {
-      const int64_t n = written < input ? std::min(o.chunk_tokens, input - written) : 1;
+      const int64_t n =
+          written < input ? std::min(o.chunk_tokens, input - written) : 1;
       const int64_t blocks = (written + n + bt - 1) / bt;
       for (int64_t b = (written + bt - 1) / bt; b < blocks; ++b) Take();
       written += n;
-      for (int64_t b = static_cast<int64_t>(owns.size()); b < written / bt; ++b) {
+      for (int64_t b = static_cast<int64_t>(owns.size()); b < written / bt;
+           ++b) {
         const uint64_t key = keys[static_cast<size_t>(b)];
         const bool cached = idle_.contains(key) || in_use_.contains(key);
         if (!cached) in_use_.insert({key, true});
@@ -220,7 +228,8 @@ class LruModel {
     const int64_t blocks = (total + bt - 1) / bt;
     for (int64_t i = 0; i < blocks; ++i) {
       const int64_t b = tail_first_ ? blocks - 1 - i : i;
-      if (b < static_cast<int64_t>(owns.size()) && owns[static_cast<size_t>(b)]) {
+      if (b < static_cast<int64_t>(owns.size()) &&
+          owns[static_cast<size_t>(b)]) {
         const uint64_t key = keys[static_cast<size_t>(b)];
         in_use_.erase(key);
         lru_.push_back(key);
@@ -282,7 +291,8 @@ TEST(ReplayTest, MatchesTheReferenceModelRequestByRequest) {
     const ReplayOptions o = ModelOptions(grouped);
     // From a pool that holds a few requests to one that holds them all.
     for (int64_t pool : {64, 200, 600, 4000}) {
-      SCOPED_TRACE(::testing::Message() << "grouped " << grouped << ", pool " << pool);
+      SCOPED_TRACE(::testing::Message()
+                   << "grouped " << grouped << ", pool " << pool);
       absl::StatusOr<ReplayResult> r = Replay(*trace, pool, o);
       ASSERT_TRUE(r.ok()) << r.status();
       std::vector<int64_t> want;
@@ -303,7 +313,8 @@ TEST(ReplayTest, TheTailFirstOrderKeepsMoreOfTheTraceMatchable) {
   const ReplayOptions o = ModelOptions(false);
   // The model with the old order hits less when the pool is tight, and as
   // much when it holds everything.
-  EXPECT_GT(ModelHitRate(*trace, 200, o, true), ModelHitRate(*trace, 200, o, false));
+  EXPECT_GT(ModelHitRate(*trace, 200, o, true),
+            ModelHitRate(*trace, 200, o, false));
   EXPECT_DOUBLE_EQ(ModelHitRate(*trace, 4000, o, true),
                    ModelHitRate(*trace, 4000, o, false));
 }
@@ -321,7 +332,8 @@ TEST(ReplayTest, ManyInFlightVerifyEveryMatchedToken) {
     EXPECT_GT(r->token_hit_rate, 0.2);
     EXPECT_EQ(r->peak_blocks_held, 300);  // the cache fills the pool
     int64_t matched = 0;
-    for (const RequestOutcome& outcome : r->outcomes) matched += outcome.matched_tokens;
+    for (const RequestOutcome& outcome : r->outcomes)
+      matched += outcome.matched_tokens;
     EXPECT_EQ(matched, r->tokens_matched);
   }
 }
@@ -331,7 +343,8 @@ TEST(ReplayTest, ARequestLargerThanThePoolIsRejectedAndCounted) {
   for (size_t i = 0; i < trace.size(); ++i) {
     trace[i].input_length = i == 1 ? 640 : 64;
     trace[i].output_length = 4;
-    for (int64_t b = 0; b < trace[i].input_length / 64; ++b) trace[i].hash_ids.push_back(b);
+    for (int64_t b = 0; b < trace[i].input_length / 64; ++b)
+      trace[i].hash_ids.push_back(b);
   }
   absl::StatusOr<ReplayResult> r = Replay(trace, 20, ModelOptions(false));
   ASSERT_TRUE(r.ok()) << r.status();
@@ -380,9 +393,11 @@ CliRun RunReplay(const std::string& args) {
 
 TEST(ReplayCliTest, GeneratesAndReplaysForEachPoolSize) {
   const std::string trace = ::testing::TempDir() + "/replay_cli_trace.jsonl";
-  CliRun g = RunReplay("generate --requests 60 --trace-block-tokens 64 "
-                       "--system-prompt-tokens-max 256 --user-tokens-max 128 "
-                       "--output-tokens-max 16 --out " + trace);
+  CliRun g = RunReplay(
+      "generate --requests 60 --trace-block-tokens 64 "
+      "--system-prompt-tokens-max 256 --user-tokens-max 128 "
+      "--output-tokens-max 16 --out " +
+      trace);
   ASSERT_EQ(g.exit_code, 0) << g.err;
   CliRun r = RunReplay("run --trace " + trace +
                        " --trace-block-tokens 64 --pool-blocks 100,2000 "
@@ -414,7 +429,8 @@ TEST(ReplayCliTest, BadUsageAndBadTracesExitTwoWithOneLine) {
   const struct {
     std::string args, message;
   } cases[] = {
-      {"run --trace " + bad, "line 1: hash_ids holds 1 ids where input_length 600 needs 2"},
+      {"run --trace " + bad,
+       "line 1: hash_ids holds 1 ids where input_length 600 needs 2"},
       {"run --trace /nonexistent/trace.jsonl", "could not be opened"},
       {"run --synthetic 10 --pool-blocks 0", "--pool-blocks"},
       {"run --synthetic 10 --concurrency -1", "--concurrency"},

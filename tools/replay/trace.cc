@@ -27,13 +27,15 @@ uint64_t Mix(uint64_t x) {
 absl::StatusOr<int64_t> IntegerField(const json& object, const char* key,
                                      int64_t lo, int64_t hi) {
   auto it = object.find(key);
-  if (it == object.end()) return absl::InvalidArgumentError(absl::StrCat(key, " is missing"));
+  if (it == object.end())
+    return absl::InvalidArgumentError(absl::StrCat(key, " is missing"));
   if (!it->is_number_integer()) {
     return absl::InvalidArgumentError(absl::StrCat(key, " is not an integer"));
   }
   const bool too_big =
       it->is_number_unsigned() &&
-      it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+      it->get<uint64_t>() >
+          static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
   const int64_t v = too_big ? 0 : it->get<int64_t>();
   if (too_big || v < lo || v > hi) {
     return absl::InvalidArgumentError(
@@ -46,10 +48,12 @@ absl::StatusOr<TraceRequest> ParseLine(const std::string& line,
                                        int64_t trace_block_tokens) {
   const json object = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (object.is_discarded()) return absl::InvalidArgumentError("not JSON");
-  if (!object.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  if (!object.is_object())
+    return absl::InvalidArgumentError("not a JSON object");
   TraceRequest request;
   auto ts = object.find("timestamp");
-  if (ts == object.end()) return absl::InvalidArgumentError("timestamp is missing");
+  if (ts == object.end())
+    return absl::InvalidArgumentError("timestamp is missing");
   if (!ts->is_number() || !std::isfinite(ts->get<double>())) {
     return absl::InvalidArgumentError("timestamp is not a finite number");
   }
@@ -63,22 +67,25 @@ absl::StatusOr<TraceRequest> ParseLine(const std::string& line,
   request.input_length = *input;
   request.output_length = *output;
   auto ids = object.find("hash_ids");
-  if (ids == object.end()) return absl::InvalidArgumentError("hash_ids is missing");
-  if (!ids->is_array()) return absl::InvalidArgumentError("hash_ids is not an array");
+  if (ids == object.end())
+    return absl::InvalidArgumentError("hash_ids is missing");
+  if (!ids->is_array())
+    return absl::InvalidArgumentError("hash_ids is not an array");
   const int64_t want =
       (request.input_length + trace_block_tokens - 1) / trace_block_tokens;
   if (static_cast<int64_t>(ids->size()) != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hash_ids holds ", ids->size(), " ids where input_length ",
-        request.input_length, " needs ", want, " (blocks of ",
-        trace_block_tokens, " tokens)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("hash_ids holds ", ids->size(), " ids where input_length ",
+                     request.input_length, " needs ", want, " (blocks of ",
+                     trace_block_tokens, " tokens)"));
   }
   request.hash_ids.reserve(ids->size());
   for (const json& id : *ids) {
-    const bool fits = id.is_number_integer() &&
-                      !(id.is_number_unsigned() &&
-                        id.get<uint64_t>() > static_cast<uint64_t>(
-                                                 std::numeric_limits<int64_t>::max()));
+    const bool fits =
+        id.is_number_integer() &&
+        !(id.is_number_unsigned() &&
+          id.get<uint64_t>() >
+              static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
     if (!fits) {
       return absl::InvalidArgumentError(
           "hash_ids holds a value that is not a 64-bit integer");
@@ -120,7 +127,8 @@ absl::StatusOr<std::vector<TraceRequest>> ParseTrace(
     }
     trace.push_back(*std::move(request));
   }
-  if (in.bad()) return absl::InvalidArgumentError("the trace could not be read");
+  if (in.bad())
+    return absl::InvalidArgumentError("the trace could not be read");
   return trace;
 }
 
@@ -135,7 +143,8 @@ void WriteTrace(const std::vector<TraceRequest>& trace, std::ostream& out) {
 }
 
 int32_t TraceToken(int64_t hash_id, int64_t j) {
-  const uint64_t h = Mix(Mix(static_cast<uint64_t>(hash_id)) + static_cast<uint64_t>(j));
+  const uint64_t h =
+      Mix(Mix(static_cast<uint64_t>(hash_id)) + static_cast<uint64_t>(j));
   return static_cast<int32_t>(h & 0x7fffffffU);
 }
 
@@ -151,7 +160,8 @@ std::vector<int32_t> PromptTokens(const TraceRequest& request,
   std::vector<int32_t> tokens;
   tokens.reserve(static_cast<size_t>(request.input_length));
   for (int64_t p = 0; p < request.input_length; ++p) {
-    const int64_t id = request.hash_ids[static_cast<size_t>(p / trace_block_tokens)];
+    const int64_t id =
+        request.hash_ids[static_cast<size_t>(p / trace_block_tokens)];
     tokens.push_back(TraceToken(id, p % trace_block_tokens));
   }
   return tokens;
@@ -189,8 +199,9 @@ absl::StatusOr<std::vector<TraceRequest>> GenerateTrace(
   };
   std::vector<Context> system(static_cast<size_t>(o.system_prompts));
   for (Context& s : system) {
-    s.length = Uniform(rng, std::max<int64_t>(1, o.system_prompt_tokens_max / 4),
-                       o.system_prompt_tokens_max);
+    s.length =
+        Uniform(rng, std::max<int64_t>(1, o.system_prompt_tokens_max / 4),
+                o.system_prompt_tokens_max);
     for (int64_t b = 0; b < s.length / bt; ++b) s.full_ids.push_back(next_id++);
   }
   std::vector<TraceRequest> trace;
@@ -199,20 +210,22 @@ absl::StatusOr<std::vector<TraceRequest>> GenerateTrace(
     arrival += Exponential(rng, o.mean_gap_ms);
     Context context;
     if (static_cast<double>(rng() >> 11) * 0x1.0p-53 < o.shared_system_prompt) {
-      context = system[static_cast<size_t>(Uniform(rng, 0, o.system_prompts - 1))];
+      context =
+          system[static_cast<size_t>(Uniform(rng, 0, o.system_prompts - 1))];
     }
     const int turns = static_cast<int>(Uniform(rng, 1, o.max_turns));
     double at = arrival;
-    for (int t = 0; t < turns && static_cast<int64_t>(trace.size()) < o.requests;
-         ++t) {
+    for (int t = 0;
+         t < turns && static_cast<int64_t>(trace.size()) < o.requests; ++t) {
       if (context.length + o.user_tokens_max > kMaxTraceTokens) break;
       TraceRequest r;
       r.timestamp = std::round(at);
-      r.input_length =
-          context.length +
-          Uniform(rng, std::max<int64_t>(1, o.user_tokens_max / 8), o.user_tokens_max);
+      r.input_length = context.length +
+                       Uniform(rng, std::max<int64_t>(1, o.user_tokens_max / 8),
+                               o.user_tokens_max);
       r.output_length =
-          Uniform(rng, std::max<int64_t>(1, o.output_tokens_max / 8), o.output_tokens_max);
+          Uniform(rng, std::max<int64_t>(1, o.output_tokens_max / 8),
+                  o.output_tokens_max);
       // The blocks the earlier context fills are shared; the rest is new
       // (the partial block the context ended in now holds other tokens).
       r.hash_ids = context.full_ids;

@@ -19,7 +19,8 @@ struct RunResult : testing::CliRun {
 // Runs kvpage-stress with `args` (its output files named after the test).
 inline RunResult RunStress(const std::string& args) {
   RunResult r;
-  static_cast<testing::CliRun&>(r) = testing::RunCli(KVPAGE_STRESS_BINARY, args);
+  static_cast<testing::CliRun&>(r) =
+      testing::RunCli(KVPAGE_STRESS_BINARY, args);
   r.json = nlohmann::json::parse(r.out, nullptr, false);
   return r;
 }
