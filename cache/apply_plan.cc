@@ -136,7 +136,7 @@ void KVCache::Impl::FillBlocks(const LayerRules& rules, BlockTable& table,
   }
   for (const auto& [logical, compressed] : plan.rewrite) {
     if (compressed) {
-      Decompress(table, logical, fresh[next_fresh++]);
+      Decompress(rules, table, logical, fresh[next_fresh++]);
     } else {
       CopyOnWrite(table, logical, fresh[next_fresh++]);
     }
@@ -175,16 +175,23 @@ void KVCache::Impl::CopyOnWrite(BlockTable& table, int64_t logical,
   Release(shared);
 }
 
-// Makes compressed logical block `logical` hot again in block `id`.
-void KVCache::Impl::Decompress(BlockTable& table, int64_t logical, BlockId id) {
+// Makes compressed logical block `logical` hot again in block `id`, every
+// layer of the table.
+void KVCache::Impl::Decompress(const LayerRules& rules, BlockTable& table,
+                               int64_t logical, BlockId id) {
   // Decoded straight into the cache's dtype: what a hot block holds.
   const int64_t run_bytes = block_tokens() * io->token_bytes();
   decompressed.resize(static_cast<size_t>(2 * run_bytes));
   std::byte* k = decompressed.data();
   std::byte* v = k + run_bytes;
-  quant->Decompress(RefId(table.Block(logical)), config.dtype, k, v);
-  io->WriteRun(id, false, 0, k, config.dtype, block_tokens());
-  io->WriteRun(id, true, 0, v, config.dtype, block_tokens());
+  const BlockId cell = RefId(table.Block(logical));
+  for (int slot = 0; slot < rules.layers; ++slot) {
+    quant->Decode(cell, slot, config.dtype, k, v);
+    const BlockId storage_id = pool->StorageId(id, slot);
+    io->WriteRun(storage_id, false, 0, k, config.dtype, block_tokens());
+    io->WriteRun(storage_id, true, 0, v, config.dtype, block_tokens());
+  }
+  quant->Decompressed(cell);
   table.MutableBlock(logical) = id;
 }
 

@@ -44,14 +44,18 @@ void BlockIO::ReadRun(BlockId id, bool values, int64_t slot, int64_t count,
   ConvertElements(buffer.data(), dtype_, out, DType::kF32, elems);
 }
 
-std::pair<const std::byte*, const std::byte*> BlockIO::Source(BlockId id) {
+std::pair<const std::byte*, const std::byte*> BlockIO::Source(BlockId block,
+                                                              int slot) {
+  const int64_t id = slot * pool_blocks_ + block;
   if (host_base_ != nullptr) {
     const std::byte* k = host_base_ + id * block_bytes_;
     return {k, k + v_offset_};
   }
-  staging_.resize(static_cast<size_t>(block_bytes_));
-  storage_.Read(id, 0, staging_.data(), block_bytes_);
-  return {staging_.data(), staging_.data() + v_offset_};
+  // Sized once for every slot: the addresses of other slots stay valid.
+  sources_.resize(static_cast<size_t>(width_ * block_bytes_));
+  std::byte* k = sources_.data() + slot * block_bytes_;
+  storage_.Read(static_cast<BlockId>(id), 0, k, block_bytes_);
+  return {k, k + v_offset_};
 }
 
 }  // namespace kvpage::internal

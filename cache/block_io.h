@@ -37,9 +37,10 @@ class BlockIO {
   void ReadRun(BlockId id, bool values, int64_t slot, int64_t count,
                float* out) const;
 
-  // Host addresses of a hot block's K and V regions; storage that is not
-  // host memory is read into a buffer first, valid until the next call.
-  std::pair<const std::byte*, const std::byte*> Source(BlockId id);
+  // Host addresses of the K and V regions of layer slot `slot` of the
+  // pool's block `block`; storage that is not host memory is read into a
+  // buffer first, valid until the next call for the same slot.
+  std::pair<const std::byte*, const std::byte*> Source(BlockId block, int slot);
 
   // Copies every slot of the pool's block `from` into block `to`.
   // O(block size * width).
@@ -66,7 +67,9 @@ class BlockIO {
   int64_t v_offset_;     // bytes from a block's start to its V region
   int64_t pool_blocks_;
   int64_t width_;
-  std::vector<std::byte> staging_;  // never part of the cache's state
+  // Never part of the cache's state: WriteRun's conversions, Source's
+  // copies (a block's slots side by side).
+  std::vector<std::byte> staging_, sources_;
 };
 
 }  // namespace kvpage::internal

@@ -49,6 +49,10 @@ struct LayerRules {
   // kCircularBuffer: window blocks a ring keeps, the most a window of
   // W - S tokens can touch: ceil((W - S - 1) / bt) + 1.
   int64_t ring_blocks = 0;
+  // The layers whose blocks a table of these rules holds: a group's
+  // (TableRules), else 1. Compressing and decompressing a block take every
+  // one of its layer slots.
+  int64_t layers = 1;
 
   static LayerRules Resolve(const LayerPolicy& policy, int block_tokens);
   bool operator==(const LayerRules&) const = default;
@@ -94,6 +98,7 @@ inline std::vector<LayerRules> ResolveLayers(const CacheConfig& config) {
 // window blocks. O(1).
 inline LayerRules TableRules(const LayerRules& r, size_t layers) {
   LayerRules t = r;
+  t.layers = static_cast<int64_t>(layers);
   if (layers > 1) {
     t.ring_blocks = CeilDiv(r.max_seq_len - r.sinks, r.block_tokens) + 1;
   }

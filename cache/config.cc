@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "cache/block_table.h"
+#include "cache/quant_pool_config.h"
 
 namespace kvpage {
 
@@ -142,11 +143,6 @@ absl::Status ValidateConfig(const CacheConfig& c) {
       return bad("compression.hot_tokens", q.hot_tokens, ">= 0");
     }
   }
-  if (c.group_layers && q.enabled) {
-    return absl::InvalidArgumentError(
-        "CacheConfig.group_layers: compression repacks blocks of one layer; "
-        "it is not available with layer groups");
-  }
   const int64_t block_bytes = BlockBytes(c);
   const int width = LayerGroupWidth(c);
   if (block_bytes * width > kMaxArenaBytes / c.num_blocks) {
@@ -154,6 +150,15 @@ absl::Status ValidateConfig(const CacheConfig& c) {
         "CacheConfig: %d blocks of %d layers of %d bytes exceed the %d-byte "
         "arena limit",
         c.num_blocks, width, block_bytes, kMaxArenaBytes));
+  }
+  if (q.enabled) {
+    const int64_t cell_bytes = internal::QuantSlotBytes(c) * width;
+    if (cell_bytes > kMaxArenaBytes / q.quant_cells) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "CacheConfig.compression: %d cells of %d layers of %d bytes exceed "
+          "the %d-byte arena limit",
+          q.quant_cells, width, cell_bytes / width, kMaxArenaBytes));
+    }
   }
   return absl::OkStatus();
 }

@@ -383,7 +383,7 @@ absl::Status KVCache::Update(SeqId seq, int layer, TokenSpan k, TokenSpan v,
   }
   table.reserved_from = BlockTable::kNothingReserved;  // all written now
   impl.counters.bytes_written += 2 * written * impl.io->token_bytes();
-  impl.Settle(sequence, group, start);
+  impl.Settle(sequence, group, start, seq_len);
   return absl::OkStatus();
 }
 
@@ -450,8 +450,15 @@ absl::Status KVCache::CompressOldEntries(SeqId seq, int layer,
         "outside [0, 1]",
         seq, layer, keep_recent_fraction));
   }
-  BlockTable& table = **found;  // a table of its own: compression
-  const LayerRules& layer_rules = impl.rules[static_cast<size_t>(layer)];
+  BlockTable& table = **found;  // the layer's, or its group's
+  if (table.split) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "CompressOldEntries(seq %d, layer %d): the layers of its group "
+        "differ in length (a step part-way); a group's blocks are "
+        "compressed once its layers agree",
+        seq, layer));
+  }
+  const LayerRules& layer_rules = impl.group_rules[impl.group_of(layer)];
   // The oldest floor((1 - f) * visible) visible tokens end before `cutoff`.
   const int64_t visible =
       internal::VisibleTokens(layer_rules, table.length, table.window_start);

@@ -87,6 +87,7 @@ struct KVCache::Impl {
   absl::InlinedVector<internal::BlockId, 16> fresh_ids;
   absl::InlinedVector<internal::BlockRef, 16> recycled;
   std::vector<std::byte> decompressed;
+  std::vector<internal::QuantStore::HotParts> hot_parts;
   std::vector<internal::Plan> batch_plans;
   std::vector<internal::Sequence*> batch_sequences;
   std::vector<internal::BlockId> batch_fast;
@@ -237,17 +238,18 @@ struct KVCache::Impl {
                                           internal::BlockTable& table,
                                           int64_t start, int64_t seq_len,
                                           int64_t layers = 1);
-  // What follows a change of table `group` whose positions from `start`
+  // What follows a change of table `group` whose positions [start, end)
   // are (to be) written: publishing full hashed blocks, compressing blocks
   // made cold.
   // Inline: with nothing to publish or compress it costs two tests.
-  void Settle(internal::Sequence& sequence, size_t group, int64_t start) {
+  void Settle(internal::Sequence& sequence, size_t group, int64_t start,
+              int64_t end) {
     internal::BlockTable& table = sequence.tables[group];
     if (ABSL_PREDICT_FALSE(start < table.published * config.block_tokens)) {
       table.published = start / config.block_tokens;  // rewritten
     }
     if (!sequence.block_hashes.empty()) PublishTable(sequence, group);
-    if (auto_compress()) CompressNewlyCold(group_rules[group], table);
+    if (auto_compress()) CompressNewlyCold(sequence, group, end);
   }
 
   // ---- The layers of a group that differ (layer_groups.cc).
@@ -333,25 +335,30 @@ struct KVCache::Impl {
                  internal::LayerState* state = nullptr, int64_t layers = 1);
 
   // ---- Compressing cold blocks (cold_blocks.cc).
-  // Whether logical block `logical` of `table` may be compressed now.
+  // Whether logical block `logical` of `table` may be compressed now, its
+  // positions below `written` written by every layer of the table.
   bool Compressible(const internal::LayerRules& rules,
-                    const internal::BlockTable& table, int64_t logical) const;
+                    const internal::BlockTable& table, int64_t logical,
+                    int64_t written) const;
   // Compresses one compressible block and releases its hot block; false
   // when the block stays hot (QuantStore::Compress). O(block size).
   bool CompressBlock(const internal::LayerRules& rules,
                      internal::BlockTable& table, int64_t logical);
-  // auto_compress: compresses the blocks an update made cold.
-  void CompressNewlyCold(const internal::LayerRules& rules,
-                         internal::BlockTable& table);
+  // auto_compress: compresses the blocks of table `group` an update to
+  // `length` (of a layer, or of the whole table) made cold, once every
+  // layer of the group has written them. O(1) when none turned cold, else
+  // O(layers of the group + blocks compressed * block size).
+  void CompressNewlyCold(internal::Sequence& sequence, size_t group,
+                         int64_t length);
   // Compresses the blocks older than position `cutoff`. O(blocks).
   void CompressBefore(const internal::LayerRules& rules,
                       internal::BlockTable& table, int64_t cutoff);
   // Hot blocks compressing could free now, outside `skip` and the sequences
-  // of the batch being reserved, oldest first per
-  // layer, sequences in id order, at most `want`.
+  // of the batch being reserved, oldest first per table, sequences in id
+  // order, at most `want`.
   struct Candidate {
     internal::BlockTable* table;
-    size_t layer;
+    size_t group;  // the table's index in Sequence::tables
     int64_t logical;
   };
   std::vector<Candidate> CompressCandidates(const internal::BlockTable* skip,
@@ -368,8 +375,13 @@ struct KVCache::Impl {
                   const internal::Plan& plan, int64_t layers);
   void CopyOnWrite(internal::BlockTable& table, int64_t logical,
                    internal::BlockId id);
-  void Decompress(internal::BlockTable& table, int64_t logical,
+  void Decompress(const internal::LayerRules& rules,
+                  internal::BlockTable& table, int64_t logical,
                   internal::BlockId id);
+  // The host addresses of hot block `hot`'s layer parts, one per layer of
+  // a table of `rules`, in `hot_parts`.
+  absl::Span<const internal::QuantStore::HotParts> HotParts(
+      const internal::LayerRules& rules, internal::BlockId hot);
   // Compresses `candidates`, which must all succeed.
   void CompressAll(absl::Span<const Candidate> candidates);
 };

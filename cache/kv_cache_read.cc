@@ -21,7 +21,8 @@ namespace {
 // next compressed one streaming in (NextBlock).
 class Gatherer {
  public:
-  // Hot blocks are read from layer slot `slot` of `pool`'s blocks.
+  // Blocks are read from layer slot `slot` of `pool`'s blocks and of
+  // `quant`'s cells.
   Gatherer(const internal::BlockIO& io, const internal::BlockPool& pool,
            int slot, const internal::QuantStore* quant, GatheredLayer& out)
       : io_(io), pool_(pool), slot_(slot), quant_(quant), out_(out) {}
@@ -51,13 +52,14 @@ class Gatherer {
       internal::NextBlock hint;
       if (next != nullptr && IsQuant(next->ref)) {
         const BlockId n = RefId(next->ref);
-        hint = {quant.format(n), quant.k_part(n), quant.v_part(n)};
+        hint = {quant.format(n), quant.k_part(n, slot_),
+                quant.v_part(n, slot_)};
       }
       hint.this_block_requested = last_compressed_;
       const BlockId cell = RefId(run.ref);
       internal::DequantizeBlock(
-          quant.format(cell), quant.shape(), quant.k_part(cell),
-          quant.v_part(cell), static_cast<int>(run.slot),
+          quant.format(cell), quant.shape(), quant.k_part(cell, slot_),
+          quant.v_part(cell, slot_), static_cast<int>(run.slot),
           static_cast<int>(run.count), k_out, v_out, hint);
     } else {
       const BlockId id = pool_.StorageId(run.ref, slot_);
@@ -80,13 +82,13 @@ class Gatherer {
   bool last_compressed_ = false;
 };
 
-// The view of a compressed block's parts.
+// The view of a compressed block's parts in layer slot `slot`.
 void DescribeCompressed(const internal::QuantStore& quant, BlockId cell,
-                        BlockView& b) {
+                        int slot, BlockView& b) {
   const QuantFormat f = quant.format(cell);
   const internal::QuantLayout& l = quant.layout(f);
-  const std::byte* k = quant.k_part(cell);
-  const std::byte* v = quant.v_part(cell);
+  const std::byte* k = quant.k_part(cell, slot);
+  const std::byte* v = quant.v_part(cell, slot);
   const bool int4 = f == QuantFormat::kInt4;
   b.format = int4 ? BlockFormat::kInt4 : BlockFormat::kInt8;
   b.quant = {.k_codes = k + l.k_codes,
@@ -157,7 +159,7 @@ absl::StatusOr<LayerView> KVCache::View(SeqId seq, int layer) const {
                     .tokens = static_cast<int>(count),
                     .first_position = position};
         if (IsQuant(ref)) {
-          DescribeCompressed(*impl.quant, RefId(ref), b);
+          DescribeCompressed(*impl.quant, RefId(ref), layer_slot, b);
         } else {
           const auto* k =
               static_cast<const std::byte*>(impl.pool->storage().Address(

@@ -79,6 +79,12 @@ void KVCache::Impl::Rejoin(Sequence& sequence, size_t group) {
   table.agree = agree;
   table.split = agree != static_cast<int32_t>(members.size());
   static_cast<LayerState&>(table) = all;
+  if (quant != nullptr) {  // blocks the union gave back may turn cold anew
+    table.cold_done = std::min(
+        table.cold_done,
+        std::max<int64_t>(0, all.length - config.compression.hot_tokens) /
+            group_rules[group].block_tokens);
+  }
   if (!table.split) Unsplit(table);
 }
 

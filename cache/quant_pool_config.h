@@ -28,14 +28,21 @@ namespace kvpage::internal {
                                               : QuantPoolFormat::kInt8;
 }
 
-// The bytes of one cell of the quantized pool of `config` (a valid config):
-// 0 without compression, else QuantCellBytes of its format and shape. What
-// KVCache::Create gives its quantized pool and what the snapshot reader
-// requires of a file. O(1).
-[[nodiscard]] inline int64_t QuantCellBytes(const CacheConfig& config) {
+// The bytes of one layer's compressed block in a cell of the quantized pool
+// of `config` (a valid config): 0 without compression, else QuantCellBytes
+// of its format and shape. O(1).
+[[nodiscard]] inline int64_t QuantSlotBytes(const CacheConfig& config) {
   if (!config.compression.enabled) return 0;
   return QuantCellBytes(QuantPoolFormatOf(config.compression),
                         QuantShapeOf(config));
+}
+
+// The bytes of one cell: a slot of QuantSlotBytes for every layer of the
+// largest group (LayerGroupWidth; one without group_layers), as a hot block
+// has. What KVCache::Create gives its quantized pool and what the snapshot
+// reader requires of a file. O(layers^2) with group_layers, else O(1).
+[[nodiscard]] inline int64_t QuantCellBytes(const CacheConfig& config) {
+  return QuantSlotBytes(config) * LayerGroupWidth(config);
 }
 
 }  // namespace kvpage::internal

@@ -33,7 +33,9 @@ absl::StatusOr<std::unique_ptr<QuantStore>> QuantStore::Create(
   if (store->mixed_ || store->fixed_format_ == QuantFormat::kInt4) {
     store->int4_layout_ = QuantLayout::For(QuantFormat::kInt4, store->shape_);
   }
-  store->cell_bytes_ = QuantCellBytes(config);
+  store->slot_bytes_ = QuantSlotBytes(config);
+  store->width_ = LayerGroupWidth(config);
+  store->cell_bytes_ = store->slot_bytes_ * store->width_;
   absl::StatusOr<std::unique_ptr<HostArena>> arena = HostArena::Create(
       q.quant_cells, store->cell_bytes_,
       {.prefault = config.prefault, .huge_pages = config.huge_pages});
@@ -51,28 +53,33 @@ absl::StatusOr<std::unique_ptr<QuantStore>> QuantStore::Create(
   return store;
 }
 
-const std::byte* QuantStore::v_part(BlockId cell) const {
+const std::byte* QuantStore::v_part(BlockId cell, int slot) const {
   return partner_[cell] != kNoBlock
-             ? base_ + partner_[cell] * cell_bytes_
-             : k_part(cell) + layout(format_[cell]).k_part_bytes;
+             ? k_part(partner_[cell], slot)
+             : k_part(cell, slot) + layout(format_[cell]).k_part_bytes;
 }
 
-bool QuantStore::Representable(const std::byte* k_src, const std::byte* v_src,
-                               int first, int count) const {
+bool QuantStore::Representable(absl::Span<const HotParts> layers, int first,
+                               int count) const {
   const int64_t offset = first * token_bytes_;
   const int64_t elems = count * token_elems_;
-  return AllWithinQuantRange(k_src + offset, dtype_, elems) &&
-         AllWithinQuantRange(v_src + offset, dtype_, elems);
+  for (const HotParts& p : layers) {
+    if (!AllWithinQuantRange(p.k + offset, dtype_, elems) ||
+        !AllWithinQuantRange(p.v + offset, dtype_, elems)) {
+      return false;
+    }
+  }
+  return true;
 }
 
-BlockId QuantStore::Compress(const std::byte* k_src, const std::byte* v_src,
-                             int first, int count) {
+BlockId QuantStore::Compress(absl::Span<const HotParts> layers, int first,
+                             int count) {
   const BlockId cell = local_->AllocateOne();
   if (cell == kNoBlock) {
     ++compressions_skipped_;
     return kNoBlock;
   }
-  if (!Encode(k_src, v_src, first, count, cell)) {
+  if (!Encode(layers, first, count, cell)) {
     local_->Release(cell);
     ++compressions_skipped_;
     return kNoBlock;
@@ -80,15 +87,30 @@ BlockId QuantStore::Compress(const std::byte* k_src, const std::byte* v_src,
   return cell;
 }
 
-bool QuantStore::Encode(const std::byte* k_src, const std::byte* v_src,
-                        int first, int count, BlockId cell) {
+double QuantStore::EncodeAs(QuantFormat format,
+                            absl::Span<const HotParts> layers, int first,
+                            int count, BlockId k_cell, BlockId v_cell) {
+  const QuantizeOptions options{.measure_error = measure_error_};
+  const int64_t v_offset = k_cell == v_cell ? layout(format).k_part_bytes : 0;
+  double worst = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int slot = static_cast<int>(i);
+    std::byte* k_out = base_ + k_cell * cell_bytes_ + slot * slot_bytes_;
+    std::byte* v_out =
+        base_ + v_cell * cell_bytes_ + slot * slot_bytes_ + v_offset;
+    const QuantError error =
+        QuantizeBlock(format, shape_, dtype_, layers[i].k, layers[i].v, first,
+                      count, k_out, v_out, options);
+    worst = std::max(worst, error.rel());
+  }
+  return worst;
+}
+
+bool QuantStore::Encode(absl::Span<const HotParts> layers, int first, int count,
+                        BlockId cell) {
   QuantFormat format = mixed_ ? QuantFormat::kInt4 : fixed_format_;
   BlockId partner = kNoBlock;
-  std::byte* k_out = base_ + cell * cell_bytes_;
-  std::byte* v_out = k_out + layout(format).k_part_bytes;
-  const QuantizeOptions options{.measure_error = measure_error_};
-  QuantError error = QuantizeBlock(format, shape_, dtype_, k_src, v_src, first,
-                                   count, k_out, v_out, options);
+  double error = EncodeAs(format, layers, first, count, cell, cell);
   // The range check runs after the kernel, which has brought the block
   // into the caches while its prefetches overlapped the reads with its
   // work: checked first, the block's trip from DRAM came before the
@@ -96,29 +118,32 @@ bool QuantStore::Encode(const std::byte* k_src, const std::byte* v_src,
   // 0.66x memcpy (bench/compress_bench.cc); checked after, it costs a pass
   // over L2. A block that fails it wasted a compression: such blocks are
   // rare.
-  if (!Representable(k_src, v_src, first, count)) return false;
-  if (mixed_ && error.rel() > max_rel_error_) {
+  if (!Representable(layers, first, count)) return false;
+  // A group's block takes one format: int8 when any layer needs it, so that
+  // every layer stays within the bound.
+  if (mixed_ && error > max_rel_error_) {
     partner = local_->AllocateOne();
     if (partner == kNoBlock) return false;  // no room for int8: stays hot
     format = QuantFormat::kInt8;
-    v_out = base_ + partner * cell_bytes_;
-    error = QuantizeBlock(format, shape_, dtype_, k_src, v_src, first, count,
-                          k_out, v_out, options);
+    error = EncodeAs(format, layers, first, count, cell, partner);
   }
   format_[cell] = format;
   partner_[cell] = partner;
-  error_[cell] = static_cast<float>(error.rel());
+  error_[cell] = static_cast<float>(error);
   (format == QuantFormat::kInt8 ? int8_blocks_ : int4_blocks_) += 1;
   ++compressions_applied_;
-  error_sum_ += error.rel();
-  error_max_ = std::max(error_max_, error.rel());
+  error_sum_ += error;
+  error_max_ = std::max(error_max_, error);
   return true;
 }
 
-void QuantStore::Decompress(BlockId cell, DType dtype, std::byte* k_out,
-                            std::byte* v_out) {
-  DequantizeBlock(format_[cell], shape_, k_part(cell), v_part(cell), 0,
-                  shape_.block_tokens, dtype, k_out, v_out);
+void QuantStore::Decode(BlockId cell, int slot, DType dtype, std::byte* k_out,
+                        std::byte* v_out) const {
+  DequantizeBlock(format_[cell], shape_, k_part(cell, slot), v_part(cell, slot),
+                  0, shape_.block_tokens, dtype, k_out, v_out);
+}
+
+void QuantStore::Decompressed(BlockId cell) {
   Release(cell);
   ++decompressions_;
 }

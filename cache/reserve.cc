@@ -154,7 +154,7 @@ absl::Status KVCache::Reserve(SeqId seq, int layer, int64_t seq_len,
   // Earlier reservations are written by now; this one is not yet.
   table.reserved_from = start;
   Sequence& sequence = impl.sequences.find(seq)->second;
-  impl.Settle(sequence, group, start);
+  impl.Settle(sequence, group, start, seq_len);
   return absl::OkStatus();
 }
 
@@ -368,7 +368,7 @@ absl::Status KVCache::ReserveBatch(int layer,
   }
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    impl.Settle(*batch[i], group, r.seq_len - r.tokens);
+    impl.Settle(*batch[i], group, r.seq_len - r.tokens, r.seq_len);
     if (tables == nullptr) continue;
     const BlockTable& table = batch[i]->tables[group];
     if (fast[i] != internal::kNoBlock) {  // blocks unchanged: lengths only

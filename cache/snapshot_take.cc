@@ -166,7 +166,7 @@ absl::StatusOr<Snapshot> KVCache::TakeSnapshot(
     });
     if (quant != nullptr) {
       CopyUsed(snap.quant, [&](uint32_t id, uint8_t* dst) {
-        std::memcpy(dst, quant->k_part(id),
+        std::memcpy(dst, quant->cell_data(id),
                     static_cast<size_t>(quant->cell_bytes()));
       });
     }

@@ -162,6 +162,31 @@ TEST(DumpSummary, WasteCountsEveryLayerOfAGroup) {
   EXPECT_EQ(m["waste"]["slots_visible"].get<int64_t>(), 21 + 3 * 20);
 }
 
+// The same for compressed blocks of a group: a cell holds a slot of every
+// layer of its group, each showing what its layer shows.
+TEST(DumpSummary, WasteCountsEveryLayerOfACompressedGroupBlock) {
+  CacheConfig c = testing::ShowcaseConfig();  // int8, hot_tokens 16
+  c.layer_policies = {};
+  c.group_layers = true;  // 4 layers, one group, blocks of 8
+  auto cache = KVCache::Create(c);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  std::mt19937_64 rng(3);
+  const SeqId a = *(*cache)->AddSequence();
+  ASSERT_TRUE(testing::Grow(**cache, a, 40, 40, -1, rng).ok());
+  ASSERT_TRUE((*cache)->CompressOldEntries(a, 0, 0.0).ok());
+  std::vector<float> kv(2 * 8 * 2, 0.5f);  // layer 0 one token ahead
+  const TokenSpan one{.data = kv.data(), .tokens = 1};
+  ASSERT_TRUE((*cache)->Update(a, 0, one, one, 41).ok());
+  const Snapshot snap = *(*cache)->TakeSnapshot({});
+  const dump::Json m = dump::Summary(snap);
+  // Blocks 0 to 2 compressed (cold: 24 <= 40 - 16), listed by 4 layers.
+  EXPECT_EQ(m["compression"]["table_entries_compressed"].get<int64_t>(), 3 * 4);
+  // 6 blocks of 8 slots in 4 layers; 41 + 3 x 40 tokens visible.
+  EXPECT_EQ(m["waste"]["slots_held"].get<int64_t>(), 6 * 8 * 4);
+  EXPECT_EQ(m["waste"]["slots_visible"].get<int64_t>(), 41 + 3 * 40);
+  EXPECT_EQ(dump::VerifyText(dump::Verify(snap)), "");
+}
+
 std::string TablesText(const Snapshot& snap, const dump::TableFilter& f) {
   std::ostringstream out;
   dump::TablesText(snap, f, out);

@@ -91,10 +91,15 @@ TEST(LayerGroups, ConfigAndLayout) {
   EXPECT_EQ(base(1), base(0));
   EXPECT_EQ(base(5) - base(1), 2 * slot_bytes);
   EXPECT_EQ(cache->Stats().block_bytes, 3 * BlockBytes(c));
+  // Compression: a cell holds a slot per layer of the widest group too
+  // (tests/group_compression_test.cc).
   c.compression = {.enabled = true, .group_size = 4, .quant_cells = 8};
-  absl::Status refused = ValidateConfig(c);
-  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(refused.message()), HasSubstr("group_layers"));
+  auto compressed = Make(c);
+  ASSERT_NE(compressed, nullptr);
+  CacheConfig per_layer = c;
+  per_layer.group_layers = false;
+  EXPECT_EQ(compressed->Stats().quant_cell_bytes,
+            3 * Make(per_layer)->Stats().quant_cell_bytes);
 }
 
 // A random walk on twin caches, per-layer and grouped, through forward

@@ -137,13 +137,15 @@ struct CacheConfig {
   // reserve for every layer of the group at once.
   //   - Per-layer tables (false, the default): every layer has its own
   //     blocks, lengths and evictions; a block is block_bytes. Choose them
-  //     for host-side caches fed by Update layer by layer, with
-  //     compression.
+  //     for host-side caches fed by Update layer by layer, whose layers
+  //     may differ for long.
   //   - Groups (true): an engine whose kernels write all layers of a step
   //     (engine mode, kvpage/engine.h): 1/num_layers the allocations, the
   //     tables and the bookkeeping. The storage holds LayerGroupWidth()
   //     slots per block (a smaller group leaves its other slots unused),
-  //     num_blocks counts group blocks, and compression is not available.
+  //     num_blocks counts group blocks. With compression a quantized cell
+  //     holds a slot per layer too, and a group's block is compressed whole
+  //     (docs/compression.md).
   //     Update still takes one layer at a time: a group's layers may differ
   //     in length during a step, and the group holds the blocks of the
   //     union of what they show until they agree again.

@@ -452,9 +452,12 @@ class KVCache {
   // in what it compresses (compressions_skipped counts each call's skips).
   // A full quantized pool skips blocks (compressions_skipped), never loses
   // data; so does a block holding a value the formats cannot hold (see
-  // Update: non-finite values). FailedPrecondition when compression is not
-  // enabled; NotFound and InvalidArgument as for Update, and for a fraction
-  // outside [0, 1]. O(blocks compressed * block size).
+  // Update: non-finite values). With layer groups the layer's blocks are
+  // its group's: each is compressed whole, every layer's part.
+  // FailedPrecondition when compression is not enabled, or while the
+  // layers of the group differ in length (a step part-way); NotFound and
+  // InvalidArgument as for Update, and for a fraction outside [0, 1].
+  // O(blocks compressed * block size * layers of the group).
   [[nodiscard]] absl::Status CompressOldEntries(SeqId seq, int layer,
                                                 double keep_recent_fraction);
 

@@ -1,6 +1,7 @@
 #include "tools/dump/holdings.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -74,16 +75,20 @@ Holdings Walk(const Snapshot& snap) {
   holdings.quant_v_part.assign(snap.quant.ref_counts.size(), 0);
   holdings.hot_visible.assign(snap.hot.ref_counts.size(), 0);
   holdings.quant_visible.assign(snap.quant.ref_counts.size(), -1);
-  // With layer groups every layer of a group lists the block id: its slots
-  // are the group's layers', each showing what its own layer shows.
-  absl::flat_hash_map<std::pair<uint32_t, size_t>, int32_t> layer_visible;
+  // With layer groups every layer of a group lists the block id (hot, or a
+  // compressed block's first cell): its slots are the group's layers', each
+  // showing what its own layer shows.
+  // Keyed by (hot, id, layer).
+  absl::flat_hash_map<std::tuple<bool, uint32_t, size_t>, int32_t>
+      layer_visible;
   for (const SnapshotSequence& seq : snap.sequences) {
     for (size_t layer = 0; layer < seq.layers.size(); ++layer) {
       for (const SnapshotEntry& entry : seq.layers[layer].entries) {
         AddTableEntry(snap, seq, static_cast<int>(layer), entry, holdings);
-        if (snap.config.group_layers && entry.format == BlockFormat::kHot &&
-            entry.id < holdings.hot.size()) {
-          int32_t& v = layer_visible[{entry.id, layer}];
+        const bool hot = entry.format == BlockFormat::kHot;
+        if (snap.config.group_layers &&
+            entry.id < (hot ? holdings.hot : holdings.quant).size()) {
+          int32_t& v = layer_visible[{hot, entry.id, layer}];
           v = std::max(v, entry.visible);
         }
       }
@@ -92,7 +97,12 @@ Holdings Walk(const Snapshot& snap) {
   if (snap.config.group_layers) {
     std::fill(holdings.hot_visible.begin(), holdings.hot_visible.end(), 0);
     for (const auto& [key, visible] : layer_visible) {
-      holdings.hot_visible[key.first] += visible;
+      const auto [hot, id, layer] = key;
+      if (!hot) holdings.quant_visible[id] = 0;
+    }
+    for (const auto& [key, visible] : layer_visible) {
+      const auto [hot, id, layer] = key;
+      (hot ? holdings.hot_visible : holdings.quant_visible)[id] += visible;
     }
   }
   for (const SnapshotPrefixEntry& prefix : snap.prefix) {

@@ -423,6 +423,39 @@ TEST(Exactness, LayerGroupsGiveThePerLayerLogits) {
             per_layer.stats.blocks_allocated);
 }
 
+// Compressed layer groups: a group's block is compressed whole, each layer
+// into its own slot with the codes a per-layer table gives it, at the same
+// step (the first layer's update compresses what turned cold when a step's
+// tokens are within hot_tokens). The model reads the same keys and values
+// either way: the same logits, with a fifth of the compressions.
+TEST(Exactness, CompressedLayerGroupsGiveThePerLayerLogits) {
+  GenerateOptions o = Greedy(100);
+  o.prompts = {SomePrompt(37, 1), SomePrompt(20, 2)};
+  o.requests = 2;
+  o.samples = 2;
+  o.temperature = 0.9;
+  o.seed = 5;
+  o.speculate = 3;
+  o.prefill_chunk = 8;
+  for (const Compression compression :
+       {Compression::kInt8, Compression::kInt4}) {
+    SCOPED_TRACE(compression == Compression::kInt8 ? "int8" : "int4");
+    CacheSettings settings{.block_tokens = 8,
+                           .compression = compression,
+                           .group_size = 4,
+                           .hot_tokens = 16};
+    const Outcome per_layer = OnKvpage(o, settings);
+    settings.group_layers = true;
+    const Outcome grouped = OnKvpage(o, settings);
+    ExpectSameRuns(grouped, per_layer);
+    EXPECT_GT(grouped.stats.compressions_applied, 0);
+    EXPECT_EQ(5 * grouped.stats.compressions_applied,
+              per_layer.stats.compressions_applied);
+    EXPECT_EQ(grouped.stats.memory_usage_bytes,
+              per_layer.stats.memory_usage_bytes);
+  }
+}
+
 TEST(Exactness, ABatchGivesTheIdsOfEachRunAlone) {
   GenerateOptions o = Greedy(80);
   o.prompts = {SomePrompt(5, 1), SomePrompt(33, 2), SomePrompt(17, 3),

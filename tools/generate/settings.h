@@ -36,8 +36,7 @@ struct CacheSettings {
   double max_rel_error = 0.02;  // kMixed
   int64_t quant_cells = 0;      // 0: as many as the hot pool has blocks (x2
                                 // for kMixed)
-  // One block table for all layers (CacheConfig::group_layers; not with
-  // compression).
+  // One block table for all layers (CacheConfig::group_layers).
   bool group_layers = false;
 };
 
