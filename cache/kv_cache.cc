@@ -106,6 +106,7 @@ absl::StatusOr<SeqId> KVCache::AddSequence(const SequenceOptions& options) {
     sequence.tables.push_back(internal::NewTable(rules));
   }
   impl.sequences.emplace(id, std::move(sequence));
+  ++impl.sequences_epoch;
   return id;
 }
 
@@ -140,6 +141,7 @@ absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
   }
   const SeqId id = impl.next_seq++;
   impl.sequences.emplace(id, std::move(child));
+  ++impl.sequences_epoch;
   return id;
 }
 
@@ -249,6 +251,7 @@ absl::Status KVCache::RemoveSequence(SeqId seq) {
   }
   for (BlockTable& table : it->second.tables) impl.ReleaseAll(table);
   impl.sequences.erase(it);
+  ++impl.sequences_epoch;
   return absl::OkStatus();
 }
 

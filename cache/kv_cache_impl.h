@@ -75,6 +75,9 @@ struct KVCache::Impl {
   std::unique_ptr<internal::QuantStore> quant;  // null: compression off
 
   absl::flat_hash_map<SeqId, internal::Sequence> sequences;
+  // Bumped by every insertion into `sequences` and every erasure: while it
+  // stands, a Sequence* found earlier is still the sequence's.
+  uint64_t sequences_epoch = 0;
   SeqId next_seq = 1;
   CacheCounters counters;
   // ReserveBatch marks the sequences of the step being reserved with this
@@ -89,12 +92,23 @@ struct KVCache::Impl {
   std::vector<std::byte> decompressed;
   std::vector<internal::QuantStore::HotParts> hot_parts;
   std::vector<internal::Plan> batch_plans;
-  std::vector<internal::Sequence*> batch_sequences;
-  std::vector<internal::BlockId> batch_fast;
-  std::vector<int64_t> batch_fast_slot;
-  // A planned request's row before its plan, when the plan only appends
-  // entries (window_entries -1 otherwise: the row is written whole).
-  std::vector<internal::RowShape> batch_rows;
+  // ReserveBatch's requests, one row each. `sequence` and `id` outlive the
+  // call: the last batch's sequences by request, valid while
+  // sequences_epoch is batch_epoch (an engine names mostly the same
+  // sequences in the same order step after step: found again without
+  // hashing).
+  struct BatchRow {
+    internal::Sequence* sequence = nullptr;
+    SeqId id = 0;
+    enum Kind : uint8_t { kPlanned, kInPlace, kNewBlock } kind = kPlanned;
+    internal::BlockId block = 0;  // kInPlace: the block appended into
+    int64_t slot = 0;             // kInPlace: the first slot
+    // kNewBlock, and a planned request whose plan only appends entries: the
+    // row before (window_entries -1 otherwise: the row is written whole).
+    internal::RowShape before;
+  };
+  std::vector<BatchRow> batch_rows;
+  uint64_t batch_epoch = ~uint64_t{0};
   absl::flat_hash_map<internal::BlockRef, uint32_t> batch_dropped;
 
   ~Impl();
@@ -220,6 +234,27 @@ struct KVCache::Impl {
     }
     if (slot != nullptr) *slot = start - last * rules.block_tokens;
     return ref;
+  }
+  // The decode step that starts a block: positions [start, seq_len)
+  // appended at a block boundary into one new window block after the
+  // table's last, with no policy action due and no ring (a ring reuses its
+  // spares). Then the general path's plan takes one fresh block and appends
+  // it, and nothing else: NewBlockAppend does that without planning. O(1),
+  // no division.
+  bool NewBlockAppends(const internal::LayerRules& rules,
+                       const internal::BlockTable& table, int64_t start,
+                       int64_t seq_len) const {
+    const int64_t bt = rules.block_tokens;
+    return start == table.length && seq_len > start && seq_len - start <= bt &&
+           !rules.ring() && table.window_blocks() > 0 &&
+           (table.window_first + table.window_blocks()) * bt == start &&
+           internal::VisibleTokens(rules, seq_len, table.window_start) <=
+               rules.max_seq_len;
+  }
+  void NewBlockAppend(internal::BlockTable& table, internal::BlockId id,
+                      int64_t start, int64_t seq_len, int64_t layers) {
+    table.window.push_back(id);
+    AppendInPlace(table, start, seq_len, layers);
   }
   // Takes the fast path InPlaceAppendBlock allowed: sets the lengths of the
   // table's `layers` layers.

@@ -216,17 +216,18 @@ absl::Status KVCache::ReserveBatch(int layer,
   // to write a shared block copies it, the second then holds it alone), so
   // that the step takes from the pool what the requests one after the
   // other would.
-  std::vector<Sequence*>& batch = impl.batch_sequences;
-  std::vector<Plan>& plans = impl.batch_plans;
-  std::vector<BlockId>& fast = impl.batch_fast;  // kNoBlock: planned
-  std::vector<int64_t>& fast_slot = impl.batch_fast_slot;
-  std::vector<internal::RowShape>& rows_before = impl.batch_rows;
+  using Row = Impl::BatchRow;
+  std::vector<Row>& batch = impl.batch_rows;
+  std::vector<Plan>& plans = impl.batch_plans;  // kPlanned rows
   absl::flat_hash_map<BlockRef, uint32_t>& dropped = impl.batch_dropped;
-  batch.clear();
+  // The last batch's sequences, by request, while none was added or
+  // removed since: request i naming the same one skips the hash lookup.
+  const size_t known = impl.batch_epoch == impl.sequences_epoch
+                           ? std::min(batch.size(), rows)
+                           : 0;
+  impl.batch_epoch = ~uint64_t{0};  // until every row is looked up
+  batch.resize(rows);
   plans.resize(rows);
-  fast.resize(rows);
-  fast_slot.resize(rows);
-  rows_before.resize(rows);
   dropped.clear();
   auto refs = [&](BlockRef ref) -> uint32_t {
     const uint32_t count = impl.pool->ref_count(ref);
@@ -240,21 +241,28 @@ absl::Status KVCache::ReserveBatch(int layer,
   int64_t total_tokens = 0, running = 0, total_fresh = 0;
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    auto it = impl.sequences.find(r.seq);
-    if (it == impl.sequences.end()) {
-      return absl::NotFoundError(absl::StrFormat(
-          "ReserveBatch(layer %d, request %d, seq %d): no such sequence", layer,
-          i, r.seq));
+    Row& row = batch[i];
+    if (i >= known || row.id != r.seq) {
+      auto it = impl.sequences.find(r.seq);
+      if (it == impl.sequences.end()) {
+        return absl::NotFoundError(absl::StrFormat(
+            "ReserveBatch(layer %d, request %d, seq %d): no such sequence",
+            layer, i, r.seq));
+      }
+      row.sequence = &it->second;
+      row.id = r.seq;
     }
-    if (it->second.batch_mark == serial) {
+    Sequence* const sequence = row.sequence;
+    KVPAGE_DCHECK(&impl.sequences.find(r.seq)->second == sequence);
+    if (sequence->batch_mark == serial) {
       return invalid(
           absl::StrFormat("seq %d is named twice (request %d)", r.seq, i));
     }
-    it->second.batch_mark = serial;
+    sequence->batch_mark = serial;
     if (!CountsOk(r.seq_len, r.tokens)) {
       return RefuseCounts("ReserveBatch", r.seq, layer, r.seq_len, r.tokens);
     }
-    const BlockTable& table = it->second.tables[group];
+    const BlockTable& table = sequence->tables[group];
     if (table.split) return SplitRefusal("ReserveBatch", r.seq, layer, table);
     const int64_t start = r.seq_len - r.tokens;
     if (absl::Status s = impl.CheckPositions(
@@ -266,13 +274,19 @@ absl::Status KVCache::ReserveBatch(int layer,
       return invalid("the tokens of the requests overflow int64");
     }
     total_tokens += r.tokens;
-    batch.push_back(&it->second);
     int64_t entries_after = 0;
-    fast[i] = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len,
-                                      &fast_slot[i]);
-    if (fast[i] != internal::kNoBlock) {
+    row.block = impl.InPlaceAppendBlock(layer_rules, table, start, r.seq_len,
+                                        &row.slot);
+    if (row.block != internal::kNoBlock) {
+      row.kind = Row::kInPlace;
       if (tables != nullptr) entries_after = internal::RowOf(table).entries();
+    } else if (impl.NewBlockAppends(layer_rules, table, start, r.seq_len)) {
+      row.kind = Row::kNewBlock;
+      row.before = internal::RowOf(table);
+      entries_after = row.before.entries() + 1;
+      total_fresh = std::max(total_fresh, ++running);
     } else {
+      row.kind = Row::kPlanned;
       plans[i] = internal::MakePlan(layer_rules, table, refs, start, r.seq_len);
       running += plans[i].fresh;
       total_fresh = std::max(total_fresh, running);
@@ -294,6 +308,7 @@ absl::Status KVCache::ReserveBatch(int layer,
           layer, i, r.seq, r.seq_len));
     }
   }
+  impl.batch_epoch = impl.sequences_epoch;  // every row looked up
   if (static_cast<int64_t>(slot_mapping.size()) != total_tokens) {
     return invalid(
         absl::StrFormat("slot_mapping holds %d entries for %d tokens",
@@ -311,21 +326,36 @@ absl::Status KVCache::ReserveBatch(int layer,
   // applied, on the holds as they are then: what step 1 foresaw (the same
   // plan when no request lets go of a block another table shares: then
   // every count a plan reads is as step 1 read it). A fast-path request
-  // stays one: no other request can take a hold on its private last block.
+  // stays one: no other request can take a hold on its private last block,
+  // nor change its table.
   const bool replan = !dropped.empty();
   const absl::InlinedVector<BlockId, 16>& taken = impl.fresh_ids;
   size_t next_fresh = 0;
   int64_t given_back_used = 0;
   absl::InlinedVector<BlockId, 16> step_ids;
   int64_t* slots = slot_mapping.data();
+  // A request's fresh blocks: what step 2 took, then what earlier requests
+  // gave back (step 1 counted on no more).
+  auto take = [&]() {
+    if (next_fresh < taken.size()) return taken[next_fresh++];
+    const BlockId id = impl.local->AllocateOne();
+    KVPAGE_DCHECK(id != internal::kNoBlock);
+    ++given_back_used;
+    return id;
+  };
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    BlockTable& table = batch[i]->tables[group];
+    Row& row = batch[i];
+    BlockTable& table = row.sequence->tables[group];
     const int64_t start = r.seq_len - r.tokens;
-    if (fast[i] != internal::kNoBlock) {
+    if (row.kind == Row::kInPlace) {
       impl.AppendInPlace(table, start, r.seq_len, layers);
-      WriteInPlaceSlots(fast[i], impl.block_tokens(), fast_slot[i], r.tokens,
+      WriteInPlaceSlots(row.block, impl.block_tokens(), row.slot, r.tokens,
                         slots);
+    } else if (row.kind == Row::kNewBlock) {
+      const BlockId id = take();
+      impl.NewBlockAppend(table, id, start, r.seq_len, layers);
+      WriteInPlaceSlots(id, impl.block_tokens(), 0, r.tokens, slots);
     } else {
       if (replan) {
         plans[i] = internal::MakePlan(layer_rules, table, *impl.pool, start,
@@ -340,21 +370,14 @@ absl::Status KVCache::ReserveBatch(int layer,
                                 plan.sink_blocks == before.sink_entries &&
                                 plan.window.first == before.window_first &&
                                 plan.window.size() >= before.window_entries;
-      rows_before[i] =
+      row.before =
           appends_only ? before : internal::RowShape{.window_entries = -1};
-      // This request's fresh blocks: what step 2 took, then what earlier
-      // requests gave back (step 1 counted on no more).
       const auto want = static_cast<size_t>(plan.fresh);
       const size_t from_taken = std::min(want, taken.size() - next_fresh);
       step_ids.assign(taken.begin() + next_fresh,
                       taken.begin() + next_fresh + from_taken);
       next_fresh += from_taken;
-      while (step_ids.size() < want) {
-        const BlockId id = impl.local->AllocateOne();
-        KVPAGE_DCHECK(id != internal::kNoBlock);
-        step_ids.push_back(id);
-        ++given_back_used;
-      }
+      while (step_ids.size() < want) step_ids.push_back(take());
       impl.ApplyPlan(layer_rules, table, plan, step_ids, nullptr, layers);
       WriteSlots(layer_rules, table, start, r.seq_len, slots);
     }
@@ -368,16 +391,17 @@ absl::Status KVCache::ReserveBatch(int layer,
   }
   for (size_t i = 0; i < rows; ++i) {
     const ReserveRequest& r = requests[i];
-    impl.Settle(*batch[i], group, r.seq_len - r.tokens, r.seq_len);
+    const Row& row = batch[i];
+    impl.Settle(*row.sequence, group, r.seq_len - r.tokens, r.seq_len);
     if (tables == nullptr) continue;
-    const BlockTable& table = batch[i]->tables[group];
-    if (fast[i] != internal::kNoBlock) {  // blocks unchanged: lengths only
+    const BlockTable& table = row.sequence->tables[group];
+    if (row.kind == Row::kInPlace) {  // blocks unchanged: lengths only
       tables->seq_lens[i] = static_cast<int32_t>(table.length);
       if (!tables->window_starts.empty()) {
         tables->window_starts[i] =
             static_cast<int32_t>(internal::RowWindowStart(layer_rules, table));
       }
-    } else if (const internal::RowShape& before = rows_before[i];
+    } else if (const internal::RowShape& before = row.before;
                before.window_entries >= 0) {
       // Only window entries appended: the row's first entries stand.
       const internal::RowShape row = internal::RowOf(table);

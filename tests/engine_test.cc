@@ -596,6 +596,81 @@ TEST(ReserveBatchTest, AllOrNothing) {
   EXPECT_UNCHANGED(*cache, later);
 }
 
+// An engine names mostly the same sequences in the same order step after
+// step; ReserveBatch finds them again without hashing while no sequence was
+// added or removed. Every step here is checked against a twin cache
+// reserving one request at a time: decode steps in one order, then after
+// sequences come and go (a removed one named where it was is NotFound, the
+// table's storage rehashed by many additions), after a refused batch, and
+// in another order.
+TEST(ReserveBatchTest, FindsTheSameSequencesStepAfterStep) {
+  const CacheConfig config = Config(1, 400);
+  std::unique_ptr<KVCache> batched = Make(config), single = Make(config);
+  std::vector<SeqId> seqs;
+  for (int i = 0; i < 4; ++i) {
+    seqs.push_back(*batched->AddSequence());
+    ASSERT_EQ(*single->AddSequence(), seqs.back());
+  }
+  auto step = [&](const std::vector<SeqId>& order) {
+    std::vector<ReserveRequest> requests;
+    for (SeqId id : order) {
+      requests.push_back(
+          {.seq = id, .seq_len = *single->Length(id, 0) + 1, .tokens = 1});
+    }
+    std::vector<int64_t> slots(order.size()), one(1);
+    ASSERT_TRUE(batched->ReserveBatch(0, requests, absl::MakeSpan(slots)).ok());
+    for (size_t i = 0; i < order.size(); ++i) {
+      const ReserveRequest& r = requests[i];
+      ASSERT_TRUE(
+          single->Reserve(r.seq, 0, r.seq_len, 1, absl::MakeSpan(one)).ok());
+      EXPECT_EQ(slots[i], one[0]) << "seq " << r.seq;
+    }
+    for (SeqId id : order) {
+      ASSERT_EQ(*batched->Length(id, 0), *single->Length(id, 0));
+    }
+    ASSERT_EQ(batched->Stats(), single->Stats());
+  };
+  for (int s = 0; s < 20; ++s) step(seqs);
+  // seqs[1] finishes; a new one takes the end of the batch.
+  ASSERT_TRUE(batched->RemoveSequence(seqs[1]).ok());
+  ASSERT_TRUE(single->RemoveSequence(seqs[1]).ok());
+  std::vector<int64_t> four(4);
+  const CacheFingerprint before = Fingerprint(*batched);
+  EXPECT_EQ(batched
+                ->ReserveBatch(0,
+                               {{.seq = seqs[0], .seq_len = 21, .tokens = 1},
+                                {.seq = seqs[1], .seq_len = 21, .tokens = 1}},
+                               absl::MakeSpan(four).first(2))
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_UNCHANGED(*batched, before);
+  seqs.erase(seqs.begin() + 1);
+  seqs.push_back(*batched->AddSequence());
+  ASSERT_EQ(*single->AddSequence(), seqs.back());
+  for (int s = 0; s < 20; ++s) step(seqs);
+  // Many additions: the sequences' storage moves.
+  std::vector<SeqId> more;
+  for (int i = 0; i < 100; ++i) {
+    more.push_back(*batched->AddSequence());
+    ASSERT_EQ(*single->AddSequence(), more.back());
+  }
+  for (int s = 0; s < 3; ++s) step(seqs);
+  // A refused batch (the last request has a gap), then the same order.
+  const CacheFingerprint unrefused = Fingerprint(*batched);
+  EXPECT_EQ(batched
+                ->ReserveBatch(0,
+                               {{.seq = seqs[0], .seq_len = 44, .tokens = 1},
+                                {.seq = seqs[1], .seq_len = 99, .tokens = 1}},
+                               absl::MakeSpan(four).first(2))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_UNCHANGED(*batched, unrefused);
+  step(seqs);
+  std::reverse(seqs.begin(), seqs.end());
+  for (int s = 0; s < 3; ++s) step(seqs);
+  EXPECT_VALID(*batched);
+}
+
 TEST(ReserveTest, SlotsAndErrors) {
   std::unique_ptr<KVCache> cache = Make(Config(0, 16));
   const SeqId seq = *cache->AddSequence();
