@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libexpat1-dev pkg-config
   python3-dev python3-pybind11 python3-numpy python3-pytest
+  libhiredis-dev redis-server redis-tools
   "$@"
 )
 # The Rust crate's toolchain: Debian's cargo where no cargo is on PATH.

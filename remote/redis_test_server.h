@@ -1,0 +1,201 @@
+// remote/redis_test_server.h — a redis-server (Debian's) that a test starts
+// on a free loopback port and stops, and a fake server that answers every
+// request with the bytes a test gives it (garbage, a truncated reply,
+// nothing at all). For the remote tier's tests only.
+#ifndef KVPAGE_REMOTE_REDIS_TEST_SERVER_H_
+#define KVPAGE_REMOTE_REDIS_TEST_SERVER_H_
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "remote/redis_connection.h"
+
+namespace kvpage::remote::testing {
+
+// A port nobody listens on now: bound, read, closed.
+inline int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (fd < 0 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class RedisTestServer {
+ public:
+  // Starts redis-server on 127.0.0.1 with `extra` arguments (e.g.
+  // {"--requirepass", "secret"}), no persistence, and waits until it
+  // answers (5 s at most).
+  static absl::StatusOr<std::unique_ptr<RedisTestServer>> Start(
+      std::vector<std::string> extra = {}) {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const int port = FreeLoopbackPort();
+      if (port < 0) return absl::InternalError("no free loopback port");
+      std::vector<std::string> args = {"redis-server",
+                                       "--port",
+                                       absl::StrCat(port),
+                                       "--bind",
+                                       "127.0.0.1",
+                                       "--save",
+                                       "",
+                                       "--appendonly",
+                                       "no",
+                                       "--protected-mode",
+                                       "no",
+                                       "--daemonize",
+                                       "no",
+                                       "--loglevel",
+                                       "warning"};
+      args.insert(args.end(), extra.begin(), extra.end());
+      const pid_t pid = fork();
+      if (pid < 0) return absl::InternalError("fork failed");
+      if (pid == 0) {
+        const int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+          dup2(null, 1);
+          dup2(null, 2);
+        }
+        std::vector<char*> argv;
+        for (std::string& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execvp("redis-server", argv.data());
+        _exit(127);
+      }
+      std::unique_ptr<RedisTestServer> server(new RedisTestServer(pid, port));
+      if (server->WaitReady()) return server;
+    }
+    return absl::UnavailableError(
+        "redis-server did not start (is it installed? tools/setup.sh)");
+  }
+
+  ~RedisTestServer() { Stop(SIGTERM); }
+
+  // Sends `signal` and reaps the process (SIGKILL: a node that dies).
+  void Stop(int signal) {
+    if (pid_ <= 0) return;
+    kill(pid_, signal);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  RedisEndpoint endpoint() const { return {"127.0.0.1", port_}; }
+  std::string url() const { return absl::StrCat("redis://127.0.0.1:", port_); }
+
+ private:
+  RedisTestServer(pid_t pid, int port) : pid_(pid), port_(port) {}
+
+  bool WaitReady() {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {  // exited: port taken?
+        pid_ = -1;
+        return false;
+      }
+      absl::StatusOr<std::unique_ptr<RedisConnection>> c =
+          RedisConnection::Open(endpoint(), {}, {});
+      if (c.ok()) {
+        absl::StatusOr<RedisReply> pong = (*c)->Command({"PING"});
+        // A server with a password answers NOAUTH: it is up too.
+        if (pong.ok()) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    Stop(SIGKILL);
+    return false;
+  }
+
+  pid_t pid_;
+  int port_;
+};
+
+// A server that accepts connections and, for each read from a client,
+// writes `answer` (then closes the connection when `close_after`). An
+// empty answer never replies; an empty answer with `close_after` closes
+// each connection as soon as it is accepted.
+class FakeServer {
+ public:
+  FakeServer(std::string answer, bool close_after)
+      : answer_(std::move(answer)), close_after_(close_after) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    listen(listen_fd_, 4);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeServer() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    close(listen_fd_);
+    thread_.join();
+  }
+  RedisEndpoint endpoint() const { return {"127.0.0.1", port_}; }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      const int fd = accept(listen_fd_, nullptr, nullptr);
+      if (fd < 0) return;
+      if (answer_.empty() && close_after_) {
+        close(fd);
+        continue;
+      }
+      char buffer[4096];
+      timeval tv{.tv_sec = 0, .tv_usec = 200000};
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      while (!stop_) {
+        const ssize_t n = read(fd, buffer, sizeof(buffer));
+        if (n == 0) break;
+        if (n < 0) continue;  // timed out: look at stop_ again
+        if (!answer_.empty()) {
+          if (write(fd, answer_.data(), answer_.size()) < 0) break;
+        }
+        if (close_after_) break;
+      }
+      close(fd);
+    }
+  }
+
+  std::string answer_;
+  bool close_after_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace kvpage::remote::testing
+
+#endif  // KVPAGE_REMOTE_REDIS_TEST_SERVER_H_
