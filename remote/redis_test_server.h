@@ -46,13 +46,13 @@ inline int FreeLoopbackPort() {
 
 class RedisTestServer {
  public:
-  // Starts redis-server on 127.0.0.1 with `extra` arguments (e.g.
-  // {"--requirepass", "secret"}), no persistence, and waits until it
-  // answers (5 s at most).
+  // Starts redis-server on 127.0.0.1 (on `port`, else a free one) with
+  // `extra` arguments (e.g. {"--requirepass", "secret"}), no persistence,
+  // and waits until it answers (5 s at most).
   static absl::StatusOr<std::unique_ptr<RedisTestServer>> Start(
-      std::vector<std::string> extra = {}) {
+      std::vector<std::string> extra = {}, int fixed_port = 0) {
     for (int attempt = 0; attempt < 5; ++attempt) {
-      const int port = FreeLoopbackPort();
+      const int port = fixed_port != 0 ? fixed_port : FreeLoopbackPort();
       if (port < 0) return absl::InternalError("no free loopback port");
       std::vector<std::string> args = {"redis-server",
                                        "--port",
@@ -134,6 +134,105 @@ class RedisTestServer {
 
   pid_t pid_;
   int port_;
+};
+
+// Three (or more) redis-servers in cluster mode on loopback ports, made
+// one cluster by `redis-cli --cluster create` (no replicas: each node
+// serves a third of the slots), in a temporary directory removed at the
+// end.
+class RedisTestCluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<RedisTestCluster>> Start(
+      int nodes = 3) {
+    std::unique_ptr<RedisTestCluster> cluster(new RedisTestCluster());
+    char dir[] = "/tmp/kvpage-redis-cluster-XXXXXX";
+    if (mkdtemp(dir) == nullptr) return absl::InternalError("mkdtemp failed");
+    cluster->dir_ = dir;
+    std::vector<std::string> create = {"redis-cli", "--cluster", "create"};
+    for (int i = 0; i < nodes; ++i) {
+      absl::StatusOr<std::unique_ptr<RedisTestServer>> node =
+          RedisTestServer::Start(
+              {"--cluster-enabled", "yes", "--cluster-config-file",
+               absl::StrCat("nodes-", i, ".conf"), "--dir", cluster->dir_,
+               "--cluster-node-timeout", "1000",
+               // The nodes left serve their slots when one dies.
+               "--cluster-require-full-coverage", "no"});
+      if (!node.ok()) return node.status();
+      create.push_back(absl::StrCat("127.0.0.1:", (*node)->port()));
+      cluster->nodes_.push_back(*std::move(node));
+    }
+    for (const char* a : {"--cluster-replicas", "0", "--cluster-yes"}) {
+      create.push_back(a);
+    }
+    if (Run(create) != 0) {
+      return absl::InternalError("redis-cli --cluster create failed");
+    }
+    // Every node sees every slot served before the cluster is used.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (const auto& node : cluster->nodes_) {
+      while (true) {
+        absl::StatusOr<std::unique_ptr<RedisConnection>> c =
+            RedisConnection::Open(node->endpoint(), {}, {});
+        if (c.ok()) {
+          absl::StatusOr<RedisReply> info = (*c)->Command({"CLUSTER", "INFO"});
+          if (info.ok() &&
+              info->str.find("cluster_state:ok") != std::string::npos) {
+            break;
+          }
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          return absl::DeadlineExceededError("the cluster did not form");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    return cluster;
+  }
+
+  ~RedisTestCluster() {
+    nodes_.clear();  // stops them
+    if (!dir_.empty()) {
+      Run({"rm", "-rf", dir_});
+    }
+  }
+
+  RedisTestServer& node(int i) { return *nodes_[static_cast<size_t>(i)]; }
+  int size() const { return static_cast<int>(nodes_.size()); }
+  std::string url() const {
+    std::string out = "redis-cluster://";
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      absl::StrAppend(&out, i == 0 ? "" : ",", "127.0.0.1:", nodes_[i]->port());
+    }
+    return out;
+  }
+
+ private:
+  RedisTestCluster() = default;
+
+  // Runs a command, its output to /dev/null; its exit status.
+  static int Run(std::vector<std::string> args) {
+    const pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+      const int null = open("/dev/null", O_WRONLY);
+      if (null >= 0) {
+        dup2(null, 1);
+        dup2(null, 2);
+      }
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execvp(argv[0], argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  std::string dir_;
+  std::vector<std::unique_ptr<RedisTestServer>> nodes_;
 };
 
 // A server that accepts connections and, for each read from a client,

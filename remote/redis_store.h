@@ -1,0 +1,84 @@
+// remote/redis_store.h — keys and values in one Redis server or a Redis
+// Cluster, many at a time: what the remote tier reads and writes through.
+//
+// A cluster's keys live in 16384 hash slots (CRC16 of the key, or of its
+// {hash tag}, modulo 16384), each served by one node: the store learns the
+// slots from CLUSTER SLOTS at Connect, sends each node its keys in one
+// pipeline (one round trip per node a call touches), follows a MOVED
+// redirection once (and learns the slots again) and an ASK once. A node
+// that is down, slow or hostile fails its keys only; the others' succeed.
+// Connections that broke are opened again at the next call that needs them.
+//
+// Thread safety: thread-compatible.
+#ifndef KVPAGE_REMOTE_REDIS_STORE_H_
+#define KVPAGE_REMOTE_REDIS_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "remote/redis_connection.h"
+#include "remote/redis_url.h"
+
+namespace kvpage::remote {
+
+// The hash slot of `key` (Redis Cluster's: CRC16-XMODEM of the key, or of
+// the text between its first '{' and the next '}' when that is not empty,
+// modulo 16384).
+[[nodiscard]] int KeySlot(std::string_view key);
+
+class RedisStore {
+ public:
+  // Connects to the target's server, or to a cluster through its seeds (the
+  // first seed that answers CLUSTER SLOTS). Errors of RedisConnection::Open
+  // (the last seed's), or FailedPrecondition for a redis-cluster:// URL
+  // whose server is not in cluster mode.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<RedisStore>> Connect(
+      const RedisTarget& target, const RedisOptions& options);
+
+  // GET of every key: per key its value, nullopt when the server has none,
+  // or the error of its node.
+  std::vector<absl::StatusOr<std::optional<std::string>>> Get(
+      absl::Span<const std::string> keys);
+
+  // SET of every (key, value): per pair OK or the error of its node.
+  std::vector<absl::Status> Set(
+      absl::Span<const std::pair<std::string, std::string>> items);
+
+  // Nodes known (one without a cluster), and how often the slots were
+  // learned (Connect counts one).
+  int nodes() const { return static_cast<int>(nodes_.size()); }
+  int64_t slot_refreshes() const { return slot_refreshes_; }
+
+ private:
+  struct Node {
+    RedisEndpoint endpoint;
+    std::unique_ptr<RedisConnection> connection;  // null: not open
+  };
+  RedisStore(RedisTarget target, RedisOptions options)
+      : target_(std::move(target)), options_(options) {}
+
+  absl::Status LearnSlots();
+  int NodeOf(const RedisEndpoint& endpoint);
+  absl::StatusOr<RedisConnection*> ConnectionOf(int node);
+  // One command per key, each on its node; `replies[i]` the reply to
+  // commands[i] or the error of its node. Follows MOVED and ASK once.
+  void Run(absl::Span<const std::string> keys,
+           absl::Span<const RedisCommand> commands,
+           std::vector<absl::StatusOr<RedisReply>>& replies);
+
+  RedisTarget target_;
+  RedisOptions options_;
+  std::vector<Node> nodes_;
+  std::vector<int> slot_node_;  // cluster: per slot, its node; else empty
+  int64_t slot_refreshes_ = 0;
+};
+
+}  // namespace kvpage::remote
+
+#endif  // KVPAGE_REMOTE_REDIS_STORE_H_
