@@ -21,7 +21,8 @@ KVCache::Impl::~Impl() {
   for (auto& [id, sequence] : sequences) {
     for (BlockTable& table : sequence.tables) ReleaseAll(table);
   }
-  while (prefix->has_idle()) EvictOldest();  // every entry is idle now
+  // Every entry is idle now; none goes to a tier (it may be gone).
+  while (prefix->has_idle()) EvictOldest(/*to_tier=*/false);
 }
 
 void KVCache::Impl::Release(BlockId id) {
@@ -76,7 +77,11 @@ void KVCache::Impl::DropSurplusSpares(const LayerRules& rules,
   }
 }
 
-void KVCache::Impl::EvictOldest() {
+void KVCache::Impl::EvictOldest(bool to_tier) {
+  if (to_tier && tier != nullptr) {
+    const int32_t e = prefix->oldest();
+    if (prefix->FindComplete(prefix->hash_of(e)) == e) StoreToTier(e, true);
+  }
   // The cache's own reference: the last one.
   for (BlockId id : prefix->EvictOldest()) Release(id);
 }
@@ -93,9 +98,15 @@ void KVCache::Impl::PublishBlock(const BlockTable& table, size_t group,
     return;
   }
   const BlockId id = table.Block(logical);
-  if (prefix->Publish(hash, group, id, entry)) {
+  int32_t known = entry != nullptr ? *entry : -1;
+  if (prefix->Publish(hash, group, id, &known)) {
     pool->Retain(id);  // the cache's reference
+    if (tier != nullptr && tier_options.write_through &&
+        prefix->FindComplete(hash) == known) {
+      StoreToTier(known, false);  // this table completed the entry
+    }
   }
+  if (entry != nullptr) *entry = known;
 }
 
 // The logical blocks below this are hashed and fully written in `table`.

@@ -1,5 +1,7 @@
 #include "cache/block_io.h"
 
+#include <cstring>
+
 #include "allocator/convert.h"
 
 namespace kvpage::internal {
@@ -42,6 +44,15 @@ void BlockIO::ReadRun(BlockId id, bool values, int64_t slot, int64_t count,
   std::vector<std::byte> buffer(static_cast<size_t>(count * token_bytes_));
   storage_.Read(id, offset, buffer.data(), count * token_bytes_);
   ConvertElements(buffer.data(), dtype_, out, DType::kF32, elems);
+}
+
+void BlockIO::WriteBlock(BlockId id, const std::byte* src) {
+  if (host_base_ != nullptr) {
+    std::memcpy(host_base_ + id * block_bytes_, src,
+                static_cast<size_t>(block_bytes_));
+    return;
+  }
+  storage_.Write(id, 0, src, block_bytes_);
 }
 
 std::pair<const std::byte*, const std::byte*> BlockIO::Source(BlockId block,

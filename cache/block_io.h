@@ -42,6 +42,8 @@ class BlockIO {
   // buffer first, valid until the next call for the same slot.
   std::pair<const std::byte*, const std::byte*> Source(BlockId block, int slot);
 
+  // Writes a whole storage block's bytes (block_bytes()). O(block size).
+  void WriteBlock(BlockId id, const std::byte* src);
   // Copies every slot of the pool's block `from` into block `to`.
   // O(block size * width).
   void Copy(BlockId from, BlockId to) {

@@ -73,6 +73,8 @@ struct KVCache::Impl {
   std::unique_ptr<internal::BlockIO> io;
   std::unique_ptr<internal::PrefixCache> prefix;
   std::unique_ptr<internal::QuantStore> quant;  // null: compression off
+  BlockTier* tier = nullptr;  // kvpage/tier.h; null: none attached
+  TierOptions tier_options;
 
   absl::flat_hash_map<SeqId, internal::Sequence> sequences;
   // Bumped by every insertion into `sequences` and every erasure: while it
@@ -91,6 +93,8 @@ struct KVCache::Impl {
   absl::InlinedVector<internal::BlockRef, 16> recycled;
   std::vector<std::byte> decompressed;
   std::vector<internal::QuantStore::HotParts> hot_parts;
+  std::vector<std::vector<std::byte>> tier_bytes;  // per table
+  std::vector<std::vector<std::string>> tier_fetched;
   std::vector<internal::Plan> batch_plans;
   // ReserveBatch's requests, one row each. `sequence` and `id` outlive the
   // call: the last batch's sequences by request, valid while
@@ -161,7 +165,9 @@ struct KVCache::Impl {
   void DropSurplusSpares(const internal::LayerRules& rules,
                          internal::BlockTable& table);
   // Evicts the least recently used idle prefix entry. O(layers).
-  void EvictOldest();
+  // Evicts the least recently used idle entry; offers it to the tier
+  // first when `to_tier` (the write-back).
+  void EvictOldest(bool to_tier = true);
   // Offers the full, hashed, fully visible hot blocks of table `group` not
   // yet offered to the prefix cache (none while it is split). O(blocks
   // published).
@@ -368,6 +374,21 @@ struct KVCache::Impl {
                  const internal::Plan& plan,
                  absl::Span<const internal::BlockId> fresh,
                  internal::LayerState* state = nullptr, int64_t layers = 1);
+
+  // ---- The second tier (tier.cc).
+  // Offers complete entry `entry` to the tier: each table's layer slots
+  // read side by side. O(block size * layers).
+  void StoreToTier(int32_t entry, bool evicted);
+  // Makes `tables` (a fetched block's bytes) a prefix-cache entry under
+  // `hash`, in fresh blocks held once (for the sequence that will attach
+  // them) besides the cache's reference: its entry, or -1 when the bytes
+  // have the wrong size, the hash is listed already, or the pool cannot
+  // give the blocks. O(block size * layers).
+  int32_t LoadFromTier(uint64_t hash, const std::vector<std::string>& tables);
+  // MatchPrefix's continuation: appends to `matched` the entries of the
+  // blocks after it that the tier has, up to `limit` blocks in all.
+  void MatchFromTier(internal::Sequence& sequence, int64_t limit,
+                     std::vector<int32_t>& matched);
 
   // ---- Compressing cold blocks (cold_blocks.cc).
   // Whether logical block `logical` of `table` may be compressed now, its

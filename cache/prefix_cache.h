@@ -89,6 +89,14 @@ class PrefixCache {
   }
 
   bool has_idle() const { return lru_head_ >= 0; }
+  // The entry EvictOldest removes next (has_idle() must hold), and an
+  // entry's hash.
+  int32_t oldest() const { return lru_head_; }
+  uint64_t hash_of(int32_t entry) const {
+    return entries_[static_cast<size_t>(entry)].hash;
+  }
+  // Whether `hash` is listed, complete or not. O(1).
+  bool Lists(uint64_t hash) const { return by_hash_.contains(hash); }
   // Removes the least recently used idle entry; returns its blocks, whose
   // cache reference (their last) the caller drops. O(layers).
   [[nodiscard]] Evicted EvictOldest();

@@ -37,6 +37,7 @@
 #include "kvpage/config.h"
 #include "kvpage/engine.h"
 #include "kvpage/storage.h"
+#include "kvpage/tier.h"
 
 namespace kvpage {
 
@@ -283,6 +284,17 @@ class KVCache {
   }
   [[nodiscard]] absl::StatusOr<int64_t> MatchPrefix(
       SeqId seq, absl::Span<const int32_t> tokens, const MatchOptions& options);
+
+  // Attaches a second tier to the prefix cache (kvpage/tier.h): the blocks
+  // it evicts are offered to `tier` (and every block it publishes with
+  // options.write_through), and MatchPrefix, where the blocks it holds end,
+  // asks `tier` for the ones that follow, loads them into free blocks
+  // (evicting idle cached ones as usual) and attaches them as if they had
+  // been cached here. The tier must outlive the cache or be detached first
+  // (null). InvalidArgument for fetch_batch < 1; the tier's Attach error
+  // refuses it; either way nothing changes. O(layers).
+  [[nodiscard]] absl::Status AttachTier(BlockTier* tier,
+                                        const TierOptions& options);
 
   // Drops a sequence and releases its blocks. NotFound for an unknown id.
   // O(blocks of the sequence).

@@ -1,0 +1,287 @@
+// A second tier under the prefix cache (kvpage/tier.h), here an in-memory
+// one: blocks evicted are written back to it (and published ones with
+// write_through), and MatchPrefix continues from it where the blocks held
+// end, loading what it fetches into fresh blocks. The promise under test:
+// a prefix restored from the tier reads exactly what was computed, in this
+// cache or in another one of the same shape; anything the tier gets wrong
+// (sizes, counts) is a miss; the cache stays valid throughout.
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kvpage/kvpage.h"
+#include "tests/test_util.h"
+
+namespace kvpage {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kHeads = 2, kDim = 4, kElems = kHeads * kDim, kBlock = 4;
+
+CacheConfig Config(bool grouped, int64_t num_blocks) {
+  CacheConfig c{.num_layers = 3,
+                .num_kv_heads = kHeads,
+                .head_dim = kDim,
+                .dtype = DType::kF32,
+                .block_tokens = kBlock,
+                .num_blocks = num_blocks,
+                .max_seq_len = 256};
+  c.group_layers = grouped;
+  return c;
+}
+
+// A tier that keeps every block it is given, in a map; or, told to, gets
+// things wrong.
+class MapTier final : public BlockTier {
+ public:
+  absl::Status Attach(const TierShape& shape) override {
+    if (refuse) return absl::FailedPreconditionError("refused by the tier");
+    shapes.push_back(shape);
+    return absl::OkStatus();
+  }
+  void Store(uint64_t hash,
+             absl::Span<const absl::Span<const std::byte>> tables,
+             bool evicted) override {
+    std::vector<std::string>& block = blocks[hash];
+    block.clear();
+    for (const auto& t : tables) {
+      block.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
+    }
+    ++(evicted ? written_back : written_through);
+  }
+  int64_t Fetch(absl::Span<const uint64_t> hashes,
+                std::vector<std::vector<std::string>>& out) override {
+    ++fetches;
+    int64_t n = 0;
+    for (const uint64_t h : hashes) {
+      auto it = blocks.find(h);
+      if (it == blocks.end()) break;
+      out.push_back(it->second);
+      if (truncate) out.back()[0].pop_back();
+      ++n;
+    }
+    return overstate ? n + 100 : n;
+  }
+
+  std::map<uint64_t, std::vector<std::string>> blocks;
+  std::vector<TierShape> shapes;
+  int64_t written_back = 0, written_through = 0, fetches = 0;
+  bool refuse = false, truncate = false, overstate = false;
+};
+
+std::vector<int32_t> Prompt(int32_t first, int64_t n) {
+  std::vector<int32_t> ids;
+  for (int64_t i = 0; i < n; ++i)
+    ids.push_back(first + static_cast<int32_t>(i));
+  return ids;
+}
+
+// Fills `seq` with `ids`, every layer its own values (a function of the
+// prompt's first id, the layer and the position).
+void Compute(KVCache& cache, SeqId seq, const std::vector<int32_t>& ids,
+             int64_t from = 0) {
+  ASSERT_TRUE(
+      cache.AppendTokens(seq, absl::MakeConstSpan(ids).subspan(from)).ok());
+  const auto n = static_cast<int64_t>(ids.size()) - from;
+  for (int layer = 0; layer < cache.config().num_layers; ++layer) {
+    const std::vector<float> k = testing::Tokens(
+        from, n,
+        {.elems = kElems, .offset = static_cast<float>(ids[0] + layer * 1000)});
+    const std::vector<float> v = testing::Tokens(
+        from, n,
+        {.elems = kElems, .offset = static_cast<float>(ids[0] - layer * 1000)});
+    ASSERT_TRUE(cache
+                    .Update(seq, layer, {.data = k.data(), .tokens = n},
+                            {.data = v.data(), .tokens = n},
+                            static_cast<int64_t>(ids.size()))
+                    .ok());
+  }
+}
+
+// Every layer of `seq` holds what Compute wrote for `ids`, positions [0, n).
+void ExpectComputed(const KVCache& cache, SeqId seq,
+                    const std::vector<int32_t>& ids, int64_t n) {
+  for (int layer = 0; layer < cache.config().num_layers; ++layer) {
+    const GatheredLayer g = *cache.Gather(seq, layer);
+    ASSERT_EQ(static_cast<int64_t>(g.positions.size()), n) << layer;
+    EXPECT_EQ(g.k, testing::Tokens(
+                       0, n,
+                       {.elems = kElems,
+                        .offset = static_cast<float>(ids[0] + layer * 1000)}))
+        << "layer " << layer;
+    EXPECT_EQ(g.v, testing::Tokens(
+                       0, n,
+                       {.elems = kElems,
+                        .offset = static_cast<float>(ids[0] - layer * 1000)}))
+        << "layer " << layer;
+  }
+}
+
+class TierTest : public ::testing::TestWithParam<bool> {};
+
+// Process A computes a prompt; its blocks are evicted into the tier by
+// other work; a new sequence, and a second cache (another process of the
+// same shape), match the whole prompt from the tier and read it exactly.
+TEST_P(TierTest, EvictedBlocksComeBackFromTheTier) {
+  const bool grouped = GetParam();
+  const int64_t tables = grouped ? 1 : 3;
+  // 12 blocks per table: a 40-token prompt (10 blocks) and little else.
+  const CacheConfig config = Config(grouped, 12 * (grouped ? 1 : 3));
+  auto a = *KVCache::Create(config);
+  MapTier tier;
+  ASSERT_TRUE(a->AttachTier(&tier, {.fetch_batch = 3}).ok());
+  ASSERT_EQ(tier.shapes.size(), 1u);
+  EXPECT_EQ(tier.shapes[0].table_layers.size(), static_cast<size_t>(tables));
+  EXPECT_EQ(tier.shapes[0].table_bytes[0],
+            (grouped ? 3 : 1) * BlockBytes(config));
+  const std::vector<int32_t> prompt = Prompt(100, 40);
+  const SeqId s1 = *a->AddSequence();
+  Compute(*a, s1, prompt);
+  ASSERT_TRUE(a->RemoveSequence(s1).ok());
+  EXPECT_EQ(a->Stats().prefix_entries, 10);
+  EXPECT_EQ(tier.written_back, 0);
+  // Other work takes the whole pool: the prompt's idle entries are evicted,
+  // each written back.
+  const SeqId other = *a->AddSequence();
+  Compute(*a, other, Prompt(5000, 48));
+  EXPECT_EQ(tier.written_back, 10);
+  EXPECT_EQ(tier.blocks.size(), 10u);
+  ASSERT_TRUE(a->RemoveSequence(other).ok());
+  EXPECT_VALID(*a);
+  // The prompt again: nothing of it is held here; the tier has it all.
+  const SeqId s2 = *a->AddSequence();
+  absl::StatusOr<int64_t> matched = a->MatchPrefix(s2, prompt);
+  ASSERT_TRUE(matched.ok()) << matched.status();
+  EXPECT_EQ(*matched, 40);
+  EXPECT_EQ(tier.fetches, 4);  // batches of 3: 3 + 3 + 3 + 1
+  ExpectComputed(*a, s2, prompt, 40);
+  EXPECT_EQ(a->Stats().hits, 10);
+  EXPECT_EQ(a->Stats().blocks_used, 10 * tables);
+  EXPECT_VALID(*a);
+  // Decoding goes on from the restored prefix, and the blocks are shared
+  // by a sequence matching them locally now.
+  const SeqId s3 = *a->AddSequence();
+  EXPECT_EQ(*a->MatchPrefix(s3, prompt, {.leave_last_token = true}), 36);
+  EXPECT_EQ(tier.fetches, 4);  // all held here
+  ExpectComputed(*a, s3, prompt, 36);
+  EXPECT_VALID(*a);
+
+  // Another cache of the same shape (another process) finds them too.
+  auto b = *KVCache::Create(config);
+  ASSERT_TRUE(b->AttachTier(&tier, {}).ok());
+  const SeqId t = *b->AddSequence();
+  EXPECT_EQ(*b->MatchPrefix(t, prompt), 40);
+  ExpectComputed(*b, t, prompt, 40);
+  // And computes the rest itself.
+  std::vector<int32_t> longer = prompt;
+  for (int32_t i = 0; i < 6; ++i) longer.push_back(7000 + i);
+  Compute(*b, t, longer, 40);
+  EXPECT_VALID(*b);
+  ASSERT_TRUE(b->AttachTier(nullptr, {}).ok());
+  ASSERT_TRUE(a->AttachTier(nullptr, {}).ok());
+}
+
+// write_through offers each block as it is published; a cache destroyed
+// offers nothing (its tier may be gone).
+TEST_P(TierTest, WriteThroughOffersWhatIsPublished) {
+  const CacheConfig config = Config(GetParam(), 64);
+  MapTier tier;
+  {
+    auto cache = *KVCache::Create(config);
+    ASSERT_TRUE(cache->AttachTier(&tier, {.write_through = true}).ok());
+    const SeqId s = *cache->AddSequence();
+    Compute(*cache, s, Prompt(1, 30));  // 7 full blocks
+    EXPECT_EQ(tier.written_through, 7);
+    EXPECT_EQ(tier.written_back, 0);
+    ASSERT_TRUE(cache->RemoveSequence(s).ok());
+  }
+  EXPECT_EQ(tier.written_through, 7);
+  EXPECT_EQ(tier.written_back, 0);
+  auto b = *KVCache::Create(config);
+  ASSERT_TRUE(b->AttachTier(&tier, {}).ok());
+  const SeqId s = *b->AddSequence();
+  EXPECT_EQ(*b->MatchPrefix(s, Prompt(1, 30)), 28);
+  ExpectComputed(*b, s, Prompt(1, 30), 28);
+  EXPECT_VALID(*b);
+}
+
+// What a tier gets wrong is a miss: a block of the wrong size, a count
+// beyond what it returned; a chain with a hole stops at the hole; a pool
+// that cannot take a block stops there. Nothing leaks.
+TEST_P(TierTest, AWrongTierIsAMiss) {
+  const bool grouped = GetParam();
+  const int64_t tables = grouped ? 1 : 3;
+  const CacheConfig config = Config(grouped, 64);
+  MapTier tier;
+  {
+    auto source = *KVCache::Create(config);
+    ASSERT_TRUE(source->AttachTier(&tier, {.write_through = true}).ok());
+    const SeqId s = *source->AddSequence();
+    Compute(*source, s, Prompt(1, 40));
+  }
+  ASSERT_EQ(tier.blocks.size(), 10u);
+  const std::vector<int32_t> prompt = Prompt(1, 40);
+  auto cache = *KVCache::Create(config);
+  ASSERT_TRUE(cache->AttachTier(&tier, {}).ok());
+  tier.truncate = true;
+  SeqId s = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(s, prompt), 0);
+  EXPECT_EQ(cache->Stats().blocks_used, 0);
+  EXPECT_EQ(cache->Stats().prefix_entries, 0);
+  EXPECT_VALID(*cache);
+  tier.truncate = false;
+  tier.overstate = true;  // says 100 more than it gave
+  ASSERT_TRUE(cache->RemoveSequence(s).ok());
+  s = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(s, prompt), 40);
+  ExpectComputed(*cache, s, prompt, 40);
+  tier.overstate = false;
+  EXPECT_VALID(*cache);
+  // A hole in the chain: block 4 gone.
+  auto fresh = *KVCache::Create(config);
+  ASSERT_TRUE(fresh->AttachTier(&tier, {}).ok());
+  uint64_t h = 0;  // the fifth block's chain hash (kvpage/prefix.h)
+  for (int b = 0; b < 5; ++b) {
+    h = PrefixBlockHash(h, 0, absl::MakeConstSpan(prompt).subspan(4 * b, 4));
+  }
+  ASSERT_EQ(tier.blocks.erase(h), 1u);
+  const SeqId s2 = *fresh->AddSequence();
+  EXPECT_EQ(*fresh->MatchPrefix(s2, prompt), 16);
+  ExpectComputed(*fresh, s2, prompt, 16);
+  EXPECT_VALID(*fresh);
+  // A pool that holds 2 blocks a table: the match stops there.
+  auto small = *KVCache::Create(Config(grouped, 2 * tables));
+  ASSERT_TRUE(small->AttachTier(&tier, {}).ok());
+  const SeqId s3 = *small->AddSequence();
+  EXPECT_EQ(*small->MatchPrefix(s3, prompt), 8);
+  ExpectComputed(*small, s3, prompt, 8);
+  EXPECT_VALID(*small);
+}
+
+TEST_P(TierTest, AttachRefusals) {
+  auto cache = *KVCache::Create(Config(GetParam(), 16));
+  MapTier tier;
+  absl::Status s = cache->AttachTier(&tier, {.fetch_batch = 0});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("fetch_batch"));
+  tier.refuse = true;
+  s = cache->AttachTier(&tier, {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  // Not attached: a match asks nothing.
+  const SeqId seq = *cache->AddSequence();
+  EXPECT_EQ(*cache->MatchPrefix(seq, Prompt(1, 8)), 0);
+  EXPECT_EQ(tier.fetches, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tables, TierTest, ::testing::Bool(),
+                         [](const auto& info) {
+                           return info.param ? "Grouped" : "PerLayer";
+                         });
+
+}  // namespace
+}  // namespace kvpage
