@@ -98,15 +98,9 @@ void KVCache::Impl::PublishBlock(const BlockTable& table, size_t group,
     return;
   }
   const BlockId id = table.Block(logical);
-  int32_t known = entry != nullptr ? *entry : -1;
-  if (prefix->Publish(hash, group, id, &known)) {
+  if (prefix->Publish(hash, group, id, entry)) {
     pool->Retain(id);  // the cache's reference
-    if (tier != nullptr && tier_options.write_through &&
-        prefix->FindComplete(hash) == known) {
-      StoreToTier(known, false);  // this table completed the entry
-    }
   }
-  if (entry != nullptr) *entry = known;
 }
 
 // The logical blocks below this are hashed and fully written in `table`.

@@ -122,6 +122,7 @@ absl::StatusOr<SeqId> KVCache::Fork(SeqId parent) {
   child.salt = from.salt;
   child.token_ids = from.token_ids;
   child.block_hashes = from.block_hashes;
+  child.tier_offered = from.tier_offered;
   child.layer_states = from.layer_states;
   for (internal::LayerState& state : child.layer_states) state.evicted = 0;
   for (const BlockTable& from_table : from.tables) {
@@ -159,6 +160,9 @@ absl::Status KVCache::AppendTokens(SeqId seq,
                             token_ids.end());
   internal::ExtendBlockHashes(sequence, impl.block_tokens());
   impl.PublishAll(sequence);
+  if (impl.tier != nullptr && impl.tier_options.write_through) {
+    impl.WriteThrough(sequence);
+  }
   return absl::OkStatus();
 }
 
@@ -223,6 +227,8 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
   c.prefix_tokens_matched += length;
   sequence.token_ids.resize(static_cast<size_t>(length));
   sequence.block_hashes.resize(matched.size());
+  // Matched blocks are in the prefix cache already: no write-through.
+  sequence.tier_offered = static_cast<int64_t>(matched.size());
   std::vector<BlockId> blocks_of_table(matched.size());
   for (size_t group = 0; group < sequence.tables.size(); ++group) {
     for (size_t b = 0; b < matched.size(); ++b) {
@@ -429,6 +435,9 @@ absl::Status KVCache::Truncate(SeqId seq, int64_t seq_len) {
     sequence.token_ids.resize(static_cast<size_t>(seq_len));
     sequence.block_hashes.resize(
         static_cast<size_t>(seq_len / impl.block_tokens()));
+    sequence.tier_offered =
+        std::min(sequence.tier_offered,
+                 static_cast<int64_t>(sequence.block_hashes.size()));
   }
   for (size_t group = 0; group < sequence.tables.size(); ++group) {
     BlockTable& table = sequence.tables[group];

@@ -289,7 +289,12 @@ struct KVCache::Impl {
     if (ABSL_PREDICT_FALSE(start < table.published * config.block_tokens)) {
       table.published = start / config.block_tokens;  // rewritten
     }
-    if (!sequence.block_hashes.empty()) PublishTable(sequence, group);
+    if (!sequence.block_hashes.empty()) {
+      PublishTable(sequence, group);
+      if (tier != nullptr && tier_options.write_through) {
+        WriteThrough(sequence);
+      }
+    }
     if (auto_compress()) CompressNewlyCold(sequence, group, end);
   }
 
@@ -379,6 +384,11 @@ struct KVCache::Impl {
   // Offers complete entry `entry` to the tier: each table's layer slots
   // read side by side. O(block size * layers).
   void StoreToTier(int32_t entry, bool evicted);
+  // write_through: offers the tier the sequence's blocks that every table
+  // has published and written (a reservation's blocks once the kernel has
+  // written them: at the sequence's next update or reservation), each
+  // once. O(tables + blocks offered * block size).
+  void WriteThrough(internal::Sequence& sequence);
   // Makes `tables` (a fetched block's bytes) a prefix-cache entry under
   // `hash`, in fresh blocks held once (for the sequence that will attach
   // them) besides the cache's reference: its entry, or -1 when the bytes

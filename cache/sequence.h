@@ -24,6 +24,9 @@ struct Sequence {
   std::vector<int32_t> token_ids;      // AppendTokens / MatchPrefix
   std::vector<uint64_t> block_hashes;  // chain hash of each full block
   uint64_t batch_mark = 0;  // == Impl::batch_serial: in the batch reserving
+  // With a tier and write_through: the full blocks below this were offered
+  // to it (or came from the prefix cache).
+  int64_t tier_offered = 0;
 };
 
 // Hashes the full blocks of `sequence.token_ids` not hashed yet, until

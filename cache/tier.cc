@@ -51,6 +51,26 @@ void KVCache::Impl::StoreToTier(int32_t entry, bool evicted) {
   tier->Store(prefix->hash_of(entry), tables, evicted);
 }
 
+void KVCache::Impl::WriteThrough(internal::Sequence& sequence) {
+  const int64_t tokens_per_block = block_tokens();
+  auto limit = static_cast<int64_t>(sequence.block_hashes.size());
+  for (const internal::BlockTable& table : sequence.tables) {
+    // Published by every table, and written: a reservation's positions
+    // from reserved_from on are not yet.
+    limit = std::min(
+        {limit, table.published, table.reserved_from / tokens_per_block});
+  }
+  sequence.tier_offered =
+      std::min(sequence.tier_offered,
+               static_cast<int64_t>(sequence.block_hashes.size()));
+  for (int64_t b = sequence.tier_offered; b < limit; ++b) {
+    const int32_t entry =
+        prefix->FindComplete(sequence.block_hashes[static_cast<size_t>(b)]);
+    if (entry >= 0) StoreToTier(entry, false);
+  }
+  sequence.tier_offered = std::max(sequence.tier_offered, limit);
+}
+
 int32_t KVCache::Impl::LoadFromTier(uint64_t hash,
                                     const std::vector<std::string>& tables) {
   const size_t count = groups.size();

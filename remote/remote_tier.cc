@@ -21,10 +21,13 @@ using remote::RedisStore;
 
 namespace {
 
-// A block waiting to be written: its tables' bytes, copied.
+// A block waiting to be written: its tables' bytes, copied, and the
+// fingerprints of the cache that stored it (the tier may be attached to
+// another by the time it is written).
 struct Pending {
   uint64_t hash = 0;
   std::vector<std::string> tables;
+  std::vector<uint64_t> fingerprints;  // per table
   bool evicted = false;
 };
 
@@ -45,9 +48,6 @@ struct RemoteTier::State {
   std::deque<Pending> queue;
   bool writing = false;
   bool stop = false;
-  // The fingerprints the writer encodes with (a copy: Attach may change
-  // the shape while blocks are queued; those are dropped).
-  std::vector<uint64_t> writer_fingerprints;
   RemoteTierStats stats;
   std::vector<double> latencies_us;  // a ring of the last 1024
   size_t next_latency = 0;
@@ -60,7 +60,6 @@ void RemoteTier::State::WriterLoop() {
   std::vector<Pending> batch;
   std::vector<std::pair<std::string, std::string>> items;
   while (true) {
-    std::vector<uint64_t> fps;
     {
       std::unique_lock<std::mutex> lock(mu);
       wake.wait(lock, [&] { return stop || !queue.empty(); });
@@ -72,11 +71,11 @@ void RemoteTier::State::WriterLoop() {
         queue.pop_front();
       }
       writing = true;
-      fps = writer_fingerprints;
     }
     items.clear();
     for (const Pending& p : batch) {
-      for (size_t t = 0; t < p.tables.size() && t < fps.size(); ++t) {
+      const std::vector<uint64_t>& fps = p.fingerprints;
+      for (size_t t = 0; t < p.tables.size(); ++t) {
         items.emplace_back(
             remote::BlockKey(fps[t], p.hash, static_cast<int>(t)),
             remote::EncodeBlock({.fingerprint = fps[t],
@@ -89,8 +88,8 @@ void RemoteTier::State::WriterLoop() {
     std::unique_lock<std::mutex> lock(mu);
     size_t next = 0;
     for (const Pending& p : batch) {
-      bool ok = p.tables.size() == fps.size();
-      for (size_t t = 0; t < p.tables.size() && t < fps.size(); ++t) {
+      bool ok = true;
+      for (size_t t = 0; t < p.tables.size(); ++t) {
         const auto& [key, value] = items[next];
         if (results[next].ok()) {
           stats.bytes_written += static_cast<int64_t>(value.size());
@@ -158,10 +157,8 @@ absl::Status RemoteTier::Attach(const TierShape& shape) {
     fps.push_back(
         remote::BlockFingerprint(shape.config, s.options.model_id, layers));
   }
-  s.fingerprints = fps;
+  s.fingerprints = std::move(fps);
   s.table_bytes = shape.table_bytes;
-  std::lock_guard<std::mutex> lock(s.mu);
-  s.writer_fingerprints = std::move(fps);
   return absl::OkStatus();
 }
 
@@ -176,7 +173,8 @@ void RemoteTier::Store(uint64_t hash,
       return;
     }
   }
-  Pending p{.hash = hash, .evicted = evicted};
+  if (tables.size() != s.fingerprints.size()) return;  // not attached
+  Pending p{.hash = hash, .fingerprints = s.fingerprints, .evicted = evicted};
   for (const auto& t : tables) {
     p.tables.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
   }
@@ -210,6 +208,7 @@ int64_t RemoteTier::Fetch(absl::Span<const uint64_t> hashes,
   enum { kAll, kMiss, kError, kCorrupt, kForeign } stopped = kAll;
   for (size_t i = 0; i < hashes.size() && stopped == kAll; ++i) {
     std::vector<std::string> block;
+    int64_t block_bytes = 0;
     for (size_t t = 0; t < tables && stopped == kAll; ++t) {
       absl::StatusOr<std::optional<std::string>>& r = got[i * tables + t];
       if (!r.ok()) {
@@ -230,13 +229,14 @@ int64_t RemoteTier::Fetch(absl::Span<const uint64_t> hashes,
                        s.table_bytes[t]) {
           stopped = kForeign;
         } else {
-          bytes += static_cast<int64_t>((*r)->size());
+          block_bytes += static_cast<int64_t>((*r)->size());
           block.emplace_back(d->payload);
         }
       }
     }
-    if (stopped == kAll) {
+    if (stopped == kAll) {  // handed over: counted
       blocks.push_back(std::move(block));
+      bytes += block_bytes;
       ++found;
     }
   }

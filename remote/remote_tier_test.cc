@@ -266,6 +266,40 @@ TEST(RemoteTier, AStalledServerDropsNeverBlocks) {
   ASSERT_TRUE(cache->AttachTier(nullptr, {}).ok());
 }
 
+// Blocks still queued when the tier is attached to a cache of another
+// shape are written under the keys of the cache that stored them.
+TEST(RemoteTier, QueuedBlocksKeepTheirCachesKeys) {
+  auto server = RedisTestServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  RemoteTierOptions patient = Options((*server)->url());
+  patient.write_timeout = absl::Seconds(5);  // outlasts the stall
+  auto tier = RemoteTier::Connect(patient);
+  ASSERT_TRUE(tier.ok());
+  CacheConfig bf16 = Config(false);
+  bf16.dtype = DType::kBF16;        // the same bytes per block, another shape
+  kill((*server)->pid(), SIGSTOP);  // nothing is written yet
+  {
+    auto a = *KVCache::Create(Config(false));
+    ASSERT_TRUE(a->AttachTier(tier->get(), {.write_through = true}).ok());
+    Compute(*a, *a->AddSequence(), Prompt(16));
+    ASSERT_TRUE(a->AttachTier(nullptr, {}).ok());
+  }
+  auto b = *KVCache::Create(bf16);
+  ASSERT_TRUE(b->AttachTier(tier->get(), {}).ok());
+  kill((*server)->pid(), SIGCONT);
+  (*tier)->Flush();
+  EXPECT_EQ(*b->MatchPrefix(*b->AddSequence(), Prompt(16)), 0);
+  ASSERT_TRUE(b->AttachTier(nullptr, {}).ok());
+  auto again = RemoteTier::Connect(Options((*server)->url()));
+  ASSERT_TRUE(again.ok());
+  auto c = *KVCache::Create(Config(false));
+  ASSERT_TRUE(c->AttachTier(again->get(), {}).ok());
+  const SeqId s = *c->AddSequence();
+  EXPECT_EQ(*c->MatchPrefix(s, Prompt(16)), 16);
+  ExpectComputed(*c, s, 16);
+  ASSERT_TRUE(c->AttachTier(nullptr, {}).ok());
+}
+
 TEST(RemoteTier, ConnectRefusals) {
   EXPECT_EQ(RemoteTier::Connect(Options("http://x")).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -5,6 +5,7 @@
 // a prefix restored from the tier reads exactly what was computed, in this
 // cache or in another one of the same shape; anything the tier gets wrong
 // (sizes, counts) is a miss; the cache stays valid throughout.
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -208,6 +209,69 @@ TEST_P(TierTest, WriteThroughOffersWhatIsPublished) {
   EXPECT_EQ(*b->MatchPrefix(s, Prompt(1, 30)), 28);
   ExpectComputed(*b, s, Prompt(1, 30), 28);
   EXPECT_VALID(*b);
+}
+
+// In engine mode a reservation's blocks are published at once, but their
+// bytes are the kernel's to write: write_through offers them only once
+// every table has moved past them (the sequence's next reservation), so
+// that what the tier holds is what the kernel wrote.
+TEST_P(TierTest, WriteThroughWaitsForTheKernel) {
+  const bool grouped = GetParam();
+  const CacheConfig config = Config(grouped, 64);
+  MapTier tier;
+  auto cache = *KVCache::Create(config);
+  ASSERT_TRUE(cache->AttachTier(&tier, {.write_through = true}).ok());
+  const std::vector<int32_t> prompt = Prompt(1, 32);  // 8 full blocks
+  const SeqId s = *cache->AddSequence();
+  ASSERT_TRUE(cache->AppendTokens(s, prompt).ok());
+  // Per layer its slots (one reservation for the group: the same slots).
+  auto reserve = [&](int64_t seq_len, int64_t n) {
+    std::vector<std::vector<int64_t>> slots(
+        3, std::vector<int64_t>(static_cast<size_t>(n)));
+    for (int layer = 0; layer < 3; ++layer) {
+      if (grouped && layer > 0) {
+        slots[static_cast<size_t>(layer)] = slots[0];
+        continue;
+      }
+      EXPECT_TRUE(
+          cache
+              ->Reserve(s, layer, seq_len, n,
+                        absl::MakeSpan(slots[static_cast<size_t>(layer)]))
+              .ok());
+    }
+    return slots;
+  };
+  const std::vector<std::vector<int64_t>> slots = reserve(32, 32);
+  EXPECT_EQ(tier.written_through, 0);  // published, not written yet
+  // The kernel writes each layer's keys and values at its slots.
+  const int64_t token_bytes = kElems * 4;
+  for (int layer = 0; layer < 3; ++layer) {
+    auto* base = static_cast<std::byte*>(*cache->LayerBase(layer));
+    const std::vector<float> k = testing::Tokens(
+        0, 32,
+        {.elems = kElems, .offset = static_cast<float>(1 + layer * 1000)});
+    const std::vector<float> v = testing::Tokens(
+        0, 32,
+        {.elems = kElems, .offset = static_cast<float>(1 - layer * 1000)});
+    const std::vector<int64_t>& mine = slots[static_cast<size_t>(layer)];
+    for (size_t i = 0; i < mine.size(); ++i) {
+      std::byte* block = base + mine[i] / kBlock * BlockBytes(config);
+      const int64_t at = mine[i] % kBlock * token_bytes;
+      std::memcpy(block + at, k.data() + i * kElems, token_bytes);
+      std::memcpy(block + BlockBytes(config) / 2 + at, v.data() + i * kElems,
+                  token_bytes);
+    }
+  }
+  ASSERT_TRUE(cache->AppendTokens(s, std::vector<int32_t>{77}).ok());
+  reserve(33, 1);  // the next step: the first 32 positions are written
+  EXPECT_EQ(tier.written_through, 8);
+  auto other = *KVCache::Create(config);
+  ASSERT_TRUE(other->AttachTier(&tier, {}).ok());
+  const SeqId t = *other->AddSequence();
+  EXPECT_EQ(*other->MatchPrefix(t, prompt), 32);
+  ExpectComputed(*other, t, prompt, 32);
+  EXPECT_VALID(*cache);
+  EXPECT_VALID(*other);
 }
 
 // What a tier gets wrong is a miss: a block of the wrong size, a count
