@@ -67,7 +67,9 @@ class BlockTier {
 // How a cache uses its tier.
 struct TierOptions {
   // Offer every block the prefix cache publishes, not only the ones it
-  // evicts.
+  // evicts: once every table has published and written it (in engine mode
+  // a reservation's blocks are offered at the sequence's next update or
+  // reservation, when the kernel has written them).
   bool write_through = false;
   // The most blocks one Fetch asks for (MatchPrefix asks in batches of
   // this many until the tier misses).
