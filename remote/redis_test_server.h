@@ -44,6 +44,31 @@ inline int FreeLoopbackPort() {
   return ntohs(addr.sin_port);
 }
 
+// Whether nobody listens on `port` of the loopback now.
+inline bool LoopbackPortFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool free = fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&addr),
+                                    sizeof(addr)) == 0;
+  if (fd >= 0) close(fd);
+  return free;
+}
+
+// A free port for a cluster node: its bus port (port + 10000) must be a
+// port too, and free.
+inline int FreeClusterPort() {
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int port = FreeLoopbackPort();
+    if (port > 0 && port + 10000 <= 65535 && LoopbackPortFree(port + 10000)) {
+      return port;
+    }
+  }
+  return -1;
+}
+
 class RedisTestServer {
  public:
   // Starts redis-server on 127.0.0.1 (on `port`, else a free one) with
@@ -51,7 +76,7 @@ class RedisTestServer {
   // and waits until it answers (5 s at most).
   static absl::StatusOr<std::unique_ptr<RedisTestServer>> Start(
       std::vector<std::string> extra = {}, int fixed_port = 0) {
-    for (int attempt = 0; attempt < 5; ++attempt) {
+    for (int attempt = 0; attempt < (fixed_port != 0 ? 1 : 5); ++attempt) {
       const int port = fixed_port != 0 ? fixed_port : FreeLoopbackPort();
       if (port < 0) return absl::InternalError("no free loopback port");
       std::vector<std::string> args = {"redis-server",
@@ -151,12 +176,18 @@ class RedisTestCluster {
     std::vector<std::string> create = {"redis-cli", "--cluster", "create"};
     for (int i = 0; i < nodes; ++i) {
       absl::StatusOr<std::unique_ptr<RedisTestServer>> node =
-          RedisTestServer::Start(
-              {"--cluster-enabled", "yes", "--cluster-config-file",
-               absl::StrCat("nodes-", i, ".conf"), "--dir", cluster->dir_,
-               "--cluster-node-timeout", "1000",
-               // The nodes left serve their slots when one dies.
-               "--cluster-require-full-coverage", "no"});
+          absl::UnavailableError("no free cluster port");
+      for (int attempt = 0; attempt < 5 && !node.ok(); ++attempt) {
+        const int port = FreeClusterPort();
+        if (port < 0) break;
+        node = RedisTestServer::Start(
+            {"--cluster-enabled", "yes", "--cluster-config-file",
+             absl::StrCat("nodes-", i, "-", attempt, ".conf"), "--dir",
+             cluster->dir_, "--cluster-node-timeout", "1000",
+             // The nodes left serve their slots when one dies.
+             "--cluster-require-full-coverage", "no"},
+            port);
+      }
       if (!node.ok()) return node.status();
       create.push_back(absl::StrCat("127.0.0.1:", (*node)->port()));
       cluster->nodes_.push_back(*std::move(node));
