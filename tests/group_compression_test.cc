@@ -260,9 +260,8 @@ TEST(GroupedCompression, MixedModeTakesInt8WhenAnyLayerNeedsIt) {
   }
   auto formats = [&](const KVCache& cache, int layer) {
     std::vector<BlockFormat> out;
-    for (const BlockView& b : cache.View(seq, layer)->blocks) {
-      out.push_back(b.format);
-    }
+    const absl::StatusOr<LayerView> view = cache.View(seq, layer);
+    for (const BlockView& b : view->blocks) out.push_back(b.format);
     return out;
   };
   using F = BlockFormat;
