@@ -203,17 +203,16 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
     if (entry < 0) break;
     matched.push_back(entry);
   }
-  // Where the blocks held here end, the tier may have the next ones. What
-  // matched is held for the sequence first: loading takes fresh blocks and
-  // may evict idle entries. A loaded entry is held once already.
-  const bool held =
-      impl.tier != nullptr && static_cast<int64_t>(matched.size()) < limit;
-  if (held) {
-    for (const int32_t entry : matched) {
-      for (size_t group = 0; group < sequence.tables.size(); ++group) {
-        impl.Retain(impl.prefix->block(entry, group));
-      }
+  // The sequence's holds on what matched, taken now: where the blocks held
+  // here end, the tier may have the next ones, and loading them takes
+  // fresh blocks, which may evict idle entries. A loaded entry is held once
+  // already.
+  for (const int32_t entry : matched) {
+    for (size_t group = 0; group < sequence.tables.size(); ++group) {
+      impl.Retain(impl.prefix->block(entry, group));
     }
+  }
+  if (impl.tier != nullptr && static_cast<int64_t>(matched.size()) < limit) {
     impl.MatchFromTier(sequence, limit, matched);
   }
   const int64_t length =
@@ -233,7 +232,6 @@ absl::StatusOr<int64_t> KVCache::MatchPrefix(SeqId seq,
   for (size_t group = 0; group < sequence.tables.size(); ++group) {
     for (size_t b = 0; b < matched.size(); ++b) {
       blocks_of_table[b] = impl.prefix->block(matched[b], group);
-      if (!held) impl.Retain(blocks_of_table[b]);
     }
     BlockTable& table = sequence.tables[group];
     internal::AttachPrefix(impl.group_rules[group], blocks_of_table, length,

@@ -86,7 +86,7 @@ int32_t KVCache::Impl::LoadFromTier(uint64_t hash,
   if (!TakeFresh(static_cast<int64_t>(count), nullptr).ok()) return -1;
   counters.blocks_allocated += static_cast<int64_t>(count);
   // TakeFresh may have evicted idle entries, never this hash (not listed).
-  const absl::InlinedVector<BlockId, 16> ids = fresh_ids;
+  const absl::Span<const BlockId> ids = fresh_ids;
   int32_t entry = -1;
   for (size_t t = 0; t < count; ++t) {
     const auto* src = reinterpret_cast<const std::byte*>(tables[t].data());

@@ -44,6 +44,23 @@ inline int FreeLoopbackPort() {
   return ntohs(addr.sin_port);
 }
 
+// Starts `args` (args[0] looked up on PATH), its output to /dev/null; its
+// pid, or -1.
+inline pid_t Spawn(std::vector<std::string> args) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  const int null = open("/dev/null", O_WRONLY);
+  if (null >= 0) {
+    dup2(null, 1);
+    dup2(null, 2);
+  }
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  _exit(127);
+}
+
 // Whether nobody listens on `port` of the loopback now.
 inline bool LoopbackPortFree(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -95,20 +112,8 @@ class RedisTestServer {
                                        "--loglevel",
                                        "warning"};
       args.insert(args.end(), extra.begin(), extra.end());
-      const pid_t pid = fork();
+      const pid_t pid = Spawn(std::move(args));
       if (pid < 0) return absl::InternalError("fork failed");
-      if (pid == 0) {
-        const int null = open("/dev/null", O_WRONLY);
-        if (null >= 0) {
-          dup2(null, 1);
-          dup2(null, 2);
-        }
-        std::vector<char*> argv;
-        for (std::string& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execvp("redis-server", argv.data());
-        _exit(127);
-      }
       std::unique_ptr<RedisTestServer> server(new RedisTestServer(pid, port));
       if (server->WaitReady()) return server;
     }
@@ -243,20 +248,8 @@ class RedisTestCluster {
 
   // Runs a command, its output to /dev/null; its exit status.
   static int Run(std::vector<std::string> args) {
-    const pid_t pid = fork();
+    const pid_t pid = Spawn(std::move(args));
     if (pid < 0) return -1;
-    if (pid == 0) {
-      const int null = open("/dev/null", O_WRONLY);
-      if (null >= 0) {
-        dup2(null, 1);
-        dup2(null, 2);
-      }
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execvp(argv[0], argv.data());
-      _exit(127);
-    }
     int status = 0;
     waitpid(pid, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;

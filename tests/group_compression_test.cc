@@ -346,6 +346,27 @@ TEST(GroupedCompression, CompressesWhatEveryLayerOfTheGroupWrote) {
   EXPECT_VALID(*cache);
 }
 
+// A cell takes a slot per layer of the widest group: the quantized pool's
+// size is checked with that width, and a pool that fits per layer can be
+// refused grouped, naming the field.
+TEST(GroupedCompression, ThePoolsSizeCountsTheGroupsSlots) {
+  CacheConfig c{
+      .num_layers = 4,
+      .num_kv_heads = 8,
+      .head_dim = 128,
+      .dtype = DType::kF16,
+      .block_tokens = 16,
+      .num_blocks = 4,
+      .max_seq_len = 64,
+      .compression = {.enabled = true, .quant_cells = int64_t{1} << 30}};
+  EXPECT_TRUE(ValidateConfig(c).ok());  // ~36 KiB cells: 36 TiB
+  c.group_layers = true;                // 4 slots a cell: beyond 64 TiB
+  const absl::Status refused = ValidateConfig(c);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.message(), HasSubstr("CacheConfig.compression"));
+  EXPECT_THAT(refused.message(), HasSubstr("4 layers"));
+}
+
 // A grouped cache's snapshot: its cells hold a slot per layer of a group,
 // the file reads back equal, and the verifier finds nothing wrong.
 TEST(GroupedCompression, SnapshotsReadBackAndVerify) {
