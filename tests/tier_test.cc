@@ -15,12 +15,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvpage/kvpage.h"
+#include "tests/map_tier.h"
 #include "tests/test_util.h"
 
 namespace kvpage {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::MapTier;
 
 constexpr int kHeads = 2, kDim = 4, kElems = kHeads * kDim, kBlock = 4;
 
@@ -35,45 +37,6 @@ CacheConfig Config(bool grouped, int64_t num_blocks) {
   c.group_layers = grouped;
   return c;
 }
-
-// A tier that keeps every block it is given, in a map; or, told to, gets
-// things wrong.
-class MapTier final : public BlockTier {
- public:
-  absl::Status Attach(const TierShape& shape) override {
-    if (refuse) return absl::FailedPreconditionError("refused by the tier");
-    shapes.push_back(shape);
-    return absl::OkStatus();
-  }
-  void Store(uint64_t hash,
-             absl::Span<const absl::Span<const std::byte>> tables,
-             bool evicted) override {
-    std::vector<std::string>& block = blocks[hash];
-    block.clear();
-    for (const auto& t : tables) {
-      block.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
-    }
-    ++(evicted ? written_back : written_through);
-  }
-  int64_t Fetch(absl::Span<const uint64_t> hashes,
-                std::vector<std::vector<std::string>>& out) override {
-    ++fetches;
-    int64_t n = 0;
-    for (const uint64_t h : hashes) {
-      auto it = blocks.find(h);
-      if (it == blocks.end()) break;
-      out.push_back(it->second);
-      if (truncate) out.back()[0].pop_back();
-      ++n;
-    }
-    return overstate ? n + 100 : n;
-  }
-
-  std::map<uint64_t, std::vector<std::string>> blocks;
-  std::vector<TierShape> shapes;
-  int64_t written_back = 0, written_through = 0, fetches = 0;
-  bool refuse = false, truncate = false, overstate = false;
-};
 
 std::vector<int32_t> Prompt(int32_t first, int64_t n) {
   std::vector<int32_t> ids;
