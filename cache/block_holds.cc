@@ -80,7 +80,10 @@ void KVCache::Impl::DropSurplusSpares(const LayerRules& rules,
 void KVCache::Impl::EvictOldest(bool to_tier) {
   if (to_tier && tier != nullptr) {
     const int32_t e = prefix->oldest();
-    if (prefix->FindComplete(prefix->hash_of(e)) == e) StoreToTier(e, true);
+    // Written through before, or fetched from the tier: there already.
+    if (prefix->FindComplete(prefix->hash_of(e)) == e && !prefix->in_tier(e)) {
+      StoreToTier(e, true);
+    }
   }
   // The cache's own reference: the last one.
   for (BlockId id : prefix->EvictOldest()) Release(id);

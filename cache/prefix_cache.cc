@@ -58,6 +58,7 @@ int32_t PrefixCache::EntryOf(uint64_t hash) {
     std::fill_n(MutableBlocks(e), tables_, kNoBlock);
   }
   entries_[static_cast<size_t>(e)].hash = hash;
+  entries_[static_cast<size_t>(e)].in_tier = false;
   it->second = e;
   return e;
 }

@@ -95,6 +95,14 @@ class PrefixCache {
   uint64_t hash_of(int32_t entry) const {
     return entries_[static_cast<size_t>(entry)].hash;
   }
+  // Whether the entry's block was offered to the second tier (written
+  // through or back) or came from it: it is not offered again.
+  bool in_tier(int32_t entry) const {
+    return entries_[static_cast<size_t>(entry)].in_tier;
+  }
+  void set_in_tier(int32_t entry) {
+    entries_[static_cast<size_t>(entry)].in_tier = true;
+  }
   // Whether `hash` is listed, complete or not. O(1).
   bool Lists(uint64_t hash) const { return by_hash_.contains(hash); }
   // Removes the least recently used idle entry; returns its blocks, whose
@@ -129,6 +137,7 @@ class PrefixCache {
     int layers_in_use = 0;
     int32_t lru_prev = -1, lru_next = -1;
     bool in_lru = false;
+    bool in_tier = false;  // see in_tier()
   };
   // An allocator that, with `touch`, writes what it hands out: with
   // prefault the index's array is resident from its allocation, not faulted

@@ -49,6 +49,7 @@ void KVCache::Impl::StoreToTier(int32_t entry, bool evicted) {
     tables.push_back(out);
   }
   tier->Store(prefix->hash_of(entry), tables, evicted);
+  prefix->set_in_tier(entry);
 }
 
 void KVCache::Impl::WriteThrough(internal::Sequence& sequence) {
@@ -66,7 +67,7 @@ void KVCache::Impl::WriteThrough(internal::Sequence& sequence) {
   for (int64_t b = sequence.tier_offered; b < limit; ++b) {
     const int32_t entry =
         prefix->FindComplete(sequence.block_hashes[static_cast<size_t>(b)]);
-    if (entry >= 0) StoreToTier(entry, false);
+    if (entry >= 0 && !prefix->in_tier(entry)) StoreToTier(entry, false);
   }
   sequence.tier_offered = std::max(sequence.tier_offered, limit);
 }
@@ -100,6 +101,7 @@ int32_t KVCache::Impl::LoadFromTier(uint64_t hash,
     pool->Retain(ids[t]);  // the cache's reference; the allocation's is
                            // the attaching sequence's
   }
+  prefix->set_in_tier(entry);  // never offered back
   return entry;
 }
 

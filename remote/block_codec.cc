@@ -61,8 +61,10 @@ std::string BlockKey(uint64_t fingerprint, uint64_t chain_hash, int table) {
                          table);
 }
 
-std::string EncodeBlock(const BlockHeader& header, std::string_view payload) {
-  std::string out(static_cast<size_t>(kBlockHeaderBytes), '\0');
+void EncodeBlockInPlace(const BlockHeader& header, std::string& out) {
+  const auto room = static_cast<size_t>(kBlockHeaderBytes);
+  const std::string_view payload = std::string_view(out).substr(room);
+  std::memset(out.data(), 0, room);
   std::memcpy(out.data(), kMagic, 4);
   Put<uint16_t>(out, 4, kBlockFormatVersion);
   Put<uint64_t>(out, 8, header.fingerprint);
@@ -72,7 +74,12 @@ std::string EncodeBlock(const BlockHeader& header, std::string_view payload) {
   Put<uint64_t>(out, 32, payload.size());
   Put<uint64_t>(out, 40,
                 Checksum(std::string_view(out).substr(0, 40), payload));
+}
+
+std::string EncodeBlock(const BlockHeader& header, std::string_view payload) {
+  std::string out(static_cast<size_t>(kBlockHeaderBytes), '\0');
   out.append(payload);
+  EncodeBlockInPlace(header, out);
   return out;
 }
 

@@ -58,6 +58,10 @@ struct BlockHeader {
 // The value: the header, then `payload`. O(payload).
 [[nodiscard]] std::string EncodeBlock(const BlockHeader& header,
                                       std::string_view payload);
+// The same, in place: `value` holds kBlockHeaderBytes of room, then the
+// payload; writes the header into the room (no copy of the payload).
+// O(payload): the checksum.
+void EncodeBlockInPlace(const BlockHeader& header, std::string& value);
 
 // Checks `value` against what the reader asked for (`want`: fingerprint,
 // hash and table) and returns its payload (a view into `value`) and

@@ -5,8 +5,10 @@
 #include <signal.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -25,43 +27,82 @@ std::string Where(const RedisEndpoint& e) {
   return absl::StrFormat("Redis %s:%d", e.host, e.port);
 }
 
-// Copies a hiredis reply, counting its bytes against `budget`; false when
-// it would exceed it.
-bool Convert(const redisReply& in, RedisReply& out, int64_t& budget) {
-  budget -= static_cast<int64_t>(sizeof(RedisReply));
-  switch (in.type) {
-    case REDIS_REPLY_STRING:
-    case REDIS_REPLY_STATUS:
-    case REDIS_REPLY_ERROR:
-      out.type = in.type == REDIS_REPLY_STRING   ? RedisReply::kString
-                 : in.type == REDIS_REPLY_STATUS ? RedisReply::kStatus
-                                                 : RedisReply::kError;
-      budget -= static_cast<int64_t>(in.len);
-      if (budget < 0) return false;
-      out.str.assign(in.str, in.len);
-      return true;
-    case REDIS_REPLY_INTEGER:
-      out.type = RedisReply::kInteger;
-      out.integer = in.integer;
-      return budget >= 0;
-    case REDIS_REPLY_NIL:
-      out.type = RedisReply::kNil;
-      return budget >= 0;
-    case REDIS_REPLY_ARRAY:
-      out.type = RedisReply::kArray;
-      budget -= static_cast<int64_t>(in.elements * sizeof(RedisReply));
-      if (budget < 0) return false;
-      out.elements.resize(in.elements);
-      for (size_t i = 0; i < in.elements; ++i) {
-        if (in.element[i] == nullptr ||
-            !Convert(*in.element[i], out.elements[i], budget)) {
-          return false;
-        }
-      }
-      return true;
-    default:
-      return false;
+// hiredis builds RedisReply values itself, through these reader functions:
+// each string is copied once, from hiredis's read buffer into its
+// RedisReply (the default functions would build a redisReply to be copied
+// again). A root reply is allocated; an array's elements are built in
+// place in its vector, sized when the array is created. hiredis frees a
+// root only (freeObject), on an error mid-reply or with its context. No
+// exception crosses hiredis: an allocation that fails is a null object,
+// which hiredis reports as out of memory.
+RedisReply* Place(const redisReadTask* task, RedisReply::Type type) {
+  RedisReply* r = nullptr;
+  if (task->parent == nullptr) {
+    r = new (std::nothrow) RedisReply;
+    if (r == nullptr) return nullptr;
+  } else {
+    auto* parent = static_cast<RedisReply*>(task->parent->obj);
+    r = &parent->elements[static_cast<size_t>(task->idx)];
   }
+  r->type = type;
+  return r;
+}
+
+void* CreateString(const redisReadTask* task, char* str, size_t len) {
+  const RedisReply::Type type = task->type == REDIS_REPLY_STRING
+                                    ? RedisReply::kString
+                                : task->type == REDIS_REPLY_STATUS
+                                    ? RedisReply::kStatus
+                                    : RedisReply::kError;
+  RedisReply* r = Place(task, type);
+  if (r == nullptr) return nullptr;
+  try {
+    r->str.assign(str, len);
+  } catch (const std::bad_alloc&) {
+    if (task->parent == nullptr) delete r;
+    return nullptr;
+  }
+  return r;
+}
+
+void* CreateArray(const redisReadTask* task, int elements) {
+  RedisReply* r = Place(task, RedisReply::kArray);
+  if (r == nullptr) return nullptr;
+  try {
+    r->elements.resize(static_cast<size_t>(std::max(elements, 0)));
+  } catch (const std::bad_alloc&) {
+    if (task->parent == nullptr) delete r;
+    return nullptr;
+  }
+  return r;
+}
+
+void* CreateInteger(const redisReadTask* task, long long value) {  // NOLINT
+  RedisReply* r = Place(task, RedisReply::kInteger);
+  if (r != nullptr) r->integer = value;
+  return r;
+}
+
+void* CreateNil(const redisReadTask* task) {
+  return Place(task, RedisReply::kNil);
+}
+
+void FreeReply(void* reply) { delete static_cast<RedisReply*>(reply); }
+
+redisReplyObjectFunctions kReplyFunctions = {
+    .createString = CreateString,
+    .createArray = CreateArray,
+    .createInteger = CreateInteger,
+    .createNil = CreateNil,
+    .freeObject = FreeReply,
+};
+
+// The bytes a reply holds, for max_reply_bytes.
+int64_t ReplyBytes(const RedisReply& r) {
+  int64_t bytes =
+      static_cast<int64_t>(sizeof(RedisReply)) + static_cast<int64_t>(r.str.size());
+  for (const RedisReply& e : r.elements) bytes += ReplyBytes(e);
+  return bytes;
 }
 
 // hiredis writes with write(2): to a peer that closed its end the kernel
@@ -103,7 +144,12 @@ class SigpipeBlocked {
 
 RedisConnection::RedisConnection(redisContext* context, RedisEndpoint endpoint,
                                  RedisOptions options)
-    : context_(context), endpoint_(std::move(endpoint)), options_(options) {}
+    : context_(context), endpoint_(std::move(endpoint)), options_(options) {
+  context_->reader->fn = &kReplyFunctions;
+  // Keep the read buffer between replies (hiredis frees one past 16 KiB
+  // whenever it empties, and a block's reply is larger).
+  context_->reader->maxbuf = 0;
+}
 
 RedisConnection::~RedisConnection() {
   if (context_ != nullptr) redisFree(context_);
@@ -161,9 +207,32 @@ absl::Status RedisConnection::Fail(absl::StatusCode code,
   return absl::Status(code, absl::StrFormat("%s: %s", Where(endpoint_), what));
 }
 
+absl::Status RedisConnection::FailedIo() {
+  const int err = context_->err;
+  const std::string why = context_->errstr;
+  // hiredis reports a read that timed out as an I/O error of EAGAIN.
+  if (err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                              why == std::strerror(EAGAIN))) {
+    return Fail(absl::StatusCode::kDeadlineExceeded,
+                absl::StrFormat("no reply within %s",
+                                absl::FormatDuration(options_.io_timeout)));
+  }
+  if (err == REDIS_ERR_PROTOCOL) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("a reply that does not parse: ", why));
+  }
+  return Fail(absl::StatusCode::kUnavailable,
+              absl::StrCat("the connection failed: ", why));
+}
+
 absl::Status RedisConnection::Pipeline(absl::Span<const RedisCommand> commands,
                                        std::vector<RedisReply>& replies) {
   replies.clear();
+  if (absl::Status s = Send(commands); !s.ok()) return s;
+  return Receive(commands.size(), replies);
+}
+
+absl::Status RedisConnection::Send(absl::Span<const RedisCommand> commands) {
   if (broken_) {
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
@@ -183,33 +252,31 @@ absl::Status RedisConnection::Pipeline(absl::Span<const RedisCommand> commands,
                   "cannot buffer a command");
     }
   }
+  const SigpipeBlocked no_sigpipe;
+  int done = 0;
+  while (done == 0) {
+    if (redisBufferWrite(context_, &done) != REDIS_OK) return FailedIo();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RedisConnection::Receive(size_t count,
+                                      std::vector<RedisReply>& replies) {
+  if (broken_) {
+    return absl::UnavailableError(
+        absl::StrCat(Where(endpoint_), ": the connection was dropped"));
+  }
   int64_t budget = options_.max_reply_bytes;
   const SigpipeBlocked no_sigpipe;
-  for (size_t i = 0; i < commands.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     void* raw = nullptr;
     if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
-      const int err = context_->err;
-      const std::string why = context_->errstr;
-      // hiredis reports a read that timed out as an I/O error of EAGAIN.
-      if (err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK ||
-                                  why == std::strerror(EAGAIN))) {
-        return Fail(absl::StatusCode::kDeadlineExceeded,
-                    absl::StrFormat("no reply within %s",
-                                    absl::FormatDuration(options_.io_timeout)));
-      }
-      if (err == REDIS_ERR_PROTOCOL) {
-        return Fail(absl::StatusCode::kDataLoss,
-                    absl::StrCat("a reply that does not parse: ", why));
-      }
-      return Fail(absl::StatusCode::kUnavailable,
-                  absl::StrCat("the connection failed: ", why));
+      return FailedIo();
     }
-    auto* reply = static_cast<redisReply*>(raw);
-    replies.emplace_back();
-    const bool ok = Convert(*reply, replies.back(), budget);
-    freeReplyObject(reply);
-    if (!ok) {
-      replies.pop_back();
+    std::unique_ptr<RedisReply> reply(static_cast<RedisReply*>(raw));
+    budget -= ReplyBytes(*reply);
+    if (budget >= 0) replies.push_back(std::move(*reply));
+    if (budget < 0) {
       return Fail(
           absl::StatusCode::kDataLoss,
           absl::StrFormat("replies beyond %d bytes", options_.max_reply_bytes));

@@ -65,6 +65,12 @@ class RedisConnection {
   // read so far are in `replies`.
   [[nodiscard]] absl::Status Pipeline(absl::Span<const RedisCommand> commands,
                                       std::vector<RedisReply>& replies);
+  // Pipeline in two halves, so that one client keeps several servers busy
+  // at once: Send writes `commands` out, Receive then reads `count` replies
+  // (appended to `replies`). Failures as for Pipeline.
+  [[nodiscard]] absl::Status Send(absl::Span<const RedisCommand> commands);
+  [[nodiscard]] absl::Status Receive(size_t count,
+                                     std::vector<RedisReply>& replies);
   // One command.
   [[nodiscard]] absl::StatusOr<RedisReply> Command(const RedisCommand& command);
 
@@ -75,6 +81,9 @@ class RedisConnection {
   RedisConnection(redisContext* context, RedisEndpoint endpoint,
                   RedisOptions options);
   absl::Status Fail(absl::StatusCode code, std::string_view what);
+  // The Status of a failed hiredis call (a timeout, a protocol error, a
+  // dropped connection); breaks the connection.
+  absl::Status FailedIo();
 
   redisContext* context_;
   RedisEndpoint endpoint_;

@@ -206,26 +206,40 @@ void RedisStore::Run(absl::Span<const std::string> keys,
         order.push_back(node_of[i]);
       }
     }
-    for (const int node : order) {
-      std::vector<size_t> mine;
+    // Every node's commands go out before any reply is read: the nodes
+    // work at once while their replies are read one node after another.
+    std::vector<std::vector<size_t>> mine(order.size());
+    std::vector<absl::Status> sent(order.size());
+    std::vector<RedisConnection*> connections(order.size(), nullptr);
+    std::vector<size_t> expected(order.size(), 0);
+    for (size_t n = 0; n < order.size(); ++n) {
       batch.clear();
       for (const size_t i : pending) {
-        if (node_of[i] != node) continue;
-        mine.push_back(i);
+        if (node_of[i] != order[n]) continue;
+        mine[n].push_back(i);
         if (asking[i]) batch.push_back({"ASKING"});
         batch.push_back(commands[i]);
       }
-      absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+      expected[n] = batch.size();
+      absl::StatusOr<RedisConnection*> c = ConnectionOf(order[n]);
+      if (!c.ok()) {
+        sent[n] = c.status();
+        continue;
+      }
+      connections[n] = *c;
+      sent[n] = (*c)->Send(batch);
+    }
+    for (size_t n = 0; n < order.size(); ++n) {
       got.clear();
-      const absl::Status sent =
-          c.ok() ? (*c)->Pipeline(batch, got) : c.status();
+      absl::Status status = sent[n];
+      if (status.ok()) status = connections[n]->Receive(expected[n], got);
       // Replies read before a failure stand; ASKING's own are skipped.
       size_t next = 0;
-      for (const size_t i : mine) {
+      for (const size_t i : mine[n]) {
         if (asking[i]) ++next;
         if (next >= got.size()) {
           replies[i] =
-              sent.ok() ? absl::DataLossError("a reply missing") : sent;
+              status.ok() ? absl::DataLossError("a reply missing") : status;
           ++next;
           continue;
         }
@@ -281,14 +295,14 @@ std::vector<absl::StatusOr<std::optional<std::string>>> RedisStore::Get(
 }
 
 std::vector<absl::Status> RedisStore::Set(
-    absl::Span<const std::pair<std::string, std::string>> items) {
+    std::vector<std::pair<std::string, std::string>> items) {
   std::vector<std::string> keys;
   std::vector<RedisCommand> commands;
   keys.reserve(items.size());
   commands.reserve(items.size());
-  for (const auto& [key, value] : items) {
+  for (auto& [key, value] : items) {
     keys.push_back(key);
-    commands.push_back({"SET", key, value});
+    commands.push_back({"SET", std::move(key), std::move(value)});
   }
   std::vector<absl::StatusOr<RedisReply>> replies;
   Run(keys, commands, replies);

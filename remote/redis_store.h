@@ -46,9 +46,11 @@ class RedisStore {
   std::vector<absl::StatusOr<std::optional<std::string>>> Get(
       absl::Span<const std::string> keys);
 
-  // SET of every (key, value): per pair OK or the error of its node.
+  // SET of every (key, value): per pair OK or the error of its node. Takes
+  // `items` by value: the values move into the commands (std::move them in
+  // to spare a copy).
   std::vector<absl::Status> Set(
-      absl::Span<const std::pair<std::string, std::string>> items);
+      std::vector<std::pair<std::string, std::string>> items);
 
   // Nodes known (one without a cluster), and how often the slots were
   // learned (Connect counts one).

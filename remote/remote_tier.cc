@@ -21,9 +21,10 @@ using remote::RedisStore;
 
 namespace {
 
-// A block waiting to be written: its tables' bytes, copied, and the
-// fingerprints of the cache that stored it (the tier may be attached to
-// another by the time it is written).
+// A block waiting to be written: its tables' values, the bytes copied
+// after room for the header (remote/block_codec.h) that the writer fills
+// in, and the fingerprints of the cache that stored it (the tier may be
+// attached to another by the time it is written).
 struct Pending {
   uint64_t hash = 0;
   std::vector<std::string> tables;
@@ -59,6 +60,7 @@ struct RemoteTier::State {
 void RemoteTier::State::WriterLoop() {
   std::vector<Pending> batch;
   std::vector<std::pair<std::string, std::string>> items;
+  std::vector<int64_t> sizes;  // of items' values
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu);
@@ -73,26 +75,29 @@ void RemoteTier::State::WriterLoop() {
       writing = true;
     }
     items.clear();
-    for (const Pending& p : batch) {
+    sizes.clear();
+    for (Pending& p : batch) {
       const std::vector<uint64_t>& fps = p.fingerprints;
       for (size_t t = 0; t < p.tables.size(); ++t) {
+        remote::EncodeBlockInPlace({.fingerprint = fps[t],
+                                    .chain_hash = p.hash,
+                                    .table = static_cast<uint32_t>(t)},
+                                   p.tables[t]);
+        sizes.push_back(static_cast<int64_t>(p.tables[t].size()));
         items.emplace_back(
             remote::BlockKey(fps[t], p.hash, static_cast<int>(t)),
-            remote::EncodeBlock({.fingerprint = fps[t],
-                                 .chain_hash = p.hash,
-                                 .table = static_cast<uint32_t>(t)},
-                                p.tables[t]));
+            std::move(p.tables[t]));
       }
     }
-    const std::vector<absl::Status> results = writer_store->Set(items);
+    const std::vector<absl::Status> results =
+        writer_store->Set(std::move(items));
     std::unique_lock<std::mutex> lock(mu);
     size_t next = 0;
     for (const Pending& p : batch) {
       bool ok = true;
       for (size_t t = 0; t < p.tables.size(); ++t) {
-        const auto& [key, value] = items[next];
         if (results[next].ok()) {
-          stats.bytes_written += static_cast<int64_t>(value.size());
+          stats.bytes_written += sizes[next];
         } else {
           ok = false;
         }
@@ -176,7 +181,10 @@ void RemoteTier::Store(uint64_t hash,
   if (tables.size() != s.fingerprints.size()) return;  // not attached
   Pending p{.hash = hash, .fingerprints = s.fingerprints, .evicted = evicted};
   for (const auto& t : tables) {
-    p.tables.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
+    std::string& value = p.tables.emplace_back();
+    value.reserve(static_cast<size_t>(remote::kBlockHeaderBytes) + t.size());
+    value.append(static_cast<size_t>(remote::kBlockHeaderBytes), '\0');
+    value.append(reinterpret_cast<const char*>(t.data()), t.size());
   }
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -229,8 +237,15 @@ int64_t RemoteTier::Fetch(absl::Span<const uint64_t> hashes,
                        s.table_bytes[t]) {
           stopped = kForeign;
         } else {
-          block_bytes += static_cast<int64_t>((*r)->size());
-          block.emplace_back(d->payload);
+          // The payload moves to the front of its own buffer: no allocation.
+          std::string& value = **r;
+          block_bytes += static_cast<int64_t>(value.size());
+          const auto offset =
+              static_cast<size_t>(d->payload.data() - value.data());
+          const size_t size = d->payload.size();
+          value.erase(0, offset);
+          value.resize(size);
+          block.push_back(std::move(value));
         }
       }
     }

@@ -174,6 +174,46 @@ TEST_P(TierTest, WriteThroughOffersWhatIsPublished) {
   EXPECT_VALID(*b);
 }
 
+// A block goes to the tier once per cache: one written through is not
+// written back when evicted, nor is one the cache fetched from the tier.
+TEST_P(TierTest, EachBlockIsOfferedOnce) {
+  const bool grouped = GetParam();
+  const CacheConfig config = Config(grouped, 12 * (grouped ? 1 : 3));
+  MapTier tier;
+  const std::vector<int32_t> prompt = Prompt(100, 40);  // 10 blocks
+  auto a = *KVCache::Create(config);
+  ASSERT_TRUE(a->AttachTier(&tier, {.write_through = true}).ok());
+  const SeqId s1 = *a->AddSequence();
+  Compute(*a, s1, prompt);
+  ASSERT_TRUE(a->RemoveSequence(s1).ok());
+  EXPECT_EQ(tier.written_through, 10);
+  const SeqId other = *a->AddSequence();
+  Compute(*a, other, Prompt(5000, 48));  // evicts the prompt's 10
+  EXPECT_EQ(a->Stats().prefix_entries, 12);
+  EXPECT_EQ(tier.written_through, 22);
+  EXPECT_EQ(tier.written_back, 0);
+  ASSERT_TRUE(a->RemoveSequence(other).ok());
+
+  // Another cache restores the prompt, then evicts it: nothing goes back.
+  auto b = *KVCache::Create(config);
+  ASSERT_TRUE(b->AttachTier(&tier, {}).ok());
+  const SeqId s2 = *b->AddSequence();
+  EXPECT_EQ(*b->MatchPrefix(s2, prompt), 40);
+  ASSERT_TRUE(b->RemoveSequence(s2).ok());
+  const SeqId fresh = *b->AddSequence();
+  Compute(*b, fresh, Prompt(9000, 48));
+  EXPECT_EQ(b->Stats().prefix_entries, 12);  // the prompt's were evicted
+  EXPECT_EQ(tier.written_back, 0);
+  ASSERT_TRUE(b->RemoveSequence(fresh).ok());
+  // What this cache computed itself is written back when evicted.
+  const SeqId again = *b->AddSequence();
+  Compute(*b, again, Prompt(100, 48));
+  EXPECT_EQ(tier.written_back, 12);
+  EXPECT_VALID(*b);
+  ASSERT_TRUE(b->AttachTier(nullptr, {}).ok());
+  ASSERT_TRUE(a->AttachTier(nullptr, {}).ok());
+}
+
 // In engine mode a reservation's blocks are published at once, but their
 // bytes are the kernel's to write: write_through offers them only once
 // every table has moved past them (the sequence's next reservation), so
