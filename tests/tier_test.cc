@@ -174,6 +174,54 @@ TEST_P(TierTest, WriteThroughOffersWhatIsPublished) {
   EXPECT_VALID(*b);
 }
 
+// With compression on, the tier still gets hot bytes: a block the prefix
+// cache lists is never compressed (compression repacks only blocks one
+// table holds alone), and one that was compressed is never published. A
+// compressing cache restores another's blocks exactly.
+TEST_P(TierTest, CompressingCachesShareHotBlocks) {
+  CacheConfig config = Config(GetParam(), 64 * (GetParam() ? 1 : 3));
+  config.compression = {.enabled = true,
+                        .bits = QuantBits::kInt8,
+                        .group_size = kDim,
+                        .hot_tokens = 4,
+                        .quant_cells = 64 * (GetParam() ? 1 : 3),
+                        .auto_compress = true};
+  MapTier tier;
+  auto a = *KVCache::Create(config);
+  ASSERT_TRUE(a->AttachTier(&tier, {.write_through = true}).ok());
+  const std::vector<int32_t> prompt = Prompt(100, 40);
+  const SeqId s = *a->AddSequence();
+  Compute(*a, s, prompt);
+  EXPECT_EQ(tier.written_through, 10);
+  EXPECT_EQ(a->Stats().compressions_applied, 0);  // all shared: hot
+  // A sequence without ids publishes nothing: its cold blocks compress,
+  // and none reaches the tier.
+  const SeqId private_seq = *a->AddSequence();
+  for (int layer = 0; layer < 3; ++layer) {
+    const std::vector<float> k = testing::Tokens(0, 40, {.elems = kElems});
+    ASSERT_TRUE(a->Update(private_seq, layer, {.data = k.data(), .tokens = 40},
+                          {.data = k.data(), .tokens = 40}, 40)
+                    .ok());
+  }
+  EXPECT_GT(a->Stats().compressions_applied, 0);
+  EXPECT_EQ(tier.written_through, 10);
+  for (const auto& [hash, tables] : tier.blocks) {
+    for (size_t t = 0; t < tables.size(); ++t) {
+      EXPECT_EQ(static_cast<int64_t>(tables[t].size()),
+                tier.shapes[0].table_bytes[t]);  // hot: the block's bytes
+    }
+  }
+  auto b = *KVCache::Create(config);
+  ASSERT_TRUE(b->AttachTier(&tier, {}).ok());
+  const SeqId t = *b->AddSequence();
+  EXPECT_EQ(*b->MatchPrefix(t, prompt), 40);
+  ExpectComputed(*b, t, prompt, 40);  // exact, not int8
+  EXPECT_VALID(*a);
+  EXPECT_VALID(*b);
+  ASSERT_TRUE(b->AttachTier(nullptr, {}).ok());
+  ASSERT_TRUE(a->AttachTier(nullptr, {}).ok());
+}
+
 // A block goes to the tier once per cache: one written through is not
 // written back when evicted, nor is one the cache fetched from the tier.
 TEST_P(TierTest, EachBlockIsOfferedOnce) {
