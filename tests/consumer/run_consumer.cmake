@@ -14,6 +14,14 @@ run(${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/build
     -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+file(STRINGS ${KVPAGE_BUILD_DIR}/CMakeCache.txt _remote
+     REGEX "^KVPAGE_BUILD_REMOTE:BOOL=(ON|TRUE|1)$")
+if(_remote)
+  if(NOT EXISTS ${WORK_DIR}/build/consumer_remote)
+    message(FATAL_ERROR "kvpage::kvpage_remote was not in the installed package")
+  endif()
+  run(${WORK_DIR}/build/consumer_remote)
+endif()
 
 # A C engine finds the C API's shared library through pkg-config alone.
 set(ENV{PKG_CONFIG_PATH} "")
@@ -40,7 +48,11 @@ run(${WORK_DIR}/consumer_c)
 file(STRINGS ${KVPAGE_BUILD_DIR}/CMakeCache.txt _tools
      REGEX "^KVPAGE_BUILD_TOOLS:BOOL=(ON|TRUE|1)$")
 if(_tools)
-  foreach(tool kvpage-dump kvpage-stress kvpage-generate kvpage-replay)
+  set(_installed kvpage-dump kvpage-stress kvpage-generate kvpage-replay)
+  if(_remote)
+    list(APPEND _installed kvpage-share)
+  endif()
+  foreach(tool ${_installed})
     if(NOT EXISTS ${WORK_DIR}/prefix/bin/${tool})
       message(FATAL_ERROR "${tool} was not installed in ${WORK_DIR}/prefix/bin")
     endif()
