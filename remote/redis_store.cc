@@ -118,21 +118,40 @@ absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(int node) {
   return n.connection.get();
 }
 
+absl::Status RedisStore::Send(int node,
+                              absl::Span<const RedisCommand> commands,
+                              std::vector<RedisReply>& replies) {
+  const Node& n = nodes_[static_cast<size_t>(node)];
+  const bool kept = n.connection != nullptr && !n.connection->broken();
+  absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+  if (!c.ok()) return c.status();
+  absl::Status sent = (*c)->Pipeline(commands, replies);
+  // Unavailable before the first reply on a connection an earlier call
+  // opened: the server closed it while it was idle (it restarted, or its
+  // `timeout` passed) and has run nothing of this pipeline. Once more, on
+  // a new connection (a server that is down refuses it at once).
+  if (kept && replies.empty() &&
+      sent.code() == absl::StatusCode::kUnavailable) {
+    c = ConnectionOf(node);
+    if (!c.ok()) return c.status();
+    sent = (*c)->Pipeline(commands, replies);
+  }
+  return sent;
+}
+
 absl::Status RedisStore::LearnSlots() {
   // Ask the nodes known, in turn, until one answers.
   absl::Status last = absl::UnavailableError("Redis Cluster: no node known");
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const RedisEndpoint asked = nodes_[i].endpoint;
-    absl::StatusOr<RedisConnection*> c = ConnectionOf(static_cast<int>(i));
-    if (!c.ok()) {
-      last = c.status();
+    const RedisCommand slots = {"CLUSTER", "SLOTS"};
+    std::vector<RedisReply> replies;
+    if (absl::Status s = Send(static_cast<int>(i), {&slots, 1}, replies);
+        !s.ok()) {
+      last = s;
       continue;
     }
-    absl::StatusOr<RedisReply> reply = (*c)->Command({"CLUSTER", "SLOTS"});
-    if (!reply.ok()) {
-      last = reply.status();
-      continue;
-    }
+    const RedisReply* reply = &replies[0];
     if (reply->type == RedisReply::kError) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "Redis %s:%d: not a cluster node (CLUSTER SLOTS: %s); a single "
@@ -215,10 +234,8 @@ void RedisStore::Run(absl::Span<const std::string> keys,
         if (asking[i]) batch.push_back({"ASKING"});
         batch.push_back(commands[i]);
       }
-      absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
       got.clear();
-      const absl::Status sent =
-          c.ok() ? (*c)->Pipeline(batch, got) : c.status();
+      const absl::Status sent = Send(node, batch, got);
       // Replies read before a failure stand; ASKING's own are skipped.
       size_t next = 0;
       for (const size_t i : mine) {

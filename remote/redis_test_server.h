@@ -89,8 +89,9 @@ inline int FreeClusterPort() {
 class RedisTestServer {
  public:
   // Starts redis-server on 127.0.0.1 (on `port`, else a free one) with
-  // `extra` arguments (e.g. {"--requirepass", "secret"}), no persistence,
-  // and waits until it answers (5 s at most).
+  // `extra` arguments (e.g. {"--requirepass", "secret"}), no persistence
+  // unless `extra` asks for it, and waits until it answers, its data
+  // loaded (5 s at most).
   static absl::StatusOr<std::unique_ptr<RedisTestServer>> Start(
       std::vector<std::string> extra = {}, int fixed_port = 0) {
     for (int attempt = 0; attempt < (fixed_port != 0 ? 1 : 5); ++attempt) {
@@ -153,8 +154,12 @@ class RedisTestServer {
           RedisConnection::Open(endpoint(), {}, {});
       if (c.ok()) {
         absl::StatusOr<RedisReply> pong = (*c)->Command({"PING"});
-        // A server with a password answers NOAUTH: it is up too.
-        if (pong.ok()) return true;
+        // A server with a password answers NOAUTH: it is up too. One still
+        // reading its append-only file answers LOADING: not yet.
+        if (pong.ok() && !(pong->type == RedisReply::kError &&
+                           pong->str.starts_with("LOADING"))) {
+          return true;
+        }
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
