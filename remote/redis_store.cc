@@ -118,8 +118,7 @@ absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(int node) {
   return n.connection.get();
 }
 
-absl::Status RedisStore::Send(int node,
-                              absl::Span<const RedisCommand> commands,
+absl::Status RedisStore::Send(int node, absl::Span<const RedisCommand> commands,
                               std::vector<RedisReply>& replies) {
   const Node& n = nodes_[static_cast<size_t>(node)];
   const bool kept = n.connection != nullptr && !n.connection->broken();
@@ -127,9 +126,11 @@ absl::Status RedisStore::Send(int node,
   if (!c.ok()) return c.status();
   absl::Status sent = (*c)->Pipeline(commands, replies);
   // Unavailable before the first reply on a connection an earlier call
-  // opened: the server closed it while it was idle (it restarted, or its
-  // `timeout` passed) and has run nothing of this pipeline. Once more, on
-  // a new connection (a server that is down refuses it at once).
+  // opened: the server closed it, most likely while it was idle (it
+  // restarted, or its `timeout` passed). Once more on a new connection: the
+  // store's commands (GET, SET, CLUSTER SLOTS) may run twice. A server
+  // that is down costs one more connect, refused or bounded by
+  // connect_timeout; a timeout (DeadlineExceeded) is never sent again.
   if (kept && replies.empty() &&
       sent.code() == absl::StatusCode::kUnavailable) {
     c = ConnectionOf(node);

@@ -111,7 +111,8 @@ void ComputeAndLeave(KVCache& cache, int prompt, int64_t blocks) {
 // (the sequence is removed again after its bytes are checked).
 int64_t Restore(KVCache& cache, int prompt, int64_t blocks) {
   const absl::StatusOr<SeqId> s = cache.AddSequence();
-  EXPECT_TRUE(s.ok());
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (!s.ok()) return -1;
   const absl::StatusOr<int64_t> matched =
       cache.MatchPrefix(*s, Prompt(prompt, blocks));
   EXPECT_TRUE(matched.ok()) << matched.status();
@@ -264,8 +265,9 @@ TEST(RemoteTierFailure, AFullServerThatEvictsNothingFailsWrites) {
   RemoteTierStats st = (*tier)->Stats();
   EXPECT_GT(st.write_errors, 0);
   EXPECT_GT(st.blocks_written_through, 0);
-  EXPECT_EQ(st.write_errors + st.blocks_written_through + st.blocks_written_back,
-            kPrompts * kPromptBlocks);
+  EXPECT_EQ(
+      st.write_errors + st.blocks_written_through + st.blocks_written_back,
+      kPrompts * kPromptBlocks);
   EXPECT_EQ(st.queue_drops, 0);
   // The writing cache holds every prompt still: matched from its own.
   EXPECT_EQ(Restore(*writer, kPrompts - 1, kPromptBlocks),
@@ -377,8 +379,8 @@ TEST(RemoteTierFailure, AServerRestartedEmptyIsReconnected) {
 TEST(RemoteTierFailure, AServerRestartedFromItsAppendOnlyFileKeepsItsBlocks) {
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());
-  const std::vector<std::string> aof = {"--dir", dir.path(), "--appendonly",
-                                        "yes", "--appendfsync", "always"};
+  const std::vector<std::string> aof = {
+      "--dir", dir.path(), "--appendonly", "yes", "--appendfsync", "always"};
   auto server = RedisTestServer::Start(aof);
   ASSERT_TRUE(server.ok()) << server.status();
   const int port = (*server)->port();
