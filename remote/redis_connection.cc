@@ -228,21 +228,25 @@ absl::Status RedisConnection::FailedIo() {
 absl::Status RedisConnection::Pipeline(absl::Span<const RedisCommand> commands,
                                        std::vector<RedisReply>& replies) {
   replies.clear();
-  if (absl::Status s = Send(commands); !s.ok()) return s;
+  std::vector<const RedisCommand*> pointers;
+  pointers.reserve(commands.size());
+  for (const RedisCommand& command : commands) pointers.push_back(&command);
+  if (absl::Status s = Send(pointers); !s.ok()) return s;
   return Receive(commands.size(), replies);
 }
 
-absl::Status RedisConnection::Send(absl::Span<const RedisCommand> commands) {
+absl::Status RedisConnection::Send(
+    absl::Span<const RedisCommand* const> commands) {
   if (broken_) {
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
   }
   std::vector<const char*> argv;
   std::vector<size_t> argvlen;
-  for (const RedisCommand& command : commands) {
+  for (const RedisCommand* command : commands) {
     argv.clear();
     argvlen.clear();
-    for (const std::string& word : command) {
+    for (const std::string& word : *command) {
       argv.push_back(word.data());
       argvlen.push_back(word.size());
     }

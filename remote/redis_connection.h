@@ -68,7 +68,8 @@ class RedisConnection {
   // Pipeline in two halves, so that one client keeps several servers busy
   // at once: Send writes `commands` out, Receive then reads `count` replies
   // (appended to `replies`). Failures as for Pipeline.
-  [[nodiscard]] absl::Status Send(absl::Span<const RedisCommand> commands);
+  [[nodiscard]] absl::Status Send(
+      absl::Span<const RedisCommand* const> commands);
   [[nodiscard]] absl::Status Receive(size_t count,
                                      std::vector<RedisReply>& replies);
   // One command.

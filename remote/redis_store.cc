@@ -118,21 +118,58 @@ absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(int node) {
   return n.connection.get();
 }
 
+void RedisStore::Start(int node, Outgoing& out) {
+  const Node& n = nodes_[static_cast<size_t>(node)];
+  out.kept = n.connection != nullptr && !n.connection->broken();
+  absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+  out.sent = c.ok() ? (*c)->Send(out.commands) : c.status();
+}
+
+absl::Status RedisStore::Finish(int node, const Outgoing& out,
+                                std::vector<RedisReply>& replies) {
+  replies.clear();
+  if (!out.sent.ok() && !out.kept) return out.sent;
+  absl::Status got =
+      out.sent.ok()
+          ? nodes_[static_cast<size_t>(node)].connection->Receive(
+                out.commands.size(), replies)
+          : out.sent;
+  // Unavailable before the first reply on a connection an earlier call
+  // opened: the server closed it, most likely while it was idle (it
+  // restarted, or its `timeout` passed). Once more on a new connection: the
+  // store's commands (GET, SET, CLUSTER SLOTS) may run twice. A server
+  // that is down costs one more connect, refused or bounded by
+  // connect_timeout; a timeout (DeadlineExceeded) is never sent again.
+  if (out.kept && replies.empty() &&
+      got.code() == absl::StatusCode::kUnavailable) {
+    absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+    if (!c.ok()) return c.status();
+    got = (*c)->Send(out.commands);
+    if (got.ok()) got = (*c)->Receive(out.commands.size(), replies);
+  }
+  return got;
+}
+
+absl::Status RedisStore::Send(int node, const RedisCommand& command,
+                              std::vector<RedisReply>& replies) {
+  Outgoing out{.commands = {&command}};
+  Start(node, out);
+  return Finish(node, out, replies);
+}
+
 absl::Status RedisStore::LearnSlots() {
   // Ask the nodes known, in turn, until one answers.
   absl::Status last = absl::UnavailableError("Redis Cluster: no node known");
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const RedisEndpoint asked = nodes_[i].endpoint;
-    absl::StatusOr<RedisConnection*> c = ConnectionOf(static_cast<int>(i));
-    if (!c.ok()) {
-      last = c.status();
+    const RedisCommand slots = {"CLUSTER", "SLOTS"};
+    std::vector<RedisReply> replies;
+    if (absl::Status s = Send(static_cast<int>(i), slots, replies);
+        !s.ok()) {
+      last = s;
       continue;
     }
-    absl::StatusOr<RedisReply> reply = (*c)->Command({"CLUSTER", "SLOTS"});
-    if (!reply.ok()) {
-      last = reply.status();
-      continue;
-    }
+    const RedisReply* reply = &replies[0];
     if (reply->type == RedisReply::kError) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "Redis %s:%d: not a cluster node (CLUSTER SLOTS: %s); a single "
@@ -191,7 +228,7 @@ void RedisStore::Run(absl::Span<const std::string> keys,
     }
   }
   bool moved = false;
-  std::vector<RedisCommand> batch;
+  const RedisCommand asking_command = {"ASKING"};
   std::vector<RedisReply> got;
   for (int round = 0; round < 2 && !pending.empty(); ++round) {
     std::vector<size_t> redirected;
@@ -209,30 +246,18 @@ void RedisStore::Run(absl::Span<const std::string> keys,
     // Every node's commands go out before any reply is read: the nodes
     // work at once while their replies are read one node after another.
     std::vector<std::vector<size_t>> mine(order.size());
-    std::vector<absl::Status> sent(order.size());
-    std::vector<RedisConnection*> connections(order.size(), nullptr);
-    std::vector<size_t> expected(order.size(), 0);
+    std::vector<Outgoing> out(order.size());
     for (size_t n = 0; n < order.size(); ++n) {
-      batch.clear();
       for (const size_t i : pending) {
         if (node_of[i] != order[n]) continue;
         mine[n].push_back(i);
-        if (asking[i]) batch.push_back({"ASKING"});
-        batch.push_back(commands[i]);
+        if (asking[i]) out[n].commands.push_back(&asking_command);
+        out[n].commands.push_back(&commands[i]);
       }
-      expected[n] = batch.size();
-      absl::StatusOr<RedisConnection*> c = ConnectionOf(order[n]);
-      if (!c.ok()) {
-        sent[n] = c.status();
-        continue;
-      }
-      connections[n] = *c;
-      sent[n] = (*c)->Send(batch);
+      Start(order[n], out[n]);
     }
     for (size_t n = 0; n < order.size(); ++n) {
-      got.clear();
-      absl::Status status = sent[n];
-      if (status.ok()) status = connections[n]->Receive(expected[n], got);
+      const absl::Status status = Finish(order[n], out[n], got);
       // Replies read before a failure stand; ASKING's own are skipped.
       size_t next = 0;
       for (const size_t i : mine[n]) {

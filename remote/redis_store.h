@@ -7,7 +7,10 @@
 // pipeline (one round trip per node a call touches), follows a MOVED
 // redirection once (and learns the slots again) and an ASK once. A node
 // that is down, slow or hostile fails its keys only; the others' succeed.
-// Connections that broke are opened again at the next call that needs them.
+// Connections that broke are opened again at the next call that needs them;
+// one the server closed while idle (a restart, its `timeout`) fails the
+// call that finds it before any reply, and that node's commands are sent
+// once more on a new connection (GET and SET may be repeated).
 //
 // Thread safety: thread-compatible.
 #ifndef KVPAGE_REMOTE_REDIS_STORE_H_
@@ -68,6 +71,22 @@ class RedisStore {
   absl::Status LearnSlots();
   int NodeOf(const RedisEndpoint& endpoint);
   absl::StatusOr<RedisConnection*> ConnectionOf(int node);
+  // A node's share of a call: its commands, written out by Start (opening
+  // the node's connection when it has none or it broke), then their
+  // replies read by Finish; Finish sends them once more, on a new
+  // connection, when one kept from an earlier call fails Unavailable
+  // before its first reply.
+  struct Outgoing {
+    std::vector<const RedisCommand*> commands;
+    absl::Status sent;
+    bool kept = false;  // the connection was opened by an earlier call
+  };
+  void Start(int node, Outgoing& out);
+  absl::Status Finish(int node, const Outgoing& out,
+                      std::vector<RedisReply>& replies);
+  // One command to `node`: Start, then Finish.
+  absl::Status Send(int node, const RedisCommand& command,
+                    std::vector<RedisReply>& replies);
   // One command per key, each on its node; `replies[i]` the reply to
   // commands[i] or the error of its node. Follows MOVED and ASK once.
   void Run(absl::Span<const std::string> keys,

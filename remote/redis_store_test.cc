@@ -1,7 +1,8 @@
 // RedisStore on one server and on a 3-node Redis Cluster started here on
 // loopback ports: keys spread over the nodes by slot, one pipeline per
-// node, MOVED and ASK followed while a slot migrates, and a node killed
-// mid-run fails its own keys only.
+// node, MOVED and ASK followed while a slot migrates, a node killed
+// mid-run fails its own keys only, and a server or node restarted between
+// two calls serves the next.
 #include "remote/redis_store.h"
 
 #include <signal.h>
@@ -82,6 +83,21 @@ TEST(RedisStore, OneServer) {
   const auto after = (*store)->Get(keys);
   ASSERT_TRUE(after[0].ok()) << after[0].status();
   EXPECT_FALSE(after[0]->has_value());
+  // Killed and started again between two calls: the connection the store
+  // kept is closed, unknown to it; the next call opens another and
+  // succeeds.
+  (*again)->Stop(SIGKILL);
+  auto third = RedisTestServer::Start({}, port);
+  ASSERT_TRUE(third.ok()) << third.status();
+  for (const absl::Status& s : (*store)->Set(items)) ASSERT_TRUE(s.ok()) << s;
+  (*third)->Stop(SIGTERM);
+  auto fourth = RedisTestServer::Start({}, port);
+  ASSERT_TRUE(fourth.ok()) << fourth.status();
+  const auto empty = (*store)->Get(keys);
+  for (const auto& r : empty) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_FALSE(r->has_value());
+  }
   // A redis-cluster:// URL for a server not in cluster mode.
   absl::StatusOr<RedisTarget> wrong =
       ParseRedisUrl(absl::StrCat("redis-cluster://127.0.0.1:", port));
@@ -233,6 +249,35 @@ TEST_F(RedisClusterTest, ANodeKilledFailsItsOwnKeysOnly) {
   for (const absl::Status& s : set) written += s.ok();
   EXPECT_GT(written, 30);
   EXPECT_LT(written, 100);
+}
+
+// A node killed and started again (its cluster config file: it serves its
+// slots, empty) between two calls: the store's connection to it is closed;
+// the next call opens another, and every key is written and read.
+TEST_F(RedisClusterTest, ANodeRestartedServesItsSlotsAgain) {
+  auto store = RedisStore::Connect(target_, Fast());
+  ASSERT_TRUE(store.ok()) << store.status();
+  const auto items = Items(300, 5);
+  for (const absl::Status& s : (*store)->Set(items)) ASSERT_TRUE(s.ok());
+  kill(cluster_->node(1).pid(), SIGKILL);
+  ASSERT_TRUE(cluster_->Restart(1).ok());
+  const auto fresh = Items(300, 6);
+  for (const absl::Status& s : (*store)->Set(fresh)) ASSERT_TRUE(s.ok()) << s;
+  const auto got = (*store)->Get(Keys(fresh));
+  for (size_t i = 0; i < fresh.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << got[i].status();
+    EXPECT_EQ(**got[i], fresh[i].second);
+  }
+  // Node 1 came back empty: the old keys it held are misses now.
+  const auto old = (*store)->Get(Keys(items));
+  int missing = 0;
+  for (const auto& r : old) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    missing += !r->has_value();
+  }
+  EXPECT_GT(missing, 50);
+  EXPECT_LT(missing, 250);
+  EXPECT_EQ((*store)->slot_refreshes(), 1);  // the slots did not move
 }
 
 }  // namespace

@@ -89,8 +89,9 @@ inline int FreeClusterPort() {
 class RedisTestServer {
  public:
   // Starts redis-server on 127.0.0.1 (on `port`, else a free one) with
-  // `extra` arguments (e.g. {"--requirepass", "secret"}), no persistence,
-  // and waits until it answers (5 s at most).
+  // `extra` arguments (e.g. {"--requirepass", "secret"}), no persistence
+  // unless `extra` asks for it, and waits until it answers, its data
+  // loaded (5 s at most).
   static absl::StatusOr<std::unique_ptr<RedisTestServer>> Start(
       std::vector<std::string> extra = {}, int fixed_port = 0) {
     for (int attempt = 0; attempt < (fixed_port != 0 ? 1 : 5); ++attempt) {
@@ -153,8 +154,12 @@ class RedisTestServer {
           RedisConnection::Open(endpoint(), {}, {});
       if (c.ok()) {
         absl::StatusOr<RedisReply> pong = (*c)->Command({"PING"});
-        // A server with a password answers NOAUTH: it is up too.
-        if (pong.ok()) return true;
+        // A server with a password answers NOAUTH: it is up too. One still
+        // reading its append-only file answers LOADING: not yet.
+        if (pong.ok() && !(pong->type == RedisReply::kError &&
+                           pong->str.starts_with("LOADING"))) {
+          return true;
+        }
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -182,18 +187,19 @@ class RedisTestCluster {
     for (int i = 0; i < nodes; ++i) {
       absl::StatusOr<std::unique_ptr<RedisTestServer>> node =
           absl::UnavailableError("no free cluster port");
+      std::vector<std::string> args;
       for (int attempt = 0; attempt < 5 && !node.ok(); ++attempt) {
         const int port = FreeClusterPort();
         if (port < 0) break;
-        node = RedisTestServer::Start(
-            {"--cluster-enabled", "yes", "--cluster-config-file",
-             absl::StrCat("nodes-", i, "-", attempt, ".conf"), "--dir",
-             cluster->dir_, "--cluster-node-timeout", "1000",
-             // The nodes left serve their slots when one dies.
-             "--cluster-require-full-coverage", "no"},
-            port);
+        args = {"--cluster-enabled", "yes", "--cluster-config-file",
+                absl::StrCat("nodes-", i, "-", attempt, ".conf"), "--dir",
+                cluster->dir_, "--cluster-node-timeout", "1000",
+                // The nodes left serve their slots when one dies.
+                "--cluster-require-full-coverage", "no"};
+        node = RedisTestServer::Start(args, port);
       }
       if (!node.ok()) return node.status();
+      cluster->args_.push_back(std::move(args));
       create.push_back(absl::StrCat("127.0.0.1:", (*node)->port()));
       cluster->nodes_.push_back(*std::move(node));
     }
@@ -204,26 +210,29 @@ class RedisTestCluster {
       return absl::InternalError("redis-cli --cluster create failed");
     }
     // Every node sees every slot served before the cluster is used.
-    const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::seconds(10);
     for (const auto& node : cluster->nodes_) {
-      while (true) {
-        absl::StatusOr<std::unique_ptr<RedisConnection>> c =
-            RedisConnection::Open(node->endpoint(), {}, {});
-        if (c.ok()) {
-          absl::StatusOr<RedisReply> info = (*c)->Command({"CLUSTER", "INFO"});
-          if (info.ok() &&
-              info->str.find("cluster_state:ok") != std::string::npos) {
-            break;
-          }
-        }
-        if (std::chrono::steady_clock::now() > deadline) {
-          return absl::DeadlineExceededError("the cluster did not form");
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (!WaitClusterOk(*node)) {
+        return absl::DeadlineExceededError("the cluster did not form");
       }
     }
     return cluster;
+  }
+
+  // Starts node i again (after a Stop, or a kill by its pid) on its port
+  // with its cluster config file: it rejoins serving its slots, empty. Waits
+  // until it says the cluster is ok (a master that restarts refuses
+  // commands for its first 2 s).
+  absl::Status Restart(int i) {
+    RedisTestServer& old = node(i);
+    old.Stop(SIGKILL);  // reaps one killed by its pid
+    absl::StatusOr<std::unique_ptr<RedisTestServer>> again =
+        RedisTestServer::Start(args_[static_cast<size_t>(i)], old.port());
+    if (!again.ok()) return again.status();
+    nodes_[static_cast<size_t>(i)] = *std::move(again);
+    if (!WaitClusterOk(node(i))) {
+      return absl::DeadlineExceededError("the node did not rejoin");
+    }
+    return absl::OkStatus();
   }
 
   ~RedisTestCluster() {
@@ -246,6 +255,25 @@ class RedisTestCluster {
  private:
   RedisTestCluster() = default;
 
+  // Whether `node` says cluster_state:ok within 10 s.
+  static bool WaitClusterOk(const RedisTestServer& node) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (true) {
+      absl::StatusOr<std::unique_ptr<RedisConnection>> c =
+          RedisConnection::Open(node.endpoint(), {}, {});
+      if (c.ok()) {
+        absl::StatusOr<RedisReply> info = (*c)->Command({"CLUSTER", "INFO"});
+        if (info.ok() &&
+            info->str.find("cluster_state:ok") != std::string::npos) {
+          return true;
+        }
+      }
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
   // Runs a command, its output to /dev/null; its exit status.
   static int Run(std::vector<std::string> args) {
     const pid_t pid = Spawn(std::move(args));
@@ -257,6 +285,7 @@ class RedisTestCluster {
 
   std::string dir_;
   std::vector<std::unique_ptr<RedisTestServer>> nodes_;
+  std::vector<std::vector<std::string>> args_;  // per node: Restart's
 };
 
 // A server that accepts connections and, for each read from a client,
