@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
+#include "tools/stress/remote.h"
 #include "tools/stress/report.h"
 #include "tools/stress/workload.h"
 
@@ -110,6 +111,10 @@ struct BackendParams {
   int64_t budget_bytes = 0;       // the shard's KV budget
   int samples = 1, spec_tokens = 0;
   bool prefix_caching = false;
+  // Paged, --remote: the shard's Redis tier (url "": none; remote.h), and
+  // whether the cache writes through to it.
+  ShardTierOptions remote;
+  bool remote_write_through = false;
 };
 
 [[nodiscard]] absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(

@@ -50,10 +50,19 @@ absl::StatusOr<Backends> MakeShards(BackendKind kind, const RunContext& ctx) {
                                            1024.0 / options.threads),
       .samples = options.samples,
       .spec_tokens = options.spec_tokens,
-      .prefix_caching = options.shared_prefix_fraction > 0};
+      .prefix_caching = options.shared_prefix_fraction > 0,
+      .remote_write_through = options.remote_write_through};
   Backends backends;
   for (int i = 0; i < options.threads; ++i) {
-    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(params);
+    // Each shard its own tier, as each engine instance of a fleet.
+    BackendParams shard = params;
+    if (kind == BackendKind::kPaged) {
+      shard.remote = {.url = options.remote,
+                      .model_id = options.remote_model_id,
+                      .inject_corruption = options.inject_tier_corruption,
+                      .shard = i};
+    }
+    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(shard);
     if (!backend.ok()) return backend.status();
     backends.push_back(*std::move(backend));
   }

@@ -73,9 +73,14 @@ void DefineWorkloadFlags(CLI::App& app, Options& o) {
       ->transform(Ints(kSamplesRange))
       ->capture_default_str();
   app.add_option("--shared-prefix-fraction", o.shared_prefix_fraction,
-                 "fraction of requests that start with one shared system "
+                 "fraction of requests that start with a shared system "
                  "prompt (> 0 turns prefix caching on)")
       ->transform(Reals(kFractionRange))
+      ->capture_default_str();
+  app.add_option("--shared-prefixes", o.shared_prefixes,
+                 "distinct system prompts; each request that has one draws "
+                 "it uniformly")
+      ->transform(Ints(kSharedPrefixesRange))
       ->capture_default_str();
   app.add_option("--shared-prefix-tokens", o.shared_prefix_tokens,
                  "length of the shared system prompt (at most --max-len - 2)")
@@ -216,6 +221,25 @@ void DefineRunFlags(CLI::App& app, Options& o, NamedFlags& names) {
                  "for kvpage-dump (one per worker shard: FILE, FILE.1, ...)");
 }
 
+void DefineRemoteFlags(CLI::App& app, Options& o) {
+  app.add_option(
+      "--remote", o.remote,
+      "URL of a Redis server (redis://[[user]:password@]host[:port]"
+      "[/db]) or cluster (redis-cluster://host:port[,host:port...]): "
+      "each paged shard attaches a Redis tier of its own, as one "
+      "engine instance of a fleet sharing it; blocks its prefix "
+      "cache evicts are written back, MatchPrefix continues from "
+      "the tier (needs --backend paged and "
+      "--shared-prefix-fraction > 0)");
+  app.add_flag("--remote-write-through", o.remote_write_through,
+               "with --remote: write every block the prefix cache publishes, "
+               "not only the evicted ones");
+  app.add_option("--remote-model-id", o.remote_model_id,
+                 "with --remote: the model id of the blocks' keys (default: a "
+                 "fresh one per run, so that runs never share blocks; give one "
+                 "to read what an earlier run wrote)");
+}
+
 // The named flags as Options; false (with the line on stderr) for a
 // --backend that names no backend.
 bool ApplyNames(const NamedFlags& names, Options& o) {
@@ -272,9 +296,16 @@ ParsedFlags ParseFlags(int argc, char** argv) {
   DefineCacheFlags(app, o, names);
   app.option_defaults()->group("Run");
   DefineRunFlags(app, o, names);
+  app.option_defaults()->group("Remote tier");
+  DefineRemoteFlags(app, o);
   app.add_flag("--inject-corruption", o.inject_corruption,
                "testing: overwrite one stored token with a wrong pattern "
                "mid-run; the run must then exit 1")
+      ->group("Testing");
+  app.add_flag("--inject-tier-corruption", o.inject_tier_corruption,
+               "testing, with --remote: flip a byte of the first block each "
+               "shard fetches from the tier, before its cache loads it; the "
+               "run must then exit 1")
       ->group("Testing");
   try {
     app.parse(argc, argv);

@@ -5,7 +5,8 @@
 // a contiguous per-sequence buffer and the naive cache of the original
 // report. Exit codes: 0 all verified, 1 a verification (or the run) failed,
 // 2 bad usage (one line naming the flag: a value outside the flag's range,
-// workload.h, or flags that do not go together).
+// workload.h, or flags that do not go together; --remote that this build
+// lacks or whose server cannot be used).
 //
 // Each backend runs in a child process of its own (fork), so that its peak
 // resident memory is its own; the child hands its result back as JSON.
@@ -24,6 +25,7 @@
 #include "nlohmann/json.hpp"
 #include "tools/stress/driver.h"
 #include "tools/stress/flags.h"
+#include "tools/stress/remote.h"
 #include "tools/stress/report.h"
 #include "tools/stress/workload.h"
 
@@ -170,6 +172,7 @@ RunInfo Describe(const RunContext& ctx) {
             .samples = o.samples,
             .shared_prefix_fraction = o.shared_prefix_fraction,
             .shared_prefix_tokens = o.shared_prefix_tokens,
+            .shared_prefixes = o.shared_prefixes,
             .spec_tokens = o.spec_tokens,
             .spec_accept = o.spec_accept,
             .policy = std::string(OverflowPolicyName(o.policy)),
@@ -180,7 +183,10 @@ RunInfo Describe(const RunContext& ctx) {
             .seed = o.seed,
             .kv_budget_bytes =
                 static_cast<int64_t>(o.pool_gib * 1024.0 * 1024.0 * 1024.0),
-            .longest_request_tokens = ctx.longest};
+            .longest_request_tokens = ctx.longest,
+            .remote = o.remote.empty() ? "" : RedactedRemoteUrl(o.remote),
+            .remote_model_id = o.remote_model_id,
+            .remote_write_through = o.remote_write_through};
   int64_t prompt = 0, output = 0;
   for (const Request& q : ctx.requests) {
     prompt += q.prompt;
@@ -228,7 +234,9 @@ absl::Status CheckLongestRequestFits(const RunContext& ctx) {
 }
 
 // The run's context from valid flags, or the usage error that says which
-// flags do not go together.
+// flags do not go together, or why --remote cannot be used (no tier in
+// this build, a bad URL, a server that does not answer or refuses the
+// password).
 absl::StatusOr<RunContext> PrepareRun(const Options& options) {
   absl::StatusOr<ModelShape> shape = ResolveModel(options);
   if (!shape.ok()) return shape.status();
@@ -237,6 +245,11 @@ absl::StatusOr<RunContext> PrepareRun(const Options& options) {
   ctx.requests = GenerateRequests(options);
   ctx.longest = LongestRequest(options, ctx.requests);
   if (absl::Status s = CheckLongestRequestFits(ctx); !s.ok()) return s;
+  if (!ctx.options.remote.empty() && ctx.options.remote_model_id.empty()) {
+    ctx.options.remote_model_id = FreshModelId(ctx.options.seed);
+  }
+  // The server answers (and takes the password) before any backend runs.
+  if (absl::Status s = CheckRemote(ctx.options); !s.ok()) return s;
   return ctx;
 }
 

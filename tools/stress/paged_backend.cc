@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "kvpage/attention.h"
 #include "kvpage/kv_cache.h"
+#include "tools/stress/remote.h"
 #include "tools/stress/verifier.h"
 
 namespace kvpage::stress {
@@ -23,16 +24,37 @@ absl::Status Annotate(const absl::Status& status, absl::string_view call) {
 
 class PagedBackend final : public Backend {
  public:
-  PagedBackend(const BackendParams& params, std::unique_ptr<KVCache> cache)
-      : params_(params), cache_(std::move(cache)), verifier_(params.shape) {}
+  // `tier` (may be null) is attached to `cache` already.
+  PagedBackend(const BackendParams& params, std::unique_ptr<KVCache> cache,
+               std::unique_ptr<ShardTier> tier)
+      : params_(params),
+        tier_(std::move(tier)),
+        cache_(std::move(cache)),
+        verifier_(params.shape) {}
+
+  // The cache lets go of its tier before the tier goes (which writes what
+  // is still queued).
+  ~PagedBackend() override {
+    if (tier_ != nullptr) (void)cache_->AttachTier(nullptr, {});
+  }
 
   absl::StatusOr<uint64_t> Add() override { return cache_->AddSequence(); }
 
   absl::StatusOr<int64_t> MatchPrefix(uint64_t seq,
                                       absl::Span<const int32_t> ids) override {
     if (!params_.prefix_caching) return 0;
+    // Blocks loaded from the tier are the only ones MatchPrefix allocates
+    // (a table's block each): the rest it attaches from the cache.
+    const int64_t allocated =
+        tier_ != nullptr ? cache_->Stats().blocks_allocated : 0;
     absl::StatusOr<int64_t> matched = cache_->MatchPrefix(seq, ids);
     if (!matched.ok()) return Annotate(matched.status(), "MatchPrefix");
+    if (tier_ != nullptr) {
+      const int64_t tables =
+          params_.paged.group_layers ? 1 : params_.paged.num_layers;
+      tokens_from_tier_ += (cache_->Stats().blocks_allocated - allocated) /
+                           tables * params_.paged.block_tokens;
+    }
     absl::Status s =
         cache_->AppendTokens(seq, ids.subspan(static_cast<size_t>(*matched)));
     if (!s.ok()) return Annotate(s, "AppendTokens");
@@ -86,6 +108,8 @@ class PagedBackend final : public Backend {
   }
 
   absl::Status Finish() override {
+    // What the tier still has queued is written before its figures are read.
+    if (tier_ != nullptr) tier_->Flush();
     if (absl::Status s = Check(); !s.ok()) return s;
     const CacheStats stats = cache_->Stats();
     if (stats.blocks_used != 0 || stats.sequences != 0) {
@@ -121,6 +145,10 @@ class PagedBackend final : public Backend {
     c.compressions_skipped = s.compressions_skipped;
     c.decompressions = s.decompressions;
     c.max_quant_error = s.max_quant_error;
+    if (tier_ != nullptr) {
+      c.remote_tier = tier_->Counters();
+      c.remote_tier.tokens_from_tier = tokens_from_tier_;
+    }
     return c;
   }
 
@@ -213,7 +241,9 @@ class PagedBackend final : public Backend {
   }
 
   BackendParams params_;
+  std::unique_ptr<ShardTier> tier_;  // --remote; else null
   std::unique_ptr<KVCache> cache_;
+  int64_t tokens_from_tier_ = 0;  // MatchPrefix's, from the tier's blocks
   Verifier verifier_;
   std::vector<int64_t> positions_;                    // Verify's scratch
   std::vector<float> dequantized_k_, dequantized_v_;  // Verify's scratch
@@ -226,8 +256,24 @@ absl::StatusOr<std::unique_ptr<Backend>> MakePagedBackend(
   absl::StatusOr<std::unique_ptr<KVCache>> cache =
       KVCache::Create(params.paged);
   if (!cache.ok()) return Annotate(cache.status(), "KVCache::Create");
-  return std::unique_ptr<Backend>(
-      std::make_unique<PagedBackend>(params, std::move(*cache)));
+  std::unique_ptr<ShardTier> tier;
+  if (!params.remote.url.empty()) {
+    absl::StatusOr<std::unique_ptr<ShardTier>> connected =
+        ShardTier::Connect(params.remote);
+    if (!connected.ok()) {
+      return Annotate(
+          connected.status(),
+          absl::StrCat("shard ", params.remote.shard, ": the remote tier"));
+    }
+    tier = *std::move(connected);
+    if (absl::Status s = (*cache)->AttachTier(
+            tier.get(), {.write_through = params.remote_write_through});
+        !s.ok()) {
+      return Annotate(s, "AttachTier");
+    }
+  }
+  return std::unique_ptr<Backend>(std::make_unique<PagedBackend>(
+      params, std::move(*cache), std::move(tier)));
 }
 
 }  // namespace kvpage::stress

@@ -50,6 +50,34 @@ WorkloadCounts& WorkloadCounts::operator+=(const WorkloadCounts& shard) {
   return *this;
 }
 
+RemoteTierCounters& RemoteTierCounters::operator+=(
+    const RemoteTierCounters& shard) {
+  shards += shard.shards;
+  blocks_written_back += shard.blocks_written_back;
+  blocks_written_through += shard.blocks_written_through;
+  queue_drops += shard.queue_drops;
+  write_errors += shard.write_errors;
+  fetch_calls += shard.fetch_calls;
+  blocks_fetched += shard.blocks_fetched;
+  fetch_misses += shard.fetch_misses;
+  fetch_errors += shard.fetch_errors;
+  corrupt_blocks += shard.corrupt_blocks;
+  foreign_blocks += shard.foreign_blocks;
+  bytes_written += shard.bytes_written;
+  bytes_fetched += shard.bytes_fetched;
+  fetch_p50_us_by_shard.insert(fetch_p50_us_by_shard.end(),
+                               shard.fetch_p50_us_by_shard.begin(),
+                               shard.fetch_p50_us_by_shard.end());
+  fetch_p99_us_by_shard.insert(fetch_p99_us_by_shard.end(),
+                               shard.fetch_p99_us_by_shard.begin(),
+                               shard.fetch_p99_us_by_shard.end());
+  fetch_p50_us_max = std::max(fetch_p50_us_max, shard.fetch_p50_us_max);
+  fetch_p99_us_max = std::max(fetch_p99_us_max, shard.fetch_p99_us_max);
+  tokens_from_tier += shard.tokens_from_tier;
+  blocks_corrupted_by_test += shard.blocks_corrupted_by_test;
+  return *this;
+}
+
 BackendCounters& BackendCounters::operator+=(const BackendCounters& shard) {
   bytes_written += shard.bytes_written;
   bytes_copied += shard.bytes_copied;
@@ -65,6 +93,7 @@ BackendCounters& BackendCounters::operator+=(const BackendCounters& shard) {
   tokens_verified += shard.tokens_verified;
   quantized_blocks_verified += shard.quantized_blocks_verified;
   validations += shard.validations;
+  remote_tier += shard.remote_tier;
   return *this;
 }
 
@@ -200,32 +229,48 @@ std::string RunHeader(const RunInfo& r) {
   // Never more in flight than there are requests.
   const int64_t in_flight = std::min(r.concurrency, r.requests);
   return absl::StrFormat(
-      "kvpage-stress: %s workload, seed %d\n"
-      "  %d requests: mean prompt %.1f, mean output %.1f tokens, longest "
-      "%d; %s; %d worker thread%s\n"
-      "  model %s: %d layers x %d kv-heads x head_dim %d, %s, %s per token; "
-      "blocks of %d tokens; KV budget %s\n"
-      "  samples %d, shared prefix %s, speculative %s, policy %s "
-      "(max_seq_len %d, sinks %d), compression %s\n\n",
-      r.preset, r.seed, r.requests, r.mean_prompt_tokens, r.mean_output_tokens,
-      r.longest_request_tokens,
-      r.arrival_rate > 0
-          ? absl::StrFormat("Poisson arrivals, %.3g per step, at most %d in "
-                            "flight",
-                            r.arrival_rate, in_flight)
-          : absl::StrFormat("%d kept in flight", in_flight),
-      r.threads, r.threads == 1 ? "" : "s", r.model, r.layers, r.kv_heads,
-      r.head_dim, r.dtype, Bytes(static_cast<double>(r.bytes_per_token)),
-      r.block_tokens, Bytes(static_cast<double>(r.kv_budget_bytes)), r.samples,
-      r.shared_prefix_fraction > 0
-          ? absl::StrFormat("%.0f%% of requests x %d tokens",
-                            100 * r.shared_prefix_fraction,
-                            r.shared_prefix_tokens)
-          : std::string("off"),
-      r.spec_tokens > 0 ? absl::StrFormat("%d draft tokens, %.0f%% accepted",
-                                          r.spec_tokens, 100 * r.spec_accept)
-                        : std::string("off"),
-      r.policy, r.max_seq_len, r.sink_tokens, r.compress);
+             "kvpage-stress: %s workload, seed %d\n"
+             "  %d requests: mean prompt %.1f, mean output %.1f tokens, "
+             "longest "
+             "%d; %s; %d worker thread%s\n"
+             "  model %s: %d layers x %d kv-heads x head_dim %d, %s, %s per "
+             "token; "
+             "blocks of %d tokens; KV budget %s\n"
+             "  samples %d, shared prefix %s, speculative %s, policy %s "
+             "(max_seq_len %d, sinks %d), compression %s\n",
+             r.preset, r.seed, r.requests, r.mean_prompt_tokens,
+             r.mean_output_tokens, r.longest_request_tokens,
+             r.arrival_rate > 0
+                 ? absl::StrFormat(
+                       "Poisson arrivals, %.3g per step, at most %d in "
+                       "flight",
+                       r.arrival_rate, in_flight)
+                 : absl::StrFormat("%d kept in flight", in_flight),
+             r.threads, r.threads == 1 ? "" : "s", r.model, r.layers,
+             r.kv_heads, r.head_dim, r.dtype,
+             Bytes(static_cast<double>(r.bytes_per_token)), r.block_tokens,
+             Bytes(static_cast<double>(r.kv_budget_bytes)), r.samples,
+             r.shared_prefix_fraction > 0
+                 ? absl::StrFormat(
+                       "%.0f%% of requests x %d tokens%s",
+                       100 * r.shared_prefix_fraction, r.shared_prefix_tokens,
+                       r.shared_prefixes > 1
+                           ? absl::StrFormat(" (%d prompts)", r.shared_prefixes)
+                           : std::string())
+                 : std::string("off"),
+             r.spec_tokens > 0
+                 ? absl::StrFormat("%d draft tokens, %.0f%% accepted",
+                                   r.spec_tokens, 100 * r.spec_accept)
+                 : std::string("off"),
+             r.policy, r.max_seq_len, r.sink_tokens, r.compress) +
+         (r.remote.empty()
+              ? std::string("\n")
+              : absl::StrFormat(
+                    "  remote tier %s, one per paged shard, %s, model id "
+                    "%s\n\n",
+                    r.remote,
+                    r.remote_write_through ? "write-through" : "write-back",
+                    r.remote_model_id));
 }
 
 // Whether any backend's result satisfies `pred`.
@@ -363,6 +408,45 @@ void AddMemoryRows(const std::vector<BackendResult>& bs, Table& t) {
       return absl::StrFormat("%.2g", b.max_quant_error);
     });
   }
+}
+
+// The paged shards' Redis tiers (--remote), summed over shards.
+void AddRemoteTierRows(const std::vector<BackendResult>& bs, Table& t) {
+  if (!Any(bs,
+           [](const BackendResult& b) { return b.remote_tier.shards > 0; })) {
+    return;
+  }
+  t.Section("remote tier (summed over shards)");
+  auto row = [&t](std::string label, auto cell) {
+    t.Row(std::move(label), [cell](const BackendResult& b) {
+      return b.remote_tier.shards == 0 ? std::string("-") : cell(b.remote_tier);
+    });
+  };
+  using R = RemoteTierCounters;
+  row("blocks written back / through", [](const R& r) {
+    return absl::StrCat(Si(r.blocks_written_back), " / ",
+                        Si(r.blocks_written_through));
+  });
+  row("blocks dropped (queue full) / write errors", [](const R& r) {
+    return absl::StrCat(Si(r.queue_drops), " / ", Si(r.write_errors));
+  });
+  row("fetch calls / blocks fetched", [](const R& r) {
+    return absl::StrCat(Si(r.fetch_calls), " / ", Si(r.blocks_fetched));
+  });
+  row("fetches ended: miss / error / corrupt / foreign", [](const R& r) {
+    return absl::StrCat(Si(r.fetch_misses), " / ", Si(r.fetch_errors), " / ",
+                        Si(r.corrupt_blocks), " / ", Si(r.foreign_blocks));
+  });
+  row("bytes written / fetched", [](const R& r) {
+    return absl::StrCat(Bytes(static_cast<double>(r.bytes_written)), " / ",
+                        Bytes(static_cast<double>(r.bytes_fetched)));
+  });
+  row("fetch p50 / p99 (the slowest shard)", [](const R& r) {
+    return absl::StrCat(Ns(r.fetch_p50_us_max * 1e3), " / ",
+                        Ns(r.fetch_p99_us_max * 1e3));
+  });
+  row("prompt tokens restored from the tier",
+      [](const R& r) { return Si(r.tokens_from_tier); });
 }
 
 void AddVerificationRows(const std::vector<BackendResult>& bs, Table& t) {
@@ -521,6 +605,7 @@ std::string RenderTable(const Report& report) {
   AddThroughputRows(t);
   AddLatencyRows(bs, t);
   AddMemoryRows(bs, t);
+  AddRemoteTierRows(bs, t);
   AddVerificationRows(bs, t);
   return RunHeader(report.run) + t.Render() + CpuPerToken(report) +
          MemoryOverTimeAndNotes(bs);

@@ -17,7 +17,10 @@ namespace kvpage::stress {
 
 // 2: the CPU per token (cache_ns_per_token, decode_update_ns_per_step,
 // max_requests_in_flight_by_shard) and the equal-concurrency pass.
-inline constexpr int kSchemaVersion = 2;
+// 3: the remote tier (--remote): run.remote, run.remote_model_id,
+// run.remote_write_through, and per backend `remote_tier`; and
+// run.shared_prefixes (--shared-prefixes).
+inline constexpr int kSchemaVersion = 3;
 
 // Exact latency percentiles: one counter per nanosecond below kExactNs, the
 // rarer longer samples kept individually. Memory: 1 MiB per recorder.
@@ -83,6 +86,32 @@ struct WorkloadCounts {
   WorkloadCounts& operator+=(const WorkloadCounts& shard);
 };
 
+// The paged shards' remote tiers (--remote, tools/stress/remote.h): each
+// shard's RemoteTierStats under the same names, summed over shards, and
+// what the shards' MatchPrefix calls restored from the tier.
+struct RemoteTierCounters {
+  int64_t shards = 0;  // shards with a tier attached; 0: no --remote
+  int64_t blocks_written_back = 0, blocks_written_through = 0;
+  int64_t queue_drops = 0, write_errors = 0;
+  int64_t fetch_calls = 0, blocks_fetched = 0;
+  // Fetch calls that stopped at a block Redis lacks, at a node that failed,
+  // at a value that failed its checks, at another model's or shape's value.
+  int64_t fetch_misses = 0, fetch_errors = 0;
+  int64_t corrupt_blocks = 0, foreign_blocks = 0;
+  int64_t bytes_written = 0, bytes_fetched = 0;  // values, both ways
+  // A fetch's round trip, p50 and p99 over each shard's last 1024 calls:
+  // per shard, and the largest over the shards.
+  std::vector<double> fetch_p50_us_by_shard, fetch_p99_us_by_shard;
+  double fetch_p50_us_max = 0, fetch_p99_us_max = 0;
+  // Prompt tokens MatchPrefix attached from blocks it loaded from the tier
+  // (the rest of prefix_tokens_reused came from the shard's own cache).
+  int64_t tokens_from_tier = 0;
+  int64_t blocks_corrupted_by_test = 0;  // --inject-tier-corruption
+
+  // Adds another shard's figures (the latencies: appended, and the max).
+  RemoteTierCounters& operator+=(const RemoteTierCounters& shard);
+};
+
 // What a backend counts itself (its cache's counters, what its verifier
 // compared); summed over shards.
 struct BackendCounters {
@@ -97,6 +126,7 @@ struct BackendCounters {
   int64_t tokens_verified = 0;  // token x layer compared
   int64_t quantized_blocks_verified = 0;
   int64_t validations = 0;  // invariant walks that passed
+  RemoteTierCounters remote_tier;
 
   // Adds another shard's counters (max_quant_error: the larger).
   BackendCounters& operator+=(const BackendCounters& shard);
@@ -136,7 +166,7 @@ struct RunInfo {
   double arrival_rate = 0;
   int samples = 0;
   double shared_prefix_fraction = 0;
-  int64_t shared_prefix_tokens = 0;
+  int64_t shared_prefix_tokens = 0, shared_prefixes = 0;
   int spec_tokens = 0;
   double spec_accept = 0;
   std::string policy;
@@ -148,6 +178,10 @@ struct RunInfo {
   double mean_prompt_tokens = 0, mean_output_tokens = 0;
   int64_t longest_request_tokens = 0;
   int64_t workload_tokens = 0;  // prompt + samples x output, summed
+  // --remote: the URL without its password ("" without --remote), the
+  // model id the shards' tiers use, and whether they write through.
+  std::string remote, remote_model_id;
+  bool remote_write_through = false;
 };
 
 // One backend's CPU inside cache calls in a run, per unit of work.
@@ -187,6 +221,12 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(LatencySummary, name, count, mean_ns, p50_ns,
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MemoryPoint, t_s, utilization,
                                    internal_waste, kv_bytes_held)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
+    RemoteTierCounters, shards, blocks_written_back, blocks_written_through,
+    queue_drops, write_errors, fetch_calls, blocks_fetched, fetch_misses,
+    fetch_errors, corrupt_blocks, foreign_blocks, bytes_written, bytes_fetched,
+    fetch_p50_us_by_shard, fetch_p99_us_by_shard, fetch_p50_us_max,
+    fetch_p99_us_max, tokens_from_tier, blocks_corrupted_by_test)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     BackendResult, backend, status, error, complete, scope, requests_completed,
     requests_cut, max_requests_in_flight, tokens_appended,
     prompt_tokens_computed, prefix_tokens_reused, decode_tokens,
@@ -199,14 +239,15 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     prefix_hits, prefix_misses, prefix_tokens_queried, prefix_tokens_matched,
     compressions, compressions_skipped, decompressions, bytes_saved_peak,
     max_quant_error, peak_rss_bytes, tokens_verified, quantized_blocks_verified,
-    validations)
+    validations, remote_tier)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     RunInfo, preset, model, layers, kv_heads, head_dim, dtype, block_tokens,
     bytes_per_token, requests, concurrency, arrival_rate, samples,
-    shared_prefix_fraction, shared_prefix_tokens, spec_tokens, spec_accept,
-    policy, max_seq_len, sink_tokens, compress, threads, seed, kv_budget_bytes,
-    mean_prompt_tokens, mean_output_tokens, longest_request_tokens,
-    workload_tokens)
+    shared_prefix_fraction, shared_prefix_tokens, shared_prefixes, spec_tokens,
+    spec_accept, policy, max_seq_len, sink_tokens, compress, threads, seed,
+    kv_budget_bytes, mean_prompt_tokens, mean_output_tokens,
+    longest_request_tokens, workload_tokens, remote, remote_model_id,
+    remote_write_through)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CpuCost, backend, rerun,
                                    max_requests_in_flight, scheduler_steps,
                                    tokens_appended, decode_steps, wall_s,

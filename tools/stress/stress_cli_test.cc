@@ -195,6 +195,7 @@ TEST(StressToolTest, EveryNumericFlagSurvivesExtremeValues) {
                                "--samples",
                                "--shared-prefix-fraction",
                                "--shared-prefix-tokens",
+                               "--shared-prefixes",
                                "--spec-tokens",
                                "--spec-accept",
                                "--seed",

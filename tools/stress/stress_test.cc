@@ -110,6 +110,35 @@ TEST(WorkloadTest, RequestsAreSeededAndWithinLimits) {
             a[0].prompt + a[1].prompt);
 }
 
+// Requests draw one of --shared-prefixes system prompts, and nothing else
+// changes: the same requests, the same lengths.
+TEST(WorkloadTest, SharedPrefixesAreDrawnUniformly) {
+  Options o;
+  o.requests = 400;
+  o.shared_prefix_fraction = 0.5;
+  o.shared_prefix_tokens = 32;
+  const std::vector<Request> one = GenerateRequests(o);
+  o.shared_prefixes = 4;
+  const std::vector<Request> four = GenerateRequests(o);
+  int counts[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(one[i].prefix_id, 0);
+    EXPECT_EQ(four[i].shared_prefix, one[i].shared_prefix) << i;
+    EXPECT_EQ(four[i].prompt, one[i].prompt) << i;
+    EXPECT_EQ(four[i].output, one[i].output) << i;
+    if (!four[i].shared_prefix) {
+      EXPECT_EQ(four[i].prefix_id, 0);
+      continue;
+    }
+    ASSERT_GE(four[i].prefix_id, 0);
+    ASSERT_LT(four[i].prefix_id, 4);
+    ++counts[four[i].prefix_id];
+  }
+  for (int c : counts) EXPECT_GT(c, 20);
+  o.shared_prefixes = 0;
+  EXPECT_FALSE(ValidateOptions(o, *ResolveModel(o)).ok());
+}
+
 // --- end to end -------------------------------------------------------------
 
 // A tiny model (2 layers x 2 kv-heads x 32) and a short run.

@@ -213,7 +213,8 @@ absl::Status Worker::Admit(const Request& request, int64_t cost) {
   seq.id = *id;
   if (request.shared_prefix) {
     seq.lineage.Push(options_.shared_prefix_tokens,
-                     StreamKey(options_.seed, kSystemPrompt, 0, 0));
+                     StreamKey(options_.seed, kSystemPrompt,
+                               static_cast<uint64_t>(request.prefix_id), 0));
   }
   seq.lineage.Push(
       request.prompt,

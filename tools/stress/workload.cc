@@ -161,6 +161,8 @@ absl::Status CheckRanges(const Options& o) {
            IntOption{"--samples", o.samples, kSamplesRange},
            IntOption{"--shared-prefix-tokens", o.shared_prefix_tokens,
                      kSharedPrefixTokensRange},
+           IntOption{"--shared-prefixes", o.shared_prefixes,
+                     kSharedPrefixesRange},
            IntOption{"--spec-tokens", o.spec_tokens, kSpecTokensRange},
            IntOption{"--layers", o.layers, kLayersRange, true},
            IntOption{"--kv-heads", o.kv_heads, kKvHeadsRange, true},
@@ -197,6 +199,37 @@ absl::Status CheckRanges(const Options& o) {
                  absl::StrFormat("%g", f.range.lo), " to ",
                  absl::StrFormat("%g", f.range.hi));
     }
+  }
+  return absl::OkStatus();
+}
+
+// --remote's flags together. The tier is the paged cache's (a baseline has
+// none, and the equal-concurrency rerun would restore the first run's
+// blocks); what it shares is what the prefix cache names, so prefix
+// caching must be on: --shared-prefix-fraction > 0 turns it on, and the
+// tool does not turn it on behind the workload's back.
+absl::Status CheckRemoteOptions(const Options& o) {
+  auto bad = [](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(parts...));
+  };
+  if (o.remote.empty()) {
+    if (o.remote_write_through)
+      return bad("--remote-write-through needs --remote");
+    if (!o.remote_model_id.empty())
+      return bad("--remote-model-id needs --remote");
+    if (o.inject_tier_corruption) {
+      return bad("--inject-tier-corruption needs --remote");
+    }
+    return absl::OkStatus();
+  }
+  if (o.backends.size() != 1 || o.backends[0] != BackendKind::kPaged) {
+    return bad(
+        "--remote applies to the paged backend only: add --backend paged");
+  }
+  if (!(o.shared_prefix_fraction > 0)) {
+    return bad(
+        "--remote needs prefix caching: give --shared-prefix-fraction > 0 "
+        "(the system prompt is what the shards share)");
   }
   return absl::OkStatus();
 }
@@ -245,6 +278,7 @@ absl::Status ValidateOptions(const Options& o, const ModelShape& shape) {
         "--policy other than error and --compress apply to the paged "
         "backend only: add --backend paged");
   }
+  if (absl::Status s = CheckRemoteOptions(o); !s.ok()) return s;
   const int64_t max_seq_len = EffectiveMaxSeqLen(o);
   if (o.policy == OverflowPolicy::kError && max_seq_len < o.max_len) {
     return bad("--max-seq-len ", max_seq_len, " is below --max-len ", o.max_len,
@@ -290,12 +324,17 @@ std::vector<Request> GenerateRequests(const Options& o) {
   std::exponential_distribution<double> gap(o.arrival_rate > 0 ? o.arrival_rate
                                                                : 1.0);
   std::bernoulli_distribution shared(o.shared_prefix_fraction);
+  // The system prompts from a generator of their own: --shared-prefixes
+  // changes which prompt a request starts with, and nothing else.
+  std::mt19937_64 prefix_rng(Mix64(o.seed ^ 0x5fe1));
+  std::uniform_int_distribution<int64_t> which(0, o.shared_prefixes - 1);
   std::vector<Request> out;
   out.reserve(static_cast<size_t>(o.requests));
   double t = 0;
   for (int64_t i = 0; i < o.requests; ++i) {
     Request r{.id = i};
     r.shared_prefix = shared(rng);
+    if (r.shared_prefix) r.prefix_id = which(prefix_rng);
     const int64_t prefix = r.shared_prefix ? o.shared_prefix_tokens : 0;
     const int64_t limit = o.max_len - o.spec_tokens;
     r.prompt =

@@ -36,8 +36,9 @@ struct Options {
   int64_t max_len = 4096;              // prompt + output capped to this
   int64_t prefill_chunk = 512;         // prompt tokens per prefill step
   int samples = 1;                     // parallel samples per request (forks)
-  double shared_prefix_fraction = 0;   // requests that start with the system
-  int64_t shared_prefix_tokens = 256;  //   prompt (prefix caching)
+  double shared_prefix_fraction = 0;   // requests that start with a system
+  int64_t shared_prefix_tokens = 256;  //   prompt (prefix caching), one of
+  int64_t shared_prefixes = 1;         //   this many, drawn uniformly
   int spec_tokens = 0;                 // > 0: draft tokens per decode step
   double spec_accept = 0.7;            // chance each draft token is accepted
   // Model and cache.
@@ -75,6 +76,15 @@ struct Options {
   // Paged backend: a snapshot of each shard's cache at the end of the run,
   // for kvpage-dump: FILE for the first shard, FILE.1, FILE.2, ... after.
   std::string snapshot;
+  // The Redis tier (tools/stress/remote.h): each paged shard attaches a
+  // RemoteTier of its own to this URL ("": none), with this model id (""
+  // until the run is prepared: a fresh one, FreshModelId), writing back
+  // the blocks its prefix cache evicts, and with write-through every block
+  // it publishes.
+  std::string remote;
+  std::string remote_model_id;
+  bool remote_write_through = false;
+  bool inject_tier_corruption = false;  // testing: a wrong fetched block
 };
 
 // The range of every numeric option. kvpage-stress refuses a flag outside
@@ -119,6 +129,7 @@ inline constexpr OptionRange kSamplesRange{1, 64};
 inline constexpr RealRange kFractionRange{0, 1};  // --shared-prefix-fraction,
                                                   // --spec-accept
 inline constexpr OptionRange kSharedPrefixTokensRange{1, kMaxTokens};
+inline constexpr OptionRange kSharedPrefixesRange{1, 1'000'000};
 inline constexpr OptionRange kSpecTokensRange{0, 64};
 // --layers, --kv-heads, --head-dim and --max-seq-len: an Options field of 0
 // means the flag was not given (the model's, --max-len).
@@ -150,7 +161,10 @@ struct ModelShape {
 // Checks the options: each numeric one against its range above, then
 // together (sequences in flight, sinks below the window, the shared prompt
 // inside --max-len, a budget that gives each shard 1 to 2^31 - 1 blocks,
-// paged-only features on other backends). InvalidArgument naming the flag.
+// paged-only features on other backends, --remote's companions without
+// it, --remote without the paged backend alone or without prefix caching).
+// InvalidArgument naming the flag. Whether the tier is built and its URL
+// answers is CheckRemote's (remote.h).
 [[nodiscard]] absl::Status ValidateOptions(const Options& options,
                                            const ModelShape& shape);
 
@@ -163,7 +177,8 @@ struct Request {
   int64_t id = 0;
   int64_t prompt = 0;          // prompt tokens, the shared prefix included
   int64_t output = 0;          // tokens each sample decodes
-  bool shared_prefix = false;  // starts with the system prompt
+  bool shared_prefix = false;  // starts with a system prompt: this one
+  int64_t prefix_id = 0;       //   (0 .. --shared-prefixes - 1)
   int64_t arrival_step = 0;    // Poisson arrivals; 0 in the closed loop
   int shard = 0;               // the worker that owns it
 };
@@ -254,8 +269,10 @@ class Lineage {
   std::vector<std::pair<int64_t, uint64_t>> runs_;
 };
 
-// Prompt token ids (for prefix caching): the system prompt's ids are the same
-// for every request that shares it.
+// Prompt token ids (for prefix caching): a system prompt's ids are the same
+// for every request that shares it, and so is its pattern (its stream is
+// the prompt's, not the request's): a block's contents are a function of
+// the tokens it follows, as a model's are, whichever shard computed it.
 [[nodiscard]] int32_t TokenId(uint64_t stream, int64_t position);
 
 }  // namespace kvpage::stress
