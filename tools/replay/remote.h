@@ -38,8 +38,8 @@
 namespace kvpage::replay {
 
 struct RemoteOptions {
-  std::string url;              // RemoteTierOptions::url
-  bool write_through = false;   // TierOptions::write_through
+  std::string url;             // RemoteTierOptions::url
+  bool write_through = false;  // TierOptions::write_through
   // RemoteTierOptions::queue_blocks. Larger than the library's 256: the
   // replay evicts a request's blocks in one burst. Measured on the
   // synthetic trace of 1000 requests at 1/8 of its working set: where the
