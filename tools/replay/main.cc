@@ -3,25 +3,32 @@
 // cache for a list of pool sizes in one run, and reports the token and
 // block hit rates, the cost per request (p50, p99) and the memory held. Its
 // `generate` verb writes a synthetic trace of shared system prompts and
-// multi-turn conversations.
+// multi-turn conversations. With --remote, each pool size is replayed a
+// second time with the Redis tier attached (tools/replay/remote.h), and the
+// report gives both hit rates side by side and the tier's own counts.
 //
 // Exit codes: 0 ok, 1 the replay failed (a call kvpage refused that the
 // admission should have made safe, --verify found a wrong token, or memory
 // ran out), 2 bad usage, a trace line that is not a request, an empty
-// trace, or a cache kvpage cannot create (one line on stderr naming it).
+// trace, a cache kvpage cannot create, or a Redis server that cannot be
+// used (one line on stderr naming it).
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
+#include <random>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kvpage/prefix.h"
 #include "nlohmann/json.hpp"
 #include "tools/flag_ranges.h"
+#include "tools/replay/remote.h"
 #include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
 
@@ -43,7 +50,28 @@ struct Args {
   ReplayOptions replay;
   bool no_leave_last_token = false;
   bool json = false;
+  // run --remote
+  RemoteOptions remote;
+  std::string remote_model_id = "kvpage-replay";
 };
+
+// What the runs write under in Redis: the --remote-model-id, then a name
+// of this invocation's own, then the pool and the run's index in the
+// report (ModelIdOf): no run reads another's blocks.
+struct RemoteSetup {
+  std::string url;       // without its password
+  std::string model_id;  // "<--remote-model-id>/replay-<16 hex digits>"
+};
+
+// One pool size: replayed without a tier, and with the Redis tier.
+struct Row {
+  ReplayResult plain;
+  std::optional<RemoteRun> remote;
+};
+
+std::string ModelIdOf(const RemoteSetup& setup, int64_t pool, size_t run) {
+  return absl::StrFormat("%s/pool=%d/run=%d", setup.model_id, pool, run);
+}
 
 int Fail(int code, const std::string& message) {
   std::cerr << "kvpage-replay: " << message << "\n";
@@ -69,7 +97,8 @@ int64_t Footprint(const std::vector<TraceRequest>& trace,
 }
 
 std::string Text(const std::vector<TraceRequest>& trace, const Args& args,
-                 int64_t footprint, const std::vector<ReplayResult>& runs) {
+                 int64_t footprint, const std::optional<RemoteSetup>& setup,
+                 const std::vector<Row>& rows) {
   int64_t prompt = 0, output = 0;
   for (const TraceRequest& r : trace) {
     prompt += r.input_length;
@@ -83,25 +112,105 @@ std::string Text(const std::vector<TraceRequest>& trace, const Args& args,
       trace.size(), prompt, output, o.num_layers,
       o.group_layers ? " in groups" : "", o.block_tokens, o.concurrency,
       footprint);
-  s += absl::StrFormat("%11s %10s %8s %8s %9s %9s %10s %10s %10s %12s\n",
+  s += absl::StrFormat("%11s %10s %8s %8s %9s %9s %10s %10s %10s %12s",
                        "pool_blocks", "held_MiB", "requests", "rejected",
                        "token_hit", "block_hit", "p50_us", "p99_us", "mean_us",
                        "cached_end");
-  for (const ReplayResult& r : runs) {
+  s += setup ? absl::StrFormat(" %14s %14s %14s\n", "tier_token_hit",
+                               "tier_block_hit", "blocks_fetched")
+             : "\n";
+  for (const Row& row : rows) {
+    const ReplayResult& r = row.plain;
     s += absl::StrFormat(
-        "%11d %10.1f %8d %8d %9.4f %9.4f %10.1f %10.1f %10.1f %12d\n",
+        "%11d %10.1f %8d %8d %9.4f %9.4f %10.1f %10.1f %10.1f %12d",
         r.pool_blocks,
         static_cast<double>(r.peak_blocks_held * r.block_bytes) / (1 << 20),
         r.requests, r.rejected, r.token_hit_rate, r.block_hit_rate,
         r.cost_p50_us, r.cost_p99_us, r.cost_mean_us, r.blocks_cached_end);
+    if (row.remote) {
+      const ReplayResult& t = row.remote->replay;
+      s += absl::StrFormat(" %14.4f %14.4f %14d", t.token_hit_rate,
+                           t.block_hit_rate, t.blocks_fetched);
+    }
+    s += "\n";
+  }
+  if (!setup) return s;
+  s += absl::StrFormat(
+      "the remote tier: %s, model ids %s/pool=N/run=K, %s, a queue of %d "
+      "blocks\n",
+      setup->url, setup->model_id,
+      args.remote.write_through ? "write-back and write-through" : "write-back",
+      args.remote.queue_blocks);
+  s += absl::StrFormat("%11s %12s %15s %11s %6s %12s %12s %11s %11s\n",
+                       "pool_blocks", "written_back", "written_through",
+                       "queue_drops", "errors", "fetch_p50_us", "fetch_p99_us",
+                       "tier_p50_us", "tier_p99_us");
+  for (const Row& row : rows) {
+    if (!row.remote) continue;
+    const RemoteTierStats& t = row.remote->stats;
+    const ReplayResult& r = row.remote->replay;
+    s += absl::StrFormat(
+        "%11d %12d %15d %11d %6d %12.1f %12.1f %11.1f %11.1f\n", r.pool_blocks,
+        t.blocks_written_back, t.blocks_written_through, t.queue_drops,
+        t.write_errors + t.fetch_errors + t.corrupt_blocks + t.foreign_blocks,
+        t.fetch_p50_us, t.fetch_p99_us, r.cost_p50_us, r.cost_p99_us);
   }
   return s;
 }
 
+// One replay's figures; a run's, and the same keys for its run with the
+// tier.
+nlohmann::json JsonOf(const ReplayResult& r) {
+  return {{"pool_blocks", r.pool_blocks},
+          {"block_bytes", r.block_bytes},
+          {"requests", r.requests},
+          {"rejected", r.rejected},
+          {"tokens_queried", r.tokens_queried},
+          {"tokens_matched", r.tokens_matched},
+          {"blocks_queried", r.blocks_queried},
+          {"blocks_hit", r.blocks_hit},
+          {"tokens_fetched", r.tokens_fetched},
+          {"blocks_fetched", r.blocks_fetched},
+          {"token_hit_rate", r.token_hit_rate},
+          {"block_hit_rate", r.block_hit_rate},
+          {"cost_p50_us", r.cost_p50_us},
+          {"cost_p99_us", r.cost_p99_us},
+          {"cost_mean_us", r.cost_mean_us},
+          {"peak_blocks_held", r.peak_blocks_held},
+          {"peak_bytes_held", r.peak_blocks_held * r.block_bytes},
+          {"blocks_cached_end", r.blocks_cached_end},
+          {"prefix_entries_end", r.prefix_entries_end}};
+}
+
+nlohmann::json JsonOf(const RemoteTierStats& t) {
+  return {{"blocks_written_back", t.blocks_written_back},
+          {"blocks_written_through", t.blocks_written_through},
+          {"queue_drops", t.queue_drops},
+          {"write_errors", t.write_errors},
+          {"fetch_calls", t.fetch_calls},
+          {"blocks_fetched", t.blocks_fetched},
+          {"fetch_misses", t.fetch_misses},
+          {"fetch_errors", t.fetch_errors},
+          {"corrupt_blocks", t.corrupt_blocks},
+          {"foreign_blocks", t.foreign_blocks},
+          {"bytes_written", t.bytes_written},
+          {"bytes_fetched", t.bytes_fetched},
+          {"fetch_p50_us", t.fetch_p50_us},
+          {"fetch_p99_us", t.fetch_p99_us}};
+}
+
 nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
-                    int64_t footprint, const std::vector<ReplayResult>& runs) {
+                    int64_t footprint, const std::optional<RemoteSetup>& setup,
+                    const std::vector<Row>& rows) {
   const ReplayOptions& o = args.replay;
-  nlohmann::json j = {{"schema_version", 1},
+  nlohmann::json remote = nullptr;
+  if (setup) {
+    remote = {{"url", setup->url},
+              {"model_id", setup->model_id},
+              {"write_through", args.remote.write_through},
+              {"queue_blocks", args.remote.queue_blocks}};
+  }
+  nlohmann::json j = {{"schema_version", 2},
                       {"requests", trace.size()},
                       {"num_layers", o.num_layers},
                       {"group_layers", o.group_layers},
@@ -110,26 +219,17 @@ nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
                       {"concurrency", o.concurrency},
                       {"leave_last_token", o.leave_last_token},
                       {"footprint_blocks", footprint},
+                      {"remote", remote},
                       {"runs", nlohmann::json::array()}};
-  for (const ReplayResult& r : runs) {
-    j["runs"].push_back(
-        {{"pool_blocks", r.pool_blocks},
-         {"block_bytes", r.block_bytes},
-         {"requests", r.requests},
-         {"rejected", r.rejected},
-         {"tokens_queried", r.tokens_queried},
-         {"tokens_matched", r.tokens_matched},
-         {"blocks_queried", r.blocks_queried},
-         {"blocks_hit", r.blocks_hit},
-         {"token_hit_rate", r.token_hit_rate},
-         {"block_hit_rate", r.block_hit_rate},
-         {"cost_p50_us", r.cost_p50_us},
-         {"cost_p99_us", r.cost_p99_us},
-         {"cost_mean_us", r.cost_mean_us},
-         {"peak_blocks_held", r.peak_blocks_held},
-         {"peak_bytes_held", r.peak_blocks_held * r.block_bytes},
-         {"blocks_cached_end", r.blocks_cached_end},
-         {"prefix_entries_end", r.prefix_entries_end}});
+  for (const Row& row : rows) {
+    nlohmann::json run = JsonOf(row.plain);
+    if (row.remote) {
+      nlohmann::json tier = JsonOf(row.remote->replay);
+      tier["model_id"] = row.remote->model_id;
+      tier["remote"] = JsonOf(row.remote->stats);
+      run["tier"] = std::move(tier);
+    }
+    j["runs"].push_back(std::move(run));
   }
   return j;
 }
@@ -151,8 +251,28 @@ int Generate(const Args& args) {
   return 0;
 }
 
-int Run(Args& args) {
+// Checks the server before anything is replayed, and names this
+// invocation's runs: a model id no earlier invocation used.
+absl::StatusOr<RemoteSetup> SetUpRemote(const Args& args) {
+  absl::StatusOr<std::string> url = CheckRemote(args.remote);
+  if (!url.ok()) return url.status();
+  std::random_device random;
+  const uint64_t nonce = (static_cast<uint64_t>(random()) << 32) ^ random();
+  return RemoteSetup{.url = *std::move(url),
+                     .model_id = absl::StrFormat("%s/replay-%016x",
+                                                 args.remote_model_id, nonce)};
+}
+
+int Run(Args& args, bool remote) {
   args.replay.leave_last_token = !args.no_leave_last_token;
+  std::optional<RemoteSetup> setup;
+  if (remote) {
+    absl::StatusOr<RemoteSetup> s = SetUpRemote(args);
+    if (!s.ok()) {
+      return Fail(kBadInput, absl::StrCat("--remote: ", s.status().message()));
+    }
+    setup = *std::move(s);
+  }
   std::vector<TraceRequest> trace;
   if (args.trace_given && args.trace.empty()) {
     return Fail(kBadInput, "--trace: the path is empty");
@@ -200,22 +320,31 @@ int Run(Args& args) {
       if (pools.empty() || pools.back() != pool) pools.push_back(pool);
     }
   }
-  std::vector<ReplayResult> runs;
+  const auto failed = [](int64_t pool, const char* with,
+                         const absl::Status& s) {
+    const int code =
+        s.code() == absl::StatusCode::kInvalidArgument ? kBadInput : kFailed;
+    return Fail(code, absl::StrFormat("pool of %d blocks%s: %s", pool, with,
+                                      s.message()));
+  };
+  std::vector<Row> rows;
   for (int64_t pool : pools) {
     absl::StatusOr<ReplayResult> r = Replay(trace, pool, args.replay);
-    if (!r.ok()) {
-      const int code = r.status().code() == absl::StatusCode::kInvalidArgument
-                           ? kBadInput
-                           : kFailed;
-      return Fail(code, absl::StrFormat("pool of %d blocks: %s", pool,
-                                        r.status().message()));
+    if (!r.ok()) return failed(pool, "", r.status());
+    Row row{.plain = *std::move(r)};
+    if (setup) {
+      absl::StatusOr<RemoteRun> t =
+          ReplayWithRemote(trace, pool, args.replay, args.remote,
+                           ModelIdOf(*setup, pool, rows.size()));
+      if (!t.ok()) return failed(pool, " with the remote tier", t.status());
+      row.remote = *std::move(t);
     }
-    runs.push_back(*std::move(r));
+    rows.push_back(std::move(row));
   }
   if (args.json) {
-    std::cout << Json(trace, args, footprint, runs).dump(2) << "\n";
+    std::cout << Json(trace, args, footprint, setup, rows).dump(2) << "\n";
   } else {
-    std::cout << Text(trace, args, footprint, runs);
+    std::cout << Text(trace, args, footprint, setup, rows);
   }
   std::cout.flush();
   return std::cout ? 0 : Fail(kBadInput, "stdout could not be written");
@@ -303,6 +432,22 @@ int main(int argc, char** argv) {
       "--verify", o.verify,
       "Check every matched token of every layer against what was written");
   run->add_flag("--json", args.json, "JSON instead of the table");
+  CLI::Option* remote =
+      run->add_option("--remote", args.remote.url,
+                      "Replay each pool also with the Redis tier of this "
+                      "server: redis://[[user]:password@]host[:port][/db] or "
+                      "redis-cluster://host:port[,host:port...]");
+  run->add_option("--remote-model-id", args.remote_model_id,
+                  "Model id the runs' blocks are written under, before a "
+                  "name of this run's own (default kvpage-replay)")
+      ->needs(remote);
+  run->add_flag("--write-through", args.remote.write_through,
+                "Offer the tier every block published, not only evicted ones")
+      ->needs(remote);
+  run->add_option("--remote-queue-blocks", args.remote.queue_blocks,
+                  "Blocks the tier's writer queue holds; more are dropped")
+      ->transform(IntRange(1, 1 << 24))
+      ->needs(remote);
 
   try {
     app.parse(argc, argv);
@@ -324,7 +469,8 @@ int main(int argc, char** argv) {
   }
   args.trace_given = run->count("--trace") > 0;
   try {
-    return generate->parsed() ? replay::Generate(args) : replay::Run(args);
+    return generate->parsed() ? replay::Generate(args)
+                              : replay::Run(args, remote->count() > 0);
   } catch (const std::exception& e) {  // the standard library (bad_alloc)
     std::cerr << "kvpage-replay: " << e.what() << "\n";
     return replay::kFailed;

@@ -143,6 +143,9 @@ absl::StatusOr<bool> Replayer::Admit(size_t index) {
     r.prefix[static_cast<size_t>(p)] = static_cast<uint32_t>(h >> 32);
   }
   outcomes_[index].matched_tokens = *matched;
+  // What the pool held was matched first; the tier gave the rest.
+  outcomes_[index].fetched_tokens =
+      std::max<int64_t>(0, *matched - cached_blocks * bt);
   r.written = *matched;
   r.matched_blocks = *matched / bt;
   r.need = all_blocks - r.matched_blocks * groups_;
@@ -287,6 +290,8 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
       continue;
     }
     ++result.requests;
+    result.tokens_fetched += outcomes_[i].fetched_tokens;
+    result.blocks_fetched += outcomes_[i].fetched_tokens / o_.block_tokens;
     costs.push_back(cost_us_[i]);
   }
   if (!costs.empty()) {
@@ -311,7 +316,8 @@ absl::StatusOr<ReplayResult> Replayer::Run(int64_t pool_blocks) {
 
 absl::StatusOr<ReplayResult> Replay(const std::vector<TraceRequest>& trace,
                                     int64_t pool_blocks,
-                                    const ReplayOptions& options) {
+                                    const ReplayOptions& options,
+                                    const ReplayTier& tier) {
   if (options.concurrency < 1 || options.chunk_tokens < 1 ||
       options.trace_block_tokens < 1) {
     return absl::InvalidArgumentError(
@@ -339,6 +345,13 @@ absl::StatusOr<ReplayResult> Replay(const std::vector<TraceRequest>& trace,
   absl::StatusOr<std::unique_ptr<KVCache>> cache = KVCache::Create(config);
   if (!cache.ok()) {
     return absl::InvalidArgumentError(cache.status().message());  // exit 2
+  }
+  if (tier.tier != nullptr) {
+    if (absl::Status s = (*cache)->AttachTier(tier.tier, tier.options);
+        !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attaching the tier: ", s.message()));  // exit 2
+    }
   }
   Replayer replayer(trace, options, *std::move(cache));
   return replayer.Run(pool_blocks);

@@ -1,12 +1,14 @@
 // kvpage-replay: the trace format, the synthetic generator, the replay
 // against a reference model of the prefix cache's eviction order written
-// here, and the command line.
+// here, the replay with a second tier (an in-memory one here;
+// replay_remote_test.cc has the Redis tier), and the command line.
 #include "tools/replay/replay.h"
 
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <list>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "kvpage/prefix.h"
 #include "nlohmann/json.hpp"
 #include "tests/cli_run.h"
+#include "tools/replay/remote.h"
 #include "tools/replay/trace.h"
 
 namespace kvpage::replay {
@@ -372,6 +375,140 @@ TEST(ReplayTest, AWholePromptMatchWithNoOutputEndsAtItsPrompt) {
   }
 }
 
+// A second tier that keeps every block it is given, in memory, at once
+// (the Redis tier writes from a thread); told to, it hands back a block
+// with one byte changed.
+class MapTier final : public BlockTier {
+ public:
+  absl::Status Attach(const TierShape&) override { return absl::OkStatus(); }
+  void Store(uint64_t hash,
+             absl::Span<const absl::Span<const std::byte>> tables,
+             bool evicted) override {
+    std::vector<std::string>& block = blocks[hash];
+    block.clear();
+    for (const auto& t : tables) {
+      block.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
+    }
+    ++(evicted ? written_back : written_through);
+  }
+  int64_t Fetch(absl::Span<const uint64_t> hashes,
+                std::vector<std::vector<std::string>>& out) override {
+    int64_t n = 0;
+    for (const uint64_t h : hashes) {
+      auto it = blocks.find(h);
+      if (it == blocks.end()) break;
+      out.push_back(it->second);
+      if (corrupt) out.back()[0][1] ^= 0x40;  // a bit of the first key
+      ++n;
+    }
+    fetched += n;
+    return n;
+  }
+
+  std::map<uint64_t, std::vector<std::string>> blocks;
+  int64_t written_back = 0, written_through = 0, fetched = 0;
+  bool corrupt = false;
+};
+
+TEST(ReplayTierTest, ATierThatKeepsEveryBlockMatchesWhatAPoolOfEverythingDoes) {
+  // Every block the small pool evicts is in the tier, and a prefix the
+  // pool holds part of continues from it: each request matches what it
+  // would in a pool that never evicts, and reads what was computed
+  // (--verify).
+  absl::StatusOr<std::vector<TraceRequest>> trace = GenerateTrace(SmallTrace());
+  ASSERT_TRUE(trace.ok());
+  for (bool grouped : {false, true}) {
+    const ReplayOptions o = ModelOptions(grouped);
+    absl::StatusOr<ReplayResult> all = Replay(*trace, 4000, o);
+    ASSERT_TRUE(all.ok()) << all.status();
+    for (int64_t pool : {64, 200}) {
+      for (bool write_through : {false, true}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "grouped " << grouped << ", pool " << pool
+                     << ", write-through " << write_through);
+        absl::StatusOr<ReplayResult> plain = Replay(*trace, pool, o);
+        ASSERT_TRUE(plain.ok()) << plain.status();
+        MapTier tier;
+        absl::StatusOr<ReplayResult> r = Replay(
+            *trace, pool, o,
+            {.tier = &tier, .options = {.write_through = write_through}});
+        ASSERT_TRUE(r.ok()) << r.status();
+        ASSERT_EQ(r->outcomes.size(), all->outcomes.size());
+        int64_t fetched = 0;
+        for (size_t i = 0; i < r->outcomes.size(); ++i) {
+          ASSERT_EQ(r->outcomes[i].matched_tokens,
+                    all->outcomes[i].matched_tokens)
+              << "request " << i;
+          EXPECT_LE(r->outcomes[i].fetched_tokens,
+                    r->outcomes[i].matched_tokens);
+          EXPECT_EQ(plain->outcomes[i].fetched_tokens, 0);
+          fetched += r->outcomes[i].fetched_tokens;
+        }
+        EXPECT_DOUBLE_EQ(r->token_hit_rate, all->token_hit_rate);
+        EXPECT_EQ(r->blocks_hit, all->blocks_hit);
+        EXPECT_GT(r->token_hit_rate, plain->token_hit_rate);
+        EXPECT_GT(r->block_hit_rate, plain->block_hit_rate);
+        // What the pool held and what the tier gave add up to the match.
+        EXPECT_EQ(r->tokens_fetched, fetched);
+        EXPECT_EQ(r->blocks_fetched * o.block_tokens, fetched);
+        EXPECT_EQ(tier.fetched, r->blocks_fetched);
+        EXPECT_GE(r->tokens_matched - r->tokens_fetched,
+                  plain->tokens_matched / 2);
+        EXPECT_EQ(plain->tokens_fetched, 0);
+        EXPECT_EQ(plain->blocks_fetched, 0);
+        EXPECT_GT(tier.written_back, 0);
+        EXPECT_EQ(tier.written_through > 0, write_through);
+      }
+    }
+  }
+}
+
+TEST(ReplayTierTest, CountsWhatThePoolHeldAndWhatTheTierGave) {
+  // A (two trace blocks), B (two others), A again, in a pool of 12 blocks
+  // of 16 tokens: a request takes 9 (132 tokens). B takes the 4 free
+  // blocks and evicts A's 5 least recently idle (its last ones: a release
+  // leaves the tail idle first); the second A holds A's first 3 blocks
+  // here, fetches the next 4 (the last token stays to compute: 7 blocks),
+  // evicting 3 of B's, and computes 2, evicting 2 more.
+  std::vector<TraceRequest> trace(3);
+  trace[0] = {.input_length = 128, .output_length = 4, .hash_ids = {1, 2}};
+  trace[1] = {.input_length = 128, .output_length = 4, .hash_ids = {3, 4}};
+  trace[2] = trace[0];
+  const ReplayOptions o = ModelOptions(false);
+  absl::StatusOr<ReplayResult> plain = Replay(trace, 12, o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->outcomes[2].matched_tokens, 48);
+  MapTier tier;
+  absl::StatusOr<ReplayResult> r = Replay(trace, 12, o, {.tier = &tier});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->outcomes[0].matched_tokens, 0);
+  EXPECT_EQ(r->outcomes[1].matched_tokens, 0);
+  EXPECT_EQ(r->outcomes[2].matched_tokens, 112);
+  EXPECT_EQ(r->outcomes[2].fetched_tokens, 64);
+  EXPECT_EQ(r->tokens_matched, 112);
+  EXPECT_EQ(r->tokens_fetched, 64);
+  EXPECT_EQ(r->blocks_hit, 7);
+  EXPECT_EQ(r->blocks_fetched, 4);
+  EXPECT_EQ(tier.written_back, 10);
+  EXPECT_EQ(tier.written_through, 0);
+}
+
+TEST(ReplayTierTest, VerifyCatchesARestoredBlockThatDiffers) {
+  std::vector<TraceRequest> trace(3);
+  trace[0] = {.input_length = 128, .output_length = 4, .hash_ids = {1, 2}};
+  trace[1] = {.input_length = 128, .output_length = 4, .hash_ids = {3, 4}};
+  trace[2] = trace[0];
+  MapTier tier;
+  tier.corrupt = true;
+  absl::StatusOr<ReplayResult> r =
+      Replay(trace, 12, ModelOptions(false), {.tier = &tier});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(r.status().message(),
+              HasSubstr("request 2: matched position 48 of layer 0 holds "
+                        "another token's keys or values"));
+}
+
 TEST(ReplayTest, QuantilesAreNearestRank) {
   std::vector<TraceRequest> trace(2);
   trace[0] = {.input_length = 64, .output_length = 1, .hash_ids = {1}};
@@ -405,7 +542,10 @@ TEST(ReplayCliTest, GeneratesAndReplaysForEachPoolSize) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << r.out;
-  EXPECT_EQ(j["schema_version"], 1);
+  EXPECT_EQ(j["schema_version"], 2);
+  EXPECT_TRUE(j["remote"].is_null());
+  EXPECT_FALSE(j["runs"][0].contains("tier"));
+  EXPECT_EQ(j["runs"][0]["blocks_fetched"], 0);
   ASSERT_EQ(j["runs"].size(), 2u);
   EXPECT_EQ(j["runs"][0]["pool_blocks"], 100);
   EXPECT_EQ(j["runs"][1]["pool_blocks"], 2000);
@@ -434,6 +574,11 @@ TEST(ReplayCliTest, BadUsageAndBadTracesExitTwoWithOneLine) {
       {"run --trace /nonexistent/trace.jsonl", "could not be opened"},
       {"run --synthetic 10 --pool-blocks 0", "--pool-blocks"},
       {"run --synthetic 10 --concurrency -1", "--concurrency"},
+      {"run --synthetic 10 --write-through",
+       "--write-through requires "
+       "--remote"},
+      {"run --synthetic 10 --remote-queue-blocks 8", "requires --remote"},
+
       {"run", "--trace"},
       {"generate --shared-system-prompt 2", "--shared-system-prompt"},
       {"frobnicate", "'frobnicate' is not a verb; the verbs are generate, run"},
@@ -445,6 +590,22 @@ TEST(ReplayCliTest, BadUsageAndBadTracesExitTwoWithOneLine) {
     EXPECT_THAT(r.err, HasSubstr(c.message)) << c.args;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
+}
+
+TEST(ReplayCliTest, ARemoteItCannotUseIsExitTwoWithNothingReplayed) {
+  // A URL of another scheme; or, without the Redis tier in this build,
+  // any URL.
+  const CliRun r =
+      RunReplay("run --synthetic 10 --remote http://127.0.0.1:6379");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_THAT(r.err,
+              HasSubstr(RemoteTierBuilt()
+                            ? "kvpage-replay: --remote: Redis URL: want "
+                              "redis://"
+                            : "kvpage-replay: --remote: this kvpage-replay was "
+                              "built without the Redis tier"));
 }
 
 }  // namespace
