@@ -46,12 +46,13 @@ class MapTier final : public BlockTier {
       if (flip) out.back()[0][0] ^= 1;
       ++n;
     }
+    fetched += n;
     return overstate ? n + 100 : n;
   }
 
   std::map<uint64_t, std::vector<std::string>> blocks;
   std::vector<TierShape> shapes;
-  int64_t written_back = 0, written_through = 0, fetches = 0;
+  int64_t written_back = 0, written_through = 0, fetches = 0, fetched = 0;
   bool refuse = false, truncate = false, overstate = false, flip = false;
 };
 
