@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 
 namespace kvpage::remote {
 
@@ -265,14 +266,32 @@ absl::Status RedisConnection::Send(
 }
 
 absl::Status RedisConnection::Receive(size_t count,
-                                      std::vector<RedisReply>& replies) {
+                                      std::vector<RedisReply>& replies,
+                                      absl::Time deadline) {
   if (broken_) {
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
   }
+  const bool bounded = deadline != absl::InfiniteFuture();
+  auto late = [&](size_t read) {
+    return Fail(absl::StatusCode::kDeadlineExceeded,
+                absl::StrFormat("%d of %d replies read by the deadline", read,
+                                count));
+  };
+  if (bounded) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return late(0);
+    // Each read waits no longer than what is left.
+    if (redisSetTimeout(context_, TimevalOf(std::min(left,
+                                                     options_.io_timeout))) !=
+        REDIS_OK) {
+      return FailedIo();
+    }
+  }
   int64_t budget = options_.max_reply_bytes;
   const SigpipeBlocked no_sigpipe;
   for (size_t i = 0; i < count; ++i) {
+    if (bounded && i > 0 && absl::Now() >= deadline) return late(i);
     void* raw = nullptr;
     if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
       return FailedIo();
@@ -285,6 +304,10 @@ absl::Status RedisConnection::Receive(size_t count,
           absl::StatusCode::kDataLoss,
           absl::StrFormat("replies beyond %d bytes", options_.max_reply_bytes));
     }
+  }
+  if (bounded &&
+      redisSetTimeout(context_, TimevalOf(options_.io_timeout)) != REDIS_OK) {
+    return FailedIo();
   }
   return absl::OkStatus();
 }

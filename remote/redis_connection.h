@@ -67,11 +67,15 @@ class RedisConnection {
                                       std::vector<RedisReply>& replies);
   // Pipeline in two halves, so that one client keeps several servers busy
   // at once: Send writes `commands` out, Receive then reads `count` replies
-  // (appended to `replies`). Failures as for Pipeline.
+  // (appended to `replies`). Failures as for Pipeline. With a `deadline`,
+  // Receive waits for no read past it and reads no reply after it: what is
+  // left unread is DeadlineExceeded (the connection is dropped), the
+  // replies read stand.
   [[nodiscard]] absl::Status Send(
       absl::Span<const RedisCommand* const> commands);
-  [[nodiscard]] absl::Status Receive(size_t count,
-                                     std::vector<RedisReply>& replies);
+  [[nodiscard]] absl::Status Receive(
+      size_t count, std::vector<RedisReply>& replies,
+      absl::Time deadline = absl::InfiniteFuture());
   // One command.
   [[nodiscard]] absl::StatusOr<RedisReply> Command(const RedisCommand& command);
 

@@ -126,13 +126,14 @@ void RedisStore::Start(int node, Outgoing& out) {
 }
 
 absl::Status RedisStore::Finish(int node, const Outgoing& out,
-                                std::vector<RedisReply>& replies) {
+                                std::vector<RedisReply>& replies,
+                                absl::Time deadline) {
   replies.clear();
   if (!out.sent.ok() && !out.kept) return out.sent;
   absl::Status got =
       out.sent.ok()
           ? nodes_[static_cast<size_t>(node)].connection->Receive(
-                out.commands.size(), replies)
+                out.commands.size(), replies, deadline)
           : out.sent;
   // Unavailable before the first reply on a connection an earlier call
   // opened: the server closed it, most likely while it was idle (it
@@ -145,7 +146,7 @@ absl::Status RedisStore::Finish(int node, const Outgoing& out,
     absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
     if (!c.ok()) return c.status();
     got = (*c)->Send(out.commands);
-    if (got.ok()) got = (*c)->Receive(out.commands.size(), replies);
+    if (got.ok()) got = (*c)->Receive(out.commands.size(), replies, deadline);
   }
   return got;
 }
@@ -215,7 +216,8 @@ absl::Status RedisStore::LearnSlots() {
 
 void RedisStore::Run(absl::Span<const std::string> keys,
                      absl::Span<const RedisCommand> commands,
-                     std::vector<absl::StatusOr<RedisReply>>& replies) {
+                     std::vector<absl::StatusOr<RedisReply>>& replies,
+                     absl::Time deadline) {
   replies.assign(keys.size(), absl::UnavailableError("not sent"));
   // Round 0: every key to the node of its slot; round 1: the redirected.
   std::vector<size_t> pending(keys.size());
@@ -257,7 +259,7 @@ void RedisStore::Run(absl::Span<const std::string> keys,
       Start(order[n], out[n]);
     }
     for (size_t n = 0; n < order.size(); ++n) {
-      const absl::Status status = Finish(order[n], out[n], got);
+      const absl::Status status = Finish(order[n], out[n], got, deadline);
       // Replies read before a failure stand; ASKING's own are skipped.
       size_t next = 0;
       for (const size_t i : mine[n]) {
@@ -294,12 +296,12 @@ void RedisStore::Run(absl::Span<const std::string> keys,
 }
 
 std::vector<absl::StatusOr<std::optional<std::string>>> RedisStore::Get(
-    absl::Span<const std::string> keys) {
+    absl::Span<const std::string> keys, absl::Time deadline) {
   std::vector<RedisCommand> commands;
   commands.reserve(keys.size());
   for (const std::string& key : keys) commands.push_back({"GET", key});
   std::vector<absl::StatusOr<RedisReply>> replies;
-  Run(keys, commands, replies);
+  Run(keys, commands, replies, deadline);
   std::vector<absl::StatusOr<std::optional<std::string>>> out;
   out.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {

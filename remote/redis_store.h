@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "absl/time/time.h"
 #include "remote/redis_connection.h"
 #include "remote/redis_url.h"
 
@@ -45,9 +46,12 @@ class RedisStore {
       const RedisTarget& target, const RedisOptions& options);
 
   // GET of every key: per key its value, nullopt when the server has none,
-  // or the error of its node.
+  // or the error of its node. With a `deadline`, the keys whose replies
+  // were not read by then are DeadlineExceeded (their nodes' connections
+  // are dropped and opened again by the next call).
   std::vector<absl::StatusOr<std::optional<std::string>>> Get(
-      absl::Span<const std::string> keys);
+      absl::Span<const std::string> keys,
+      absl::Time deadline = absl::InfiniteFuture());
 
   // SET of every (key, value): per pair OK or the error of its node. Takes
   // `items` by value: the values move into the commands (std::move them in
@@ -83,7 +87,8 @@ class RedisStore {
   };
   void Start(int node, Outgoing& out);
   absl::Status Finish(int node, const Outgoing& out,
-                      std::vector<RedisReply>& replies);
+                      std::vector<RedisReply>& replies,
+                      absl::Time deadline = absl::InfiniteFuture());
   // One command to `node`: Start, then Finish.
   absl::Status Send(int node, const RedisCommand& command,
                     std::vector<RedisReply>& replies);
@@ -91,7 +96,8 @@ class RedisStore {
   // commands[i] or the error of its node. Follows MOVED and ASK once.
   void Run(absl::Span<const std::string> keys,
            absl::Span<const RedisCommand> commands,
-           std::vector<absl::StatusOr<RedisReply>>& replies);
+           std::vector<absl::StatusOr<RedisReply>>& replies,
+           absl::Time deadline = absl::InfiniteFuture());
 
   RedisTarget target_;
   RedisOptions options_;

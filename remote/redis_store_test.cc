@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "remote/redis_test_server.h"
@@ -50,6 +51,45 @@ TEST(KeySlot, RedisClusterSlots) {
   EXPECT_EQ(KeySlot("foo{}{bar}"), KeySlot("foo{}{bar}"));
   EXPECT_NE(KeySlot("foo{}{bar}"), KeySlot("bar"));
   EXPECT_EQ(KeySlot("foo{{bar}}zap"), KeySlot("{bar"));
+}
+
+// A Get with a deadline reads no reply after it: 64 MiB of values cannot
+// cross loopback in a millisecond, so the keys it had no time for are
+// DeadlineExceeded, those read before stand (in order), and the next call
+// reads them all on a new connection. A deadline already past reads none.
+TEST(RedisStore, AGetReadsNoReplyAfterItsDeadline) {
+  auto server = RedisTestServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto store = RedisStore::Connect(*ParseRedisUrl((*server)->url()), Fast());
+  ASSERT_TRUE(store.ok()) << store.status();
+  std::vector<std::pair<std::string, std::string>> items;
+  for (int i = 0; i < 64; ++i) {
+    items.push_back({absl::StrCat("big:", i), std::string(1 << 20, 'a' + i % 26)});
+  }
+  for (const absl::Status& s : (*store)->Set(items)) ASSERT_TRUE(s.ok()) << s;
+  const std::vector<std::string> keys = Keys(items);
+  const auto late = (*store)->Get(keys, absl::Now() + absl::Milliseconds(1));
+  ASSERT_EQ(late.size(), keys.size());
+  size_t read = 0;
+  while (read < late.size() && late[read].ok()) {
+    EXPECT_EQ(**late[read], items[read].second);
+    ++read;
+  }
+  ASSERT_LT(read, keys.size());
+  for (size_t i = read; i < late.size(); ++i) {
+    EXPECT_EQ(late[i].status().code(), absl::StatusCode::kDeadlineExceeded)
+        << late[i].status();
+  }
+  const auto all = (*store)->Get(keys);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_TRUE(all[i].ok()) << all[i].status();
+    EXPECT_EQ(**all[i], items[i].second);
+  }
+  const auto past = (*store)->Get(keys, absl::Now() - absl::Seconds(1));
+  for (const auto& r : past) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  }
+  EXPECT_TRUE((*store)->Get({keys[0]})[0].ok());
 }
 
 TEST(RedisStore, OneServer) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "remote/block_codec.h"
 #include "remote/redis_store.h"
 #include "remote/redis_url.h"
@@ -208,7 +209,7 @@ int64_t RemoteTier::Fetch(absl::Span<const uint64_t> hashes,
   }
   const auto start = std::chrono::steady_clock::now();
   std::vector<absl::StatusOr<std::optional<std::string>>> got =
-      s.fetch_store->Get(keys);
+      s.fetch_store->Get(keys, absl::Now() + s.options.fetch_timeout);
   const double us = std::chrono::duration<double, std::micro>(
                         std::chrono::steady_clock::now() - start)
                         .count();

@@ -13,8 +13,8 @@
 // its value carries a checksum (remote/block_codec.h).
 //
 // Never on the hot path, never fatal: Store copies the block into a
-// bounded queue (full: dropped and counted, never waiting); Fetch waits at
-// most fetch_timeout per node; a server down, slow, restarted, full or
+// bounded queue (full: dropped and counted, never waiting); Fetch reads no
+// reply after fetch_timeout; a server down, slow, restarted, full or
 // hostile, a cluster node killed, a value corrupted or of another model
 // are counted (RemoteTierStats) and are misses: the cache goes on with
 // what it holds.
@@ -46,7 +46,11 @@ struct RemoteTierOptions {
   std::string model_id;  // the engine's name for its weights
   absl::Duration connect_timeout = absl::Milliseconds(500);
   absl::Duration write_timeout = absl::Milliseconds(500);
-  // The most a Fetch (inside MatchPrefix) waits for each node's replies.
+  // The most a Fetch (one batch of MatchPrefix) waits for its replies, all
+  // nodes together: it reads none after it, and the match stops at the
+  // first block not read (a node's connection that failed is opened again
+  // first, within connect_timeout). Large blocks want more: a batch of
+  // fetch_batch blocks must arrive within it.
   absl::Duration fetch_timeout = absl::Milliseconds(50);
   int64_t queue_blocks = 256;  // blocks waiting to be written; more: dropped
   int64_t write_batch = 32;    // blocks a write round trip carries
