@@ -145,7 +145,10 @@ class SigpipeBlocked {
 
 RedisConnection::RedisConnection(redisContext* context, RedisEndpoint endpoint,
                                  RedisOptions options)
-    : context_(context), endpoint_(std::move(endpoint)), options_(options) {
+    : context_(context),
+      endpoint_(std::move(endpoint)),
+      options_(options),
+      read_timeout_(options.io_timeout) {
   context_->reader->fn = &kReplyFunctions;
   // Keep the read buffer between replies (hiredis frees one past 16 KiB
   // whenever it empties, and a block's reply is larger).
@@ -242,6 +245,13 @@ absl::Status RedisConnection::Send(
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
   }
+  // A deadline's shorter timeout (Receive) is not for writes.
+  if (read_timeout_ != options_.io_timeout) {
+    if (redisSetTimeout(context_, TimevalOf(options_.io_timeout)) != REDIS_OK) {
+      return FailedIo();
+    }
+    read_timeout_ = options_.io_timeout;
+  }
   std::vector<const char*> argv;
   std::vector<size_t> argvlen;
   for (const RedisCommand* command : commands) {
@@ -278,15 +288,20 @@ absl::Status RedisConnection::Receive(size_t count,
                 absl::StrFormat("%d of %d replies read by the deadline", read,
                                 count));
   };
+  absl::Duration want = options_.io_timeout;
   if (bounded) {
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) return late(0);
-    // Each read waits no longer than what is left.
-    if (redisSetTimeout(context_, TimevalOf(std::min(left,
-                                                     options_.io_timeout))) !=
-        REDIS_OK) {
+    want = std::min(left, want);
+  }
+  // A read waits no longer than what is left: the socket's timeout is set
+  // again when it would allow more, or less than half of it is left (a few
+  // system calls per deadline, not one per reply).
+  if (want > read_timeout_ || want < read_timeout_ / 2) {
+    if (redisSetTimeout(context_, TimevalOf(want)) != REDIS_OK) {
       return FailedIo();
     }
+    read_timeout_ = want;
   }
   int64_t budget = options_.max_reply_bytes;
   const SigpipeBlocked no_sigpipe;
@@ -304,10 +319,6 @@ absl::Status RedisConnection::Receive(size_t count,
           absl::StatusCode::kDataLoss,
           absl::StrFormat("replies beyond %d bytes", options_.max_reply_bytes));
     }
-  }
-  if (bounded &&
-      redisSetTimeout(context_, TimevalOf(options_.io_timeout)) != REDIS_OK) {
-    return FailedIo();
   }
   return absl::OkStatus();
 }

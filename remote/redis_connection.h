@@ -93,6 +93,9 @@ class RedisConnection {
   redisContext* context_;
   RedisEndpoint endpoint_;
   RedisOptions options_;
+  // The socket's timeout now: io_timeout, or less while Receive runs to a
+  // deadline.
+  absl::Duration read_timeout_;
   bool broken_ = false;
 };
 

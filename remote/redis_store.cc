@@ -125,37 +125,44 @@ void RedisStore::Start(int node, Outgoing& out) {
   out.sent = c.ok() ? (*c)->Send(out.commands) : c.status();
 }
 
-absl::Status RedisStore::Finish(int node, const Outgoing& out,
-                                std::vector<RedisReply>& replies,
-                                absl::Time deadline) {
-  replies.clear();
-  if (!out.sent.ok() && !out.kept) return out.sent;
-  absl::Status got =
-      out.sent.ok()
-          ? nodes_[static_cast<size_t>(node)].connection->Receive(
-                out.commands.size(), replies, deadline)
-          : out.sent;
+absl::StatusOr<RedisReply> RedisStore::NextReply(int node, Outgoing& out,
+                                                 absl::Time deadline) {
+  std::vector<RedisReply> one;
+  absl::Status got = out.sent;
+  if (got.ok()) {
+    got = nodes_[static_cast<size_t>(node)].connection->Receive(1, one,
+                                                                deadline);
+  }
   // Unavailable before the first reply on a connection an earlier call
   // opened: the server closed it, most likely while it was idle (it
   // restarted, or its `timeout` passed). Once more on a new connection: the
   // store's commands (GET, SET, CLUSTER SLOTS) may run twice. A server
   // that is down costs one more connect, refused or bounded by
   // connect_timeout; a timeout (DeadlineExceeded) is never sent again.
-  if (out.kept && replies.empty() &&
+  if (!got.ok() && out.kept && out.read == 0 &&
       got.code() == absl::StatusCode::kUnavailable) {
     absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
-    if (!c.ok()) return c.status();
-    got = (*c)->Send(out.commands);
-    if (got.ok()) got = (*c)->Receive(out.commands.size(), replies, deadline);
+    got = c.ok() ? (*c)->Send(out.commands) : c.status();
+    if (got.ok()) got = (*c)->Receive(1, one, deadline);
   }
-  return got;
+  out.kept = false;  // resent at most once
+  if (!got.ok()) {
+    out.sent = got;  // the node's later replies fail alike
+    return got;
+  }
+  ++out.read;
+  return std::move(one[0]);
 }
 
 absl::Status RedisStore::Send(int node, const RedisCommand& command,
                               std::vector<RedisReply>& replies) {
   Outgoing out{.commands = {&command}};
   Start(node, out);
-  return Finish(node, out, replies);
+  replies.clear();
+  absl::StatusOr<RedisReply> reply = NextReply(node, out, absl::InfiniteFuture());
+  if (!reply.ok()) return reply.status();
+  replies.push_back(*std::move(reply));
+  return absl::OkStatus();
 }
 
 absl::Status RedisStore::LearnSlots() {
@@ -231,7 +238,6 @@ void RedisStore::Run(absl::Span<const std::string> keys,
   }
   bool moved = false;
   const RedisCommand asking_command = {"ASKING"};
-  std::vector<RedisReply> got;
   for (int round = 0; round < 2 && !pending.empty(); ++round) {
     std::vector<size_t> redirected;
     // Nodes in the order of their first key.
@@ -246,45 +252,48 @@ void RedisStore::Run(absl::Span<const std::string> keys,
       }
     }
     // Every node's commands go out before any reply is read: the nodes
-    // work at once while their replies are read one node after another.
-    std::vector<std::vector<size_t>> mine(order.size());
+    // work at once. Then the replies are read in the order of the keys,
+    // each from its node: a deadline leaves the keys before it read (a
+    // chain of blocks ends where it is, not with a hole per node).
     std::vector<Outgoing> out(order.size());
+    std::vector<size_t> out_of(keys.size(), 0);  // a pending key's node
     for (size_t n = 0; n < order.size(); ++n) {
       for (const size_t i : pending) {
         if (node_of[i] != order[n]) continue;
-        mine[n].push_back(i);
+        out_of[i] = n;
         if (asking[i]) out[n].commands.push_back(&asking_command);
         out[n].commands.push_back(&commands[i]);
       }
       Start(order[n], out[n]);
     }
-    for (size_t n = 0; n < order.size(); ++n) {
-      const absl::Status status = Finish(order[n], out[n], got, deadline);
-      // Replies read before a failure stand; ASKING's own are skipped.
-      size_t next = 0;
-      for (const size_t i : mine[n]) {
-        if (asking[i]) ++next;
-        if (next >= got.size()) {
-          replies[i] =
-              status.ok() ? absl::DataLossError("a reply missing") : status;
-          ++next;
+    for (const size_t i : pending) {
+      if (node_of[i] < 0) continue;
+      const size_t n = out_of[i];
+      if (asking[i]) {  // ASKING's own reply
+        if (absl::StatusOr<RedisReply> a = NextReply(order[n], out[n], deadline);
+            !a.ok()) {
+          replies[i] = a.status();
           continue;
         }
-        RedisReply& reply = got[next++];
-        if (const std::optional<Redirect> r = ParseRedirect(reply);
-            r.has_value() && round == 0 && !slot_node_.empty()) {
-          const int to = NodeOf(r->to);
-          node_of[i] = to;
-          asking[i] = r->ask;
-          if (!r->ask) {
-            slot_node_[static_cast<size_t>(r->slot)] = to;
-            moved = true;
-          }
-          redirected.push_back(i);
-          continue;
-        }
-        replies[i] = std::move(reply);
       }
+      absl::StatusOr<RedisReply> reply = NextReply(order[n], out[n], deadline);
+      if (!reply.ok()) {
+        replies[i] = reply.status();
+        continue;
+      }
+      if (const std::optional<Redirect> r = ParseRedirect(*reply);
+          r.has_value() && round == 0 && !slot_node_.empty()) {
+        const int to = NodeOf(r->to);
+        node_of[i] = to;
+        asking[i] = r->ask;
+        if (!r->ask) {
+          slot_node_[static_cast<size_t>(r->slot)] = to;
+          moved = true;
+        }
+        redirected.push_back(i);
+        continue;
+      }
+      replies[i] = *std::move(reply);
     }
     pending = std::move(redirected);
   }

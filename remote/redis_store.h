@@ -77,19 +77,20 @@ class RedisStore {
   absl::StatusOr<RedisConnection*> ConnectionOf(int node);
   // A node's share of a call: its commands, written out by Start (opening
   // the node's connection when it has none or it broke), then their
-  // replies read by Finish; Finish sends them once more, on a new
-  // connection, when one kept from an earlier call fails Unavailable
-  // before its first reply.
+  // replies read one at a time by NextReply, which sends the commands once
+  // more, on a new connection, when one kept from an earlier call fails
+  // Unavailable before its first reply. After a failure every later reply
+  // of the node is that failure.
   struct Outgoing {
     std::vector<const RedisCommand*> commands;
     absl::Status sent;
     bool kept = false;  // the connection was opened by an earlier call
+    size_t read = 0;    // replies read
   };
   void Start(int node, Outgoing& out);
-  absl::Status Finish(int node, const Outgoing& out,
-                      std::vector<RedisReply>& replies,
-                      absl::Time deadline = absl::InfiniteFuture());
-  // One command to `node`: Start, then Finish.
+  absl::StatusOr<RedisReply> NextReply(int node, Outgoing& out,
+                                       absl::Time deadline);
+  // One command to `node`: Start, then NextReply.
   absl::Status Send(int node, const RedisCommand& command,
                     std::vector<RedisReply>& replies);
   // One command per key, each on its node; `replies[i]` the reply to

@@ -59,6 +59,7 @@ absl::StatusOr<Backends> MakeShards(BackendKind kind, const RunContext& ctx) {
     if (kind == BackendKind::kPaged) {
       shard.remote = {.url = options.remote,
                       .model_id = options.remote_model_id,
+                      .fetch_timeout_ms = options.remote_fetch_timeout_ms,
                       .inject_corruption = options.inject_tier_corruption,
                       .shard = i};
     }

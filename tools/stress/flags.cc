@@ -238,6 +238,11 @@ void DefineRemoteFlags(CLI::App& app, Options& o) {
                  "with --remote: the model id of the blocks' keys (default: a "
                  "fresh one per run, so that runs never share blocks; give one "
                  "to read what an earlier run wrote)");
+  app.add_option("--remote-fetch-timeout-ms", o.remote_fetch_timeout_ms,
+                 "with --remote: the most one fetch of MatchPrefix waits for "
+                 "its blocks (RemoteTierOptions::fetch_timeout; default: the "
+                 "library's, 50 ms)")
+      ->transform(tools::IntRange(int64_t{1}, int64_t{600000}));
 }
 
 // The named flags as Options; false (with the line on stderr) for a

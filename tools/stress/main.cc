@@ -186,7 +186,8 @@ RunInfo Describe(const RunContext& ctx) {
             .longest_request_tokens = ctx.longest,
             .remote = o.remote.empty() ? "" : RedactedRemoteUrl(o.remote),
             .remote_model_id = o.remote_model_id,
-            .remote_write_through = o.remote_write_through};
+            .remote_write_through = o.remote_write_through,
+            .remote_fetch_timeout_ms = o.remote_fetch_timeout_ms};
   int64_t prompt = 0, output = 0;
   for (const Request& q : ctx.requests) {
     prompt += q.prompt;

@@ -117,8 +117,11 @@ class RedisShardTier final : public ShardTier {
 
 absl::StatusOr<std::unique_ptr<ShardTier>> ShardTier::Connect(
     const ShardTierOptions& options) {
-  absl::StatusOr<std::unique_ptr<RemoteTier>> tier =
-      RemoteTier::Connect({.url = options.url, .model_id = options.model_id});
+  RemoteTierOptions remote{.url = options.url, .model_id = options.model_id};
+  if (options.fetch_timeout_ms > 0) {
+    remote.fetch_timeout = absl::Milliseconds(options.fetch_timeout_ms);
+  }
+  absl::StatusOr<std::unique_ptr<RemoteTier>> tier = RemoteTier::Connect(remote);
   if (!tier.ok()) return tier.status();
   return std::unique_ptr<ShardTier>(
       std::make_unique<RedisShardTier>(options, *std::move(tier)));

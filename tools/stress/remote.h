@@ -48,6 +48,7 @@ namespace kvpage::stress {
 // What a shard's tier needs.
 struct ShardTierOptions {
   std::string url, model_id;
+  int64_t fetch_timeout_ms = 0;  // 0: RemoteTierOptions' default
   // Testing: flip a byte of the first block fetched, before the cache
   // loads it (--inject-tier-corruption; the run must then exit 1).
   bool inject_corruption = false;

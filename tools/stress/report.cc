@@ -266,10 +266,13 @@ std::string RunHeader(const RunInfo& r) {
          (r.remote.empty()
               ? std::string("\n")
               : absl::StrFormat(
-                    "  remote tier %s, one per paged shard, %s, model id "
-                    "%s\n\n",
+                    "  remote tier %s, one per paged shard, %s, fetch "
+                    "timeout %s, model id %s\n\n",
                     r.remote,
                     r.remote_write_through ? "write-through" : "write-back",
+                    r.remote_fetch_timeout_ms > 0
+                        ? absl::StrCat(r.remote_fetch_timeout_ms, " ms")
+                        : std::string("50 ms (the default)"),
                     r.remote_model_id));
 }
 

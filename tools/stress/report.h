@@ -182,6 +182,7 @@ struct RunInfo {
   // model id the shards' tiers use, and whether they write through.
   std::string remote, remote_model_id;
   bool remote_write_through = false;
+  int64_t remote_fetch_timeout_ms = 0;  // 0: the library's default
 };
 
 // One backend's CPU inside cache calls in a run, per unit of work.
@@ -247,7 +248,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(
     spec_accept, policy, max_seq_len, sink_tokens, compress, threads, seed,
     kv_budget_bytes, mean_prompt_tokens, mean_output_tokens,
     longest_request_tokens, workload_tokens, remote, remote_model_id,
-    remote_write_through)
+    remote_write_through, remote_fetch_timeout_ms)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CpuCost, backend, rerun,
                                    max_requests_in_flight, scheduler_steps,
                                    tokens_appended, decode_steps, wall_s,

@@ -59,8 +59,11 @@ void WriteThenRestore(const std::string& url, const std::string& model_id) {
   EXPECT_GT(Count(first, "fetch_calls"), 0);
   EXPECT_EQ(Tier(first)["fetch_p99_us_by_shard"].size(), 2u);
 
-  const RunResult second = RunStress(args);
+  // A generous deadline: a loaded machine must not cut the fetches short.
+  const RunResult second = RunStress(args + " --remote-fetch-timeout-ms 5000");
   ExpectVerified(second);
+  EXPECT_EQ(second.json["run"]["remote_fetch_timeout_ms"], 5000);
+  EXPECT_EQ(first.json["run"]["remote_fetch_timeout_ms"], 0);  // default
   EXPECT_GT(Count(second, "blocks_fetched"), 0);
   EXPECT_GT(Count(second, "bytes_fetched"), 0);
   EXPECT_GT(Count(second, "tokens_from_tier"), 0);
@@ -105,8 +108,11 @@ TEST(StressRemoteTest, EvictedBlocksAreWrittenBack) {
   EXPECT_EQ(first.json["run"]["remote_write_through"], false);
   EXPECT_GT(Count(first, "blocks_written_back"), 0);
   EXPECT_EQ(Count(first, "blocks_written_through"), 0);
-  const RunResult second = RunStress(args);
+  // A generous deadline: a loaded machine must not cut the fetches short.
+  const RunResult second = RunStress(args + " --remote-fetch-timeout-ms 5000");
   ExpectVerified(second);
+  EXPECT_EQ(second.json["run"]["remote_fetch_timeout_ms"], 5000);
+  EXPECT_EQ(first.json["run"]["remote_fetch_timeout_ms"], 0);  // default
   EXPECT_GT(Count(second, "blocks_fetched"), 0);
   EXPECT_GT(Count(second, "tokens_from_tier"), 0);
 }
@@ -130,7 +136,8 @@ TEST(StressRemoteTest, RunsAreIndependentUnlessAModelIdIsGiven) {
   for (const std::string& line :
        {"remote tier " + (*server)->url() +
             ", one per paged shard, "
-            "write-through, model id kvpage-stress-seed7-",
+            "write-through, fetch timeout 50 ms (the default), model id "
+            "kvpage-stress-seed7-",
         std::string("remote tier (summed over shards)"),
         std::string("blocks written back / through"),
         std::string("prompt tokens restored from the tier")}) {
@@ -198,6 +205,7 @@ TEST(StressRemoteTest, RemoteFlagsGoTogether) {
       RunStress(RemoteRun() + " --shared-prefix-fraction 0 --remote " + url),
       "--shared-prefix-fraction");
   for (const char* flag : {"--remote-write-through", "--remote-model-id x",
+                           "--remote-fetch-timeout-ms 200",
                            "--inject-tier-corruption"}) {
     ExpectRefused(RunStress(RemoteRun() + " " + flag), "needs --remote");
   }

@@ -217,6 +217,8 @@ absl::Status CheckRemoteOptions(const Options& o) {
       return bad("--remote-write-through needs --remote");
     if (!o.remote_model_id.empty())
       return bad("--remote-model-id needs --remote");
+    if (o.remote_fetch_timeout_ms != 0)
+      return bad("--remote-fetch-timeout-ms needs --remote");
     if (o.inject_tier_corruption) {
       return bad("--inject-tier-corruption needs --remote");
     }

@@ -84,6 +84,8 @@ struct Options {
   std::string remote;
   std::string remote_model_id;
   bool remote_write_through = false;
+  // RemoteTierOptions::fetch_timeout; 0: the library's default.
+  int64_t remote_fetch_timeout_ms = 0;
   bool inject_tier_corruption = false;  // testing: a wrong fetched block
 };
 
