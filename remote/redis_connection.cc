@@ -171,6 +171,13 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Open(
   if (c->err != 0) {
     const std::string why = c->errstr;
     redisFree(c);
+    // hiredis reports a connect that timed out as an I/O error of
+    // ETIMEDOUT: the host did not answer (down, or packets dropped).
+    if (why == std::strerror(ETIMEDOUT)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(Where(endpoint), ": cannot connect within ",
+                       absl::FormatDuration(options.connect_timeout)));
+    }
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint), ": cannot connect: ", why));
   }

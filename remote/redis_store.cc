@@ -106,22 +106,44 @@ int RedisStore::NodeOf(const RedisEndpoint& endpoint) {
   return static_cast<int>(nodes_.size()) - 1;
 }
 
-absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(int node) {
+absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(
+    int node, absl::Time deadline) {
   Node& n = nodes_[static_cast<size_t>(node)];
-  if (n.connection == nullptr || n.connection->broken()) {
-    n.connection.reset();
-    absl::StatusOr<std::unique_ptr<RedisConnection>> c =
-        RedisConnection::Open(n.endpoint, target_, options_);
-    if (!c.ok()) return c.status();
-    n.connection = *std::move(c);
+  if (n.connection != nullptr && !n.connection->broken()) {
+    return n.connection.get();
   }
+  n.connection.reset();
+  // Connecting counts against the call's deadline too.
+  RedisOptions options = options_;
+  bool cut = false;  // the deadline, not connect_timeout, bounds it
+  if (deadline != absl::InfiniteFuture()) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrFormat(
+          "Redis %s:%d: the call's deadline passed before connecting",
+          n.endpoint.host, n.endpoint.port));
+    }
+    cut = left < options.connect_timeout;
+    options.connect_timeout = std::min(left, options.connect_timeout);
+  }
+  absl::StatusOr<std::unique_ptr<RedisConnection>> c =
+      RedisConnection::Open(n.endpoint, target_, options);
+  if (!c.ok()) {
+    if (cut && c.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      return absl::DeadlineExceededError(
+          absl::StrFormat("Redis %s:%d: cannot connect by the call's deadline",
+                          n.endpoint.host, n.endpoint.port));
+    }
+    return c.status();
+  }
+  n.connection = *std::move(c);
   return n.connection.get();
 }
 
-void RedisStore::Start(int node, Outgoing& out) {
+void RedisStore::Start(int node, Outgoing& out, absl::Time deadline) {
   const Node& n = nodes_[static_cast<size_t>(node)];
   out.kept = n.connection != nullptr && !n.connection->broken();
-  absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+  absl::StatusOr<RedisConnection*> c = ConnectionOf(node, deadline);
   out.sent = c.ok() ? (*c)->Send(out.commands) : c.status();
 }
 
@@ -141,7 +163,7 @@ absl::StatusOr<RedisReply> RedisStore::NextReply(int node, Outgoing& out,
   // connect_timeout; a timeout (DeadlineExceeded) is never sent again.
   if (!got.ok() && out.kept && out.read == 0 &&
       got.code() == absl::StatusCode::kUnavailable) {
-    absl::StatusOr<RedisConnection*> c = ConnectionOf(node);
+    absl::StatusOr<RedisConnection*> c = ConnectionOf(node, deadline);
     got = c.ok() ? (*c)->Send(out.commands) : c.status();
     if (got.ok()) got = (*c)->Receive(1, one, deadline);
   }
@@ -157,7 +179,7 @@ absl::StatusOr<RedisReply> RedisStore::NextReply(int node, Outgoing& out,
 absl::Status RedisStore::Send(int node, const RedisCommand& command,
                               std::vector<RedisReply>& replies) {
   Outgoing out{.commands = {&command}};
-  Start(node, out);
+  Start(node, out, absl::InfiniteFuture());
   replies.clear();
   absl::StatusOr<RedisReply> reply = NextReply(node, out, absl::InfiniteFuture());
   if (!reply.ok()) return reply.status();
@@ -264,7 +286,7 @@ void RedisStore::Run(absl::Span<const std::string> keys,
         if (asking[i]) out[n].commands.push_back(&asking_command);
         out[n].commands.push_back(&commands[i]);
       }
-      Start(order[n], out[n]);
+      Start(order[n], out[n], deadline);
     }
     for (const size_t i : pending) {
       if (node_of[i] < 0) continue;

@@ -74,7 +74,10 @@ class RedisStore {
 
   absl::Status LearnSlots();
   int NodeOf(const RedisEndpoint& endpoint);
-  absl::StatusOr<RedisConnection*> ConnectionOf(int node);
+  // The node's connection, opened when it has none or it broke; with a
+  // `deadline`, connecting waits no longer than what is left of it.
+  absl::StatusOr<RedisConnection*> ConnectionOf(
+      int node, absl::Time deadline = absl::InfiniteFuture());
   // A node's share of a call: its commands, written out by Start (opening
   // the node's connection when it has none or it broke), then their
   // replies read one at a time by NextReply, which sends the commands once
@@ -87,7 +90,7 @@ class RedisStore {
     bool kept = false;  // the connection was opened by an earlier call
     size_t read = 0;    // replies read
   };
-  void Start(int node, Outgoing& out);
+  void Start(int node, Outgoing& out, absl::Time deadline);
   absl::StatusOr<RedisReply> NextReply(int node, Outgoing& out,
                                        absl::Time deadline);
   // One command to `node`: Start, then NextReply.

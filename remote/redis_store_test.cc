@@ -92,6 +92,42 @@ TEST(RedisStore, AGetReadsNoReplyAfterItsDeadline) {
   EXPECT_TRUE((*store)->Get({keys[0]})[0].ok());
 }
 
+// A host that stops answering (its packets dropped): the Get that finds
+// its connection broken connects again within what is left of its
+// deadline, not connect_timeout, and says so; once the host answers
+// again, the next call is served.
+TEST(RedisStore, AReconnectWaitsNoLongerThanTheDeadline) {
+  auto server = RedisTestServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  RedisOptions slow_connect = Fast();
+  slow_connect.connect_timeout = absl::Seconds(30);
+  auto store = RedisStore::Connect(*ParseRedisUrl((*server)->url()),
+                                   slow_connect);
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->Set({{"k", "v"}})[0].ok());
+  (*server)->Stop(SIGKILL);
+  {
+    testing::BlackHole hole(port);
+    ASSERT_TRUE(hole.ok());
+    // The kept connection fails (the server is gone), then connecting to
+    // the silent port is cut at the deadline: 30 s of connect_timeout
+    // would hang the test.
+    const auto got = (*store)->Get({"k"}, absl::Now() + absl::Milliseconds(200));
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].status().code(), absl::StatusCode::kDeadlineExceeded)
+        << got[0].status();
+    EXPECT_THAT(std::string(got[0].status().message()),
+                ::testing::HasSubstr("deadline"));
+  }
+  auto again = RedisTestServer::Start({}, port);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE((*store)->Set({{"k", "w"}})[0].ok());
+  const auto got = (*store)->Get({"k"}, absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(got[0].ok()) << got[0].status();
+  EXPECT_EQ(**got[0], "w");
+}
+
 TEST(RedisStore, OneServer) {
   auto server = RedisTestServer::Start();
   ASSERT_TRUE(server.ok()) << server.status();

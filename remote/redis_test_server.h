@@ -288,6 +288,46 @@ class RedisTestCluster {
   std::vector<std::vector<std::string>> args_;  // per node: Restart's
 };
 
+// A host that does not answer: a loopback listener on `port` that never
+// accepts, its backlog filled, so that a connect to it hangs until its
+// timeout (as to a host whose packets are dropped). `port` 0: a free one.
+class BlackHole {
+ public:
+  explicit BlackHole(int port = 0) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    const int one = 1;
+    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    socklen_t len = sizeof(addr);
+    ok_ = bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ==
+              0 &&
+          listen(listen_fd_, 0) == 0;
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    for (int i = 0; i < 4 && ok_; ++i) {  // fill the backlog
+      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      fillers_.push_back(fd);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ~BlackHole() {
+    for (const int fd : fillers_) close(fd);
+    close(listen_fd_);
+  }
+  bool ok() const { return ok_; }
+  int port() const { return port_; }
+
+ private:
+  int listen_fd_ = -1;
+  int port_ = 0;
+  bool ok_ = false;
+  std::vector<int> fillers_;
+};
+
 // A server that accepts connections and, for each read from a client,
 // writes `answer` (then closes the connection when `close_after`). An
 // empty answer never replies; an empty answer with `close_after` closes

@@ -46,11 +46,11 @@ struct RemoteTierOptions {
   std::string model_id;  // the engine's name for its weights
   absl::Duration connect_timeout = absl::Milliseconds(500);
   absl::Duration write_timeout = absl::Milliseconds(500);
-  // The most a Fetch (one batch of MatchPrefix) waits for its replies, all
-  // nodes together: it reads none after it, and the match stops at the
-  // first block not read (a node's connection that failed is opened again
-  // first, within connect_timeout). Large blocks want more: a batch of
-  // fetch_batch blocks must arrive within it.
+  // The most a Fetch (one batch of MatchPrefix) waits, all nodes together,
+  // connecting again to a node whose connection broke included: it reads
+  // no reply after it, and the match stops at the first block not read.
+  // Large blocks want more: a batch of fetch_batch blocks of every table
+  // must arrive within it.
   absl::Duration fetch_timeout = absl::Milliseconds(50);
   int64_t queue_blocks = 256;  // blocks waiting to be written; more: dropped
   int64_t write_batch = 32;    // blocks a write round trip carries
