@@ -103,6 +103,10 @@ class PrefixCache {
   void set_in_tier(int32_t entry) {
     entries_[static_cast<size_t>(entry)].in_tier = true;
   }
+  // Every entry not in the tier (another is attached). O(entries).
+  void ClearInTier() {
+    for (Entry& e : entries_) e.in_tier = false;
+  }
   // Whether `hash` is listed, complete or not. O(1).
   bool Lists(uint64_t hash) const { return by_hash_.contains(hash); }
   // Removes the least recently used idle entry; returns its blocks, whose

@@ -26,6 +26,8 @@ absl::Status KVCache::AttachTier(BlockTier* tier, const TierOptions& options) {
     }
     if (absl::Status s = tier->Attach(shape); !s.ok()) return s;
   }
+  // Another tier has none of the blocks: each may be offered to it.
+  if (tier != impl.tier) impl.prefix->ClearInTier();
   impl.tier = tier;
   impl.tier_options = options;
   return absl::OkStatus();
@@ -48,8 +50,9 @@ void KVCache::Impl::StoreToTier(int32_t entry, bool evicted) {
     }
     tables.push_back(out);
   }
-  tier->Store(prefix->hash_of(entry), tables, evicted);
-  prefix->set_in_tier(entry);
+  if (tier->Store(prefix->hash_of(entry), tables, evicted)) {
+    prefix->set_in_tier(entry);
+  }
 }
 
 void KVCache::Impl::WriteThrough(internal::Sequence& sequence) {

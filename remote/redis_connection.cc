@@ -19,9 +19,9 @@ namespace kvpage::remote {
 
 namespace {
 
+// A socket timeout: at least 1 us (a zero timeout waits forever).
 timeval TimevalOf(absl::Duration d) {
-  if (d < absl::ZeroDuration()) d = absl::ZeroDuration();
-  return absl::ToTimeval(d);
+  return absl::ToTimeval(std::max(d, absl::Microseconds(1)));
 }
 
 std::string Where(const RedisEndpoint& e) {
@@ -34,11 +34,24 @@ std::string Where(const RedisEndpoint& e) {
 // again). A root reply is allocated; an array's elements are built in
 // place in its vector, sized when the array is created. hiredis frees a
 // root only (freeObject), on an error mid-reply or with its context. No
-// exception crosses hiredis: an allocation that fails is a null object,
-// which hiredis reports as out of memory.
+// exception crosses hiredis: an allocation that fails, or one past the
+// pipeline's max_reply_bytes (ReplyBudget, the reader's privdata), is a
+// null object, which hiredis reports as out of memory.
+bool Charge(const redisReadTask* task, int64_t bytes) {
+  auto* budget = static_cast<ReplyBudget*>(task->privdata);
+  if (budget == nullptr) return true;
+  budget->left -= bytes;
+  if (budget->left >= 0) return true;
+  budget->exceeded = true;
+  return false;
+}
+
 RedisReply* Place(const redisReadTask* task, RedisReply::Type type) {
   RedisReply* r = nullptr;
-  if (task->parent == nullptr) {
+  if (task->parent == nullptr) {  // an array's elements are charged with it
+    if (!Charge(task, static_cast<int64_t>(sizeof(RedisReply)))) {
+      return nullptr;
+    }
     r = new (std::nothrow) RedisReply;
     if (r == nullptr) return nullptr;
   } else {
@@ -55,6 +68,7 @@ void* CreateString(const redisReadTask* task, char* str, size_t len) {
                                 : task->type == REDIS_REPLY_STATUS
                                     ? RedisReply::kStatus
                                     : RedisReply::kError;
+  if (!Charge(task, static_cast<int64_t>(len))) return nullptr;
   RedisReply* r = Place(task, type);
   if (r == nullptr) return nullptr;
   try {
@@ -67,10 +81,16 @@ void* CreateString(const redisReadTask* task, char* str, size_t len) {
 }
 
 void* CreateArray(const redisReadTask* task, int elements) {
+  const auto n = static_cast<size_t>(std::max(elements, 0));
+  // Charged before anything is built: a hostile count is refused, not
+  // allocated.
+  if (!Charge(task, static_cast<int64_t>(n * sizeof(RedisReply)))) {
+    return nullptr;
+  }
   RedisReply* r = Place(task, RedisReply::kArray);
   if (r == nullptr) return nullptr;
   try {
-    r->elements.resize(static_cast<size_t>(std::max(elements, 0)));
+    r->elements.resize(n);
   } catch (const std::bad_alloc&) {
     if (task->parent == nullptr) delete r;
     return nullptr;
@@ -97,14 +117,6 @@ redisReplyObjectFunctions kReplyFunctions = {
     .createNil = CreateNil,
     .freeObject = FreeReply,
 };
-
-// The bytes a reply holds, for max_reply_bytes.
-int64_t ReplyBytes(const RedisReply& r) {
-  int64_t bytes =
-      static_cast<int64_t>(sizeof(RedisReply)) + static_cast<int64_t>(r.str.size());
-  for (const RedisReply& e : r.elements) bytes += ReplyBytes(e);
-  return bytes;
-}
 
 // hiredis writes with write(2): to a peer that closed its end the kernel
 // answers EPIPE and raises SIGPIPE, whose default action ends the process.
@@ -150,6 +162,7 @@ RedisConnection::RedisConnection(redisContext* context, RedisEndpoint endpoint,
       options_(options),
       read_timeout_(options.io_timeout) {
   context_->reader->fn = &kReplyFunctions;
+  context_->reader->privdata = &budget_;
   // Keep the read buffer between replies (hiredis frees one past 16 KiB
   // whenever it empties, and a block's reply is larger).
   context_->reader->maxbuf = 0;
@@ -161,7 +174,7 @@ RedisConnection::~RedisConnection() {
 
 absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Open(
     const RedisEndpoint& endpoint, const RedisTarget& target,
-    const RedisOptions& options) {
+    const RedisOptions& options, absl::Time deadline) {
   redisContext* c = redisConnectWithTimeout(
       endpoint.host.c_str(), endpoint.port, TimevalOf(options.connect_timeout));
   if (c == nullptr) {
@@ -199,8 +212,14 @@ absl::StatusOr<std::unique_ptr<RedisConnection>> RedisConnection::Open(
     hello.push_back({"SELECT", absl::StrCat(target.db)});
   }
   if (hello.empty()) return connection;
+  std::vector<const RedisCommand*> pointers;
+  for (const RedisCommand& command : hello) pointers.push_back(&command);
   std::vector<RedisReply> replies;
-  if (absl::Status s = connection->Pipeline(hello, replies); !s.ok()) return s;
+  if (absl::Status s = connection->Send(pointers); !s.ok()) return s;
+  if (absl::Status s = connection->Receive(hello.size(), replies, deadline);
+      !s.ok()) {
+    return s;
+  }
   for (size_t i = 0; i < replies.size(); ++i) {
     if (replies[i].type != RedisReply::kError) continue;
     const bool auth = hello[i][0] == "AUTH";
@@ -221,12 +240,17 @@ absl::Status RedisConnection::Fail(absl::StatusCode code,
 absl::Status RedisConnection::FailedIo() {
   const int err = context_->err;
   const std::string why = context_->errstr;
+  if (budget_.exceeded) {  // a reader function refused (ReplyBudget)
+    return Fail(
+        absl::StatusCode::kDataLoss,
+        absl::StrFormat("replies beyond %d bytes", options_.max_reply_bytes));
+  }
   // hiredis reports a read that timed out as an I/O error of EAGAIN.
   if (err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK ||
                               why == std::strerror(EAGAIN))) {
     return Fail(absl::StatusCode::kDeadlineExceeded,
                 absl::StrFormat("no reply within %s",
-                                absl::FormatDuration(options_.io_timeout)));
+                                absl::FormatDuration(read_timeout_)));
   }
   if (err == REDIS_ERR_PROTOCOL) {
     return Fail(absl::StatusCode::kDataLoss,
@@ -252,13 +276,9 @@ absl::Status RedisConnection::Send(
     return absl::UnavailableError(
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
   }
+  budget_ = {.left = options_.max_reply_bytes};
   // A deadline's shorter timeout (Receive) is not for writes.
-  if (read_timeout_ != options_.io_timeout) {
-    if (redisSetTimeout(context_, TimevalOf(options_.io_timeout)) != REDIS_OK) {
-      return FailedIo();
-    }
-    read_timeout_ = options_.io_timeout;
-  }
+  if (absl::Status s = SetReadTimeout(options_.io_timeout); !s.ok()) return s;
   std::vector<const char*> argv;
   std::vector<size_t> argvlen;
   for (const RedisCommand* command : commands) {
@@ -282,6 +302,15 @@ absl::Status RedisConnection::Send(
   return absl::OkStatus();
 }
 
+absl::Status RedisConnection::SetReadTimeout(absl::Duration want) {
+  if (want == read_timeout_) return absl::OkStatus();
+  if (redisSetTimeout(context_, TimevalOf(want)) != REDIS_OK) {
+    return FailedIo();
+  }
+  read_timeout_ = want;
+  return absl::OkStatus();
+}
+
 absl::Status RedisConnection::Receive(size_t count,
                                       std::vector<RedisReply>& replies,
                                       absl::Time deadline) {
@@ -290,42 +319,40 @@ absl::Status RedisConnection::Receive(size_t count,
         absl::StrCat(Where(endpoint_), ": the connection was dropped"));
   }
   const bool bounded = deadline != absl::InfiniteFuture();
-  auto late = [&](size_t read) {
-    return Fail(absl::StatusCode::kDeadlineExceeded,
-                absl::StrFormat("%d of %d replies read by the deadline", read,
-                                count));
-  };
-  absl::Duration want = options_.io_timeout;
-  if (bounded) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) return late(0);
-    want = std::min(left, want);
-  }
-  // A read waits no longer than what is left: the socket's timeout is set
-  // again when it would allow more, or less than half of it is left (a few
-  // system calls per deadline, not one per reply).
-  if (want > read_timeout_ || want < read_timeout_ / 2) {
-    if (redisSetTimeout(context_, TimevalOf(want)) != REDIS_OK) {
-      return FailedIo();
+  if (!bounded) {
+    if (absl::Status s = SetReadTimeout(options_.io_timeout); !s.ok()) {
+      return s;
     }
-    read_timeout_ = want;
   }
-  int64_t budget = options_.max_reply_bytes;
   const SigpipeBlocked no_sigpipe;
   for (size_t i = 0; i < count; ++i) {
-    if (bounded && i > 0 && absl::Now() >= deadline) return late(i);
+    // A reply from what hiredis holds, else one read(2) more. With a
+    // deadline, none starts after it, and each waits no longer than what
+    // is left (within 1 ms: the socket's timeout is set again when it
+    // would allow more than that past the deadline).
     void* raw = nullptr;
-    if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
-      return FailedIo();
+    while (true) {
+      if (redisGetReplyFromReader(context_, &raw) != REDIS_OK) {
+        return FailedIo();
+      }
+      if (raw != nullptr) break;
+      if (bounded) {
+        const absl::Duration left = deadline - absl::Now();
+        if (left <= absl::ZeroDuration()) {
+          return Fail(absl::StatusCode::kDeadlineExceeded,
+                      absl::StrFormat("%d of %d replies read by the deadline",
+                                      i, count));
+        }
+        const absl::Duration want = std::min(left, options_.io_timeout);
+        if (want > read_timeout_ ||
+            read_timeout_ - want > absl::Milliseconds(1)) {
+          if (absl::Status s = SetReadTimeout(want); !s.ok()) return s;
+        }
+      }
+      if (redisBufferRead(context_) != REDIS_OK) return FailedIo();
     }
     std::unique_ptr<RedisReply> reply(static_cast<RedisReply*>(raw));
-    budget -= ReplyBytes(*reply);
-    if (budget >= 0) replies.push_back(std::move(*reply));
-    if (budget < 0) {
-      return Fail(
-          absl::StatusCode::kDataLoss,
-          absl::StrFormat("replies beyond %d bytes", options_.max_reply_bytes));
-    }
+    replies.push_back(std::move(*reply));
   }
   return absl::OkStatus();
 }

@@ -44,18 +44,27 @@ using RedisCommand = std::vector<std::string>;
 struct RedisOptions {
   absl::Duration connect_timeout = absl::Milliseconds(500);
   absl::Duration io_timeout = absl::Milliseconds(500);  // each read, write
-  // The most bytes one pipeline's replies may take: a server that sends
-  // more is treated as hostile (DataLoss).
+  // The most bytes the replies to one Send (one pipeline) may take, counted
+  // as they are parsed: a server that sends more (or announces an array
+  // that large) is treated as hostile (DataLoss).
   int64_t max_reply_bytes = int64_t{1} << 30;
+};
+
+// What the replies to the last Send may still take (redis_connection.cc).
+struct ReplyBudget {
+  int64_t left = 0;
+  bool exceeded = false;
 };
 
 class RedisConnection {
  public:
   // Connects to `endpoint`, then AUTH (when `target` has a password) and
   // SELECT (a db other than 0).
+  // With a `deadline`, AUTH and SELECT's replies are read by then.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<RedisConnection>> Open(
       const RedisEndpoint& endpoint, const RedisTarget& target,
-      const RedisOptions& options);
+      const RedisOptions& options,
+      absl::Time deadline = absl::InfiniteFuture());
   ~RedisConnection();
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
@@ -89,6 +98,8 @@ class RedisConnection {
   // The Status of a failed hiredis call (a timeout, a protocol error, a
   // dropped connection); breaks the connection.
   absl::Status FailedIo();
+  // Sets the socket's timeout (reads and writes) to `want` unless it is.
+  absl::Status SetReadTimeout(absl::Duration want);
 
   redisContext* context_;
   RedisEndpoint endpoint_;
@@ -96,6 +107,7 @@ class RedisConnection {
   // The socket's timeout now: io_timeout, or less while Receive runs to a
   // deadline.
   absl::Duration read_timeout_;
+  ReplyBudget budget_;  // the reader's privdata
   bool broken_ = false;
 };
 

@@ -159,6 +159,14 @@ TEST(RedisConnection, MisbehavingServers) {
   absl::StatusOr<RedisReply> r = (*c)->Command({"GET", "k"});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
   EXPECT_THAT(r.status().message(), HasSubstr("beyond 4096 bytes"));
+  // An array header that announces 10^8 elements: refused as it is parsed,
+  // before anything that large is allocated.
+  FakeServer huge("*100000000\r\n", false);
+  auto h = RedisConnection::Open(huge.endpoint(), {}, Fast());
+  ASSERT_TRUE(h.ok());
+  absl::StatusOr<RedisReply> a = (*h)->Command({"GET", "k"});
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kDataLoss) << a.status();
+  EXPECT_TRUE((*h)->broken());
 }
 
 }  // namespace

@@ -127,7 +127,7 @@ absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(
     options.connect_timeout = std::min(left, options.connect_timeout);
   }
   absl::StatusOr<std::unique_ptr<RedisConnection>> c =
-      RedisConnection::Open(n.endpoint, target_, options);
+      RedisConnection::Open(n.endpoint, target_, options, deadline);
   if (!c.ok()) {
     if (cut && c.status().code() == absl::StatusCode::kDeadlineExceeded) {
       return absl::DeadlineExceededError(
@@ -177,24 +177,25 @@ absl::StatusOr<RedisReply> RedisStore::NextReply(int node, Outgoing& out,
 }
 
 absl::Status RedisStore::Send(int node, const RedisCommand& command,
-                              std::vector<RedisReply>& replies) {
+                              std::vector<RedisReply>& replies,
+                              absl::Time deadline) {
   Outgoing out{.commands = {&command}};
-  Start(node, out, absl::InfiniteFuture());
+  Start(node, out, deadline);
   replies.clear();
-  absl::StatusOr<RedisReply> reply = NextReply(node, out, absl::InfiniteFuture());
+  absl::StatusOr<RedisReply> reply = NextReply(node, out, deadline);
   if (!reply.ok()) return reply.status();
   replies.push_back(*std::move(reply));
   return absl::OkStatus();
 }
 
-absl::Status RedisStore::LearnSlots() {
+absl::Status RedisStore::LearnSlots(absl::Time deadline) {
   // Ask the nodes known, in turn, until one answers.
   absl::Status last = absl::UnavailableError("Redis Cluster: no node known");
   for (size_t i = 0; i < nodes_.size(); ++i) {
     const RedisEndpoint asked = nodes_[i].endpoint;
     const RedisCommand slots = {"CLUSTER", "SLOTS"};
     std::vector<RedisReply> replies;
-    if (absl::Status s = Send(static_cast<int>(i), slots, replies);
+    if (absl::Status s = Send(static_cast<int>(i), slots, replies, deadline);
         !s.ok()) {
       last = s;
       continue;
@@ -323,7 +324,8 @@ void RedisStore::Run(absl::Span<const std::string> keys,
     replies[i] = absl::UnavailableError(
         "Redis Cluster: redirected twice (the cluster is resharding)");
   }
-  if (moved) (void)LearnSlots();  // the map was stale: learn it whole
+  // The map was stale: learn it whole, by the call's deadline.
+  if (moved) (void)LearnSlots(deadline);
 }
 
 std::vector<absl::StatusOr<std::optional<std::string>>> RedisStore::Get(
@@ -360,7 +362,12 @@ std::vector<absl::Status> RedisStore::Set(
   commands.reserve(items.size());
   for (auto& [key, value] : items) {
     keys.push_back(key);
-    commands.push_back({"SET", std::move(key), std::move(value)});
+    // Word by word: an initializer list would copy the value.
+    RedisCommand& set = commands.emplace_back();
+    set.reserve(3);
+    set.emplace_back("SET");
+    set.push_back(std::move(key));
+    set.push_back(std::move(value));
   }
   std::vector<absl::StatusOr<RedisReply>> replies;
   Run(keys, commands, replies);

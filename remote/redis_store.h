@@ -72,7 +72,9 @@ class RedisStore {
   RedisStore(RedisTarget target, RedisOptions options)
       : target_(std::move(target)), options_(options) {}
 
-  absl::Status LearnSlots();
+  // CLUSTER SLOTS from the nodes known, in turn, until one answers; by
+  // `deadline` when one is given.
+  absl::Status LearnSlots(absl::Time deadline = absl::InfiniteFuture());
   int NodeOf(const RedisEndpoint& endpoint);
   // The node's connection, opened when it has none or it broke; with a
   // `deadline`, connecting waits no longer than what is left of it.
@@ -95,7 +97,8 @@ class RedisStore {
                                        absl::Time deadline);
   // One command to `node`: Start, then NextReply.
   absl::Status Send(int node, const RedisCommand& command,
-                    std::vector<RedisReply>& replies);
+                    std::vector<RedisReply>& replies,
+                    absl::Time deadline = absl::InfiniteFuture());
   // One command per key, each on its node; `replies[i]` the reply to
   // commands[i] or the error of its node. Follows MOVED and ASK once.
   void Run(absl::Span<const std::string> keys,

@@ -168,7 +168,7 @@ absl::Status RemoteTier::Attach(const TierShape& shape) {
   return absl::OkStatus();
 }
 
-void RemoteTier::Store(uint64_t hash,
+bool RemoteTier::Store(uint64_t hash,
                        absl::Span<const absl::Span<const std::byte>> tables,
                        bool evicted) {
   State& s = *state_;
@@ -176,10 +176,10 @@ void RemoteTier::Store(uint64_t hash,
     std::lock_guard<std::mutex> lock(s.mu);
     if (static_cast<int64_t>(s.queue.size()) >= s.options.queue_blocks) {
       ++s.stats.queue_drops;
-      return;
+      return false;
     }
   }
-  if (tables.size() != s.fingerprints.size()) return;  // not attached
+  if (tables.size() != s.fingerprints.size()) return false;  // not attached
   Pending p{.hash = hash, .fingerprints = s.fingerprints, .evicted = evicted};
   for (const auto& t : tables) {
     std::string& value = p.tables.emplace_back();
@@ -192,6 +192,7 @@ void RemoteTier::Store(uint64_t hash,
     s.queue.push_back(std::move(p));
   }
   s.wake.notify_one();
+  return true;
 }
 
 int64_t RemoteTier::Fetch(absl::Span<const uint64_t> hashes,

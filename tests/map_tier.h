@@ -15,8 +15,8 @@
 namespace kvpage::testing {
 
 // A tier that keeps every block it is given, in a map; or, told to, gets
-// things wrong: refuses to attach, hands out values cut short or with a
-// flipped bit, overstates what it found.
+// things wrong: refuses to attach, drops what it is given, hands out
+// values cut short or with a flipped bit, overstates what it found.
 class MapTier final : public BlockTier {
  public:
   absl::Status Attach(const TierShape& shape) override {
@@ -24,15 +24,20 @@ class MapTier final : public BlockTier {
     shapes.push_back(shape);
     return absl::OkStatus();
   }
-  void Store(uint64_t hash,
+  bool Store(uint64_t hash,
              absl::Span<const absl::Span<const std::byte>> tables,
              bool evicted) override {
+    if (drop_stores) {
+      ++dropped;
+      return false;
+    }
     std::vector<std::string>& block = blocks[hash];
     block.clear();
     for (const auto& t : tables) {
       block.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
     }
     ++(evicted ? written_back : written_through);
+    return true;
   }
   int64_t Fetch(absl::Span<const uint64_t> hashes,
                 std::vector<std::vector<std::string>>& out) override {
@@ -52,8 +57,10 @@ class MapTier final : public BlockTier {
 
   std::map<uint64_t, std::vector<std::string>> blocks;
   std::vector<TierShape> shapes;
-  int64_t written_back = 0, written_through = 0, fetches = 0, fetched = 0;
+  int64_t written_back = 0, written_through = 0, fetches = 0, fetched = 0,
+          dropped = 0;
   bool refuse = false, truncate = false, overstate = false, flip = false;
+  bool drop_stores = false;  // Store drops every block (a full queue)
 };
 
 }  // namespace kvpage::testing

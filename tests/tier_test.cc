@@ -262,6 +262,36 @@ TEST_P(TierTest, EachBlockIsOfferedOnce) {
   ASSERT_TRUE(a->AttachTier(nullptr, {}).ok());
 }
 
+// A block the tier dropped (a full queue) is offered again when evicted;
+// one another tier took is offered to a tier attached after it.
+TEST_P(TierTest, ABlockNotTakenIsOfferedAgain) {
+  const bool grouped = GetParam();
+  const CacheConfig config = Config(grouped, 12 * (grouped ? 1 : 3));
+  MapTier dropping;
+  dropping.drop_stores = true;
+  auto cache = *KVCache::Create(config);
+  ASSERT_TRUE(cache->AttachTier(&dropping, {.write_through = true}).ok());
+  const SeqId s1 = *cache->AddSequence();
+  Compute(*cache, s1, Prompt(100, 40));  // 10 blocks, all dropped
+  ASSERT_TRUE(cache->RemoveSequence(s1).ok());
+  EXPECT_EQ(dropping.dropped, 10);
+  dropping.drop_stores = false;
+  const SeqId s2 = *cache->AddSequence();
+  Compute(*cache, s2, Prompt(5000, 48));  // evicts the 10: written back
+  ASSERT_TRUE(cache->RemoveSequence(s2).ok());
+  EXPECT_EQ(dropping.written_back, 10);
+  EXPECT_EQ(dropping.written_through, 12);  // the second prompt's
+  // Another tier: the 12 blocks held, taken by the first, go to it too
+  // when evicted.
+  MapTier other;
+  ASSERT_TRUE(cache->AttachTier(&other, {}).ok());
+  const SeqId s3 = *cache->AddSequence();
+  Compute(*cache, s3, Prompt(9000, 48));
+  EXPECT_EQ(other.written_back, 12);
+  EXPECT_VALID(*cache);
+  ASSERT_TRUE(cache->AttachTier(nullptr, {}).ok());
+}
+
 // In engine mode a reservation's blocks are published at once, but their
 // bytes are the kernel's to write: write_through offers them only once
 // every table has moved past them (the sequence's next reservation), so

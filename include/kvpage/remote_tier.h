@@ -85,7 +85,7 @@ class RemoteTier final : public BlockTier {
   ~RemoteTier() override;
 
   [[nodiscard]] absl::Status Attach(const TierShape& shape) override;
-  void Store(uint64_t hash,
+  bool Store(uint64_t hash,
              absl::Span<const absl::Span<const std::byte>> tables,
              bool evicted) override;
   int64_t Fetch(absl::Span<const uint64_t> hashes,

@@ -15,6 +15,11 @@
 //   ...                                           // MatchPrefix, evictions
 //   s = cache->AttachTier(nullptr, {});           // detach before `tier` goes
 //
+// A cache offers a block to its tier until the tier takes it (Store returns
+// true): a block written through is not offered again when evicted, and
+// one the cache fetched from the tier is never offered back. Attaching
+// another tier starts over: every block may be offered to it.
+//
 // Thread safety: the cache calls its tier from the thread that calls the
 // cache (Update, Reserve, MatchPrefix...), never concurrently for one cache.
 #ifndef KVPAGE_TIER_H_
@@ -50,8 +55,9 @@ class BlockTier {
   // A complete block leaving the prefix cache (`evicted`) or published into
   // it (write-through): `tables[t]` is table t's bytes, valid during the
   // call only (the tier copies what it keeps). Must not block on I/O: a
-  // tier that cannot keep up drops the block (and counts it).
-  virtual void Store(uint64_t hash,
+  // tier that cannot keep up drops the block (and counts it) and returns
+  // false. True: the tier took it; the cache offers it no more (below).
+  virtual bool Store(uint64_t hash,
                      absl::Span<const absl::Span<const std::byte>> tables,
                      bool evicted) = 0;
 

@@ -28,6 +28,7 @@
 #include "kvpage/prefix.h"
 #include "nlohmann/json.hpp"
 #include "tools/flag_ranges.h"
+#include "tools/remote_stats_json.h"
 #include "tools/replay/remote.h"
 #include "tools/replay/replay.h"
 #include "tools/replay/trace.h"
@@ -182,22 +183,6 @@ nlohmann::json JsonOf(const ReplayResult& r) {
           {"prefix_entries_end", r.prefix_entries_end}};
 }
 
-nlohmann::json JsonOf(const RemoteTierStats& t) {
-  return {{"blocks_written_back", t.blocks_written_back},
-          {"blocks_written_through", t.blocks_written_through},
-          {"queue_drops", t.queue_drops},
-          {"write_errors", t.write_errors},
-          {"fetch_calls", t.fetch_calls},
-          {"blocks_fetched", t.blocks_fetched},
-          {"fetch_misses", t.fetch_misses},
-          {"fetch_errors", t.fetch_errors},
-          {"corrupt_blocks", t.corrupt_blocks},
-          {"foreign_blocks", t.foreign_blocks},
-          {"bytes_written", t.bytes_written},
-          {"bytes_fetched", t.bytes_fetched},
-          {"fetch_p50_us", t.fetch_p50_us},
-          {"fetch_p99_us", t.fetch_p99_us}};
-}
 
 nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
                     int64_t footprint, const std::optional<RemoteSetup>& setup,
@@ -226,7 +211,7 @@ nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
     if (row.remote) {
       nlohmann::json tier = JsonOf(row.remote->replay);
       tier["model_id"] = row.remote->model_id;
-      tier["remote"] = JsonOf(row.remote->stats);
+      tier["remote"] = tools::RemoteTierStatsJson(row.remote->stats);
       run["tier"] = std::move(tier);
     }
     j["runs"].push_back(std::move(run));

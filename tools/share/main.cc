@@ -23,6 +23,7 @@
 #include "kvpage/remote_tier.h"
 #include "nlohmann/json.hpp"
 #include "tools/flag_ranges.h"
+#include "tools/remote_stats_json.h"
 #include "tools/share/share.h"
 
 namespace kvpage::share {
@@ -101,21 +102,7 @@ nlohmann::json Json(const Args& args, const ShareResult& r,
       {"rewritten", r.rewritten},
       {"rewrite_s", r.rewrite_s},
       {"drain_s", drain_s},
-      {"tier",
-       {{"blocks_written_back", t.blocks_written_back},
-        {"blocks_written_through", t.blocks_written_through},
-        {"queue_drops", t.queue_drops},
-        {"write_errors", t.write_errors},
-        {"fetch_calls", t.fetch_calls},
-        {"blocks_fetched", t.blocks_fetched},
-        {"fetch_misses", t.fetch_misses},
-        {"fetch_errors", t.fetch_errors},
-        {"corrupt_blocks", t.corrupt_blocks},
-        {"foreign_blocks", t.foreign_blocks},
-        {"bytes_written", t.bytes_written},
-        {"bytes_fetched", t.bytes_fetched},
-        {"fetch_p50_us", t.fetch_p50_us},
-        {"fetch_p99_us", t.fetch_p99_us}}}};
+      {"tier", tools::RemoteTierStatsJson(t)}};
 }
 
 std::string Text(const Args& args, const ShareResult& r,

@@ -60,10 +60,10 @@ class RedisShardTier final : public ShardTier {
     return tier_->Attach(shape);
   }
 
-  void Store(uint64_t hash,
+  bool Store(uint64_t hash,
              absl::Span<const absl::Span<const std::byte>> tables,
              bool evicted) override {
-    tier_->Store(hash, tables, evicted);
+    return tier_->Store(hash, tables, evicted);
   }
 
   int64_t Fetch(absl::Span<const uint64_t> hashes,
