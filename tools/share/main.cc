@@ -263,7 +263,8 @@ int main(int argc, char** argv) {
                  "Blocks one Redis round trip fetches")
       ->transform(IntRange(1, 4096));
   app.add_option("--fetch-timeout-ms", args.fetch_timeout_ms,
-                 "The most a fetch waits for each node's replies")
+                 "The most one fetch (a batch of blocks) waits, all nodes "
+                 "together")
       ->transform(IntRange(1, 600000));
   app.add_option("--queue-blocks", args.remote.queue_blocks,
                  "Blocks waiting to be written, at most")
