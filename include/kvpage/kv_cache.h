@@ -287,12 +287,14 @@ class KVCache {
 
   // Attaches a second tier to the prefix cache (kvpage/tier.h): the blocks
   // it evicts are offered to `tier` (and every block it publishes with
-  // options.write_through), and MatchPrefix, where the blocks it holds end,
-  // asks `tier` for the ones that follow, loads them into free blocks
-  // (evicting idle cached ones as usual) and attaches them as if they had
-  // been cached here. The tier must outlive the cache or be detached first
-  // (null). InvalidArgument for fetch_batch < 1; the tier's Attach error
-  // refuses it; either way nothing changes. O(layers).
+  // options.write_through), each until the tier takes it, and MatchPrefix,
+  // where the blocks it holds end, asks `tier` for the ones that follow,
+  // loads them into free blocks (evicting idle cached ones as usual) and
+  // attaches them as if they had been cached here. The tier must outlive
+  // the cache or be detached first (null). InvalidArgument for
+  // fetch_batch < 1; the tier's Attach error refuses it; either way nothing
+  // changes. O(layers), plus O(prefix-cache entries) when `tier` is not the
+  // one attached (what the last one took may be offered to this one).
   [[nodiscard]] absl::Status AttachTier(BlockTier* tier,
                                         const TierOptions& options);
 
