@@ -63,11 +63,10 @@ RedisReply* Place(const redisReadTask* task, RedisReply::Type type) {
 }
 
 void* CreateString(const redisReadTask* task, char* str, size_t len) {
-  const RedisReply::Type type = task->type == REDIS_REPLY_STRING
-                                    ? RedisReply::kString
-                                : task->type == REDIS_REPLY_STATUS
-                                    ? RedisReply::kStatus
-                                    : RedisReply::kError;
+  const RedisReply::Type type =
+      task->type == REDIS_REPLY_STRING   ? RedisReply::kString
+      : task->type == REDIS_REPLY_STATUS ? RedisReply::kStatus
+                                         : RedisReply::kError;
   if (!Charge(task, static_cast<int64_t>(len))) return nullptr;
   RedisReply* r = Place(task, type);
   if (r == nullptr) return nullptr;

@@ -106,8 +106,8 @@ int RedisStore::NodeOf(const RedisEndpoint& endpoint) {
   return static_cast<int>(nodes_.size()) - 1;
 }
 
-absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(
-    int node, absl::Time deadline) {
+absl::StatusOr<RedisConnection*> RedisStore::ConnectionOf(int node,
+                                                          absl::Time deadline) {
   Node& n = nodes_[static_cast<size_t>(node)];
   if (n.connection != nullptr && !n.connection->broken()) {
     return n.connection.get();
@@ -152,8 +152,8 @@ absl::StatusOr<RedisReply> RedisStore::NextReply(int node, Outgoing& out,
   std::vector<RedisReply> one;
   absl::Status got = out.sent;
   if (got.ok()) {
-    got = nodes_[static_cast<size_t>(node)].connection->Receive(1, one,
-                                                                deadline);
+    got =
+        nodes_[static_cast<size_t>(node)].connection->Receive(1, one, deadline);
   }
   // Unavailable before the first reply on a connection an earlier call
   // opened: the server closed it, most likely while it was idle (it
@@ -293,7 +293,8 @@ void RedisStore::Run(absl::Span<const std::string> keys,
       if (node_of[i] < 0) continue;
       const size_t n = out_of[i];
       if (asking[i]) {  // ASKING's own reply
-        if (absl::StatusOr<RedisReply> a = NextReply(order[n], out[n], deadline);
+        if (absl::StatusOr<RedisReply> a =
+                NextReply(order[n], out[n], deadline);
             !a.ok()) {
           replies[i] = a.status();
           continue;

@@ -64,7 +64,8 @@ TEST(RedisStore, AGetReadsNoReplyAfterItsDeadline) {
   ASSERT_TRUE(store.ok()) << store.status();
   std::vector<std::pair<std::string, std::string>> items;
   for (int i = 0; i < 64; ++i) {
-    items.push_back({absl::StrCat("big:", i), std::string(1 << 20, 'a' + i % 26)});
+    items.push_back(
+        {absl::StrCat("big:", i), std::string(1 << 20, 'a' + i % 26)});
   }
   for (const absl::Status& s : (*store)->Set(items)) ASSERT_TRUE(s.ok()) << s;
   const std::vector<std::string> keys = Keys(items);
@@ -102,8 +103,8 @@ TEST(RedisStore, AReconnectWaitsNoLongerThanTheDeadline) {
   const int port = (*server)->port();
   RedisOptions slow_connect = Fast();
   slow_connect.connect_timeout = absl::Seconds(30);
-  auto store = RedisStore::Connect(*ParseRedisUrl((*server)->url()),
-                                   slow_connect);
+  auto store =
+      RedisStore::Connect(*ParseRedisUrl((*server)->url()), slow_connect);
   ASSERT_TRUE(store.ok()) << store.status();
   ASSERT_TRUE((*store)->Set({{"k", "v"}})[0].ok());
   (*server)->Stop(SIGKILL);
@@ -113,7 +114,8 @@ TEST(RedisStore, AReconnectWaitsNoLongerThanTheDeadline) {
     // The kept connection fails (the server is gone), then connecting to
     // the silent port is cut at the deadline: 30 s of connect_timeout
     // would hang the test.
-    const auto got = (*store)->Get({"k"}, absl::Now() + absl::Milliseconds(200));
+    const auto got =
+        (*store)->Get({"k"}, absl::Now() + absl::Milliseconds(200));
     ASSERT_EQ(got.size(), 1u);
     EXPECT_EQ(got[0].status().code(), absl::StatusCode::kDeadlineExceeded)
         << got[0].status();

@@ -11,8 +11,7 @@
 int main() {
   absl::StatusOr<std::unique_ptr<kvpage::RemoteTier>> tier =
       kvpage::RemoteTier::Connect({.url = "memcached://127.0.0.1:11211"});
-  if (tier.ok() ||
-      tier.status().code() != absl::StatusCode::kInvalidArgument) {
+  if (tier.ok() || tier.status().code() != absl::StatusCode::kInvalidArgument) {
     return 1;
   }
   std::printf("consumer_remote: %s\n",

@@ -183,7 +183,6 @@ nlohmann::json JsonOf(const ReplayResult& r) {
           {"prefix_entries_end", r.prefix_entries_end}};
 }
 
-
 nlohmann::json Json(const std::vector<TraceRequest>& trace, const Args& args,
                     int64_t footprint, const std::optional<RemoteSetup>& setup,
                     const std::vector<Row>& rows) {

@@ -63,15 +63,15 @@ struct RemoteRun {
 // Parses `remote.url` and connects to the server once, before any run:
 // returns the URL without its password (for reports). InvalidArgument for
 // a bad URL or option, Unavailable, Unauthenticated or DeadlineExceeded
-// from the server (messages never hold the password); Unimplemented when
-// this build has no Redis tier.
+// from the server (messages never hold the password); FailedPrecondition
+// when this build has no Redis tier.
 [[nodiscard]] absl::StatusOr<std::string> CheckRemote(
     const RemoteOptions& remote);
 
 // Replay(trace, pool_blocks, options) with a RemoteTier attached, connected
 // for this run under `model_id`; when the replay ends, waits for the tier's
 // queue to be written (RemoteTier::Flush) and reads its statistics.
-// Replay's errors, and Connect's; Unimplemented without the Redis tier.
+// Replay's errors, and Connect's; FailedPrecondition without the Redis tier.
 [[nodiscard]] absl::StatusOr<RemoteRun> ReplayWithRemote(
     const std::vector<TraceRequest>& trace, int64_t pool_blocks,
     const ReplayOptions& options, const RemoteOptions& remote,

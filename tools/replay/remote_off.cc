@@ -9,7 +9,7 @@ namespace kvpage::replay {
 namespace {
 
 absl::Status NotBuilt() {
-  return absl::UnimplementedError(
+  return absl::FailedPreconditionError(
       "this kvpage-replay was built without the Redis tier "
       "(CMake option KVPAGE_BUILD_REMOTE=OFF)");
 }

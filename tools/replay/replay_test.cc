@@ -26,8 +26,8 @@
 namespace kvpage::replay {
 namespace {
 
-using ::testing::HasSubstr;
 using kvpage::testing::MapTier;
+using ::testing::HasSubstr;
 
 absl::StatusOr<std::vector<TraceRequest>> Parse(
     const std::string& text, int64_t trace_block_tokens = 4) {

@@ -49,7 +49,6 @@ void AppendPart(const ShareOptions& o, Part part, int conversation, int turn,
 
 // A request: a conversation's turn.
 struct Request {
-  int conversation = 0, turn = 0;
   std::vector<int32_t> tokens;  // the prompt, then the answer
   int64_t prompt = 0;           // tokens.size() - answer
   // Per position: the running hash of the ids up to it.
@@ -57,7 +56,7 @@ struct Request {
 };
 
 Request MakeRequest(const ShareOptions& o, int conversation, int turn) {
-  Request r{.conversation = conversation, .turn = turn};
+  Request r;
   r.tokens = Prompt(o, conversation, turn);
   r.prompt = static_cast<int64_t>(r.tokens.size());
   AppendPart(o, Part::kAnswer, conversation, turn, o.answer_tokens, r.tokens);
@@ -122,9 +121,9 @@ class Server {
       absl::StatusOr<GatheredLayer> g = cache_->Gather(seq, layer);
       if (!g.ok()) return g.status();
       if (static_cast<int64_t>(g->positions.size()) != matched) {
-        return absl::InternalError(absl::StrFormat(
-            "layer %d shows %d tokens after a match of %d", layer,
-            g->positions.size(), matched));
+        return absl::InternalError(
+            absl::StrFormat("layer %d shows %d tokens after a match of %d",
+                            layer, g->positions.size(), matched));
       }
       for (int64_t t = 0; t < matched; ++t) {
         const int64_t pos = g->positions[static_cast<size_t>(t)];
@@ -206,8 +205,8 @@ absl::Status Rewrite(Server& server, const std::vector<Restored>& restored,
     absl::StatusOr<SeqId> seq = cache.AddSequence();
     if (!seq.ok()) return seq.status();
     const auto ids = absl::MakeConstSpan(r.tokens);
-    absl::Status s = cache.AppendTokens(
-        *seq, ids.subspan(0, static_cast<size_t>(x.local)));
+    absl::Status s =
+        cache.AppendTokens(*seq, ids.subspan(0, static_cast<size_t>(x.local)));
     if (!s.ok()) return s;
     absl::StatusOr<double> before = server.Write(*seq, r, 0, x.local);
     if (!before.ok()) return before.status();
@@ -229,7 +228,8 @@ absl::Status Rewrite(Server& server, const std::vector<Restored>& restored,
 // Serves one request (see share.h), adding to `result`; a request the tier
 // restored tokens for goes to `restored` when `compare`.
 absl::Status ServeRequest(Server& server, bool compare, Request r,
-                          ShareResult& result, std::vector<Restored>& restored) {
+                          ShareResult& result,
+                          std::vector<Restored>& restored) {
   KVCache& c = server.cache();
   const MatchOptions match{.leave_last_token = true};
   const auto ids = absl::MakeConstSpan(r.tokens);
@@ -251,16 +251,15 @@ absl::Status ServeRequest(Server& server, bool compare, Request r,
   }
   // The prompt's tokens not matched, then the answer one at a time.
   t0 = Clock::now();
-  absl::Status s = c.AppendTokens(
-      *seq, prompt.subspan(static_cast<size_t>(*matched)));
+  absl::Status s =
+      c.AppendTokens(*seq, prompt.subspan(static_cast<size_t>(*matched)));
   result.prefill_s += Since(t0);
   if (!s.ok()) return s;
   absl::StatusOr<double> written = server.Write(*seq, r, *matched, r.prompt);
   if (!written.ok()) return written.status();
   result.prefill_s += *written;
   result.computed += r.prompt - *matched;
-  for (int64_t pos = r.prompt; pos < static_cast<int64_t>(ids.size());
-       ++pos) {
+  for (int64_t pos = r.prompt; pos < static_cast<int64_t>(ids.size()); ++pos) {
     t0 = Clock::now();
     s = c.AppendTokens(*seq, ids.subspan(static_cast<size_t>(pos), 1));
     result.decode_s += Since(t0);
@@ -277,17 +276,15 @@ absl::Status ServeRequest(Server& server, bool compare, Request r,
   ++result.requests;
   result.prompt_tokens += r.prompt;
   if (compare && *matched > from_cache) {
-    restored.push_back({.request = std::move(r),
-                        .local = from_cache,
-                        .matched = *matched});
+    restored.push_back(
+        {.request = std::move(r), .local = from_cache, .matched = *matched});
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-std::vector<int32_t> Prompt(const ShareOptions& o, int conversation,
-                            int turn) {
+std::vector<int32_t> Prompt(const ShareOptions& o, int conversation, int turn) {
   std::vector<int32_t> ids;
   AppendPart(o, Part::kSystem, 0, 0, o.system_tokens, ids);
   for (int t = 1; t < turn; ++t) {
@@ -302,8 +299,8 @@ absl::StatusOr<ShareResult> Serve(
     const ShareOptions& o, BlockTier* tier,
     const std::function<void(int64_t, int64_t)>& progress) {
   if (absl::Status s = CheckOptions(o); !s.ok()) return s;
-  const int64_t longest = o.system_tokens +
-                          o.last_turn * (o.message_tokens + o.answer_tokens);
+  const int64_t longest =
+      o.system_tokens + o.last_turn * (o.message_tokens + o.answer_tokens);
   const int64_t tables = o.group_layers ? 1 : o.num_layers;
   const int64_t pool_blocks =
       o.pool_blocks > 0 ? o.pool_blocks
@@ -318,18 +315,17 @@ absl::StatusOr<ShareResult> Serve(
         tier, {.write_through = o.write_through, .fetch_batch = o.fetch_batch});
     if (!s.ok()) return s;
   }
-  ShareResult result{.token_bytes = 2 * int64_t{o.num_layers} *
-                                    o.num_kv_heads * o.head_dim * 2,
-                     .pool_blocks = pool_blocks};
+  ShareResult result{
+      .token_bytes = BlockBytes(c.config()) / o.block_tokens * o.num_layers,
+      .pool_blocks = pool_blocks};
   std::vector<Restored> restored;
   const int64_t total =
       int64_t{o.last_turn - o.first_turn + 1} * o.conversations;
   for (int turn = o.first_turn; turn <= o.last_turn; ++turn) {
-    for (int conversation = 0; conversation < o.conversations;
-         ++conversation) {
-      absl::Status s = ServeRequest(server, o.compare,
-                                    MakeRequest(o, conversation, turn), result,
-                                    restored);
+    for (int conversation = 0; conversation < o.conversations; ++conversation) {
+      absl::Status s =
+          ServeRequest(server, o.compare, MakeRequest(o, conversation, turn),
+                       result, restored);
       if (!s.ok()) {
         return absl::InternalError(absl::StrFormat(
             "conversation %d turn %d: %s", conversation, turn, s.message()));

@@ -52,14 +52,14 @@ struct ShareOptions {
   int64_t pool_blocks = 0;    // 0: twice the largest request's blocks
   // The workload.
   int conversations = 4;
-  int64_t system_tokens = 512;   // the shared system prompt (0: none)
-  int64_t message_tokens = 128;  // each turn's user message
-  int64_t answer_tokens = 128;   // each turn's answer
+  int64_t system_tokens = 512;        // the shared system prompt (0: none)
+  int64_t message_tokens = 128;       // each turn's user message
+  int64_t answer_tokens = 128;        // each turn's answer
   int first_turn = 1, last_turn = 4;  // the turns this process serves
   int64_t chunk_tokens = 512;         // prefill tokens per Update
   uint64_t seed = 1;
-  bool verify = true;        // read back every matched token of every layer
-  bool compare = true;       // write the restored tokens again, timed
+  bool verify = true;         // read back every matched token of every layer
+  bool compare = true;        // write the restored tokens again, timed
   bool write_through = true;  // TierOptions::write_through
   int64_t fetch_batch = 32;   // TierOptions::fetch_batch
 };
@@ -67,10 +67,10 @@ struct ShareOptions {
 struct ShareResult {
   int64_t requests = 0;
   int64_t prompt_tokens = 0;
-  int64_t matched_local = 0;  // prompt tokens the cache's own blocks held
-  int64_t matched_tier = 0;   // ... the tier restored: not recomputed
-  int64_t computed = 0;       // prompt tokens written by Update
-  int64_t answer_tokens = 0;  // written one at a time
+  int64_t matched_local = 0;    // prompt tokens the cache's own blocks held
+  int64_t matched_tier = 0;     // ... the tier restored: not recomputed
+  int64_t computed = 0;         // prompt tokens written by Update
+  int64_t answer_tokens = 0;    // written one at a time
   int64_t tokens_verified = 0;  // matched tokens read back, all layers
   int64_t token_bytes = 0;      // one token's keys and values, all layers
   // Time inside the cache's calls, seconds.

@@ -3,26 +3,27 @@
 // with an in-memory tier (exact counts, verification that can fail), and
 // the tool as two processes, one after the other, against a Redis Cluster
 // the test starts: the demonstration the Redis tier promises.
+#include "tools/share/share.h"
+
 #include <algorithm>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "remote/redis_test_server.h"
 #include "tests/cli_run.h"
 #include "tests/map_tier.h"
-#include "tools/share/share.h"
 
 namespace kvpage::share {
 namespace {
 
-using ::testing::HasSubstr;
-using ::testing::Not;
 using kvpage::testing::MapTier;
 using kvpage::testing::RunCli;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 // A small shape: 3 layers, 20-token system prompt, 9-token messages and
 // 7-token answers in blocks of 4.
@@ -129,9 +130,8 @@ std::string Flags(const ShareOptions& o) {
       "--layers %d --kv-heads %d --head-dim %d --block-tokens %d "
       "--conversations %d --system-tokens %d --message-tokens %d "
       "--answer-tokens %d --chunk %d --json",
-      o.num_layers, o.num_kv_heads, o.head_dim, o.block_tokens,
-      o.conversations, o.system_tokens, o.message_tokens, o.answer_tokens,
-      o.chunk_tokens);
+      o.num_layers, o.num_kv_heads, o.head_dim, o.block_tokens, o.conversations,
+      o.system_tokens, o.message_tokens, o.answer_tokens, o.chunk_tokens);
 }
 
 nlohmann::json Parse(const kvpage::testing::CliRun& r) {
@@ -151,6 +151,9 @@ TEST(ShareCli, TwoProcessesShareHistoriesThroughACluster) {
   const nlohmann::json ja = Parse(a);
   ASSERT_FALSE(ja.is_discarded()) << a.out;
   EXPECT_EQ(ja["matched_tier"], 0);
+  // Keys and values, f16, every layer.
+  EXPECT_EQ(ja["token_bytes"],
+            2 * 2 * o.num_layers * o.num_kv_heads * o.head_dim);
   EXPECT_GT(ja["tier"]["blocks_written_through"].get<int64_t>(), 0);
   EXPECT_EQ(ja["tier"]["queue_drops"], 0);
 
@@ -169,9 +172,9 @@ TEST(ShareCli, TwoProcessesShareHistoriesThroughACluster) {
   EXPECT_GT(jb["tier"]["bytes_fetched"].get<int64_t>(), 0);
 
   // Another model's instance finds none of it.
-  const auto c = RunCli(KVPAGE_SHARE_BINARY,
-                        Flags(o) + " --url " + (*cluster)->url() +
-                            " --model-id another-model --turns 3");
+  const auto c =
+      RunCli(KVPAGE_SHARE_BINARY, Flags(o) + " --url " + (*cluster)->url() +
+                                      " --model-id another-model --turns 3");
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_EQ(Parse(c)["matched_tier"], 0);
 }
@@ -196,8 +199,8 @@ TEST(ShareCli, AnUnusableServerIsOneLineAndExitTwo) {
   EXPECT_THAT(wrong.err, Not(HasSubstr("wrong-secret")));
   EXPECT_EQ(std::count(wrong.err.begin(), wrong.err.end(), '\n'), 1);
 
-  const auto turns = RunCli(KVPAGE_SHARE_BINARY,
-                            "--url redis://127.0.0.1:1 --turns 3-2");
+  const auto turns =
+      RunCli(KVPAGE_SHARE_BINARY, "--url redis://127.0.0.1:1 --turns 3-2");
   EXPECT_EQ(turns.exit_code, 2);
   EXPECT_THAT(turns.err, HasSubstr("--turns"));
 }

@@ -121,7 +121,8 @@ absl::StatusOr<std::unique_ptr<ShardTier>> ShardTier::Connect(
   if (options.fetch_timeout_ms > 0) {
     remote.fetch_timeout = absl::Milliseconds(options.fetch_timeout_ms);
   }
-  absl::StatusOr<std::unique_ptr<RemoteTier>> tier = RemoteTier::Connect(remote);
+  absl::StatusOr<std::unique_ptr<RemoteTier>> tier =
+      RemoteTier::Connect(remote);
   if (!tier.ok()) return tier.status();
   return std::unique_ptr<ShardTier>(
       std::make_unique<RedisShardTier>(options, *std::move(tier)));

@@ -204,9 +204,9 @@ TEST(StressRemoteTest, RemoteFlagsGoTogether) {
   ExpectRefused(
       RunStress(RemoteRun() + " --shared-prefix-fraction 0 --remote " + url),
       "--shared-prefix-fraction");
-  for (const char* flag : {"--remote-write-through", "--remote-model-id x",
-                           "--remote-fetch-timeout-ms 200",
-                           "--inject-tier-corruption"}) {
+  for (const char* flag :
+       {"--remote-write-through", "--remote-model-id x",
+        "--remote-fetch-timeout-ms 200", "--inject-tier-corruption"}) {
     ExpectRefused(RunStress(RemoteRun() + " " + flag), "needs --remote");
   }
 }
